@@ -1,0 +1,93 @@
+# remora: `make` builds build/remora; `make test` runs unit then integration tests.
+# `make SANITIZER=address test` (or undefined) builds into build-address/ and runs everything there.
+
+CC        ?= cc
+SANITIZER ?=
+BUILD     := build$(if $(SANITIZER),-$(SANITIZER))
+PYTHON    := /usr/bin/python3
+LLHTTP    := /usr/share/llhttp
+LLHTTP_H  := /usr/share/include/llhttp
+
+WARN      := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Werror
+CPPFLAGS  := -D_GNU_SOURCE -I. -I$(LLHTTP_H)
+OPT       := -O2 -g
+ifneq ($(SANITIZER),)
+OPT       := -O1 -g -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all
+endif
+CFLAGS    := -std=c11 $(OPT) -pthread
+LDLIBS    := -luv -lcares -lcjson -lssl -lcrypto -lpthread -lm
+
+SRCS      := $(wildcard proxy/*.c config/*.c routing/*.c discovery/*.c tracing/*.c)
+LIB_SRCS  := $(filter-out proxy/main.c,$(SRCS))
+OBJS      := $(SRCS:%.c=$(BUILD)/%.o)
+LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o)
+LLHTTP_OBJS := $(BUILD)/third_party/llhttp/api.o $(BUILD)/third_party/llhttp/http.o \
+               $(BUILD)/third_party/llhttp/llhttp.o
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+
+DEB_PKGS  := build-essential pkg-config libuv1-dev libc-ares-dev libcjson-dev libssl-dev node-llhttp \
+             libcmocka-dev python3 python3-pytest curl knot knot-dnsutils procps clang-format
+BENCH_PKGS := wrk haproxy nginx-light valgrind
+
+.PHONY: all deps test unit integration run lint format clean bench bench-smoke
+
+all: $(BUILD)/remora
+
+$(BUILD)/remora: $(OBJS) $(LLHTTP_OBJS)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -MMD -MP -c -o $@ $<
+
+# llhttp's generated C is third-party code: built without the project's warnings.
+$(BUILD)/third_party/llhttp/%.o: $(LLHTTP)/%.c
+	@mkdir -p $(dir $@)
+	$(CC) -I$(LLHTTP_H) $(CFLAGS) -w -c -o $@ $<
+
+$(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS) $(LLHTTP_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -Wno-missing-prototypes -o $@ $< $(LIB_OBJS) $(LLHTTP_OBJS) \
+		$(LDLIBS) -lcmocka
+
+-include $(OBJS:.o=.d)
+
+# Installs what is missing, and only that; safe to run again.
+deps:
+	@missing=""; for p in $(DEB_PKGS) $(EXTRA_PKGS); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+unit: $(UNIT_BINS)
+	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
+
+integration: $(BUILD)/remora
+	REMORA_BIN=$(abspath $(BUILD)/remora) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+
+test: deps
+	$(MAKE) --no-print-directory all
+	$(MAKE) --no-print-directory unit
+	$(MAKE) --no-print-directory integration
+
+run: deps
+	$(MAKE) --no-print-directory all
+	$(PYTHON) examples/demo.py --remora $(BUILD)/remora
+
+# Banned calls (unbounded copies, libc parsing that hides errors, shelling out) and formatting.
+BANNED := \b(sprintf|vsprintf|strcpy|strcat|atoi|atol|gets|system)[[:space:]]*\(
+lint:
+	@! grep -nE '$(BANNED)' $(SRCS) $(wildcard */*.h) || { echo "lint: banned call above"; exit 1; }
+	@clang-format --dry-run --Werror $(SRCS) $(wildcard proxy/*.h config/*.h routing/*.h discovery/*.h tracing/*.h)
+	@echo "lint: ok"
+
+format:
+	clang-format -i $(SRCS) $(wildcard proxy/*.h config/*.h routing/*.h discovery/*.h tracing/*.h)
+
+clean:
+	rm -rf build build-*

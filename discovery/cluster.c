@@ -1,0 +1,62 @@
+#include "discovery/cluster.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+cluster_t *cluster_new(const char *name, endpoint_t *endpoints, unsigned n)
+{
+    cluster_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->name = strdup(name);
+    if (!c->name) {
+        free(c);
+        return NULL;
+    }
+    c->endpoints = endpoints;
+    c->nendpoints = n;
+    return c;
+}
+
+void cluster_free(cluster_t *c)
+{
+    if (!c)
+        return;
+    free(c->endpoints);
+    free(c->name);
+    free(c);
+}
+
+const endpoint_t *cluster_pick(cluster_t *c)
+{
+    if (c->nendpoints == 0)
+        return NULL;
+    unsigned i = atomic_fetch_add_explicit(&c->cursor, 1, memory_order_relaxed);
+    return &c->endpoints[i % c->nendpoints];
+}
+
+int endpoint_set(endpoint_t *ep, const struct sockaddr *sa)
+{
+    char ip[INET6_ADDRSTRLEN];
+    memset(ep, 0, sizeof *ep);
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
+        memcpy(&ep->addr, in, sizeof *in);
+        ep->addrlen = sizeof *in;
+        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof ip);
+        snprintf(ep->name, sizeof ep->name, "%s:%u", ip, ntohs(in->sin_port));
+        return 0;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
+        memcpy(&ep->addr, in6, sizeof *in6);
+        ep->addrlen = sizeof *in6;
+        inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof ip);
+        snprintf(ep->name, sizeof ep->name, "[%s]:%u", ip, ntohs(in6->sin6_port));
+        return 0;
+    }
+    return UV_EINVAL;
+}

@@ -1,0 +1,418 @@
+#include "proxy/admin.h"
+
+#include <inttypes.h>
+#include <llhttp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proxy/log.h"
+#include "proxy/version.h"
+
+#define ADMIN_MAX_REQUEST 8192
+
+typedef struct admin_conn {
+    uv_tcp_t tcp;
+    server_t *srv;
+    llhttp_t parser;
+    char url[512];
+    size_t url_len;
+    size_t seen;
+    int done;
+    struct admin_conn *next, *prev;
+} admin_conn_t;
+
+
+/* ---- a growable text buffer for responses ---- */
+
+typedef struct text {
+    char *p;
+    size_t len, cap;
+} text_t;
+
+static void tprintf(text_t *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void tprintf(text_t *t, const char *fmt, ...)
+{
+    va_list ap;
+    for (;;) {
+        va_start(ap, fmt);
+        int n = vsnprintf(t->p ? t->p + t->len : NULL, t->p ? t->cap - t->len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+            return;
+        if (t->p && t->len + (size_t)n < t->cap) {
+            t->len += (size_t)n;
+            return;
+        }
+        size_t cap = t->cap ? t->cap * 2 : 4096;
+        while (cap <= t->len + (size_t)n)
+            cap *= 2;
+        char *p = realloc(t->p, cap);
+        if (!p)
+            return;
+        t->p = p;
+        t->cap = cap;
+    }
+}
+
+/* ---- handlers ---- */
+
+static uint64_t uptime_s(server_t *s)
+{
+    return uv_hrtime() / 1000000000u - s->started_ms / 1000;
+}
+
+static int is_ready(server_t *s)
+{
+    return server_state(s) == SERVER_LIVE && !atomic_load(&s->healthcheck_failed);
+}
+
+static int h_ready(server_t *s, text_t *body)
+{
+    enum server_state st = server_state(s);
+    if (st == SERVER_LIVE && atomic_load(&s->healthcheck_failed)) {
+        tprintf(body, "HEALTH_CHECK_FAILED\n");
+        return 503;
+    }
+    tprintf(body, "%s\n", server_state_name(st));
+    return is_ready(s) ? 200 : 503;
+}
+
+static int h_server_info(server_t *s, text_t *body)
+{
+    uint64_t up = uptime_s(s);
+    tprintf(body,
+            "{\n \"version\": \"%s\",\n \"state\": \"%s\",\n \"hot_restart_version\": \"disabled\",\n"
+            " \"uptime_current_epoch\": \"%" PRIu64 "s\",\n \"uptime_all_epochs\": \"%" PRIu64
+            "s\",\n \"health_check_failed\": %s,\n \"node\": {\"id\": \"%s\", \"cluster\": \"%s\"},\n"
+            " \"command_line_options\": {\"concurrency\": %u, \"log_level\": \"%d\"}\n}\n",
+            REMORA_VERSION, server_state_name(server_state(s)), up, up,
+            atomic_load(&s->healthcheck_failed) ? "true" : "false", s->set.node,
+            s->cfg->mesh_name, s->nworkers, (int)s->set.log_level);
+    return 200;
+}
+
+static void stats_http(text_t *t, const char *prefix, http_stats_t *st)
+{
+#define LINE(stat, gauge) tprintf(t, "http.%s.%s: %" PRIu64 "\n", prefix, #stat, stat_get(&st->stat));
+    HTTP_STATS(LINE)
+#undef LINE
+}
+
+static void stats_cluster(text_t *t, cluster_t *c)
+{
+    cluster_stats_t *st = &c->stats;
+#define LINE(stat, gauge)                                                                          \
+    tprintf(t, "cluster.%s.%s: %" PRIu64 "\n", c->name, #stat, stat_get(&st->stat));
+    CLUSTER_STATS(LINE)
+#undef LINE
+    tprintf(t, "cluster.%s.membership_total: %u\n", c->name, c->nendpoints);
+}
+
+static int h_stats(server_t *s, text_t *body)
+{
+    cluster_t *const *cl;
+    unsigned n = route_clusters(s->routes, &cl);
+    for (unsigned i = 0; i < n; i++)
+        stats_cluster(body, cl[i]);
+    stats_http(body, "egress", &s->egress_stats);
+    stats_http(body, "ingress", &s->ingress_stats);
+    tprintf(body, "server.concurrency: %u\n", s->nworkers);
+    tprintf(body, "server.live: %d\n", server_state(s) == SERVER_LIVE);
+    tprintf(body, "server.uptime: %" PRIu64 "\n", uptime_s(s));
+    return 200;
+}
+
+/* Envoy's Prometheus names: envoy_<scope>_<stat>, with the scope's name as a label and the
+ * 1xx..5xx counters folded into one series labelled by class. */
+static void prom_series(text_t *t, const char *family, const char *stat, int gauge,
+                        const char *label, const char *value, uint64_t v, int *typed)
+{
+    const char *cls = NULL;
+    char base[96];
+    snprintf(base, sizeof base, "%s", stat);
+    size_t bl = strlen(base);
+    if (bl > 4 && base[bl - 4] == '_' && base[bl - 2] == 'x' && base[bl - 1] == 'x' &&
+        base[bl - 3] >= '1' && base[bl - 3] <= '5') {
+        static const char *const classes[] = {"1", "2", "3", "4", "5"};
+        cls = classes[base[bl - 3] - '1'];
+        base[bl - 3] = 'x';
+    }
+    if (!*typed)
+        tprintf(t, "# TYPE envoy_%s_%s %s\n", family, base, gauge ? "gauge" : "counter");
+    *typed = 1;
+    if (cls)
+        tprintf(t, "envoy_%s_%s{envoy_response_code_class=\"%s\",%s=\"%s\"} %" PRIu64 "\n",
+                family, base, cls, label, value, v);
+    else
+        tprintf(t, "envoy_%s_%s{%s=\"%s\"} %" PRIu64 "\n", family, base, label, value, v);
+}
+
+static int h_prometheus(server_t *s, text_t *body)
+{
+    static const char *const prefixes[] = {"ingress", "egress"};
+    http_stats_t *hs[] = {&s->ingress_stats, &s->egress_stats};
+    int typed;
+#define HTTP_LINE(name, gauge)                                                                     \
+    typed = !strstr(#name, "_1xx") && strstr(#name, "xx") ? 1 : 0;                                 \
+    for (int i = 0; i < 2; i++)                                                                    \
+        prom_series(body, "http", #name, gauge, "envoy_http_conn_manager_prefix", prefixes[i],   \
+                    stat_get(&hs[i]->name), &typed);
+    HTTP_STATS(HTTP_LINE)
+#undef HTTP_LINE
+    cluster_t *const *cl;
+    unsigned n = route_clusters(s->routes, &cl);
+#define CLUSTER_LINE(stat, gauge)                                                                  \
+    typed = !strstr(#stat, "_1xx") && strstr(#stat, "xx") ? 1 : 0;                                 \
+    for (unsigned i = 0; i < n; i++)                                                               \
+        prom_series(body, "cluster", #stat, gauge, "envoy_cluster_name", cl[i]->name,              \
+                    stat_get(&cl[i]->stats.stat), &typed);
+    CLUSTER_STATS(CLUSTER_LINE)
+#undef CLUSTER_LINE
+    typed = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (!typed)
+            tprintf(body, "# TYPE envoy_cluster_membership_total gauge\n");
+        typed = 1;
+        tprintf(body, "envoy_cluster_membership_total{envoy_cluster_name=\"%s\"} %u\n",
+                cl[i]->name, cl[i]->nendpoints);
+    }
+    tprintf(body, "# TYPE envoy_server_live gauge\nenvoy_server_live %d\n",
+            server_state(s) == SERVER_LIVE);
+    tprintf(body, "# TYPE envoy_server_uptime gauge\nenvoy_server_uptime %" PRIu64 "\n",
+            uptime_s(s));
+    return 200;
+}
+
+static int h_quit(server_t *s, text_t *body)
+{
+    tprintf(body, "OK\n");
+    server_drain(s);
+    return 200;
+}
+
+static int h_hc_fail(server_t *s, text_t *body)
+{
+    atomic_store(&s->healthcheck_failed, 1);
+    tprintf(body, "OK\n");
+    return 200;
+}
+
+static int h_hc_ok(server_t *s, text_t *body)
+{
+    atomic_store(&s->healthcheck_failed, 0);
+    tprintf(body, "OK\n");
+    return 200;
+}
+
+typedef struct route_entry {
+    const char *path;
+    int post; /* changes state: POST only, as in Envoy */
+    int (*handler)(server_t *s, text_t *body);
+    const char *content_type;
+} route_entry_t;
+
+static const route_entry_t routes[] = {
+    {"/ready", 0, h_ready, "text/plain"},
+    {"/server_info", 0, h_server_info, "application/json"},
+    {"/stats", 0, h_stats, "text/plain"},
+    {"/stats/prometheus", 0, h_prometheus, "text/plain; version=0.0.4"},
+    {"/quitquitquit", 1, h_quit, "text/plain"},
+    {"/healthcheck/fail", 1, h_hc_fail, "text/plain"},
+    {"/healthcheck/ok", 1, h_hc_ok, "text/plain"},
+};
+
+/* ---- connection plumbing ---- */
+
+static void on_closed(uv_handle_t *h)
+{
+    admin_conn_t *c = h->data;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c->srv->admin_conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    free(c);
+}
+
+static void close_conn(admin_conn_t *c)
+{
+    if (!uv_is_closing((uv_handle_t *)&c->tcp))
+        uv_close((uv_handle_t *)&c->tcp, on_closed);
+}
+
+typedef struct admin_write {
+    uv_write_t req;
+    text_t out;
+} admin_write_t;
+
+static void on_written(uv_write_t *req, int status)
+{
+    admin_write_t *w = (admin_write_t *)req;
+    (void)status;
+    close_conn(req->handle->data);
+    free(w->out.p);
+    free(w);
+}
+
+static void respond(admin_conn_t *c, int status, const char *ctype, text_t *body, int head)
+{
+    admin_write_t *w = calloc(1, sizeof *w);
+    if (!w) {
+        close_conn(c);
+        return;
+    }
+    const char *reason = status == 200 ? "OK" : status == 404 ? "Not Found"
+                         : status == 405 ? "Method Not Allowed" : status == 400 ? "Bad Request"
+                                                                 : "Service Unavailable";
+    tprintf(&w->out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n\r\n",
+            status, reason, ctype, body->len);
+    if (!head && body->len)
+        tprintf(&w->out, "%.*s", (int)body->len, body->p);
+    uv_buf_t b = uv_buf_init(w->out.p, (unsigned)w->out.len);
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written) != 0) {
+        free(w->out.p);
+        free(w);
+        close_conn(c);
+    }
+}
+
+static void dispatch(admin_conn_t *c)
+{
+    text_t body = {0};
+    int method = llhttp_get_method(&c->parser);
+    size_t plen = strcspn(c->url, "?");
+    c->url[plen] = '\0';
+    int status = 404;
+    const char *ctype = "text/plain";
+    for (size_t i = 0; i < sizeof routes / sizeof *routes; i++) {
+        if (strcmp(c->url, routes[i].path) != 0)
+            continue;
+        if (routes[i].post && method != HTTP_POST) {
+            status = 405;
+            tprintf(&body, "%s requires a POST\n", routes[i].path);
+        } else {
+            status = routes[i].handler(c->srv, &body);
+            ctype = routes[i].content_type;
+        }
+        break;
+    }
+    if (status == 404)
+        tprintf(&body, "unknown admin path %s\n", c->url);
+    respond(c, status, ctype, &body, method == HTTP_HEAD);
+    free(body.p);
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t n)
+{
+    admin_conn_t *c = p->data;
+    if (c->url_len + n >= sizeof c->url)
+        return HPE_USER;
+    memcpy(c->url + c->url_len, at, n);
+    c->url_len += n;
+    c->url[c->url_len] = '\0';
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    admin_conn_t *c = p->data;
+    c->done = 1;
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t parser_settings = {
+    .on_url = on_url,
+    .on_message_complete = on_message_complete,
+};
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    (void)h;
+    (void)suggested;
+    b->base = malloc(2048);
+    b->len = b->base ? 2048 : 0;
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    admin_conn_t *c = s->data;
+    if (nread < 0 || c->done) {
+        free(b->base);
+        if (nread < 0)
+            close_conn(c);
+        return;
+    }
+    c->seen += (size_t)nread;
+    llhttp_errno_t err = llhttp_execute(&c->parser, b->base, (size_t)nread);
+    free(b->base);
+    if (c->done) {
+        uv_read_stop(s);
+        dispatch(c);
+    } else if ((err != HPE_OK && err != HPE_PAUSED) || c->seen > ADMIN_MAX_REQUEST) {
+        text_t body = {0};
+        tprintf(&body, "bad request\n");
+        c->done = 1;
+        respond(c, 400, "text/plain", &body, 0);
+        free(body.p);
+    }
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    server_t *s = server->data;
+    if (status < 0)
+        return;
+    admin_conn_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return;
+    c->srv = s;
+    uv_tcp_init(s->loop, &c->tcp);
+    c->tcp.data = c;
+    c->next = s->admin_conns;
+    if (s->admin_conns)
+        s->admin_conns->prev = c;
+    s->admin_conns = c;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+        close_conn(c);
+        return;
+    }
+    llhttp_init(&c->parser, HTTP_REQUEST, &parser_settings);
+    c->parser.data = c;
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
+int admin_start(server_t *s)
+{
+    struct sockaddr_storage addr;
+    int err = uv_ip4_addr(s->set.admin_host, s->set.admin_port, (struct sockaddr_in *)&addr);
+    if (err)
+        err = uv_ip6_addr(s->set.admin_host, s->set.admin_port, (struct sockaddr_in6 *)&addr);
+    if (err) {
+        log_error("admin: bad address %s", s->set.admin_host);
+        return err;
+    }
+    uv_tcp_init(s->loop, &s->admin);
+    s->admin.data = s;
+    err = uv_tcp_bind(&s->admin, (struct sockaddr *)&addr, 0);
+    if (err == 0)
+        err = uv_listen((uv_stream_t *)&s->admin, 128, on_connection);
+    if (err) {
+        log_error("admin: cannot listen on %s:%u: %s", s->set.admin_host, s->set.admin_port,
+                  uv_strerror(err));
+        uv_close((uv_handle_t *)&s->admin, NULL);
+        return err;
+    }
+    return 0;
+}
+
+void admin_stop(server_t *s)
+{
+    if (!uv_is_closing((uv_handle_t *)&s->admin))
+        uv_close((uv_handle_t *)&s->admin, NULL);
+    for (admin_conn_t *c = s->admin_conns; c; c = c->next)
+        close_conn(c);
+}

@@ -1,0 +1,176 @@
+/* remora: command line, start-up and exit codes (SPEC §2). */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "config/config.h"
+#include "proxy/err.h"
+#include "proxy/log.h"
+#include "proxy/server.h"
+#include "proxy/settings.h"
+#include "proxy/version.h"
+
+static const char usage[] =
+    "usage: remora [--config FILE] [--node NAME] [--ingress-port N] [--egress-port N]\n"
+    "              [--admin ADDR:PORT] [--workers N] [--log-level LEVEL]\n"
+    "       remora check --config FILE [--node NAME]\n"
+    "       remora version\n";
+
+static int parse_port(const char *s)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    return *s && !*end && v >= 1 && v <= 65535 ? (int)v : -1;
+}
+
+/* Returns 0, or 2 after printing what is wrong with the command line. */
+static int parse_args(int argc, char **argv, cli_opts_t *cli)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},     {"node", required_argument, NULL, 'n'},
+        {"ingress-port", required_argument, NULL, 'i'}, {"egress-port", required_argument, NULL, 'e'},
+        {"admin", required_argument, NULL, 'a'},      {"workers", required_argument, NULL, 'w'},
+        {"log-level", required_argument, NULL, 'l'},  {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    *cli = (cli_opts_t){.ingress_port = -1, .egress_port = -1, .workers = -1};
+    int c;
+    while ((c = getopt_long(argc, argv, "c:n:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            cli->config = optarg;
+            break;
+        case 'n':
+            cli->node = optarg;
+            break;
+        case 'a':
+            cli->admin = optarg;
+            break;
+        case 'l':
+            cli->log_level = optarg;
+            break;
+        case 'i':
+        case 'e': {
+            int port = parse_port(optarg);
+            if (port < 0) {
+                fprintf(stderr, "remora: --%s must be 1..65535, got \"%s\"\n",
+                        c == 'i' ? "ingress-port" : "egress-port", optarg);
+                return 2;
+            }
+            *(c == 'i' ? &cli->ingress_port : &cli->egress_port) = port;
+            break;
+        }
+        case 'w': {
+            char *end;
+            long n = strtol(optarg, &end, 10);
+            if (!*optarg || *end || n < 1 || n > 256) {
+                fprintf(stderr, "remora: --workers must be 1..256, got \"%s\"\n", optarg);
+                return 2;
+            }
+            cli->workers = (int)n;
+            break;
+        }
+        case 'h':
+            fputs(usage, stdout);
+            exit(0);
+        default:
+            fputs(usage, stderr);
+            return 2;
+        }
+    }
+    return 0;
+}
+
+static void print_diag(const diag_t *d, FILE *out)
+{
+    for (size_t i = 0; i < d->n; i++)
+        fprintf(out, "%s\n", d->lines[i]);
+}
+
+static config_t *load(const cli_opts_t *cli, settings_t *set, diag_t *d)
+{
+    config_t *cfg = settings_load_config(cli, d);
+    if (cfg && settings_resolve(set, cli, cfg, d) != 0) {
+        config_free(cfg);
+        return NULL;
+    }
+    return cfg;
+}
+
+static int cmd_check(const cli_opts_t *cli)
+{
+    diag_t d = {0};
+    settings_t set;
+    config_t *cfg = load(cli, &set, &d);
+    if (!cfg) {
+        print_diag(&d, stdout);
+        diag_free(&d);
+        return 1;
+    }
+    const cfg_node_t *node = config_node(cfg, set.node);
+    printf("%s: ok\nmesh %s, node %s\n", cfg->source, cfg->mesh_name, node->name);
+    for (unsigned i = 0; i < node->nlisteners; i++)
+        printf("  listener %s:%u\n", node->listeners[i].protocol, node->listeners[i].port);
+    for (unsigned i = 0; i < node->nbackends; i++)
+        printf("  backend %s\n", node->backends[i]);
+    printf("%u virtual nodes, %u virtual services, %u routers, %u routes\n", cfg->nnodes,
+           cfg->nservices, cfg->nrouters, cfg->nroutes);
+    config_free(cfg);
+    diag_free(&d);
+    return 0;
+}
+
+/* Thousands of client connections each need a descriptor, plus one upstream: lift the soft
+ * limit to the hard one, as nginx's worker_rlimit_nofile would. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static int cmd_run(const cli_opts_t *cli)
+{
+    diag_t d = {0};
+    settings_t set;
+    config_t *cfg = load(cli, &set, &d);
+    if (!cfg) {
+        print_diag(&d, stderr);
+        diag_free(&d);
+        return 1;
+    }
+    diag_free(&d);
+    log_set_level(set.log_level);
+    signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit();
+    server_t srv;
+    int err = server_init(&srv, &set, cfg, uv_default_loop());
+    if (err == 0)
+        err = server_run(&srv);
+    server_free(&srv);
+    uv_loop_close(uv_default_loop());
+    return err == 0 ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    const char *cmd = argc > 1 && argv[1][0] != '-' ? argv[1] : NULL;
+    if (cmd && strcmp(cmd, "version") == 0) {
+        printf("remora %s\n", REMORA_VERSION);
+        return 0;
+    }
+    if (cmd && strcmp(cmd, "check") != 0) {
+        fprintf(stderr, "remora: unknown command \"%s\"\n%s", cmd, usage);
+        return 2;
+    }
+    cli_opts_t cli;
+    int rc = parse_args(cmd ? argc - 1 : argc, cmd ? argv + 1 : argv, &cli);
+    if (rc)
+        return rc;
+    return cmd ? cmd_check(&cli) : cmd_run(&cli);
+}

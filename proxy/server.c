@@ -1,0 +1,145 @@
+#include "proxy/server.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "proxy/admin.h"
+#include "proxy/err.h"
+#include "proxy/log.h"
+
+const char *server_state_name(enum server_state st)
+{
+    switch (st) {
+    case SERVER_PRE_INITIALIZING:
+        return "PRE_INITIALIZING";
+    case SERVER_LIVE:
+        return "LIVE";
+    case SERVER_DRAINING:
+        return "DRAINING";
+    case SERVER_STOPPED:
+        return "DRAINING";
+    }
+    return "UNKNOWN";
+}
+
+static void set_state(server_t *s, enum server_state st)
+{
+    atomic_store_explicit(&s->state, st, memory_order_release);
+    for (unsigned i = 0; i < s->nworkers; i++)
+        worker_notify(&s->workers[i]);
+}
+
+int server_init(server_t *s, const settings_t *set, config_t *cfg, uv_loop_t *loop)
+{
+    memset(s, 0, sizeof *s);
+    s->set = *set;
+    s->cfg = cfg;
+    s->loop = loop;
+    s->started_ms = uv_hrtime() / 1000000;
+    s->node = config_node(cfg, set->node);
+    diag_t d = {0};
+    s->routes = route_table_build(cfg, s->node, &d);
+    if (!s->routes) {
+        for (size_t i = 0; i < d.n; i++)
+            log_error("%s", d.lines[i]);
+        diag_free(&d);
+        return ERR_CONFIG;
+    }
+    s->workers = calloc(set->workers, sizeof *s->workers);
+    if (!s->workers)
+        return UV_ENOMEM;
+    for (unsigned i = 0; i < set->workers; i++) {
+        int err = worker_init(&s->workers[i], s, i);
+        s->nworkers = i + 1;
+        if (err < 0) {
+            log_error("cannot listen on ingress %u / egress %u: %s", set->ingress_port,
+                      set->egress_port, uv_strerror(err));
+            return err;
+        }
+    }
+    return 0;
+}
+
+static void on_drain_deadline(uv_timer_t *t)
+{
+    server_t *s = t->data;
+    log_warn("drain: %llu ms passed, closing the connections that remain",
+             (unsigned long long)s->set.drain_timeout_ms);
+    set_state(s, SERVER_STOPPED);
+}
+
+void server_drain(server_t *s)
+{
+    if (server_state(s) >= SERVER_DRAINING)
+        return;
+    log_info("draining: listeners closed, finishing in-flight requests (up to %llu ms)",
+             (unsigned long long)s->set.drain_timeout_ms);
+    set_state(s, SERVER_DRAINING);
+    uv_timer_start(&s->drain_timer, on_drain_deadline, s->set.drain_timeout_ms, 0);
+}
+
+void server_worker_exited(server_t *s)
+{
+    atomic_fetch_add(&s->nexited, 1);
+    uv_async_send(&s->worker_exited);
+}
+
+static void on_worker_exited(uv_async_t *h)
+{
+    server_t *s = h->data;
+    if (atomic_load(&s->nexited) < s->nworkers)
+        return;
+    /* Every worker is done: close the main loop's handles so that uv_run returns. */
+    admin_stop(s);
+    uv_close((uv_handle_t *)&s->sigterm, NULL);
+    uv_close((uv_handle_t *)&s->sigint, NULL);
+    uv_close((uv_handle_t *)&s->drain_timer, NULL);
+    uv_close((uv_handle_t *)&s->worker_exited, NULL);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    server_t *s = h->data;
+    log_info("received %s", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    server_drain(s);
+}
+
+int server_run(server_t *s)
+{
+    uv_signal_init(s->loop, &s->sigterm);
+    uv_signal_init(s->loop, &s->sigint);
+    s->sigterm.data = s->sigint.data = s;
+    uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&s->sigint, on_signal, SIGINT);
+    uv_timer_init(s->loop, &s->drain_timer);
+    s->drain_timer.data = s;
+    uv_async_init(s->loop, &s->worker_exited, on_worker_exited);
+    s->worker_exited.data = s;
+    int err = admin_start(s);
+    if (err < 0)
+        return err;
+    for (unsigned i = 0; i < s->nworkers; i++) {
+        err = worker_start(&s->workers[i]);
+        if (err < 0) {
+            log_error("cannot start worker %u: %s", i, uv_strerror(err));
+            return err;
+        }
+    }
+    atomic_store_explicit(&s->state, SERVER_LIVE, memory_order_release);
+    log_info("remora live: node %s/%s, ingress :%u, egress :%u, admin %s:%u, %u worker(s)",
+             s->cfg->mesh_name, s->set.node, s->set.ingress_port, s->set.egress_port,
+             s->set.admin_host, s->set.admin_port, s->nworkers);
+    /* The loop ends once a drain completes: admin_stop closes the last handles. */
+    uv_run(s->loop, UV_RUN_DEFAULT);
+    for (unsigned i = 0; i < s->nworkers; i++)
+        worker_join(&s->workers[i]);
+    log_info("stopped");
+    return 0;
+}
+
+void server_free(server_t *s)
+{
+    free(s->workers);
+    route_table_free(s->routes);
+    config_free(s->cfg);
+}

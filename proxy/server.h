@@ -1,0 +1,56 @@
+/* The one root object: settings, the config and route table in force, the workers, the admin
+ * listener and the stats. The main thread runs the admin API and signals; the workers carry
+ * traffic. */
+#ifndef REMORA_SERVER_H
+#define REMORA_SERVER_H
+
+#include <stdatomic.h>
+#include <uv.h>
+
+#include "config/config.h"
+#include "proxy/settings.h"
+#include "proxy/stats.h"
+#include "proxy/worker.h"
+#include "routing/route.h"
+
+enum server_state { SERVER_PRE_INITIALIZING, SERVER_LIVE, SERVER_DRAINING, SERVER_STOPPED };
+
+typedef struct server {
+    settings_t set;
+    config_t *cfg;
+    route_table_t *routes;
+    const cfg_node_t *node;
+    _Atomic int state;
+    _Atomic int healthcheck_failed; /* POST /healthcheck/fail */
+    uint64_t started_ms;            /* uv_hrtime() / 1e6 at exec */
+    uint64_t ready_ms;              /* when /ready first answered 200 */
+    uv_loop_t *loop;                /* the main thread's loop */
+    uv_signal_t sigterm, sigint;
+    uv_timer_t drain_timer;
+    uv_async_t worker_exited; /* a worker's loop ended (drain complete) */
+    _Atomic unsigned nexited;
+    uv_tcp_t admin;
+    struct admin_conn *admin_conns;
+    http_stats_t ingress_stats, egress_stats;
+    worker_t *workers;
+    unsigned nworkers;
+} server_t;
+
+/* Takes ownership of `cfg`. Returns 0 or an error (logged). */
+int server_init(server_t *s, const settings_t *set, config_t *cfg, uv_loop_t *loop);
+/* Start workers and the admin API; runs the main loop until the server has stopped. */
+int server_run(server_t *s);
+/* Stop accepting and finish in-flight requests (SIGTERM, /quitquitquit, /drain_listeners). */
+void server_drain(server_t *s);
+void server_free(server_t *s);
+/* Called by a worker thread when its loop has ended. Thread-safe. */
+void server_worker_exited(server_t *s);
+
+static inline enum server_state server_state(server_t *s)
+{
+    return (enum server_state)atomic_load_explicit(&s->state, memory_order_acquire);
+}
+
+const char *server_state_name(enum server_state st);
+
+#endif

@@ -1,0 +1,197 @@
+#include "proxy/settings.h"
+
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proxy/err.h"
+
+config_t *settings_load_config(const cli_opts_t *cli, diag_t *d)
+{
+    const char *inline_json = getenv("REMORA_CONFIG_JSON");
+    if (inline_json && *inline_json && !cli->config)
+        return config_parse(inline_json, strlen(inline_json), "REMORA_CONFIG_JSON", d);
+    const char *path = cli->config ? cli->config : getenv("REMORA_CONFIG");
+    return config_load_file(path && *path ? path : DEFAULT_CONFIG_PATH, d);
+}
+
+const char *settings_node_from_arn(const char *v)
+{
+    const char *m = strstr(v, "mesh/");
+    if (!m || (m != v && m[-1] != ':'))
+        return NULL;
+    const char *vn = strstr(m + 5, "/virtualNode/");
+    if (!vn || vn == m + 5)
+        return NULL;
+    const char *node = vn + strlen("/virtualNode/");
+    return *node && !strchr(node, '/') ? node : NULL;
+}
+
+/* A decimal in [lo, hi] from a whole string; -1 when it is not one. */
+static long parse_long(const char *s, long lo, long hi)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return -1;
+    return v;
+}
+
+static char *read_small_file(const char *path, char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    size_t n = fread(buf, 1, cap - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return buf;
+}
+
+unsigned settings_cpu_limit(const char *cpu_max, unsigned affinity)
+{
+    char buf[128];
+    long quota = -1, period = -1;
+    if (!cpu_max)
+        cpu_max = read_small_file("/sys/fs/cgroup/cpu.max", buf, sizeof buf);
+    if (cpu_max) {
+        char q[32];
+        if (sscanf(cpu_max, "%31s %ld", q, &period) == 2 && strcmp(q, "max") != 0)
+            quota = parse_long(q, 1, 1L << 40);
+    } else {
+        char qb[64], pb[64];
+        if (read_small_file("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", qb, sizeof qb) &&
+            read_small_file("/sys/fs/cgroup/cpu/cpu.cfs_period_us", pb, sizeof pb)) {
+            quota = strtol(qb, NULL, 10);
+            period = strtol(pb, NULL, 10);
+        }
+    }
+    unsigned n = affinity ? affinity : 1;
+    if (quota > 0 && period > 0) {
+        unsigned by_quota = (unsigned)((quota + period - 1) / period);
+        if (by_quota < n)
+            n = by_quota;
+    }
+    return n ? n : 1;
+}
+
+static unsigned affinity_cpus(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0)
+        return 1;
+    return (unsigned)CPU_COUNT(&set);
+}
+
+static int resolve_node(settings_t *s, const cli_opts_t *cli, const config_t *cfg, diag_t *d)
+{
+    const char *node = cli->node;
+    const char *arn = getenv("APPMESH_RESOURCE_ARN");
+    const char *old = getenv("APPMESH_VIRTUAL_NODE_NAME");
+    if (!node && arn && *arn) {
+        node = settings_node_from_arn(arn);
+        if (!node)
+            diag_add(d, "settings", "APPMESH_RESOURCE_ARN",
+                     "expected arn:aws:appmesh:REGION:ACCOUNT:mesh/MESH/virtualNode/NODE, got \"%s\"",
+                     arn);
+    }
+    if (!node && old && *old) {
+        node = settings_node_from_arn(old);
+        if (!node)
+            diag_add(d, "settings", "APPMESH_VIRTUAL_NODE_NAME",
+                     "expected mesh/MESH/virtualNode/NODE, got \"%s\"", old);
+    }
+    if (!node)
+        node = cfg->proxy.node;
+    if (!node && cfg->nnodes == 1)
+        node = cfg->nodes[0].name;
+    if (!node) {
+        diag_add(d, "settings", "node",
+                 "which virtual node is this? set --node, APPMESH_RESOURCE_ARN or proxy.node");
+        return ERR_CONFIG;
+    }
+    if (!config_node(cfg, node)) {
+        diag_add(d, "settings", "node", "virtual node \"%s\" is not in the config", node);
+        return ERR_CONFIG;
+    }
+    snprintf(s->node, sizeof s->node, "%s", node);
+    return 0;
+}
+
+/* "host:port", ":port" or "port" for the admin listener. */
+static int parse_admin(settings_t *s, const char *v)
+{
+    const char *colon = strrchr(v, ':');
+    const char *port = colon ? colon + 1 : v;
+    long p = parse_long(port, 1, 65535);
+    if (p < 0)
+        return -1;
+    s->admin_port = (uint16_t)p;
+    if (colon && colon > v)
+        snprintf(s->admin_host, sizeof s->admin_host, "%.*s", (int)(colon - v), v);
+    return 0;
+}
+
+static void resolve_admin(settings_t *s, const cli_opts_t *cli, const config_t *cfg, diag_t *d)
+{
+    snprintf(s->admin_host, sizeof s->admin_host, "127.0.0.1");
+    s->admin_port = DEFAULT_ADMIN_PORT;
+    const char *env = getenv("ENVOY_ADMIN_ACCESS_PORT");
+    const char *v = cli->admin ? cli->admin : env && *env ? env : cfg->proxy.admin;
+    if (v && parse_admin(s, v) != 0)
+        diag_add(d, "settings", "admin", "expected ADDR:PORT or PORT, got \"%s\"", v);
+}
+
+static void resolve_level(settings_t *s, const cli_opts_t *cli, const config_t *cfg, diag_t *d)
+{
+    const char *env = getenv("ENVOY_LOG_LEVEL");
+    const char *v = cli->log_level ? cli->log_level : env && *env ? env : cfg->proxy.log_level;
+    s->log_level = LOG_INFO;
+    if (v && log_parse_level(v, &s->log_level) != 0)
+        diag_add(d, "settings", "log-level",
+                 "must be trace, debug, info, warning, error, critical or off, got \"%s\"", v);
+}
+
+static void resolve_workers(settings_t *s, const cli_opts_t *cli, const config_t *cfg, diag_t *d)
+{
+    const char *env = getenv("ENVOY_CONCURRENCY");
+    long n = cli->workers;
+    if (n < 0 && env && *env) {
+        n = parse_long(env, 1, 256);
+        if (n < 0)
+            diag_add(d, "settings", "ENVOY_CONCURRENCY", "must be 1..256, got \"%s\"", env);
+    }
+    if (n < 0)
+        n = cfg->proxy.workers;
+    s->workers = n > 0 ? (unsigned)n : settings_cpu_limit(NULL, affinity_cpus());
+}
+
+int settings_resolve(settings_t *s, const cli_opts_t *cli, const config_t *cfg, diag_t *d)
+{
+    size_t before = d->n;
+    memset(s, 0, sizeof *s);
+    resolve_node(s, cli, cfg, d);
+    resolve_admin(s, cli, cfg, d);
+    resolve_level(s, cli, cfg, d);
+    resolve_workers(s, cli, cfg, d);
+    int in = cli->ingress_port > 0 ? cli->ingress_port : cfg->proxy.ingress_port;
+    int eg = cli->egress_port > 0 ? cli->egress_port : cfg->proxy.egress_port;
+    s->ingress_port = (uint16_t)(in > 0 ? in : DEFAULT_INGRESS_PORT);
+    s->egress_port = (uint16_t)(eg > 0 ? eg : DEFAULT_EGRESS_PORT);
+    s->header_timeout_ms = cfg->proxy.request_header_timeout_ms != DURATION_UNSET
+                               ? cfg->proxy.request_header_timeout_ms
+                               : DEFAULT_HEADER_TIMEOUT_MS;
+    const char *drain = getenv("LISTENER_DRAIN_WAIT_TIME_S");
+    long drain_s = drain && *drain ? parse_long(drain, 0, 3600) : -1;
+    if (drain && *drain && drain_s < 0)
+        diag_add(d, "settings", "LISTENER_DRAIN_WAIT_TIME_S", "must be 0..3600, got \"%s\"",
+                 drain);
+    s->drain_timeout_ms = drain_s >= 0 ? (uint64_t)drain_s * 1000
+                          : cfg->proxy.drain_timeout_ms != DURATION_UNSET
+                              ? cfg->proxy.drain_timeout_ms
+                              : DEFAULT_DRAIN_TIMEOUT_MS;
+    return d->n > before ? ERR_CONFIG : 0;
+}

@@ -1,0 +1,51 @@
+/* Run-time settings, resolved once at start-up with the precedence of SPEC §2:
+ * command-line flag > environment > the config file's `proxy` object > default. */
+#ifndef REMORA_SETTINGS_H
+#define REMORA_SETTINGS_H
+
+#include <stdint.h>
+
+#include "config/config.h"
+#include "config/diag.h"
+#include "proxy/log.h"
+
+#define DEFAULT_CONFIG_PATH        "/etc/remora/mesh.json"
+#define DEFAULT_INGRESS_PORT       15000
+#define DEFAULT_EGRESS_PORT        15001
+#define DEFAULT_ADMIN_PORT         9901
+#define DEFAULT_HEADER_TIMEOUT_MS  10000
+#define DEFAULT_DRAIN_TIMEOUT_MS   20000
+
+/* What the command line said; unset fields are NULL / -1. */
+typedef struct cli_opts {
+    const char *config;
+    const char *node;
+    const char *admin;
+    const char *log_level;
+    int ingress_port, egress_port, workers;
+} cli_opts_t;
+
+typedef struct settings {
+    char node[256];
+    uint16_t ingress_port, egress_port;
+    char admin_host[64];
+    uint16_t admin_port;
+    unsigned workers;
+    enum log_level log_level;
+    uint64_t header_timeout_ms;
+    uint64_t drain_timeout_ms;
+} settings_t;
+
+/* Where the config comes from: REMORA_CONFIG_JSON inline, else --config, REMORA_CONFIG, the
+ * default path. Returns the loaded config or NULL with diagnostics. */
+config_t *settings_load_config(const cli_opts_t *cli, diag_t *d);
+/* Resolve every setting; problems go to `d` (source "settings"). Returns 0 or ERR_CONFIG. */
+int settings_resolve(settings_t *s, const cli_opts_t *cli, const config_t *cfg, diag_t *d);
+/* The node name inside an App Mesh ARN (…:mesh/M/virtualNode/N) or the older
+ * "mesh/M/virtualNode/N" form; NULL when `v` is neither. Points into `v`. */
+const char *settings_node_from_arn(const char *v);
+/* CPUs this process may use: the cgroup CPU quota (v2 cpu.max or v1 cfs) rounded up, bounded by
+ * the affinity mask. `cpu_max` is the text of cpu.max (or NULL to read the system's). */
+unsigned settings_cpu_limit(const char *cpu_max, unsigned affinity);
+
+#endif

@@ -1,0 +1,85 @@
+/* Counters and gauges shared by all workers: relaxed atomics, summed by nobody, read by the admin
+ * thread. The lists below are the single source of stat names for /stats and
+ * /stats/prometheus; a new stat is one line here. */
+#ifndef REMORA_STATS_H
+#define REMORA_STATS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+typedef _Atomic uint64_t stat_t;
+
+static inline void stat_inc(stat_t *s)
+{
+    atomic_fetch_add_explicit(s, 1, memory_order_relaxed);
+}
+static inline void stat_dec(stat_t *s)
+{
+    atomic_fetch_sub_explicit(s, 1, memory_order_relaxed);
+}
+static inline void stat_add(stat_t *s, uint64_t n)
+{
+    atomic_fetch_add_explicit(s, n, memory_order_relaxed);
+}
+static inline uint64_t stat_get(stat_t *s)
+{
+    return atomic_load_explicit(s, memory_order_relaxed);
+}
+
+/* X(name, is_gauge) */
+#define HTTP_STATS(X)                                                                              \
+    X(downstream_cx_total, 0)                                                                      \
+    X(downstream_cx_active, 1)                                                                     \
+    X(downstream_cx_protocol_error, 0)                                                             \
+    X(downstream_cx_header_timeout, 0)                                                             \
+    X(downstream_cx_idle_timeout, 0)                                                               \
+    X(downstream_cx_drain_close, 0)                                                                \
+    X(downstream_cx_upgrades_total, 0)                                                             \
+    X(downstream_rq_total, 0)                                                                      \
+    X(downstream_rq_active, 1)                                                                     \
+    X(downstream_rq_1xx, 0)                                                                        \
+    X(downstream_rq_2xx, 0)                                                                        \
+    X(downstream_rq_3xx, 0)                                                                        \
+    X(downstream_rq_4xx, 0)                                                                        \
+    X(downstream_rq_5xx, 0)                                                                        \
+    X(downstream_rq_timeout, 0)                                                                    \
+    X(downstream_rq_rx_reset, 0)                                                                   \
+    X(downstream_rq_header_too_large, 0)
+
+#define CLUSTER_STATS(X)                                                                           \
+    X(upstream_cx_total, 0)                                                                        \
+    X(upstream_cx_active, 1)                                                                       \
+    X(upstream_cx_connect_fail, 0)                                                                 \
+    X(upstream_cx_connect_timeout, 0)                                                              \
+    X(upstream_cx_destroy_remote, 0)                                                               \
+    X(upstream_cx_protocol_error, 0)                                                               \
+    X(upstream_cx_idle_timeout, 0)                                                                 \
+    X(upstream_cx_pool_reuse, 0)                                                                   \
+    X(upstream_rq_total, 0)                                                                        \
+    X(upstream_rq_active, 1)                                                                       \
+    X(upstream_rq_1xx, 0)                                                                          \
+    X(upstream_rq_2xx, 0)                                                                          \
+    X(upstream_rq_3xx, 0)                                                                          \
+    X(upstream_rq_4xx, 0)                                                                          \
+    X(upstream_rq_5xx, 0)                                                                          \
+    X(upstream_rq_timeout, 0)                                                                      \
+    X(upstream_rq_rx_reset, 0)                                                                     \
+    X(upstream_rq_tx_reset, 0)
+
+#define STAT_FIELD(name, gauge) stat_t name;
+typedef struct http_stats {
+    HTTP_STATS(STAT_FIELD)
+} http_stats_t;
+typedef struct cluster_stats {
+    CLUSTER_STATS(STAT_FIELD)
+} cluster_stats_t;
+#undef STAT_FIELD
+
+/* The 1xx..5xx counter of a status code within a stats block, by class. */
+static inline stat_t *stat_class(stat_t *first_1xx, int status)
+{
+    int cls = status / 100;
+    return first_1xx + (cls < 1 ? 4 : cls > 5 ? 4 : cls - 1);
+}
+
+#endif
