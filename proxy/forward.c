@@ -161,20 +161,15 @@ static void build_request_head(exchange_t *ex, head_writer_t *hw)
     put(hw, " ", 1);
     put(hw, target, tlen);
     put(hw, " HTTP/1.1\r\n", 11);
-    int has_host = 0, has_xfp = 0, has_rid = 0, xff = 0;
+    int has_host = 0, has_xfp = 0, has_rid = 0;
     for (unsigned i = 0; i < h->nfields; i++) {
-        if (h1_is_hop_by_hop(h, i))
+        if (h1_is_hop_by_hop(h, i) || h1_name_is(h, i, "x-forwarded-for"))
             continue;
+        if (ex->expect_continue && h1_name_is(h, i, "expect"))
+            continue; /* answered by remora itself */
         if (h1_name_is(h, i, "host")) {
             if (has_host++ || authority)
                 continue;
-        } else if (h1_name_is(h, i, "x-forwarded-for")) {
-            if (xff++)
-                put(hw, ", ", 2);
-            else
-                puts_(hw, "X-Forwarded-For: ");
-            put(hw, h1_value(h, i), h->fields[i].value_len);
-            continue;
         } else if (h1_name_is(h, i, "x-forwarded-proto")) {
             has_xfp = 1;
         } else if (h1_name_is(h, i, "x-request-id")) {
@@ -182,8 +177,14 @@ static void build_request_head(exchange_t *ex, head_writer_t *hw)
         }
         put_field(hw, h, i);
     }
-    /* RFC 9110 §7.6.2-ish: append the client we received from to the chain. */
-    puts_(hw, xff ? ", " : "X-Forwarded-For: ");
+    /* The chain so far (every X-Forwarded-For field, in order), then the peer we received from. */
+    puts_(hw, "X-Forwarded-For: ");
+    for (unsigned i = 0; i < h->nfields; i++) {
+        if (!h1_name_is(h, i, "x-forwarded-for"))
+            continue;
+        put(hw, h1_value(h, i), h->fields[i].value_len);
+        put(hw, ", ", 2);
+    }
     puts_(hw, ex->ds->client_ip);
     put(hw, "\r\n", 2);
     if (authority) {

@@ -166,7 +166,8 @@ static void on_eof(upstream_t *up, ssize_t nread)
         return;
     }
     /* A response delimited by the close (RFC 9112 §6.3 rule 8) completes here. */
-    if (nread == UV_EOF && llhttp_finish(&up->parser) == HPE_OK && up->message_done) {
+    llhttp_errno_t fin = nread == UV_EOF ? llhttp_finish(&up->parser) : HPE_USER;
+    if ((fin == HPE_OK || fin == HPE_PAUSED) && up->message_done) {
         up->keep_alive = 0;
         fwd_response_done(ex);
         return;

@@ -114,13 +114,6 @@ static void listener_close(listener_t *l)
     uv_close((uv_handle_t *)&l->tcp, NULL);
 }
 
-static void close_handle(uv_handle_t *h, void *arg)
-{
-    (void)arg;
-    if (!uv_is_closing(h))
-        uv_close(h, NULL);
-}
-
 /* Once draining and every client connection is gone, release what is left and let the loop
  * end. */
 static void maybe_finish(worker_t *w)
@@ -128,7 +121,12 @@ static void maybe_finish(worker_t *w)
     if (!w->draining || w->ndownstreams > 0)
         return;
     pool_close_idle(&w->pools);
-    uv_walk(&w->loop, close_handle, NULL);
+    if (uv_is_closing((uv_handle_t *)&w->wake))
+        return;
+    /* Connections close their own handles; these are the worker's. */
+    uv_close((uv_handle_t *)&w->wake, NULL);
+    uv_close((uv_handle_t *)&w->prepare, NULL);
+    uv_close((uv_handle_t *)&w->check, NULL);
 }
 
 static void on_wake(uv_async_t *h)

@@ -29,7 +29,6 @@ typedef struct worker {
     uv_async_t wake;       /* main thread -> worker: look at srv->state */
     uv_prepare_t prepare;  /* flush before the loop blocks */
     uv_check_t check;      /* flush after each I/O pass */
-    uv_timer_t drain_timer;
     conn_t *dirty;         /* connections with queued output */
     bufpool_t bufs;
     wreq_t *free_wreqs;
