@@ -124,29 +124,33 @@ static int h_stats(server_t *s, text_t *body)
     return 200;
 }
 
-/* Envoy's Prometheus names: envoy_<scope>_<stat>, with the scope's name as a label and the
- * 1xx..5xx counters folded into one series labelled by class. */
-static void prom_series(text_t *t, const char *family, const char *stat, int gauge,
+/* Envoy's Prometheus names: envoy_<scope>_<stat>, with the scope's name as a label; the
+ * per-class counters ..._2xx fold into one family ..._xx labelled by class. Returns the class
+ * digit, or 0 for a stat that is not per-class. */
+static char family_of(const char *stat, char *family, size_t cap)
+{
+    size_t n = strlen(stat);
+    snprintf(family, cap, "%s", stat);
+    if (n < 5 || n >= cap || stat[n - 4] != '_' || stat[n - 3] < '1' || stat[n - 3] > '5' ||
+        strcmp(stat + n - 2, "xx") != 0)
+        return 0;
+    memcpy(family + n - 3, "xx", 3);
+    return stat[n - 3];
+}
+
+static void prom_series(text_t *t, const char *scope, const char *stat, int gauge,
                         const char *label, const char *value, uint64_t v, int *typed)
 {
-    const char *cls = NULL;
-    char base[96];
-    snprintf(base, sizeof base, "%s", stat);
-    size_t bl = strlen(base);
-    if (bl > 4 && base[bl - 4] == '_' && base[bl - 2] == 'x' && base[bl - 1] == 'x' &&
-        base[bl - 3] >= '1' && base[bl - 3] <= '5') {
-        static const char *const classes[] = {"1", "2", "3", "4", "5"};
-        cls = classes[base[bl - 3] - '1'];
-        base[bl - 3] = 'x';
-    }
+    char family[96];
+    char cls = family_of(stat, family, sizeof family);
     if (!*typed)
-        tprintf(t, "# TYPE envoy_%s_%s %s\n", family, base, gauge ? "gauge" : "counter");
+        tprintf(t, "# TYPE envoy_%s_%s %s\n", scope, family, gauge ? "gauge" : "counter");
     *typed = 1;
     if (cls)
-        tprintf(t, "envoy_%s_%s{envoy_response_code_class=\"%s\",%s=\"%s\"} %" PRIu64 "\n",
-                family, base, cls, label, value, v);
+        tprintf(t, "envoy_%s_%s{envoy_response_code_class=\"%c\",%s=\"%s\"} %" PRIu64 "\n",
+                scope, family, cls, label, value, v);
     else
-        tprintf(t, "envoy_%s_%s{%s=\"%s\"} %" PRIu64 "\n", family, base, label, value, v);
+        tprintf(t, "envoy_%s_%s{%s=\"%s\"} %" PRIu64 "\n", scope, family, label, value, v);
 }
 
 static int h_prometheus(server_t *s, text_t *body)

@@ -503,3 +503,12 @@ void downstream_drain_all(worker_t *w)
         }
     }
 }
+
+void downstream_abort_all(worker_t *w)
+{
+    downstream_t *next;
+    for (downstream_t *ds = w->downstreams; ds; ds = next) {
+        next = ds->next; /* a closing connection stays listed until its close callback */
+        downstream_abort(ds);
+    }
+}

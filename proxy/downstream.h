@@ -55,5 +55,7 @@ void downstream_finish(downstream_t *ds);
 void downstream_abort(downstream_t *ds);
 /* The server drains: close idle connections now, others after their current response. */
 void downstream_drain_all(worker_t *w);
+/* The drain deadline passed: close every connection now. */
+void downstream_abort_all(worker_t *w);
 
 #endif

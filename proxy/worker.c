@@ -140,10 +140,8 @@ static void on_wake(uv_async_t *h)
             listener_close(&w->egress);
         }
         downstream_drain_all(w);
-        if (st == SERVER_STOPPED) {
-            while (w->downstreams)
-                downstream_abort(w->downstreams);
-        }
+        if (st == SERVER_STOPPED)
+            downstream_abort_all(w);
     }
     maybe_finish(w);
 }

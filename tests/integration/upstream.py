@@ -23,7 +23,8 @@ import hashlib
 import json
 import signal
 
-STATS = {"connections": 0, "requests": 0, "aborted_uploads": 0, "open": 0, "completed_uploads": 0}
+STATS = {"connections": 0, "requests": 0, "aborted_uploads": 0, "open": 0, "completed_uploads": 0,
+         "receiving": 0}
 HEAD_LIMIT = 256 * 1024
 
 
@@ -163,6 +164,7 @@ async def handle_one(reader, writer, args, first):
         return False
     else:  # /echo, /upload and anything else
         digest, length = hashlib.sha256(), 0
+        STATS["receiving"] += 1
         try:
             async for chunk in body_chunks(reader, headers):
                 digest.update(chunk)
@@ -170,6 +172,8 @@ async def handle_one(reader, writer, args, first):
         except (asyncio.IncompleteReadError, ConnectionError):
             STATS["aborted_uploads"] += 1
             raise
+        finally:
+            STATS["receiving"] -= 1
         if path == "/upload":
             STATS["completed_uploads"] += 1
         body = json.dumps({"method": method, "target": target, "version": version,

@@ -1,0 +1,214 @@
+"""Start-up, settings, the admin API, concurrency and graceful shutdown."""
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+from conftest import REMORA, free_port, mesh_config, wait_until
+from rawhttp import Conn, request
+
+
+def test_admin_endpoints(mesh):
+    r, _, _ = mesh()
+    assert r.admin("/ready") == (200, "LIVE\n")
+    status, body = r.admin("/server_info")
+    info = json.loads(body)
+    assert status == 200 and info["state"] == "LIVE"
+    assert '"state": "LIVE"' in body  # what the stock ECS health check greps for
+    status, text = r.admin("/stats/prometheus")
+    assert status == 200
+    assert 'envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix="ingress"} 0' in text
+    assert "# TYPE envoy_cluster_upstream_rq_xx counter" in text
+    assert r.admin("/nope")[0] == 404
+    assert r.admin("/quitquitquit")[0] == 405, "state-changing endpoints need POST"
+
+
+def test_stats_count_requests_by_class(mesh):
+    r, _, backend = mesh()
+    c = Conn(r.egress)
+    for path in ("/status/200", "/status/404", "/status/503", "/echo"):
+        c.send(request("GET", path))
+        c.read_response()
+    st = r.stats()
+    port = backend.port
+    assert st["http.egress.downstream_rq_total"] == 4
+    assert st["http.egress.downstream_rq_2xx"] == 2
+    assert st["http.egress.downstream_rq_4xx"] == 1
+    assert st["http.egress.downstream_rq_5xx"] == 1
+    assert st[f"cluster.cds_egress_shop_cart-v1_http_{port}.upstream_rq_total"] == 4
+    assert st[f"cluster.cds_egress_shop_cart-v1_http_{port}.upstream_rq_5xx"] == 1
+    _, prom = r.admin("/stats/prometheus")
+    assert ('envoy_cluster_upstream_rq_xx{envoy_response_code_class="2",envoy_cluster_name='
+            f'"cds_egress_shop_cart-v1_http_{port}"}} 2') in prom
+
+
+def test_healthcheck_fail_and_ok(mesh):
+    r, _, _ = mesh()
+    assert r.admin("/healthcheck/fail", "POST")[0] == 200
+    assert r.admin("/ready")[0] == 503
+    assert json.loads(r.admin("/server_info")[1])["health_check_failed"] is True
+    assert r.admin("/healthcheck/ok", "POST")[0] == 200
+    assert r.admin("/ready")[0] == 200
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_0(mesh):
+    r, _, _ = mesh()
+    idle = Conn(r.egress)
+    idle.send(request("GET", "/echo"))
+    assert idle.read_response().status == 200
+    busy = Conn(r.egress)
+    busy.send(request("GET", "/sleep/1500"))
+    time.sleep(0.2)
+    r.proc.send_signal(signal.SIGTERM)
+    # The idle keep-alive connection is closed at once; the busy one gets its answer.
+    assert idle.closed_by_peer(timeout=3)
+    resp = busy.read_response()
+    assert resp.status == 200 and resp.body == b"slept\n"
+    assert resp.header("connection") == "close"
+    assert r.proc.wait(10) == 0
+    # No new connections are accepted once draining.
+    try:
+        Conn(r.egress, timeout=1).send(request("GET", "/echo"))
+        refused = False
+    except OSError:
+        refused = True
+    assert refused
+
+
+def test_quitquitquit_drains_and_exits(mesh):
+    r, _, _ = mesh()
+    assert r.admin("/quitquitquit", "POST")[0] == 200
+    assert r.proc.wait(10) == 0
+
+
+def test_drain_deadline_closes_stuck_requests(mesh):
+    r, _, _ = mesh(env={"LISTENER_DRAIN_WAIT_TIME_S": "1"})
+    stuck = Conn(r.egress)
+    stuck.send(request("GET", "/sleep/30000"))
+    time.sleep(0.2)
+    start = time.monotonic()
+    r.proc.send_signal(signal.SIGTERM)
+    assert r.proc.wait(10) == 0
+    assert time.monotonic() - start < 5
+    assert stuck.closed_by_peer(timeout=2)
+
+
+async def _client(port, n):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    ok = 0
+    for i in range(n):
+        writer.write(request("GET", f"/echo?i={i}"))
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int([h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")][0]
+                     .split(b":")[1])
+        await reader.readexactly(length)
+        ok += head.startswith(b"HTTP/1.1 200 ")
+        await asyncio.sleep(0.05)  # keep every connection open at the same time
+    writer.close()
+    return ok
+
+
+def test_1000_concurrent_keep_alive_clients(mesh):
+    r, _, backend = mesh(workers=2)
+
+    async def run():
+        return await asyncio.gather(*(_client(r.egress, 3) for _ in range(1000)))
+
+    results = asyncio.run(run())
+    assert sum(results) == 3000
+    st = r.stats()
+    assert st["http.egress.downstream_cx_total"] == 1000
+    assert st["http.egress.downstream_rq_2xx"] == 3000
+    assert st["http.egress.downstream_rq_5xx"] == 0
+    assert backend.stats()["requests"] == 3000
+
+
+def test_workers_from_envoy_concurrency(upstream, remora):
+    app, cart = upstream("app"), upstream("cart")
+    cfg = mesh_config(app.port, cart.port)
+    r = remora(cfg, workers=1)
+    assert json.loads(r.admin("/server_info")[1])["command_line_options"]["concurrency"] == 1
+    proc_cfg = os.path.join(os.path.dirname(r.config_path), "mesh.json")
+    ports = [free_port() for _ in range(3)]
+    p = subprocess.Popen([REMORA, "--config", proc_cfg, "--ingress-port", str(ports[0]),
+                          "--egress-port", str(ports[1])],
+                         env={"ENVOY_CONCURRENCY": "3", "ENVOY_ADMIN_ACCESS_PORT": str(ports[2]),
+                              "PATH": os.environ["PATH"]},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        import urllib.request
+
+        def info():
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports[2]}/server_info", timeout=2) as f:
+                return json.loads(f.read())
+
+        assert wait_until(info)["command_line_options"]["concurrency"] == 3
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+
+
+def test_node_from_appmesh_resource_arn_and_inline_config(tmp_path, upstream):
+    app, cart = upstream("app"), upstream("cart")
+    cfg = mesh_config(app.port, cart.port)
+    del cfg["proxy"]
+    cfg["virtualNodes"].append({"virtualNodeName": "other", "spec": {}})
+    ports = [free_port() for _ in range(3)]
+    env = {"PATH": os.environ["PATH"], "REMORA_CONFIG_JSON": json.dumps(cfg),
+           "APPMESH_RESOURCE_ARN": "arn:aws:appmesh:us-east-1:123456789012:mesh/shop/virtualNode/web",
+           "ENVOY_ADMIN_ACCESS_PORT": str(ports[2])}
+    p = subprocess.Popen([REMORA, "--ingress-port", str(ports[0]), "--egress-port", str(ports[1]),
+                          "--workers", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: Conn(ports[0]) is not None, what="listener")
+        c = Conn(ports[0])
+        c.send(request("GET", "/echo", host="web"))
+        assert json.loads(c.read_response().body)["server"] == "app"
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+
+
+def test_bad_settings_and_config_refuse_to_start(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"virtualNodes": [{"virtualNodeName": "web", "spec": {"listeners": '
+                   '[{"portMapping": {"port": 70000, "protocol": "http"}}]}}]}')
+    out = subprocess.run([REMORA, "--config", str(bad)], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 1
+    assert "virtualNodes[0].spec.listeners[0].portMapping.port: must be 1..65535, got 70000" in out.stderr
+    out = subprocess.run([REMORA, "check", "--config", str(bad)], capture_output=True, text=True,
+                         timeout=10)
+    assert out.returncode == 1 and "must be 1..65535" in out.stdout
+    broken = tmp_path / "broken.json"
+    broken.write_text("{ not json")
+    out = subprocess.run([REMORA, "--config", str(broken)], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 1 and "broken.json" in out.stderr
+    out = subprocess.run([REMORA, "--workers", "0"], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 2 and "--workers" in out.stderr
+    out = subprocess.run([REMORA, "--config", "/nonexistent/mesh.json"], capture_output=True,
+                         text=True, timeout=10)
+    assert out.returncode == 1 and "cannot open" in out.stderr
+
+
+def test_check_and_version(tmp_path, upstream):
+    cfg = tmp_path / "mesh.json"
+    cfg.write_text(json.dumps(mesh_config(8080, 8081)))
+    out = subprocess.run([REMORA, "check", "--config", str(cfg)], capture_output=True, text=True,
+                         timeout=10)
+    assert out.returncode == 0, out.stdout
+    assert "node web" in out.stdout and "backend cart.shop.local" in out.stdout
+    out = subprocess.run([REMORA, "version"], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0 and out.stdout.startswith("remora ")
+
+
+def test_bind_conflict_is_reported(mesh, tmp_path):
+    r, _, _ = mesh()
+    out = subprocess.run([REMORA, "--config", r.config_path, "--admin", f"127.0.0.1:{r.admin_port}",
+                          "--ingress-port", str(free_port()), "--egress-port", str(free_port())],
+                         capture_output=True, text=True, timeout=10)
+    assert out.returncode == 1
+    assert "admin: cannot listen" in out.stderr
