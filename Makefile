@@ -68,7 +68,7 @@ unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
 
 integration: $(BUILD)/remora
-	REMORA_BIN=$(abspath $(BUILD)/remora) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+	REMORA_BIN=$(abspath $(BUILD)/remora) REMORA_SANITIZER=$(SANITIZER) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
 test: deps
 	$(MAKE) --no-print-directory all
