@@ -23,7 +23,6 @@ typedef struct admin_conn {
     struct admin_conn *next, *prev;
 } admin_conn_t;
 
-
 /* ---- a growable text buffer for responses ---- */
 
 typedef struct text {
@@ -39,8 +38,7 @@ static void tprintf(text_t *t, const char *fmt, ...)
         va_start(ap, fmt);
         int n = vsnprintf(t->p ? t->p + t->len : NULL, t->p ? t->cap - t->len : 0, fmt, ap);
         va_end(ap);
-        if (n < 0)
-            return;
+        if (n < 0) return;
         if (t->p && t->len + (size_t)n < t->cap) {
             t->len += (size_t)n;
             return;
@@ -49,8 +47,7 @@ static void tprintf(text_t *t, const char *fmt, ...)
         while (cap <= t->len + (size_t)n)
             cap *= 2;
         char *p = realloc(t->p, cap);
-        if (!p)
-            return;
+        if (!p) return;
         t->p = p;
         t->cap = cap;
     }
@@ -82,20 +79,22 @@ static int h_ready(server_t *s, text_t *body)
 static int h_server_info(server_t *s, text_t *body)
 {
     uint64_t up = uptime_s(s);
-    tprintf(body,
-            "{\n \"version\": \"%s\",\n \"state\": \"%s\",\n \"hot_restart_version\": \"disabled\",\n"
-            " \"uptime_current_epoch\": \"%" PRIu64 "s\",\n \"uptime_all_epochs\": \"%" PRIu64
-            "s\",\n \"health_check_failed\": %s,\n \"node\": {\"id\": \"%s\", \"cluster\": \"%s\"},\n"
-            " \"command_line_options\": {\"concurrency\": %u, \"log_level\": \"%d\"}\n}\n",
-            REMORA_VERSION, server_state_name(server_state(s)), up, up,
-            atomic_load(&s->healthcheck_failed) ? "true" : "false", s->set.node,
-            s->cfg->mesh_name, s->nworkers, (int)s->set.log_level);
+    tprintf(
+        body,
+        "{\n \"version\": \"%s\",\n \"state\": \"%s\",\n \"hot_restart_version\": \"disabled\",\n"
+        " \"uptime_current_epoch\": \"%" PRIu64 "s\",\n \"uptime_all_epochs\": \"%" PRIu64
+        "s\",\n \"health_check_failed\": %s,\n \"node\": {\"id\": \"%s\", \"cluster\": \"%s\"},\n"
+        " \"command_line_options\": {\"concurrency\": %u, \"log_level\": \"%d\"}\n}\n",
+        REMORA_VERSION, server_state_name(server_state(s)), up, up,
+        atomic_load(&s->healthcheck_failed) ? "true" : "false", s->set.node, s->cfg->mesh_name,
+        s->nworkers, (int)s->set.log_level);
     return 200;
 }
 
 static void stats_http(text_t *t, const char *prefix, http_stats_t *st)
 {
-#define LINE(stat, gauge) tprintf(t, "http.%s.%s: %" PRIu64 "\n", prefix, #stat, stat_get(&st->stat));
+#define LINE(stat, gauge)                                                                          \
+    tprintf(t, "http.%s.%s: %" PRIu64 "\n", prefix, #stat, stat_get(&st->stat));
     HTTP_STATS(LINE)
 #undef LINE
 }
@@ -143,12 +142,11 @@ static void prom_series(text_t *t, const char *scope, const char *stat, int gaug
 {
     char family[96];
     char cls = family_of(stat, family, sizeof family);
-    if (!*typed)
-        tprintf(t, "# TYPE envoy_%s_%s %s\n", scope, family, gauge ? "gauge" : "counter");
+    if (!*typed) tprintf(t, "# TYPE envoy_%s_%s %s\n", scope, family, gauge ? "gauge" : "counter");
     *typed = 1;
     if (cls)
-        tprintf(t, "envoy_%s_%s{envoy_response_code_class=\"%c\",%s=\"%s\"} %" PRIu64 "\n",
-                scope, family, cls, label, value, v);
+        tprintf(t, "envoy_%s_%s{envoy_response_code_class=\"%c\",%s=\"%s\"} %" PRIu64 "\n", scope,
+                family, cls, label, value, v);
     else
         tprintf(t, "envoy_%s_%s{%s=\"%s\"} %" PRIu64 "\n", scope, family, label, value, v);
 }
@@ -161,7 +159,7 @@ static int h_prometheus(server_t *s, text_t *body)
 #define HTTP_LINE(name, gauge)                                                                     \
     typed = !strstr(#name, "_1xx") && strstr(#name, "xx") ? 1 : 0;                                 \
     for (int i = 0; i < 2; i++)                                                                    \
-        prom_series(body, "http", #name, gauge, "envoy_http_conn_manager_prefix", prefixes[i],   \
+        prom_series(body, "http", #name, gauge, "envoy_http_conn_manager_prefix", prefixes[i],     \
                     stat_get(&hs[i]->name), &typed);
     HTTP_STATS(HTTP_LINE)
 #undef HTTP_LINE
@@ -176,11 +174,10 @@ static int h_prometheus(server_t *s, text_t *body)
 #undef CLUSTER_LINE
     typed = 0;
     for (unsigned i = 0; i < n; i++) {
-        if (!typed)
-            tprintf(body, "# TYPE envoy_cluster_membership_total gauge\n");
+        if (!typed) tprintf(body, "# TYPE envoy_cluster_membership_total gauge\n");
         typed = 1;
-        tprintf(body, "envoy_cluster_membership_total{envoy_cluster_name=\"%s\"} %u\n",
-                cl[i]->name, cl[i]->nendpoints);
+        tprintf(body, "envoy_cluster_membership_total{envoy_cluster_name=\"%s\"} %u\n", cl[i]->name,
+                cl[i]->nendpoints);
     }
     tprintf(body, "# TYPE envoy_server_live gauge\nenvoy_server_live %d\n",
             server_state(s) == SERVER_LIVE);
@@ -236,15 +233,13 @@ static void on_closed(uv_handle_t *h)
         c->prev->next = c->next;
     else
         c->srv->admin_conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    if (c->next) c->next->prev = c->prev;
     free(c);
 }
 
 static void close_conn(admin_conn_t *c)
 {
-    if (!uv_is_closing((uv_handle_t *)&c->tcp))
-        uv_close((uv_handle_t *)&c->tcp, on_closed);
+    if (!uv_is_closing((uv_handle_t *)&c->tcp)) uv_close((uv_handle_t *)&c->tcp, on_closed);
 }
 
 typedef struct admin_write {
@@ -268,14 +263,16 @@ static void respond(admin_conn_t *c, int status, const char *ctype, text_t *body
         close_conn(c);
         return;
     }
-    const char *reason = status == 200 ? "OK" : status == 404 ? "Not Found"
-                         : status == 405 ? "Method Not Allowed" : status == 400 ? "Bad Request"
-                                                                 : "Service Unavailable";
-    tprintf(&w->out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                     "Connection: close\r\n\r\n",
+    const char *reason = status == 200   ? "OK"
+                         : status == 404 ? "Not Found"
+                         : status == 405 ? "Method Not Allowed"
+                         : status == 400 ? "Bad Request"
+                                         : "Service Unavailable";
+    tprintf(&w->out,
+            "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+            "Connection: close\r\n\r\n",
             status, reason, ctype, body->len);
-    if (!head && body->len)
-        tprintf(&w->out, "%.*s", (int)body->len, body->p);
+    if (!head && body->len) tprintf(&w->out, "%.*s", (int)body->len, body->p);
     uv_buf_t b = uv_buf_init(w->out.p, (unsigned)w->out.len);
     if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written) != 0) {
         free(w->out.p);
@@ -293,8 +290,7 @@ static void dispatch(admin_conn_t *c)
     int status = 404;
     const char *ctype = "text/plain";
     for (size_t i = 0; i < sizeof routes / sizeof *routes; i++) {
-        if (strcmp(c->url, routes[i].path) != 0)
-            continue;
+        if (strcmp(c->url, routes[i].path) != 0) continue;
         if (routes[i].post && method != HTTP_POST) {
             status = 405;
             tprintf(&body, "%s requires a POST\n", routes[i].path);
@@ -304,8 +300,7 @@ static void dispatch(admin_conn_t *c)
         }
         break;
     }
-    if (status == 404)
-        tprintf(&body, "unknown admin path %s\n", c->url);
+    if (status == 404) tprintf(&body, "unknown admin path %s\n", c->url);
     respond(c, status, ctype, &body, method == HTTP_HEAD);
     free(body.p);
 }
@@ -313,8 +308,7 @@ static void dispatch(admin_conn_t *c)
 static int on_url(llhttp_t *p, const char *at, size_t n)
 {
     admin_conn_t *c = p->data;
-    if (c->url_len + n >= sizeof c->url)
-        return HPE_USER;
+    if (c->url_len + n >= sizeof c->url) return HPE_USER;
     memcpy(c->url + c->url_len, at, n);
     c->url_len += n;
     c->url[c->url_len] = '\0';
@@ -346,8 +340,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     admin_conn_t *c = s->data;
     if (nread < 0 || c->done) {
         free(b->base);
-        if (nread < 0)
-            close_conn(c);
+        if (nread < 0) close_conn(c);
         return;
     }
     c->seen += (size_t)nread;
@@ -368,17 +361,14 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 static void on_connection(uv_stream_t *server, int status)
 {
     server_t *s = server->data;
-    if (status < 0)
-        return;
+    if (status < 0) return;
     admin_conn_t *c = calloc(1, sizeof *c);
-    if (!c)
-        return;
+    if (!c) return;
     c->srv = s;
     uv_tcp_init(s->loop, &c->tcp);
     c->tcp.data = c;
     c->next = s->admin_conns;
-    if (s->admin_conns)
-        s->admin_conns->prev = c;
+    if (s->admin_conns) s->admin_conns->prev = c;
     s->admin_conns = c;
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
         close_conn(c);
@@ -393,8 +383,7 @@ int admin_start(server_t *s)
 {
     struct sockaddr_storage addr;
     int err = uv_ip4_addr(s->set.admin_host, s->set.admin_port, (struct sockaddr_in *)&addr);
-    if (err)
-        err = uv_ip6_addr(s->set.admin_host, s->set.admin_port, (struct sockaddr_in6 *)&addr);
+    if (err) err = uv_ip6_addr(s->set.admin_host, s->set.admin_port, (struct sockaddr_in6 *)&addr);
     if (err) {
         log_error("admin: bad address %s", s->set.admin_host);
         return err;
@@ -402,8 +391,7 @@ int admin_start(server_t *s)
     uv_tcp_init(s->loop, &s->admin);
     s->admin.data = s;
     err = uv_tcp_bind(&s->admin, (struct sockaddr *)&addr, 0);
-    if (err == 0)
-        err = uv_listen((uv_stream_t *)&s->admin, 128, on_connection);
+    if (err == 0) err = uv_listen((uv_stream_t *)&s->admin, 128, on_connection);
     if (err) {
         log_error("admin: cannot listen on %s:%u: %s", s->set.admin_host, s->set.admin_port,
                   uv_strerror(err));
@@ -415,8 +403,7 @@ int admin_start(server_t *s)
 
 void admin_stop(server_t *s)
 {
-    if (!uv_is_closing((uv_handle_t *)&s->admin))
-        uv_close((uv_handle_t *)&s->admin, NULL);
+    if (!uv_is_closing((uv_handle_t *)&s->admin)) uv_close((uv_handle_t *)&s->admin, NULL);
     for (admin_conn_t *c = s->admin_conns; c; c = c->next)
         close_conn(c);
 }

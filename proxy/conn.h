@@ -13,8 +13,8 @@
 
 #include "proxy/buf.h"
 
-#define WREQ_IOV_MAX  32
-#define WREQ_SCRATCH  512
+#define WREQ_IOV_MAX    32
+#define WREQ_SCRATCH    512
 #define CONN_HIGH_WATER (256 * 1024) /* stop reading the peer above this many queued bytes */
 #define CONN_LOW_WATER  (64 * 1024)  /* and start again below this */
 

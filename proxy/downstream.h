@@ -27,13 +27,13 @@ typedef struct downstream {
     buf_t *pending;                 /* unparsed bytes of pipelined requests (or tunnel data) */
     const char *pending_p;
     size_t pending_n;
-    buf_t *pending_cur;             /* the buffer llhttp is parsing, for on_body references */
+    buf_t *pending_cur; /* the buffer llhttp is parsing, for on_body references */
     char client_ip[48];
     unsigned requests;
     unsigned reading : 1;
-    unsigned paused : 1;    /* parser paused after a complete request */
-    unsigned peer_eof : 1;  /* the client half-closed; finish the current response, then close */
-    unsigned closing : 1;   /* finishing: flushed, shut down, lingering */
+    unsigned paused : 1;   /* parser paused after a complete request */
+    unsigned peer_eof : 1; /* the client half-closed; finish the current response, then close */
+    unsigned closing : 1;  /* finishing: flushed, shut down, lingering */
     unsigned in_parse : 1;
     unsigned upstream_full : 1; /* the upstream's write queue is over the high-water mark */
 } downstream_t;

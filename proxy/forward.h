@@ -37,14 +37,14 @@ typedef struct exchange {
     enum body_framing resp_out; /* how the response body is framed toward the client */
     uint64_t timeout_ms;        /* per-request; 0 disables */
     uint64_t idle_ms;
-    int status;                 /* the status the client was (or will be) sent */
+    int status; /* the status the client was (or will be) sent */
     uint8_t method;
-    uint8_t major, minor;       /* the client's HTTP version */
-    unsigned keep_alive : 1;    /* the client connection may carry another request */
-    unsigned upgrade : 1;       /* the client asked for a protocol upgrade */
+    uint8_t major, minor;    /* the client's HTTP version */
+    unsigned keep_alive : 1; /* the client connection may carry another request */
+    unsigned upgrade : 1;    /* the client asked for a protocol upgrade */
     unsigned expect_continue : 1;
-    unsigned local_reply : 1;   /* remora answered; the upstream never saw this request */
-    unsigned tunnel : 1;        /* upgraded: raw bytes both ways */
+    unsigned local_reply : 1; /* remora answered; the upstream never saw this request */
+    unsigned tunnel : 1;      /* upgraded: raw bytes both ways */
     unsigned counted_upstream : 1;
 } exchange_t;
 

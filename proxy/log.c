@@ -9,7 +9,8 @@
 #include <unistd.h>
 #include <uv.h>
 
-static const char *const names[] = {"trace", "debug", "info", "warning", "error", "critical", "off"};
+static const char *const names[] = {"trace", "debug",    "info", "warning",
+                                    "error", "critical", "off"};
 
 /* The level is set once at start-up and on reload; workers read it on every log call. */
 static _Atomic int current = LOG_INFO;
@@ -47,15 +48,14 @@ void log_write(enum log_level level, const char *fmt, ...)
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
     int n = snprintf(line, sizeof line, "[%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ] [%s] ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, ts.tv_nsec / 1000000, names[level]);
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     ts.tv_nsec / 1000000, names[level]);
     va_list ap;
     va_start(ap, fmt);
     int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
     va_end(ap);
     size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
-    if (len > sizeof line - 2)
-        len = sizeof line - 2;
+    if (len > sizeof line - 2) len = sizeof line - 2;
     line[len++] = '\n';
     ssize_t w = write(STDERR_FILENO, line, len);
     (void)w;

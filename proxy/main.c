@@ -30,10 +30,14 @@ static int parse_port(const char *s)
 static int parse_args(int argc, char **argv, cli_opts_t *cli)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},     {"node", required_argument, NULL, 'n'},
-        {"ingress-port", required_argument, NULL, 'i'}, {"egress-port", required_argument, NULL, 'e'},
-        {"admin", required_argument, NULL, 'a'},      {"workers", required_argument, NULL, 'w'},
-        {"log-level", required_argument, NULL, 'l'},  {"help", no_argument, NULL, 'h'},
+        {"config", required_argument, NULL, 'c'},
+        {"node", required_argument, NULL, 'n'},
+        {"ingress-port", required_argument, NULL, 'i'},
+        {"egress-port", required_argument, NULL, 'e'},
+        {"admin", required_argument, NULL, 'a'},
+        {"workers", required_argument, NULL, 'w'},
+        {"log-level", required_argument, NULL, 'l'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     *cli = (cli_opts_t){.ingress_port = -1, .egress_port = -1, .workers = -1};
@@ -150,8 +154,7 @@ static int cmd_run(const cli_opts_t *cli)
     raise_fd_limit();
     server_t srv;
     int err = server_init(&srv, &set, cfg, uv_default_loop());
-    if (err == 0)
-        err = server_run(&srv);
+    if (err == 0) err = server_run(&srv);
     server_free(&srv);
     uv_loop_close(uv_default_loop());
     return err == 0 ? 0 : 1;
@@ -170,7 +173,6 @@ int main(int argc, char **argv)
     }
     cli_opts_t cli;
     int rc = parse_args(cmd ? argc - 1 : argc, cmd ? argv + 1 : argv, &cli);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     return cmd ? cmd_check(&cli) : cmd_run(&cli);
 }

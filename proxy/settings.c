@@ -20,11 +20,9 @@ config_t *settings_load_config(const cli_opts_t *cli, diag_t *d)
 const char *settings_node_from_arn(const char *v)
 {
     const char *m = strstr(v, "mesh/");
-    if (!m || (m != v && m[-1] != ':'))
-        return NULL;
+    if (!m || (m != v && m[-1] != ':')) return NULL;
     const char *vn = strstr(m + 5, "/virtualNode/");
-    if (!vn || vn == m + 5)
-        return NULL;
+    if (!vn || vn == m + 5) return NULL;
     const char *node = vn + strlen("/virtualNode/");
     return *node && !strchr(node, '/') ? node : NULL;
 }
@@ -35,16 +33,14 @@ static long parse_long(const char *s, long lo, long hi)
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return -1;
+    if (errno || end == s || *end || v < lo || v > hi) return -1;
     return v;
 }
 
 static char *read_small_file(const char *path, char *buf, size_t cap)
 {
     FILE *f = fopen(path, "r");
-    if (!f)
-        return NULL;
+    if (!f) return NULL;
     size_t n = fread(buf, 1, cap - 1, f);
     fclose(f);
     buf[n] = '\0';
@@ -55,8 +51,7 @@ unsigned settings_cpu_limit(const char *cpu_max, unsigned affinity)
 {
     char buf[128];
     long quota = -1, period = -1;
-    if (!cpu_max)
-        cpu_max = read_small_file("/sys/fs/cgroup/cpu.max", buf, sizeof buf);
+    if (!cpu_max) cpu_max = read_small_file("/sys/fs/cgroup/cpu.max", buf, sizeof buf);
     if (cpu_max) {
         char q[32];
         if (sscanf(cpu_max, "%31s %ld", q, &period) == 2 && strcmp(q, "max") != 0)
@@ -72,8 +67,7 @@ unsigned settings_cpu_limit(const char *cpu_max, unsigned affinity)
     unsigned n = affinity ? affinity : 1;
     if (quota > 0 && period > 0) {
         unsigned by_quota = (unsigned)((quota + period - 1) / period);
-        if (by_quota < n)
-            n = by_quota;
+        if (by_quota < n) n = by_quota;
     }
     return n ? n : 1;
 }
@@ -81,8 +75,7 @@ unsigned settings_cpu_limit(const char *cpu_max, unsigned affinity)
 static unsigned affinity_cpus(void)
 {
     cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) != 0)
-        return 1;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
     return (unsigned)CPU_COUNT(&set);
 }
 
@@ -94,9 +87,10 @@ static int resolve_node(settings_t *s, const cli_opts_t *cli, const config_t *cf
     if (!node && arn && *arn) {
         node = settings_node_from_arn(arn);
         if (!node)
-            diag_add(d, "settings", "APPMESH_RESOURCE_ARN",
-                     "expected arn:aws:appmesh:REGION:ACCOUNT:mesh/MESH/virtualNode/NODE, got \"%s\"",
-                     arn);
+            diag_add(
+                d, "settings", "APPMESH_RESOURCE_ARN",
+                "expected arn:aws:appmesh:REGION:ACCOUNT:mesh/MESH/virtualNode/NODE, got \"%s\"",
+                arn);
     }
     if (!node && old && *old) {
         node = settings_node_from_arn(old);
@@ -104,10 +98,8 @@ static int resolve_node(settings_t *s, const cli_opts_t *cli, const config_t *cf
             diag_add(d, "settings", "APPMESH_VIRTUAL_NODE_NAME",
                      "expected mesh/MESH/virtualNode/NODE, got \"%s\"", old);
     }
-    if (!node)
-        node = cfg->proxy.node;
-    if (!node && cfg->nnodes == 1)
-        node = cfg->nodes[0].name;
+    if (!node) node = cfg->proxy.node;
+    if (!node && cfg->nnodes == 1) node = cfg->nodes[0].name;
     if (!node) {
         diag_add(d, "settings", "node",
                  "which virtual node is this? set --node, APPMESH_RESOURCE_ARN or proxy.node");
@@ -127,8 +119,7 @@ static int parse_admin(settings_t *s, const char *v)
     const char *colon = strrchr(v, ':');
     const char *port = colon ? colon + 1 : v;
     long p = parse_long(port, 1, 65535);
-    if (p < 0)
-        return -1;
+    if (p < 0) return -1;
     s->admin_port = (uint16_t)p;
     if (colon && colon > v)
         snprintf(s->admin_host, sizeof s->admin_host, "%.*s", (int)(colon - v), v);
@@ -161,11 +152,9 @@ static void resolve_workers(settings_t *s, const cli_opts_t *cli, const config_t
     long n = cli->workers;
     if (n < 0 && env && *env) {
         n = parse_long(env, 1, 256);
-        if (n < 0)
-            diag_add(d, "settings", "ENVOY_CONCURRENCY", "must be 1..256, got \"%s\"", env);
+        if (n < 0) diag_add(d, "settings", "ENVOY_CONCURRENCY", "must be 1..256, got \"%s\"", env);
     }
-    if (n < 0)
-        n = cfg->proxy.workers;
+    if (n < 0) n = cfg->proxy.workers;
     s->workers = n > 0 ? (unsigned)n : settings_cpu_limit(NULL, affinity_cpus());
 }
 
@@ -187,8 +176,7 @@ int settings_resolve(settings_t *s, const cli_opts_t *cli, const config_t *cfg, 
     const char *drain = getenv("LISTENER_DRAIN_WAIT_TIME_S");
     long drain_s = drain && *drain ? parse_long(drain, 0, 3600) : -1;
     if (drain && *drain && drain_s < 0)
-        diag_add(d, "settings", "LISTENER_DRAIN_WAIT_TIME_S", "must be 0..3600, got \"%s\"",
-                 drain);
+        diag_add(d, "settings", "LISTENER_DRAIN_WAIT_TIME_S", "must be 0..3600, got \"%s\"", drain);
     s->drain_timeout_ms = drain_s >= 0 ? (uint64_t)drain_s * 1000
                           : cfg->proxy.drain_timeout_ms != DURATION_UNSET
                               ? cfg->proxy.drain_timeout_ms

@@ -9,12 +9,12 @@
 #include "config/diag.h"
 #include "proxy/log.h"
 
-#define DEFAULT_CONFIG_PATH        "/etc/remora/mesh.json"
-#define DEFAULT_INGRESS_PORT       15000
-#define DEFAULT_EGRESS_PORT        15001
-#define DEFAULT_ADMIN_PORT         9901
-#define DEFAULT_HEADER_TIMEOUT_MS  10000
-#define DEFAULT_DRAIN_TIMEOUT_MS   20000
+#define DEFAULT_CONFIG_PATH       "/etc/remora/mesh.json"
+#define DEFAULT_INGRESS_PORT      15000
+#define DEFAULT_EGRESS_PORT       15001
+#define DEFAULT_ADMIN_PORT        9901
+#define DEFAULT_HEADER_TIMEOUT_MS 10000
+#define DEFAULT_DRAIN_TIMEOUT_MS  20000
 
 /* What the command line said; unset fields are NULL / -1. */
 typedef struct cli_opts {

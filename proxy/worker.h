@@ -26,10 +26,10 @@ typedef struct worker {
     unsigned id;
     uv_loop_t loop;
     uv_thread_t thread;
-    uv_async_t wake;       /* main thread -> worker: look at srv->state */
-    uv_prepare_t prepare;  /* flush before the loop blocks */
-    uv_check_t check;      /* flush after each I/O pass */
-    conn_t *dirty;         /* connections with queued output */
+    uv_async_t wake;      /* main thread -> worker: look at srv->state */
+    uv_prepare_t prepare; /* flush before the loop blocks */
+    uv_check_t check;     /* flush after each I/O pass */
+    conn_t *dirty;        /* connections with queued output */
     bufpool_t bufs;
     wreq_t *free_wreqs;
     unsigned nfree_wreqs;
