@@ -212,6 +212,7 @@ async def main():
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
     print("ready", flush=True)
     async with server:
         await stop.wait()
