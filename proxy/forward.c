@@ -295,6 +295,51 @@ static int route(exchange_t *ex, route_result_t *r)
     return route_egress(rt, host, n, r);
 }
 
+/* Take a connection from the pool and send the request head; body bytes follow as they come.
+ * Returns 0, or an error when no connection could be had (nothing was sent). */
+static int dispatch(exchange_t *ex, int fresh)
+{
+    int reused = 0, err = UV_ENOMEM;
+    upstream_t *up = ex->pool ? pool_acquire(ex->pool, fresh, &reused, &err) : NULL;
+    if (!up) {
+        log_warn("upstream %s: %s", ex->pool ? ex->pool->name : "?", err_str(err));
+        return err;
+    }
+    ex->up = up;
+    ex->reused = reused ? 1 : 0;
+    upstream_attach(up, ex);
+    stat_inc(&ex->cluster->stats.upstream_rq_total);
+    stat_inc(&ex->cluster->stats.upstream_rq_active);
+    return send_head(&up->c, build_request_head, ex);
+}
+
+/* A pooled connection can be closed by the upstream just as we reuse it (its keep-alive
+ * timeout raced our request). Like nginx and HAProxy, an idempotent request with no body is
+ * then sent once more on a fresh connection (RFC 9112 §9.3.1). */
+static int retry_stale(exchange_t *ex, int err)
+{
+    if (!ex->reused || ex->retried || err == ERR_BAD_RESPONSE || ex->resp_state != RESP_WAITING ||
+        ex->req_state != REQ_DONE || ex->req_out != BODY_NONE)
+        return 0;
+    switch (ex->method) {
+    case HTTP_GET:
+    case HTTP_HEAD:
+    case HTTP_OPTIONS:
+    case HTTP_TRACE:
+    case HTTP_PUT:
+    case HTTP_DELETE:
+        break;
+    default:
+        return 0;
+    }
+    ex->retried = 1;
+    end_upstream(ex, 0);
+    int ok = dispatch(ex, 1) == 0;
+    if (ok)
+        log_debug("upstream %s: pooled connection was closed, request sent again", ex->pool->name);
+    return ok;
+}
+
 static void no_route_reply(exchange_t *ex)
 {
     char body[600];
@@ -333,17 +378,6 @@ int fwd_request_head(exchange_t *ex)
         return ds->closing;
     }
     ex->pool = pool_get(ds->c.w, r.cluster, ep);
-    int reused = 0, err = UV_ENOMEM;
-    upstream_t *up = ex->pool ? pool_acquire(ex->pool, &reused, &err) : NULL;
-    if (!up) {
-        log_warn("upstream %s: %s", ep->name, err_str(err));
-        fwd_local_reply(ex, 503, "upstream connect error\n", 0);
-        return ds->closing;
-    }
-    ex->up = up;
-    upstream_attach(up, ex);
-    stat_inc(&r.cluster->stats.upstream_rq_total);
-    stat_inc(&r.cluster->stats.upstream_rq_active);
     const llhttp_t *p = &ds->parser;
     ex->req_out = (p->flags & F_CHUNKED) ? BODY_CHUNKED
                   : request_has_body(ex) ? BODY_LENGTH
@@ -357,9 +391,9 @@ int fwd_request_head(exchange_t *ex)
         ex->expect_continue = 1;
         conn_write(&ds->c, NULL, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     }
-    if (send_head(&up->c, build_request_head, ex) != 0) {
-        fwd_local_reply(ex, 503, "out of memory\n", 1);
-        return 1;
+    if (dispatch(ex, 0) != 0) {
+        fwd_local_reply(ex, 503, "upstream connect error\n", 0);
+        return ds->closing;
     }
     return 0;
 }
@@ -490,6 +524,7 @@ void fwd_tunnel_from_client(exchange_t *ex, buf_t *b, const char *p, size_t n)
 void fwd_upstream_failed(exchange_t *ex, int err)
 {
     downstream_t *ds = ex->ds;
+    if (retry_stale(ex, err)) return;
     int connected = ex->up && ex->up->connected;
     if (ex->resp_state == RESP_BODY && !ex->tunnel)
         stat_inc(&ex->cluster->stats.upstream_rq_rx_reset);

@@ -45,7 +45,8 @@ typedef struct exchange {
     unsigned expect_continue : 1;
     unsigned local_reply : 1; /* remora answered; the upstream never saw this request */
     unsigned tunnel : 1;      /* upgraded: raw bytes both ways */
-    unsigned counted_upstream : 1;
+    unsigned reused : 1;      /* the upstream connection came from the pool */
+    unsigned retried : 1;     /* sent again after a pooled connection turned out closed */
 } exchange_t;
 
 exchange_t *exchange_new(struct downstream *ds);

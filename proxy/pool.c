@@ -48,9 +48,9 @@ void pool_unlink_idle(upstream_t *up)
     p->nidle--;
 }
 
-upstream_t *pool_acquire(pool_t *p, int *reused, int *err)
+upstream_t *pool_acquire(pool_t *p, int fresh, int *reused, int *err)
 {
-    while (p->idle) {
+    while (p->idle && !fresh) {
         upstream_t *up = p->idle;
         pool_unlink_idle(up);
         up->state = UP_ACTIVE;

@@ -37,10 +37,10 @@ typedef struct pool_table {
 
 /* The pool for an endpoint of a cluster, created on first use. NULL only on allocation failure. */
 pool_t *pool_get(struct worker *w, struct cluster *cl, const struct endpoint *ep);
-/* An upstream connection from the pool: an idle one (*reused = 1) or a new one that is
- * connecting (writes queue until it is up). NULL only on allocation or socket failure, with
- * *err set. The caller owns the connection until pool_release() or upstream_abort(). */
-struct upstream *pool_acquire(pool_t *p, int *reused, int *err);
+/* An upstream connection from the pool: an idle one (*reused = 1) unless `fresh`, or a new one
+ * that is connecting (writes queue until it is up). NULL only on allocation or socket failure,
+ * with *err set. The caller owns the connection until pool_release() or upstream_abort(). */
+struct upstream *pool_acquire(pool_t *p, int fresh, int *reused, int *err);
 /* Return a connection whose exchange finished cleanly; it is kept idle or closed. */
 void pool_release(struct upstream *up);
 /* Take an idle connection out of the idle list (it is closing). */

@@ -162,6 +162,22 @@ def _backend_port(r):
         return json.load(f)["virtualNodes"][1]["spec"]["listeners"][0]["portMapping"]["port"]
 
 
+def test_pooled_connection_closed_as_reused_is_retried_for_idempotent_requests(mesh):
+    r, _, backend = mesh()
+    c = Conn(r.egress)
+    c.send(request("GET", "/stale-on-reuse"))
+    assert c.read_response().body == b"fresh\n"
+    c.send(request("GET", "/stale-on-reuse"))  # the pooled connection dies under it
+    resp = c.read_response()
+    assert resp.status == 200 and resp.body == b"fresh\n"
+    assert backend.stats()["stale_closes"] == 1
+    # A POST is not idempotent: on the (again pooled) connection it is not sent twice, and the
+    # client sees the 503.
+    c.send(request("POST", "/stale-on-reuse", body=b""))
+    assert c.read_response().status == 503
+    assert backend.stats()["stale_closes"] == 2
+
+
 def test_idle_connection_closed_by_upstream_is_not_reused(mesh):
     r, _, backend = mesh()
     c = Conn(r.egress)

@@ -15,6 +15,8 @@ Paths:
   /ws                   101 Switching Protocols, then echo every byte (a tunnel)
   /upload               read the body (any framing), answer its length and sha256
   /early-413            answer 413 at once without reading the body, then close
+  /stale-on-reuse       on a connection's first request 200; on a later one, close unanswered
+                        (a keep-alive timeout racing the request)
   /_stats               counters (neither it nor its connection is counted)
 """
 import argparse
@@ -24,7 +26,7 @@ import json
 import signal
 
 STATS = {"connections": 0, "requests": 0, "aborted_uploads": 0, "open": 0, "completed_uploads": 0,
-         "receiving": 0}
+         "receiving": 0, "stale_closes": 0}
 HEAD_LIMIT = 256 * 1024
 
 
@@ -146,6 +148,11 @@ async def handle_one(reader, writer, args, first):
         return False
     elif path == "/die-before-response":
         return False
+    elif path == "/stale-on-reuse":
+        if not first:
+            STATS["stale_closes"] += 1
+            return False
+        writer.write(response(200, b"fresh\n"))
     elif path == "/malformed":
         writer.write(b"HTTP/1.1 2x0 What\r\nContent-Length: 2\r\n\r\nok")
         return False
