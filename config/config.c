@@ -39,7 +39,8 @@ static char *get_string(parse_t *ps, const cJSON *obj, const char *base, const c
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     path_join(path, base, key);
     if (!v) {
-        if (required) diag_add(ps->d, ps->source, path, "is required");
+        if (required)
+            diag_add(ps->d, ps->source, path, "is required");
         return NULL;
     }
     if (!cJSON_IsString(v)) {
@@ -57,7 +58,8 @@ static long long get_int(parse_t *ps, const cJSON *obj, const char *base, const 
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     path_join(path, base, key);
     if (!v) {
-        if (required) diag_add(ps->d, ps->source, path, "is required");
+        if (required)
+            diag_add(ps->d, ps->source, path, "is required");
         return dflt;
     }
     if (!cJSON_IsNumber(v) || v->valuedouble != (double)(long long)v->valuedouble) {
@@ -77,7 +79,8 @@ static uint64_t get_duration(parse_t *ps, const cJSON *obj, const char *base, co
 {
     char path[PATH_MAX_LEN];
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    if (!v) return DURATION_UNSET;
+    if (!v)
+        return DURATION_UNSET;
     path_join(path, base, key);
     if (!cJSON_IsObject(v)) {
         diag_add(ps->d, ps->source, path, "must be an object {unit, value}");
@@ -155,7 +158,8 @@ static void parse_discovery(parse_t *ps, const cJSON *spec, const char *path, cf
 {
     char p[PATH_MAX_LEN];
     const cJSON *sd = get_object(ps, spec, path, "serviceDiscovery");
-    if (!sd) return;
+    if (!sd)
+        return;
     path_join(p, path, "serviceDiscovery");
     const cJSON *dns = get_object(ps, sd, p, "dns");
     const cJSON *cm = get_object(ps, sd, p, "awsCloudMap");
@@ -181,7 +185,8 @@ static void parse_node(parse_t *ps, const cJSON *j, const char *path, cfg_node_t
     char p[PATH_MAX_LEN], q[PATH_MAX_LEN];
     n->name = get_string(ps, j, path, "virtualNodeName", 1);
     const cJSON *spec = get_object(ps, j, path, "spec");
-    if (!spec) return;
+    if (!spec)
+        return;
     path_join(p, path, "spec");
     const cJSON *ls = get_array(ps, spec, p, "listeners");
     n->nlisteners = (unsigned)cJSON_GetArraySize(ls);
@@ -213,7 +218,8 @@ static void parse_service(parse_t *ps, const cJSON *j, const char *path, cfg_ser
     const cJSON *spec = get_object(ps, j, path, "spec");
     path_join(p, path, "spec");
     const cJSON *prov = spec ? get_object(ps, spec, p, "provider") : NULL;
-    if (!prov) return;
+    if (!prov)
+        return;
     path_join(p, p, "provider");
     const cJSON *vn = get_object(ps, prov, p, "virtualNode");
     const cJSON *vr = get_object(ps, prov, p, "virtualRouter");
@@ -243,7 +249,8 @@ static void parse_router(parse_t *ps, const cJSON *j, const char *path, cfg_rout
         path_index(q, p, "listeners", (int)i);
         const cJSON *pm = get_object(ps, cJSON_GetArrayItem(ls, (int)i), q, "portMapping");
         path_join(q, q, "portMapping");
-        if (pm) r->ports[i] = (uint16_t)get_int(ps, pm, q, "port", 1, 65535, 0, 1);
+        if (pm)
+            r->ports[i] = (uint16_t)get_int(ps, pm, q, "port", 1, 65535, 0, 1);
     }
 }
 
@@ -253,7 +260,8 @@ static void parse_route(parse_t *ps, const cJSON *j, const char *path, cfg_route
     r->router = get_string(ps, j, path, "virtualRouterName", 1);
     r->name = get_string(ps, j, path, "routeName", 1);
     const cJSON *spec = get_object(ps, j, path, "spec");
-    if (!spec) return;
+    if (!spec)
+        return;
     path_join(p, path, "spec");
     r->priority = (int)get_int(ps, spec, p, "priority", 0, 1000, -1, 0);
     const cJSON *http = get_object(ps, spec, p, "httpRoute");
@@ -278,7 +286,8 @@ static void parse_proxy(parse_t *ps, const cJSON *root)
     px->ingress_port = px->egress_port = px->workers = -1;
     px->request_header_timeout_ms = px->drain_timeout_ms = DURATION_UNSET;
     const cJSON *j = get_object(ps, root, "", "proxy");
-    if (!j) return;
+    if (!j)
+        return;
     px->node = get_string(ps, j, "proxy", "node", 0);
     px->ingress_port = (int)get_int(ps, j, "proxy", "ingressPort", 1, 65535, -1, 0);
     px->egress_port = (int)get_int(ps, j, "proxy", "egressPort", 1, 65535, -1, 0);
@@ -343,7 +352,8 @@ EACH(parse_route, cfg_route_t)
 config_t *config_parse(const char *json, size_t len, const char *source, diag_t *d)
 {
     config_t *c = calloc(1, sizeof *c);
-    if (!c) return NULL;
+    if (!c)
+        return NULL;
     c->source = strdup(source);
     parse_t ps = {.d = d, .source = source, .c = c};
     size_t before = d->n;
@@ -386,7 +396,8 @@ config_t *config_load_file(const char *path, diag_t *d)
     char *data = malloc(cap);
     while (data) {
         len += fread(data + len, 1, cap - len, f);
-        if (len < cap) break;
+        if (len < cap)
+            break;
         char *more = realloc(data, cap * 2);
         if (!more) {
             free(data);
@@ -417,7 +428,8 @@ static void free_strings(char **v, unsigned n)
 
 void config_free(config_t *c)
 {
-    if (!c) return;
+    if (!c)
+        return;
     for (unsigned i = 0; i < c->nnodes; i++) {
         cfg_node_t *n = &c->nodes[i];
         for (unsigned k = 0; k < n->nlisteners; k++)
@@ -460,7 +472,8 @@ void config_free(config_t *c)
 const cfg_node_t *config_node(const config_t *c, const char *name)
 {
     for (unsigned i = 0; i < c->nnodes; i++)
-        if (c->nodes[i].name && strcmp(c->nodes[i].name, name) == 0) return &c->nodes[i];
+        if (c->nodes[i].name && strcmp(c->nodes[i].name, name) == 0)
+            return &c->nodes[i];
     return NULL;
 }
 

@@ -14,13 +14,15 @@ void diag_add(diag_t *d, const char *source, const char *path, const char *fmt, 
     if (d->n == d->cap) {
         size_t cap = d->cap ? d->cap * 2 : 8;
         char **lines = realloc(d->lines, cap * sizeof *lines);
-        if (!lines) return;
+        if (!lines)
+            return;
         d->lines = lines;
         d->cap = cap;
     }
     size_t len = snprintf(NULL, 0, "%s: %s: %s", source, path, msg) + 1;
     char *line = malloc(len);
-    if (!line) return;
+    if (!line)
+        return;
     snprintf(line, len, "%s: %s: %s", source, path, msg);
     d->lines[d->n++] = line;
 }

@@ -9,7 +9,8 @@
 cluster_t *cluster_new(const char *name, endpoint_t *endpoints, unsigned n)
 {
     cluster_t *c = calloc(1, sizeof *c);
-    if (!c) return NULL;
+    if (!c)
+        return NULL;
     c->name = strdup(name);
     if (!c->name) {
         free(c);
@@ -22,7 +23,8 @@ cluster_t *cluster_new(const char *name, endpoint_t *endpoints, unsigned n)
 
 void cluster_free(cluster_t *c)
 {
-    if (!c) return;
+    if (!c)
+        return;
     free(c->endpoints);
     free(c->name);
     free(c);
@@ -30,7 +32,8 @@ void cluster_free(cluster_t *c)
 
 const endpoint_t *cluster_pick(cluster_t *c)
 {
-    if (c->nendpoints == 0) return NULL;
+    if (c->nendpoints == 0)
+        return NULL;
     unsigned i = atomic_fetch_add_explicit(&c->cursor, 1, memory_order_relaxed);
     return &c->endpoints[i % c->nendpoints];
 }

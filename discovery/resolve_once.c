@@ -37,11 +37,13 @@ int resolve_once(const cfg_node_t *node, uint16_t port, endpoint_t **out, unsign
     }
     for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
         endpoint_t ep;
-        if (endpoint_set(&ep, ai->ai_addr) != 0) continue;
+        if (endpoint_set(&ep, ai->ai_addr) != 0)
+            continue;
         int dup = 0;
         for (unsigned i = 0; i < *n && !dup; i++)
             dup = strcmp(eps[i].name, ep.name) == 0;
-        if (!dup) eps[(*n)++] = ep;
+        if (!dup)
+            eps[(*n)++] = ep;
     }
     freeaddrinfo(res);
     *out = eps;

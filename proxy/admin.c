@@ -38,7 +38,8 @@ static void tprintf(text_t *t, const char *fmt, ...)
         va_start(ap, fmt);
         int n = vsnprintf(t->p ? t->p + t->len : NULL, t->p ? t->cap - t->len : 0, fmt, ap);
         va_end(ap);
-        if (n < 0) return;
+        if (n < 0)
+            return;
         if (t->p && t->len + (size_t)n < t->cap) {
             t->len += (size_t)n;
             return;
@@ -47,7 +48,8 @@ static void tprintf(text_t *t, const char *fmt, ...)
         while (cap <= t->len + (size_t)n)
             cap *= 2;
         char *p = realloc(t->p, cap);
-        if (!p) return;
+        if (!p)
+            return;
         t->p = p;
         t->cap = cap;
     }
@@ -142,7 +144,8 @@ static void prom_series(text_t *t, const char *scope, const char *stat, int gaug
 {
     char family[96];
     char cls = family_of(stat, family, sizeof family);
-    if (!*typed) tprintf(t, "# TYPE envoy_%s_%s %s\n", scope, family, gauge ? "gauge" : "counter");
+    if (!*typed)
+        tprintf(t, "# TYPE envoy_%s_%s %s\n", scope, family, gauge ? "gauge" : "counter");
     *typed = 1;
     if (cls)
         tprintf(t, "envoy_%s_%s{envoy_response_code_class=\"%c\",%s=\"%s\"} %" PRIu64 "\n", scope,
@@ -174,7 +177,8 @@ static int h_prometheus(server_t *s, text_t *body)
 #undef CLUSTER_LINE
     typed = 0;
     for (unsigned i = 0; i < n; i++) {
-        if (!typed) tprintf(body, "# TYPE envoy_cluster_membership_total gauge\n");
+        if (!typed)
+            tprintf(body, "# TYPE envoy_cluster_membership_total gauge\n");
         typed = 1;
         tprintf(body, "envoy_cluster_membership_total{envoy_cluster_name=\"%s\"} %u\n", cl[i]->name,
                 cl[i]->nendpoints);
@@ -233,13 +237,15 @@ static void on_closed(uv_handle_t *h)
         c->prev->next = c->next;
     else
         c->srv->admin_conns = c->next;
-    if (c->next) c->next->prev = c->prev;
+    if (c->next)
+        c->next->prev = c->prev;
     free(c);
 }
 
 static void close_conn(admin_conn_t *c)
 {
-    if (!uv_is_closing((uv_handle_t *)&c->tcp)) uv_close((uv_handle_t *)&c->tcp, on_closed);
+    if (!uv_is_closing((uv_handle_t *)&c->tcp))
+        uv_close((uv_handle_t *)&c->tcp, on_closed);
 }
 
 typedef struct admin_write {
@@ -272,7 +278,8 @@ static void respond(admin_conn_t *c, int status, const char *ctype, text_t *body
             "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
             "Connection: close\r\n\r\n",
             status, reason, ctype, body->len);
-    if (!head && body->len) tprintf(&w->out, "%.*s", (int)body->len, body->p);
+    if (!head && body->len)
+        tprintf(&w->out, "%.*s", (int)body->len, body->p);
     uv_buf_t b = uv_buf_init(w->out.p, (unsigned)w->out.len);
     if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written) != 0) {
         free(w->out.p);
@@ -290,7 +297,8 @@ static void dispatch(admin_conn_t *c)
     int status = 404;
     const char *ctype = "text/plain";
     for (size_t i = 0; i < sizeof routes / sizeof *routes; i++) {
-        if (strcmp(c->url, routes[i].path) != 0) continue;
+        if (strcmp(c->url, routes[i].path) != 0)
+            continue;
         if (routes[i].post && method != HTTP_POST) {
             status = 405;
             tprintf(&body, "%s requires a POST\n", routes[i].path);
@@ -300,7 +308,8 @@ static void dispatch(admin_conn_t *c)
         }
         break;
     }
-    if (status == 404) tprintf(&body, "unknown admin path %s\n", c->url);
+    if (status == 404)
+        tprintf(&body, "unknown admin path %s\n", c->url);
     respond(c, status, ctype, &body, method == HTTP_HEAD);
     free(body.p);
 }
@@ -308,7 +317,8 @@ static void dispatch(admin_conn_t *c)
 static int on_url(llhttp_t *p, const char *at, size_t n)
 {
     admin_conn_t *c = p->data;
-    if (c->url_len + n >= sizeof c->url) return HPE_USER;
+    if (c->url_len + n >= sizeof c->url)
+        return HPE_USER;
     memcpy(c->url + c->url_len, at, n);
     c->url_len += n;
     c->url[c->url_len] = '\0';
@@ -340,7 +350,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     admin_conn_t *c = s->data;
     if (nread < 0 || c->done) {
         free(b->base);
-        if (nread < 0) close_conn(c);
+        if (nread < 0)
+            close_conn(c);
         return;
     }
     c->seen += (size_t)nread;
@@ -361,14 +372,17 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 static void on_connection(uv_stream_t *server, int status)
 {
     server_t *s = server->data;
-    if (status < 0) return;
+    if (status < 0)
+        return;
     admin_conn_t *c = calloc(1, sizeof *c);
-    if (!c) return;
+    if (!c)
+        return;
     c->srv = s;
     uv_tcp_init(s->loop, &c->tcp);
     c->tcp.data = c;
     c->next = s->admin_conns;
-    if (s->admin_conns) s->admin_conns->prev = c;
+    if (s->admin_conns)
+        s->admin_conns->prev = c;
     s->admin_conns = c;
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
         close_conn(c);
@@ -383,7 +397,8 @@ int admin_start(server_t *s)
 {
     struct sockaddr_storage addr;
     int err = uv_ip4_addr(s->set.admin_host, s->set.admin_port, (struct sockaddr_in *)&addr);
-    if (err) err = uv_ip6_addr(s->set.admin_host, s->set.admin_port, (struct sockaddr_in6 *)&addr);
+    if (err)
+        err = uv_ip6_addr(s->set.admin_host, s->set.admin_port, (struct sockaddr_in6 *)&addr);
     if (err) {
         log_error("admin: bad address %s", s->set.admin_host);
         return err;
@@ -391,7 +406,8 @@ int admin_start(server_t *s)
     uv_tcp_init(s->loop, &s->admin);
     s->admin.data = s;
     err = uv_tcp_bind(&s->admin, (struct sockaddr *)&addr, 0);
-    if (err == 0) err = uv_listen((uv_stream_t *)&s->admin, 128, on_connection);
+    if (err == 0)
+        err = uv_listen((uv_stream_t *)&s->admin, 128, on_connection);
     if (err) {
         log_error("admin: cannot listen on %s:%u: %s", s->set.admin_host, s->set.admin_port,
                   uv_strerror(err));
@@ -403,7 +419,8 @@ int admin_start(server_t *s)
 
 void admin_stop(server_t *s)
 {
-    if (!uv_is_closing((uv_handle_t *)&s->admin)) uv_close((uv_handle_t *)&s->admin, NULL);
+    if (!uv_is_closing((uv_handle_t *)&s->admin))
+        uv_close((uv_handle_t *)&s->admin, NULL);
     for (admin_conn_t *c = s->admin_conns; c; c = c->next)
         close_conn(c);
 }

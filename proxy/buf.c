@@ -12,7 +12,8 @@ buf_t *buf_new(bufpool_t *pool, size_t min)
     } else {
         size_t cap = min <= BUF_READ_SIZE ? BUF_READ_SIZE : min;
         b = malloc(sizeof *b + cap);
-        if (!b) return NULL;
+        if (!b)
+            return NULL;
         b->pool = pool;
         b->cap = (uint32_t)cap;
     }
@@ -25,7 +26,8 @@ buf_t *buf_new(bufpool_t *pool, size_t min)
 
 void buf_unref(buf_t *b)
 {
-    if (--b->refs > 0) return;
+    if (--b->refs > 0)
+        return;
     bufpool_t *pool = b->pool;
     pool->live--;
     if (b->cap == BUF_READ_SIZE && pool->nfree < BUF_POOL_KEEP) {

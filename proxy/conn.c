@@ -15,23 +15,27 @@ void conn_init(conn_t *c, worker_t *w, const conn_ops_t *ops)
 
 static void mark_dirty(conn_t *c)
 {
-    if (c->dirty) return;
+    if (c->dirty)
+        return;
     worker_t *w = c->w;
     c->dirty = 1;
     c->dirty_prev = NULL;
     c->dirty_next = w->dirty;
-    if (w->dirty) w->dirty->dirty_prev = c;
+    if (w->dirty)
+        w->dirty->dirty_prev = c;
     w->dirty = c;
 }
 
 static void unmark_dirty(conn_t *c)
 {
-    if (!c->dirty) return;
+    if (!c->dirty)
+        return;
     if (c->dirty_prev)
         c->dirty_prev->dirty_next = c->dirty_next;
     else
         c->w->dirty = c->dirty_next;
-    if (c->dirty_next) c->dirty_next->dirty_prev = c->dirty_prev;
+    if (c->dirty_next)
+        c->dirty_next->dirty_prev = c->dirty_prev;
     c->dirty = 0;
     c->dirty_prev = c->dirty_next = NULL;
 }
@@ -42,7 +46,8 @@ static wreq_t *out_room(conn_t *c, size_t scratch)
         conn_flush(c);
     if (!c->out) {
         c->out = worker_wreq_get(c->w);
-        if (!c->out) return NULL;
+        if (!c->out)
+            return NULL;
         mark_dirty(c);
     }
     return c->out;
@@ -50,9 +55,11 @@ static wreq_t *out_room(conn_t *c, size_t scratch)
 
 void conn_write(conn_t *c, buf_t *b, const char *p, size_t n)
 {
-    if (n == 0 || c->closing) return;
+    if (n == 0 || c->closing)
+        return;
     wreq_t *r = out_room(c, 0);
-    if (!r) return;
+    if (!r)
+        return;
     r->iov[r->n] = uv_buf_init((char *)p, (unsigned)n);
     r->ref[r->n] = b ? buf_ref(b) : NULL;
     r->n++;
@@ -61,9 +68,11 @@ void conn_write(conn_t *c, buf_t *b, const char *p, size_t n)
 
 void conn_write_copy(conn_t *c, const void *p, size_t n)
 {
-    if (n == 0 || c->closing) return;
+    if (n == 0 || c->closing)
+        return;
     wreq_t *r = out_room(c, n);
-    if (!r) return;
+    if (!r)
+        return;
     char *dst = r->scratch + r->scratch_used;
     memcpy(dst, p, n);
     r->scratch_used += (unsigned)n;
@@ -81,7 +90,8 @@ void conn_write_copy(conn_t *c, const void *p, size_t n)
 static void release(worker_t *w, wreq_t *r)
 {
     for (unsigned i = 0; i < r->n; i++)
-        if (r->ref[i]) buf_unref(r->ref[i]);
+        if (r->ref[i])
+            buf_unref(r->ref[i]);
     worker_wreq_put(w, r);
 }
 
@@ -90,17 +100,20 @@ static void on_written(uv_write_t *req, int status)
     wreq_t *r = (wreq_t *)req;
     conn_t *c = req->handle->data;
     release(c->w, r);
-    if (c->closing) return;
+    if (c->closing)
+        return;
     if (status < 0) {
         if (!c->write_failed) {
             c->write_failed = 1;
-            if (c->ops->on_write_error) c->ops->on_write_error(c, status);
+            if (c->ops->on_write_error)
+                c->ops->on_write_error(c, status);
         }
         return;
     }
     if (c->above_high && conn_queued(c) < CONN_LOW_WATER) {
         c->above_high = 0;
-        if (c->ops->on_drain) c->ops->on_drain(c);
+        if (c->ops->on_drain)
+            c->ops->on_drain(c);
     }
 }
 
@@ -108,7 +121,8 @@ void conn_flush(conn_t *c)
 {
     wreq_t *r = c->out;
     unmark_dirty(c);
-    if (!r) return;
+    if (!r)
+        return;
     c->out = NULL;
     if (c->closing || c->write_failed) {
         release(c->w, r);
@@ -119,7 +133,8 @@ void conn_flush(conn_t *c)
         release(c->w, r);
         if (!c->write_failed) {
             c->write_failed = 1;
-            if (c->ops->on_write_error) c->ops->on_write_error(c, err);
+            if (c->ops->on_write_error)
+                c->ops->on_write_error(c, err);
         }
     }
 }
@@ -131,14 +146,16 @@ size_t conn_queued(const conn_t *c)
 
 int conn_over_high_water(conn_t *c)
 {
-    if (conn_queued(c) <= CONN_HIGH_WATER) return 0;
+    if (conn_queued(c) <= CONN_HIGH_WATER)
+        return 0;
     c->above_high = 1;
     return 1;
 }
 
 void conn_close(conn_t *c, uv_close_cb done)
 {
-    if (c->closing) return;
+    if (c->closing)
+        return;
     c->closing = 1;
     unmark_dirty(c);
     if (c->out) {

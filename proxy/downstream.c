@@ -51,12 +51,14 @@ void downstream_start_request_timer(downstream_t *ds, uint64_t ms)
 static void free_downstream(downstream_t *ds)
 {
     worker_t *w = ds->c.w;
-    if (ds->pending) buf_unref(ds->pending);
+    if (ds->pending)
+        buf_unref(ds->pending);
     if (ds->prev)
         ds->prev->next = ds->next;
     else
         w->downstreams = ds->next;
-    if (ds->next) ds->next->prev = ds->prev;
+    if (ds->next)
+        ds->next->prev = ds->prev;
     w->ndownstreams--;
     stat_dec(&stats_of(ds)->downstream_cx_active);
     free(ds);
@@ -76,7 +78,8 @@ static void on_tcp_closed(uv_handle_t *h)
 
 void downstream_abort(downstream_t *ds)
 {
-    if (ds->c.closing) return;
+    if (ds->c.closing)
+        return;
     if (ds->ex) {
         exchange_t *ex = ds->ex;
         ds->ex = NULL;
@@ -101,7 +104,8 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 
 void downstream_finish(downstream_t *ds)
 {
-    if (ds->closing || ds->c.closing) return;
+    if (ds->closing || ds->c.closing)
+        return;
     ds->closing = 1;
     if (ds->ex) {
         exchange_t *ex = ds->ex;
@@ -158,7 +162,8 @@ void downstream_set_upstream_full(downstream_t *ds, int full)
 static int fail(llhttp_t *p, int status, const char *reason)
 {
     downstream_t *ds = p->data;
-    if (ds->ex) ds->ex->status = status;
+    if (ds->ex)
+        ds->ex->status = status;
     llhttp_set_error_reason(p, reason);
     return HPE_USER;
 }
@@ -167,7 +172,8 @@ static int on_message_begin(llhttp_t *p)
 {
     downstream_t *ds = p->data;
     ds->ex = exchange_new(ds);
-    if (!ds->ex) return fail(p, 503, "out of memory");
+    if (!ds->ex)
+        return fail(p, 503, "out of memory");
     set_timer(ds, DS_TIMER_HEADERS, ds->c.w->srv->set.header_timeout_ms);
     return 0;
 }
@@ -218,7 +224,8 @@ static int on_headers_complete(llhttp_t *p)
 static int on_body(llhttp_t *p, const char *at, size_t n)
 {
     downstream_t *ds = p->data;
-    if (ds->timer_phase == DS_TIMER_IDLE) set_timer(ds, DS_TIMER_IDLE, idle_ms(ds));
+    if (ds->timer_phase == DS_TIMER_IDLE)
+        set_timer(ds, DS_TIMER_IDLE, idle_ms(ds));
     fwd_request_body(ds->ex, ds->pending_cur, at, n);
     return 0;
 }
@@ -257,7 +264,8 @@ static void protocol_error(downstream_t *ds, int err)
     exchange_t *ex = ds->ex;
     stat_inc(&stats_of(ds)->downstream_cx_protocol_error);
     int status = ex && ex->status ? ex->status : 400;
-    if (status == 431 || status == 414) stat_inc(&stats_of(ds)->downstream_rq_header_too_large);
+    if (status == 431 || status == 414)
+        stat_inc(&stats_of(ds)->downstream_rq_header_too_large);
     log_debug("downstream %s: bad request (%s: %s), answering %d", ds->client_ip,
               llhttp_errno_name((llhttp_errno_t)err), llhttp_get_error_reason(&ds->parser), status);
     if (!ex) {
@@ -281,7 +289,8 @@ static void protocol_error(downstream_t *ds, int err)
  * connection starts closing. Re-entry (an exchange ending inside a callback) just unpauses. */
 static void process_input(downstream_t *ds)
 {
-    if (ds->in_parse) return;
+    if (ds->in_parse)
+        return;
     ds->in_parse = 1;
     while (ds->pending && !ds->paused && !ds->closing && !ds->c.closing &&
            !(ds->ex && ds->ex->tunnel)) {
@@ -289,13 +298,15 @@ static void process_input(downstream_t *ds)
         const char *p = ds->pending_p;
         size_t n = ds->pending_n;
         ds->pending = NULL;
-        if (llhttp_get_errno(&ds->parser) == HPE_PAUSED) llhttp_resume(&ds->parser);
+        if (llhttp_get_errno(&ds->parser) == HPE_PAUSED)
+            llhttp_resume(&ds->parser);
         ds->pending_cur = b;
         llhttp_errno_t err = llhttp_execute(&ds->parser, p, n);
         ds->pending_cur = NULL;
         if (err == HPE_PAUSED) {
             const char *at = llhttp_get_error_pos(&ds->parser);
-            if (at && at < p + n) stash(ds, b, at, (size_t)(p + n - at));
+            if (at && at < p + n)
+                stash(ds, b, at, (size_t)(p + n - at));
         } else if (err != HPE_OK) {
             protocol_error(ds, err);
         }
@@ -315,14 +326,16 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub);
 
 static void update_reading(downstream_t *ds)
 {
-    if (ds->c.closing) return;
+    if (ds->c.closing)
+        return;
     int want;
     if (ds->closing)
         want = 1; /* lingering: read and discard */
     else
         want = !ds->peer_eof && !ds->upstream_full && !(ds->pending && (ds->paused || ds->ex));
     if (want && !ds->reading) {
-        if (uv_read_start((uv_stream_t *)&ds->c.tcp, conn_alloc_cb, on_read) == 0) ds->reading = 1;
+        if (uv_read_start((uv_stream_t *)&ds->c.tcp, conn_alloc_cb, on_read) == 0)
+            ds->reading = 1;
     } else if (!want && ds->reading) {
         uv_read_stop((uv_stream_t *)&ds->c.tcp);
         ds->reading = 0;
@@ -351,8 +364,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
     downstream_t *ds = s->data;
     buf_t *b = conn_read_buf(ub);
     if (nread <= 0) {
-        if (b) buf_unref(b);
-        if (nread < 0) on_eof(ds, nread);
+        if (b)
+            buf_unref(b);
+        if (nread < 0)
+            on_eof(ds, nread);
         return;
     }
     if (ds->closing) { /* lingering: discard */
@@ -396,7 +411,8 @@ static void on_timer(uv_timer_t *t)
         }
         break;
     case DS_TIMER_REQUEST:
-        if (ex) fwd_timeout(ex);
+        if (ex)
+            fwd_timeout(ex);
         break;
     case DS_TIMER_NONE:
         break;
@@ -408,7 +424,8 @@ static void on_timer(uv_timer_t *t)
 static void on_drain(conn_t *c)
 {
     downstream_t *ds = (downstream_t *)c;
-    if (ds->ex) fwd_client_drained(ds->ex);
+    if (ds->ex)
+        fwd_client_drained(ds->ex);
 }
 
 static void on_write_error(conn_t *c, int err)
@@ -432,7 +449,8 @@ static void client_ip(downstream_t *ds)
     struct sockaddr_storage ss;
     int len = sizeof ss;
     ds->client_ip[0] = '\0';
-    if (uv_tcp_getpeername(&ds->c.tcp, (struct sockaddr *)&ss, &len) != 0) return;
+    if (uv_tcp_getpeername(&ds->c.tcp, (struct sockaddr *)&ss, &len) != 0)
+        return;
     if (ss.ss_family == AF_INET)
         uv_ip4_name((struct sockaddr_in *)&ss, ds->client_ip, sizeof ds->client_ip);
     else if (ss.ss_family == AF_INET6)
@@ -443,7 +461,8 @@ void downstream_accept(listener_t *l)
 {
     worker_t *w = l->w;
     downstream_t *ds = calloc(1, sizeof *ds);
-    if (!ds) return;
+    if (!ds)
+        return;
     conn_init(&ds->c, w, &downstream_ops);
     if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&ds->c.tcp) != 0) {
         uv_close((uv_handle_t *)&ds->c.tcp, (uv_close_cb)free);
@@ -457,7 +476,8 @@ void downstream_accept(listener_t *l)
     ds->parser.data = ds;
     client_ip(ds);
     ds->next = w->downstreams;
-    if (w->downstreams) w->downstreams->prev = ds;
+    if (w->downstreams)
+        w->downstreams->prev = ds;
     w->downstreams = ds;
     w->ndownstreams++;
     stat_inc(&stats_of(ds)->downstream_cx_total);
@@ -472,7 +492,8 @@ void downstream_drain_all(worker_t *w)
     downstream_t *next;
     for (downstream_t *ds = w->downstreams; ds; ds = next) {
         next = ds->next;
-        if (ds->closing || ds->c.closing) continue;
+        if (ds->closing || ds->c.closing)
+            continue;
         if (!ds->ex) {
             stat_inc(&stats_of(ds)->downstream_cx_drain_close);
             downstream_finish(ds);

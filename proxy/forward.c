@@ -23,7 +23,8 @@ static http_stats_t *http_stats(exchange_t *ex)
 exchange_t *exchange_new(downstream_t *ds)
 {
     exchange_t *ex = calloc(1, sizeof *ex);
-    if (!ex) return NULL;
+    if (!ex)
+        return NULL;
     ex->ds = ds;
     h1_head_init(&ex->req);
     h1_head_init(&ex->resp);
@@ -36,7 +37,8 @@ exchange_t *exchange_new(downstream_t *ds)
 static void end_upstream(exchange_t *ex, int reuse)
 {
     upstream_t *up = ex->up;
-    if (!up) return;
+    if (!up)
+        return;
     ex->up = NULL;
     cluster_stats_t *cs = &ex->cluster->stats;
     stat_dec(&cs->upstream_rq_active);
@@ -44,7 +46,8 @@ static void end_upstream(exchange_t *ex, int reuse)
         pool_release(up);
         return;
     }
-    if (ex->resp_state != RESP_DONE) stat_inc(&cs->upstream_rq_tx_reset);
+    if (ex->resp_state != RESP_DONE)
+        stat_inc(&cs->upstream_rq_tx_reset);
     upstream_abort(up);
 }
 
@@ -68,7 +71,8 @@ typedef struct head_writer {
 
 static void put(head_writer_t *hw, const char *s, size_t n)
 {
-    if (hw->out) memcpy(hw->out + hw->len, s, n);
+    if (hw->out)
+        memcpy(hw->out + hw->len, s, n);
     hw->len += n;
 }
 
@@ -91,7 +95,8 @@ static int send_head(conn_t *c, void (*build)(exchange_t *, head_writer_t *), ex
     head_writer_t hw = {0};
     build(ex, &hw);
     buf_t *b = buf_new(&c->w->bufs, hw.len);
-    if (!b) return UV_ENOMEM;
+    if (!b)
+        return UV_ENOMEM;
     hw = (head_writer_t){.out = b->data};
     build(ex, &hw);
     b->len = (uint32_t)hw.len;
@@ -125,7 +130,8 @@ static const char *target_authority(const exchange_t *ex, size_t *n)
     const char *t = h1_start(&ex->req);
     size_t len = ex->req.start_len;
     const char *sep = len > 3 ? memmem(t, len, "://", 3) : NULL;
-    if (!sep || t[0] == '/') return NULL;
+    if (!sep || t[0] == '/')
+        return NULL;
     const char *auth = sep + 3;
     const char *end = auth;
     while (end < t + len && *end != '/' && *end != '?')
@@ -157,11 +163,13 @@ static void build_request_head(exchange_t *ex, head_writer_t *hw)
     put(hw, " HTTP/1.1\r\n", 11);
     int has_host = 0, has_xfp = 0, has_rid = 0;
     for (unsigned i = 0; i < h->nfields; i++) {
-        if (h1_is_hop_by_hop(h, i) || h1_name_is(h, i, "x-forwarded-for")) continue;
+        if (h1_is_hop_by_hop(h, i) || h1_name_is(h, i, "x-forwarded-for"))
+            continue;
         if (ex->expect_continue && h1_name_is(h, i, "expect"))
             continue; /* answered by remora itself */
         if (h1_name_is(h, i, "host")) {
-            if (has_host++ || authority) continue;
+            if (has_host++ || authority)
+                continue;
         } else if (h1_name_is(h, i, "x-forwarded-proto")) {
             has_xfp = 1;
         } else if (h1_name_is(h, i, "x-request-id")) {
@@ -172,7 +180,8 @@ static void build_request_head(exchange_t *ex, head_writer_t *hw)
     /* The chain so far (every X-Forwarded-For field, in order), then the peer we received from. */
     puts_(hw, "X-Forwarded-For: ");
     for (unsigned i = 0; i < h->nfields; i++) {
-        if (!h1_name_is(h, i, "x-forwarded-for")) continue;
+        if (!h1_name_is(h, i, "x-forwarded-for"))
+            continue;
         put(hw, h1_value(h, i), h->fields[i].value_len);
         put(hw, ", ", 2);
     }
@@ -187,7 +196,8 @@ static void build_request_head(exchange_t *ex, head_writer_t *hw)
         puts_(hw, ex->pool->name);
         put(hw, "\r\n", 2);
     }
-    if (!has_xfp) puts_(hw, "X-Forwarded-Proto: http\r\n");
+    if (!has_xfp)
+        puts_(hw, "X-Forwarded-Proto: http\r\n");
     if (!has_rid) {
         char id[37];
         request_id(ex->ds, id);
@@ -198,9 +208,11 @@ static void build_request_head(exchange_t *ex, head_writer_t *hw)
     if (ex->upgrade) {
         int u = h1_find(h, "upgrade");
         puts_(hw, "Connection: upgrade\r\n");
-        if (u >= 0) put_field(hw, h, (unsigned)u);
+        if (u >= 0)
+            put_field(hw, h, (unsigned)u);
     }
-    if (ex->req_out == BODY_CHUNKED) puts_(hw, "Transfer-Encoding: chunked\r\n");
+    if (ex->req_out == BODY_CHUNKED)
+        puts_(hw, "Transfer-Encoding: chunked\r\n");
     put(hw, "\r\n", 2);
 }
 
@@ -213,17 +225,20 @@ static void build_response_head(exchange_t *ex, head_writer_t *hw)
     put(hw, h1_start(h), h->start_len);
     put(hw, "\r\n", 2);
     for (unsigned i = 0; i < h->nfields; i++)
-        if (!h1_is_hop_by_hop(h, i)) put_field(hw, h, i);
+        if (!h1_is_hop_by_hop(h, i))
+            put_field(hw, h, i);
     if (ex->tunnel) {
         int u = h1_find(h, "upgrade");
         puts_(hw, "Connection: upgrade\r\n");
-        if (u >= 0) put_field(hw, h, (unsigned)u);
+        if (u >= 0)
+            put_field(hw, h, (unsigned)u);
     } else if (!ex->keep_alive) {
         puts_(hw, "Connection: close\r\n");
     } else if (ex->minor == 0) {
         puts_(hw, "Connection: keep-alive\r\n");
     }
-    if (ex->resp_out == BODY_CHUNKED) puts_(hw, "Transfer-Encoding: chunked\r\n");
+    if (ex->resp_out == BODY_CHUNKED)
+        puts_(hw, "Transfer-Encoding: chunked\r\n");
     put(hw, "\r\n", 2);
 }
 
@@ -236,10 +251,29 @@ static int request_has_body(const exchange_t *ex)
     return (p->flags & F_CHUNKED) || p->content_length > 0;
 }
 
+/* Reason phrases (RFC 9110 §15) of the statuses remora answers with itself. */
 static const char *reason_phrase(int status)
 {
-    const char *name = llhttp_status_name((llhttp_status_t)status);
-    return name ? name : "";
+    switch (status) {
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 408:
+        return "Request Timeout";
+    case 414:
+        return "URI Too Long";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "";
+    }
 }
 
 void fwd_local_reply(exchange_t *ex, int status, const char *body, int close)
@@ -256,14 +290,10 @@ void fwd_local_reply(exchange_t *ex, int status, const char *body, int close)
     size_t blen = strlen(body);
     buf_t *b = buf_new(&ds->c.w->bufs, 256 + blen);
     if (b) {
-        char reason[64];
-        snprintf(reason, sizeof reason, "%s", reason_phrase(status));
-        for (char *r = reason; *r; r++)
-            if (*r == '_') *r = ' ';
         int n = snprintf(b->data, b->cap,
                          "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
                          "%s\r\n%s",
-                         status, reason, ex->method == HTTP_HEAD ? 0 : blen,
+                         status, reason_phrase(status), ex->method == HTTP_HEAD ? 0 : blen,
                          ex->keep_alive ? "" : "Connection: close\r\n",
                          ex->method == HTTP_HEAD ? "" : body);
         conn_write(&ds->c, b, b->data, (size_t)n);
@@ -283,12 +313,14 @@ static int route(exchange_t *ex, route_result_t *r)
 {
     downstream_t *ds = ex->ds;
     const route_table_t *rt = ds->c.w->srv->routes;
-    if (ds->listener->kind == LISTENER_INGRESS) return route_ingress(rt, r);
+    if (ds->listener->kind == LISTENER_INGRESS)
+        return route_ingress(rt, r);
     size_t n = 0;
     const char *host = target_authority(ex, &n);
     if (!host) {
         int i = h1_find(&ex->req, "host");
-        if (i < 0) return ERR_NO_ROUTE;
+        if (i < 0)
+            return ERR_NO_ROUTE;
         n = ex->req.fields[i].value_len;
         host = h1_trim(h1_value(&ex->req, (unsigned)i), &n);
     }
@@ -414,14 +446,17 @@ static void write_chunked(conn_t *c, enum body_framing f, buf_t *b, const char *
 void fwd_request_body(exchange_t *ex, buf_t *b, const char *p, size_t n)
 {
     upstream_t *up = ex->up;
-    if (!up || ex->local_reply) return;
+    if (!up || ex->local_reply)
+        return;
     write_chunked(&up->c, ex->req_out, b, p, n);
-    if (conn_over_high_water(&up->c)) downstream_set_upstream_full(ex->ds, 1);
+    if (conn_over_high_water(&up->c))
+        downstream_set_upstream_full(ex->ds, 1);
 }
 
 void fwd_upstream_drained(exchange_t *ex)
 {
-    if (ex->tunnel || ex->req_state != REQ_DONE) downstream_set_upstream_full(ex->ds, 0);
+    if (ex->tunnel || ex->req_state != REQ_DONE)
+        downstream_set_upstream_full(ex->ds, 0);
 }
 
 void fwd_request_done(exchange_t *ex)
@@ -431,8 +466,10 @@ void fwd_request_done(exchange_t *ex)
         downstream_exchange_done(ex->ds);
         return;
     }
-    if (ex->up && ex->req_out == BODY_CHUNKED) conn_write(&ex->up->c, NULL, "0\r\n\r\n", 5);
-    if (!ex->tunnel) downstream_start_request_timer(ex->ds, ex->timeout_ms);
+    if (ex->up && ex->req_out == BODY_CHUNKED)
+        conn_write(&ex->up->c, NULL, "0\r\n\r\n", 5);
+    if (!ex->tunnel)
+        downstream_start_request_timer(ex->ds, ex->timeout_ms);
 }
 
 /* ---- response path ---- */
@@ -440,9 +477,12 @@ void fwd_request_done(exchange_t *ex)
 static enum body_framing response_framing(exchange_t *ex, int status)
 {
     const llhttp_t *p = &ex->up->parser;
-    if (ex->method == HTTP_HEAD || status == 204 || status == 304 || status < 200) return BODY_NONE;
-    if (p->flags & F_CHUNKED) return ex->minor >= 1 ? BODY_CHUNKED : BODY_UNTIL_CLOSE;
-    if (p->flags & F_CONTENT_LENGTH) return BODY_LENGTH;
+    if (ex->method == HTTP_HEAD || status == 204 || status == 304 || status < 200)
+        return BODY_NONE;
+    if (p->flags & F_CHUNKED)
+        return ex->minor >= 1 ? BODY_CHUNKED : BODY_UNTIL_CLOSE;
+    if (p->flags & F_CONTENT_LENGTH)
+        return BODY_LENGTH;
     /* Delimited by the upstream's close: re-frame as chunked for a 1.1 client so its
      * connection survives; a 1.0 client reads until we close. */
     return ex->minor >= 1 ? BODY_CHUNKED : BODY_UNTIL_CLOSE;
@@ -478,7 +518,8 @@ int fwd_response_head(exchange_t *ex, int status)
         fwd_upstream_failed(ex, UV_ENOMEM);
         return 0;
     }
-    if (ex->tunnel) downstream_start_tunnel(ds);
+    if (ex->tunnel)
+        downstream_start_tunnel(ds);
     return ex->method == HTTP_HEAD ? 1 : 0;
 }
 
@@ -486,18 +527,21 @@ void fwd_response_body(exchange_t *ex, buf_t *b, const char *p, size_t n)
 {
     downstream_t *ds = ex->ds;
     write_chunked(&ds->c, ex->resp_out, b, p, n);
-    if (ex->up && conn_over_high_water(&ds->c)) upstream_set_reading(ex->up, 0);
+    if (ex->up && conn_over_high_water(&ds->c))
+        upstream_set_reading(ex->up, 0);
 }
 
 void fwd_client_drained(exchange_t *ex)
 {
-    if (ex->up) upstream_set_reading(ex->up, 1);
+    if (ex->up)
+        upstream_set_reading(ex->up, 1);
 }
 
 void fwd_response_done(exchange_t *ex)
 {
     downstream_t *ds = ex->ds;
-    if (ex->resp_out == BODY_CHUNKED) conn_write(&ds->c, NULL, "0\r\n\r\n", 5);
+    if (ex->resp_out == BODY_CHUNKED)
+        conn_write(&ds->c, NULL, "0\r\n\r\n", 5);
     ex->resp_state = RESP_DONE;
     int reuse = ex->req_state == REQ_DONE && ex->up && ex->up->keep_alive;
     end_upstream(ex, reuse);
@@ -509,14 +553,17 @@ void fwd_response_done(exchange_t *ex)
 void fwd_tunnel_from_upstream(exchange_t *ex, buf_t *b, const char *p, size_t n)
 {
     conn_write(&ex->ds->c, b, p, n);
-    if (ex->up && conn_over_high_water(&ex->ds->c)) upstream_set_reading(ex->up, 0);
+    if (ex->up && conn_over_high_water(&ex->ds->c))
+        upstream_set_reading(ex->up, 0);
 }
 
 void fwd_tunnel_from_client(exchange_t *ex, buf_t *b, const char *p, size_t n)
 {
-    if (!ex->up) return;
+    if (!ex->up)
+        return;
     conn_write(&ex->up->c, b, p, n);
-    if (conn_over_high_water(&ex->up->c)) downstream_set_upstream_full(ex->ds, 1);
+    if (conn_over_high_water(&ex->up->c))
+        downstream_set_upstream_full(ex->ds, 1);
 }
 
 /* ---- failures ---- */
@@ -524,7 +571,8 @@ void fwd_tunnel_from_client(exchange_t *ex, buf_t *b, const char *p, size_t n)
 void fwd_upstream_failed(exchange_t *ex, int err)
 {
     downstream_t *ds = ex->ds;
-    if (retry_stale(ex, err)) return;
+    if (retry_stale(ex, err))
+        return;
     int connected = ex->up && ex->up->connected;
     if (ex->resp_state == RESP_BODY && !ex->tunnel)
         stat_inc(&ex->cluster->stats.upstream_rq_rx_reset);
@@ -560,7 +608,8 @@ void fwd_client_gone(exchange_t *ex)
 void fwd_timeout(exchange_t *ex)
 {
     stat_inc(&http_stats(ex)->downstream_rq_timeout);
-    if (ex->cluster) stat_inc(&ex->cluster->stats.upstream_rq_timeout);
+    if (ex->cluster)
+        stat_inc(&ex->cluster->stats.upstream_rq_timeout);
     log_warn("upstream %s: no complete response within %" PRIu64 " ms",
              ex->pool ? ex->pool->name : "?", ex->timeout_ms);
     if (ex->resp_state == RESP_WAITING) {

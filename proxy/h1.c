@@ -33,13 +33,15 @@ void h1_head_free(h1_head_t *h)
  * as a C string; `wire_extra` is the framing the piece costs on the wire (": ", CRLF). */
 static int append(h1_head_t *h, const char *p, size_t n, uint32_t wire_extra)
 {
-    if ((size_t)h->wire + n + wire_extra > H1_MAX_HEAD_BYTES) return ERR_TOO_LARGE;
+    if ((size_t)h->wire + n + wire_extra > H1_MAX_HEAD_BYTES)
+        return ERR_TOO_LARGE;
     if ((size_t)h->len + n + 2 > h->cap) {
         size_t cap = h->cap ? h->cap : H1_INITIAL_CAP;
         while (cap < (size_t)h->len + n + 2)
             cap *= 2;
         char *bytes = realloc(h->bytes, cap);
-        if (!bytes) return ERR_TOO_LARGE;
+        if (!bytes)
+            return ERR_TOO_LARGE;
         h->bytes = bytes;
         h->cap = (uint32_t)cap;
     }
@@ -61,28 +63,33 @@ static void seal(h1_head_t *h)
 
 int h1_append_start(h1_head_t *h, const char *p, size_t n)
 {
-    if (h->start_len == 0) h->start = h->len;
+    if (h->start_len == 0)
+        h->start = h->len;
     int err = append(h, p, n, 0);
-    if (err == 0) h->start_len += (uint32_t)n;
+    if (err == 0)
+        h->start_len += (uint32_t)n;
     return err;
 }
 
 int h1_append_name(h1_head_t *h, const char *p, size_t n)
 {
     if (h->state != H1_IN_NAME) {
-        if (h->nfields == H1_MAX_FIELDS) return ERR_TOO_LARGE;
+        if (h->nfields == H1_MAX_FIELDS)
+            return ERR_TOO_LARGE;
         seal(h);
         h1_field_t *f = &h->fields[h->nfields];
         *f = (h1_field_t){.name = h->len};
         int err = append(h, p, n, 4); /* ": " and CRLF */
-        if (err) return err;
+        if (err)
+            return err;
         h->nfields++;
         h->state = H1_IN_NAME;
         f->name_len = (uint32_t)n;
         return 0;
     }
     int err = append(h, p, n, 0);
-    if (err == 0) h->fields[h->nfields - 1].name_len += (uint32_t)n;
+    if (err == 0)
+        h->fields[h->nfields - 1].name_len += (uint32_t)n;
     return err;
 }
 
@@ -95,10 +102,13 @@ static void start_value(h1_head_t *h)
 
 int h1_append_value(h1_head_t *h, const char *p, size_t n)
 {
-    if (h->nfields == 0) return ERR_TOO_LARGE;
-    if (h->state == H1_IN_NAME) start_value(h);
+    if (h->nfields == 0)
+        return ERR_TOO_LARGE;
+    if (h->state == H1_IN_NAME)
+        start_value(h);
     int err = append(h, p, n, 0);
-    if (err == 0) h->fields[h->nfields - 1].value_len += (uint32_t)n;
+    if (err == 0)
+        h->fields[h->nfields - 1].value_len += (uint32_t)n;
     return err;
 }
 
@@ -120,7 +130,8 @@ int h1_name_is(const h1_head_t *h, unsigned i, const char *name)
 int h1_find(const h1_head_t *h, const char *name)
 {
     for (unsigned i = 0; i < h->nfields; i++)
-        if (h1_name_is(h, i, name)) return (int)i;
+        if (h1_name_is(h, i, name))
+            return (int)i;
     return -1;
 }
 
@@ -144,7 +155,8 @@ int h1_list_has(const char *list, size_t n, const char *token, size_t tlen)
             j++;
         size_t len = j - i;
         const char *item = h1_trim(list + i, &len);
-        if (len == tlen && strncasecmp(item, token, tlen) == 0) return 1;
+        if (len == tlen && strncasecmp(item, token, tlen) == 0)
+            return 1;
         i = j + 1;
     }
     return 0;
@@ -158,9 +170,11 @@ static const char *const hop_by_hop[] = {
 int h1_is_hop_by_hop(const h1_head_t *h, unsigned i)
 {
     for (size_t k = 0; k < sizeof hop_by_hop / sizeof *hop_by_hop; k++)
-        if (h1_name_is(h, i, hop_by_hop[k])) return 1;
+        if (h1_name_is(h, i, hop_by_hop[k]))
+            return 1;
     for (unsigned c = 0; c < h->nfields; c++) {
-        if (!h1_name_is(h, c, "connection")) continue;
+        if (!h1_name_is(h, c, "connection"))
+            continue;
         if (h1_list_has(h1_value(h, c), h->fields[c].value_len, h1_name(h, i),
                         h->fields[i].name_len))
             return 1;

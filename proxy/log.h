@@ -13,7 +13,8 @@ void log_write(enum log_level level, const char *fmt, ...) __attribute__((format
 
 #define LOGF(lvl, ...)                                                                             \
     do {                                                                                           \
-        if (log_enabled(lvl)) log_write(lvl, __VA_ARGS__);                                         \
+        if (log_enabled(lvl))                                                                      \
+            log_write(lvl, __VA_ARGS__);                                                           \
     } while (0)
 #define log_debug(...) LOGF(LOG_DEBUG, __VA_ARGS__)
 #define log_info(...)  LOGF(LOG_INFO, __VA_ARGS__)

@@ -154,7 +154,8 @@ static int cmd_run(const cli_opts_t *cli)
     raise_fd_limit();
     server_t srv;
     int err = server_init(&srv, &set, cfg, uv_default_loop());
-    if (err == 0) err = server_run(&srv);
+    if (err == 0)
+        err = server_run(&srv);
     server_free(&srv);
     uv_loop_close(uv_default_loop());
     return err == 0 ? 0 : 1;
@@ -173,6 +174,7 @@ int main(int argc, char **argv)
     }
     cli_opts_t cli;
     int rc = parse_args(cmd ? argc - 1 : argc, cmd ? argv + 1 : argv, &cli);
-    if (rc) return rc;
+    if (rc)
+        return rc;
     return cmd ? cmd_check(&cli) : cmd_run(&cli);
 }

@@ -25,7 +25,8 @@ pool_t *pool_get(worker_t *w, cluster_t *cl, const endpoint_t *ep)
             memcmp(&p->addr, &ep->addr, p->addrlen) == 0)
             return p;
     pool_t *p = calloc(1, sizeof *p);
-    if (!p) return NULL;
+    if (!p)
+        return NULL;
     p->worker = w;
     p->cluster = cl;
     memcpy(&p->addr, &ep->addr, ep->addrlen);
@@ -43,7 +44,8 @@ void pool_unlink_idle(upstream_t *up)
         up->idle_prev->idle_next = up->idle_next;
     else
         p->idle = up->idle_next;
-    if (up->idle_next) up->idle_next->idle_prev = up->idle_prev;
+    if (up->idle_next)
+        up->idle_next->idle_prev = up->idle_prev;
     up->idle_next = up->idle_prev = NULL;
     p->nidle--;
 }
@@ -77,7 +79,8 @@ void pool_release(upstream_t *up)
     upstream_park(up);
     up->idle_prev = NULL;
     up->idle_next = p->idle;
-    if (p->idle) p->idle->idle_prev = up;
+    if (p->idle)
+        p->idle->idle_prev = up;
     p->idle = up;
     p->nidle++;
 }

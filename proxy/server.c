@@ -46,7 +46,8 @@ int server_init(server_t *s, const settings_t *set, config_t *cfg, uv_loop_t *lo
         return ERR_CONFIG;
     }
     s->workers = calloc(set->workers, sizeof *s->workers);
-    if (!s->workers) return UV_ENOMEM;
+    if (!s->workers)
+        return UV_ENOMEM;
     for (unsigned i = 0; i < set->workers; i++) {
         int err = worker_init(&s->workers[i], s, i);
         s->nworkers = i + 1;
@@ -69,7 +70,8 @@ static void on_drain_deadline(uv_timer_t *t)
 
 void server_drain(server_t *s)
 {
-    if (server_state(s) >= SERVER_DRAINING) return;
+    if (server_state(s) >= SERVER_DRAINING)
+        return;
     log_info("draining: listeners closed, finishing in-flight requests (up to %llu ms)",
              (unsigned long long)s->set.drain_timeout_ms);
     set_state(s, SERVER_DRAINING);
@@ -85,7 +87,8 @@ void server_worker_exited(server_t *s)
 static void on_worker_exited(uv_async_t *h)
 {
     server_t *s = h->data;
-    if (atomic_load(&s->nexited) < s->nworkers) return;
+    if (atomic_load(&s->nexited) < s->nworkers)
+        return;
     /* Every worker is done: close the main loop's handles so that uv_run returns. */
     admin_stop(s);
     uv_close((uv_handle_t *)&s->sigterm, NULL);
@@ -113,7 +116,8 @@ int server_run(server_t *s)
     uv_async_init(s->loop, &s->worker_exited, on_worker_exited);
     s->worker_exited.data = s;
     int err = admin_start(s);
-    if (err < 0) return err;
+    if (err < 0)
+        return err;
     for (unsigned i = 0; i < s->nworkers; i++) {
         err = worker_start(&s->workers[i]);
         if (err < 0) {

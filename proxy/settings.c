@@ -20,9 +20,11 @@ config_t *settings_load_config(const cli_opts_t *cli, diag_t *d)
 const char *settings_node_from_arn(const char *v)
 {
     const char *m = strstr(v, "mesh/");
-    if (!m || (m != v && m[-1] != ':')) return NULL;
+    if (!m || (m != v && m[-1] != ':'))
+        return NULL;
     const char *vn = strstr(m + 5, "/virtualNode/");
-    if (!vn || vn == m + 5) return NULL;
+    if (!vn || vn == m + 5)
+        return NULL;
     const char *node = vn + strlen("/virtualNode/");
     return *node && !strchr(node, '/') ? node : NULL;
 }
@@ -33,14 +35,16 @@ static long parse_long(const char *s, long lo, long hi)
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
+    if (errno || end == s || *end || v < lo || v > hi)
+        return -1;
     return v;
 }
 
 static char *read_small_file(const char *path, char *buf, size_t cap)
 {
     FILE *f = fopen(path, "r");
-    if (!f) return NULL;
+    if (!f)
+        return NULL;
     size_t n = fread(buf, 1, cap - 1, f);
     fclose(f);
     buf[n] = '\0';
@@ -51,7 +55,8 @@ unsigned settings_cpu_limit(const char *cpu_max, unsigned affinity)
 {
     char buf[128];
     long quota = -1, period = -1;
-    if (!cpu_max) cpu_max = read_small_file("/sys/fs/cgroup/cpu.max", buf, sizeof buf);
+    if (!cpu_max)
+        cpu_max = read_small_file("/sys/fs/cgroup/cpu.max", buf, sizeof buf);
     if (cpu_max) {
         char q[32];
         if (sscanf(cpu_max, "%31s %ld", q, &period) == 2 && strcmp(q, "max") != 0)
@@ -67,7 +72,8 @@ unsigned settings_cpu_limit(const char *cpu_max, unsigned affinity)
     unsigned n = affinity ? affinity : 1;
     if (quota > 0 && period > 0) {
         unsigned by_quota = (unsigned)((quota + period - 1) / period);
-        if (by_quota < n) n = by_quota;
+        if (by_quota < n)
+            n = by_quota;
     }
     return n ? n : 1;
 }
@@ -75,7 +81,8 @@ unsigned settings_cpu_limit(const char *cpu_max, unsigned affinity)
 static unsigned affinity_cpus(void)
 {
     cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+    if (sched_getaffinity(0, sizeof set, &set) != 0)
+        return 1;
     return (unsigned)CPU_COUNT(&set);
 }
 
@@ -98,8 +105,10 @@ static int resolve_node(settings_t *s, const cli_opts_t *cli, const config_t *cf
             diag_add(d, "settings", "APPMESH_VIRTUAL_NODE_NAME",
                      "expected mesh/MESH/virtualNode/NODE, got \"%s\"", old);
     }
-    if (!node) node = cfg->proxy.node;
-    if (!node && cfg->nnodes == 1) node = cfg->nodes[0].name;
+    if (!node)
+        node = cfg->proxy.node;
+    if (!node && cfg->nnodes == 1)
+        node = cfg->nodes[0].name;
     if (!node) {
         diag_add(d, "settings", "node",
                  "which virtual node is this? set --node, APPMESH_RESOURCE_ARN or proxy.node");
@@ -119,7 +128,8 @@ static int parse_admin(settings_t *s, const char *v)
     const char *colon = strrchr(v, ':');
     const char *port = colon ? colon + 1 : v;
     long p = parse_long(port, 1, 65535);
-    if (p < 0) return -1;
+    if (p < 0)
+        return -1;
     s->admin_port = (uint16_t)p;
     if (colon && colon > v)
         snprintf(s->admin_host, sizeof s->admin_host, "%.*s", (int)(colon - v), v);
@@ -152,9 +162,11 @@ static void resolve_workers(settings_t *s, const cli_opts_t *cli, const config_t
     long n = cli->workers;
     if (n < 0 && env && *env) {
         n = parse_long(env, 1, 256);
-        if (n < 0) diag_add(d, "settings", "ENVOY_CONCURRENCY", "must be 1..256, got \"%s\"", env);
+        if (n < 0)
+            diag_add(d, "settings", "ENVOY_CONCURRENCY", "must be 1..256, got \"%s\"", env);
     }
-    if (n < 0) n = cfg->proxy.workers;
+    if (n < 0)
+        n = cfg->proxy.workers;
     s->workers = n > 0 ? (unsigned)n : settings_cpu_limit(NULL, affinity_cpus());
 }
 

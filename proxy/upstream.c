@@ -34,8 +34,10 @@ static void on_tcp_closed(uv_handle_t *h)
 
 void upstream_abort(upstream_t *up)
 {
-    if (up->state == UP_CLOSING) return;
-    if (up->state == UP_IDLE) pool_unlink_idle(up);
+    if (up->state == UP_CLOSING)
+        return;
+    if (up->state == UP_IDLE)
+        pool_unlink_idle(up);
     up->state = UP_CLOSING;
     up->ex = NULL;
     uv_timer_stop(&up->timer);
@@ -48,9 +50,11 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub);
 
 void upstream_set_reading(upstream_t *up, int on)
 {
-    if (!up->connected || up->state == UP_CLOSING || on == up->reading) return;
+    if (!up->connected || up->state == UP_CLOSING || on == up->reading)
+        return;
     if (on) {
-        if (uv_read_start((uv_stream_t *)&up->c.tcp, conn_alloc_cb, on_read) == 0) up->reading = 1;
+        if (uv_read_start((uv_stream_t *)&up->c.tcp, conn_alloc_cb, on_read) == 0)
+            up->reading = 1;
     } else {
         uv_read_stop((uv_stream_t *)&up->c.tcp);
         up->reading = 0;
@@ -88,8 +92,10 @@ static int on_headers_complete(llhttp_t *p)
 {
     upstream_t *up = p->data;
     int rc = fwd_response_head(up->ex, llhttp_get_status_code(p));
-    if (!up->ex) return HPE_USER; /* the exchange gave up on this connection */
-    if (up->ex->tunnel) return 2; /* 101: no body; llhttp_execute returns HPE_PAUSED_UPGRADE */
+    if (!up->ex)
+        return HPE_USER; /* the exchange gave up on this connection */
+    if (up->ex->tunnel)
+        return 2; /* 101: no body; llhttp_execute returns HPE_PAUSED_UPGRADE */
     return rc;
 }
 
@@ -127,15 +133,18 @@ static void parse(upstream_t *up, buf_t *b, const char *p, size_t n)
     llhttp_errno_t err = llhttp_execute(&up->parser, p, n);
     up->cur = NULL;
     exchange_t *ex = up->ex;
-    if (!ex) return; /* the exchange ended inside a callback (client gone) */
+    if (!ex)
+        return; /* the exchange ended inside a callback (client gone) */
     const char *at = llhttp_get_error_pos(&up->parser);
-    if (err == HPE_OK) return;
+    if (err == HPE_OK)
+        return;
     if (err == HPE_PAUSED && up->message_done) {
         if (at && at < p + n)
             up->keep_alive = 0; /* bytes after the response: never reuse this connection */
         fwd_response_done(ex);
     } else if (err == HPE_PAUSED_UPGRADE && ex->tunnel) {
-        if (at && at < p + n) fwd_tunnel_from_upstream(ex, b, at, (size_t)(p + n - at));
+        if (at && at < p + n)
+            fwd_tunnel_from_upstream(ex, b, at, (size_t)(p + n - at));
     } else {
         stat_inc(&stats_of(up)->upstream_cx_protocol_error);
         log_debug("upstream %s: bad response: %s (%s)", up->pool->name, llhttp_errno_name(err),
@@ -172,8 +181,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
     upstream_t *up = s->data;
     buf_t *b = conn_read_buf(ub);
     if (nread <= 0) {
-        if (b) buf_unref(b);
-        if (nread < 0) on_eof(up, nread);
+        if (b)
+            buf_unref(b);
+        if (nread < 0)
+            on_eof(up, nread);
         return;
     }
     b->len = (uint32_t)nread;
@@ -207,7 +218,8 @@ static void on_timer(uv_timer_t *t)
 static void on_connect(uv_connect_t *req, int status)
 {
     upstream_t *up = req->data;
-    if (up->state == UP_CLOSING) return;
+    if (up->state == UP_CLOSING)
+        return;
     uv_timer_stop(&up->timer);
     if (status < 0) {
         stat_inc(&stats_of(up)->upstream_cx_connect_fail);
@@ -219,7 +231,8 @@ static void on_connect(uv_connect_t *req, int status)
         return;
     }
     up->connected = 1;
-    if (up->state == UP_CONNECTING) up->state = UP_ACTIVE;
+    if (up->state == UP_CONNECTING)
+        up->state = UP_ACTIVE;
     uv_tcp_nodelay(&up->c.tcp, 1);
     upstream_set_reading(up, 1);
 }
@@ -227,7 +240,8 @@ static void on_connect(uv_connect_t *req, int status)
 static void on_drain(conn_t *c)
 {
     upstream_t *up = (upstream_t *)c;
-    if (up->ex) fwd_upstream_drained(up->ex);
+    if (up->ex)
+        fwd_upstream_drained(up->ex);
 }
 
 /* A failed write is not acted on here: the read side sees the close right after, and a

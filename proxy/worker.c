@@ -22,7 +22,8 @@ wreq_t *worker_wreq_get(worker_t *w)
         w->nfree_wreqs--;
     } else {
         r = malloc(sizeof *r);
-        if (!r) return NULL;
+        if (!r)
+            return NULL;
     }
     r->n = 0;
     r->scratch_used = 0;
@@ -80,7 +81,8 @@ static int listener_open(worker_t *w, listener_t *l, enum listener_kind kind, ui
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
     addr.sin_addr.s_addr = htonl(INADDR_ANY);
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -errno;
+    if (fd < 0)
+        return -errno;
     int one = 1;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
@@ -94,7 +96,8 @@ static int listener_open(worker_t *w, listener_t *l, enum listener_kind kind, ui
     uv_tcp_init(&w->loop, &l->tcp);
     l->tcp.data = l;
     int err = uv_tcp_open(&l->tcp, fd);
-    if (err == 0) err = uv_listen((uv_stream_t *)&l->tcp, 4096, on_connection);
+    if (err == 0)
+        err = uv_listen((uv_stream_t *)&l->tcp, 4096, on_connection);
     if (err < 0) {
         uv_close((uv_handle_t *)&l->tcp, NULL);
         return err;
@@ -105,7 +108,8 @@ static int listener_open(worker_t *w, listener_t *l, enum listener_kind kind, ui
 
 static void listener_close(listener_t *l)
 {
-    if (!l->open) return;
+    if (!l->open)
+        return;
     l->open = 0;
     uv_close((uv_handle_t *)&l->tcp, NULL);
 }
@@ -114,9 +118,11 @@ static void listener_close(listener_t *l)
  * end. */
 static void maybe_finish(worker_t *w)
 {
-    if (!w->draining || w->ndownstreams > 0) return;
+    if (!w->draining || w->ndownstreams > 0)
+        return;
     pool_close_idle(&w->pools);
-    if (uv_is_closing((uv_handle_t *)&w->wake)) return;
+    if (uv_is_closing((uv_handle_t *)&w->wake))
+        return;
     /* Connections close their own handles; these are the worker's. */
     uv_close((uv_handle_t *)&w->wake, NULL);
     uv_close((uv_handle_t *)&w->prepare, NULL);
@@ -134,7 +140,8 @@ static void on_wake(uv_async_t *h)
             listener_close(&w->egress);
         }
         downstream_drain_all(w);
-        if (st == SERVER_STOPPED) downstream_abort_all(w);
+        if (st == SERVER_STOPPED)
+            downstream_abort_all(w);
     }
     maybe_finish(w);
 }
@@ -152,7 +159,8 @@ int worker_init(worker_t *w, server_t *srv, unsigned id)
     if (getrandom(&w->rng, sizeof w->rng, 0) != sizeof w->rng || w->rng == 0)
         w->rng = uv_hrtime() | 1;
     int err = uv_loop_init(&w->loop);
-    if (err < 0) return err;
+    if (err < 0)
+        return err;
     uv_async_init(&w->loop, &w->wake, on_wake);
     w->wake.data = w;
     uv_prepare_init(&w->loop, &w->prepare);
@@ -162,7 +170,8 @@ int worker_init(worker_t *w, server_t *srv, unsigned id)
     w->check.data = w;
     uv_check_start(&w->check, on_flush_check);
     err = listener_open(w, &w->ingress, LISTENER_INGRESS, srv->set.ingress_port);
-    if (err == 0) err = listener_open(w, &w->egress, LISTENER_EGRESS, srv->set.egress_port);
+    if (err == 0)
+        err = listener_open(w, &w->egress, LISTENER_EGRESS, srv->set.egress_port);
     return err;
 }
 

@@ -31,7 +31,8 @@ static uint64_t or_default(uint64_t v, uint64_t dflt)
 static int add_cluster(route_table_t *rt, cluster_t *c)
 {
     cluster_t **grown = realloc(rt->clusters, (rt->nclusters + 1) * sizeof *grown);
-    if (!grown) return -1;
+    if (!grown)
+        return -1;
     rt->clusters = grown;
     rt->clusters[rt->nclusters++] = c;
     return 0;
@@ -43,7 +44,8 @@ static cluster_t *ingress_cluster(const config_t *cfg, const cfg_node_t *node)
     uint16_t port = node->nlisteners ? node->listeners[0].port : 0;
     snprintf(name, sizeof name, "cds_ingress_%s_%s_http_%u", cfg->mesh_name, node->name, port);
     endpoint_t *ep = calloc(1, sizeof *ep);
-    if (!ep) return NULL;
+    if (!ep)
+        return NULL;
     struct sockaddr_in local = {.sin_family = AF_INET, .sin_port = htons(port)};
     local.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     endpoint_set(ep, (const struct sockaddr *)&local);
@@ -57,22 +59,27 @@ static const cfg_target_t *router_target(const config_t *cfg, const char *router
     const cfg_route_t *best = NULL;
     for (unsigned i = 0; i < cfg->nroutes; i++) {
         const cfg_route_t *r = &cfg->routes[i];
-        if (!r->router || strcmp(r->router, router) != 0 || r->ntargets == 0) continue;
+        if (!r->router || strcmp(r->router, router) != 0 || r->ntargets == 0)
+            continue;
         unsigned rp = r->priority < 0 ? 1001u : (unsigned)r->priority;
         unsigned bp = best ? (best->priority < 0 ? 1001u : (unsigned)best->priority) : 1002u;
-        if (rp < bp) best = r;
+        if (rp < bp)
+            best = r;
     }
-    if (!best) return NULL;
+    if (!best)
+        return NULL;
     const cfg_target_t *t = &best->targets[0];
     for (unsigned i = 1; i < best->ntargets; i++)
-        if (best->targets[i].weight > t->weight) t = &best->targets[i];
+        if (best->targets[i].weight > t->weight)
+            t = &best->targets[i];
     return t;
 }
 
 static cluster_t *find_cluster(route_table_t *rt, const char *name)
 {
     for (unsigned i = 0; i < rt->nclusters; i++)
-        if (strcmp(rt->clusters[i]->name, name) == 0) return rt->clusters[i];
+        if (strcmp(rt->clusters[i]->name, name) == 0)
+            return rt->clusters[i];
     return NULL;
 }
 
@@ -88,7 +95,8 @@ static cluster_t *egress_cluster(route_table_t *rt, const config_t *cfg, const c
     char name[512];
     snprintf(name, sizeof name, "cds_egress_%s_%s_http_%u", cfg->mesh_name, target->name, port);
     cluster_t *c = find_cluster(rt, name);
-    if (c) return c;
+    if (c)
+        return c;
     endpoint_t *eps = NULL;
     unsigned n = 0;
     resolve_once(target, port, &eps, &n);
@@ -122,7 +130,8 @@ static int add_backend(route_table_t *rt, const config_t *cfg, const char *vs_na
     cluster_t *c = NULL;
     if (node_name) {
         c = egress_cluster(rt, cfg, node_name, port, path, d);
-        if (!c) return -1;
+        if (!c)
+            return -1;
     }
     backend_t *b = &rt->backends[rt->nbackends++];
     b->service = strdup(vs_name);
@@ -133,7 +142,8 @@ static int add_backend(route_table_t *rt, const config_t *cfg, const char *vs_na
 route_table_t *route_table_build(const config_t *cfg, const cfg_node_t *node, diag_t *d)
 {
     route_table_t *rt = calloc(1, sizeof *rt);
-    if (!rt) return NULL;
+    if (!rt)
+        return NULL;
     rt->egress_filter = cfg->egress_filter;
     cluster_t *in = ingress_cluster(cfg, node);
     if (!in || add_cluster(rt, in) != 0) {
@@ -162,7 +172,8 @@ route_table_t *route_table_build(const config_t *cfg, const cfg_node_t *node, di
 
 void route_table_free(route_table_t *rt)
 {
-    if (!rt) return;
+    if (!rt)
+        return;
     for (unsigned i = 0; i < rt->nbackends; i++)
         free(rt->backends[i].service);
     for (unsigned i = 0; i < rt->nclusters; i++)
@@ -182,7 +193,8 @@ int route_egress(const route_table_t *rt, const char *host, size_t len, route_re
 {
     /* Host is `name` or `name:port` (RFC 9110 §7.2); an IPv6 literal keeps its brackets. */
     const char *colon = memrchr(host, ':', len);
-    if (colon && !memchr(colon, ']', (size_t)(host + len - colon))) len = (size_t)(colon - host);
+    if (colon && !memchr(colon, ']', (size_t)(host + len - colon)))
+        len = (size_t)(colon - host);
     if (len > 0 && host[len - 1] == '.') /* a fully qualified name matches too */
         len--;
     for (unsigned i = 0; i < rt->nbackends; i++) {
