@@ -38,7 +38,7 @@ def test_egress_routes_by_host_with_or_without_port(mesh):
 def test_egress_unknown_host_is_404_naming_it(mesh):
     r, _, backend = mesh()
     resp, data = echo(r.egress, host="billing.shop.local")
-    assert resp.status == 404
+    assert resp.status == 404 and resp.reason == "Not Found"
     assert b"billing.shop.local" in data
     assert backend.stats()["requests"] == 0
 
