@@ -1,383 +1,586 @@
 #include "config/config.h"
 
-#include <cjson/cJSON.h>
 #include <errno.h>
+#include <llhttp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-/* Parsing context: where diagnostics go and the config being filled. */
-typedef struct parse {
-    diag_t *d;
-    const char *source;
-    config_t *c;
-} parse_t;
+#include "config/json.h"
 
-#define PATH_MAX_LEN 256
+#define NAME_MAX_LEN 255
 
-/* `out` may be `base`: the result is built aside first. */
-static void path_join(char *out, const char *base, const char *key)
+/* ---- virtual nodes ---- */
+
+static void parse_health_check(jctx_t *j, const cJSON *o, const char *path, cfg_health_check_t *h)
 {
-    char tmp[PATH_MAX_LEN];
-    snprintf(tmp, sizeof tmp, "%s%s%s", base, *base ? "." : "", key);
-    memcpy(out, tmp, sizeof tmp);
+    static const char *const fields[] = {
+        "protocol",           "path", "port", "intervalMillis", "timeoutMillis", "healthyThreshold",
+        "unhealthyThreshold", NULL};
+    static const char *const protocols[] = {"http", "tcp", "http2", "grpc", NULL};
+    static const char *const names[] = {"http", "tcp", "http2", "grpc"};
+    j_only(j, o, path, fields);
+    h->present = 1;
+    int proto = j_enum(j, o, path, "protocol", protocols, J_REQUIRED, 0);
+    h->protocol = strdup(names[proto]);
+    h->path = j_string(j, o, path, "path", J_OPTIONAL, 1, 1024);
+    h->port = (uint16_t)j_int(j, o, path, "port", 1, 65535, 0, J_OPTIONAL);
+    h->interval_ms = (uint32_t)j_int(j, o, path, "intervalMillis", 5000, 300000, 5000, J_REQUIRED);
+    h->timeout_ms = (uint32_t)j_int(j, o, path, "timeoutMillis", 2000, 60000, 2000, J_REQUIRED);
+    h->healthy_threshold = (unsigned)j_int(j, o, path, "healthyThreshold", 2, 10, 2, J_REQUIRED);
+    h->unhealthy_threshold =
+        (unsigned)j_int(j, o, path, "unhealthyThreshold", 2, 10, 2, J_REQUIRED);
+    if ((proto == 0 || proto == 2) && !h->path)
+        jerr(j, path, "path", "is required for %s health checks", names[proto]);
 }
 
-static void path_index(char *out, const char *base, const char *key, int i)
+static void parse_outlier(jctx_t *j, const cJSON *o, const char *path, cfg_outlier_t *od)
 {
-    char tmp[PATH_MAX_LEN];
-    snprintf(tmp, sizeof tmp, "%s%s%s[%d]", base, *base ? "." : "", key, i);
-    memcpy(out, tmp, sizeof tmp);
+    static const char *const fields[] = {"maxServerErrors", "interval", "baseEjectionDuration",
+                                         "maxEjectionPercent", NULL};
+    j_only(j, o, path, fields);
+    od->present = 1;
+    od->max_server_errors =
+        (uint64_t)j_int(j, o, path, "maxServerErrors", 1, INT64_MAX, 1, J_REQUIRED);
+    od->interval_ms = j_duration(j, o, path, "interval", J_REQUIRED);
+    od->base_ejection_ms = j_duration(j, o, path, "baseEjectionDuration", J_REQUIRED);
+    od->max_ejection_percent =
+        (unsigned)j_int(j, o, path, "maxEjectionPercent", 0, 100, 10, J_REQUIRED);
 }
 
-/* A string member; NULL (with a diagnostic when `required` or of the wrong type) otherwise. */
-static char *get_string(parse_t *ps, const cJSON *obj, const char *base, const char *key,
-                        int required)
+static const char *const listener_protocols[] = {"http", "tcp", "http2", "grpc", NULL};
+
+/* connectionPool and timeout are unions keyed by protocol; the member must match the
+ * listener's protocol. */
+static const cJSON *protocol_member(jctx_t *j, const cJSON *o, const char *path,
+                                    const char *protocol, char *member_path)
 {
-    char path[PATH_MAX_LEN];
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    path_join(path, base, key);
-    if (!v) {
-        if (required)
-            diag_add(ps->d, ps->source, path, "is required");
+    const cJSON *v = NULL;
+    int which = j_union(j, o, path, listener_protocols, J_REQUIRED, &v);
+    if (which < 0)
         return NULL;
-    }
-    if (!cJSON_IsString(v)) {
-        diag_add(ps->d, ps->source, path, "must be a string");
-        return NULL;
-    }
-    return strdup(v->valuestring);
-}
-
-/* An integer member in [lo, hi]; `dflt` when absent or invalid (with a diagnostic then). */
-static long long get_int(parse_t *ps, const cJSON *obj, const char *base, const char *key,
-                         long long lo, long long hi, long long dflt, int required)
-{
-    char path[PATH_MAX_LEN];
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    path_join(path, base, key);
-    if (!v) {
-        if (required)
-            diag_add(ps->d, ps->source, path, "is required");
-        return dflt;
-    }
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(long long)v->valuedouble) {
-        diag_add(ps->d, ps->source, path, "must be an integer");
-        return dflt;
-    }
-    long long n = (long long)v->valuedouble;
-    if (n < lo || n > hi) {
-        diag_add(ps->d, ps->source, path, "must be %lld..%lld, got %lld", lo, hi, n);
-        return dflt;
-    }
-    return n;
-}
-
-/* An App Mesh Duration {"unit": "s"|"ms", "value": n} in milliseconds. */
-static uint64_t get_duration(parse_t *ps, const cJSON *obj, const char *base, const char *key)
-{
-    char path[PATH_MAX_LEN];
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    if (!v)
-        return DURATION_UNSET;
-    path_join(path, base, key);
-    if (!cJSON_IsObject(v)) {
-        diag_add(ps->d, ps->source, path, "must be an object {unit, value}");
-        return DURATION_UNSET;
-    }
-    char *unit = get_string(ps, v, path, "unit", 1);
-    long long value = get_int(ps, v, path, "value", 0, INT64_MAX / 1000, -1, 1);
-    uint64_t ms = DURATION_UNSET;
-    if (unit && value >= 0) {
-        if (strcmp(unit, "ms") == 0) {
-            ms = (uint64_t)value;
-        } else if (strcmp(unit, "s") == 0) {
-            ms = (uint64_t)value * 1000;
-        } else {
-            char upath[PATH_MAX_LEN];
-            path_join(upath, path, "unit");
-            diag_add(ps->d, ps->source, upath, "must be \"s\" or \"ms\", got \"%s\"", unit);
-        }
-    }
-    free(unit);
-    return ms;
-}
-
-/* An array member; NULL when absent (fine) or not an array (diagnostic). */
-static const cJSON *get_array(parse_t *ps, const cJSON *obj, const char *base, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    if (v && !cJSON_IsArray(v)) {
-        char path[PATH_MAX_LEN];
-        path_join(path, base, key);
-        diag_add(ps->d, ps->source, path, "must be an array");
+    jpath(member_path, path, listener_protocols[which]);
+    if (protocol && strcmp(listener_protocols[which], protocol) != 0) {
+        jerr(j, path, listener_protocols[which], "does not match the listener protocol %s",
+             protocol);
         return NULL;
     }
     return v;
 }
 
-static const cJSON *get_object(parse_t *ps, const cJSON *obj, const char *base, const char *key)
+static void parse_pool(jctx_t *j, const cJSON *o, const char *path, cfg_listener_t *l)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    if (v && !cJSON_IsObject(v)) {
-        char path[PATH_MAX_LEN];
-        path_join(path, base, key);
-        diag_add(ps->d, ps->source, path, "must be an object");
-        return NULL;
+    char p[JPATH_MAX];
+    const cJSON *m = protocol_member(j, o, path, l->protocol, p);
+    if (!m)
+        return;
+    if (strcmp(l->protocol, "http") == 0 || strcmp(l->protocol, "tcp") == 0) {
+        static const char *const http_fields[] = {"maxConnections", "maxPendingRequests", NULL};
+        static const char *const tcp_fields[] = {"maxConnections", NULL};
+        j_only(j, m, p, strcmp(l->protocol, "http") == 0 ? http_fields : tcp_fields);
+        l->max_connections =
+            (uint32_t)j_int(j, m, p, "maxConnections", 1, 2147483647, 0, J_REQUIRED);
+        l->max_pending =
+            (uint32_t)j_int(j, m, p, "maxPendingRequests", 1, 2147483647, 0, J_OPTIONAL);
+    } else {
+        static const char *const fields[] = {"maxRequests", NULL};
+        j_only(j, m, p, fields);
+        l->max_connections = (uint32_t)j_int(j, m, p, "maxRequests", 1, 2147483647, 0, J_REQUIRED);
     }
-    return v;
 }
 
-static void parse_listener(parse_t *ps, const cJSON *j, const char *path, cfg_listener_t *l)
+static void parse_timeout(jctx_t *j, const cJSON *o, const char *path, cfg_listener_t *l)
 {
-    char p[PATH_MAX_LEN];
+    static const char *const fields[] = {"perRequest", "idle", NULL};
+    static const char *const tcp_fields[] = {"idle", NULL};
+    char p[JPATH_MAX];
+    const cJSON *m = protocol_member(j, o, path, l->protocol, p);
+    if (!m)
+        return;
+    int tcp = strcmp(l->protocol, "tcp") == 0;
+    j_only(j, m, p, tcp ? tcp_fields : fields);
+    if (!tcp)
+        l->per_request_ms = j_duration(j, m, p, "perRequest", J_OPTIONAL);
+    l->idle_ms = j_duration(j, m, p, "idle", J_OPTIONAL);
+}
+
+static void parse_tls(jctx_t *j, const cJSON *o, const char *path)
+{
+    static const char *const modes[] = {"STRICT", "PERMISSIVE", "DISABLED", NULL};
+    int mode = j_enum(j, o, path, "mode", modes, J_REQUIRED, 2);
+    if (mode != 2)
+        jerr(j, path, "mode",
+             "%s is not supported: remora does not terminate TLS yet "
+             "(use DISABLED)",
+             modes[mode]);
+}
+
+static void parse_listener(jctx_t *j, const cJSON *o, const char *path, cfg_listener_t *l)
+{
+    static const char *const fields[] = {
+        "portMapping", "healthCheck", "outlierDetection", "connectionPool", "timeout", "tls", NULL};
+    static const char *const pm_fields[] = {"port", "protocol", NULL};
+    char p[JPATH_MAX];
+    j_only(j, o, path, fields);
     l->per_request_ms = l->idle_ms = DURATION_UNSET;
-    const cJSON *pm = get_object(ps, j, path, "portMapping");
-    path_join(p, path, "portMapping");
-    if (!pm) {
-        diag_add(ps->d, ps->source, p, "is required");
-        return;
+    const cJSON *pm = j_object(j, o, path, "portMapping", J_REQUIRED);
+    jpath(p, path, "portMapping");
+    j_only(j, pm, p, pm_fields);
+    l->port = (uint16_t)j_int(j, pm, p, "port", 1, 65535, 0, J_REQUIRED);
+    int proto = j_enum(j, pm, p, "protocol", listener_protocols, J_REQUIRED, -1);
+    l->protocol = proto >= 0 ? strdup(listener_protocols[proto]) : NULL;
+    const cJSON *v;
+    if ((v = j_object(j, o, path, "healthCheck", J_OPTIONAL))) {
+        jpath(p, path, "healthCheck");
+        parse_health_check(j, v, p, &l->health);
     }
-    l->port = (uint16_t)get_int(ps, pm, p, "port", 1, 65535, 0, 1);
-    l->protocol = get_string(ps, pm, p, "protocol", 1);
-    const cJSON *timeout = get_object(ps, j, path, "timeout");
-    if (timeout && l->protocol) {
-        char tp[PATH_MAX_LEN];
-        path_join(p, path, "timeout");
-        const cJSON *http = get_object(ps, timeout, p, l->protocol);
-        path_join(tp, p, l->protocol);
-        if (http) {
-            l->per_request_ms = get_duration(ps, http, tp, "perRequest");
-            l->idle_ms = get_duration(ps, http, tp, "idle");
-        }
+    if ((v = j_object(j, o, path, "outlierDetection", J_OPTIONAL))) {
+        jpath(p, path, "outlierDetection");
+        parse_outlier(j, v, p, &l->outlier);
+    }
+    if ((v = j_object(j, o, path, "connectionPool", J_OPTIONAL))) {
+        jpath(p, path, "connectionPool");
+        parse_pool(j, v, p, l);
+    }
+    if ((v = j_object(j, o, path, "timeout", J_OPTIONAL))) {
+        jpath(p, path, "timeout");
+        parse_timeout(j, v, p, l);
+    }
+    if ((v = j_object(j, o, path, "tls", J_OPTIONAL))) {
+        jpath(p, path, "tls");
+        parse_tls(j, v, p);
     }
 }
 
-static void parse_discovery(parse_t *ps, const cJSON *spec, const char *path, cfg_node_t *n)
+static const char *const ip_preferences[] = {"",          "IPv4_PREFERRED", "IPv6_PREFERRED",
+                                             "IPv4_ONLY", "IPv6_ONLY",      NULL};
+
+static void parse_discovery(jctx_t *j, const cJSON *o, const char *path, cfg_node_t *n)
 {
-    char p[PATH_MAX_LEN];
-    const cJSON *sd = get_object(ps, spec, path, "serviceDiscovery");
-    if (!sd)
+    static const char *const kinds[] = {"dns", "awsCloudMap", NULL};
+    static const char *const dns_fields[] = {"hostname", "responseType", "ipPreference", NULL};
+    static const char *const cm_fields[] = {"namespaceName", "serviceName", "attributes",
+                                            "ipPreference", NULL};
+    static const char *const responses[] = {"LOADBALANCER", "ENDPOINTS", NULL};
+    const cJSON *m = NULL;
+    int which = j_union(j, o, path, kinds, J_REQUIRED, &m);
+    if (which < 0)
         return;
-    path_join(p, path, "serviceDiscovery");
-    const cJSON *dns = get_object(ps, sd, p, "dns");
-    const cJSON *cm = get_object(ps, sd, p, "awsCloudMap");
-    if (dns && cm) {
-        diag_add(ps->d, ps->source, p, "must have exactly one of dns, awsCloudMap");
-        return;
-    }
-    char q[PATH_MAX_LEN];
-    if (dns) {
-        path_join(q, p, "dns");
+    char p[JPATH_MAX];
+    jpath(p, path, kinds[which]);
+    if (which == 0) {
+        j_only(j, m, p, dns_fields);
         n->discovery = DISCOVERY_DNS;
-        n->hostname = get_string(ps, dns, q, "hostname", 1);
-    } else if (cm) {
-        path_join(q, p, "awsCloudMap");
+        n->hostname = j_string(j, m, p, "hostname", J_REQUIRED, 1, NAME_MAX_LEN);
+        n->response_type = (enum dns_response)j_enum(j, m, p, "responseType", responses, J_OPTIONAL,
+                                                     DNS_LOADBALANCER);
+    } else {
+        j_only(j, m, p, cm_fields);
         n->discovery = DISCOVERY_CLOUD_MAP;
-        n->namespace_name = get_string(ps, cm, q, "namespaceName", 1);
-        n->service_name = get_string(ps, cm, q, "serviceName", 1);
+        n->namespace_name = j_string(j, m, p, "namespaceName", J_REQUIRED, 1, 1024);
+        n->service_name = j_string(j, m, p, "serviceName", J_REQUIRED, 1, 1024);
+        const cJSON *attrs = j_array(j, m, p, "attributes", J_OPTIONAL, 0, 50);
+        n->nattributes = (unsigned)cJSON_GetArraySize(attrs);
     }
+    n->ip_preference =
+        (enum ip_preference)j_enum(j, m, p, "ipPreference", ip_preferences, J_OPTIONAL, IP_DEFAULT);
 }
 
-static void parse_node(parse_t *ps, const cJSON *j, const char *path, cfg_node_t *n)
+static void parse_backends(jctx_t *j, const cJSON *spec, const char *path, cfg_node_t *n)
 {
-    char p[PATH_MAX_LEN], q[PATH_MAX_LEN];
-    n->name = get_string(ps, j, path, "virtualNodeName", 1);
-    const cJSON *spec = get_object(ps, j, path, "spec");
-    if (!spec)
-        return;
-    path_join(p, path, "spec");
-    const cJSON *ls = get_array(ps, spec, p, "listeners");
-    n->nlisteners = (unsigned)cJSON_GetArraySize(ls);
-    n->listeners = calloc(n->nlisteners ? n->nlisteners : 1, sizeof *n->listeners);
-    for (unsigned i = 0; i < n->nlisteners; i++) {
-        path_index(q, p, "listeners", (int)i);
-        parse_listener(ps, cJSON_GetArrayItem(ls, (int)i), q, &n->listeners[i]);
-    }
-    parse_discovery(ps, spec, p, n);
-    const cJSON *bs = get_array(ps, spec, p, "backends");
+    static const char *const backend_fields[] = {"virtualService", NULL};
+    static const char *const vs_fields[] = {"virtualServiceName", "clientPolicy", NULL};
+    const cJSON *bs = j_array(j, spec, path, "backends", J_OPTIONAL, 0, 50);
     n->nbackends = (unsigned)cJSON_GetArraySize(bs);
     n->backends = calloc(n->nbackends ? n->nbackends : 1, sizeof *n->backends);
     for (unsigned i = 0; i < n->nbackends; i++) {
-        char r[PATH_MAX_LEN];
-        path_index(q, p, "backends", (int)i);
-        const cJSON *vs = get_object(ps, cJSON_GetArrayItem(bs, (int)i), q, "virtualService");
-        path_join(r, q, "virtualService");
-        if (vs)
-            n->backends[i] = get_string(ps, vs, r, "virtualServiceName", 1);
-        else
-            diag_add(ps->d, ps->source, r, "is required");
+        char p[JPATH_MAX];
+        const cJSON *b = cJSON_GetArrayItem(bs, (int)i);
+        jpath_index(p, path, "backends", (int)i);
+        j_only(j, b, p, backend_fields);
+        const cJSON *vs = j_object(j, b, p, "virtualService", J_REQUIRED);
+        jpath(p, p, "virtualService");
+        j_only(j, vs, p, vs_fields);
+        n->backends[i] = j_string(j, vs, p, "virtualServiceName", J_REQUIRED, 1, NAME_MAX_LEN);
+        if (j_object(j, vs, p, "clientPolicy", J_OPTIONAL))
+            jerr(j, p, "clientPolicy", "client TLS policies are not supported yet");
     }
+    char p[JPATH_MAX];
+    const cJSON *defaults = j_object(j, spec, path, "backendDefaults", J_OPTIONAL);
+    jpath(p, path, "backendDefaults");
+    if (defaults && j_object(j, defaults, p, "clientPolicy", J_OPTIONAL))
+        jerr(j, p, "clientPolicy", "client TLS policies are not supported yet");
 }
 
-static void parse_service(parse_t *ps, const cJSON *j, const char *path, cfg_service_t *s)
+static void parse_node(jctx_t *j, const cJSON *o, const char *path, void *out)
 {
-    char p[PATH_MAX_LEN], q[PATH_MAX_LEN];
-    s->name = get_string(ps, j, path, "virtualServiceName", 1);
-    const cJSON *spec = get_object(ps, j, path, "spec");
-    path_join(p, path, "spec");
-    const cJSON *prov = spec ? get_object(ps, spec, p, "provider") : NULL;
+    static const char *const fields[] = {"listeners",       "serviceDiscovery", "backends",
+                                         "backendDefaults", "logging",          NULL};
+    cfg_node_t *n = out;
+    char p[JPATH_MAX], q[JPATH_MAX];
+    n->name = j_string(j, o, path, "virtualNodeName", J_REQUIRED, 1, NAME_MAX_LEN);
+    const cJSON *spec = j_object(j, o, path, "spec", J_REQUIRED);
+    jpath(p, path, "spec");
+    j_only(j, spec, p, fields);
+    const cJSON *ls = j_array(j, spec, p, "listeners", J_OPTIONAL, 0, 50);
+    n->nlisteners = (unsigned)cJSON_GetArraySize(ls);
+    n->listeners = calloc(n->nlisteners ? n->nlisteners : 1, sizeof *n->listeners);
+    for (unsigned i = 0; i < n->nlisteners; i++) {
+        jpath_index(q, p, "listeners", (int)i);
+        parse_listener(j, cJSON_GetArrayItem(ls, (int)i), q, &n->listeners[i]);
+    }
+    const cJSON *sd = j_object(j, spec, p, "serviceDiscovery", J_OPTIONAL);
+    jpath(q, p, "serviceDiscovery");
+    if (sd)
+        parse_discovery(j, sd, q, n);
+    parse_backends(j, spec, p, n);
+}
+
+/* ---- services and routers ---- */
+
+static void parse_service(jctx_t *j, const cJSON *o, const char *path, void *out)
+{
+    static const char *const fields[] = {"provider", NULL};
+    static const char *const kinds[] = {"virtualNode", "virtualRouter", NULL};
+    static const char *const keys[] = {"virtualNodeName", "virtualRouterName"};
+    cfg_service_t *s = out;
+    char p[JPATH_MAX];
+    s->name = j_string(j, o, path, "virtualServiceName", J_REQUIRED, 1, NAME_MAX_LEN);
+    const cJSON *spec = j_object(j, o, path, "spec", J_REQUIRED);
+    jpath(p, path, "spec");
+    j_only(j, spec, p, fields);
+    const cJSON *prov = j_object(j, spec, p, "provider", J_OPTIONAL);
     if (!prov)
         return;
-    path_join(p, p, "provider");
-    const cJSON *vn = get_object(ps, prov, p, "virtualNode");
-    const cJSON *vr = get_object(ps, prov, p, "virtualRouter");
-    if (vn && vr) {
-        diag_add(ps->d, ps->source, p, "must have exactly one of virtualNode, virtualRouter");
-    } else if (vn) {
-        path_join(q, p, "virtualNode");
-        s->provider = PROVIDER_NODE;
-        s->provider_name = get_string(ps, vn, q, "virtualNodeName", 1);
-    } else if (vr) {
-        path_join(q, p, "virtualRouter");
-        s->provider = PROVIDER_ROUTER;
-        s->provider_name = get_string(ps, vr, q, "virtualRouterName", 1);
-    }
+    jpath(p, p, "provider");
+    const cJSON *m = NULL;
+    int which = j_union(j, prov, p, kinds, J_REQUIRED, &m);
+    if (which < 0)
+        return;
+    jpath(p, p, kinds[which]);
+    const char *const only[] = {keys[which], NULL};
+    j_only(j, m, p, only);
+    s->provider = which == 0 ? PROVIDER_NODE : PROVIDER_ROUTER;
+    s->provider_name = j_string(j, m, p, keys[which], J_REQUIRED, 1, NAME_MAX_LEN);
 }
 
-static void parse_router(parse_t *ps, const cJSON *j, const char *path, cfg_router_t *r)
+static void parse_router(jctx_t *j, const cJSON *o, const char *path, void *out)
 {
-    char p[PATH_MAX_LEN], q[PATH_MAX_LEN];
-    r->name = get_string(ps, j, path, "virtualRouterName", 1);
-    const cJSON *spec = get_object(ps, j, path, "spec");
-    path_join(p, path, "spec");
-    const cJSON *ls = spec ? get_array(ps, spec, p, "listeners") : NULL;
+    static const char *const fields[] = {"listeners", NULL};
+    static const char *const l_fields[] = {"portMapping", NULL};
+    static const char *const pm_fields[] = {"port", "protocol", NULL};
+    cfg_router_t *r = out;
+    char p[JPATH_MAX], q[JPATH_MAX];
+    r->name = j_string(j, o, path, "virtualRouterName", J_REQUIRED, 1, NAME_MAX_LEN);
+    const cJSON *spec = j_object(j, o, path, "spec", J_REQUIRED);
+    jpath(p, path, "spec");
+    j_only(j, spec, p, fields);
+    const cJSON *ls = j_array(j, spec, p, "listeners", J_REQUIRED, 1, 50);
     r->nports = (unsigned)cJSON_GetArraySize(ls);
     r->ports = calloc(r->nports ? r->nports : 1, sizeof *r->ports);
     for (unsigned i = 0; i < r->nports; i++) {
-        path_index(q, p, "listeners", (int)i);
-        const cJSON *pm = get_object(ps, cJSON_GetArrayItem(ls, (int)i), q, "portMapping");
-        path_join(q, q, "portMapping");
-        if (pm)
-            r->ports[i] = (uint16_t)get_int(ps, pm, q, "port", 1, 65535, 0, 1);
+        jpath_index(q, p, "listeners", (int)i);
+        const cJSON *l = cJSON_GetArrayItem(ls, (int)i);
+        j_only(j, l, q, l_fields);
+        const cJSON *pm = j_object(j, l, q, "portMapping", J_REQUIRED);
+        jpath(q, q, "portMapping");
+        j_only(j, pm, q, pm_fields);
+        r->ports[i] = (uint16_t)j_int(j, pm, q, "port", 1, 65535, 0, J_REQUIRED);
+        j_enum(j, pm, q, "protocol", listener_protocols, J_REQUIRED, 0);
     }
 }
 
-static void parse_route(parse_t *ps, const cJSON *j, const char *path, cfg_route_t *r)
+/* ---- routes ---- */
+
+static void parse_header_match(jctx_t *j, const cJSON *o, const char *path, cfg_header_match_t *h)
 {
-    char p[PATH_MAX_LEN], q[PATH_MAX_LEN];
-    r->router = get_string(ps, j, path, "virtualRouterName", 1);
-    r->name = get_string(ps, j, path, "routeName", 1);
-    const cJSON *spec = get_object(ps, j, path, "spec");
-    if (!spec)
+    static const char *const fields[] = {"name", "invert", "match", NULL};
+    static const char *const kinds[] = {"exact", "prefix", "suffix", "regex", "range", NULL};
+    static const char *const range_fields[] = {"start", "end", NULL};
+    j_only(j, o, path, fields);
+    h->name = j_string(j, o, path, "name", J_REQUIRED, 1, 50);
+    h->invert = j_bool(j, o, path, "invert", 0);
+    h->kind = HM_PRESENT;
+    const cJSON *m = j_object(j, o, path, "match", J_OPTIONAL);
+    if (!m)
         return;
-    path_join(p, path, "spec");
-    r->priority = (int)get_int(ps, spec, p, "priority", 0, 1000, -1, 0);
-    const cJSON *http = get_object(ps, spec, p, "httpRoute");
-    path_join(p, p, "httpRoute");
-    const cJSON *action = http ? get_object(ps, http, p, "action") : NULL;
-    path_join(p, p, "action");
-    const cJSON *wt = action ? get_array(ps, action, p, "weightedTargets") : NULL;
+    char p[JPATH_MAX];
+    jpath(p, path, "match");
+    const cJSON *v = NULL;
+    int which = j_union(j, m, p, kinds, J_REQUIRED, &v);
+    if (which < 0)
+        return;
+    h->kind = (enum header_match)(HM_EXACT + which);
+    if (which < 4) {
+        h->value = j_string(j, m, p, kinds[which], J_REQUIRED, 1, 255);
+        return;
+    }
+    jpath(p, p, "range");
+    j_only(j, v, p, range_fields);
+    h->start = j_int(j, v, p, "start", INT64_MIN, INT64_MAX, 0, J_REQUIRED);
+    h->end = j_int(j, v, p, "end", INT64_MIN, INT64_MAX, 0, J_REQUIRED);
+    if (h->end <= h->start)
+        jerr(j, p, NULL, "end must be greater than start (the range is [start, end))");
+}
+
+static void parse_query_match(jctx_t *j, const cJSON *o, const char *path, cfg_query_match_t *q)
+{
+    static const char *const fields[] = {"name", "match", NULL};
+    static const char *const m_fields[] = {"exact", NULL};
+    j_only(j, o, path, fields);
+    q->name = j_string(j, o, path, "name", J_REQUIRED, 1, 255);
+    const cJSON *m = j_object(j, o, path, "match", J_OPTIONAL);
+    if (!m)
+        return;
+    char p[JPATH_MAX];
+    jpath(p, path, "match");
+    j_only(j, m, p, m_fields);
+    q->exact = j_string(j, m, p, "exact", J_REQUIRED, 0, 255);
+}
+
+static const char *const methods[] = {"GET",     "HEAD",    "POST",  "PUT",   "DELETE",
+                                      "CONNECT", "OPTIONS", "TRACE", "PATCH", NULL};
+static const int method_ids[] = {HTTP_GET,     HTTP_HEAD,    HTTP_POST,  HTTP_PUT,  HTTP_DELETE,
+                                 HTTP_CONNECT, HTTP_OPTIONS, HTTP_TRACE, HTTP_PATCH};
+
+static void parse_match(jctx_t *j, const cJSON *o, const char *path, cfg_route_t *r)
+{
+    static const char *const fields[] = {"prefix",          "path", "method", "port", "headers",
+                                         "queryParameters", NULL};
+    static const char *const path_kinds[] = {"exact", "regex", NULL};
+    char p[JPATH_MAX];
+    j_only(j, o, path, fields);
+    static const char *const where[] = {"prefix", "path", NULL};
+    const cJSON *v = NULL;
+    int which = j_union(j, o, path, where, J_REQUIRED, &v);
+    if (which == 0) {
+        r->path_kind = PATH_PREFIX;
+        r->path = j_string(j, o, path, "prefix", J_REQUIRED, 1, 255);
+        if (r->path && r->path[0] != '/')
+            jerr(j, path, "prefix", "must start with /, got \"%s\"", r->path);
+    } else if (which == 1) {
+        jpath(p, path, "path");
+        const cJSON *m = NULL;
+        int kind = j_union(j, v, p, path_kinds, J_REQUIRED, &m);
+        if (kind >= 0) {
+            r->path_kind = kind == 0 ? PATH_EXACT : PATH_REGEX;
+            r->path = j_string(j, v, p, path_kinds[kind], J_REQUIRED, 1, 255);
+        }
+    }
+    int m = j_enum(j, o, path, "method", methods, J_OPTIONAL, -1);
+    r->method = m >= 0 ? method_ids[m] : -1;
+    r->port = (uint16_t)j_int(j, o, path, "port", 1, 65535, 0, J_OPTIONAL);
+    const cJSON *hs = j_array(j, o, path, "headers", J_OPTIONAL, 1, 10);
+    r->nheaders = (unsigned)cJSON_GetArraySize(hs);
+    r->headers = calloc(r->nheaders ? r->nheaders : 1, sizeof *r->headers);
+    for (unsigned i = 0; i < r->nheaders; i++) {
+        jpath_index(p, path, "headers", (int)i);
+        parse_header_match(j, cJSON_GetArrayItem(hs, (int)i), p, &r->headers[i]);
+    }
+    const cJSON *qs = j_array(j, o, path, "queryParameters", J_OPTIONAL, 1, 10);
+    r->nquery = (unsigned)cJSON_GetArraySize(qs);
+    r->query = calloc(r->nquery ? r->nquery : 1, sizeof *r->query);
+    for (unsigned i = 0; i < r->nquery; i++) {
+        jpath_index(p, path, "queryParameters", (int)i);
+        parse_query_match(j, cJSON_GetArrayItem(qs, (int)i), p, &r->query[i]);
+    }
+}
+
+static void parse_targets(jctx_t *j, const cJSON *action, const char *path, cfg_route_t *r)
+{
+    static const char *const fields[] = {"weightedTargets", NULL};
+    static const char *const t_fields[] = {"virtualNode", "weight", "port", NULL};
+    j_only(j, action, path, fields);
+    const cJSON *wt = j_array(j, action, path, "weightedTargets", J_REQUIRED, 1, 10);
     r->ntargets = (unsigned)cJSON_GetArraySize(wt);
     r->targets = calloc(r->ntargets ? r->ntargets : 1, sizeof *r->targets);
     for (unsigned i = 0; i < r->ntargets; i++) {
+        char p[JPATH_MAX];
         const cJSON *t = cJSON_GetArrayItem(wt, (int)i);
-        path_index(q, p, "weightedTargets", (int)i);
-        r->targets[i].node = get_string(ps, t, q, "virtualNode", 1);
-        r->targets[i].weight = (unsigned)get_int(ps, t, q, "weight", 0, 100, 0, 1);
-        r->targets[i].port = (uint16_t)get_int(ps, t, q, "port", 1, 65535, 0, 0);
+        jpath_index(p, path, "weightedTargets", (int)i);
+        j_only(j, t, p, t_fields);
+        r->targets[i].node = j_string(j, t, p, "virtualNode", J_REQUIRED, 1, NAME_MAX_LEN);
+        r->targets[i].weight = (unsigned)j_int(j, t, p, "weight", 0, 100, 0, J_REQUIRED);
+        r->targets[i].port = (uint16_t)j_int(j, t, p, "port", 1, 65535, 0, J_OPTIONAL);
     }
 }
 
-static void parse_proxy(parse_t *ps, const cJSON *root)
+static void parse_retry(jctx_t *j, const cJSON *o, const char *path, cfg_route_t *r)
 {
-    cfg_proxy_t *px = &ps->c->proxy;
+    static const char *const fields[] = {"maxRetries", "perRetryTimeout", "httpRetryEvents",
+                                         "tcpRetryEvents", NULL};
+    static const char *const http_events[] = {"server-error", "gateway-error", "client-error",
+                                              "stream-error", NULL};
+    static const char *const tcp_events[] = {"connection-error", NULL};
+    char p[JPATH_MAX];
+    j_only(j, o, path, fields);
+    r->has_retry = 1;
+    r->max_retries = (unsigned)j_int(j, o, path, "maxRetries", 0, 1000, 0, J_REQUIRED);
+    r->per_retry_ms = j_duration(j, o, path, "perRetryTimeout", J_REQUIRED);
+    const cJSON *he = j_array(j, o, path, "httpRetryEvents", J_OPTIONAL, 1, 25);
+    const cJSON *te = j_array(j, o, path, "tcpRetryEvents", J_OPTIONAL, 1, 1);
+    for (int i = 0; i < cJSON_GetArraySize(he); i++) {
+        jpath_index(p, path, "httpRetryEvents", i);
+        int e = j_enum_value(j, cJSON_GetArrayItem(he, i), p, http_events, -1);
+        if (e >= 0)
+            r->retry_events |= 1u << e;
+    }
+    if (cJSON_GetArraySize(te) == 1) {
+        const cJSON *e = cJSON_GetArrayItem(te, 0);
+        jpath_index(p, path, "tcpRetryEvents", 0);
+        if (cJSON_IsString(e) && strcmp(e->valuestring, tcp_events[0]) == 0)
+            r->retry_events |= RETRY_CONNECTION_ERROR;
+        else
+            jerr(j, p, NULL, "must be \"connection-error\"");
+    }
+    if (!he && !te)
+        jerr(j, path, NULL, "needs httpRetryEvents or tcpRetryEvents");
+}
+
+static void parse_route(jctx_t *j, const cJSON *o, const char *path, void *out)
+{
+    static const char *const fields[] = {"priority",  "httpRoute", "http2Route",
+                                         "grpcRoute", "tcpRoute",  NULL};
+    static const char *const kinds[] = {"httpRoute", "http2Route", "grpcRoute", "tcpRoute", NULL};
+    static const char *const http_fields[] = {"match", "action", "retryPolicy", "timeout", NULL};
+    static const char *const timeout_fields[] = {"perRequest", "idle", NULL};
+    cfg_route_t *r = out;
+    char p[JPATH_MAX], q[JPATH_MAX];
+    r->per_request_ms = r->idle_ms = DURATION_UNSET;
+    r->method = -1;
+    r->router = j_string(j, o, path, "virtualRouterName", J_REQUIRED, 1, NAME_MAX_LEN);
+    r->name = j_string(j, o, path, "routeName", J_REQUIRED, 1, NAME_MAX_LEN);
+    const cJSON *spec = j_object(j, o, path, "spec", J_REQUIRED);
+    jpath(p, path, "spec");
+    j_only(j, spec, p, fields);
+    r->priority = (int)j_int(j, spec, p, "priority", 0, 1000, -1, J_OPTIONAL);
+    const cJSON *http = NULL;
+    int which = spec ? j_union(j, spec, p, kinds, J_REQUIRED, &http) : -1;
+    if (which > 0) {
+        jerr(j, p, kinds[which], "is not supported: remora routes HTTP/1.1 (use httpRoute)");
+        return;
+    }
+    if (which < 0)
+        return;
+    jpath(p, p, "httpRoute");
+    j_only(j, http, p, http_fields);
+    const cJSON *v;
+    if ((v = j_object(j, http, p, "match", J_REQUIRED))) {
+        jpath(q, p, "match");
+        parse_match(j, v, q, r);
+    }
+    if ((v = j_object(j, http, p, "action", J_REQUIRED))) {
+        jpath(q, p, "action");
+        parse_targets(j, v, q, r);
+    }
+    if ((v = j_object(j, http, p, "retryPolicy", J_OPTIONAL))) {
+        jpath(q, p, "retryPolicy");
+        parse_retry(j, v, q, r);
+    }
+    if ((v = j_object(j, http, p, "timeout", J_OPTIONAL))) {
+        jpath(q, p, "timeout");
+        j_only(j, v, q, timeout_fields);
+        r->per_request_ms = j_duration(j, v, q, "perRequest", J_OPTIONAL);
+        r->idle_ms = j_duration(j, v, q, "idle", J_OPTIONAL);
+    }
+}
+
+/* ---- the document ---- */
+
+static void parse_proxy(jctx_t *j, const cJSON *root, cfg_proxy_t *px)
+{
+    static const char *const fields[] = {
+        "node",     "ingressPort",          "egressPort",   "workers", "admin",
+        "logLevel", "requestHeaderTimeout", "drainTimeout", NULL};
     px->ingress_port = px->egress_port = px->workers = -1;
     px->request_header_timeout_ms = px->drain_timeout_ms = DURATION_UNSET;
-    const cJSON *j = get_object(ps, root, "", "proxy");
-    if (!j)
+    const cJSON *o = j_object(j, root, "", "proxy", J_OPTIONAL);
+    if (!o)
         return;
-    px->node = get_string(ps, j, "proxy", "node", 0);
-    px->ingress_port = (int)get_int(ps, j, "proxy", "ingressPort", 1, 65535, -1, 0);
-    px->egress_port = (int)get_int(ps, j, "proxy", "egressPort", 1, 65535, -1, 0);
-    px->workers = (int)get_int(ps, j, "proxy", "workers", 1, 256, -1, 0);
-    px->admin = get_string(ps, j, "proxy", "admin", 0);
-    px->log_level = get_string(ps, j, "proxy", "logLevel", 0);
-    px->request_header_timeout_ms = get_duration(ps, j, "proxy", "requestHeaderTimeout");
-    px->drain_timeout_ms = get_duration(ps, j, "proxy", "drainTimeout");
+    j_only(j, o, "proxy", fields);
+    px->node = j_string(j, o, "proxy", "node", J_OPTIONAL, 1, NAME_MAX_LEN);
+    px->ingress_port = (int)j_int(j, o, "proxy", "ingressPort", 1, 65535, -1, J_OPTIONAL);
+    px->egress_port = (int)j_int(j, o, "proxy", "egressPort", 1, 65535, -1, J_OPTIONAL);
+    px->workers = (int)j_int(j, o, "proxy", "workers", 1, 256, -1, J_OPTIONAL);
+    px->admin = j_string(j, o, "proxy", "admin", J_OPTIONAL, 1, 64);
+    px->log_level = j_string(j, o, "proxy", "logLevel", J_OPTIONAL, 1, 16);
+    px->request_header_timeout_ms = j_duration(j, o, "proxy", "requestHeaderTimeout", J_OPTIONAL);
+    px->drain_timeout_ms = j_duration(j, o, "proxy", "drainTimeout", J_OPTIONAL);
 }
 
-static void parse_mesh(parse_t *ps, const cJSON *root)
+static void parse_mesh(jctx_t *j, const cJSON *root, config_t *c)
 {
-    const cJSON *mesh = get_object(ps, root, "", "mesh");
-    ps->c->egress_filter = EGRESS_DROP_ALL; /* App Mesh's default */
-    if (!mesh) {
-        ps->c->mesh_name = strdup("mesh");
-        return;
-    }
-    ps->c->mesh_name = get_string(ps, mesh, "mesh", "meshName", 1);
-    const cJSON *spec = get_object(ps, mesh, "mesh", "spec");
-    const cJSON *ef = spec ? get_object(ps, spec, "mesh.spec", "egressFilter") : NULL;
-    char *type = ef ? get_string(ps, ef, "mesh.spec.egressFilter", "type", 1) : NULL;
-    if (type && strcmp(type, "ALLOW_ALL") == 0)
-        ps->c->egress_filter = EGRESS_ALLOW_ALL;
-    else if (type && strcmp(type, "DROP_ALL") != 0)
-        diag_add(ps->d, ps->source, "mesh.spec.egressFilter.type",
-                 "must be ALLOW_ALL or DROP_ALL, got \"%s\"", type);
-    free(type);
+    static const char *const spec_fields[] = {"egressFilter", "serviceDiscovery", NULL};
+    static const char *const filters[] = {"DROP_ALL", "ALLOW_ALL", NULL};
+    c->egress_filter = EGRESS_DROP_ALL; /* App Mesh's default */
+    const cJSON *mesh = j_object(j, root, "", "mesh", J_OPTIONAL);
+    c->mesh_name =
+        mesh ? j_string(j, mesh, "mesh", "meshName", J_REQUIRED, 1, NAME_MAX_LEN) : strdup("mesh");
+    const cJSON *spec = mesh ? j_object(j, mesh, "mesh", "spec", J_OPTIONAL) : NULL;
+    j_only(j, spec, "mesh.spec", spec_fields);
+    const cJSON *ef = spec ? j_object(j, spec, "mesh.spec", "egressFilter", J_OPTIONAL) : NULL;
+    if (ef)
+        c->egress_filter = (enum egress_filter)j_enum(j, ef, "mesh.spec.egressFilter", "type",
+                                                      filters, J_REQUIRED, EGRESS_DROP_ALL);
 }
 
-/* Parses root[key] as an array of `size`-byte elements with `each`; returns the element count. */
-static unsigned parse_list(parse_t *ps, const cJSON *root, const char *key, size_t size, void **out,
-                           void (*each)(parse_t *, const cJSON *, const char *, void *))
+/* Parses root[key] as an array of `size`-byte elements with `each`; returns the count. */
+static unsigned parse_list(jctx_t *j, const cJSON *root, const char *key, size_t size, void **out,
+                           void (*each)(jctx_t *, const cJSON *, const char *, void *))
 {
-    const cJSON *arr = get_array(ps, root, "", key);
+    const cJSON *arr = j_array(j, root, "", key, J_OPTIONAL, 0, 10000);
     unsigned n = (unsigned)cJSON_GetArraySize(arr);
     char *items = calloc(n ? n : 1, size);
     *out = items;
     for (unsigned i = 0; i < n && items; i++) {
-        char path[PATH_MAX_LEN];
+        char path[JPATH_MAX];
         const cJSON *item = cJSON_GetArrayItem(arr, (int)i);
-        path_index(path, "", key, (int)i);
-        if (!cJSON_IsObject(item)) {
-            diag_add(ps->d, ps->source, path, "must be an object");
-            continue;
-        }
-        each(ps, item, path, items + i * size);
+        jpath_index(path, "", key, (int)i);
+        if (!cJSON_IsObject(item))
+            jerr(j, path, NULL, "must be an object");
+        else
+            each(j, item, path, items + i * size);
     }
     return n;
 }
 
-#define EACH(fn, type)                                                                             \
-    static void fn##_any(parse_t *ps, const cJSON *j, const char *path, void *out)                 \
-    {                                                                                              \
-        fn(ps, j, path, (type *)out);                                                              \
-    }
-EACH(parse_node, cfg_node_t)
-EACH(parse_service, cfg_service_t)
-EACH(parse_router, cfg_router_t)
-EACH(parse_route, cfg_route_t)
-
 config_t *config_parse(const char *json, size_t len, const char *source, diag_t *d)
 {
+    static const char *const top[] = {
+        "mesh", "virtualNodes", "virtualServices", "virtualRouters", "routes", "proxy", NULL};
     config_t *c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
     c->source = strdup(source);
-    parse_t ps = {.d = d, .source = source, .c = c};
+    jctx_t j = {.d = d, .source = source};
     size_t before = d->n;
     cJSON *root = cJSON_ParseWithLength(json, len);
-    if (!root || !cJSON_IsObject(root)) {
-        const char *at = cJSON_GetErrorPtr();
+    if (!cJSON_IsObject(root)) {
+        const char *at = root ? NULL : cJSON_GetErrorPtr();
         long off = at && at >= json && at <= json + len ? (long)(at - json) : -1;
-        diag_add(d, source, "$", "not a JSON object%s (near byte %ld)", root ? "" : ": parse error",
-                 off);
+        if (root)
+            diag_add(d, source, "$", "must be a JSON object");
+        else
+            diag_add(d, source, "$", "not valid JSON (near byte %ld)", off);
         cJSON_Delete(root);
         config_free(c);
         return NULL;
     }
-    parse_mesh(&ps, root);
-    c->nnodes = parse_list(&ps, root, "virtualNodes", sizeof(cfg_node_t), (void **)&c->nodes,
-                           parse_node_any);
-    c->nservices = parse_list(&ps, root, "virtualServices", sizeof(cfg_service_t),
-                              (void **)&c->services, parse_service_any);
-    c->nrouters = parse_list(&ps, root, "virtualRouters", sizeof(cfg_router_t),
-                             (void **)&c->routers, parse_router_any);
+    j_only(&j, root, "", top);
+    parse_mesh(&j, root, c);
+    c->nnodes =
+        parse_list(&j, root, "virtualNodes", sizeof(cfg_node_t), (void **)&c->nodes, parse_node);
+    c->nservices = parse_list(&j, root, "virtualServices", sizeof(cfg_service_t),
+                              (void **)&c->services, parse_service);
+    c->nrouters = parse_list(&j, root, "virtualRouters", sizeof(cfg_router_t), (void **)&c->routers,
+                             parse_router);
     c->nroutes =
-        parse_list(&ps, root, "routes", sizeof(cfg_route_t), (void **)&c->routes, parse_route_any);
-    parse_proxy(&ps, root);
+        parse_list(&j, root, "routes", sizeof(cfg_route_t), (void **)&c->routes, parse_route);
+    parse_proxy(&j, root, &c->proxy);
     cJSON_Delete(root);
+    if (d->n == before)
+        config_validate(c, d);
     if (d->n > before) {
         config_free(c);
         return NULL;
@@ -426,21 +629,47 @@ static void free_strings(char **v, unsigned n)
     free(v);
 }
 
+static void free_node(cfg_node_t *n)
+{
+    for (unsigned k = 0; k < n->nlisteners; k++) {
+        free(n->listeners[k].protocol);
+        free(n->listeners[k].health.protocol);
+        free(n->listeners[k].health.path);
+    }
+    free(n->listeners);
+    free(n->name);
+    free(n->hostname);
+    free(n->namespace_name);
+    free(n->service_name);
+    free_strings(n->backends, n->nbackends);
+}
+
+static void free_route(cfg_route_t *r)
+{
+    for (unsigned k = 0; k < r->ntargets; k++)
+        free(r->targets[k].node);
+    for (unsigned k = 0; k < r->nheaders; k++) {
+        free(r->headers[k].name);
+        free(r->headers[k].value);
+    }
+    for (unsigned k = 0; k < r->nquery; k++) {
+        free(r->query[k].name);
+        free(r->query[k].exact);
+    }
+    free(r->headers);
+    free(r->query);
+    free(r->targets);
+    free(r->router);
+    free(r->name);
+    free(r->path);
+}
+
 void config_free(config_t *c)
 {
     if (!c)
         return;
-    for (unsigned i = 0; i < c->nnodes; i++) {
-        cfg_node_t *n = &c->nodes[i];
-        for (unsigned k = 0; k < n->nlisteners; k++)
-            free(n->listeners[k].protocol);
-        free(n->listeners);
-        free(n->name);
-        free(n->hostname);
-        free(n->namespace_name);
-        free(n->service_name);
-        free_strings(n->backends, n->nbackends);
-    }
+    for (unsigned i = 0; i < c->nnodes; i++)
+        free_node(&c->nodes[i]);
     for (unsigned i = 0; i < c->nservices; i++) {
         free(c->services[i].name);
         free(c->services[i].provider_name);
@@ -449,14 +678,8 @@ void config_free(config_t *c)
         free(c->routers[i].name);
         free(c->routers[i].ports);
     }
-    for (unsigned i = 0; i < c->nroutes; i++) {
-        cfg_route_t *r = &c->routes[i];
-        for (unsigned k = 0; k < r->ntargets; k++)
-            free(r->targets[k].node);
-        free(r->targets);
-        free(r->router);
-        free(r->name);
-    }
+    for (unsigned i = 0; i < c->nroutes; i++)
+        free_route(&c->routes[i]);
     free(c->nodes);
     free(c->services);
     free(c->routers);
@@ -482,5 +705,13 @@ const cfg_service_t *config_service(const config_t *c, const char *name)
     for (unsigned i = 0; i < c->nservices; i++)
         if (c->services[i].name && strcasecmp(c->services[i].name, name) == 0)
             return &c->services[i];
+    return NULL;
+}
+
+const cfg_router_t *config_router(const config_t *c, const char *name)
+{
+    for (unsigned i = 0; i < c->nrouters; i++)
+        if (c->routers[i].name && strcmp(c->routers[i].name, name) == 0)
+            return &c->routers[i];
     return NULL;
 }

@@ -1,7 +1,10 @@
 /* The mesh configuration as plain C structs: App Mesh resources as `aws appmesh describe-*`
- * returns them, plus remora's own `proxy` object. Nothing outside config/ sees cJSON.
+ * returns them (ranges and defaults: shared/reference/appmesh.md), plus remora's own `proxy`
+ * object. Nothing outside config/ sees cJSON.
  *
- * A config_t is immutable once loaded and owns every string in it. */
+ * config_parse() validates everything App Mesh validates, and the references between
+ * resources, and reports every problem at once as "SOURCE: json.path: message". A config_t is
+ * immutable once returned and owns every string in it. */
 #ifndef REMORA_CONFIG_H
 #define REMORA_CONFIG_H
 
@@ -12,14 +15,45 @@
 enum egress_filter { EGRESS_DROP_ALL, EGRESS_ALLOW_ALL };
 enum discovery_kind { DISCOVERY_NONE, DISCOVERY_DNS, DISCOVERY_CLOUD_MAP };
 enum provider_kind { PROVIDER_NONE, PROVIDER_NODE, PROVIDER_ROUTER };
+enum ip_preference { IP_DEFAULT, IP_V4_PREFERRED, IP_V6_PREFERRED, IP_V4_ONLY, IP_V6_ONLY };
+enum dns_response { DNS_LOADBALANCER, DNS_ENDPOINTS };
+enum path_match { PATH_PREFIX, PATH_EXACT, PATH_REGEX };
+enum header_match { HM_PRESENT, HM_EXACT, HM_PREFIX, HM_SUFFIX, HM_REGEX, HM_RANGE };
 
 #define DURATION_UNSET UINT64_MAX
+
+/* App Mesh's HTTP retry events, as a bit set. */
+#define RETRY_SERVER_ERROR     (1u << 0) /* 500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511 */
+#define RETRY_GATEWAY_ERROR    (1u << 1) /* 502, 503, 504 */
+#define RETRY_CLIENT_ERROR     (1u << 2) /* 409 */
+#define RETRY_STREAM_ERROR     (1u << 3) /* reset or closed before the response head */
+#define RETRY_CONNECTION_ERROR (1u << 4) /* tcpRetryEvents: connect failure */
+
+typedef struct cfg_health_check {
+    int present;
+    char *protocol; /* http, tcp, http2, grpc */
+    char *path;
+    uint16_t port;
+    uint32_t interval_ms, timeout_ms;
+    unsigned healthy_threshold, unhealthy_threshold;
+} cfg_health_check_t;
+
+typedef struct cfg_outlier {
+    int present;
+    uint64_t max_server_errors;
+    uint64_t interval_ms, base_ejection_ms;
+    unsigned max_ejection_percent;
+} cfg_outlier_t;
 
 typedef struct cfg_listener {
     uint16_t port;
     char *protocol;          /* http, http2, grpc, tcp */
     uint64_t per_request_ms; /* DURATION_UNSET when not given */
     uint64_t idle_ms;
+    uint32_t max_connections; /* connectionPool; 0 = unlimited */
+    uint32_t max_pending;     /* 0 = unlimited */
+    cfg_health_check_t health;
+    cfg_outlier_t outlier;
 } cfg_listener_t;
 
 typedef struct cfg_node {
@@ -27,9 +61,12 @@ typedef struct cfg_node {
     cfg_listener_t *listeners;
     unsigned nlisteners;
     enum discovery_kind discovery;
-    char *hostname;       /* dns */
+    char *hostname; /* dns */
+    enum dns_response response_type;
     char *namespace_name; /* awsCloudMap */
     char *service_name;
+    unsigned nattributes; /* Cloud Map attributes (DNS cannot filter by them) */
+    enum ip_preference ip_preference;
     char **backends; /* virtual service names */
     unsigned nbackends;
 } cfg_node_t;
@@ -52,12 +89,39 @@ typedef struct cfg_target {
     uint16_t port; /* 0 when not given */
 } cfg_target_t;
 
+typedef struct cfg_header_match {
+    char *name;
+    int invert;
+    enum header_match kind;
+    char *value;        /* exact, prefix, suffix, regex */
+    int64_t start, end; /* range: [start, end) */
+} cfg_header_match_t;
+
+typedef struct cfg_query_match {
+    char *name;
+    char *exact; /* NULL: the parameter must be present */
+} cfg_query_match_t;
+
 typedef struct cfg_route {
     char *router;
     char *name;
     int priority; /* -1 when not given */
+    enum path_match path_kind;
+    char *path; /* prefix, exact path or regex */
+    int method; /* llhttp method number, -1 for any */
+    uint16_t port;
+    cfg_header_match_t *headers;
+    unsigned nheaders;
+    cfg_query_match_t *query;
+    unsigned nquery;
     cfg_target_t *targets;
     unsigned ntargets;
+    int has_retry;
+    unsigned max_retries;
+    uint64_t per_retry_ms;
+    unsigned retry_events;   /* RETRY_* bits */
+    uint64_t per_request_ms; /* DURATION_UNSET when not given */
+    uint64_t idle_ms;
 } cfg_route_t;
 
 /* remora's own settings from the config file; CLI flags and env vars override them. */
@@ -85,13 +149,17 @@ typedef struct config {
     cfg_proxy_t proxy;
 } config_t;
 
-/* Parse a JSON document. Returns a config, or NULL with every problem added to `d`. */
+/* Parse and validate a JSON document. Returns a config, or NULL with every problem in `d`. */
 config_t *config_parse(const char *json, size_t len, const char *source, diag_t *d);
-/* Read and parse a file. */
+/* Read, parse and validate a file. */
 config_t *config_load_file(const char *path, diag_t *d);
 void config_free(config_t *c);
 
 const cfg_node_t *config_node(const config_t *c, const char *name);
 const cfg_service_t *config_service(const config_t *c, const char *name);
+const cfg_router_t *config_router(const config_t *c, const char *name);
+
+/* Cross-resource checks (config/validate.c), run by config_parse. */
+void config_validate(const config_t *c, diag_t *d);
 
 #endif

@@ -46,7 +46,7 @@ static config_t *parse(const char *json)
 static void test_precedence(void **state)
 {
     (void)state;
-    config_t *c = parse("{\"virtualNodes\":[{\"virtualNodeName\":\"a\"},{\"virtualNodeName\":\"b\"}],"
+    config_t *c = parse("{\"virtualNodes\":[{\"virtualNodeName\":\"a\",\"spec\":{}},{\"virtualNodeName\":\"b\",\"spec\":{}}],"
                         "\"proxy\":{\"node\":\"a\",\"ingressPort\":7000,\"workers\":3,"
                         "\"logLevel\":\"debug\",\"admin\":\"127.0.0.1:9000\"}}");
     cli_opts_t cli = {.ingress_port = -1, .egress_port = -1, .workers = -1};

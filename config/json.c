@@ -1,0 +1,203 @@
+#include "config/json.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "config/config.h"
+
+void jpath(char *out, const char *base, const char *key)
+{
+    char tmp[JPATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s%s%s", base, *base ? "." : "", key);
+    memcpy(out, tmp, sizeof tmp);
+}
+
+void jpath_index(char *out, const char *base, const char *key, int i)
+{
+    char tmp[JPATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s%s%s[%d]", base, *base && *key ? "." : "", key, i);
+    memcpy(out, tmp, sizeof tmp);
+}
+
+void jerr(jctx_t *j, const char *base, const char *key, const char *fmt, ...)
+{
+    char path[JPATH_MAX], msg[400];
+    if (key)
+        jpath(path, base, key);
+    else
+        snprintf(path, sizeof path, "%s", *base ? base : "$");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    diag_add(j->d, j->source, path, "%s", msg);
+}
+
+static const cJSON *member(jctx_t *j, const cJSON *obj, const char *base, const char *key,
+                           int required)
+{
+    const cJSON *v = cJSON_IsObject(obj) ? cJSON_GetObjectItemCaseSensitive(obj, key) : NULL;
+    if (!v && required)
+        jerr(j, base, key, "is required");
+    return v;
+}
+
+char *j_string(jctx_t *j, const cJSON *obj, const char *base, const char *key, int required,
+               size_t minlen, size_t maxlen)
+{
+    const cJSON *v = member(j, obj, base, key, required);
+    if (!v)
+        return NULL;
+    if (!cJSON_IsString(v)) {
+        jerr(j, base, key, "must be a string");
+        return NULL;
+    }
+    size_t n = strlen(v->valuestring);
+    if (n < minlen || n > maxlen) {
+        jerr(j, base, key, "must be %zu..%zu characters, got %zu", minlen, maxlen, n);
+        return NULL;
+    }
+    return strdup(v->valuestring);
+}
+
+long long j_int(jctx_t *j, const cJSON *obj, const char *base, const char *key, long long lo,
+                long long hi, long long dflt, int required)
+{
+    const cJSON *v = member(j, obj, base, key, required);
+    if (!v)
+        return dflt;
+    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(long long)v->valuedouble) {
+        jerr(j, base, key, "must be an integer");
+        return dflt;
+    }
+    long long n = (long long)v->valuedouble;
+    if (n < lo || n > hi) {
+        jerr(j, base, key, "must be %lld..%lld, got %lld", lo, hi, n);
+        return dflt;
+    }
+    return n;
+}
+
+int j_bool(jctx_t *j, const cJSON *obj, const char *base, const char *key, int dflt)
+{
+    const cJSON *v = member(j, obj, base, key, 0);
+    if (!v)
+        return dflt;
+    if (!cJSON_IsBool(v)) {
+        jerr(j, base, key, "must be true or false");
+        return dflt;
+    }
+    return cJSON_IsTrue(v);
+}
+
+uint64_t j_duration(jctx_t *j, const cJSON *obj, const char *base, const char *key, int required)
+{
+    static const char *const units[] = {"s", "ms", NULL};
+    static const char *const fields[] = {"unit", "value", NULL};
+    const cJSON *v = j_object(j, obj, base, key, required);
+    if (!v)
+        return DURATION_UNSET;
+    char path[JPATH_MAX];
+    jpath(path, base, key);
+    j_only(j, v, path, fields);
+    int unit = j_enum(j, v, path, "unit", units, J_REQUIRED, -1);
+    long long value = j_int(j, v, path, "value", 0, INT64_MAX / 1000, -1, J_REQUIRED);
+    if (unit < 0 || value < 0)
+        return DURATION_UNSET;
+    return unit == 0 ? (uint64_t)value * 1000 : (uint64_t)value;
+}
+
+const cJSON *j_object(jctx_t *j, const cJSON *obj, const char *base, const char *key, int required)
+{
+    const cJSON *v = member(j, obj, base, key, required);
+    if (v && !cJSON_IsObject(v)) {
+        jerr(j, base, key, "must be an object");
+        return NULL;
+    }
+    return v;
+}
+
+const cJSON *j_array(jctx_t *j, const cJSON *obj, const char *base, const char *key, int required,
+                     int min, int max)
+{
+    const cJSON *v = member(j, obj, base, key, required);
+    if (!v)
+        return NULL;
+    if (!cJSON_IsArray(v)) {
+        jerr(j, base, key, "must be an array");
+        return NULL;
+    }
+    int n = cJSON_GetArraySize(v);
+    if (n < min || n > max) {
+        jerr(j, base, key, "must have %d..%d items, got %d", min, max, n);
+        return NULL;
+    }
+    return v;
+}
+
+int j_enum_value(jctx_t *j, const cJSON *v, const char *path, const char *const *names, int dflt)
+{
+    if (cJSON_IsString(v))
+        for (int i = 0; names[i]; i++)
+            if (strcmp(v->valuestring, names[i]) == 0)
+                return i;
+    char allowed[200] = "";
+    for (int i = 0; names[i]; i++)
+        snprintf(allowed + strlen(allowed), sizeof allowed - strlen(allowed), "%s%s", i ? ", " : "",
+                 names[i]);
+    if (cJSON_IsString(v))
+        jerr(j, path, NULL, "must be one of %s, got \"%s\"", allowed, v->valuestring);
+    else
+        jerr(j, path, NULL, "must be one of %s", allowed);
+    return dflt;
+}
+
+int j_enum(jctx_t *j, const cJSON *obj, const char *base, const char *key, const char *const *names,
+           int required, int dflt)
+{
+    const cJSON *v = member(j, obj, base, key, required);
+    if (!v)
+        return dflt;
+    char path[JPATH_MAX];
+    jpath(path, base, key);
+    return j_enum_value(j, v, path, names, dflt);
+}
+
+void j_only(jctx_t *j, const cJSON *obj, const char *path, const char *const *allowed)
+{
+    if (!cJSON_IsObject(obj))
+        return;
+    for (const cJSON *m = obj->child; m; m = m->next) {
+        int known = 0;
+        for (int i = 0; allowed[i] && !known; i++)
+            known = strcmp(m->string, allowed[i]) == 0;
+        if (!known)
+            jerr(j, path, m->string, "unknown field");
+    }
+}
+
+int j_union(jctx_t *j, const cJSON *obj, const char *path, const char *const *members, int required,
+            const cJSON **out)
+{
+    int found = -1, count = 0;
+    char names[200] = "";
+    for (int i = 0; members[i]; i++) {
+        snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "",
+                 members[i]);
+        const cJSON *v =
+            cJSON_IsObject(obj) ? cJSON_GetObjectItemCaseSensitive(obj, members[i]) : NULL;
+        if (v) {
+            count++;
+            if (found < 0) {
+                found = i;
+                *out = v;
+            }
+        }
+    }
+    if (count > 1 || (count == 0 && required)) {
+        jerr(j, path, NULL, "must have exactly one of %s", names);
+        return -1;
+    }
+    return found;
+}
