@@ -553,6 +553,7 @@ config_t *config_parse(const char *json, size_t len, const char *source, diag_t 
     if (!c)
         return NULL;
     c->source = strdup(source);
+    c->raw = strndup(json, len);
     jctx_t j = {.d = d, .source = source};
     size_t before = d->n;
     cJSON *root = cJSON_ParseWithLength(json, len);
@@ -689,6 +690,7 @@ void config_free(config_t *c)
     free(c->proxy.log_level);
     free(c->mesh_name);
     free(c->source);
+    free(c->raw);
     free(c);
 }
 

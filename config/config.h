@@ -136,6 +136,7 @@ typedef struct cfg_proxy {
 
 typedef struct config {
     char *source; /* file name for diagnostics, or "REMORA_CONFIG_JSON" */
+    char *raw;    /* the document as given, for /config_dump */
     char *mesh_name;
     enum egress_filter egress_filter;
     cfg_node_t *nodes;

@@ -88,8 +88,8 @@ static int h_server_info(server_t *s, text_t *body)
         "s\",\n \"health_check_failed\": %s,\n \"node\": {\"id\": \"%s\", \"cluster\": \"%s\"},\n"
         " \"command_line_options\": {\"concurrency\": %u, \"log_level\": \"%d\"}\n}\n",
         REMORA_VERSION, server_state_name(server_state(s)), up, up,
-        atomic_load(&s->healthcheck_failed) ? "true" : "false", s->set.node, s->cfg->mesh_name,
-        s->nworkers, (int)s->set.log_level);
+        atomic_load(&s->healthcheck_failed) ? "true" : "false", s->set.node,
+        route_table_config(s->routes)->mesh_name, s->nworkers, (int)s->set.log_level);
     return 200;
 }
 
@@ -111,14 +111,26 @@ static void stats_cluster(text_t *t, cluster_t *c)
     tprintf(t, "cluster.%s.membership_total: %u\n", c->name, c->nendpoints);
 }
 
+static void stats_targets(text_t *t, registry_t *reg)
+{
+    for (target_stats_entry_t *e = reg->targets; e; e = e->next) {
+#define LINE(stat, gauge)                                                                          \
+    tprintf(t, "remora.route.%s.%s.%s.%s: %" PRIu64 "\n", e->router, e->route, e->target, #stat,   \
+            stat_get(&e->stats.stat));
+        TARGET_STATS(LINE)
+#undef LINE
+    }
+}
+
 static int h_stats(server_t *s, text_t *body)
 {
-    cluster_t *const *cl;
-    unsigned n = route_clusters(s->routes, &cl);
-    for (unsigned i = 0; i < n; i++)
-        stats_cluster(body, cl[i]);
+    for (cluster_t *c = s->reg.clusters; c; c = c->next)
+        stats_cluster(body, c);
     stats_http(body, "egress", &s->egress_stats);
     stats_http(body, "ingress", &s->ingress_stats);
+    stats_targets(body, &s->reg);
+    tprintf(body, "remora.config.reload_ok: %" PRIu64 "\n", stat_get(&s->reg.reloads_ok));
+    tprintf(body, "remora.config.reload_failed: %" PRIu64 "\n", stat_get(&s->reg.reloads_failed));
     tprintf(body, "server.concurrency: %u\n", s->nworkers);
     tprintf(body, "server.live: %d\n", server_state(s) == SERVER_LIVE);
     tprintf(body, "server.uptime: %" PRIu64 "\n", uptime_s(s));
@@ -154,6 +166,40 @@ static void prom_series(text_t *t, const char *scope, const char *stat, int gaug
         tprintf(t, "envoy_%s_%s{%s=\"%s\"} %" PRIu64 "\n", scope, family, label, value, v);
 }
 
+/* remora_route_target_*: what Envoy has no name for. Picks, responses by class and retries per
+ * weighted target, so a canary's error rate reads per version and per route. */
+static void prom_targets(text_t *t, registry_t *reg)
+{
+    static const char *const classes = "12345";
+    tprintf(t, "# TYPE remora_route_target_picks_total counter\n");
+    for (target_stats_entry_t *e = reg->targets; e; e = e->next)
+        tprintf(t,
+                "remora_route_target_picks_total{router=\"%s\",route=\"%s\",target=\"%s\"} "
+                "%" PRIu64 "\n",
+                e->router, e->route, e->target, stat_get(&e->stats.picks));
+    tprintf(t, "# TYPE remora_route_target_rq_xx counter\n");
+    for (target_stats_entry_t *e = reg->targets; e; e = e->next)
+        for (int c = 0; c < 5; c++)
+            tprintf(t,
+                    "remora_route_target_rq_xx{response_code_class=\"%c\",router=\"%s\","
+                    "route=\"%s\",target=\"%s\"} %" PRIu64 "\n",
+                    classes[c], e->router, e->route, e->target, stat_get(&e->stats.rq_1xx + c));
+    tprintf(t, "# TYPE remora_route_target_retries_total counter\n");
+    for (target_stats_entry_t *e = reg->targets; e; e = e->next)
+        tprintf(t,
+                "remora_route_target_retries_total{router=\"%s\",route=\"%s\",target=\"%s\"} "
+                "%" PRIu64 "\n",
+                e->router, e->route, e->target, stat_get(&e->stats.retries));
+}
+
+static int h_config_dump(server_t *s, text_t *body)
+{
+    const config_t *c = route_table_config(s->routes);
+    tprintf(body, "{\"source\": \"%s\", \"node\": \"%s\", \"config\": %s}\n", c->source,
+            s->set.node, c->raw);
+    return 200;
+}
+
 static int h_prometheus(server_t *s, text_t *body)
 {
     static const char *const prefixes[] = {"ingress", "egress"};
@@ -166,23 +212,23 @@ static int h_prometheus(server_t *s, text_t *body)
                     stat_get(&hs[i]->name), &typed);
     HTTP_STATS(HTTP_LINE)
 #undef HTTP_LINE
-    cluster_t *const *cl;
-    unsigned n = route_clusters(s->routes, &cl);
 #define CLUSTER_LINE(stat, gauge)                                                                  \
     typed = !strstr(#stat, "_1xx") && strstr(#stat, "xx") ? 1 : 0;                                 \
-    for (unsigned i = 0; i < n; i++)                                                               \
-        prom_series(body, "cluster", #stat, gauge, "envoy_cluster_name", cl[i]->name,              \
-                    stat_get(&cl[i]->stats.stat), &typed);
+    for (cluster_t *c = s->reg.clusters; c; c = c->next)                                           \
+        prom_series(body, "cluster", #stat, gauge, "envoy_cluster_name", c->name,                  \
+                    stat_get(&c->stats.stat), &typed);
     CLUSTER_STATS(CLUSTER_LINE)
 #undef CLUSTER_LINE
-    typed = 0;
-    for (unsigned i = 0; i < n; i++) {
-        if (!typed)
-            tprintf(body, "# TYPE envoy_cluster_membership_total gauge\n");
-        typed = 1;
-        tprintf(body, "envoy_cluster_membership_total{envoy_cluster_name=\"%s\"} %u\n", cl[i]->name,
-                cl[i]->nendpoints);
-    }
+    tprintf(body, "# TYPE envoy_cluster_membership_total gauge\n");
+    for (cluster_t *c = s->reg.clusters; c; c = c->next)
+        tprintf(body, "envoy_cluster_membership_total{envoy_cluster_name=\"%s\"} %u\n", c->name,
+                c->nendpoints);
+    prom_targets(body, &s->reg);
+    tprintf(body,
+            "# TYPE remora_config_reloads_total counter\n"
+            "remora_config_reloads_total{result=\"success\"} %" PRIu64 "\n"
+            "remora_config_reloads_total{result=\"failure\"} %" PRIu64 "\n",
+            stat_get(&s->reg.reloads_ok), stat_get(&s->reg.reloads_failed));
     tprintf(body, "# TYPE envoy_server_live gauge\nenvoy_server_live %d\n",
             server_state(s) == SERVER_LIVE);
     tprintf(body, "# TYPE envoy_server_uptime gauge\nenvoy_server_uptime %" PRIu64 "\n",
@@ -223,6 +269,7 @@ static const route_entry_t routes[] = {
     {"/server_info", 0, h_server_info, "application/json"},
     {"/stats", 0, h_stats, "text/plain"},
     {"/stats/prometheus", 0, h_prometheus, "text/plain; version=0.0.4"},
+    {"/config_dump", 0, h_config_dump, "application/json"},
     {"/quitquitquit", 1, h_quit, "text/plain"},
     {"/healthcheck/fail", 1, h_hc_fail, "text/plain"},
     {"/healthcheck/ok", 1, h_hc_ok, "text/plain"},

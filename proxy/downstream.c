@@ -1,6 +1,8 @@
 #include "proxy/downstream.h"
 
 #include <arpa/inet.h>
+#include <linux/netfilter_ipv4.h>
+#include <linux/netfilter_ipv6/ip6_tables.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,17 +35,38 @@ static void set_timer(downstream_t *ds, enum ds_timer phase, uint64_t ms)
         uv_timer_start(&ds->timer, on_timer, ms, 0);
 }
 
+/* The idle timeout in force: the route's once routed, else the ingress listener's. */
 static uint64_t idle_ms(downstream_t *ds)
 {
+    if (ds->ex && ds->ex->route.cluster)
+        return ds->ex->route.idle_ms;
+    if (ds->listener->kind != LISTENER_INGRESS)
+        return ROUTE_DEFAULT_IDLE_MS;
     route_result_t r;
-    if (ds->listener->kind == LISTENER_INGRESS && route_ingress(ds->c.w->srv->routes, &r) == 0)
-        return r.idle_ms;
-    return ROUTE_DEFAULT_IDLE_MS;
+    route_ingress(ds->c.w->routes, &r);
+    return r.idle_ms;
 }
 
 void downstream_start_request_timer(downstream_t *ds, uint64_t ms)
 {
     set_timer(ds, DS_TIMER_REQUEST, ms);
+}
+
+static void on_try_timer(uv_timer_t *t)
+{
+    downstream_t *ds = t->data;
+    if (ds->ex)
+        fwd_try_timeout(ds->ex);
+}
+
+void downstream_start_try_timer(downstream_t *ds, uint64_t ms)
+{
+    uv_timer_start(&ds->try_timer, on_try_timer, ms, 0);
+}
+
+void downstream_stop_try_timer(downstream_t *ds)
+{
+    uv_timer_stop(&ds->try_timer);
 }
 
 /* ---- closing ---- */
@@ -65,9 +88,15 @@ static void free_downstream(downstream_t *ds)
     worker_downstream_closed(w);
 }
 
-static void on_timer_closed(uv_handle_t *h)
+static void on_try_timer_closed(uv_handle_t *h)
 {
     free_downstream(h->data);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    downstream_t *ds = h->data;
+    uv_close((uv_handle_t *)&ds->try_timer, on_try_timer_closed);
 }
 
 static void on_tcp_closed(uv_handle_t *h)
@@ -144,6 +173,12 @@ void downstream_exchange_done(downstream_t *ds)
     process_input(ds);
 }
 
+void downstream_resume(downstream_t *ds)
+{
+    ds->paused = 0;
+    process_input(ds);
+}
+
 void downstream_start_tunnel(downstream_t *ds)
 {
     set_timer(ds, DS_TIMER_NONE, 0);
@@ -214,7 +249,7 @@ static int on_headers_complete(llhttp_t *p)
     ex->upgrade = llhttp_get_upgrade(p) ? 1 : 0;
     set_timer(ds, DS_TIMER_IDLE, idle_ms(ds));
     if (fwd_request_head(ex) != 0) {
-        /* Answered locally; nothing more of this request is read. */
+        /* Answered locally, or waiting for a connection-pool slot: read no further for now. */
         ds->paused = 1;
         return HPE_PAUSED;
     }
@@ -457,6 +492,26 @@ static void client_ip(downstream_t *ds)
         uv_ip6_name((struct sockaddr_in6 *)&ss, ds->client_ip, sizeof ds->client_ip);
 }
 
+/* Where the app meant to connect before iptables REDIRECT sent it here (SO_ORIGINAL_DST). A
+ * connection made straight to the listener has none. */
+static void original_destination(downstream_t *ds)
+{
+    uv_os_fd_t fd;
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (uv_fileno((uv_handle_t *)&ds->c.tcp, &fd) != 0)
+        return;
+    if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &ss, &len) != 0) {
+        len = sizeof ss;
+        if (getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &ss, &len) != 0)
+            return;
+    }
+    if (endpoint_set(&ds->orig_dst, (struct sockaddr *)&ss) != 0)
+        return;
+    /* Not redirected: the "original" destination is the listener itself. */
+    ds->has_orig_dst = endpoint_port(&ds->orig_dst) != ds->c.w->srv->set.egress_port;
+}
+
 void downstream_accept(listener_t *l)
 {
     worker_t *w = l->w;
@@ -472,6 +527,10 @@ void downstream_accept(listener_t *l)
     uv_tcp_nodelay(&ds->c.tcp, 1);
     uv_timer_init(&w->loop, &ds->timer);
     ds->timer.data = ds;
+    uv_timer_init(&w->loop, &ds->try_timer);
+    ds->try_timer.data = ds;
+    if (l->kind == LISTENER_EGRESS)
+        original_destination(ds);
     llhttp_init(&ds->parser, HTTP_REQUEST, &parser_settings);
     ds->parser.data = ds;
     client_ip(ds);

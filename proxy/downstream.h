@@ -11,6 +11,7 @@
 #include <llhttp.h>
 #include <uv.h>
 
+#include "discovery/cluster.h"
 #include "proxy/conn.h"
 #include "proxy/worker.h"
 
@@ -23,6 +24,8 @@ typedef struct downstream {
     struct exchange *ex;
     uv_timer_t timer;
     enum ds_timer timer_phase;
+    uv_timer_t try_timer;           /* retryPolicy.perRetryTimeout of the current attempt */
+    endpoint_t orig_dst;            /* where iptables REDIRECT meant the connection to go */
     struct downstream *next, *prev; /* worker's list */
     buf_t *pending;                 /* unparsed bytes of pipelined requests (or tunnel data) */
     const char *pending_p;
@@ -36,6 +39,7 @@ typedef struct downstream {
     unsigned closing : 1;  /* finishing: flushed, shut down, lingering */
     unsigned in_parse : 1;
     unsigned upstream_full : 1; /* the upstream's write queue is over the high-water mark */
+    unsigned has_orig_dst : 1;
 } downstream_t;
 
 /* The listener accepted a connection: set it up and start reading. */
@@ -49,6 +53,10 @@ void downstream_start_tunnel(downstream_t *ds);
 void downstream_set_upstream_full(downstream_t *ds, int full);
 /* Begin the per-request deadline (request complete, response awaited). */
 void downstream_start_request_timer(downstream_t *ds, uint64_t ms);
+void downstream_start_try_timer(downstream_t *ds, uint64_t ms);
+void downstream_stop_try_timer(downstream_t *ds);
+/* Parsing was paused while the request waited for a slot: go on with its body. */
+void downstream_resume(downstream_t *ds);
 /* Flush what is queued and close once it is written (a broken or final response). */
 void downstream_finish(downstream_t *ds);
 /* Close now; any exchange is abandoned. */

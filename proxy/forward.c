@@ -1,18 +1,22 @@
 #include "proxy/forward.h"
 
+#include <arpa/inet.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "discovery/cluster.h"
 #include "proxy/downstream.h"
 #include "proxy/err.h"
+#include "proxy/heads.h"
 #include "proxy/log.h"
 #include "proxy/pool.h"
 #include "proxy/server.h"
 #include "proxy/upstream.h"
-#include "routing/route.h"
+#include "routing/path.h"
+
+#define RETRY_PER_TRY_TIMEOUT (1u << 30) /* not an App Mesh event: always retried under a policy   \
+                                          */
 
 static http_stats_t *http_stats(exchange_t *ex)
 {
@@ -40,7 +44,8 @@ static void end_upstream(exchange_t *ex, int reuse)
     if (!up)
         return;
     ex->up = NULL;
-    cluster_stats_t *cs = &ex->cluster->stats;
+    downstream_stop_try_timer(ex->ds);
+    cluster_stats_t *cs = &ex->route.cluster->stats;
     stat_dec(&cs->upstream_rq_active);
     if (reuse) {
         pool_release(up);
@@ -51,195 +56,53 @@ static void end_upstream(exchange_t *ex, int reuse)
     upstream_abort(up);
 }
 
+static void leave_queue(exchange_t *ex)
+{
+    if (!ex->waiting)
+        return;
+    worker_t *w = ex->ds->c.w;
+    if (ex->wait_prev)
+        ex->wait_prev->wait_next = ex->wait_next;
+    else
+        w->waiting_head = ex->wait_next;
+    if (ex->wait_next)
+        ex->wait_next->wait_prev = ex->wait_prev;
+    else
+        w->waiting_tail = ex->wait_prev;
+    ex->waiting = 0;
+    atomic_fetch_sub(&ex->route.cluster->pending_requests, 1);
+    stat_dec(&ex->route.cluster->stats.upstream_rq_pending_active);
+}
+
+static void release_slot(exchange_t *ex)
+{
+    if (!ex->has_slot)
+        return;
+    ex->has_slot = 0;
+    cluster_slot_release(ex->route.cluster);
+    if (atomic_load(&ex->route.cluster->pending_requests) > 0)
+        server_wake_workers(ex->ds->c.w->srv); /* a request may be waiting on any worker */
+}
+
+static void release_replay(exchange_t *ex)
+{
+    for (unsigned i = 0; i < ex->nreplay; i++)
+        buf_unref(ex->replay[i].buf);
+    ex->nreplay = 0;
+    ex->replay_bytes = 0;
+}
+
 void exchange_free(exchange_t *ex)
 {
     end_upstream(ex, 0);
+    leave_queue(ex);
+    release_slot(ex);
+    release_replay(ex);
     stat_dec(&http_stats(ex)->downstream_rq_active);
     h1_head_free(&ex->req);
     h1_head_free(&ex->resp);
+    free(ex->target);
     free(ex);
-}
-
-/* ---- writing heads ---- */
-
-/* Builds a head into `out` when it is set, or only measures it: the head is built twice,
- * once to size its buffer exactly and once to fill it. */
-typedef struct head_writer {
-    char *out;
-    size_t len;
-} head_writer_t;
-
-static void put(head_writer_t *hw, const char *s, size_t n)
-{
-    if (hw->out)
-        memcpy(hw->out + hw->len, s, n);
-    hw->len += n;
-}
-
-static void puts_(head_writer_t *hw, const char *s)
-{
-    put(hw, s, strlen(s));
-}
-
-static void put_field(head_writer_t *hw, const h1_head_t *h, unsigned i)
-{
-    put(hw, h1_name(h, i), h->fields[i].name_len);
-    put(hw, ": ", 2);
-    put(hw, h1_value(h, i), h->fields[i].value_len);
-    put(hw, "\r\n", 2);
-}
-
-/* Queues the finished head on `c` without copying it again. */
-static int send_head(conn_t *c, void (*build)(exchange_t *, head_writer_t *), exchange_t *ex)
-{
-    head_writer_t hw = {0};
-    build(ex, &hw);
-    buf_t *b = buf_new(&c->w->bufs, hw.len);
-    if (!b)
-        return UV_ENOMEM;
-    hw = (head_writer_t){.out = b->data};
-    build(ex, &hw);
-    b->len = (uint32_t)hw.len;
-    conn_write(c, b, b->data, b->len);
-    buf_unref(b);
-    return 0;
-}
-
-/* The request-target in origin form: an absolute-form target (a client using remora as an
- * explicit proxy, RFC 9112 §3.2.2) loses its scheme and authority. */
-static const char *origin_form(const exchange_t *ex, size_t *n)
-{
-    const char *t = h1_start(&ex->req);
-    *n = ex->req.start_len;
-    const char *scheme = memchr(t, ':', *n);
-    if (*n == 0 || t[0] == '/' || !scheme || scheme + 3 > t + *n || memcmp(scheme, "://", 3) != 0)
-        return t;
-    const char *auth = scheme + 3;
-    const char *path = memchr(auth, '/', (size_t)(t + *n - auth));
-    if (!path) {
-        *n = 1;
-        return "/";
-    }
-    *n = (size_t)(t + *n - path);
-    return path;
-}
-
-/* The authority of an absolute-form target, which replaces Host (RFC 9112 §3.2.2). */
-static const char *target_authority(const exchange_t *ex, size_t *n)
-{
-    const char *t = h1_start(&ex->req);
-    size_t len = ex->req.start_len;
-    const char *sep = len > 3 ? memmem(t, len, "://", 3) : NULL;
-    if (!sep || t[0] == '/')
-        return NULL;
-    const char *auth = sep + 3;
-    const char *end = auth;
-    while (end < t + len && *end != '/' && *end != '?')
-        end++;
-    *n = (size_t)(end - auth);
-    return *n ? auth : NULL;
-}
-
-static void request_id(downstream_t *ds, char out[37])
-{
-    uint64_t a = worker_random(ds->c.w), b = worker_random(ds->c.w);
-    /* RFC 9562 version 4 layout. */
-    a = (a & 0xffffffffffff0fffull) | 0x4000ull;
-    b = (b & 0x3fffffffffffffffull) | 0x8000000000000000ull;
-    snprintf(out, 37, "%08" PRIx64 "-%04" PRIx64 "-%04" PRIx64 "-%04" PRIx64 "-%012" PRIx64,
-             a >> 32, (a >> 16) & 0xffff, a & 0xffff, b >> 48, b & (uint64_t)0xffffffffffff);
-}
-
-static void build_request_head(exchange_t *ex, head_writer_t *hw)
-{
-    const h1_head_t *h = &ex->req;
-    size_t tlen;
-    const char *target = origin_form(ex, &tlen);
-    size_t alen = 0;
-    const char *authority = target_authority(ex, &alen);
-    puts_(hw, llhttp_method_name((llhttp_method_t)ex->method));
-    put(hw, " ", 1);
-    put(hw, target, tlen);
-    put(hw, " HTTP/1.1\r\n", 11);
-    int has_host = 0, has_xfp = 0, has_rid = 0;
-    for (unsigned i = 0; i < h->nfields; i++) {
-        if (h1_is_hop_by_hop(h, i) || h1_name_is(h, i, "x-forwarded-for"))
-            continue;
-        if (ex->expect_continue && h1_name_is(h, i, "expect"))
-            continue; /* answered by remora itself */
-        if (h1_name_is(h, i, "host")) {
-            if (has_host++ || authority)
-                continue;
-        } else if (h1_name_is(h, i, "x-forwarded-proto")) {
-            has_xfp = 1;
-        } else if (h1_name_is(h, i, "x-request-id")) {
-            has_rid = 1;
-        }
-        put_field(hw, h, i);
-    }
-    /* The chain so far (every X-Forwarded-For field, in order), then the peer we received from. */
-    puts_(hw, "X-Forwarded-For: ");
-    for (unsigned i = 0; i < h->nfields; i++) {
-        if (!h1_name_is(h, i, "x-forwarded-for"))
-            continue;
-        put(hw, h1_value(h, i), h->fields[i].value_len);
-        put(hw, ", ", 2);
-    }
-    puts_(hw, ex->ds->client_ip);
-    put(hw, "\r\n", 2);
-    if (authority) {
-        put(hw, "Host: ", 6);
-        put(hw, authority, alen);
-        put(hw, "\r\n", 2);
-    } else if (!has_host) {
-        put(hw, "Host: ", 6);
-        puts_(hw, ex->pool->name);
-        put(hw, "\r\n", 2);
-    }
-    if (!has_xfp)
-        puts_(hw, "X-Forwarded-Proto: http\r\n");
-    if (!has_rid) {
-        char id[37];
-        request_id(ex->ds, id);
-        put(hw, "X-Request-Id: ", 14);
-        put(hw, id, 36);
-        put(hw, "\r\n", 2);
-    }
-    if (ex->upgrade) {
-        int u = h1_find(h, "upgrade");
-        puts_(hw, "Connection: upgrade\r\n");
-        if (u >= 0)
-            put_field(hw, h, (unsigned)u);
-    }
-    if (ex->req_out == BODY_CHUNKED)
-        puts_(hw, "Transfer-Encoding: chunked\r\n");
-    put(hw, "\r\n", 2);
-}
-
-static void build_response_head(exchange_t *ex, head_writer_t *hw)
-{
-    const h1_head_t *h = &ex->resp;
-    char status[16];
-    snprintf(status, sizeof status, "HTTP/1.1 %03d ", ex->status);
-    puts_(hw, status);
-    put(hw, h1_start(h), h->start_len);
-    put(hw, "\r\n", 2);
-    for (unsigned i = 0; i < h->nfields; i++)
-        if (!h1_is_hop_by_hop(h, i))
-            put_field(hw, h, i);
-    if (ex->tunnel) {
-        int u = h1_find(h, "upgrade");
-        puts_(hw, "Connection: upgrade\r\n");
-        if (u >= 0)
-            put_field(hw, h, (unsigned)u);
-    } else if (!ex->keep_alive) {
-        puts_(hw, "Connection: close\r\n");
-    } else if (ex->minor == 0) {
-        puts_(hw, "Connection: keep-alive\r\n");
-    }
-    if (ex->resp_out == BODY_CHUNKED)
-        puts_(hw, "Transfer-Encoding: chunked\r\n");
-    put(hw, "\r\n", 2);
 }
 
 /* ---- local replies ---- */
@@ -251,54 +114,28 @@ static int request_has_body(const exchange_t *ex)
     return (p->flags & F_CHUNKED) || p->content_length > 0;
 }
 
-/* Reason phrases (RFC 9110 §15) of the statuses remora answers with itself. */
-static const char *reason_phrase(int status)
+static void count_response(exchange_t *ex, int status)
 {
-    switch (status) {
-    case 400:
-        return "Bad Request";
-    case 404:
-        return "Not Found";
-    case 408:
-        return "Request Timeout";
-    case 414:
-        return "URI Too Long";
-    case 431:
-        return "Request Header Fields Too Large";
-    case 502:
-        return "Bad Gateway";
-    case 503:
-        return "Service Unavailable";
-    case 504:
-        return "Gateway Timeout";
-    default:
-        return "";
-    }
+    stat_inc(stat_class(&http_stats(ex)->downstream_rq_1xx, status));
+    if (ex->route.target)
+        stat_inc(stat_class(&ex->route.target->rq_1xx, status));
 }
 
 void fwd_local_reply(exchange_t *ex, int status, const char *body, int close)
 {
     downstream_t *ds = ex->ds;
     end_upstream(ex, 0);
+    leave_queue(ex);
     if (close || (ex->req_state != REQ_DONE && request_has_body(ex)) || ds->c.w->draining ||
         ex->upgrade)
         ex->keep_alive = 0;
     ex->status = status;
     ex->local_reply = 1;
     ex->resp_state = RESP_DONE;
-    stat_inc(stat_class(&http_stats(ex)->downstream_rq_1xx, status));
-    size_t blen = strlen(body);
-    buf_t *b = buf_new(&ds->c.w->bufs, 256 + blen);
-    if (b) {
-        int n = snprintf(b->data, b->cap,
-                         "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
-                         "%s\r\n%s",
-                         status, reason_phrase(status), ex->method == HTTP_HEAD ? 0 : blen,
-                         ex->keep_alive ? "" : "Connection: close\r\n",
-                         ex->method == HTTP_HEAD ? "" : body);
-        conn_write(&ds->c, b, b->data, (size_t)n);
-        buf_unref(b);
-    }
+    count_response(ex, status);
+    if (ex->attempts > 0)
+        stat_inc(stat_class(&ex->route.cluster->stats.upstream_rq_1xx, status));
+    heads_send_local(&ds->c, ex, status, body);
     log_debug("%s: %d %s", ds->client_ip, status, body);
     if (ex->req_state == REQ_DONE)
         downstream_exchange_done(ds);
@@ -307,51 +144,238 @@ void fwd_local_reply(exchange_t *ex, int status, const char *body, int close)
     /* else: a bodiless request whose end llhttp reports next; the exchange ends then. */
 }
 
-/* ---- request path ---- */
+/* ---- routing ---- */
 
-static int route(exchange_t *ex, route_result_t *r)
+static const char *header_value(void *ctx, const char *name, size_t *len)
 {
-    downstream_t *ds = ex->ds;
-    const route_table_t *rt = ds->c.w->srv->routes;
-    if (ds->listener->kind == LISTENER_INGRESS)
-        return route_ingress(rt, r);
-    size_t n = 0;
-    const char *host = target_authority(ex, &n);
-    if (!host) {
-        int i = h1_find(&ex->req, "host");
-        if (i < 0)
-            return ERR_NO_ROUTE;
-        n = ex->req.fields[i].value_len;
-        host = h1_trim(h1_value(&ex->req, (unsigned)i), &n);
-    }
-    return route_egress(rt, host, n, r);
+    const exchange_t *ex = ctx;
+    int i = h1_find(&ex->req, name);
+    if (i < 0)
+        return NULL;
+    *len = ex->req.fields[i].value_len;
+    return h1_value(&ex->req, (unsigned)i);
 }
 
-/* Take a connection from the pool and send the request head; body bytes follow as they come.
- * Returns 0, or an error when no connection could be had (nothing was sent). */
+/* Splits "name", "name:port", "[v6]" or "[v6]:port"; returns 0, or -1 for a bad port. */
+static int split_host(const char *host, size_t n, size_t *name_len, uint16_t *port)
+{
+    const char *colon = memrchr(host, ':', n);
+    *name_len = n;
+    *port = 0;
+    if (!colon || (host[0] == '[' && memchr(colon, ']', (size_t)(host + n - colon))))
+        return 0;
+    if (host[0] != '[' && memchr(host, ':', (size_t)(colon - host)))
+        return 0; /* a bare IPv6 literal */
+    unsigned long v = 0;
+    for (const char *p = colon + 1; p < host + n; p++) {
+        if (*p < '0' || *p > '9' || (v = v * 10 + (unsigned)(*p - '0')) > 65535)
+            return -1;
+    }
+    *name_len = (size_t)(colon - host);
+    *port = (uint16_t)v;
+    return 0;
+}
+
+/* Normalizes the request-target into ex->target (path) and ex->query, and fills the routing
+ * view of the request. Returns 0 or UV_ENOMEM. */
+static int prepare(exchange_t *ex, route_request_t *rr)
+{
+    const char *t = h1_start(&ex->req);
+    size_t n = ex->req.start_len;
+    size_t alen = 0;
+    const char *authority = heads_authority(ex, &alen);
+    if (authority) { /* absolute-form: the origin form starts after the authority */
+        const char *rest = authority + alen;
+        n -= (size_t)(rest - t);
+        t = rest;
+    }
+    const char *q = memchr(t, '?', n);
+    size_t plen = q ? (size_t)(q - t) : n;
+    size_t qlen = q ? n - plen - 1 : 0;
+    ex->target = malloc(plen + qlen + 3);
+    if (!ex->target)
+        return UV_ENOMEM;
+    if (plen == 1 && t[0] == '*') { /* OPTIONS * */
+        memcpy(ex->target, "*", 2);
+        ex->target_len = 1;
+    } else {
+        ex->target_len = path_normalize(t, plen, ex->target);
+    }
+    if (q) {
+        ex->query = ex->target + ex->target_len + 1;
+        memcpy((char *)ex->query, q + 1, qlen);
+        ((char *)ex->query)[qlen] = '\0';
+        ex->query_len = qlen;
+    }
+    const char *host = authority;
+    size_t hlen = alen;
+    int hi = h1_find(&ex->req, "host");
+    if (!host && hi >= 0) {
+        hlen = ex->req.fields[hi].value_len;
+        host = h1_trim(h1_value(&ex->req, (unsigned)hi), &hlen);
+    }
+    *rr = (route_request_t){.method = ex->method,
+                            .path = ex->target,
+                            .path_len = ex->target_len,
+                            .query = ex->query,
+                            .query_len = ex->query_len,
+                            .header = header_value,
+                            .ctx = ex};
+    if (host) {
+        rr->host = host;
+        if (split_host(host, hlen, &rr->host_len, &rr->port) != 0)
+            rr->host_len = 0;
+    }
+    if (!rr->port && ex->ds->has_orig_dst)
+        rr->port = endpoint_port(&ex->ds->orig_dst);
+    return 0;
+}
+
+/* ALLOW_ALL: an unknown host goes where the app sent it: the iptables original destination,
+ * else the Host when it is an IP literal. */
+static int passthrough_endpoint(exchange_t *ex, const route_request_t *rr)
+{
+    downstream_t *ds = ex->ds;
+    if (ds->has_orig_dst) {
+        ex->endpoint = ds->orig_dst;
+    } else {
+        char ip[64];
+        struct sockaddr_storage ss;
+        const char *h = rr->host;
+        size_t n = rr->host_len;
+        if (n > 2 && h[0] == '[') {
+            h++;
+            n -= 2;
+        }
+        if (!h || n == 0 || n >= sizeof ip)
+            return -1;
+        memcpy(ip, h, n);
+        ip[n] = '\0';
+        uint16_t port = rr->port ? rr->port : 80;
+        if (uv_ip4_addr(ip, port, (struct sockaddr_in *)&ss) != 0 &&
+            uv_ip6_addr(ip, port, (struct sockaddr_in6 *)&ss) != 0)
+            return -1;
+        endpoint_set(&ex->endpoint, (struct sockaddr *)&ss);
+    }
+    server_t *s = ds->c.w->srv;
+    uint16_t port = endpoint_port(&ex->endpoint);
+    if ((port == s->set.egress_port || port == s->set.ingress_port) &&
+        endpoint_is_local(&ex->endpoint))
+        return -2; /* ourselves: a loop */
+    return 0;
+}
+
+static void no_route_reply(exchange_t *ex, const route_request_t *rr)
+{
+    char body[600];
+    if (ex->route.reason) {
+        snprintf(body, sizeof body, "%s\n", ex->route.reason);
+        fwd_local_reply(ex, ex->route.status, body, 0);
+        return;
+    }
+    snprintf(body, sizeof body, "no virtual service for host \"%.*s\" among this node's backends\n",
+             (int)(rr->host_len > 400 ? 400 : rr->host_len), rr->host ? rr->host : "");
+    fwd_local_reply(ex, 404, body, 0);
+}
+
+/* ---- attempts ---- */
+
+static int replay(exchange_t *ex)
+{
+    conn_t *c = &ex->up->c;
+    for (unsigned i = 0; i < ex->nreplay; i++) {
+        const replay_seg_t *s = &ex->replay[i];
+        if (ex->req_out == BODY_CHUNKED) {
+            char line[24];
+            int len = snprintf(line, sizeof line, "%zx\r\n", s->n);
+            conn_write_copy(c, line, (size_t)len);
+        }
+        conn_write(c, s->buf, s->p, s->n);
+        if (ex->req_out == BODY_CHUNKED)
+            conn_write(c, NULL, "\r\n", 2);
+    }
+    if (ex->req_state == REQ_DONE && ex->req_out == BODY_CHUNKED)
+        conn_write(c, NULL, "0\r\n\r\n", 5);
+    return 0;
+}
+
+/* Take a connection to ex->endpoint and send the request (head, and on a retry the body kept so
+ * far). Returns 0, or an error when no connection could be had (nothing was sent). */
 static int dispatch(exchange_t *ex, int fresh)
 {
+    downstream_t *ds = ex->ds;
+    ex->pool = pool_get(ds->c.w, ex->route.cluster, &ex->endpoint);
     int reused = 0, err = UV_ENOMEM;
     upstream_t *up = ex->pool ? pool_acquire(ex->pool, fresh, &reused, &err) : NULL;
     if (!up) {
-        log_warn("upstream %s: %s", ex->pool ? ex->pool->name : "?", err_str(err));
+        log_warn("upstream %s: %s", ex->endpoint.name, err_str(err));
         return err;
     }
     ex->up = up;
     ex->reused = reused ? 1 : 0;
     upstream_attach(up, ex);
-    stat_inc(&ex->cluster->stats.upstream_rq_total);
-    stat_inc(&ex->cluster->stats.upstream_rq_active);
-    return send_head(&up->c, build_request_head, ex);
+    stat_inc(&ex->route.cluster->stats.upstream_rq_total);
+    stat_inc(&ex->route.cluster->stats.upstream_rq_active);
+    if (ex->route.retry.per_try_ms)
+        downstream_start_try_timer(ds, ex->route.retry.per_try_ms);
+    int rc = heads_send_request(&up->c, ex);
+    return rc ? rc : replay(ex);
+}
+
+/* Pick an endpoint (a different one on a retry, where there is one) and dispatch. */
+static int start_attempt(exchange_t *ex)
+{
+    cluster_t *c = ex->route.cluster;
+    if (!ex->route.passthrough) {
+        const endpoint_t *ep =
+            ex->attempts ? cluster_pick_other(c, &ex->endpoint) : cluster_pick(c);
+        if (!ep)
+            return ERR_NO_ENDPOINT;
+        ex->endpoint = *ep;
+    }
+    ex->attempts++;
+    return dispatch(ex, 0);
+}
+
+static unsigned status_event(int status)
+{
+    unsigned e = 0;
+    if (status == 409)
+        e |= RETRY_CLIENT_ERROR;
+    if (status >= 502 && status <= 504)
+        e |= RETRY_GATEWAY_ERROR;
+    if (status >= 500 && status <= 511 && status != 509)
+        e |= RETRY_SERVER_ERROR;
+    return e;
+}
+
+/* Try again under the route's retry policy when `event` is one it names (a per-try timeout
+ * always is) and the request can be sent again. Returns 1 when a new attempt is under way. */
+static int retry(exchange_t *ex, unsigned event)
+{
+    const retry_policy_t *p = &ex->route.retry;
+    if (!(p->events & event) && !(event == RETRY_PER_TRY_TIMEOUT && p->per_try_ms))
+        return 0;
+    if (ex->attempts > p->max_retries || ex->resp_state != RESP_WAITING || ex->tunnel ||
+        ex->replay_lost)
+        return 0;
+    stat_inc(&ex->route.cluster->stats.upstream_rq_retry);
+    if (ex->route.target)
+        stat_inc(&ex->route.target->retries);
+    log_debug("upstream %s: retrying (attempt %u of %u)", ex->endpoint.name, ex->attempts + 1,
+              p->max_retries + 1);
+    end_upstream(ex, 0);
+    h1_head_reset(&ex->resp);
+    return start_attempt(ex) == 0;
 }
 
 /* A pooled connection can be closed by the upstream just as we reuse it (its keep-alive
  * timeout raced our request). Like nginx and HAProxy, an idempotent request with no body is
- * then sent once more on a fresh connection (RFC 9112 §9.3.1). */
+ * then sent once more on a fresh connection to the same endpoint (RFC 9112 §9.3.1). */
 static int retry_stale(exchange_t *ex, int err)
 {
-    if (!ex->reused || ex->retried || err == ERR_BAD_RESPONSE || ex->resp_state != RESP_WAITING ||
-        ex->req_state != REQ_DONE || ex->req_out != BODY_NONE)
+    if (!ex->reused || ex->stale_retried || err == ERR_BAD_RESPONSE ||
+        ex->resp_state != RESP_WAITING || ex->req_state != REQ_DONE || ex->req_out != BODY_NONE)
         return 0;
     switch (ex->method) {
     case HTTP_GET:
@@ -364,7 +388,7 @@ static int retry_stale(exchange_t *ex, int err)
     default:
         return 0;
     }
-    ex->retried = 1;
+    ex->stale_retried = 1;
     end_upstream(ex, 0);
     int ok = dispatch(ex, 1) == 0;
     if (ok)
@@ -372,15 +396,77 @@ static int retry_stale(exchange_t *ex, int err)
     return ok;
 }
 
-static void no_route_reply(exchange_t *ex)
+/* ---- request path ---- */
+
+/* Wait for a connectionPool slot (ingress), or overflow with a 503 like Envoy's circuit
+ * breaker. Returns 1 when queued. */
+static int queue_for_slot(exchange_t *ex)
 {
-    char body[600];
-    int i = h1_find(&ex->req, "host");
-    snprintf(body, sizeof body, "no virtual service for host \"%.*s\" among this node's backends\n",
-             i < 0 ? 0
-                   : (int)(ex->req.fields[i].value_len > 400 ? 400 : ex->req.fields[i].value_len),
-             i < 0 ? "" : h1_value(&ex->req, (unsigned)i));
-    fwd_local_reply(ex, 404, body, 0);
+    cluster_t *c = ex->route.cluster;
+    unsigned pending = atomic_fetch_add(&c->pending_requests, 1);
+    if (c->max_pending && pending >= c->max_pending) {
+        atomic_fetch_sub(&c->pending_requests, 1);
+        stat_inc(&c->stats.upstream_rq_pending_overflow);
+        fwd_local_reply(ex, 503,
+                        "upstream connection pool is full (maxConnections and "
+                        "maxPendingRequests reached)\n",
+                        0);
+        return 0;
+    }
+    worker_t *w = ex->ds->c.w;
+    ex->waiting = 1;
+    ex->wait_prev = w->waiting_tail;
+    ex->wait_next = NULL;
+    if (w->waiting_tail)
+        w->waiting_tail->wait_next = ex;
+    else
+        w->waiting_head = ex;
+    w->waiting_tail = ex;
+    stat_inc(&c->stats.upstream_rq_pending_total);
+    stat_inc(&c->stats.upstream_rq_pending_active);
+    downstream_start_request_timer(ex->ds, ex->route.timeout_ms);
+    return 1;
+}
+
+void fwd_start_waiting(worker_t *w)
+{
+    while (w->waiting_head) {
+        exchange_t *ex = w->waiting_head;
+        if (!cluster_slot_take(ex->route.cluster))
+            return;
+        leave_queue(ex);
+        ex->has_slot = 1;
+        if (start_attempt(ex) != 0) {
+            fwd_local_reply(ex, 503, "upstream connect error\n", 0);
+            continue;
+        }
+        downstream_resume(ex->ds);
+    }
+}
+
+static int request_id(exchange_t *ex)
+{
+    int i = h1_find(&ex->req, "x-request-id");
+    if (i >= 0 && ex->req.fields[i].value_len > 0) {
+        ex->request_id = h1_value(&ex->req, (unsigned)i);
+        return 0;
+    }
+    heads_request_id(ex->ds->c.w, ex->request_id_buf);
+    ex->request_id = ex->request_id_buf;
+    return 0;
+}
+
+static void expect_continue(exchange_t *ex)
+{
+    int i = h1_find(&ex->req, "expect");
+    if (i < 0 || ex->minor < 1 || ex->req_out == BODY_NONE ||
+        !h1_list_has(h1_value(&ex->req, (unsigned)i), ex->req.fields[i].value_len, "100-continue",
+                     12))
+        return;
+    /* We forward the body as it comes, so the client may send it now (RFC 9110 §10.1.1).
+     * Expect is hop-by-hop in effect: the upstream does not see it. */
+    ex->expect_continue = 1;
+    conn_write(&ex->ds->c, NULL, "HTTP/1.1 100 Continue\r\n\r\n", 25);
 }
 
 int fwd_request_head(exchange_t *ex)
@@ -396,35 +482,43 @@ int fwd_request_head(exchange_t *ex)
                         1);
         return ds->closing;
     }
-    route_result_t r;
-    if (route(ex, &r) != 0) {
-        no_route_reply(ex);
+    route_request_t rr;
+    if (prepare(ex, &rr) != 0 || request_id(ex) != 0) {
+        fwd_local_reply(ex, 503, "out of memory\n", 1);
+        return 1;
+    }
+    if (ds->listener->kind == LISTENER_INGRESS)
+        route_ingress(ds->c.w->routes, &ex->route);
+    else
+        route_egress(ds->c.w->routes, &rr, &ex->route);
+    if (!ex->route.cluster) {
+        no_route_reply(ex, &rr);
         return ds->closing;
     }
-    ex->cluster = r.cluster;
-    ex->timeout_ms = r.timeout_ms;
-    ex->idle_ms = r.idle_ms;
-    const endpoint_t *ep = r.cluster ? cluster_pick(r.cluster) : NULL;
-    if (!ep) {
-        fwd_local_reply(ex, 503, "no healthy upstream\n", 0);
-        return ds->closing;
+    if (ex->route.passthrough) {
+        int rc = passthrough_endpoint(ex, &rr);
+        if (rc != 0) {
+            fwd_local_reply(ex, rc == -2 ? 508 : 502,
+                            rc == -2 ? "the original destination is remora itself\n"
+                                     : "cannot tell where this request was going: no original "
+                                       "destination and the Host is not an address\n",
+                            0);
+            return ds->closing;
+        }
     }
-    ex->pool = pool_get(ds->c.w, r.cluster, ep);
     const llhttp_t *p = &ds->parser;
     ex->req_out = (p->flags & F_CHUNKED) ? BODY_CHUNKED
                   : request_has_body(ex) ? BODY_LENGTH
                                          : BODY_NONE;
-    int expect = h1_find(&ex->req, "expect");
-    if (expect >= 0 && ex->minor >= 1 && ex->req_out != BODY_NONE &&
-        h1_list_has(h1_value(&ex->req, (unsigned)expect), ex->req.fields[expect].value_len,
-                    "100-continue", 12)) {
-        /* We forward the body as it comes, so the client may send it now (RFC 9110 §10.1.1).
-         * Expect is hop-by-hop in effect: the upstream does not see it. */
-        ex->expect_continue = 1;
-        conn_write(&ds->c, NULL, "HTTP/1.1 100 Continue\r\n\r\n", 25);
-    }
-    if (dispatch(ex, 0) != 0) {
-        fwd_local_reply(ex, 503, "upstream connect error\n", 0);
+    expect_continue(ex);
+    if (!cluster_slot_take(ex->route.cluster))
+        return queue_for_slot(ex) || ds->closing;
+    ex->has_slot = 1;
+    if (start_attempt(ex) != 0) {
+        fwd_local_reply(ex, 503,
+                        ex->route.cluster->nendpoints ? "upstream connect error\n"
+                                                      : "no healthy upstream\n",
+                        0);
         return ds->closing;
     }
     return 0;
@@ -443,10 +537,27 @@ static void write_chunked(conn_t *c, enum body_framing f, buf_t *b, const char *
     conn_write(c, NULL, "\r\n", 2);
 }
 
+/* Keep body bytes for a retry, up to REPLAY_MAX_BYTES; past that the request is not retried. */
+static void keep_for_replay(exchange_t *ex, buf_t *b, const char *p, size_t n)
+{
+    if (ex->replay_lost || (!ex->route.retry.max_retries && !ex->route.retry.per_try_ms))
+        return;
+    if (ex->nreplay == REPLAY_MAX_SEGS || ex->replay_bytes + n > REPLAY_MAX_BYTES) {
+        ex->replay_lost = 1;
+        release_replay(ex);
+        return;
+    }
+    ex->replay[ex->nreplay++] = (replay_seg_t){buf_ref(b), p, n};
+    ex->replay_bytes += n;
+}
+
 void fwd_request_body(exchange_t *ex, buf_t *b, const char *p, size_t n)
 {
+    if (ex->local_reply)
+        return;
+    keep_for_replay(ex, b, p, n);
     upstream_t *up = ex->up;
-    if (!up || ex->local_reply)
+    if (!up)
         return;
     write_chunked(&up->c, ex->req_out, b, p, n);
     if (conn_over_high_water(&up->c))
@@ -468,8 +579,8 @@ void fwd_request_done(exchange_t *ex)
     }
     if (ex->up && ex->req_out == BODY_CHUNKED)
         conn_write(&ex->up->c, NULL, "0\r\n\r\n", 5);
-    if (!ex->tunnel)
-        downstream_start_request_timer(ex->ds, ex->timeout_ms);
+    if (!ex->tunnel && !ex->waiting)
+        downstream_start_request_timer(ex->ds, ex->route.timeout_ms);
 }
 
 /* ---- response path ---- */
@@ -500,10 +611,16 @@ int fwd_response_head(exchange_t *ex, int status)
         fwd_upstream_failed(ex, ERR_BAD_RESPONSE); /* switching protocols nobody asked for */
         return 0;
     }
+    unsigned event = status_event(status);
+    if (event && retry(ex, event))
+        return 0; /* this upstream is detached; the response is dropped with it */
+    downstream_stop_try_timer(ds);
+    if (ex->attempts > 1)
+        stat_inc(&ex->route.cluster->stats.upstream_rq_retry_success);
     ex->status = status;
-    stat_inc(stat_class(&ex->cluster->stats.upstream_rq_1xx, status));
-    stat_inc(stat_class(&http_stats(ex)->downstream_rq_1xx, status));
-    if (status == 101 && ex->upgrade) {
+    stat_inc(stat_class(&ex->route.cluster->stats.upstream_rq_1xx, status));
+    count_response(ex, status);
+    if (status == 101) {
         ex->tunnel = 1;
         ex->resp_out = BODY_NONE;
         stat_inc(&http_stats(ex)->downstream_cx_upgrades_total);
@@ -514,7 +631,7 @@ int fwd_response_head(exchange_t *ex, int status)
             ex->keep_alive = 0;
     }
     ex->resp_state = RESP_BODY;
-    if (send_head(&ds->c, build_response_head, ex) != 0) {
+    if (heads_send_response(&ds->c, ex) != 0) {
         fwd_upstream_failed(ex, UV_ENOMEM);
         return 0;
     }
@@ -571,17 +688,22 @@ void fwd_tunnel_from_client(exchange_t *ex, buf_t *b, const char *p, size_t n)
 void fwd_upstream_failed(exchange_t *ex, int err)
 {
     downstream_t *ds = ex->ds;
-    if (retry_stale(ex, err))
-        return;
     int connected = ex->up && ex->up->connected;
+    if (ex->resp_state == RESP_WAITING) {
+        if (retry_stale(ex, err))
+            return;
+        if (err != ERR_BAD_RESPONSE &&
+            retry(ex, connected ? RETRY_STREAM_ERROR : RETRY_CONNECTION_ERROR))
+            return;
+    }
     if (ex->resp_state == RESP_BODY && !ex->tunnel)
-        stat_inc(&ex->cluster->stats.upstream_rq_rx_reset);
+        stat_inc(&ex->route.cluster->stats.upstream_rq_rx_reset);
     end_upstream(ex, 0);
     if (ex->resp_state != RESP_WAITING) {
         /* Mid-response: the client must see a broken message, never a complete one. */
         if (!ex->tunnel)
             log_warn("upstream %s: %s mid-response; closing the client connection",
-                     ex->pool ? ex->pool->name : "?", err_str(err));
+                     ex->endpoint.name, err_str(err));
         if (ex->resp_out == BODY_UNTIL_CLOSE)
             downstream_abort(ds); /* a reset, since a clean close would mark the end */
         else
@@ -593,8 +715,7 @@ void fwd_upstream_failed(exchange_t *ex, int err)
     } else if (!connected) {
         fwd_local_reply(ex, 503, "upstream connect error\n", 0);
     } else {
-        log_warn("upstream %s: %s before the response", ex->pool ? ex->pool->name : "?",
-                 err_str(err));
+        log_warn("upstream %s: %s before the response", ex->endpoint.name, err_str(err));
         fwd_local_reply(ex, 503, "upstream reset before response headers\n", 0);
     }
 }
@@ -605,13 +726,8 @@ void fwd_client_gone(exchange_t *ex)
     downstream_abort(ex->ds); /* frees the exchange, which aborts the upstream request */
 }
 
-void fwd_timeout(exchange_t *ex)
+static void give_up(exchange_t *ex)
 {
-    stat_inc(&http_stats(ex)->downstream_rq_timeout);
-    if (ex->cluster)
-        stat_inc(&ex->cluster->stats.upstream_rq_timeout);
-    log_warn("upstream %s: no complete response within %" PRIu64 " ms",
-             ex->pool ? ex->pool->name : "?", ex->timeout_ms);
     if (ex->resp_state == RESP_WAITING) {
         fwd_local_reply(ex, 504, "upstream request timeout\n", 0);
         return;
@@ -621,4 +737,24 @@ void fwd_timeout(exchange_t *ex)
         downstream_abort(ex->ds);
     else
         downstream_finish(ex->ds);
+}
+
+void fwd_timeout(exchange_t *ex)
+{
+    stat_inc(&http_stats(ex)->downstream_rq_timeout);
+    stat_inc(&ex->route.cluster->stats.upstream_rq_timeout);
+    log_warn("upstream %s: no complete response within %" PRIu64 " ms", ex->endpoint.name,
+             ex->route.timeout_ms);
+    give_up(ex);
+}
+
+void fwd_try_timeout(exchange_t *ex)
+{
+    stat_inc(&ex->route.cluster->stats.upstream_rq_per_try_timeout);
+    if (retry(ex, RETRY_PER_TRY_TIMEOUT))
+        return;
+    stat_inc(&http_stats(ex)->downstream_rq_timeout);
+    log_warn("upstream %s: no response within the per-try timeout of %" PRIu64 " ms",
+             ex->endpoint.name, ex->route.retry.per_try_ms);
+    give_up(ex);
 }

@@ -12,6 +12,7 @@
 #include "proxy/server.h"
 #include "proxy/settings.h"
 #include "proxy/version.h"
+#include "routing/route.h"
 
 static const char usage[] =
     "usage: remora [--config FILE] [--node NAME] [--ingress-port N] [--egress-port N]\n"
@@ -104,25 +105,88 @@ static config_t *load(const cli_opts_t *cli, settings_t *set, diag_t *d)
     return cfg;
 }
 
+static const char *provider_kind(enum provider_kind k)
+{
+    return k == PROVIDER_NODE ? "virtual node" : k == PROVIDER_ROUTER ? "virtual router" : "none";
+}
+
+static void print_discovery(const cfg_node_t *n)
+{
+    if (n->discovery == DISCOVERY_DNS)
+        printf("dns %s", n->hostname);
+    else if (n->discovery == DISCOVERY_CLOUD_MAP)
+        printf("cloud map %s.%s", n->service_name, n->namespace_name);
+    else
+        printf("none");
+}
+
+static void print_routes(const config_t *cfg, const char *router)
+{
+    for (unsigned r = 0; r < cfg->nroutes; r++) {
+        const cfg_route_t *rt = &cfg->routes[r];
+        if (strcmp(rt->router, router) != 0)
+            continue;
+        printf("      route %s", rt->name);
+        if (rt->priority >= 0)
+            printf(" (priority %d)", rt->priority);
+        printf(": %s %s ->",
+               rt->path_kind == PATH_PREFIX  ? "prefix"
+               : rt->path_kind == PATH_EXACT ? "path"
+                                             : "regex",
+               rt->path);
+        for (unsigned t = 0; t < rt->ntargets; t++)
+            printf(" %s:%u", rt->targets[t].node, rt->targets[t].weight);
+        if (rt->has_retry)
+            printf(", %u retries", rt->max_retries);
+        printf("\n");
+    }
+}
+
+/* The one-screen summary of what this node's sidecar will do. */
+static void print_summary(const config_t *cfg, const cfg_node_t *node)
+{
+    printf("%s: ok\nmesh %s, node %s, egress filter %s\n", cfg->source, cfg->mesh_name, node->name,
+           cfg->egress_filter == EGRESS_ALLOW_ALL ? "ALLOW_ALL" : "DROP_ALL");
+    for (unsigned i = 0; i < node->nlisteners; i++)
+        printf("  listener %s:%u -> local app 127.0.0.1:%u\n", node->listeners[i].protocol,
+               node->listeners[i].port, node->listeners[i].port);
+    for (unsigned i = 0; i < node->nbackends; i++) {
+        const cfg_service_t *s = config_service(cfg, node->backends[i]);
+        printf("  backend %s -> %s %s\n", s->name, provider_kind(s->provider),
+               s->provider_name ? s->provider_name : "");
+        if (s->provider == PROVIDER_ROUTER)
+            print_routes(cfg, s->provider_name);
+    }
+    for (unsigned i = 0; i < cfg->nnodes; i++) {
+        const cfg_node_t *n = &cfg->nodes[i];
+        printf("  node %s: discovery ", n->name);
+        print_discovery(n);
+        printf("\n");
+        if (n->nattributes)
+            printf("    note: %u Cloud Map attribute filter(s) cannot be applied through DNS; "
+                   "every instance of the service is used\n",
+                   n->nattributes);
+    }
+    printf("%u virtual nodes, %u virtual services, %u routers, %u routes\n", cfg->nnodes,
+           cfg->nservices, cfg->nrouters, cfg->nroutes);
+}
+
 static int cmd_check(const cli_opts_t *cli)
 {
     diag_t d = {0};
     settings_t set;
     config_t *cfg = load(cli, &set, &d);
-    if (!cfg) {
+    registry_t reg = {.no_resolve = 1};
+    route_table_t *rt = cfg ? route_table_build(cfg, set.node, &reg, &d) : NULL;
+    if (!rt) {
         print_diag(&d, stdout);
         diag_free(&d);
+        registry_free(&reg);
         return 1;
     }
-    const cfg_node_t *node = config_node(cfg, set.node);
-    printf("%s: ok\nmesh %s, node %s\n", cfg->source, cfg->mesh_name, node->name);
-    for (unsigned i = 0; i < node->nlisteners; i++)
-        printf("  listener %s:%u\n", node->listeners[i].protocol, node->listeners[i].port);
-    for (unsigned i = 0; i < node->nbackends; i++)
-        printf("  backend %s\n", node->backends[i]);
-    printf("%u virtual nodes, %u virtual services, %u routers, %u routes\n", cfg->nnodes,
-           cfg->nservices, cfg->nrouters, cfg->nroutes);
-    config_free(cfg);
+    print_summary(route_table_config(rt), route_table_node(rt));
+    route_table_unref(rt);
+    registry_free(&reg);
     diag_free(&d);
     return 0;
 }
@@ -153,7 +217,7 @@ static int cmd_run(const cli_opts_t *cli)
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit();
     server_t srv;
-    int err = server_init(&srv, &set, cfg, uv_default_loop());
+    int err = server_init(&srv, &set, cli, cfg, uv_default_loop());
     if (err == 0)
         err = server_run(&srv);
     server_free(&srv);

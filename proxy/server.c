@@ -29,16 +29,16 @@ static void set_state(server_t *s, enum server_state st)
         worker_notify(&s->workers[i]);
 }
 
-int server_init(server_t *s, const settings_t *set, config_t *cfg, uv_loop_t *loop)
+int server_init(server_t *s, const settings_t *set, const cli_opts_t *cli, config_t *cfg,
+                uv_loop_t *loop)
 {
     memset(s, 0, sizeof *s);
     s->set = *set;
-    s->cfg = cfg;
+    s->cli = *cli;
     s->loop = loop;
     s->started_ms = uv_hrtime() / 1000000;
-    s->node = config_node(cfg, set->node);
     diag_t d = {0};
-    s->routes = route_table_build(cfg, s->node, &d);
+    s->routes = route_table_build(cfg, set->node, &s->reg, &d);
     if (!s->routes) {
         for (size_t i = 0; i < d.n; i++)
             log_error("%s", d.lines[i]);
@@ -60,6 +60,60 @@ int server_init(server_t *s, const settings_t *set, config_t *cfg, uv_loop_t *lo
     return 0;
 }
 
+int server_reload(server_t *s)
+{
+    diag_t d = {0};
+    config_t *cfg = settings_load_config(&s->cli, &d);
+    route_table_t *rt = cfg ? route_table_build(cfg, s->set.node, &s->reg, &d) : NULL;
+    if (!rt) {
+        stat_inc(&s->reg.reloads_failed);
+        log_error("reload rejected; the config in force is unchanged:");
+        for (size_t i = 0; i < d.n; i++)
+            log_error("  %s", d.lines[i]);
+        diag_free(&d);
+        return ERR_CONFIG;
+    }
+    diag_free(&d);
+    for (unsigned i = 0; i < s->nworkers; i++)
+        worker_publish(&s->workers[i], rt);
+    route_table_unref(s->routes);
+    s->routes = rt;
+    stat_inc(&s->reg.reloads_ok);
+    log_info("reloaded %s", route_table_config(rt)->source);
+    return 0;
+}
+
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    (void)signum;
+    server_reload(h->data);
+}
+
+static void on_config_changed(uv_fs_poll_t *h, int status, const uv_stat_t *prev,
+                              const uv_stat_t *curr)
+{
+    (void)prev;
+    (void)curr;
+    if (status == 0)
+        server_reload(h->data);
+}
+
+/* The config file is watched by polling its stat (mtime, size, inode) so that an editor's
+ * rename-over and a mounted ConfigMap's symlink swap are both seen. */
+static void watch_config(server_t *s)
+{
+    const char *path = s->cli.config ? s->cli.config : getenv("REMORA_CONFIG");
+    const char *inline_json = getenv("REMORA_CONFIG_JSON");
+    if (!s->cli.config && inline_json && *inline_json)
+        return;
+    if (!path || !*path)
+        path = DEFAULT_CONFIG_PATH;
+    uv_fs_poll_init(s->loop, &s->config_watch);
+    s->config_watch.data = s;
+    s->watching_config = 1;
+    uv_fs_poll_start(&s->config_watch, on_config_changed, path, CONFIG_POLL_MS);
+}
+
 static void on_drain_deadline(uv_timer_t *t)
 {
     server_t *s = t->data;
@@ -78,6 +132,12 @@ void server_drain(server_t *s)
     uv_timer_start(&s->drain_timer, on_drain_deadline, s->set.drain_timeout_ms, 0);
 }
 
+void server_wake_workers(server_t *s)
+{
+    for (unsigned i = 0; i < s->nworkers; i++)
+        worker_notify(&s->workers[i]);
+}
+
 void server_worker_exited(server_t *s)
 {
     atomic_fetch_add(&s->nexited, 1);
@@ -93,6 +153,9 @@ static void on_worker_exited(uv_async_t *h)
     admin_stop(s);
     uv_close((uv_handle_t *)&s->sigterm, NULL);
     uv_close((uv_handle_t *)&s->sigint, NULL);
+    uv_close((uv_handle_t *)&s->sighup, NULL);
+    if (s->watching_config)
+        uv_close((uv_handle_t *)&s->config_watch, NULL);
     uv_close((uv_handle_t *)&s->drain_timer, NULL);
     uv_close((uv_handle_t *)&s->worker_exited, NULL);
 }
@@ -111,6 +174,10 @@ int server_run(server_t *s)
     s->sigterm.data = s->sigint.data = s;
     uv_signal_start(&s->sigterm, on_signal, SIGTERM);
     uv_signal_start(&s->sigint, on_signal, SIGINT);
+    uv_signal_init(s->loop, &s->sighup);
+    s->sighup.data = s;
+    uv_signal_start(&s->sighup, on_sighup, SIGHUP);
+    watch_config(s);
     uv_timer_init(s->loop, &s->drain_timer);
     s->drain_timer.data = s;
     uv_async_init(s->loop, &s->worker_exited, on_worker_exited);
@@ -127,8 +194,8 @@ int server_run(server_t *s)
     }
     atomic_store_explicit(&s->state, SERVER_LIVE, memory_order_release);
     log_info("remora live: node %s/%s, ingress :%u, egress :%u, admin %s:%u, %u worker(s)",
-             s->cfg->mesh_name, s->set.node, s->set.ingress_port, s->set.egress_port,
-             s->set.admin_host, s->set.admin_port, s->nworkers);
+             route_table_config(s->routes)->mesh_name, s->set.node, s->set.ingress_port,
+             s->set.egress_port, s->set.admin_host, s->set.admin_port, s->nworkers);
     /* The loop ends once a drain completes: admin_stop closes the last handles. */
     uv_run(s->loop, UV_RUN_DEFAULT);
     for (unsigned i = 0; i < s->nworkers; i++)
@@ -140,6 +207,6 @@ int server_run(server_t *s)
 void server_free(server_t *s)
 {
     free(s->workers);
-    route_table_free(s->routes);
-    config_free(s->cfg);
+    route_table_unref(s->routes);
+    registry_free(&s->reg);
 }

@@ -13,19 +13,23 @@
 #include "proxy/worker.h"
 #include "routing/route.h"
 
+#define CONFIG_POLL_MS 250 /* how often the config file's stat is checked for a change */
+
 enum server_state { SERVER_PRE_INITIALIZING, SERVER_LIVE, SERVER_DRAINING, SERVER_STOPPED };
 
 typedef struct server {
     settings_t set;
-    config_t *cfg;
-    route_table_t *routes;
-    const cfg_node_t *node;
+    cli_opts_t cli;        /* to find the config again on reload */
+    registry_t reg;        /* clusters and counters that outlive reloads */
+    route_table_t *routes; /* the snapshot in force (the main thread's reference) */
     _Atomic int state;
     _Atomic int healthcheck_failed; /* POST /healthcheck/fail */
     uint64_t started_ms;            /* uv_hrtime() / 1e6 at exec */
     uint64_t ready_ms;              /* when /ready first answered 200 */
     uv_loop_t *loop;                /* the main thread's loop */
-    uv_signal_t sigterm, sigint;
+    uv_signal_t sigterm, sigint, sighup;
+    uv_fs_poll_t config_watch;
+    int watching_config;
     uv_timer_t drain_timer;
     uv_async_t worker_exited; /* a worker's loop ended (drain complete) */
     _Atomic unsigned nexited;
@@ -37,12 +41,18 @@ typedef struct server {
 } server_t;
 
 /* Takes ownership of `cfg`. Returns 0 or an error (logged). */
-int server_init(server_t *s, const settings_t *set, config_t *cfg, uv_loop_t *loop);
+int server_init(server_t *s, const settings_t *set, const cli_opts_t *cli, config_t *cfg,
+                uv_loop_t *loop);
+/* Load the config again; a valid one replaces the snapshot in force for new requests, an
+ * invalid one is logged and counted and changes nothing. Returns 0 or ERR_CONFIG. */
+int server_reload(server_t *s);
 /* Start workers and the admin API; runs the main loop until the server has stopped. */
 int server_run(server_t *s);
 /* Stop accepting and finish in-flight requests (SIGTERM, /quitquitquit, /drain_listeners). */
 void server_drain(server_t *s);
 void server_free(server_t *s);
+/* Wake every worker (requests may be waiting for a connection-pool slot). Thread-safe. */
+void server_wake_workers(server_t *s);
 /* Called by a worker thread when its loop has ended. Thread-safe. */
 void server_worker_exited(server_t *s);
 

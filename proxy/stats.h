@@ -64,7 +64,13 @@ static inline uint64_t stat_get(stat_t *s)
     X(upstream_rq_5xx, 0)                                                                          \
     X(upstream_rq_timeout, 0)                                                                      \
     X(upstream_rq_rx_reset, 0)                                                                     \
-    X(upstream_rq_tx_reset, 0)
+    X(upstream_rq_tx_reset, 0)                                                                     \
+    X(upstream_rq_retry, 0)                                                                        \
+    X(upstream_rq_retry_success, 0)                                                                \
+    X(upstream_rq_per_try_timeout, 0)                                                              \
+    X(upstream_rq_pending_total, 0)                                                                \
+    X(upstream_rq_pending_active, 1)                                                               \
+    X(upstream_rq_pending_overflow, 0)
 
 #define STAT_FIELD(name, gauge) stat_t name;
 typedef struct http_stats {

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "proxy/downstream.h"
+#include "proxy/forward.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
 
@@ -129,9 +130,28 @@ static void maybe_finish(worker_t *w)
     uv_close((uv_handle_t *)&w->check, NULL);
 }
 
+static void adopt_routes(worker_t *w)
+{
+    route_table_t *next = atomic_exchange(&w->next_routes, NULL);
+    if (!next)
+        return;
+    route_table_t *old = w->routes;
+    w->routes = next; /* requests already routed keep what they copied */
+    route_table_unref(old);
+}
+
+void worker_publish(worker_t *w, route_table_t *rt)
+{
+    route_table_t *stale = atomic_exchange(&w->next_routes, route_table_ref(rt));
+    route_table_unref(stale); /* an older one the worker never picked up */
+    worker_notify(w);
+}
+
 static void on_wake(uv_async_t *h)
 {
     worker_t *w = h->data;
+    adopt_routes(w);
+    fwd_start_waiting(w);
     enum server_state st = server_state(w->srv);
     if (st == SERVER_DRAINING || st == SERVER_STOPPED) {
         if (!w->draining) {
@@ -156,6 +176,7 @@ int worker_init(worker_t *w, server_t *srv, unsigned id)
     memset(w, 0, sizeof *w);
     w->srv = srv;
     w->id = id;
+    w->routes = route_table_ref(srv->routes);
     if (getrandom(&w->rng, sizeof w->rng, 0) != sizeof w->rng || w->rng == 0)
         w->rng = uv_hrtime() | 1;
     int err = uv_loop_init(&w->loop);
@@ -181,6 +202,9 @@ static void run(void *arg)
     uv_run(&w->loop, UV_RUN_DEFAULT);
     /* Every handle is closed by now; nothing else can run on this loop. */
     uv_loop_close(&w->loop);
+    route_table_unref(atomic_exchange(&w->next_routes, NULL));
+    route_table_unref(w->routes);
+    w->routes = NULL;
     pool_table_free(&w->pools);
     bufpool_drain(&w->bufs);
     while (w->free_wreqs) {

@@ -23,6 +23,8 @@ typedef struct listener {
 
 typedef struct worker {
     struct server *srv;
+    struct route_table *routes;              /* this worker's reference to the snapshot */
+    struct route_table *_Atomic next_routes; /* a newer snapshot, handed over by reload */
     unsigned id;
     uv_loop_t loop;
     uv_thread_t thread;
@@ -37,6 +39,7 @@ typedef struct worker {
     pool_table_t pools;
     uint64_t rng;                   /* xorshift state for request ids, seeded from getrandom */
     struct downstream *downstreams; /* every open client connection, for draining */
+    struct exchange *waiting_head, *waiting_tail; /* requests waiting for a pool slot */
     unsigned ndownstreams;
     int draining;
 } worker_t;
@@ -47,6 +50,8 @@ int worker_init(worker_t *w, struct server *srv, unsigned id);
 int worker_start(worker_t *w);
 /* Wake the worker to act on a server state change (drain, stop). Thread-safe. */
 void worker_notify(worker_t *w);
+/* Hand the worker a new snapshot (takes a reference on its behalf). Thread-safe. */
+void worker_publish(worker_t *w, struct route_table *rt);
 void worker_join(worker_t *w);
 /* A client connection of this worker closed (it may have been the last one of a drain). */
 void worker_downstream_closed(worker_t *w);

@@ -1,222 +1,556 @@
 #include "routing/route.h"
 
+#include <errno.h>
+#include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
 
 #include "discovery/resolve_once.h"
-#include "proxy/err.h"
+
+#define MAX_TARGETS 10
+
+typedef struct route {
+    const cfg_route_t *cfg;
+    unsigned index; /* position in the config, for diagnostics and stable ordering */
+    regex_t path_re;
+    int has_path_re;
+    regex_t header_re[10];
+    unsigned header_has_re; /* bit per header matcher */
+    cluster_t *clusters[MAX_TARGETS];
+    target_stats_t *stats[MAX_TARGETS];
+    uint8_t schedule[MAX_TARGETS * 100];
+    unsigned schedule_len;
+    _Atomic unsigned cursor;
+    retry_policy_t retry;
+    uint64_t timeout_ms, idle_ms;
+} route_t;
+
+typedef struct router {
+    const cfg_router_t *cfg;
+    route_t **routes; /* in match order */
+    unsigned nroutes;
+} router_t;
 
 typedef struct backend {
-    char *service; /* virtual service name, matched against Host */
-    cluster_t *cluster;
+    const cfg_service_t *svc;
+    cluster_t *cluster; /* virtual node provider */
+    router_t *router;   /* virtual router provider */
 } backend_t;
 
 struct route_table {
-    enum egress_filter egress_filter;
+    _Atomic unsigned refs;
+    config_t *cfg;
+    const cfg_node_t *node;
+    cluster_t *passthrough; /* ALLOW_ALL's original-destination cluster */
     route_result_t ingress;
     backend_t *backends;
     unsigned nbackends;
-    cluster_t **clusters; /* owned: ingress first, then one per distinct target node */
-    unsigned nclusters;
+    router_t *routers;
+    unsigned nrouters;
+    route_t *routes;
+    unsigned nroutes;
 };
+
+/* ---- registry: what outlives a reload ---- */
+
+static cluster_t *registry_cluster(registry_t *reg, const char *name, const cfg_node_t *node,
+                                   uint16_t port, int local)
+{
+    for (cluster_t *c = reg->clusters; c; c = c->next)
+        if (strcmp(c->name, name) == 0)
+            return c;
+    endpoint_t *eps = NULL;
+    unsigned n = 0;
+    if (!node) {
+        /* endpoints come with each request (the original destination) */
+    } else if (local) {
+        struct sockaddr_in in = {.sin_family = AF_INET, .sin_port = htons(port)};
+        in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        eps = calloc(1, sizeof *eps);
+        if (eps && port) {
+            endpoint_set(eps, (const struct sockaddr *)&in);
+            n = 1;
+        }
+    } else if (!reg->no_resolve) {
+        resolve_once(node, port, &eps, &n);
+    }
+    cluster_t *c = cluster_new(name, eps, n);
+    if (!c) {
+        free(eps);
+        return NULL;
+    }
+    c->next = reg->clusters;
+    reg->clusters = c;
+    return c;
+}
+
+static target_stats_t *registry_target(registry_t *reg, const char *router, const char *route,
+                                       const char *target)
+{
+    for (target_stats_entry_t *e = reg->targets; e; e = e->next)
+        if (!strcmp(e->router, router) && !strcmp(e->route, route) && !strcmp(e->target, target))
+            return &e->stats;
+    target_stats_entry_t *e = calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    e->router = strdup(router);
+    e->route = strdup(route);
+    e->target = strdup(target);
+    e->next = reg->targets;
+    reg->targets = e;
+    return &e->stats;
+}
+
+void registry_free(registry_t *r)
+{
+    while (r->clusters) {
+        cluster_t *c = r->clusters;
+        r->clusters = c->next;
+        cluster_free(c);
+    }
+    while (r->targets) {
+        target_stats_entry_t *e = r->targets;
+        r->targets = e->next;
+        free(e->router);
+        free(e->route);
+        free(e->target);
+        free(e);
+    }
+}
+
+/* ---- weighted schedule ---- */
+
+unsigned route_schedule(const unsigned *weights, unsigned n, uint8_t *out)
+{
+    int current[MAX_TARGETS] = {0};
+    unsigned total = 0;
+    for (unsigned i = 0; i < n; i++)
+        total += weights[i];
+    for (unsigned k = 0; k < total; k++) {
+        unsigned best = 0;
+        for (unsigned i = 0; i < n; i++) {
+            current[i] += (int)weights[i];
+            if (current[i] > current[best])
+                best = i;
+        }
+        current[best] -= (int)total;
+        out[k] = (uint8_t)best;
+    }
+    return total;
+}
+
+/* ---- building ---- */
 
 static uint64_t or_default(uint64_t v, uint64_t dflt)
 {
     return v == DURATION_UNSET ? dflt : v;
 }
 
-static int add_cluster(route_table_t *rt, cluster_t *c)
+static cluster_t *egress_cluster(route_table_t *rt, registry_t *reg, const char *node_name,
+                                 uint16_t port)
 {
-    cluster_t **grown = realloc(rt->clusters, (rt->nclusters + 1) * sizeof *grown);
-    if (!grown)
+    const cfg_node_t *n = config_node(rt->cfg, node_name);
+    if (!n)
+        return NULL;
+    if (!port && n->nlisteners)
+        port = n->listeners[0].port;
+    char name[600];
+    snprintf(name, sizeof name, "cds_egress_%s_%s_http_%u", rt->cfg->mesh_name, n->name, port);
+    return registry_cluster(reg, name, n, port, 0);
+}
+
+/* "^(pattern)$": App Mesh regexes match the whole value. POSIX extended syntax. */
+static int compile(regex_t *re, const char *pattern, const char *source, const char *path,
+                   diag_t *d)
+{
+    size_t n = strlen(pattern) + 5;
+    char *full = malloc(n);
+    if (!full)
         return -1;
-    rt->clusters = grown;
-    rt->clusters[rt->nclusters++] = c;
+    snprintf(full, n, "^(%s)$", pattern);
+    int rc = regcomp(re, full, REG_EXTENDED | REG_NOSUB);
+    free(full);
+    if (rc != 0) {
+        char msg[128];
+        regerror(rc, re, msg, sizeof msg);
+        diag_add(d, source, path, "invalid regular expression \"%s\": %s", pattern, msg);
+        return -1;
+    }
     return 0;
 }
 
-static cluster_t *ingress_cluster(const config_t *cfg, const cfg_node_t *node)
+static int build_route(route_table_t *rt, registry_t *reg, route_t *r, diag_t *d)
 {
-    char name[512];
-    uint16_t port = node->nlisteners ? node->listeners[0].port : 0;
-    snprintf(name, sizeof name, "cds_ingress_%s_%s_http_%u", cfg->mesh_name, node->name, port);
-    endpoint_t *ep = calloc(1, sizeof *ep);
-    if (!ep)
-        return NULL;
-    struct sockaddr_in local = {.sin_family = AF_INET, .sin_port = htons(port)};
-    local.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    endpoint_set(ep, (const struct sockaddr *)&local);
-    return cluster_new(name, ep, port ? 1 : 0);
-}
-
-/* The node a router sends to until weighted routing lands: the heaviest target of the route
- * with the best priority. */
-static const cfg_target_t *router_target(const config_t *cfg, const char *router)
-{
-    const cfg_route_t *best = NULL;
-    for (unsigned i = 0; i < cfg->nroutes; i++) {
-        const cfg_route_t *r = &cfg->routes[i];
-        if (!r->router || strcmp(r->router, router) != 0 || r->ntargets == 0)
-            continue;
-        unsigned rp = r->priority < 0 ? 1001u : (unsigned)r->priority;
-        unsigned bp = best ? (best->priority < 0 ? 1001u : (unsigned)best->priority) : 1002u;
-        if (rp < bp)
-            best = r;
+    const cfg_route_t *c = r->cfg;
+    char path[160];
+    int ok = 1;
+    if (c->path_kind == PATH_REGEX) {
+        snprintf(path, sizeof path, "routes[%u].spec.httpRoute.match.path.regex", r->index);
+        r->has_path_re = compile(&r->path_re, c->path, rt->cfg->source, path, d) == 0;
+        ok &= r->has_path_re;
     }
-    if (!best)
-        return NULL;
-    const cfg_target_t *t = &best->targets[0];
-    for (unsigned i = 1; i < best->ntargets; i++)
-        if (best->targets[i].weight > t->weight)
-            t = &best->targets[i];
-    return t;
+    for (unsigned h = 0; h < c->nheaders; h++) {
+        if (c->headers[h].kind != HM_REGEX)
+            continue;
+        snprintf(path, sizeof path, "routes[%u].spec.httpRoute.match.headers[%u].match.regex",
+                 r->index, h);
+        int good = compile(&r->header_re[h], c->headers[h].value, rt->cfg->source, path, d) == 0;
+        if (good)
+            r->header_has_re |= 1u << h;
+        ok &= good;
+    }
+    unsigned weights[MAX_TARGETS];
+    for (unsigned t = 0; t < c->ntargets; t++) {
+        r->clusters[t] = egress_cluster(rt, reg, c->targets[t].node, c->targets[t].port);
+        r->stats[t] = registry_target(reg, c->router, c->name, c->targets[t].node);
+        weights[t] = c->targets[t].weight;
+        ok &= r->clusters[t] && r->stats[t];
+    }
+    r->schedule_len = route_schedule(weights, c->ntargets, r->schedule);
+    r->timeout_ms = or_default(c->per_request_ms, ROUTE_DEFAULT_TIMEOUT_MS);
+    r->idle_ms = or_default(c->idle_ms, ROUTE_DEFAULT_IDLE_MS);
+    if (c->has_retry)
+        r->retry = (retry_policy_t){c->max_retries, c->per_retry_ms, c->retry_events};
+    return ok ? 0 : -1;
 }
 
-static cluster_t *find_cluster(route_table_t *rt, const char *name)
+/* Match order (SPEC §4): routes with a priority first, lowest value first; then the others,
+ * longer match first; config order breaks ties. */
+static int route_order(const void *a, const void *b)
 {
-    for (unsigned i = 0; i < rt->nclusters; i++)
-        if (strcmp(rt->clusters[i]->name, name) == 0)
-            return rt->clusters[i];
+    const route_t *x = *(route_t *const *)a, *y = *(route_t *const *)b;
+    long px = x->cfg->priority < 0 ? 100000 : x->cfg->priority;
+    long py = y->cfg->priority < 0 ? 100000 : y->cfg->priority;
+    if (px != py)
+        return px < py ? -1 : 1;
+    if (x->cfg->priority < 0) {
+        size_t lx = x->cfg->path ? strlen(x->cfg->path) : 0,
+               ly = y->cfg->path ? strlen(y->cfg->path) : 0;
+        if (lx != ly)
+            return lx > ly ? -1 : 1;
+    }
+    return x->index < y->index ? -1 : x->index > y->index;
+}
+
+static int build_routers(route_table_t *rt, registry_t *reg, diag_t *d)
+{
+    const config_t *cfg = rt->cfg;
+    rt->routes = calloc(cfg->nroutes ? cfg->nroutes : 1, sizeof *rt->routes);
+    rt->routers = calloc(cfg->nrouters ? cfg->nrouters : 1, sizeof *rt->routers);
+    if (!rt->routes || !rt->routers)
+        return -1;
+    rt->nroutes = cfg->nroutes;
+    rt->nrouters = cfg->nrouters;
+    int ok = 1;
+    for (unsigned i = 0; i < cfg->nroutes; i++) {
+        rt->routes[i].cfg = &cfg->routes[i];
+        rt->routes[i].index = i;
+        ok &= build_route(rt, reg, &rt->routes[i], d) == 0;
+    }
+    for (unsigned i = 0; i < cfg->nrouters; i++) {
+        router_t *ro = &rt->routers[i];
+        ro->cfg = &cfg->routers[i];
+        ro->routes = calloc(cfg->nroutes ? cfg->nroutes : 1, sizeof *ro->routes);
+        if (!ro->routes)
+            return -1;
+        for (unsigned k = 0; k < cfg->nroutes; k++)
+            if (strcmp(cfg->routes[k].router, ro->cfg->name) == 0)
+                ro->routes[ro->nroutes++] = &rt->routes[k];
+        qsort(ro->routes, ro->nroutes, sizeof *ro->routes, route_order);
+    }
+    return ok ? 0 : -1;
+}
+
+static router_t *find_router(route_table_t *rt, const char *name)
+{
+    for (unsigned i = 0; i < rt->nrouters; i++)
+        if (strcmp(rt->routers[i].cfg->name, name) == 0)
+            return &rt->routers[i];
     return NULL;
 }
 
-static cluster_t *egress_cluster(route_table_t *rt, const config_t *cfg, const char *node_name,
-                                 uint16_t port_hint, const char *path, diag_t *d)
+static int build_backends(route_table_t *rt, registry_t *reg)
 {
-    const cfg_node_t *target = config_node(cfg, node_name);
-    if (!target) {
-        diag_add(d, cfg->source, path, "virtual node \"%s\" does not exist", node_name);
-        return NULL;
-    }
-    uint16_t port = port_hint ? port_hint : target->nlisteners ? target->listeners[0].port : 0;
-    char name[512];
-    snprintf(name, sizeof name, "cds_egress_%s_%s_http_%u", cfg->mesh_name, target->name, port);
-    cluster_t *c = find_cluster(rt, name);
-    if (c)
-        return c;
-    endpoint_t *eps = NULL;
-    unsigned n = 0;
-    resolve_once(target, port, &eps, &n);
-    c = cluster_new(name, eps, n);
-    if (!c || add_cluster(rt, c) != 0) {
-        cluster_free(c);
-        return NULL;
-    }
-    return c;
-}
-
-static int add_backend(route_table_t *rt, const config_t *cfg, const char *vs_name,
-                       const char *path, diag_t *d)
-{
-    const cfg_service_t *vs = config_service(cfg, vs_name);
-    if (!vs) {
-        diag_add(d, cfg->source, path, "virtual service \"%s\" does not exist", vs_name);
+    const cfg_node_t *node = rt->node;
+    rt->backends = calloc(node->nbackends ? node->nbackends : 1, sizeof *rt->backends);
+    if (!rt->backends)
         return -1;
+    for (unsigned i = 0; i < node->nbackends; i++) {
+        backend_t *b = &rt->backends[rt->nbackends++];
+        b->svc = config_service(rt->cfg, node->backends[i]);
+        if (b->svc->provider == PROVIDER_NODE)
+            b->cluster = egress_cluster(rt, reg, b->svc->provider_name, 0);
+        else if (b->svc->provider == PROVIDER_ROUTER)
+            b->router = find_router(rt, b->svc->provider_name);
     }
-    const char *node_name = NULL;
-    uint16_t port = 0;
-    if (vs->provider == PROVIDER_NODE) {
-        node_name = vs->provider_name;
-    } else if (vs->provider == PROVIDER_ROUTER) {
-        const cfg_target_t *t = router_target(cfg, vs->provider_name);
-        if (t) {
-            node_name = t->node;
-            port = t->port;
-        }
-    }
-    cluster_t *c = NULL;
-    if (node_name) {
-        c = egress_cluster(rt, cfg, node_name, port, path, d);
-        if (!c)
-            return -1;
-    }
-    backend_t *b = &rt->backends[rt->nbackends++];
-    b->service = strdup(vs_name);
-    b->cluster = c; /* NULL: a service with no provider yet answers 503 */
     return 0;
 }
 
-route_table_t *route_table_build(const config_t *cfg, const cfg_node_t *node, diag_t *d)
+static void build_ingress(route_table_t *rt, registry_t *reg)
 {
-    route_table_t *rt = calloc(1, sizeof *rt);
-    if (!rt)
-        return NULL;
-    rt->egress_filter = cfg->egress_filter;
-    cluster_t *in = ingress_cluster(cfg, node);
-    if (!in || add_cluster(rt, in) != 0) {
-        cluster_free(in);
-        route_table_free(rt);
-        return NULL;
-    }
+    const cfg_node_t *node = rt->node;
     const cfg_listener_t *l = node->nlisteners ? &node->listeners[0] : NULL;
-    rt->ingress.cluster = in;
+    uint16_t port = l ? l->port : 0;
+    char name[600];
+    snprintf(name, sizeof name, "cds_ingress_%s_%s_http_%u", rt->cfg->mesh_name, node->name, port);
+    rt->ingress.cluster = registry_cluster(reg, name, node, port, 1);
     rt->ingress.timeout_ms =
         l ? or_default(l->per_request_ms, ROUTE_DEFAULT_TIMEOUT_MS) : ROUTE_DEFAULT_TIMEOUT_MS;
     rt->ingress.idle_ms = l ? or_default(l->idle_ms, ROUTE_DEFAULT_IDLE_MS) : ROUTE_DEFAULT_IDLE_MS;
-    rt->backends = calloc(node->nbackends ? node->nbackends : 1, sizeof *rt->backends);
-    int failed = !rt->backends;
-    for (unsigned i = 0; i < node->nbackends && !failed; i++) {
-        char path[128];
-        snprintf(path, sizeof path, "virtualNodes[%s].spec.backends[%u]", node->name, i);
-        failed = add_backend(rt, cfg, node->backends[i], path, d) != 0;
+    if (rt->ingress.cluster && l) {
+        rt->ingress.cluster->max_requests = l->max_connections;
+        rt->ingress.cluster->max_pending = l->max_pending;
     }
-    if (failed) {
-        route_table_free(rt);
+    if (!rt->ingress.cluster) {
+        rt->ingress.status = 503;
+        rt->ingress.reason = "no local app listener";
+    }
+}
+
+route_table_t *route_table_build(config_t *cfg, const char *node_name, registry_t *reg, diag_t *d)
+{
+    route_table_t *rt = calloc(1, sizeof *rt);
+    if (!rt) {
+        config_free(cfg);
+        return NULL;
+    }
+    atomic_init(&rt->refs, 1);
+    rt->cfg = cfg;
+    rt->node = config_node(cfg, node_name);
+    if (!rt->node) {
+        diag_add(d, cfg->source, "node", "virtual node \"%s\" is not in the config", node_name);
+        route_table_unref(rt);
+        return NULL;
+    }
+    size_t before = d->n;
+    build_ingress(rt, reg);
+    if (cfg->egress_filter == EGRESS_ALLOW_ALL) {
+        char name[300];
+        snprintf(name, sizeof name, "cds_egress_%s_passthrough", cfg->mesh_name);
+        rt->passthrough = registry_cluster(reg, name, NULL, 0, 0);
+    }
+    if (build_routers(rt, reg, d) != 0 || build_backends(rt, reg) != 0 || d->n > before) {
+        if (d->n == before)
+            diag_add(d, cfg->source, "$", "out of memory building the route table");
+        route_table_unref(rt);
         return NULL;
     }
     return rt;
 }
 
-void route_table_free(route_table_t *rt)
+route_table_t *route_table_ref(route_table_t *rt)
 {
-    if (!rt)
+    atomic_fetch_add_explicit(&rt->refs, 1, memory_order_relaxed);
+    return rt;
+}
+
+void route_table_unref(route_table_t *rt)
+{
+    if (!rt || atomic_fetch_sub_explicit(&rt->refs, 1, memory_order_acq_rel) != 1)
         return;
-    for (unsigned i = 0; i < rt->nbackends; i++)
-        free(rt->backends[i].service);
-    for (unsigned i = 0; i < rt->nclusters; i++)
-        cluster_free(rt->clusters[i]);
+    for (unsigned i = 0; i < rt->nroutes; i++) {
+        route_t *r = &rt->routes[i];
+        if (r->has_path_re)
+            regfree(&r->path_re);
+        for (unsigned h = 0; h < 10; h++)
+            if (r->header_has_re & (1u << h))
+                regfree(&r->header_re[h]);
+    }
+    for (unsigned i = 0; i < rt->nrouters; i++)
+        free(rt->routers[i].routes);
+    free(rt->routers);
+    free(rt->routes);
     free(rt->backends);
-    free(rt->clusters);
+    config_free(rt->cfg);
     free(rt);
 }
 
-int route_ingress(const route_table_t *rt, route_result_t *out)
+const config_t *route_table_config(const route_table_t *rt)
 {
-    *out = rt->ingress;
-    return 0;
+    return rt->cfg;
 }
 
-int route_egress(const route_table_t *rt, const char *host, size_t len, route_result_t *out)
+const cfg_node_t *route_table_node(const route_table_t *rt)
 {
-    /* Host is `name` or `name:port` (RFC 9110 §7.2); an IPv6 literal keeps its brackets. */
-    const char *colon = memrchr(host, ':', len);
-    if (colon && !memchr(colon, ']', (size_t)(host + len - colon)))
-        len = (size_t)(colon - host);
-    if (len > 0 && host[len - 1] == '.') /* a fully qualified name matches too */
-        len--;
-    for (unsigned i = 0; i < rt->nbackends; i++) {
-        const backend_t *b = &rt->backends[i];
-        if (strlen(b->service) == len && strncasecmp(b->service, host, len) == 0) {
-            out->cluster = b->cluster;
-            out->timeout_ms = ROUTE_DEFAULT_TIMEOUT_MS;
-            out->idle_ms = ROUTE_DEFAULT_IDLE_MS;
-            out->service = b->service;
-            return 0;
-        }
-    }
-    return ERR_NO_ROUTE;
+    return rt->node;
 }
 
 enum egress_filter route_egress_filter(const route_table_t *rt)
 {
-    return rt->egress_filter;
+    return rt->cfg->egress_filter;
 }
 
-unsigned route_clusters(const route_table_t *rt, cluster_t *const **out)
+/* ---- matching ---- */
+
+static int header_matches(const route_t *r, unsigned h, const route_request_t *req)
 {
-    *out = rt->clusters;
-    return rt->nclusters;
+    const cfg_header_match_t *m = &r->cfg->headers[h];
+    size_t len = 0;
+    const char *v = req->header(req->ctx, m->name, &len);
+    int match = 0;
+    if (v) {
+        size_t n = m->value ? strlen(m->value) : 0;
+        switch (m->kind) {
+        case HM_PRESENT:
+            match = 1;
+            break;
+        case HM_EXACT:
+            match = len == n && memcmp(v, m->value, n) == 0;
+            break;
+        case HM_PREFIX:
+            match = len >= n && memcmp(v, m->value, n) == 0;
+            break;
+        case HM_SUFFIX:
+            match = len >= n && memcmp(v + len - n, m->value, n) == 0;
+            break;
+        case HM_REGEX:
+            match = regexec(&r->header_re[h], v, 0, NULL, 0) == 0;
+            break;
+        case HM_RANGE: {
+            /* The whole value must be a base-10 integer; the range is [start, end). */
+            char *end;
+            errno = 0;
+            long long x = strtoll(v, &end, 10);
+            match = len > 0 && errno == 0 && end == v + len && x >= m->start && x < m->end;
+            break;
+        }
+        }
+    }
+    return match != m->invert;
+}
+
+static int query_matches(const cfg_query_match_t *m, const route_request_t *req)
+{
+    size_t nlen = strlen(m->name);
+    const char *q = req->query, *end = req->query + req->query_len;
+    while (q && q < end) {
+        const char *amp = memchr(q, '&', (size_t)(end - q));
+        const char *stop = amp ? amp : end;
+        const char *eq = memchr(q, '=', (size_t)(stop - q));
+        const char *name_end = eq ? eq : stop;
+        if ((size_t)(name_end - q) == nlen && memcmp(q, m->name, nlen) == 0) {
+            if (!m->exact)
+                return 1;
+            const char *v = eq ? eq + 1 : stop;
+            size_t vlen = (size_t)(stop - v);
+            if (vlen == strlen(m->exact) && memcmp(v, m->exact, vlen) == 0)
+                return 1;
+        }
+        q = amp ? amp + 1 : NULL;
+    }
+    return 0;
+}
+
+static int route_matches(const route_t *r, const route_request_t *req, uint16_t port)
+{
+    const cfg_route_t *c = r->cfg;
+    if (c->port && c->port != port)
+        return 0;
+    if (c->method >= 0 && c->method != req->method)
+        return 0;
+    size_t n = strlen(c->path);
+    switch (c->path_kind) {
+    case PATH_PREFIX:
+        if (req->path_len < n || memcmp(req->path, c->path, n) != 0)
+            return 0;
+        break;
+    case PATH_EXACT:
+        if (req->path_len != n || memcmp(req->path, c->path, n) != 0)
+            return 0;
+        break;
+    case PATH_REGEX:
+        if (regexec(&r->path_re, req->path, 0, NULL, 0) != 0)
+            return 0;
+        break;
+    }
+    for (unsigned h = 0; h < c->nheaders; h++)
+        if (!header_matches(r, h, req))
+            return 0;
+    for (unsigned q = 0; q < c->nquery; q++)
+        if (!query_matches(&c->query[q], req))
+            return 0;
+    return 1;
+}
+
+/* ---- lookups ---- */
+
+void route_ingress(const route_table_t *rt, route_result_t *out)
+{
+    *out = rt->ingress;
+}
+
+static void no_target(route_result_t *out, int status, const char *reason)
+{
+    out->cluster = NULL;
+    out->status = status;
+    out->reason = reason;
+}
+
+static void pick(route_t *r, route_result_t *out)
+{
+    if (r->schedule_len == 0) {
+        no_target(out, 503, "every weighted target of the matching route has weight 0");
+        return;
+    }
+    unsigned k = atomic_fetch_add_explicit(&r->cursor, 1, memory_order_relaxed);
+    unsigned t = r->schedule[k % r->schedule_len];
+    out->cluster = r->clusters[t];
+    out->target = r->stats[t];
+    out->timeout_ms = r->timeout_ms;
+    out->idle_ms = r->idle_ms;
+    out->retry = r->retry;
+    stat_inc(&r->stats[t]->picks);
+}
+
+static void route_router(router_t *ro, const route_request_t *req, route_result_t *out)
+{
+    uint16_t port = req->port;
+    int listens = 0;
+    for (unsigned i = 0; i < ro->cfg->nports; i++)
+        listens |= ro->cfg->ports[i] == port;
+    if (!port || !listens) {
+        if (port && ro->cfg->nports > 1) {
+            no_target(out, 404, "the virtual router has no listener on that port");
+            return;
+        }
+        port = ro->cfg->ports[0]; /* one listener: it takes the request whatever the port */
+    }
+    for (unsigned i = 0; i < ro->nroutes; i++) {
+        if (route_matches(ro->routes[i], req, port)) {
+            pick(ro->routes[i], out);
+            return;
+        }
+    }
+    no_target(out, 404, "no route matches the request");
+}
+
+void route_egress(route_table_t *rt, const route_request_t *req, route_result_t *out)
+{
+    memset(out, 0, sizeof *out);
+    out->timeout_ms = ROUTE_DEFAULT_TIMEOUT_MS;
+    out->idle_ms = ROUTE_DEFAULT_IDLE_MS;
+    size_t len = req->host_len;
+    if (len > 0 && req->host[len - 1] == '.') /* a fully qualified name matches too */
+        len--;
+    for (unsigned i = 0; i < rt->nbackends; i++) {
+        backend_t *b = &rt->backends[i];
+        if (strlen(b->svc->name) != len || strncasecmp(b->svc->name, req->host, len) != 0)
+            continue;
+        out->service = b->svc->name;
+        if (b->router)
+            route_router(b->router, req, out);
+        else if (b->cluster)
+            out->cluster = b->cluster;
+        else
+            no_target(out, 503, "the virtual service has no provider");
+        return;
+    }
+    if (rt->passthrough) {
+        out->cluster = rt->passthrough;
+        out->passthrough = 1;
+        return;
+    }
+    no_target(out, 404, NULL);
 }

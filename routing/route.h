@@ -1,42 +1,109 @@
-/* The route table: an immutable snapshot built from the config that answers "where does this
- * request go": the cluster, and the timeouts that apply on the way.
+/* The route table: the immutable snapshot of the config that answers "where does this request
+ * go". It owns its config_t; workers and the main thread each hold a reference, and a reload
+ * swaps in a new table while requests already routed keep what they were given (they copy the
+ * policy and point only at long-lived clusters and stats).
  *
- * Ingress requests go to the local app's cluster. Egress requests are matched by Host against
- * the node's backends (virtual service names, with or without a port). A router provider sends
- * to its highest-priority route's heaviest target; weighted picks, matches and retries arrive
- * with the routing issue behind this same interface. */
+ * Egress: Host -> one of the node's backends -> its provider: a virtual node (its cluster), or
+ * a router -> the router's listener by port -> routes by priority (first match wins) -> a
+ * weighted target. Ingress: the local app's cluster. */
 #ifndef REMORA_ROUTE_H
 #define REMORA_ROUTE_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "config/config.h"
 #include "discovery/cluster.h"
+#include "proxy/stats.h"
 
 #define ROUTE_DEFAULT_TIMEOUT_MS 15000
 #define ROUTE_DEFAULT_IDLE_MS    300000
 
+/* Counters of one weighted target of one route; they outlive reloads (keyed by name). */
+#define TARGET_STATS(X)                                                                            \
+    X(picks, 0)                                                                                    \
+    X(rq_1xx, 0)                                                                                   \
+    X(rq_2xx, 0)                                                                                   \
+    X(rq_3xx, 0)                                                                                   \
+    X(rq_4xx, 0)                                                                                   \
+    X(rq_5xx, 0)                                                                                   \
+    X(retries, 0)
+
+#define STAT_FIELD(name, gauge) stat_t name;
+typedef struct target_stats {
+    TARGET_STATS(STAT_FIELD)
+} target_stats_t;
+#undef STAT_FIELD
+
+typedef struct target_stats_entry {
+    struct target_stats_entry *next;
+    char *router, *route, *target;
+    target_stats_t stats;
+} target_stats_entry_t;
+
+/* What outlives a reload: clusters (and so their pools and stats) and per-target counters.
+ * Only the main thread adds to it; workers read pointers and bump atomics. */
+typedef struct registry {
+    int no_resolve; /* `remora check`: build clusters without DNS look-ups */
+    cluster_t *clusters;
+    target_stats_entry_t *targets;
+    stat_t reloads_ok, reloads_failed;
+} registry_t;
+
+void registry_free(registry_t *r);
+
+typedef struct retry_policy {
+    unsigned max_retries;
+    uint64_t per_try_ms; /* 0 = none */
+    unsigned events;     /* RETRY_* bits */
+} retry_policy_t;
+
+/* The request as routing sees it. `header` returns the first value of a header (or NULL). */
+typedef struct route_request {
+    int method;
+    const char *host;
+    size_t host_len; /* without any :port */
+    uint16_t port;   /* from Host or the original destination; 0 when unknown */
+    const char *path;
+    size_t path_len; /* normalized, without the query */
+    const char *query;
+    size_t query_len; /* after '?', without it */
+    const char *(*header)(void *ctx, const char *name, size_t *len);
+    void *ctx;
+} route_request_t;
+
 typedef struct route_result {
-    cluster_t *cluster;
+    cluster_t *cluster;  /* NULL: nowhere to send (see status) */
+    int status;          /* when cluster is NULL: 404 no backend, 503 no target */
     uint64_t timeout_ms; /* per request; 0 = none */
     uint64_t idle_ms;
-    const char *service; /* virtual service name (egress) */
+    retry_policy_t retry;
+    target_stats_t *target; /* per-target counters, NULL for ingress / node providers */
+    const char *service;    /* virtual service name (egress) */
+    const char *reason;     /* for a local reply */
+    int passthrough;        /* ALLOW_ALL: send to the request's original destination */
 } route_result_t;
 
 typedef struct route_table route_table_t;
 
-/* Build the table for `node` (its listeners, backends and their providers' endpoints).
- * Returns NULL with diagnostics on a reference that does not resolve. */
-route_table_t *route_table_build(const config_t *cfg, const cfg_node_t *node, diag_t *d);
-void route_table_free(route_table_t *rt);
+/* Build the table for `node_name`; takes ownership of `cfg` (freed with the table, or at once
+ * on failure). Returns NULL with diagnostics (e.g. an invalid regex). */
+route_table_t *route_table_build(config_t *cfg, const char *node_name, registry_t *reg, diag_t *d);
+route_table_t *route_table_ref(route_table_t *rt);
+void route_table_unref(route_table_t *rt);
 
-int route_ingress(const route_table_t *rt, route_result_t *out);
-/* 0 with *out filled, or ERR_NO_ROUTE when the Host is not a backend of this node. */
-int route_egress(const route_table_t *rt, const char *host, size_t len, route_result_t *out);
+const config_t *route_table_config(const route_table_t *rt);
+const cfg_node_t *route_table_node(const route_table_t *rt);
+
+void route_ingress(const route_table_t *rt, route_result_t *out);
+/* Fills *out: a cluster to send to, or (cluster NULL) a status and reason to answer with. */
+void route_egress(route_table_t *rt, const route_request_t *req, route_result_t *out);
 enum egress_filter route_egress_filter(const route_table_t *rt);
 
-/* Every cluster of the table, for the admin API. */
-unsigned route_clusters(const route_table_t *rt, cluster_t *const **out);
+/* The weighted schedule (smooth weighted round-robin): for weights w, an order of
+ * sum(w) picks in which target i appears exactly w[i] times, spread evenly. Returns the length
+ * (0 when every weight is 0); `out` holds at least sum(w) entries. */
+unsigned route_schedule(const unsigned *weights, unsigned n, uint8_t *out);
 
 #endif
