@@ -15,8 +15,9 @@
 #include "proxy/upstream.h"
 #include "routing/path.h"
 
-#define RETRY_PER_TRY_TIMEOUT (1u << 30) /* not an App Mesh event: always retried under a policy   \
-                                          */
+#define RETRY_PER_TRY_TIMEOUT                                                                      \
+    (1u << 30) /* not an App Mesh event: always retried under a policy                             \
+                */
 
 static http_stats_t *http_stats(exchange_t *ex)
 {

@@ -17,6 +17,9 @@ Paths:
   /early-413            answer 413 at once without reading the body, then close
   /stale-on-reuse       on a connection's first request 200; on a later one, close unanswered
                         (a keep-alive timeout racing the request)
+  /fail-once/KEY/N      the first request for KEY answers N (a status, or "reset" to close
+                        unanswered); later ones echo like /echo
+  /slow-once/KEY/MS     the first request for KEY waits MS ms before answering; later ones at once
   /_stats               counters (neither it nor its connection is counted)
 """
 import argparse
@@ -25,6 +28,7 @@ import hashlib
 import json
 import signal
 
+SEEN = set()  # keys of /fail-once and /slow-once
 STATS = {"connections": 0, "requests": 0, "aborted_uploads": 0, "open": 0, "completed_uploads": 0,
          "receiving": 0, "stale_closes": 0}
 HEAD_LIMIT = 256 * 1024
@@ -148,6 +152,19 @@ async def handle_one(reader, writer, args, first):
         return False
     elif path == "/die-before-response":
         return False
+    elif parts[0] == "fail-once" and parts[1] not in SEEN:
+        SEEN.add(parts[1])
+        async for _ in body_chunks(reader, headers):
+            pass
+        if parts[2] == "reset":
+            return False
+        writer.write(response(int(parts[2]), b"failing once\n"))
+    elif parts[0] == "slow-once" and parts[1] not in SEEN:
+        SEEN.add(parts[1])
+        async for _ in body_chunks(reader, headers):
+            pass
+        await asyncio.sleep(int(parts[2]) / 1000)
+        writer.write(response(200, b"slow\n"))
     elif path == "/stale-on-reuse":
         if not first:
             STATS["stale_closes"] += 1
