@@ -1,9 +1,10 @@
 #!/usr/bin/python3
 """`make run`: a local demo of remora with examples/mesh.json.
 
-Starts the app behind the `web` node (ingress) and the `cart-v1` backend (egress) as real HTTP
-servers, starts remora in front, sends a few requests through both listeners, then keeps
-serving and prints live counters until Ctrl-C, which stops everything it started."""
+Starts the app behind the `web` node (ingress) and both versions of the cart backend (egress,
+a 90/10 canary route plus a header route to v2) as real HTTP servers, starts remora in front,
+sends requests through both listeners, then keeps sending a trickle and prints per-version
+counts until Ctrl-C, which stops everything it started."""
 import argparse
 import json
 import os
@@ -29,8 +30,8 @@ def wait_http(url, timeout=10):
     raise SystemExit(f"demo: {url} did not answer")
 
 
-def get(url, host):
-    req = urllib.request.Request(url, headers={"Host": host})
+def get(url, host, headers=None):
+    req = urllib.request.Request(url, headers=dict(headers or {}, Host=host))
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             return r.status, r.read()
@@ -57,25 +58,32 @@ def main():
         procs.append(subprocess.Popen([args.remora, "--config", args.config]))
         wait_http("http://127.0.0.1:9901/ready")
         print("\nremora is up: ingress :15000 -> web app, egress :15001 -> cart.shop.local\n")
-        for listener, port, host in (("ingress", 15000, "web.shop.local"),
-                                     ("egress", 15001, "cart.shop.local"),
-                                     ("egress", 15001, "unknown.shop.local")):
-            status, body = get(f"http://127.0.0.1:{port}/echo", host)
+        for listener, port, host, headers in (("ingress", 15000, "web.shop.local", {}),
+                                              ("egress", 15001, "cart.shop.local", {}),
+                                              ("egress", 15001, "cart.shop.local", {"x-canary": "true"}),
+                                              ("egress", 15001, "unknown.shop.local", {})):
+            status, body = get(f"http://127.0.0.1:{port}/echo", host, headers)
             try:
                 who = "served by " + json.loads(body)["server"]
             except ValueError:
                 who = body.decode().strip()
-            print(f"  {listener:7} Host: {host:20} -> {status} {who}")
-        print("\ntry: curl -H 'Host: cart.shop.local' localhost:15001/echo"
-              "   |   curl localhost:9901/stats\nCtrl-C stops the demo.\n")
+            extra = " x-canary: true" if headers else ""
+            print(f"  {listener:7} Host: {host:20}{extra:16} -> {status} {who}")
+        print("\ntry: curl -H 'Host: cart.shop.local' localhost:15001/echo   |   "
+              "curl localhost:9901/stats/prometheus\nedit examples/mesh.json's weights and watch "
+              "the split follow. Ctrl-C stops the demo.\n")
         while True:
-            time.sleep(5)
+            for _ in range(100):
+                get("http://127.0.0.1:15001/echo", "cart.shop.local")
+            time.sleep(2)
             with urllib.request.urlopen("http://127.0.0.1:9901/stats", timeout=2) as r:
                 stats = dict(line.rsplit(": ", 1) for line in r.read().decode().splitlines())
-            print("requests: ingress %s, egress %s (2xx %s, 4xx %s, 5xx %s)" % (
-                stats["http.ingress.downstream_rq_total"], stats["http.egress.downstream_rq_total"],
-                stats["http.egress.downstream_rq_2xx"], stats["http.egress.downstream_rq_4xx"],
-                stats["http.egress.downstream_rq_5xx"]), flush=True)
+            picks = {k.split(".")[4]: v for k, v in stats.items()
+                     if k.startswith("remora.route.cart.canary.") and k.endswith(".picks")}
+            print("canary route picks: %s | egress 2xx %s, 5xx %s | reloads %s" % (
+                ", ".join(f"{k} {v}" for k, v in sorted(picks.items())),
+                stats["http.egress.downstream_rq_2xx"], stats["http.egress.downstream_rq_5xx"],
+                stats["remora.config.reload_ok"]), flush=True)
     except KeyboardInterrupt:
         print("\nstopping")
     finally:
