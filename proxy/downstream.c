@@ -247,8 +247,12 @@ static int on_headers_complete(llhttp_t *p)
     ex->minor = llhttp_get_http_minor(p);
     ex->keep_alive = llhttp_should_keep_alive(p) ? 1 : 0;
     ex->upgrade = llhttp_get_upgrade(p) ? 1 : 0;
-    set_timer(ds, DS_TIMER_IDLE, idle_ms(ds));
-    if (fwd_request_head(ex) != 0) {
+    int stop = fwd_request_head(ex);
+    /* Routed: the body (if any) streams under the route's idle timeout, unless the exchange
+     * already moved the timer on (answered, or waiting for a pool slot). */
+    if (ds->ex == ex && ds->timer_phase == DS_TIMER_HEADERS)
+        set_timer(ds, DS_TIMER_IDLE, idle_ms(ds));
+    if (stop) {
         /* Answered locally, or waiting for a connection-pool slot: read no further for now. */
         ds->paused = 1;
         return HPE_PAUSED;
@@ -438,8 +442,12 @@ static void on_timer(uv_timer_t *t)
         if (ds->closing) {
             downstream_abort(ds);
         } else if (ex && ex->req_state != REQ_DONE) {
+            /* The client stalled mid-body: as Envoy's stream idle timeout, 408 if we can. */
             stat_inc(&st->downstream_cx_idle_timeout);
-            fwd_client_gone(ex);
+            if (ex->resp_state == RESP_WAITING)
+                fwd_local_reply(ex, 408, "request timeout: the request body stalled\n", 1);
+            else
+                fwd_client_gone(ex);
         } else {
             stat_inc(&st->downstream_cx_idle_timeout);
             downstream_abort(ds);

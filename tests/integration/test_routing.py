@@ -266,6 +266,21 @@ def test_route_per_request_timeout_gives_504_on_time(versions, remora):
     assert 0.5 < time.monotonic() - start < 2.0
 
 
+def test_route_idle_timeout_ends_a_stalled_upload(versions, remora):
+    ups = versions("cart-v1")
+    cfg = canary_mesh({"cart-v1": ups["cart-v1"].port}, [
+        weighted("r", [("cart-v1", 1)], timeout={"idle": {"unit": "ms", "value": 500}})])
+    r = remora(cfg)
+    c = Conn(r.egress)
+    start = time.monotonic()
+    c.send(request("POST", "/upload", headers=[("Content-Length", "1000")]) + b"x" * 10)
+    resp = c.read_response()
+    assert resp.status == 408
+    assert 0.4 < time.monotonic() - start < 3.0
+    assert c.closed_by_peer()
+    wait_until(lambda: ups["cart-v1"].stats()["aborted_uploads"] == 1, what="upstream aborted")
+
+
 def test_ingress_connection_pool_overflow_is_503(upstream, remora):
     from conftest import mesh_config
     app, cart = upstream("app"), upstream("cart")
