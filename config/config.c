@@ -488,13 +488,38 @@ static void parse_route(jctx_t *j, const cJSON *o, const char *path, void *out)
 
 /* ---- the document ---- */
 
+/* proxy.dns: {"servers": ["ip:port", ...], "hold": Duration}. */
+static void parse_dns(jctx_t *j, const cJSON *proxy, cfg_proxy_t *px)
+{
+    static const char *const fields[] = {"servers", "hold", NULL};
+    const cJSON *dns = j_object(j, proxy, "proxy", "dns", J_OPTIONAL);
+    if (!dns)
+        return;
+    j_only(j, dns, "proxy.dns", fields);
+    px->dns_hold_ms = j_duration(j, dns, "proxy.dns", "hold", J_OPTIONAL);
+    const cJSON *servers = j_array(j, dns, "proxy.dns", "servers", J_OPTIONAL, 1, 16);
+    char csv[512] = "";
+    for (int i = 0; i < cJSON_GetArraySize(servers); i++) {
+        const cJSON *s = cJSON_GetArrayItem(servers, i);
+        char path[JPATH_MAX];
+        jpath_index(path, "proxy.dns", "servers", i);
+        if (!cJSON_IsString(s) || strlen(s->valuestring) > 60) {
+            jerr(j, path, NULL, "must be \"ip:port\" or \"ip\"");
+            continue;
+        }
+        snprintf(csv + strlen(csv), sizeof csv - strlen(csv), "%s%s", i ? "," : "", s->valuestring);
+    }
+    if (csv[0])
+        px->dns_servers = strdup(csv);
+}
+
 static void parse_proxy(jctx_t *j, const cJSON *root, cfg_proxy_t *px)
 {
     static const char *const fields[] = {
         "node",     "ingressPort",          "egressPort",   "workers", "admin",
-        "logLevel", "requestHeaderTimeout", "drainTimeout", NULL};
+        "logLevel", "requestHeaderTimeout", "drainTimeout", "dns",     NULL};
     px->ingress_port = px->egress_port = px->workers = -1;
-    px->request_header_timeout_ms = px->drain_timeout_ms = DURATION_UNSET;
+    px->request_header_timeout_ms = px->drain_timeout_ms = px->dns_hold_ms = DURATION_UNSET;
     const cJSON *o = j_object(j, root, "", "proxy", J_OPTIONAL);
     if (!o)
         return;
@@ -507,6 +532,7 @@ static void parse_proxy(jctx_t *j, const cJSON *root, cfg_proxy_t *px)
     px->log_level = j_string(j, o, "proxy", "logLevel", J_OPTIONAL, 1, 16);
     px->request_header_timeout_ms = j_duration(j, o, "proxy", "requestHeaderTimeout", J_OPTIONAL);
     px->drain_timeout_ms = j_duration(j, o, "proxy", "drainTimeout", J_OPTIONAL);
+    parse_dns(j, o, px);
 }
 
 static void parse_mesh(jctx_t *j, const cJSON *root, config_t *c)
@@ -688,6 +714,7 @@ void config_free(config_t *c)
     free(c->proxy.node);
     free(c->proxy.admin);
     free(c->proxy.log_level);
+    free(c->proxy.dns_servers);
     free(c->mesh_name);
     free(c->source);
     free(c->raw);

@@ -132,6 +132,8 @@ typedef struct cfg_proxy {
     char *log_level;
     uint64_t request_header_timeout_ms;
     uint64_t drain_timeout_ms;
+    char *dns_servers; /* "ip:port,ip:port" from proxy.dns.servers */
+    uint64_t dns_hold_ms;
 } cfg_proxy_t;
 
 typedef struct config {

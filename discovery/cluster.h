@@ -1,52 +1,105 @@
 /* A cluster: a named set of endpoints that requests are balanced over, with its stats.
  *
- * Names follow App Mesh's Envoy (cds_egress_MESH_NODE_PROTO_PORT, cds_ingress_...), so dashboards
- * keep working. The endpoint array is fixed at creation; the discovery issue replaces it with
- * refreshed snapshots. Clusters are shared read-only by every worker; only the round-robin cursor
- * and the stats change, atomically. */
+ * Names follow App Mesh's Envoy (cds_egress_MESH_NODE_PROTO_PORT, cds_ingress_...), so
+ * dashboards keep working. The endpoint set is an immutable snapshot: discovery builds a new
+ * one and swaps the pointer (cluster_publish); workers read it only within one callback and an
+ * old set is freed once every worker has passed a quiescent point (proxy/qsbr.h).
+ *
+ * What must survive a swap (health, ejection, requests in flight) lives in endpoint_state_t,
+ * one per address, shared by every set that lists the address and by the requests using it. */
 #ifndef REMORA_CLUSTER_H
 #define REMORA_CLUSTER_H
 
 #include <netinet/in.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #include "proxy/stats.h"
 
+typedef struct endpoint_state {
+    _Atomic unsigned refs;
+    _Atomic int unhealthy;               /* the active health check's verdict; new endpoints: 0 */
+    _Atomic unsigned consecutive_errors; /* 5xx or connect failures in a row (outlier detection) */
+    _Atomic uint64_t ejected_until_ms;   /* 0, or when an ejection ends (uv_now scale, ms) */
+    _Atomic unsigned times_ejected;
+    _Atomic unsigned active_requests;
+    _Atomic uint64_t requests, errors;
+    unsigned hc_successes, hc_failures; /* health checker's counts (main thread only) */
+} endpoint_state_t;
+
 typedef struct endpoint {
     struct sockaddr_storage addr;
     socklen_t addrlen;
-    char name[64]; /* "ip:port" for logs and /clusters */
+    char name[64];             /* "ip:port" for logs and /clusters */
+    uint16_t priority, weight; /* RFC 2782 (SRV); 0 and 1 otherwise */
+    endpoint_state_t *state;   /* set by cluster_publish; a copy must take a reference */
 } endpoint_t;
+
+typedef struct endpoint_set {
+    unsigned n;
+    endpoint_t eps[];
+} endpoint_set_t;
+
+/* Outlier detection (the target node listener's outlierDetection); max_errors 0 = off. */
+typedef struct outlier_policy {
+    uint64_t max_errors;
+    uint64_t base_ejection_ms;
+    unsigned max_ejection_percent;
+} outlier_policy_t;
 
 typedef struct cluster {
     struct cluster *next; /* the registry's list */
     char *name;
-    endpoint_t *endpoints;
-    unsigned nendpoints;
+    char *node; /* the virtual node it sends to (NULL: the local app or passthrough) */
+    uint16_t port;
+    endpoint_set_t *_Atomic set;
     _Atomic unsigned cursor;
+    _Atomic int answered; /* discovery has answered (or failed) at least once */
+    outlier_policy_t outlier;
     /* The node listener's connectionPool (ingress): at most max_requests requests in flight
      * to the app (HTTP/1.1: one per connection), max_pending more waiting; 0 = unlimited. */
     uint32_t max_requests, max_pending;
     _Atomic unsigned active_requests, pending_requests;
     cluster_stats_t stats;
+    stat_t dns_answers[16]; /* by enum dns_result (discovery/dns.h) */
+    void *discovery;        /* discovery's per-cluster state (main thread only) */
 } cluster_t;
 
-/* Takes ownership of `endpoints` (malloc'd, may be NULL when n is 0). */
-cluster_t *cluster_new(const char *name, endpoint_t *endpoints, unsigned n);
+/* A cluster with an empty set. */
+cluster_t *cluster_new(const char *name, const char *node, uint16_t port);
 void cluster_free(cluster_t *c);
-/* The next endpoint in round-robin order, or NULL when the cluster has none. */
-const endpoint_t *cluster_pick(cluster_t *c);
-/* The next endpoint that is not `avoid` (a retry goes elsewhere), or `avoid` if it is the only
- * one. */
-const endpoint_t *cluster_pick_other(cluster_t *c, const endpoint_t *avoid);
+
+/* Swap in a new set built from `eps` (copied; their states are looked up by address in the
+ * old set so health and ejections carry over). Main thread only. Returns the old set, for
+ * the caller to retire once readers are quiescent (endpoint_set_free). */
+endpoint_set_t *cluster_publish(cluster_t *c, const endpoint_t *eps, unsigned n);
+void endpoint_set_free(endpoint_set_t *s);
+
+/* The endpoint the next request should go to: the lowest SRV priority that has an endpoint
+ * neither unhealthy nor ejected, weighted within it; when none is available, any endpoint
+ * (panic, counted). Copies it into *out with a reference on its state; 0, or -1 when the
+ * cluster has no endpoint at all. `avoid` (may be NULL) is skipped if anything else exists. */
+int cluster_pick(cluster_t *c, const endpoint_t *avoid, uint64_t now_ms, endpoint_t *out);
+/* Reports how a request to `ep` ended (status 0: connect failure or reset), feeding outlier
+ * detection; then releases the pick's reference. */
+void cluster_done(cluster_t *c, endpoint_t *ep, int status, uint64_t now_ms);
+void endpoint_state_unref(endpoint_state_t *st);
+/* Release a picked endpoint's reference without a verdict (the request never went out). */
+void endpoint_release(endpoint_t *ep);
+
+unsigned cluster_size(cluster_t *c);
+unsigned cluster_healthy(cluster_t *c, uint64_t now_ms);
+
 /* Take a request slot under max_requests; 1 on success. release gives it back. */
 int cluster_slot_take(cluster_t *c);
 void cluster_slot_release(cluster_t *c);
-/* Fill an endpoint from a sockaddr; returns 0 or UV_EINVAL for an unsupported family. */
+
+/* Fill an endpoint from a sockaddr (priority 0, weight 1, no state); 0 or UV_EINVAL. */
 int endpoint_set(endpoint_t *ep, const struct sockaddr *sa);
 uint16_t endpoint_port(const endpoint_t *ep);
 /* Whether the address is loopback or unspecified (one of this host's own). */
 int endpoint_is_local(const endpoint_t *ep);
+int endpoint_same_addr(const endpoint_t *a, const endpoint_t *b);
 
 #endif

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "discovery/dns.h"
 #include "proxy/log.h"
 #include "proxy/version.h"
 
@@ -56,6 +57,11 @@ static void tprintf(text_t *t, const char *fmt, ...)
 }
 
 /* ---- handlers ---- */
+
+static uint64_t now_ms(void)
+{
+    return uv_hrtime() / 1000000;
+}
 
 static uint64_t uptime_s(server_t *s)
 {
@@ -108,7 +114,11 @@ static void stats_cluster(text_t *t, cluster_t *c)
     tprintf(t, "cluster.%s.%s: %" PRIu64 "\n", c->name, #stat, stat_get(&st->stat));
     CLUSTER_STATS(LINE)
 #undef LINE
-    tprintf(t, "cluster.%s.membership_total: %u\n", c->name, c->nendpoints);
+    tprintf(t, "cluster.%s.membership_total: %u\n", c->name, cluster_size(c));
+    tprintf(t, "cluster.%s.membership_healthy: %u\n", c->name, cluster_healthy(c, now_ms()));
+    for (int r = 0; r < DNS_CANCELLED; r++)
+        tprintf(t, "remora.dns.%s.%s: %" PRIu64 "\n", c->name, dns_result_name((enum dns_result)r),
+                stat_get(&c->dns_answers[r]));
 }
 
 static void stats_targets(text_t *t, registry_t *reg)
@@ -192,6 +202,36 @@ static void prom_targets(text_t *t, registry_t *reg)
                 e->router, e->route, e->target, stat_get(&e->stats.retries));
 }
 
+/* Every cluster's endpoints, in Envoy's /clusters text shape:
+ * CLUSTER::ADDRESS::FIELD::VALUE. */
+static int h_clusters(server_t *s, text_t *body)
+{
+    uint64_t now = now_ms();
+    for (cluster_t *c = s->reg.clusters; c; c = c->next) {
+        tprintf(body, "%s::membership_total::%u\n", c->name, cluster_size(c));
+        tprintf(body, "%s::membership_healthy::%u\n", c->name, cluster_healthy(c, now));
+        const endpoint_set_t *set = atomic_load(&c->set);
+        for (unsigned i = 0; set && i < set->n; i++) {
+            const endpoint_t *e = &set->eps[i];
+            endpoint_state_t *st = e->state;
+            uint64_t until = atomic_load(&st->ejected_until_ms);
+            const char *health = atomic_load(&st->unhealthy) ? "/failed_active_hc"
+                                 : until > now               ? "/failed_outlier_check"
+                                                             : "healthy";
+            tprintf(body, "%s::%s::health_flags::%s\n", c->name, e->name, health);
+            tprintf(body, "%s::%s::priority::%u\n%s::%s::weight::%u\n", c->name, e->name,
+                    e->priority, c->name, e->name, e->weight);
+            tprintf(body, "%s::%s::rq_active::%u\n%s::%s::rq_total::%" PRIu64 "\n", c->name,
+                    e->name, atomic_load(&st->active_requests), c->name, e->name,
+                    atomic_load(&st->requests));
+            tprintf(body, "%s::%s::rq_error::%" PRIu64 "\n%s::%s::times_ejected::%u\n", c->name,
+                    e->name, atomic_load(&st->errors), c->name, e->name,
+                    atomic_load(&st->times_ejected));
+        }
+    }
+    return 200;
+}
+
 static int h_config_dump(server_t *s, text_t *body)
 {
     const config_t *c = route_table_config(s->routes);
@@ -222,7 +262,18 @@ static int h_prometheus(server_t *s, text_t *body)
     tprintf(body, "# TYPE envoy_cluster_membership_total gauge\n");
     for (cluster_t *c = s->reg.clusters; c; c = c->next)
         tprintf(body, "envoy_cluster_membership_total{envoy_cluster_name=\"%s\"} %u\n", c->name,
-                c->nendpoints);
+                cluster_size(c));
+    tprintf(body, "# TYPE envoy_cluster_membership_healthy gauge\n");
+    for (cluster_t *c = s->reg.clusters; c; c = c->next)
+        tprintf(body, "envoy_cluster_membership_healthy{envoy_cluster_name=\"%s\"} %u\n", c->name,
+                cluster_healthy(c, now_ms()));
+    tprintf(body, "# TYPE remora_dns_answers_total counter\n");
+    for (cluster_t *c = s->reg.clusters; c; c = c->next)
+        for (int r = 0; r < DNS_CANCELLED; r++)
+            tprintf(body,
+                    "remora_dns_answers_total{envoy_cluster_name=\"%s\",result=\"%s\"} %" PRIu64
+                    "\n",
+                    c->name, dns_result_name((enum dns_result)r), stat_get(&c->dns_answers[r]));
     prom_targets(body, &s->reg);
     tprintf(body,
             "# TYPE remora_config_reloads_total counter\n"
@@ -270,6 +321,7 @@ static const route_entry_t routes[] = {
     {"/stats", 0, h_stats, "text/plain"},
     {"/stats/prometheus", 0, h_prometheus, "text/plain; version=0.0.4"},
     {"/config_dump", 0, h_config_dump, "application/json"},
+    {"/clusters", 0, h_clusters, "text/plain"},
     {"/quitquitquit", 1, h_quit, "text/plain"},
     {"/healthcheck/fail", 1, h_hc_fail, "text/plain"},
     {"/healthcheck/ok", 1, h_hc_ok, "text/plain"},

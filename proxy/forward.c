@@ -93,9 +93,18 @@ static void release_replay(exchange_t *ex)
     ex->replay_bytes = 0;
 }
 
+/* Tells the cluster how this attempt ended (outlier detection) and lets go of its endpoint;
+ * status 0 is a connect failure or a reset. */
+static void report(exchange_t *ex, int status)
+{
+    if (ex->endpoint.state)
+        cluster_done(ex->route.cluster, &ex->endpoint, status, uv_now(&ex->ds->c.w->loop));
+}
+
 void exchange_free(exchange_t *ex)
 {
     end_upstream(ex, 0);
+    endpoint_release(&ex->endpoint);
     leave_queue(ex);
     release_slot(ex);
     release_replay(ex);
@@ -328,11 +337,11 @@ static int start_attempt(exchange_t *ex)
 {
     cluster_t *c = ex->route.cluster;
     if (!ex->route.passthrough) {
-        const endpoint_t *ep =
-            ex->attempts ? cluster_pick_other(c, &ex->endpoint) : cluster_pick(c);
-        if (!ep)
+        endpoint_t previous = ex->endpoint;
+        endpoint_release(&ex->endpoint);
+        if (cluster_pick(c, ex->attempts ? &previous : NULL, uv_now(&ex->ds->c.w->loop),
+                         &ex->endpoint) != 0)
             return ERR_NO_ENDPOINT;
-        ex->endpoint = *ep;
     }
     ex->attempts++;
     return dispatch(ex, 0);
@@ -517,8 +526,8 @@ int fwd_request_head(exchange_t *ex)
     ex->has_slot = 1;
     if (start_attempt(ex) != 0) {
         fwd_local_reply(ex, 503,
-                        ex->route.cluster->nendpoints ? "upstream connect error\n"
-                                                      : "no healthy upstream\n",
+                        cluster_size(ex->route.cluster) ? "upstream connect error\n"
+                                                        : "no healthy upstream\n",
                         0);
         return ds->closing;
     }
@@ -612,6 +621,7 @@ int fwd_response_head(exchange_t *ex, int status)
         fwd_upstream_failed(ex, ERR_BAD_RESPONSE); /* switching protocols nobody asked for */
         return 0;
     }
+    report(ex, status);
     unsigned event = status_event(status);
     if (event && retry(ex, event))
         return 0; /* this upstream is detached; the response is dropped with it */
@@ -690,6 +700,8 @@ void fwd_upstream_failed(exchange_t *ex, int err)
 {
     downstream_t *ds = ex->ds;
     int connected = ex->up && ex->up->connected;
+    if (!(ex->resp_state == RESP_WAITING && ex->reused && !ex->stale_retried))
+        report(ex, err == ERR_BAD_RESPONSE ? 502 : 0);
     if (ex->resp_state == RESP_WAITING) {
         if (retry_stale(ex, err))
             return;
@@ -742,6 +754,7 @@ static void give_up(exchange_t *ex)
 
 void fwd_timeout(exchange_t *ex)
 {
+    report(ex, 504);
     stat_inc(&http_stats(ex)->downstream_rq_timeout);
     stat_inc(&ex->route.cluster->stats.upstream_rq_timeout);
     log_warn("upstream %s: no complete response within %" PRIu64 " ms", ex->endpoint.name,
@@ -751,6 +764,7 @@ void fwd_timeout(exchange_t *ex)
 
 void fwd_try_timeout(exchange_t *ex)
 {
+    report(ex, 504);
     stat_inc(&ex->route.cluster->stats.upstream_rq_per_try_timeout);
     if (retry(ex, RETRY_PER_TRY_TIMEOUT))
         return;

@@ -176,7 +176,7 @@ static int cmd_check(const cli_opts_t *cli)
     diag_t d = {0};
     settings_t set;
     config_t *cfg = load(cli, &set, &d);
-    registry_t reg = {.no_resolve = 1};
+    registry_t reg = {0};
     route_table_t *rt = cfg ? route_table_build(cfg, set.node, &reg, &d) : NULL;
     if (!rt) {
         print_diag(&d, stdout);

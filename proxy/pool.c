@@ -68,11 +68,22 @@ upstream_t *pool_acquire(pool_t *p, int fresh, int *reused, int *err)
     return upstream_connect(p, err);
 }
 
+static int still_member(const pool_t *p)
+{
+    const endpoint_set_t *s = atomic_load_explicit(&p->cluster->set, memory_order_acquire);
+    if (!p->cluster->node)
+        return 1; /* the local app and passthrough destinations are not discovered */
+    for (unsigned i = 0; s && i < s->n; i++)
+        if (s->eps[i].addrlen == p->addrlen && memcmp(&s->eps[i].addr, &p->addr, p->addrlen) == 0)
+            return 1;
+    return 0;
+}
+
 void pool_release(upstream_t *up)
 {
     pool_t *p = up->pool;
     if (!up->keep_alive || !up->connected || up->c.closing || up->c.write_failed ||
-        p->nidle >= POOL_IDLE_MAX || p->worker->draining) {
+        p->nidle >= POOL_IDLE_MAX || p->worker->draining || !still_member(p)) {
         upstream_abort(up);
         return;
     }
@@ -83,6 +94,15 @@ void pool_release(upstream_t *up)
         p->idle->idle_prev = up;
     p->idle = up;
     p->nidle++;
+}
+
+void pool_close_departed(pool_table_t *t)
+{
+    for (unsigned i = 0; i < POOL_BUCKETS; i++)
+        for (pool_t *p = t->buckets[i]; p; p = p->next)
+            if (p->idle && !still_member(p))
+                while (p->idle)
+                    upstream_abort(p->idle);
 }
 
 void pool_close_idle(pool_table_t *t)

@@ -45,6 +45,9 @@ struct upstream *pool_acquire(pool_t *p, int fresh, int *reused, int *err);
 void pool_release(struct upstream *up);
 /* Take an idle connection out of the idle list (it is closing). */
 void pool_unlink_idle(struct upstream *up);
+/* Close idle connections to endpoints no longer in their cluster's set (discovery removed
+ * them); busy ones finish their exchange and are not pooled again. */
+void pool_close_departed(pool_table_t *t);
 /* Close every idle connection (drain, shutdown). */
 void pool_close_idle(pool_table_t *t);
 void pool_table_free(pool_table_t *t);

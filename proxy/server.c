@@ -46,7 +46,7 @@ int server_init(server_t *s, const settings_t *set, const cli_opts_t *cli, confi
         return ERR_CONFIG;
     }
     s->workers = calloc(set->workers, sizeof *s->workers);
-    if (!s->workers)
+    if (!s->workers || qsbr_init(&s->qsbr, set->workers) != 0)
         return UV_ENOMEM;
     for (unsigned i = 0; i < set->workers; i++) {
         int err = worker_init(&s->workers[i], s, i);
@@ -78,9 +78,43 @@ int server_reload(server_t *s)
         worker_publish(&s->workers[i], rt);
     route_table_unref(s->routes);
     s->routes = rt;
+    discovery_sync(s->discovery, s->reg.clusters, route_table_config(rt));
     stat_inc(&s->reg.reloads_ok);
     log_info("reloaded %s", route_table_config(rt)->source);
     return 0;
+}
+
+/* Every cluster has had its first answer (or failure): the server is LIVE. */
+static void check_ready(server_t *s)
+{
+    if (server_state(s) != SERVER_PRE_INITIALIZING)
+        return;
+    for (cluster_t *c = s->reg.clusters; c; c = c->next)
+        if (!atomic_load(&c->answered))
+            return;
+    atomic_store_explicit(&s->state, SERVER_LIVE, memory_order_release);
+    s->ready_ms = uv_hrtime() / 1000000;
+    log_info("ready: every cluster has its first discovery answer (%llu ms after start)",
+             (unsigned long long)(s->ready_ms - s->started_ms));
+}
+
+static void on_reclaim(uv_timer_t *t)
+{
+    server_t *s = t->data;
+    if (qsbr_reclaim(&s->qsbr) == 0)
+        uv_timer_stop(t);
+    else
+        server_wake_workers(s); /* an idle worker reaches its quiescent point when woken */
+}
+
+/* Discovery published a set or answered for the first time. */
+static void on_discovery(void *arg)
+{
+    server_t *s = arg;
+    check_ready(s);
+    server_wake_workers(s); /* to drain pools of endpoints that left, and pass a quiescent point */
+    if (!uv_is_active((uv_handle_t *)&s->reclaim_timer))
+        uv_timer_start(&s->reclaim_timer, on_reclaim, 100, 100);
 }
 
 static void on_sighup(uv_signal_t *h, int signum)
@@ -158,6 +192,9 @@ static void on_worker_exited(uv_async_t *h)
         uv_close((uv_handle_t *)&s->config_watch, NULL);
     uv_close((uv_handle_t *)&s->drain_timer, NULL);
     uv_close((uv_handle_t *)&s->worker_exited, NULL);
+    uv_close((uv_handle_t *)&s->reclaim_timer, NULL);
+    discovery_close(s->discovery);
+    s->discovery = NULL;
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -174,6 +211,15 @@ int server_run(server_t *s)
     s->sigterm.data = s->sigint.data = s;
     uv_signal_start(&s->sigterm, on_signal, SIGTERM);
     uv_signal_start(&s->sigint, on_signal, SIGINT);
+    uv_timer_init(s->loop, &s->reclaim_timer);
+    s->reclaim_timer.data = s;
+    int derr =
+        discovery_open(&s->discovery, s->loop, s->set.dns_servers[0] ? s->set.dns_servers : NULL,
+                       s->set.dns_hold_ms, &s->qsbr, on_discovery, s);
+    if (derr) {
+        log_error("discovery: cannot use DNS servers \"%s\"", s->set.dns_servers);
+        return derr;
+    }
     uv_signal_init(s->loop, &s->sighup);
     s->sighup.data = s;
     uv_signal_start(&s->sighup, on_sighup, SIGHUP);
@@ -192,7 +238,8 @@ int server_run(server_t *s)
             return err;
         }
     }
-    atomic_store_explicit(&s->state, SERVER_LIVE, memory_order_release);
+    discovery_sync(s->discovery, s->reg.clusters, route_table_config(s->routes));
+    check_ready(s);
     log_info("remora live: node %s/%s, ingress :%u, egress :%u, admin %s:%u, %u worker(s)",
              route_table_config(s->routes)->mesh_name, s->set.node, s->set.ingress_port,
              s->set.egress_port, s->set.admin_host, s->set.admin_port, s->nworkers);
@@ -206,6 +253,8 @@ int server_run(server_t *s)
 
 void server_free(server_t *s)
 {
+    if (s->qsbr.seen)
+        qsbr_destroy(&s->qsbr);
     free(s->workers);
     route_table_unref(s->routes);
     registry_free(&s->reg);

@@ -8,6 +8,8 @@
 #include <uv.h>
 
 #include "config/config.h"
+#include "discovery/discovery.h"
+#include "proxy/qsbr.h"
 #include "proxy/settings.h"
 #include "proxy/stats.h"
 #include "proxy/worker.h"
@@ -19,8 +21,11 @@ enum server_state { SERVER_PRE_INITIALIZING, SERVER_LIVE, SERVER_DRAINING, SERVE
 
 typedef struct server {
     settings_t set;
-    cli_opts_t cli;        /* to find the config again on reload */
-    registry_t reg;        /* clusters and counters that outlive reloads */
+    cli_opts_t cli; /* to find the config again on reload */
+    registry_t reg; /* clusters and counters that outlive reloads */
+    discovery_t *discovery;
+    qsbr_t qsbr; /* reclaims endpoint sets once no worker can see them */
+    uv_timer_t reclaim_timer;
     route_table_t *routes; /* the snapshot in force (the main thread's reference) */
     _Atomic int state;
     _Atomic int healthcheck_failed; /* POST /healthcheck/fail */

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "discovery/discovery.h"
 #include "proxy/err.h"
 
 config_t *settings_load_config(const cli_opts_t *cli, diag_t *d)
@@ -193,5 +194,12 @@ int settings_resolve(settings_t *s, const cli_opts_t *cli, const config_t *cfg, 
                           : cfg->proxy.drain_timeout_ms != DURATION_UNSET
                               ? cfg->proxy.drain_timeout_ms
                               : DEFAULT_DRAIN_TIMEOUT_MS;
+    const char *dns = getenv("REMORA_DNS_SERVERS");
+    snprintf(s->dns_servers, sizeof s->dns_servers, "%s",
+             dns && *dns              ? dns
+             : cfg->proxy.dns_servers ? cfg->proxy.dns_servers
+                                      : "");
+    s->dns_hold_ms = cfg->proxy.dns_hold_ms != DURATION_UNSET ? cfg->proxy.dns_hold_ms
+                                                              : DISCOVERY_DEFAULT_HOLD_MS;
     return d->n > before ? ERR_CONFIG : 0;
 }

@@ -34,6 +34,8 @@ typedef struct settings {
     enum log_level log_level;
     uint64_t header_timeout_ms;
     uint64_t drain_timeout_ms;
+    char dns_servers[512]; /* "" = /etc/resolv.conf */
+    uint64_t dns_hold_ms;
 } settings_t;
 
 /* Where the config comes from: REMORA_CONFIG_JSON inline, else --config, REMORA_CONFIG, the

@@ -70,7 +70,11 @@ static inline uint64_t stat_get(stat_t *s)
     X(upstream_rq_per_try_timeout, 0)                                                              \
     X(upstream_rq_pending_total, 0)                                                                \
     X(upstream_rq_pending_active, 1)                                                               \
-    X(upstream_rq_pending_overflow, 0)
+    X(upstream_rq_pending_overflow, 0)                                                             \
+    X(lb_healthy_panic, 0)                                                                         \
+    X(outlier_detection_ejections_enforced_total, 0)                                               \
+    X(health_check_attempt, 0)                                                                     \
+    X(health_check_failure, 0)
 
 #define STAT_FIELD(name, gauge) stat_t name;
 typedef struct http_stats {

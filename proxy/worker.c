@@ -56,7 +56,9 @@ uint64_t worker_random(worker_t *w)
 
 static void on_flush_prepare(uv_prepare_t *h)
 {
-    conn_flush_dirty(h->data);
+    worker_t *w = h->data;
+    conn_flush_dirty(w);
+    qsbr_quiescent(&w->srv->qsbr, w->id); /* no endpoint set is held across iterations */
 }
 
 static void on_flush_check(uv_check_t *h)
@@ -151,6 +153,7 @@ static void on_wake(uv_async_t *h)
 {
     worker_t *w = h->data;
     adopt_routes(w);
+    pool_close_departed(&w->pools);
     fwd_start_waiting(w);
     enum server_state st = server_state(w->srv);
     if (st == SERVER_DRAINING || st == SERVER_STOPPED) {
@@ -207,6 +210,7 @@ static void run(void *arg)
     w->routes = NULL;
     pool_table_free(&w->pools);
     bufpool_drain(&w->bufs);
+    qsbr_offline(&w->srv->qsbr, w->id);
     while (w->free_wreqs) {
         wreq_t *r = w->free_wreqs;
         w->free_wreqs = r->next_free;

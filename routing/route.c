@@ -7,8 +7,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include "discovery/resolve_once.h"
-
 #define MAX_TARGETS 10
 
 typedef struct route {
@@ -55,31 +53,24 @@ struct route_table {
 
 /* ---- registry: what outlives a reload ---- */
 
-static cluster_t *registry_cluster(registry_t *reg, const char *name, const cfg_node_t *node,
+/* The cluster named `name`, created empty on first use: discovery fills it (discovery_sync),
+ * except the local app's, whose one endpoint is known now. */
+static cluster_t *registry_cluster(registry_t *reg, const char *name, const char *node,
                                    uint16_t port, int local)
 {
     for (cluster_t *c = reg->clusters; c; c = c->next)
         if (strcmp(c->name, name) == 0)
             return c;
-    endpoint_t *eps = NULL;
-    unsigned n = 0;
-    if (!node) {
-        /* endpoints come with each request (the original destination) */
-    } else if (local) {
+    cluster_t *c = cluster_new(name, node, port);
+    if (!c)
+        return NULL;
+    if (local || !node) {
+        endpoint_t ep;
         struct sockaddr_in in = {.sin_family = AF_INET, .sin_port = htons(port)};
         in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        eps = calloc(1, sizeof *eps);
-        if (eps && port) {
-            endpoint_set(eps, (const struct sockaddr *)&in);
-            n = 1;
-        }
-    } else if (!reg->no_resolve) {
-        resolve_once(node, port, &eps, &n);
-    }
-    cluster_t *c = cluster_new(name, eps, n);
-    if (!c) {
-        free(eps);
-        return NULL;
+        endpoint_set(&ep, (const struct sockaddr *)&in);
+        endpoint_set_free(cluster_publish(c, &ep, local && port ? 1 : 0));
+        atomic_store(&c->answered, 1);
     }
     c->next = reg->clusters;
     reg->clusters = c;
@@ -158,7 +149,7 @@ static cluster_t *egress_cluster(route_table_t *rt, registry_t *reg, const char 
         port = n->listeners[0].port;
     char name[600];
     snprintf(name, sizeof name, "cds_egress_%s_%s_http_%u", rt->cfg->mesh_name, n->name, port);
-    return registry_cluster(reg, name, n, port, 0);
+    return registry_cluster(reg, name, n->name, port, 0);
 }
 
 /* "^(pattern)$": App Mesh regexes match the whole value. POSIX extended syntax. */
@@ -295,7 +286,7 @@ static void build_ingress(route_table_t *rt, registry_t *reg)
     uint16_t port = l ? l->port : 0;
     char name[600];
     snprintf(name, sizeof name, "cds_ingress_%s_%s_http_%u", rt->cfg->mesh_name, node->name, port);
-    rt->ingress.cluster = registry_cluster(reg, name, node, port, 1);
+    rt->ingress.cluster = registry_cluster(reg, name, NULL, port, 1);
     rt->ingress.timeout_ms =
         l ? or_default(l->per_request_ms, ROUTE_DEFAULT_TIMEOUT_MS) : ROUTE_DEFAULT_TIMEOUT_MS;
     rt->ingress.idle_ms = l ? or_default(l->idle_ms, ROUTE_DEFAULT_IDLE_MS) : ROUTE_DEFAULT_IDLE_MS;

@@ -45,7 +45,6 @@ typedef struct target_stats_entry {
 /* What outlives a reload: clusters (and so their pools and stats) and per-target counters.
  * Only the main thread adds to it; workers read pointers and bump atomics. */
 typedef struct registry {
-    int no_resolve; /* `remora check`: build clusters without DNS look-ups */
     cluster_t *clusters;
     target_stats_entry_t *targets;
     stat_t reloads_ok, reloads_failed;

@@ -169,7 +169,7 @@ static const char *route_to(route_table_t *rt, const char *host, int method, con
 static void test_every_match_kind(void **state)
 {
     (void)state;
-    registry_t reg = {.no_resolve = 1};
+    registry_t reg = {0};
     route_table_t *rt = table(&reg);
     fake_t canary = {{"x-canary"}, {"true"}};
     assert_string_equal(route_to(rt, "svc.local", HTTP_GET, "/any", &canary), "canary");
@@ -209,7 +209,7 @@ static void test_every_match_kind(void **state)
 static void test_no_route_answers(void **state)
 {
     (void)state;
-    registry_t reg = {.no_resolve = 1};
+    registry_t reg = {0};
     route_table_t *rt = table(&reg);
     assert_string_equal(route_to(rt, "other.local", HTTP_GET, "/", NULL), "404");
     assert_string_equal(route_to(rt, "zero.local", HTTP_GET, "/", NULL), "503");
@@ -221,7 +221,7 @@ static void test_no_route_answers(void **state)
 static void test_clusters_and_counters_outlive_reloads(void **state)
 {
     (void)state;
-    registry_t reg = {.no_resolve = 1};
+    registry_t reg = {0};
     route_table_t *a = table(&reg);
     unsigned clusters = 0;
     for (cluster_t *c = reg.clusters; c; c = c->next)
@@ -246,7 +246,7 @@ static void test_invalid_regex_is_reported(void **state)
         "{\"port\":80,\"protocol\":\"http\"}}]}}],\"routes\":["
         ROUTE("x", "", "{\"path\":{\"regex\":\"/a(b\"}}", "v1") "]}";
     diag_t d = {0};
-    registry_t reg = {.no_resolve = 1};
+    registry_t reg = {0};
     config_t *c = config_parse(bad, strlen(bad), "m.json", &d);
     assert_non_null(c);
     assert_null(route_table_build(c, "web", &reg, &d));

@@ -1,0 +1,220 @@
+#include "discovery/health.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proxy/log.h"
+
+#define PROBE_BUF 512
+
+struct health {
+    uv_loop_t *loop;
+    cluster_t *c;
+    uv_timer_t tick;
+    int http;
+    char path[1024];
+    uint32_t interval_ms, timeout_ms;
+    unsigned healthy_threshold, unhealthy_threshold;
+    unsigned cursor;
+    unsigned probes; /* in flight; the checker is freed after the last */
+    int stopping;
+};
+
+typedef struct probe {
+    health_t *h;
+    endpoint_t ep; /* holds a reference on the endpoint's state */
+    uv_tcp_t tcp;
+    uv_connect_t connect;
+    uv_write_t write;
+    uv_timer_t timer;
+    char req[1200];
+    char buf[PROBE_BUF];
+    size_t got;
+    unsigned open_handles;
+    int finished;
+} probe_t;
+
+static void maybe_free(health_t *h)
+{
+    if (h->stopping && h->probes == 0 && uv_is_closing((uv_handle_t *)&h->tick))
+        free(h);
+}
+
+static void on_probe_closed(uv_handle_t *hd)
+{
+    probe_t *p = hd->data;
+    if (--p->open_handles)
+        return;
+    health_t *h = p->h;
+    endpoint_state_unref(p->ep.state);
+    free(p);
+    h->probes--;
+    maybe_free(h);
+}
+
+/* Counts the result against the thresholds and closes the probe. */
+static void finish(probe_t *p, int ok, const char *why)
+{
+    if (p->finished)
+        return;
+    p->finished = 1;
+    health_t *h = p->h;
+    endpoint_state_t *st = p->ep.state;
+    if (!h->stopping && st) {
+        stat_inc(&h->c->stats.health_check_attempt);
+        if (ok) {
+            st->hc_failures = 0;
+            if (++st->hc_successes >= h->healthy_threshold && atomic_load(&st->unhealthy)) {
+                atomic_store(&st->unhealthy, 0);
+                log_info("health: %s %s is healthy again", h->c->name, p->ep.name);
+            }
+        } else {
+            stat_inc(&h->c->stats.health_check_failure);
+            st->hc_successes = 0;
+            if (++st->hc_failures >= h->unhealthy_threshold && !atomic_load(&st->unhealthy)) {
+                atomic_store(&st->unhealthy, 1);
+                log_warn("health: %s %s is unhealthy: %s", h->c->name, p->ep.name, why);
+            }
+        }
+    }
+    uv_timer_stop(&p->timer);
+    uv_close((uv_handle_t *)&p->timer, on_probe_closed);
+    uv_close((uv_handle_t *)&p->tcp, on_probe_closed);
+}
+
+static void on_probe_timeout(uv_timer_t *t)
+{
+    finish(t->data, 0, "timed out");
+}
+
+static void on_alloc(uv_handle_t *hd, size_t suggested, uv_buf_t *b)
+{
+    (void)suggested;
+    probe_t *p = hd->data;
+    *b = uv_buf_init(p->buf + p->got, (unsigned)(PROBE_BUF - 1 - p->got));
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+    (void)b;
+    probe_t *p = s->data;
+    if (n < 0) {
+        finish(p, 0, "closed before a status line");
+        return;
+    }
+    p->got += (size_t)n;
+    p->buf[p->got] = '\0';
+    char *eol = strstr(p->buf, "\r\n");
+    if (!eol && p->got < PROBE_BUF - 1)
+        return;
+    int status = 0;
+    if (sscanf(p->buf, "HTTP/1.%*1d %3d", &status) == 1 && status >= 200 && status <= 399) {
+        finish(p, 1, NULL);
+        return;
+    }
+    char why[64];
+    snprintf(why, sizeof why, "status %d", status);
+    finish(p, 0, why);
+}
+
+static void on_written(uv_write_t *w, int status)
+{
+    probe_t *p = w->data;
+    if (status < 0)
+        finish(p, 0, "write failed");
+}
+
+static void on_connect(uv_connect_t *c, int status)
+{
+    probe_t *p = c->data;
+    if (p->finished)
+        return;
+    if (status < 0) {
+        finish(p, 0, uv_strerror(status));
+        return;
+    }
+    if (!p->h->http) {
+        finish(p, 1, NULL);
+        return;
+    }
+    int n = snprintf(p->req, sizeof p->req,
+                     "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: remora-health-check\r\n"
+                     "Connection: close\r\n\r\n",
+                     p->h->path, p->ep.name);
+    uv_buf_t b = uv_buf_init(p->req, (unsigned)n);
+    p->write.data = p;
+    if (uv_write(&p->write, (uv_stream_t *)&p->tcp, &b, 1, on_written) != 0 ||
+        uv_read_start((uv_stream_t *)&p->tcp, on_alloc, on_read) != 0)
+        finish(p, 0, "write failed");
+}
+
+static void probe(health_t *h, const endpoint_t *ep)
+{
+    probe_t *p = calloc(1, sizeof *p);
+    if (!p)
+        return;
+    p->h = h;
+    p->ep = *ep;
+    atomic_fetch_add(&ep->state->refs, 1);
+    h->probes++;
+    uv_tcp_init(h->loop, &p->tcp);
+    uv_timer_init(h->loop, &p->timer);
+    p->tcp.data = p->timer.data = p->connect.data = p;
+    p->open_handles = 2;
+    uv_timer_start(&p->timer, on_probe_timeout, h->timeout_ms, 0);
+    if (uv_tcp_connect(&p->connect, &p->tcp, (struct sockaddr *)&p->ep.addr, on_connect) != 0)
+        finish(p, 0, "cannot connect");
+}
+
+/* One endpoint per tick, so that a cluster's checks are spread over the interval. */
+static void on_tick(uv_timer_t *t)
+{
+    health_t *h = t->data;
+    const endpoint_set_t *s = atomic_load(&h->c->set);
+    unsigned n = s ? s->n : 0;
+    if (n) {
+        h->cursor %= n;
+        probe(h, &s->eps[h->cursor++]);
+    }
+    uint64_t next = n > 1 ? h->interval_ms / n : h->interval_ms;
+    uv_timer_start(&h->tick, on_tick, next ? next : 1, 0);
+}
+
+health_t *health_sync(health_t *h, uv_loop_t *loop, cluster_t *c, const cfg_health_check_t *cfg)
+{
+    if (!cfg) {
+        health_stop(h);
+        return NULL;
+    }
+    if (!h) {
+        h = calloc(1, sizeof *h);
+        if (!h)
+            return NULL;
+        h->loop = loop;
+        h->c = c;
+        uv_timer_init(loop, &h->tick);
+        h->tick.data = h;
+        uv_timer_start(&h->tick, on_tick, 0, 0);
+    }
+    h->http = strcmp(cfg->protocol, "http") == 0 || strcmp(cfg->protocol, "http2") == 0;
+    snprintf(h->path, sizeof h->path, "%s", cfg->path ? cfg->path : "/");
+    h->interval_ms = cfg->interval_ms;
+    h->timeout_ms = cfg->timeout_ms;
+    h->healthy_threshold = cfg->healthy_threshold;
+    h->unhealthy_threshold = cfg->unhealthy_threshold;
+    return h;
+}
+
+static void on_tick_closed(uv_handle_t *hd)
+{
+    maybe_free(hd->data);
+}
+
+void health_stop(health_t *h)
+{
+    if (!h || h->stopping)
+        return;
+    h->stopping = 1;
+    uv_close((uv_handle_t *)&h->tick, on_tick_closed);
+}
