@@ -215,3 +215,118 @@ def mesh(upstream, remora):
         return r, app, backend
 
     return start
+
+
+class Knot:
+    """A real authoritative DNS server (Knot) on 127.0.0.1 with zone ns.local, changed at run
+    time through knotc transactions, as Cloud Map registrations would change Route 53."""
+
+    ZONE = "ns.local"
+
+    def __init__(self, tmp_path, records, ttl=1):
+        self.dir = os.path.join(tmp_path, "knot")
+        for sub in ("run", "db", "zones"):
+            os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
+        self.port = free_port()
+        self.conf = os.path.join(self.dir, "knot.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"""server:
+    rundir: "{self.dir}/run"
+    listen: 127.0.0.1@{self.port}
+database:
+    storage: "{self.dir}/db"
+control:
+    listen: "{self.dir}/run/knot.sock"
+log:
+  - target: stderr
+    any: warning
+template:
+  - id: default
+    storage: "{self.dir}/zones"
+    file: "%s.zone"
+    zonefile-sync: -1
+    zonefile-load: difference-no-serial
+    journal-content: all
+    semantic-checks: off
+zone:
+  - domain: {self.ZONE}
+""")
+        with open(os.path.join(self.dir, "zones", self.ZONE + ".zone"), "w") as f:
+            f.write(f"$ORIGIN {self.ZONE}.\n$TTL {ttl}\n"
+                    f"@ IN SOA ns1 hostmaster 1 60 60 3600 {ttl}\n@ IN NS ns1\nns1 IN A 127.0.0.1\n")
+            for r in records:
+                f.write(r + "\n")
+        self.log = open(os.path.join(self.dir, "knotd.log"), "w")
+        self.proc = None
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def server(self):
+        return f"127.0.0.1:{self.port}"
+
+    def start(self):
+        self.proc = subprocess.Popen(["knotd", "-c", self.conf], stdout=self.log, stderr=subprocess.STDOUT)
+        wait_until(lambda: subprocess.run(
+            ["kdig", "@127.0.0.1", "-p", str(self.port), "+short", "+timeout=1", "+retry=0",
+             "ns1." + self.ZONE, "A"], capture_output=True, text=True).stdout.strip() == "127.0.0.1",
+            what="knotd answering")
+
+    def knotc(self, *args):
+        out = subprocess.run(["knotc", "-c", self.conf, *args], capture_output=True, text=True, timeout=10)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.stdout
+
+    def change(self, add=(), remove=()):
+        """One atomic zone change; records are "owner TTL TYPE DATA" relative to the zone."""
+        self.knotc("zone-begin", self.ZONE)
+        for r in remove:
+            owner, _ttl, rtype, *data = r.split()
+            self.knotc("zone-unset", self.ZONE, owner, rtype, *data)
+        for r in add:
+            owner, ttl, rtype, *data = r.split()
+            self.knotc("zone-set", self.ZONE, owner, ttl, rtype, *data)
+        self.knotc("zone-commit", self.ZONE)
+
+    def servfail(self):
+        """The zone stops loading: every name in it answers SERVFAIL."""
+        self.knotc("conf-begin")
+        self.knotc("conf-unset", f"zone[{self.ZONE}]")
+        self.knotc("conf-commit")
+        self.knotc("conf-begin")
+        self.knotc("conf-set", f"zone[{self.ZONE}]")
+        self.knotc("conf-set", f"zone[{self.ZONE}].file", os.path.join(self.dir, "missing.zone"))
+        self.knotc("conf-commit")
+
+    def pause(self):
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self):
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def knot(tmp_path):
+    started = []
+
+    def start(records, ttl=1):
+        k = Knot(str(tmp_path), records, ttl)
+        started.append(k)
+        return k
+
+    yield start
+    for k in started:
+        k.stop()
