@@ -285,3 +285,31 @@ def test_health_checks_take_a_dead_instance_out_and_bring_it_back(knot, upstream
     finally:
         back.terminate()
         back.wait(5)
+
+
+def test_loadbalancer_response_type_is_one_endpoint(knot, upstream, remora):
+    app = upstream("lb")
+    k = knot(["cart 1 A 127.0.0.1", "cart 1 A 127.0.0.2"])
+    r = remora(mesh(k, listener_port=app.port,
+                    discovery={"dns": {"hostname": "cart.ns.local", "responseType": "LOADBALANCER"}}))
+    assert cluster_stat(r, "membership_total", app.port) == 1
+    assert served_by(r, 3) == {"lb": 3}
+
+
+def test_an_answer_of_exactly_8_may_be_a_route53_subset(knot, upstream, remora):
+    """Route 53 MULTIVALUE returns at most 8 of many instances: who is missing from an answer of
+    8 is held; from any other answer, gone at once."""
+    records = []
+    for i in range(9):
+        records += [srv(f"i-{i}", 21000 + i), addr(f"i-{i}", f"127.0.2.{i + 1}")]
+    k = knot(records)
+    r = remora(mesh(k, hold_ms=5000))
+    assert cluster_stat(r, "membership_total") == 9
+    k.change(remove=[srv("i-8", 21008)])  # 8 left: possibly a subset, i-8 held
+    ok = "remora.dns.cds_egress_shop_cart_http_9.ok"
+    seen = r.stats()[ok]
+    wait_until(lambda: r.stats()[ok] >= seen + 2, timeout=5, what="two answers of 8")
+    assert cluster_stat(r, "membership_total") == 9
+    wait_until(lambda: cluster_stat(r, "membership_total") == 8, timeout=8, what="held, then dropped")
+    k.change(remove=[srv("i-7", 21007)])  # 7: a complete answer, i-7 goes at once
+    wait_until(lambda: cluster_stat(r, "membership_total") == 7, timeout=2.5, what="dropped at once")
