@@ -166,15 +166,24 @@ static void query_done(disc_t *dc, query_ctx_t *q)
         finish_round(dc);
 }
 
+/* The query's cluster, with the result counted; NULL (and the query freed) when the channel
+ * was closed under it. */
+static disc_t *answered(query_ctx_t *q, enum dns_result r)
+{
+    if (r == DNS_CANCELLED) {
+        free(q);
+        return NULL;
+    }
+    note_result(q->dc, r);
+    return q->dc;
+}
+
 static void on_address(void *arg, enum dns_result r, const dns_answer_t *a)
 {
     query_ctx_t *q = arg;
-    disc_t *dc = q->dc;
-    if (r == DNS_CANCELLED) {
-        free(q);
+    disc_t *dc = answered(q, r);
+    if (!dc)
         return;
-    }
-    note_result(dc, r);
     for (unsigned i = 0; r == DNS_OK && i < a->naddrs; i++)
         if (family_wanted(dc, a->addrs[i].family))
             add_endpoint(dc, a->addrs[i].family, &a->addrs[i].addr, q->port, q->priority, q->weight,
@@ -185,12 +194,9 @@ static void on_address(void *arg, enum dns_result r, const dns_answer_t *a)
 static void on_srv(void *arg, enum dns_result r, const dns_answer_t *a)
 {
     query_ctx_t *q = arg;
-    disc_t *dc = q->dc;
-    if (r == DNS_CANCELLED) {
-        free(q);
+    disc_t *dc = answered(q, r);
+    if (!dc)
         return;
-    }
-    note_result(dc, r);
     if ((r == DNS_OK && a->nsrv == 0) || r == DNS_NODATA) {
         /* No SRV records at the name: its A/AAAA with the listener port. */
         query_addresses(dc, dc->name, dc->c->port, 0, 1);
