@@ -513,11 +513,34 @@ static void parse_dns(jctx_t *j, const cJSON *proxy, cfg_proxy_t *px)
         px->dns_servers = strdup(csv);
 }
 
+/* proxy.xray: {"enabled", "daemonAddress", "samplingRate", "samplingRuleManifest",
+ * "segmentName"}; the App Mesh environment variables override each. */
+static void parse_xray(jctx_t *j, const cJSON *proxy, cfg_proxy_t *px)
+{
+    static const char *const fields[] = {
+        "enabled", "daemonAddress", "samplingRate", "samplingRuleManifest", "segmentName", NULL};
+    px->xray_rate = -1;
+    const cJSON *x = j_object(j, proxy, "proxy", "xray", J_OPTIONAL);
+    if (!x)
+        return;
+    j_only(j, x, "proxy.xray", fields);
+    px->xray_enabled = j_bool(j, x, "proxy.xray", "enabled", 1);
+    px->xray_daemon = j_string(j, x, "proxy.xray", "daemonAddress", J_OPTIONAL, 3, 255);
+    px->xray_manifest = j_string(j, x, "proxy.xray", "samplingRuleManifest", J_OPTIONAL, 1, 500);
+    px->xray_segment_name = j_string(j, x, "proxy.xray", "segmentName", J_OPTIONAL, 1, 255);
+    const cJSON *rate = cJSON_GetObjectItemCaseSensitive(x, "samplingRate");
+    if (rate && (!cJSON_IsNumber(rate) || rate->valuedouble < 0 || rate->valuedouble > 1))
+        jerr(j, "proxy.xray", "samplingRate", "must be a number from 0 to 1");
+    else if (rate)
+        px->xray_rate = rate->valuedouble;
+}
+
 static void parse_proxy(jctx_t *j, const cJSON *root, cfg_proxy_t *px)
 {
     static const char *const fields[] = {
         "node",     "ingressPort",          "egressPort",   "workers", "admin",
-        "logLevel", "requestHeaderTimeout", "drainTimeout", "dns",     NULL};
+        "logLevel", "requestHeaderTimeout", "drainTimeout", "dns",     "xray",
+        NULL};
     px->ingress_port = px->egress_port = px->workers = -1;
     px->request_header_timeout_ms = px->drain_timeout_ms = px->dns_hold_ms = DURATION_UNSET;
     const cJSON *o = j_object(j, root, "", "proxy", J_OPTIONAL);
@@ -533,6 +556,7 @@ static void parse_proxy(jctx_t *j, const cJSON *root, cfg_proxy_t *px)
     px->request_header_timeout_ms = j_duration(j, o, "proxy", "requestHeaderTimeout", J_OPTIONAL);
     px->drain_timeout_ms = j_duration(j, o, "proxy", "drainTimeout", J_OPTIONAL);
     parse_dns(j, o, px);
+    parse_xray(j, o, px);
 }
 
 static void parse_mesh(jctx_t *j, const cJSON *root, config_t *c)
@@ -715,6 +739,9 @@ void config_free(config_t *c)
     free(c->proxy.admin);
     free(c->proxy.log_level);
     free(c->proxy.dns_servers);
+    free(c->proxy.xray_daemon);
+    free(c->proxy.xray_manifest);
+    free(c->proxy.xray_segment_name);
     free(c->mesh_name);
     free(c->source);
     free(c->raw);

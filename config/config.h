@@ -134,6 +134,9 @@ typedef struct cfg_proxy {
     uint64_t drain_timeout_ms;
     char *dns_servers; /* "ip:port,ip:port" from proxy.dns.servers */
     uint64_t dns_hold_ms;
+    int xray_enabled; /* proxy.xray.enabled */
+    char *xray_daemon, *xray_manifest, *xray_segment_name;
+    double xray_rate; /* -1 when not given */
 } cfg_proxy_t;
 
 typedef struct config {

@@ -141,6 +141,15 @@ static int h_stats(server_t *s, text_t *body)
     stats_targets(body, &s->reg);
     tprintf(body, "remora.config.reload_ok: %" PRIu64 "\n", stat_get(&s->reg.reloads_ok));
     tprintf(body, "remora.config.reload_failed: %" PRIu64 "\n", stat_get(&s->reg.reloads_failed));
+    if (s->xray) {
+        xray_stats_t *x = xray_stats(s->xray);
+        tprintf(body,
+                "remora.xray.sent: %" PRIu64 "\nremora.xray.send_failed: %" PRIu64
+                "\nremora.xray.sampled: %" PRIu64 "\nremora.xray.unsampled: %" PRIu64
+                "\nremora.xray.split: %" PRIu64 "\n",
+                stat_get(&x->sent), stat_get(&x->send_failed), stat_get(&x->sampled),
+                stat_get(&x->unsampled), stat_get(&x->split));
+    }
     tprintf(body, "server.concurrency: %u\n", s->nworkers);
     tprintf(body, "server.live: %d\n", server_state(s) == SERVER_LIVE);
     tprintf(body, "server.uptime: %" PRIu64 "\n", uptime_s(s));
@@ -280,6 +289,18 @@ static int h_prometheus(server_t *s, text_t *body)
             "remora_config_reloads_total{result=\"success\"} %" PRIu64 "\n"
             "remora_config_reloads_total{result=\"failure\"} %" PRIu64 "\n",
             stat_get(&s->reg.reloads_ok), stat_get(&s->reg.reloads_failed));
+    if (s->xray) {
+        xray_stats_t *x = xray_stats(s->xray);
+        tprintf(body,
+                "# TYPE remora_xray_documents_total counter\n"
+                "remora_xray_documents_total{result=\"sent\"} %" PRIu64 "\n"
+                "remora_xray_documents_total{result=\"failed\"} %" PRIu64 "\n"
+                "# TYPE remora_xray_requests_total counter\n"
+                "remora_xray_requests_total{sampled=\"true\"} %" PRIu64 "\n"
+                "remora_xray_requests_total{sampled=\"false\"} %" PRIu64 "\n",
+                stat_get(&x->sent), stat_get(&x->send_failed), stat_get(&x->sampled),
+                stat_get(&x->unsampled));
+    }
     tprintf(body, "# TYPE envoy_server_live gauge\nenvoy_server_live %d\n",
             server_state(s) == SERVER_LIVE);
     tprintf(body, "# TYPE envoy_server_uptime gauge\nenvoy_server_uptime %" PRIu64 "\n",

@@ -97,12 +97,51 @@ static void release_replay(exchange_t *ex)
  * status 0 is a connect failure or a reset. */
 static void report(exchange_t *ex, int status)
 {
+    if (ex->trace)
+        xray_attempt_end(ex->trace, status);
     if (ex->endpoint.state)
         cluster_done(ex->route.cluster, &ex->endpoint, status, uv_now(&ex->ds->c.w->loop));
 }
 
+/* The request as the trace documents describe it. */
+static void trace_finish(exchange_t *ex)
+{
+    downstream_t *ds = ex->ds;
+    int i = h1_find(&ex->req, "host"), ua = h1_find(&ex->req, "user-agent");
+    int xff = h1_find(&ex->req, "x-forwarded-for");
+    size_t ip_len = 0;
+    char ip[64];
+    if (xff >= 0) { /* the first address of the chain, as the SDKs take it */
+        const char *v = h1_value(&ex->req, (unsigned)xff);
+        ip_len = strcspn(v, ",");
+        const char *t = h1_trim(v, &ip_len);
+        snprintf(ip, sizeof ip, "%.*s", (int)ip_len, t);
+    }
+    xray_request_t r = {
+        .method = llhttp_method_name((llhttp_method_t)ex->method),
+        .host = i >= 0 ? h1_value(&ex->req, (unsigned)i) : "",
+        .host_len = i >= 0 ? ex->req.fields[i].value_len : 0,
+        .path = ex->target ? ex->target : "",
+        .path_len = ex->target ? ex->target_len : 0,
+        .query = ex->query,
+        .query_len = ex->query_len,
+        .user_agent = ua >= 0 ? h1_value(&ex->req, (unsigned)ua) : NULL,
+        .user_agent_len = ua >= 0 ? ex->req.fields[ua].value_len : 0,
+        .client_ip = xff >= 0 && ip_len ? ip : ds->client_ip,
+        .client_ip_from_xff = xff >= 0 && ip_len,
+        .service = ex->route.service ? ex->route.service : "passthrough",
+        .status = ex->status,
+        .content_length = ex->resp_state == RESP_DONE ? (int64_t)ex->resp_bytes : -1,
+    };
+    xray_finish(ds->c.w->srv->xray, &ds->c.w->xray, ex->trace, &r);
+    free(ex->trace);
+    ex->trace = NULL;
+}
+
 void exchange_free(exchange_t *ex)
 {
+    if (ex->trace)
+        trace_finish(ex);
     end_upstream(ex, 0);
     endpoint_release(&ex->endpoint);
     leave_queue(ex);
@@ -344,6 +383,8 @@ static int start_attempt(exchange_t *ex)
             return ERR_NO_ENDPOINT;
     }
     ex->attempts++;
+    if (ex->trace)
+        xray_attempt_start(&ex->ds->c.w->xray, ex->trace, ex->endpoint.name);
     return dispatch(ex, 0);
 }
 
@@ -466,6 +507,23 @@ static int request_id(exchange_t *ex)
     return 0;
 }
 
+/* Tracing on: the incoming X-Amzn-Trace-Id is read, a decision made, and ours goes upstream. */
+static int begin_trace(exchange_t *ex, const route_request_t *rr)
+{
+    worker_t *w = ex->ds->c.w;
+    if (!w->srv->xray)
+        return 0;
+    ex->trace = malloc(sizeof *ex->trace);
+    if (!ex->trace)
+        return UV_ENOMEM;
+    int i = h1_find(&ex->req, "x-amzn-trace-id");
+    xray_begin(w->srv->xray, &w->xray, ex->trace, ex->ds->listener->kind == LISTENER_EGRESS,
+               i >= 0 ? h1_value(&ex->req, (unsigned)i) : NULL,
+               i >= 0 ? ex->req.fields[i].value_len : 0, rr->host ? rr->host : "", rr->host_len,
+               llhttp_method_name((llhttp_method_t)ex->method), ex->target, ex->target_len);
+    return 0;
+}
+
 static void expect_continue(exchange_t *ex)
 {
     int i = h1_find(&ex->req, "expect");
@@ -493,7 +551,7 @@ int fwd_request_head(exchange_t *ex)
         return ds->closing;
     }
     route_request_t rr;
-    if (prepare(ex, &rr) != 0 || request_id(ex) != 0) {
+    if (prepare(ex, &rr) != 0 || request_id(ex) != 0 || begin_trace(ex, &rr) != 0) {
         fwd_local_reply(ex, 503, "out of memory\n", 1);
         return 1;
     }
@@ -654,6 +712,7 @@ int fwd_response_head(exchange_t *ex, int status)
 void fwd_response_body(exchange_t *ex, buf_t *b, const char *p, size_t n)
 {
     downstream_t *ds = ex->ds;
+    ex->resp_bytes += n;
     write_chunked(&ds->c, ex->resp_out, b, p, n);
     if (ex->up && conn_over_high_water(&ds->c))
         upstream_set_reading(ex->up, 0);

@@ -18,6 +18,7 @@
 #include "proxy/buf.h"
 #include "proxy/h1.h"
 #include "routing/route.h"
+#include "tracing/xray.h"
 
 struct downstream;
 struct upstream;
@@ -60,6 +61,8 @@ typedef struct exchange {
     unsigned nreplay;
     size_t replay_bytes;
     struct exchange *wait_prev, *wait_next; /* the worker's queue for a connection-pool slot */
+    xray_ctx_t *trace;                      /* when tracing is on */
+    uint64_t resp_bytes;                    /* response body bytes relayed */
     uint8_t method;
     uint8_t major, minor;    /* the client's HTTP version */
     unsigned keep_alive : 1; /* the client connection may carry another request */

@@ -81,7 +81,7 @@ static void build_request(const exchange_t *ex, head_writer_t *hw)
     int has_host = 0, has_xfp = 0;
     for (unsigned i = 0; i < h->nfields; i++) {
         if (h1_is_hop_by_hop(h, i) || h1_name_is(h, i, "x-forwarded-for") ||
-            h1_name_is(h, i, "x-request-id"))
+            h1_name_is(h, i, "x-request-id") || (ex->trace && h1_name_is(h, i, "x-amzn-trace-id")))
             continue;
         if (ex->expect_continue && h1_name_is(h, i, "expect"))
             continue; /* answered by remora itself */
@@ -116,6 +116,13 @@ static void build_request(const exchange_t *ex, head_writer_t *hw)
     put(hw, "X-Request-Id: ", 14);
     puts_(hw, ex->request_id);
     put(hw, "\r\n", 2);
+    if (ex->trace) {
+        char trace[TRACE_ID_LEN + SPAN_ID_LEN + TRACE_EXTRA_MAX + 40];
+        size_t n = xray_outgoing(ex->trace, trace, sizeof trace);
+        put(hw, "X-Amzn-Trace-Id: ", 17);
+        put(hw, trace, n);
+        put(hw, "\r\n", 2);
+    }
     if (ex->upgrade) {
         int u = h1_find(h, "upgrade");
         puts_(hw, "Connection: upgrade\r\n");

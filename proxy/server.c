@@ -45,6 +45,12 @@ int server_init(server_t *s, const settings_t *set, const cli_opts_t *cli, confi
         diag_free(&d);
         return ERR_CONFIG;
     }
+    if (set->xray && !(s->xray = xray_new(&set->xray_set, &d))) {
+        for (size_t i = 0; i < d.n; i++)
+            log_error("%s", d.lines[i]);
+        diag_free(&d);
+        return ERR_CONFIG;
+    }
     s->workers = calloc(set->workers, sizeof *s->workers);
     if (!s->workers || qsbr_init(&s->qsbr, set->workers) != 0)
         return UV_ENOMEM;
@@ -256,6 +262,7 @@ void server_free(server_t *s)
     if (s->qsbr.seen)
         qsbr_destroy(&s->qsbr);
     free(s->workers);
+    xray_free(s->xray);
     route_table_unref(s->routes);
     registry_free(&s->reg);
 }

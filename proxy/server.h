@@ -10,6 +10,7 @@
 #include "config/config.h"
 #include "discovery/discovery.h"
 #include "proxy/qsbr.h"
+#include "tracing/xray.h"
 #include "proxy/settings.h"
 #include "proxy/stats.h"
 #include "proxy/worker.h"
@@ -24,7 +25,8 @@ typedef struct server {
     cli_opts_t cli; /* to find the config again on reload */
     registry_t reg; /* clusters and counters that outlive reloads */
     discovery_t *discovery;
-    qsbr_t qsbr; /* reclaims endpoint sets once no worker can see them */
+    xray_t *xray; /* NULL when tracing is off */
+    qsbr_t qsbr;  /* reclaims endpoint sets once no worker can see them */
     uv_timer_t reclaim_timer;
     route_table_t *routes; /* the snapshot in force (the main thread's reference) */
     _Atomic int state;

@@ -171,6 +171,51 @@ static void resolve_workers(settings_t *s, const cli_opts_t *cli, const config_t
     s->workers = n > 0 ? (unsigned)n : settings_cpu_limit(NULL, affinity_cpus());
 }
 
+static const char *env(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : NULL;
+}
+
+/* X-Ray as the App Mesh Envoy image reads it: ENABLE_ENVOY_XRAY_TRACING, XRAY_DAEMON_PORT,
+ * AWS_XRAY_DAEMON_ADDRESS (wins over the port), XRAY_SAMPLING_RATE, XRAY_SAMPLING_RULE_MANIFEST,
+ * XRAY_SEGMENT_NAME; then the config's proxy.xray. */
+static void resolve_xray(settings_t *s, const config_t *cfg, diag_t *d)
+{
+    const cfg_proxy_t *px = &cfg->proxy;
+    xray_settings_t *x = &s->xray_set;
+    const char *on = env("ENABLE_ENVOY_XRAY_TRACING");
+    s->xray = (on && strcmp(on, "1") == 0) || px->xray_enabled;
+    const char *addr = env("AWS_XRAY_DAEMON_ADDRESS"), *port = env("XRAY_DAEMON_PORT");
+    if (port && parse_long(port, 1, 65535) < 0)
+        diag_add(d, "settings", "XRAY_DAEMON_PORT", "must be 1..65535, got \"%s\"", port);
+    if (addr)
+        snprintf(x->daemon, sizeof x->daemon, "%s", addr);
+    else if (port)
+        snprintf(x->daemon, sizeof x->daemon, "127.0.0.1:%s", port);
+    else
+        snprintf(x->daemon, sizeof x->daemon, "%s",
+                 px->xray_daemon ? px->xray_daemon : "127.0.0.1:2000");
+    const char *rate = env("XRAY_SAMPLING_RATE");
+    char *end = NULL;
+    x->rate = rate ? strtod(rate, &end) : px->xray_rate >= 0 ? px->xray_rate : 0.05;
+    if (rate && (*end || x->rate < 0 || x->rate > 1))
+        diag_add(d, "settings", "XRAY_SAMPLING_RATE", "must be 0..1, got \"%s\"", rate);
+    const char *manifest = env("XRAY_SAMPLING_RULE_MANIFEST");
+    snprintf(x->manifest, sizeof x->manifest, "%s",
+             manifest            ? manifest
+             : px->xray_manifest ? px->xray_manifest
+                                 : "");
+    snprintf(x->mesh, sizeof x->mesh, "%s", cfg->mesh_name);
+    snprintf(x->node, sizeof x->node, "%s", s->node);
+    const char *name = env("XRAY_SEGMENT_NAME");
+    if (name || px->xray_segment_name)
+        snprintf(x->segment_name, sizeof x->segment_name, "%s",
+                 name ? name : px->xray_segment_name);
+    else
+        snprintf(x->segment_name, sizeof x->segment_name, "%.120s/%.120s", cfg->mesh_name, s->node);
+}
+
 int settings_resolve(settings_t *s, const cli_opts_t *cli, const config_t *cfg, diag_t *d)
 {
     size_t before = d->n;
@@ -194,6 +239,7 @@ int settings_resolve(settings_t *s, const cli_opts_t *cli, const config_t *cfg, 
                           : cfg->proxy.drain_timeout_ms != DURATION_UNSET
                               ? cfg->proxy.drain_timeout_ms
                               : DEFAULT_DRAIN_TIMEOUT_MS;
+    resolve_xray(s, cfg, d);
     const char *dns = getenv("REMORA_DNS_SERVERS");
     snprintf(s->dns_servers, sizeof s->dns_servers, "%s",
              dns && *dns              ? dns

@@ -8,6 +8,7 @@
 #include "config/config.h"
 #include "config/diag.h"
 #include "proxy/log.h"
+#include "tracing/xray.h"
 
 #define DEFAULT_CONFIG_PATH       "/etc/remora/mesh.json"
 #define DEFAULT_INGRESS_PORT      15000
@@ -36,6 +37,8 @@ typedef struct settings {
     uint64_t drain_timeout_ms;
     char dns_servers[512]; /* "" = /etc/resolv.conf */
     uint64_t dns_hold_ms;
+    int xray; /* tracing on */
+    xray_settings_t xray_set;
 } settings_t;
 
 /* Where the config comes from: REMORA_CONFIG_JSON inline, else --config, REMORA_CONFIG, the

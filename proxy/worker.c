@@ -182,8 +182,11 @@ int worker_init(worker_t *w, server_t *srv, unsigned id)
     w->routes = route_table_ref(srv->routes);
     if (getrandom(&w->rng, sizeof w->rng, 0) != sizeof w->rng || w->rng == 0)
         w->rng = uv_hrtime() | 1;
+    w->xray.fd = -1;
     int err = uv_loop_init(&w->loop);
     if (err < 0)
+        return err;
+    if (srv->xray && (err = xray_emitter_open(srv->xray, &w->xray)) < 0)
         return err;
     uv_async_init(&w->loop, &w->wake, on_wake);
     w->wake.data = w;
@@ -210,6 +213,7 @@ static void run(void *arg)
     w->routes = NULL;
     pool_table_free(&w->pools);
     bufpool_drain(&w->bufs);
+    xray_emitter_close(&w->xray);
     qsbr_offline(&w->srv->qsbr, w->id);
     while (w->free_wreqs) {
         wreq_t *r = w->free_wreqs;

@@ -8,6 +8,7 @@
 #include "proxy/buf.h"
 #include "proxy/conn.h"
 #include "proxy/pool.h"
+#include "tracing/xray.h"
 
 struct server;
 struct downstream;
@@ -36,6 +37,7 @@ typedef struct worker {
     wreq_t *free_wreqs;
     unsigned nfree_wreqs;
     listener_t ingress, egress;
+    xray_emitter_t xray; /* when tracing is on */
     pool_table_t pools;
     uint64_t rng;                   /* xorshift state for request ids, seeded from getrandom */
     struct downstream *downstreams; /* every open client connection, for draining */
