@@ -25,9 +25,10 @@ LLHTTP_OBJS := $(BUILD)/third_party/llhttp/api.o $(BUILD)/third_party/llhttp/htt
                $(BUILD)/third_party/llhttp/llhttp.o
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+TOOL_BINS := $(BUILD)/tests/trace_header_cli
 
 DEB_PKGS  := build-essential pkg-config libuv1-dev libc-ares-dev libcjson-dev libssl-dev node-llhttp \
-             libcmocka-dev python3 python3-pytest curl knot knot-dnsutils procps clang-format
+             libcmocka-dev python3 python3-pytest curl knot knot-dnsutils procps clang-format nodejs
 BENCH_PKGS := wrk haproxy nginx-light valgrind
 
 .PHONY: all deps test unit integration run lint format clean bench bench-smoke
@@ -51,6 +52,10 @@ $(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS) $(LLHTTP_OBJS)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -Wno-missing-prototypes -o $@ $< $(LIB_OBJS) $(LLHTTP_OBJS) \
 		$(LDLIBS) -lcmocka
 
+$(BUILD)/tests/%: tests/tools/%.c $(LIB_OBJS) $(LLHTTP_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $< $(LIB_OBJS) $(LLHTTP_OBJS) $(LDLIBS)
+
 -include $(OBJS:.o=.d)
 
 # Installs what is missing, and only that; safe to run again.
@@ -63,12 +68,15 @@ deps:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
+	@# The X-Ray SDK, the reference the header-parsing test compares with (npm registry).
+	@[ -d tests/xray/node_modules/aws-xray-sdk-core ] || \
+		npm ci --prefix tests/xray --no-audit --no-fund --silent
 
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
 
-integration: $(BUILD)/remora
-	REMORA_BIN=$(abspath $(BUILD)/remora) REMORA_SANITIZER=$(SANITIZER) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+integration: $(BUILD)/remora $(TOOL_BINS)
+	REMORA_BIN=$(abspath $(BUILD)/remora) REMORA_TOOLS=$(abspath $(BUILD)/tests) REMORA_SANITIZER=$(SANITIZER) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
 test: deps
 	$(MAKE) --no-print-directory all
