@@ -26,12 +26,13 @@ LLHTTP_OBJS := $(BUILD)/third_party/llhttp/api.o $(BUILD)/third_party/llhttp/htt
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 TOOL_BINS := $(BUILD)/tests/trace_header_cli
+BENCH_BINS := $(BUILD)/bench/openloop
 
 DEB_PKGS  := build-essential pkg-config libuv1-dev libc-ares-dev libcjson-dev libssl-dev node-llhttp \
              libcmocka-dev python3 python3-pytest curl knot knot-dnsutils procps clang-format nodejs
 BENCH_PKGS := wrk haproxy nginx-light valgrind
 
-.PHONY: all deps test unit integration run lint format clean bench bench-smoke
+.PHONY: all deps test unit integration run lint format clean bench bench-smoke bench-deps
 
 all: $(BUILD)/remora
 
@@ -55,6 +56,10 @@ $(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS) $(LLHTTP_OBJS)
 $(BUILD)/tests/%: tests/tools/%.c $(LIB_OBJS) $(LLHTTP_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $< $(LIB_OBJS) $(LLHTTP_OBJS) $(LDLIBS)
+
+$(BUILD)/bench/%: tests/bench/%.c $(LLHTTP_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $< $(LLHTTP_OBJS) $(LDLIBS)
 
 -include $(OBJS:.o=.d)
 
@@ -96,6 +101,17 @@ lint:
 
 format:
 	clang-format -i $(SRCS) $(wildcard proxy/*.h config/*.h routing/*.h discovery/*.h tracing/*.h)
+
+bench-deps:
+	@$(MAKE) --no-print-directory deps EXTRA_PKGS="$(BENCH_PKGS)"
+
+# The full benchmark (about 10 minutes): remora against HAProxy, nginx and a direct connection.
+bench: bench-deps all $(BENCH_BINS)
+	$(PYTHON) tests/bench/bench.py
+
+# A short pass (under a minute) that keeps the harness working; it never fails on timing.
+bench-smoke: bench-deps all $(BENCH_BINS)
+	$(PYTHON) tests/bench/bench.py --smoke
 
 clean:
 	rm -rf build build-*

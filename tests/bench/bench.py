@@ -1,0 +1,458 @@
+#!/usr/bin/python3
+"""remora against HAProxy, nginx and a direct connection, measured in the same run on the same
+machine, interleaved (A B C D, A B C D, ...) so drift on a shared machine cancels, and reported
+as ratios. `make bench` runs it in full; `make bench-smoke` runs a short pass that keeps the
+harness working and never fails on timing.
+
+Measures, for each target (direct = the upstream nginx itself):
+  throughput at saturation (wrk), small GET, 16 KiB POST, 1 MiB GET; 1 and 2 workers
+  latency p50/p99/p99.9 at a fixed rate below saturation (openloop, open loop)
+  instructions per proxied request (callgrind; slope between two request counts)
+  RSS idle, RSS with many idle keep-alive client connections, time from exec to /ready
+  remora with X-Ray on (sampled 5%, daemon absent) and off
+"""
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.path.join(ROOT, "build")
+REMORA = os.path.join(BUILD, "remora")
+OPENLOOP = os.path.join(BUILD, "bench", "openloop")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.01)
+    raise SystemExit(f"bench: nothing listening on {port}")
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Proc:
+    def __init__(self, argv, port, env=None, ready=None):
+        self.argv, self.port = argv, port
+        self.log = tempfile.NamedTemporaryFile(prefix="remora-bench-log-", delete=False)
+        self.p = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                  start_new_session=True)
+        try:
+            (ready or wait_port)(port)
+        except SystemExit:
+            with open(self.log.name) as f:
+                print(f"bench: {' '.join(argv)} did not come up:\n{f.read()[-2000:]}", file=sys.stderr)
+            self.stop()
+            raise
+
+    def pids(self):
+        """The process and its children (nginx's worker)."""
+        out = subprocess.run(["pgrep", "-s", str(self.p.pid)], capture_output=True, text=True).stdout
+        return [int(x) for x in out.split()] or [self.p.pid]
+
+    def rss(self):
+        return sum(rss_kib(p) for p in self.pids())
+
+    def stop(self):
+        try:
+            os.killpg(self.p.pid, signal.SIGTERM)
+            self.p.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.log.close()
+        os.unlink(self.log.name) if os.path.exists(self.log.name) else None
+
+
+class Bench:
+    def __init__(self, smoke):
+        self.smoke = smoke
+        self.dir = tempfile.mkdtemp(prefix="remora-bench-")
+        with open(os.path.join(self.dir, "big"), "wb") as f:
+            f.write(os.urandom(1 << 20))
+        self.up_port = free_port()
+        self.upstream = self.nginx_upstream()
+        self.results = {}
+
+    # ---- the targets ----
+
+    def nginx_conf(self, name, body, workers=1, master=True):
+        path = os.path.join(self.dir, name + ".conf")
+        with open(path, "w") as f:
+            f.write(f"""worker_processes {workers};
+master_process {"on" if master else "off"};
+daemon off;
+pid {self.dir}/{name}.pid;
+error_log {self.dir}/{name}.err warn;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  client_body_temp_path {self.dir}/{name}-body;
+  proxy_temp_path {self.dir}/{name}-proxy;
+  {body}
+}}
+""")
+        return path
+
+    def nginx_upstream(self):
+        conf = self.nginx_conf("upstream", f"""
+  server {{
+    listen 127.0.0.1:{self.up_port} reuseport backlog=4096;
+    location = /small {{ return 200 "hello, world\\n"; }}
+    location = /post {{ client_max_body_size 1m; client_body_buffer_size 64k; return 200 "ok\\n"; }}
+    location = /big {{ alias {self.dir}/big; }}
+  }}""", workers=1)
+        return Proc(["nginx", "-c", conf], self.up_port)
+
+    def remora(self, workers=1, xray=None, routes=0):
+        port, admin = free_port(), free_port()
+        cfg = {"mesh": {"meshName": "bench"}, "virtualNodes": [{"virtualNodeName": "app", "spec": {
+            "listeners": [{"portMapping": {"port": self.up_port, "protocol": "http"},
+                           "timeout": {"http": {"perRequest": {"unit": "s", "value": 0}}}}]}}]}
+        if routes:
+            add_routes(cfg, routes, self.up_port)
+        path = os.path.join(self.dir, f"remora-{port}.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        env = {"PATH": os.environ["PATH"]}
+        if xray is not None:
+            env.update({"ENABLE_ENVOY_XRAY_TRACING": "1", "XRAY_DAEMON_PORT": str(free_port()),
+                        "XRAY_SAMPLING_RATE": str(xray)})
+        argv = [REMORA, "--config", path, "--node", "app", "--ingress-port", str(port),
+                "--egress-port", str(free_port()), "--admin", f"127.0.0.1:{admin}",
+                "--workers", str(workers), "--log-level", "error"]
+        p = Proc(argv, port, env=env)
+        p.admin = admin
+        return p, argv, env
+
+    def haproxy(self, threads=1, maxconn=9900):
+        port = free_port()
+        conf = os.path.join(self.dir, f"haproxy-{port}.cfg")
+        with open(conf, "w") as f:
+            f.write(f"""global
+  nbthread {threads}
+  maxconn {maxconn}
+  ulimit-n {min(19990, 2 * maxconn + 100)}
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend be
+backend be
+  server s1 127.0.0.1:{self.up_port}
+""")
+        return Proc(["haproxy", "-f", conf, "-db"], port), ["haproxy", "-f", conf, "-db"]
+
+    def nginx_proxy(self, workers=1, master=True):
+        port = free_port()
+        conf = self.nginx_conf(f"proxy-{port}", f"""
+  upstream up {{ server 127.0.0.1:{self.up_port}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port} reuseport backlog=4096;
+    client_max_body_size 1m;
+    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+                 proxy_buffering off; }}
+  }}""", workers=workers, master=master)
+        return Proc(["nginx", "-c", conf], port), ["nginx", "-c", conf]
+
+    def targets(self, workers=1):
+        """name -> running Proc (the upstream itself is 'direct')."""
+        remora, _, _ = self.remora(workers)
+        haproxy, _ = self.haproxy(workers)
+        nginx, _ = self.nginx_proxy(workers)
+        return {"direct": self.upstream, "remora": remora, "haproxy": haproxy, "nginx": nginx}
+
+    # ---- measurements ----
+
+    def wrk(self, port, path, seconds, conns=32, script=None):
+        argv = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency"]
+        if script:
+            argv += ["-s", script]
+        out = subprocess.run(argv + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
+                             timeout=seconds + 30).stdout
+        m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+        return float(m.group(1)) if m else 0.0, bool(errors)
+
+    def throughput(self, label, targets, path, rounds, seconds, script=None):
+        got = {name: [] for name in targets}
+        for _ in range(rounds):
+            for name, proc in targets.items():
+                rps, errors = self.wrk(proc.port, path, seconds, script=script)
+                got[name].append(rps)
+                if errors:
+                    print(f"  warning: {name} {label}: errors reported by wrk", file=sys.stderr)
+        med = {name: statistics.median(v) for name, v in got.items()}
+        self.results[f"throughput {label}"] = med
+        return med
+
+    def latency(self, targets, rate, seconds, rounds):
+        got = {name: [] for name in targets}
+        for _ in range(rounds):
+            for name, proc in targets.items():
+                out = subprocess.run([OPENLOOP, str(proc.port), str(rate), str(seconds), "16", "/small"],
+                                     capture_output=True, text=True, timeout=seconds + 30).stdout
+                vals = dict(kv.split("=") for kv in out.split())
+                got[name].append(vals)
+        med = {}
+        for name, runs in got.items():
+            med[name] = {k: statistics.median(int(r[k]) for r in runs)
+                         for k in ("p50_us", "p99_us", "p999_us", "errors")}
+        self.results[f"latency at {rate} req/s"] = med
+        return med
+
+    def instructions(self, name, argv, port, env=None, n1=2000, n2=6000):
+        """Instructions per request: two runs under callgrind, of n1 and of n2 requests after
+        the same warm-up, each stopped gracefully so that callgrind writes its totals; the
+        difference over n2 - n1 leaves start-up, warm-up and shutdown out."""
+        totals = []
+        for n in (n1, n2):
+            out = os.path.join(self.dir, f"cg-{name}-{n}")
+            os.makedirs(out, exist_ok=True)
+            vg = ["valgrind", "--tool=callgrind", "--trace-children=yes", "--dump-instr=no",
+                  f"--callgrind-out-file={out}/cg.%p"]
+            p = Proc(vg + argv, port, env=env, ready=lambda prt: wait_port(prt, 60))
+            keepalive_requests(port, 200)  # warm-up: connections and pools made
+            keepalive_requests(port, n)
+            os.killpg(p.p.pid, signal.SIGTERM)  # a graceful exit: every process writes its totals
+            p.p.wait(120)
+            time.sleep(0.5)  # children (nginx's worker) finish writing
+            totals.append(sum_callgrind(out))
+            p.stop()
+            shutil.rmtree(out, ignore_errors=True)
+        return (totals[1] - totals[0]) / (n2 - n1)
+
+    def memory(self, targets, conns):
+        res = {}
+        for name, proc in targets.items():
+            idle = proc.rss()
+            held = asyncio.run(hold_connections(proc.port, conns, lambda: proc.rss()))
+            res[name] = {"idle_kib": idle, "per_conn_bytes": (held - idle) * 1024 / conns}
+        self.results[f"memory with {conns} idle keep-alive connections"] = res
+        return res
+
+    def ready_time(self, routes):
+        times = []
+        for _ in range(3 if self.smoke else 9):
+            t0 = time.monotonic()
+            p, _, _ = self.remora(routes=routes)
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{p.admin}/ready", timeout=1) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                time.sleep(0.001)
+            times.append((time.monotonic() - t0) * 1000)
+            p.stop()
+        self.results[f"time to /ready, {routes} routes"] = {"remora": {"ms": statistics.median(times)}}
+
+
+def add_routes(cfg, n, port):
+    """n routes on one router, so start-up parses and builds them all."""
+    nodes = cfg["virtualNodes"]
+    nodes[0]["spec"]["backends"] = [{"virtualService": {"virtualServiceName": "svc.bench"}}]
+    nodes.append({"virtualNodeName": "svc", "spec": {
+        "listeners": [{"portMapping": {"port": port, "protocol": "http"}}],
+        "serviceDiscovery": {"dns": {"hostname": "127.0.0.1"}}}})
+    cfg["virtualServices"] = [{"virtualServiceName": "svc.bench",
+                               "spec": {"provider": {"virtualRouter": {"virtualRouterName": "r"}}}}]
+    cfg["virtualRouters"] = [{"virtualRouterName": "r", "spec": {
+        "listeners": [{"portMapping": {"port": 80, "protocol": "http"}}]}}]
+    cfg["routes"] = [{"virtualRouterName": "r", "routeName": f"r{i}", "spec": {
+        "priority": i, "httpRoute": {
+            "match": {"prefix": f"/p{i}/", "headers": [{"name": "x-v", "match": {"regex": f"v{i}[0-9]*"}}]},
+            "action": {"weightedTargets": [{"virtualNode": "svc", "weight": 1}]}}}} for i in range(n)]
+
+
+def keepalive_requests(port, n, conns=10):
+    """n small GETs over `conns` keep-alive connections."""
+    async def one(count):
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(count):
+            w.write(b"GET /small HTTP/1.1\r\nHost: bench\r\n\r\n")
+            await w.drain()
+            head = await r.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+            await r.readexactly(length)
+        w.close()
+
+    async def main():
+        await asyncio.gather(*(one(n // conns) for _ in range(conns)))
+    asyncio.run(main())
+
+
+def sum_callgrind(directory):
+    total = 0
+    for name in os.listdir(directory):
+        with open(os.path.join(directory, name)) as f:
+            for line in f:
+                if line.startswith("summary:") or line.startswith("totals:"):
+                    total += int(line.split()[1])
+                    break
+    return total
+
+
+async def hold_connections(port, n, measure):
+    conns = []
+    for _ in range(n):
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"GET /small HTTP/1.1\r\nHost: bench\r\n\r\n")
+        conns.append((r, w))
+    for r, w in conns:
+        head = await r.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+        await r.readexactly(length)
+    await asyncio.sleep(0.5)
+    held = measure()
+    for _, w in conns:
+        w.close()
+    return held
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+def report(b):
+    lines = ["# remora benchmark", "",
+             f"One run on {os.cpu_count()} CPUs; targets interleaved. Ratios are remora's.", ""]
+    for title, rows in b.results.items():
+        lines.append(f"## {title}")
+        first = next(iter(rows.values()))
+        if isinstance(first, dict):
+            keys = list(first)
+            lines.append("| target | " + " | ".join(keys) + " |")
+            lines.append("|---|" + "---|" * len(keys))
+            for name, v in rows.items():
+                lines.append(f"| {name} | " + " | ".join(f"{v[k]:.0f}" if isinstance(v[k], float) else str(v[k])
+                                                          for k in keys) + " |")
+        else:
+            lines.append("| target | value | remora / this |")
+            lines.append("|---|---|---|")
+            for name, v in rows.items():
+                lines.append(f"| {name} | {v:,.0f} | {ratio(rows.get('remora', 0), v)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:  # as root the hard limit can be raised: 10,000 connections need 20,000+ descriptors
+        resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    b = Bench(args.smoke)
+    rounds, secs = (1, 1) if args.smoke else (3, 5)
+    started = []
+    try:
+        t = b.targets(1)
+        started += [p for n, p in t.items() if n != "direct"]
+        post = os.path.join(b.dir, "post.lua")
+        with open(post, "w") as f:
+            f.write('wrk.method = "POST"\nwrk.body = string.rep("x", 16384)\n'
+                    'wrk.headers["Content-Type"] = "application/octet-stream"\n')
+        print(b.throughput("small GET, 1 worker", t, "/small", rounds, secs))
+        print(b.throughput("16 KiB POST, 1 worker", t, "/post", rounds, secs, script=post))
+        print(b.throughput("1 MiB GET, 1 worker", t, "/big", rounds, secs))
+        print(b.latency(t, 2000 if not args.smoke else 500, secs, rounds))
+        # HAProxy budgets two descriptors per connection and this machine allows 20,000 per
+        # process, so the comparison holds 9,000; remora alone is also measured at 10,000.
+        print(b.memory({n: p for n, p in t.items() if n != "direct"}, 1000 if args.smoke else 9000))
+        if not args.smoke:
+            print(b.memory({"remora": t["remora"]}, 10000))
+        x_on, _, _ = b.remora(1, xray=0.05)
+        x_full, _, _ = b.remora(1, xray=1.0)
+        started += [x_on, x_full]
+        print(b.throughput("small GET, tracing", {"remora": t["remora"], "remora xray 5% (no daemon)": x_on,
+                                                  "remora xray 100% (no daemon)": x_full},
+                           "/small", rounds, secs))
+        for p in started:
+            p.stop()
+        started = []
+        t2 = b.targets(2)
+        started += [p for n, p in t2.items() if n != "direct"]
+        print(b.throughput("small GET, 2 workers", t2, "/small", rounds, secs))
+        for p in started:
+            p.stop()
+        started = []
+        b.ready_time(50)
+        n1, n2 = (500, 1000) if args.smoke else (2000, 6000)
+        ins = {}
+        rp, rargv, renv = b.remora(1)
+        rp.stop()
+        ins["remora"] = b.instructions("remora", rargv, rp.port, env=renv, n1=n1, n2=n2)
+        if args.smoke:  # the comparison runs take minutes under valgrind; the smoke pass skips them
+            b.results["instructions per proxied small GET (callgrind)"] = ins
+            return finish(b, args)
+        hp, hargv = b.haproxy(1, maxconn=1000)  # valgrind keeps some descriptors for itself
+        hp.stop()
+        ins["haproxy"] = b.instructions("haproxy", hargv, hp.port, n1=n1, n2=n2)
+        # One process under callgrind (the worker's request path is the same): with a master,
+        # callgrind's per-process output of the forked worker is lost.
+        np_, nargv = b.nginx_proxy(1, master=False)
+        np_.stop()
+        ins["nginx"] = b.instructions("nginx", nargv, np_.port, n1=n1, n2=n2)
+        b.results["instructions per proxied small GET (callgrind)"] = ins
+        print(ins)
+    finally:
+        for p in started:
+            p.stop()
+        b.upstream.stop()
+    finish(b, args)
+
+
+def finish(b, args):
+    b.upstream.stop()
+    text = report(b)
+    os.makedirs(os.path.join(BUILD, "bench"), exist_ok=True)
+    out = os.path.join(BUILD, "bench", "results-smoke.md" if args.smoke else "results.md")
+    with open(out, "w") as f:
+        f.write(text + "\n")
+    print(text)
+    print(f"\nwritten to {out}")
+    shutil.rmtree(b.dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
