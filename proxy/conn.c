@@ -57,6 +57,11 @@ void conn_write(conn_t *c, buf_t *b, const char *p, size_t n)
 {
     if (n == 0 || c->closing)
         return;
+    /* A small piece of a large read buffer: copy it rather than keep 64 KiB alive for it. */
+    if (b && n <= SMALL_COPY && b->cap > SMALL_COPY) {
+        conn_write_copy(c, p, n);
+        return;
+    }
     wreq_t *r = out_room(c, 0);
     if (!r)
         return;

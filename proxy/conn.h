@@ -14,7 +14,8 @@
 #include "proxy/buf.h"
 
 #define WREQ_IOV_MAX    32
-#define WREQ_SCRATCH    512
+#define WREQ_SCRATCH    2048
+#define SMALL_COPY      1024 /* pieces this small are copied, so the read buffer is freed at once */
 #define CONN_HIGH_WATER (256 * 1024) /* stop reading the peer above this many queued bytes */
 #define CONN_LOW_WATER  (64 * 1024)  /* and start again below this */
 

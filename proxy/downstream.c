@@ -26,13 +26,21 @@ static void update_reading(downstream_t *ds);
 
 static void on_timer(uv_timer_t *t);
 
+/* Phases change several times per request; the libuv timer is re-armed only when the new
+ * deadline is earlier than the one it is armed for. A timer that fires early (the deadline
+ * moved later) re-arms itself for the rest. */
 static void set_timer(downstream_t *ds, enum ds_timer phase, uint64_t ms)
 {
     ds->timer_phase = phase;
-    if (phase == DS_TIMER_NONE || ms == 0)
-        uv_timer_stop(&ds->timer);
-    else
+    if (phase == DS_TIMER_NONE || ms == 0) {
+        ds->deadline = 0;
+        return;
+    }
+    ds->deadline = uv_now(&ds->c.w->loop) + ms;
+    if (!uv_is_active((uv_handle_t *)&ds->timer) || ds->armed_for > ds->deadline) {
         uv_timer_start(&ds->timer, on_timer, ms, 0);
+        ds->armed_for = ds->deadline;
+    }
 }
 
 /* The idle timeout in force: the route's once routed, else the ingress listener's. */
@@ -66,7 +74,8 @@ void downstream_start_try_timer(downstream_t *ds, uint64_t ms)
 
 void downstream_stop_try_timer(downstream_t *ds)
 {
-    uv_timer_stop(&ds->try_timer);
+    if (uv_is_active((uv_handle_t *)&ds->try_timer))
+        uv_timer_stop(&ds->try_timer);
 }
 
 /* ---- closing ---- */
@@ -247,6 +256,7 @@ static int on_headers_complete(llhttp_t *p)
     ex->minor = llhttp_get_http_minor(p);
     ex->keep_alive = llhttp_should_keep_alive(p) ? 1 : 0;
     ex->upgrade = llhttp_get_upgrade(p) ? 1 : 0;
+    h1_classify(&ex->req);
     int stop = fwd_request_head(ex);
     /* Routed: the body (if any) streams under the route's idle timeout, unless the exchange
      * already moved the timer on (answered, or waiting for a pool slot). */
@@ -426,6 +436,15 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
 static void on_timer(uv_timer_t *t)
 {
     downstream_t *ds = t->data;
+    uint64_t now = uv_now(&ds->c.w->loop);
+    if (!ds->deadline)
+        return;
+    if (now < ds->deadline) {
+        uv_timer_start(&ds->timer, on_timer, ds->deadline - now, 0);
+        ds->armed_for = ds->deadline;
+        return;
+    }
+    ds->deadline = 0;
     exchange_t *ex = ds->ex;
     http_stats_t *st = stats_of(ds);
     switch (ds->timer_phase) {

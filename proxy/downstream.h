@@ -24,6 +24,8 @@ typedef struct downstream {
     struct exchange *ex;
     uv_timer_t timer;
     enum ds_timer timer_phase;
+    uint64_t deadline;              /* when the current phase times out (loop time, ms); 0: none */
+    uint64_t armed_for;             /* the deadline the libuv timer is set for */
     uv_timer_t try_timer;           /* retryPolicy.perRetryTimeout of the current attempt */
     endpoint_t orig_dst;            /* where iptables REDIRECT meant the connection to go */
     struct downstream *next, *prev; /* worker's list */

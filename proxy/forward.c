@@ -25,14 +25,32 @@ static http_stats_t *http_stats(exchange_t *ex)
     return ex->ds->listener->kind == LISTENER_INGRESS ? &s->ingress_stats : &s->egress_stats;
 }
 
+#define EXCHANGE_KEEP     64         /* free exchanges a worker keeps */
+#define HEAD_STORAGE_KEEP (8 * 1024) /* header storage kept with a free exchange */
+
 exchange_t *exchange_new(downstream_t *ds)
 {
-    exchange_t *ex = calloc(1, sizeof *ex);
-    if (!ex)
-        return NULL;
+    worker_t *w = ds->c.w;
+    exchange_t *ex = w->free_exchanges;
+    if (ex) { /* reuse it, and its header storage */
+        w->free_exchanges = ex->next_free;
+        w->nfree_exchanges--;
+        h1_head_t req = ex->req, resp = ex->resp;
+        memset(ex, 0, sizeof *ex);
+        ex->req = req;
+        ex->resp = resp;
+        h1_head_reset(&ex->req);
+        h1_head_reset(&ex->resp);
+    } else {
+        ex = calloc(1, sizeof *ex);
+        if (!ex)
+            return NULL;
+        h1_head_init(&ex->req);
+        h1_head_init(&ex->resp);
+    }
     ex->ds = ds;
-    h1_head_init(&ex->req);
-    h1_head_init(&ex->resp);
+    if (++w->live_exchanges > w->peak_exchanges)
+        w->peak_exchanges = w->live_exchanges;
     stat_inc(&http_stats(ex)->downstream_rq_total);
     stat_inc(&http_stats(ex)->downstream_rq_active);
     return ex;
@@ -107,8 +125,8 @@ static void report(exchange_t *ex, int status)
 static void trace_finish(exchange_t *ex)
 {
     downstream_t *ds = ex->ds;
-    int i = h1_find(&ex->req, "host"), ua = h1_find(&ex->req, "user-agent");
-    int xff = h1_find(&ex->req, "x-forwarded-for");
+    int i = h1_find_id(&ex->req, H_HOST), ua = h1_find_id(&ex->req, H_USER_AGENT);
+    int xff = h1_find_id(&ex->req, H_X_FORWARDED_FOR);
     size_t ip_len = 0;
     char ip[64];
     if (xff >= 0) { /* the first address of the chain, as the SDKs take it */
@@ -134,7 +152,6 @@ static void trace_finish(exchange_t *ex)
         .content_length = ex->resp_state == RESP_DONE ? (int64_t)ex->resp_bytes : -1,
     };
     xray_finish(ds->c.w->srv->xray, &ds->c.w->xray, ex->trace, &r);
-    free(ex->trace);
     ex->trace = NULL;
 }
 
@@ -148,10 +165,31 @@ void exchange_free(exchange_t *ex)
     release_slot(ex);
     release_replay(ex);
     stat_dec(&http_stats(ex)->downstream_rq_active);
+    free(ex->target);
+    worker_t *w = ex->ds->c.w;
+    w->live_exchanges--;
+    if (w->nfree_exchanges < EXCHANGE_KEEP && ex->req.cap <= HEAD_STORAGE_KEEP &&
+        ex->resp.cap <= HEAD_STORAGE_KEEP) {
+        ex->next_free = w->free_exchanges;
+        w->free_exchanges = ex;
+        w->nfree_exchanges++;
+        return;
+    }
     h1_head_free(&ex->req);
     h1_head_free(&ex->resp);
-    free(ex->target);
     free(ex);
+}
+
+void exchange_free_list(worker_t *w)
+{
+    while (w->free_exchanges) {
+        exchange_t *ex = w->free_exchanges;
+        w->free_exchanges = ex->next_free;
+        h1_head_free(&ex->req);
+        h1_head_free(&ex->resp);
+        free(ex);
+    }
+    w->nfree_exchanges = 0;
 }
 
 /* ---- local replies ---- */
@@ -258,7 +296,7 @@ static int prepare(exchange_t *ex, route_request_t *rr)
     }
     const char *host = authority;
     size_t hlen = alen;
-    int hi = h1_find(&ex->req, "host");
+    int hi = h1_find_id(&ex->req, H_HOST);
     if (!host && hi >= 0) {
         hlen = ex->req.fields[hi].value_len;
         host = h1_trim(h1_value(&ex->req, (unsigned)hi), &hlen);
@@ -329,6 +367,22 @@ static void no_route_reply(exchange_t *ex, const route_request_t *rr)
 
 /* ---- attempts ---- */
 
+/* "<size in hex>\r\n", the chunk-size line of RFC 9112 §7.1; returns its length. */
+static size_t chunk_line(size_t n, char out[24])
+{
+    static const char digits[] = "0123456789abcdef";
+    char tmp[20];
+    size_t len = 0, i = 0;
+    do
+        tmp[len++] = digits[n & 15];
+    while ((n >>= 4) && len < sizeof tmp);
+    while (len)
+        out[i++] = tmp[--len];
+    out[i++] = '\r';
+    out[i++] = '\n';
+    return i;
+}
+
 static int replay(exchange_t *ex)
 {
     conn_t *c = &ex->up->c;
@@ -336,8 +390,7 @@ static int replay(exchange_t *ex)
         const replay_seg_t *s = &ex->replay[i];
         if (ex->req_out == BODY_CHUNKED) {
             char line[24];
-            int len = snprintf(line, sizeof line, "%zx\r\n", s->n);
-            conn_write_copy(c, line, (size_t)len);
+            conn_write_copy(c, line, chunk_line(s->n, line));
         }
         conn_write(c, s->buf, s->p, s->n);
         if (ex->req_out == BODY_CHUNKED)
@@ -497,7 +550,7 @@ void fwd_start_waiting(worker_t *w)
 
 static int request_id(exchange_t *ex)
 {
-    int i = h1_find(&ex->req, "x-request-id");
+    int i = h1_find_id(&ex->req, H_X_REQUEST_ID);
     if (i >= 0 && ex->req.fields[i].value_len > 0) {
         ex->request_id = h1_value(&ex->req, (unsigned)i);
         return 0;
@@ -513,10 +566,8 @@ static int begin_trace(exchange_t *ex, const route_request_t *rr)
     worker_t *w = ex->ds->c.w;
     if (!w->srv->xray)
         return 0;
-    ex->trace = malloc(sizeof *ex->trace);
-    if (!ex->trace)
-        return UV_ENOMEM;
-    int i = h1_find(&ex->req, "x-amzn-trace-id");
+    ex->trace = &ex->trace_ctx;
+    int i = h1_find_id(&ex->req, H_X_AMZN_TRACE_ID);
     xray_begin(w->srv->xray, &w->xray, ex->trace, ex->ds->listener->kind == LISTENER_EGRESS,
                i >= 0 ? h1_value(&ex->req, (unsigned)i) : NULL,
                i >= 0 ? ex->req.fields[i].value_len : 0, rr->host ? rr->host : "", rr->host_len,
@@ -526,7 +577,7 @@ static int begin_trace(exchange_t *ex, const route_request_t *rr)
 
 static void expect_continue(exchange_t *ex)
 {
-    int i = h1_find(&ex->req, "expect");
+    int i = h1_find_id(&ex->req, H_EXPECT);
     if (i < 0 || ex->minor < 1 || ex->req_out == BODY_NONE ||
         !h1_list_has(h1_value(&ex->req, (unsigned)i), ex->req.fields[i].value_len, "100-continue",
                      12))
@@ -544,7 +595,7 @@ int fwd_request_head(exchange_t *ex)
     /* RFC 9112 §3.2: a 1.1 request without exactly one Host is a 400. */
     int hosts = 0;
     for (unsigned i = 0; i < ex->req.nfields; i++)
-        hosts += h1_name_is(&ex->req, i, "host");
+        hosts += ex->req.fields[i].id == H_HOST;
     if ((ex->minor >= 1 && hosts == 0) || hosts > 1) {
         fwd_local_reply(ex, 400, hosts ? "more than one Host header\n" : "missing Host header\n",
                         1);
@@ -599,8 +650,7 @@ static void write_chunked(conn_t *c, enum body_framing f, buf_t *b, const char *
         return;
     }
     char line[24];
-    int len = snprintf(line, sizeof line, "%zx\r\n", n);
-    conn_write_copy(c, line, (size_t)len);
+    conn_write_copy(c, line, chunk_line(n, line));
     conn_write(c, b, p, n);
     conn_write(c, NULL, "\r\n", 2);
 }

@@ -62,6 +62,8 @@ typedef struct exchange {
     size_t replay_bytes;
     struct exchange *wait_prev, *wait_next; /* the worker's queue for a connection-pool slot */
     xray_ctx_t *trace;                      /* when tracing is on */
+    xray_ctx_t trace_ctx;                   /* what `trace` points at */
+    struct exchange *next_free;             /* the worker's free list */
     uint64_t resp_bytes;                    /* response body bytes relayed */
     uint8_t method;
     uint8_t major, minor;    /* the client's HTTP version */
@@ -79,6 +81,8 @@ typedef struct exchange {
 
 exchange_t *exchange_new(struct downstream *ds);
 void exchange_free(exchange_t *ex);
+/* At exit: free the worker's kept exchanges. */
+void exchange_free_list(struct worker *w);
 
 /* From the downstream parser. fwd_request_head returns 0 to read the body, or 1 to stop
  * parsing: remora answered locally, or the request waits for a connection-pool slot. */

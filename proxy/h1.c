@@ -12,6 +12,8 @@ void h1_head_init(h1_head_t *h)
 {
     h->bytes = NULL;
     h->cap = 0;
+    h->fields = NULL;
+    h->fields_cap = 0;
     h1_head_reset(h);
 }
 
@@ -25,8 +27,10 @@ void h1_head_reset(h1_head_t *h)
 void h1_head_free(h1_head_t *h)
 {
     free(h->bytes);
+    free(h->fields);
     h->bytes = NULL;
-    h->cap = 0;
+    h->fields = NULL;
+    h->cap = h->fields_cap = 0;
 }
 
 /* Appends n bytes and keeps a NUL after them (not counted in len), so every piece can be used
@@ -76,6 +80,16 @@ int h1_append_name(h1_head_t *h, const char *p, size_t n)
     if (h->state != H1_IN_NAME) {
         if (h->nfields == H1_MAX_FIELDS)
             return ERR_TOO_LARGE;
+        if (h->nfields == h->fields_cap) {
+            unsigned cap = h->fields_cap ? h->fields_cap * 2 : 16;
+            if (cap > H1_MAX_FIELDS)
+                cap = H1_MAX_FIELDS;
+            h1_field_t *grown = realloc(h->fields, cap * sizeof *grown);
+            if (!grown)
+                return ERR_TOO_LARGE;
+            h->fields = grown;
+            h->fields_cap = cap;
+        }
         seal(h);
         h1_field_t *f = &h->fields[h->nfields];
         *f = (h1_field_t){.name = h->len};
@@ -162,22 +176,64 @@ int h1_list_has(const char *list, size_t n, const char *token, size_t tlen)
     return 0;
 }
 
-static const char *const hop_by_hop[] = {
-    "connection", "proxy-connection",   "keep-alive",          "te", "transfer-encoding", "upgrade",
-    "trailer",    "proxy-authenticate", "proxy-authorization",
+/* Names by length, so that a field is compared with at most a few candidates. */
+static const struct {
+    const char *name;
+    uint8_t len, id, hop;
+} known[] = {
+    {"te", 2, H_TE, 1},
+    {"host", 4, H_HOST, 0},
+    {"expect", 6, H_EXPECT, 0},
+    {"upgrade", 7, H_UPGRADE, 1},
+    {"trailer", 7, H_TRAILER, 1},
+    {"keep-alive", 10, H_KEEP_ALIVE, 1},
+    {"connection", 10, H_CONNECTION, 1},
+    {"user-agent", 10, H_USER_AGENT, 0},
+    {"x-request-id", 12, H_X_REQUEST_ID, 0},
+    {"content-length", 14, H_CONTENT_LENGTH, 0},
+    {"x-amzn-trace-id", 15, H_X_AMZN_TRACE_ID, 0},
+    {"x-forwarded-for", 15, H_X_FORWARDED_FOR, 0},
+    {"proxy-connection", 16, H_PROXY_CONNECTION, 1},
+    {"transfer-encoding", 17, H_TRANSFER_ENCODING, 1},
+    {"x-forwarded-proto", 17, H_X_FORWARDED_PROTO, 0},
+    {"proxy-authenticate", 18, H_PROXY_AUTHENTICATE, 1},
+    {"proxy-authorization", 19, H_PROXY_AUTHORIZATION, 1},
 };
 
-int h1_is_hop_by_hop(const h1_head_t *h, unsigned i)
+void h1_classify(h1_head_t *h)
 {
-    for (size_t k = 0; k < sizeof hop_by_hop / sizeof *hop_by_hop; k++)
-        if (h1_name_is(h, i, hop_by_hop[k]))
-            return 1;
-    for (unsigned c = 0; c < h->nfields; c++) {
-        if (!h1_name_is(h, c, "connection"))
-            continue;
-        if (h1_list_has(h1_value(h, c), h->fields[c].value_len, h1_name(h, i),
-                        h->fields[i].name_len))
-            return 1;
+    int has_connection = 0;
+    for (unsigned i = 0; i < h->nfields; i++) {
+        h1_field_t *f = &h->fields[i];
+        f->id = H_OTHER;
+        f->hop = 0;
+        for (size_t k = 0; k < sizeof known / sizeof *known && known[k].len <= f->name_len; k++) {
+            if (known[k].len == f->name_len &&
+                strncasecmp(h->bytes + f->name, known[k].name, f->name_len) == 0) {
+                f->id = known[k].id;
+                f->hop = known[k].hop;
+                break;
+            }
+        }
+        has_connection |= f->id == H_CONNECTION;
     }
-    return 0;
+    if (!has_connection)
+        return;
+    /* Fields the Connection header names are hop-by-hop too (RFC 9110 §7.6.1). */
+    for (unsigned c = 0; c < h->nfields; c++) {
+        if (h->fields[c].id != H_CONNECTION)
+            continue;
+        for (unsigned i = 0; i < h->nfields; i++)
+            if (!h->fields[i].hop && h1_list_has(h1_value(h, c), h->fields[c].value_len,
+                                                 h1_name(h, i), h->fields[i].name_len))
+                h->fields[i].hop = 1;
+    }
+}
+
+int h1_find_id(const h1_head_t *h, enum h1_name id)
+{
+    for (unsigned i = 0; i < h->nfields; i++)
+        if (h->fields[i].id == id)
+            return (int)i;
+    return -1;
 }

@@ -14,8 +14,32 @@
 #define H1_MAX_FIELDS     100
 #define H1_MAX_HEAD_BYTES (64 * 1024)
 
+/* The field names remora acts on, recognized once per head (h1_classify). */
+enum h1_name {
+    H_OTHER,
+    H_HOST,
+    H_CONNECTION,
+    H_KEEP_ALIVE,
+    H_PROXY_CONNECTION,
+    H_TE,
+    H_TRANSFER_ENCODING,
+    H_UPGRADE,
+    H_TRAILER,
+    H_PROXY_AUTHENTICATE,
+    H_PROXY_AUTHORIZATION,
+    H_X_FORWARDED_FOR,
+    H_X_FORWARDED_PROTO,
+    H_X_REQUEST_ID,
+    H_X_AMZN_TRACE_ID,
+    H_EXPECT,
+    H_USER_AGENT,
+    H_CONTENT_LENGTH,
+};
+
 typedef struct h1_field {
     uint32_t name, name_len, value, value_len;
+    uint8_t id;  /* enum h1_name */
+    uint8_t hop; /* not forwarded: RFC 9110 §7.6.1, or named by Connection */
 } h1_field_t;
 
 typedef struct h1_head {
@@ -23,9 +47,9 @@ typedef struct h1_head {
     uint32_t len, cap;
     uint32_t start, start_len; /* request-target, or reason phrase */
     uint32_t wire;             /* bytes this head takes on the wire, for the cap */
-    unsigned nfields;
+    unsigned nfields, fields_cap;
     enum { H1_BETWEEN, H1_IN_NAME, H1_IN_VALUE } state;
-    h1_field_t fields[H1_MAX_FIELDS];
+    h1_field_t *fields; /* grows as needed, up to H1_MAX_FIELDS */
 } h1_head_t;
 
 void h1_head_init(h1_head_t *h);
@@ -50,14 +74,22 @@ static inline const char *h1_start(const h1_head_t *h)
     return h->bytes + h->start;
 }
 
+/* Recognize the names remora acts on and mark the hop-by-hop fields; call once the head is
+ * complete. */
+void h1_classify(h1_head_t *h);
 /* Index of the first field named `name` (case-insensitive), or -1. */
 int h1_find(const h1_head_t *h, const char *name);
+/* Index of the first field classified as `id`, or -1 (after h1_classify). */
+int h1_find_id(const h1_head_t *h, enum h1_name id);
 int h1_name_is(const h1_head_t *h, unsigned i, const char *name);
 /* Whether the comma-separated list `list` (n bytes) contains `token`, case-insensitively. */
 int h1_list_has(const char *list, size_t n, const char *token, size_t tlen);
 /* Whether field i must not be forwarded: the RFC 9110 §7.6.1 hop-by-hop set, plus every field the
- * message's own Connection header names. */
-int h1_is_hop_by_hop(const h1_head_t *h, unsigned i);
+ * message's own Connection header names (after h1_classify). */
+static inline int h1_is_hop_by_hop(const h1_head_t *h, unsigned i)
+{
+    return h->fields[i].hop;
+}
 /* Strip optional whitespace around a value: returns the trimmed start, sets *n. */
 const char *h1_trim(const char *p, size_t *n);
 

@@ -80,15 +80,16 @@ static void build_request(const exchange_t *ex, head_writer_t *hw)
     put(hw, " HTTP/1.1\r\n", 11);
     int has_host = 0, has_xfp = 0;
     for (unsigned i = 0; i < h->nfields; i++) {
-        if (h1_is_hop_by_hop(h, i) || h1_name_is(h, i, "x-forwarded-for") ||
-            h1_name_is(h, i, "x-request-id") || (ex->trace && h1_name_is(h, i, "x-amzn-trace-id")))
+        const h1_field_t *f = &h->fields[i];
+        if (f->hop || f->id == H_X_FORWARDED_FOR || f->id == H_X_REQUEST_ID ||
+            (ex->trace && f->id == H_X_AMZN_TRACE_ID))
             continue;
-        if (ex->expect_continue && h1_name_is(h, i, "expect"))
+        if (ex->expect_continue && f->id == H_EXPECT)
             continue; /* answered by remora itself */
-        if (h1_name_is(h, i, "host")) {
+        if (f->id == H_HOST) {
             if (has_host++ || authority)
                 continue;
-        } else if (h1_name_is(h, i, "x-forwarded-proto")) {
+        } else if (f->id == H_X_FORWARDED_PROTO) {
             has_xfp = 1;
         }
         put_field(hw, h, i);
@@ -96,7 +97,7 @@ static void build_request(const exchange_t *ex, head_writer_t *hw)
     /* The chain so far (every X-Forwarded-For field, in order), then the peer we received from. */
     puts_(hw, "X-Forwarded-For: ");
     for (unsigned i = 0; i < h->nfields; i++) {
-        if (h1_name_is(h, i, "x-forwarded-for")) {
+        if (h->fields[i].id == H_X_FORWARDED_FOR) {
             put(hw, h1_value(h, i), h->fields[i].value_len);
             put(hw, ", ", 2);
         }
@@ -124,7 +125,7 @@ static void build_request(const exchange_t *ex, head_writer_t *hw)
         put(hw, "\r\n", 2);
     }
     if (ex->upgrade) {
-        int u = h1_find(h, "upgrade");
+        int u = h1_find_id(h, H_UPGRADE);
         puts_(hw, "Connection: upgrade\r\n");
         if (u >= 0)
             put_field(hw, h, (unsigned)u);
@@ -137,16 +138,19 @@ static void build_request(const exchange_t *ex, head_writer_t *hw)
 static void build_response(const exchange_t *ex, head_writer_t *hw)
 {
     const h1_head_t *h = &ex->resp;
-    char status[16];
-    snprintf(status, sizeof status, "HTTP/1.1 %03d ", ex->status);
-    puts_(hw, status);
+    char status[13];
+    memcpy(status, "HTTP/1.1 000 ", sizeof status);
+    status[9] = (char)('0' + ex->status / 100 % 10);
+    status[10] = (char)('0' + ex->status / 10 % 10);
+    status[11] = (char)('0' + ex->status % 10);
+    put(hw, status, sizeof status);
     put(hw, h1_start(h), h->start_len);
     put(hw, "\r\n", 2);
     for (unsigned i = 0; i < h->nfields; i++)
         if (!h1_is_hop_by_hop(h, i))
             put_field(hw, h, i);
     if (ex->tunnel) {
-        int u = h1_find(h, "upgrade");
+        int u = h1_find_id(h, H_UPGRADE);
         puts_(hw, "Connection: upgrade\r\n");
         if (u >= 0)
             put_field(hw, h, (unsigned)u);
@@ -172,12 +176,21 @@ int heads_send_response(conn_t *c, const exchange_t *ex)
 
 void heads_request_id(worker_t *w, char out[37])
 {
+    static const char digits[] = "0123456789abcdef";
     uint64_t a = worker_random(w), b = worker_random(w);
-    /* RFC 9562 version 4 layout. */
+    /* RFC 9562 version 4: xxxxxxxx-xxxx-4xxx-Nxxx-xxxxxxxxxxxx (N is 8, 9, a or b). */
     a = (a & 0xffffffffffff0fffull) | 0x4000ull;
     b = (b & 0x3fffffffffffffffull) | 0x8000000000000000ull;
-    snprintf(out, 37, "%08" PRIx64 "-%04" PRIx64 "-%04" PRIx64 "-%04" PRIx64 "-%012" PRIx64,
-             a >> 32, (a >> 16) & 0xffff, a & 0xffff, b >> 48, b & (uint64_t)0xffffffffffff);
+    for (int i = 0, k = 0; i < 36; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            out[i] = '-';
+            continue;
+        }
+        uint64_t word = k < 16 ? a : b;
+        out[i] = digits[(word >> (60 - 4 * (k & 15))) & 15];
+        k++;
+    }
+    out[36] = '\0';
 }
 
 /* Reason phrases (RFC 9110 §15) of the statuses remora answers with itself. */

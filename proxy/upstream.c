@@ -91,6 +91,7 @@ static int on_header_value_complete(llhttp_t *p)
 static int on_headers_complete(llhttp_t *p)
 {
     upstream_t *up = p->data;
+    h1_classify(&up->ex->resp);
     int rc = fwd_response_head(up->ex, llhttp_get_status_code(p));
     if (!up->ex)
         return HPE_USER; /* the exchange gave up on this connection */
@@ -204,6 +205,11 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
 static void on_timer(uv_timer_t *t)
 {
     upstream_t *up = t->data;
+    uint64_t now = uv_now(&up->c.w->loop);
+    if (up->state == UP_IDLE && now < up->idle_deadline) { /* reused since: wait for the rest */
+        uv_timer_start(&up->timer, on_timer, up->idle_deadline - now, 0);
+        return;
+    }
     if (up->state == UP_IDLE) {
         stat_inc(&stats_of(up)->upstream_cx_idle_timeout);
         upstream_abort(up);
@@ -279,10 +285,8 @@ upstream_t *upstream_connect(pool_t *p, int *err)
 void upstream_attach(upstream_t *up, exchange_t *ex)
 {
     up->ex = ex;
-    if (up->state == UP_IDLE) {
-        up->state = UP_ACTIVE;
-        uv_timer_stop(&up->timer);
-    }
+    if (up->state == UP_IDLE)
+        up->state = UP_ACTIVE; /* the idle timer, if it fires, sees it busy and lets it be */
     up->message_done = 0;
     up->keep_alive = 0;
     up->requests++;
@@ -295,6 +299,8 @@ void upstream_park(upstream_t *up)
 {
     up->ex = NULL;
     up->state = UP_IDLE;
-    uv_timer_start(&up->timer, on_timer, POOL_IDLE_TIMEOUT, 0);
+    up->idle_deadline = uv_now(&up->c.w->loop) + POOL_IDLE_TIMEOUT;
+    if (!uv_is_active((uv_handle_t *)&up->timer))
+        uv_timer_start(&up->timer, on_timer, POOL_IDLE_TIMEOUT, 0);
     upstream_set_reading(up, 1); /* to see the upstream close it */
 }

@@ -26,6 +26,7 @@ typedef struct upstream {
     enum upstream_state state;
     uv_connect_t connect_req;
     uv_timer_t timer; /* connect timeout, then idle timeout while pooled */
+    uint64_t idle_deadline;
     struct upstream *idle_next, *idle_prev;
     buf_t *cur;        /* the buffer llhttp is parsing, for on_body references */
     unsigned requests; /* exchanges served, for reuse accounting */

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -130,6 +131,7 @@ static void maybe_finish(worker_t *w)
     uv_close((uv_handle_t *)&w->wake, NULL);
     uv_close((uv_handle_t *)&w->prepare, NULL);
     uv_close((uv_handle_t *)&w->check, NULL);
+    uv_close((uv_handle_t *)&w->housekeeping, NULL);
 }
 
 static void adopt_routes(worker_t *w)
@@ -174,6 +176,17 @@ void worker_downstream_closed(worker_t *w)
     maybe_finish(w);
 }
 
+/* A burst of thousands of connections leaves freed memory inside the heap that glibc keeps;
+ * once connections have come and gone, hand it back so that idle RSS reflects what is open. */
+static void on_housekeeping(uv_timer_t *t)
+{
+    worker_t *w = t->data;
+    if (w->peak_exchanges < w->live_exchanges + 256)
+        return; /* no burst has passed */
+    w->peak_exchanges = w->live_exchanges;
+    malloc_trim(64 * 1024);
+}
+
 int worker_init(worker_t *w, server_t *srv, unsigned id)
 {
     memset(w, 0, sizeof *w);
@@ -196,6 +209,9 @@ int worker_init(worker_t *w, server_t *srv, unsigned id)
     uv_check_init(&w->loop, &w->check);
     w->check.data = w;
     uv_check_start(&w->check, on_flush_check);
+    uv_timer_init(&w->loop, &w->housekeeping);
+    w->housekeeping.data = w;
+    uv_timer_start(&w->housekeeping, on_housekeeping, 1000, 1000);
     err = listener_open(w, &w->ingress, LISTENER_INGRESS, srv->set.ingress_port);
     if (err == 0)
         err = listener_open(w, &w->egress, LISTENER_EGRESS, srv->set.egress_port);
@@ -214,6 +230,7 @@ static void run(void *arg)
     pool_table_free(&w->pools);
     bufpool_drain(&w->bufs);
     xray_emitter_close(&w->xray);
+    exchange_free_list(w);
     qsbr_offline(&w->srv->qsbr, w->id);
     while (w->free_wreqs) {
         wreq_t *r = w->free_wreqs;

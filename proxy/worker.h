@@ -29,10 +29,12 @@ typedef struct worker {
     unsigned id;
     uv_loop_t loop;
     uv_thread_t thread;
-    uv_async_t wake;      /* main thread -> worker: look at srv->state */
-    uv_prepare_t prepare; /* flush before the loop blocks */
-    uv_check_t check;     /* flush after each I/O pass */
-    conn_t *dirty;        /* connections with queued output */
+    uv_async_t wake;         /* main thread -> worker: look at srv->state */
+    uv_prepare_t prepare;    /* flush before the loop blocks */
+    uv_check_t check;        /* flush after each I/O pass */
+    uv_timer_t housekeeping; /* gives freed memory back after a burst of connections */
+    unsigned live_exchanges, peak_exchanges; /* requests in flight, and their recent peak */
+    conn_t *dirty;                           /* connections with queued output */
     bufpool_t bufs;
     wreq_t *free_wreqs;
     unsigned nfree_wreqs;
@@ -42,6 +44,8 @@ typedef struct worker {
     uint64_t rng;                   /* xorshift state for request ids, seeded from getrandom */
     struct downstream *downstreams; /* every open client connection, for draining */
     struct exchange *waiting_head, *waiting_tail; /* requests waiting for a pool slot */
+    struct exchange *free_exchanges;              /* kept with their header storage */
+    unsigned nfree_exchanges;
     unsigned ndownstreams;
     int draining;
 } worker_t;

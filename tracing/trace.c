@@ -88,10 +88,28 @@ void trace_header_parse(const char *v, size_t n, trace_header_t *out)
     }
 }
 
+/* Appends s (n bytes) at *len when it fits. */
+static void add(char *out, size_t cap, size_t *len, const char *s, size_t n)
+{
+    if (*len + n < cap) {
+        memcpy(out + *len, s, n);
+        *len += n;
+    }
+}
+
 size_t trace_header_format(const char *root, const char *parent, int sampled, const char *extra,
                            char *out, size_t cap)
 {
-    int n = snprintf(out, cap, "Root=%s;Parent=%s;Sampled=%d%s%s", root, parent, sampled ? 1 : 0,
-                     extra && *extra ? ";" : "", extra ? extra : "");
-    return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+    size_t len = 0;
+    add(out, cap, &len, "Root=", 5);
+    add(out, cap, &len, root, strlen(root));
+    add(out, cap, &len, ";Parent=", 8);
+    add(out, cap, &len, parent, strlen(parent));
+    add(out, cap, &len, sampled ? ";Sampled=1" : ";Sampled=0", 10);
+    if (extra && *extra) {
+        add(out, cap, &len, ";", 1);
+        add(out, cap, &len, extra, strlen(extra));
+    }
+    out[len < cap ? len : cap - 1] = '\0';
+    return len;
 }

@@ -269,7 +269,9 @@ void xray_begin(xray_t *x, xray_emitter_t *e, xray_ctx_t *ctx, int egress, const
 {
     trace_header_t in;
     trace_header_parse(header ? header : "", header ? header_len : 0, &in);
-    memset(ctx, 0, sizeof *ctx);
+    /* Only what every request needs; attempts are recorded only for sampled requests. */
+    ctx->nattempts = 0;
+    ctx->attempts = NULL;
     ctx->egress = egress;
     ctx->start = now_s();
     if (in.root[0])
@@ -291,6 +293,8 @@ void xray_begin(xray_t *x, xray_emitter_t *e, xray_ctx_t *ctx, int egress, const
         ctx->sampled =
             xray_sample(x, host, host_len, method, path, path_len, (uint64_t)time(NULL), u);
     }
+    if (ctx->sampled && !(ctx->attempts = malloc(XRAY_MAX_ATTEMPTS * sizeof *ctx->attempts)))
+        ctx->sampled = 0; /* no memory to record it: the request still goes, untraced */
     stat_inc(ctx->sampled ? &x->stats.sampled : &x->stats.unsampled);
 }
 
@@ -575,11 +579,13 @@ static void egress_docs(xray_t *x, xray_emitter_t *e, xray_ctx_t *c, const xray_
 
 void xray_finish(xray_t *x, xray_emitter_t *e, xray_ctx_t *ctx, const xray_request_t *req)
 {
-    if (!ctx->sampled || e->fd < 0)
-        return;
-    xray_attempt_end(ctx, 0);
-    if (ctx->egress)
-        egress_docs(x, e, ctx, req, 1);
-    else
-        ingress_segment(x, e, ctx, req);
+    if (ctx->sampled && e->fd >= 0) {
+        xray_attempt_end(ctx, 0);
+        if (ctx->egress)
+            egress_docs(x, e, ctx, req, 1);
+        else
+            ingress_segment(x, e, ctx, req);
+    }
+    free(ctx->attempts);
+    ctx->attempts = NULL;
 }

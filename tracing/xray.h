@@ -39,7 +39,7 @@ typedef struct xray xray_t;
 typedef struct xray_emitter {
     int fd;
     char *buf;
-    unsigned char rnd[256]; /* getrandom output, drawn from for ids */
+    unsigned char rnd[4096]; /* getrandom output, drawn from for ids */
     unsigned rnd_used;
 } xray_emitter_t;
 
@@ -59,7 +59,7 @@ typedef struct xray_ctx {
     char id[SPAN_ID_LEN + 1];     /* our segment (ingress) or subsegment (egress) */
     char extra[TRACE_EXTRA_MAX];
     double start;
-    xray_attempt_t attempts[XRAY_MAX_ATTEMPTS];
+    xray_attempt_t *attempts; /* XRAY_MAX_ATTEMPTS of them, allocated when sampled */
     unsigned nattempts;
 } xray_ctx_t;
 
@@ -94,6 +94,7 @@ void xray_begin(xray_t *x, xray_emitter_t *e, xray_ctx_t *ctx, int egress, const
 size_t xray_outgoing(const xray_ctx_t *ctx, char *out, size_t cap);
 void xray_attempt_start(xray_emitter_t *e, xray_ctx_t *ctx, const char *endpoint);
 void xray_attempt_end(xray_ctx_t *ctx, int status);
+/* Emits the documents (when sampled) and releases what the context holds. */
 void xray_finish(xray_t *x, xray_emitter_t *e, xray_ctx_t *ctx, const xray_request_t *req);
 
 /* Counters for /stats: documents sent, send failures, sampled and unsampled requests. */
