@@ -219,14 +219,25 @@ void h1_classify(h1_head_t *h)
     }
     if (!has_connection)
         return;
-    /* Fields the Connection header names are hop-by-hop too (RFC 9110 §7.6.1). */
+    /* Fields the Connection header names are hop-by-hop too (RFC 9110 §7.6.1). The usual
+     * tokens, close and keep-alive, name nothing more to drop. */
     for (unsigned c = 0; c < h->nfields; c++) {
         if (h->fields[c].id != H_CONNECTION)
             continue;
-        for (unsigned i = 0; i < h->nfields; i++)
-            if (!h->fields[i].hop && h1_list_has(h1_value(h, c), h->fields[c].value_len,
-                                                 h1_name(h, i), h->fields[i].name_len))
-                h->fields[i].hop = 1;
+        const char *list = h1_value(h, c), *end = list + h->fields[c].value_len;
+        while (list < end) {
+            const char *comma = memchr(list, ',', (size_t)(end - list));
+            size_t len = (size_t)((comma ? comma : end) - list);
+            const char *token = h1_trim(list, &len);
+            list = comma ? comma + 1 : end;
+            if ((len == 5 && strncasecmp(token, "close", 5) == 0) ||
+                (len == 10 && strncasecmp(token, "keep-alive", 10) == 0))
+                continue;
+            for (unsigned i = 0; i < h->nfields; i++)
+                if (!h->fields[i].hop && h->fields[i].name_len == len &&
+                    strncasecmp(h1_name(h, i), token, len) == 0)
+                    h->fields[i].hop = 1;
+        }
     }
 }
 

@@ -174,22 +174,33 @@ int heads_send_response(conn_t *c, const exchange_t *ex)
     return send_built(c, build_response, ex);
 }
 
-void heads_request_id(worker_t *w, char out[37])
+/* Two hex digits per byte, for request ids. */
+static void hex_bytes(const unsigned char *in, size_t n, char *out)
 {
     static const char digits[] = "0123456789abcdef";
-    uint64_t a = worker_random(w), b = worker_random(w);
-    /* RFC 9562 version 4: xxxxxxxx-xxxx-4xxx-Nxxx-xxxxxxxxxxxx (N is 8, 9, a or b). */
-    a = (a & 0xffffffffffff0fffull) | 0x4000ull;
-    b = (b & 0x3fffffffffffffffull) | 0x8000000000000000ull;
-    for (int i = 0, k = 0; i < 36; i++) {
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            out[i] = '-';
-            continue;
-        }
-        uint64_t word = k < 16 ? a : b;
-        out[i] = digits[(word >> (60 - 4 * (k & 15))) & 15];
-        k++;
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
     }
+}
+
+void heads_request_id(worker_t *w, char out[37])
+{
+    /* RFC 9562 version 4: xxxxxxxx-xxxx-4xxx-Nxxx-xxxxxxxxxxxx (N is 8, 9, a or b). */
+    uint64_t r[2] = {worker_random(w), worker_random(w)};
+    unsigned char b[16];
+    memcpy(b, r, sizeof b);
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    hex_bytes(b, 4, out);
+    out[8] = '-';
+    hex_bytes(b + 4, 2, out + 9);
+    out[13] = '-';
+    hex_bytes(b + 6, 2, out + 14);
+    out[18] = '-';
+    hex_bytes(b + 8, 2, out + 19);
+    out[23] = '-';
+    hex_bytes(b + 10, 6, out + 24);
     out[36] = '\0';
 }
 
