@@ -641,31 +641,10 @@ config_t *config_parse(const char *json, size_t len, const char *source, diag_t 
 
 config_t *config_load_file(const char *path, diag_t *d)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
+    size_t len;
+    char *data = j_read_file(path, &len);
+    if (!data) {
         diag_add(d, path, "$", "cannot open: %s", strerror(errno));
-        return NULL;
-    }
-    size_t cap = 64 * 1024, len = 0;
-    char *data = malloc(cap);
-    while (data) {
-        len += fread(data + len, 1, cap - len, f);
-        if (len < cap)
-            break;
-        char *more = realloc(data, cap * 2);
-        if (!more) {
-            free(data);
-            data = NULL;
-            break;
-        }
-        data = more;
-        cap *= 2;
-    }
-    int read_error = ferror(f);
-    fclose(f);
-    if (!data || read_error) {
-        diag_add(d, path, "$", "cannot read");
-        free(data);
         return NULL;
     }
     config_t *c = config_parse(data, len, path, d);

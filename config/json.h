@@ -22,6 +22,12 @@ typedef struct jctx {
 
 enum { J_OPTIONAL = 0, J_REQUIRED = 1 };
 
+#define CONFIG_FILE_MAX (16u << 20) /* no config or manifest legitimately comes near this */
+
+/* The whole file (malloc'd, *len bytes), or NULL with errno set when it cannot be read or
+ * exceeds CONFIG_FILE_MAX (EFBIG). */
+char *j_read_file(const char *path, size_t *len);
+
 /* out = base.key (or base[i]); `out` may be `base`. */
 void jpath(char *out, const char *base, const char *key);
 void jpath_index(char *out, const char *base, const char *key, int i);

@@ -7,32 +7,6 @@
 
 #include "config/json.h"
 
-static int read_all(const char *path, char **out, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return -1;
-    size_t cap = 16384, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap)
-            break;
-        char *more = cap < (1u << 22) ? realloc(buf, cap * 2) : NULL;
-        if (!more) {
-            free(buf);
-            buf = NULL;
-            break;
-        }
-        buf = more;
-        cap *= 2;
-    }
-    fclose(f);
-    *out = buf;
-    *len = n;
-    return buf ? 0 : -1;
-}
-
 static void parse_rule(jctx_t *j, const cJSON *o, const char *path, sampling_rule_cfg_t *r,
                        int is_default)
 {
@@ -56,9 +30,9 @@ static void parse_rule(jctx_t *j, const cJSON *o, const char *path, sampling_rul
 int sampling_rules_load(const char *path, sampling_rules_cfg_t *out, diag_t *d)
 {
     memset(out, 0, sizeof *out);
-    char *text;
     size_t len;
-    if (read_all(path, &text, &len) != 0) {
+    char *text = j_read_file(path, &len);
+    if (!text) {
         diag_add(d, path, "$", "cannot read the sampling rule manifest");
         return -1;
     }
