@@ -33,10 +33,21 @@ REMORA = os.path.join(BUILD, "remora")
 OPENLOOP = os.path.join(BUILD, "bench", "openloop")
 
 
-def free_port():
-    with socket.socket() as s:
+def free_ports(n):
+    """n distinct free ports: the sockets stay bound until all are chosen."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def free_port():
+    return free_ports(1)[0]
 
 
 def wait_port(port, timeout=10):
@@ -138,7 +149,7 @@ http {{
         return Proc(["nginx", "-c", conf], self.up_port)
 
     def remora(self, workers=1, xray=None, routes=0):
-        port, admin = free_port(), free_port()
+        port, admin, egress, xray_port = free_ports(4)
         cfg = {"mesh": {"meshName": "bench"}, "virtualNodes": [{"virtualNodeName": "app", "spec": {
             "listeners": [{"portMapping": {"port": self.up_port, "protocol": "http"},
                            "timeout": {"http": {"perRequest": {"unit": "s", "value": 0}}}}]}}]}
@@ -149,10 +160,10 @@ http {{
             json.dump(cfg, f)
         env = {"PATH": os.environ["PATH"]}
         if xray is not None:
-            env.update({"ENABLE_ENVOY_XRAY_TRACING": "1", "XRAY_DAEMON_PORT": str(free_port()),
+            env.update({"ENABLE_ENVOY_XRAY_TRACING": "1", "XRAY_DAEMON_PORT": str(xray_port),
                         "XRAY_SAMPLING_RATE": str(xray)})
         argv = [REMORA, "--config", path, "--node", "app", "--ingress-port", str(port),
-                "--egress-port", str(free_port()), "--admin", f"127.0.0.1:{admin}",
+                "--egress-port", str(egress), "--admin", f"127.0.0.1:{admin}",
                 "--workers", str(workers), "--log-level", "error"]
         p = Proc(argv, port, env=env)
         p.admin = admin
