@@ -24,10 +24,21 @@ except (ImportError, ValueError, OSError):
     pass
 
 
-def free_port():
-    with socket.socket() as s:
+def free_ports(n):
+    """n distinct free ports (the probe sockets stay bound until all are chosen)."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def free_port():
+    return free_ports(1)[0]
 
 
 def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
@@ -101,9 +112,7 @@ def mesh_config(app_port, backend_port, node="web", extra_proxy=None, listener_t
 
 class Remora:
     def __init__(self, tmp_path, config, workers=1, env=None, args=()):
-        self.ingress = free_port()
-        self.egress = free_port()
-        self.admin_port = free_port()
+        self.ingress, self.egress, self.admin_port = free_ports(3)
         self.config_path = os.path.join(tmp_path, "mesh.json")
         with open(self.config_path, "w") as f:
             json.dump(config, f)

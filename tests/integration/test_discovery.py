@@ -178,13 +178,13 @@ def test_dns_discovery_of_a_hostname(knot, upstream, remora):
 def test_ready_waits_for_the_first_answer(knot, upstream, tmp_path):
     import subprocess
     import urllib.request
-    from conftest import REMORA, free_port
+    from conftest import REMORA, free_ports
     i1 = upstream("i-1")
     k = knot([srv("i-1", i1.port), addr("i-1")])
     k.pause()  # the first query times out (2 tries: 500 ms, then 1 s) before remora is ready
     cfg = tmp_path / "m.json"
     cfg.write_text(json.dumps(mesh(k)))
-    ports = [free_port() for _ in range(3)]
+    ports = free_ports(3)
     t0 = time.monotonic()
     p = subprocess.Popen([REMORA, "--config", str(cfg), "--ingress-port", str(ports[0]),
                           "--egress-port", str(ports[1]), "--admin", f"127.0.0.1:{ports[2]}",

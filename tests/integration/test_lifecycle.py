@@ -7,7 +7,7 @@ import subprocess
 import threading
 import time
 
-from conftest import REMORA, free_port, mesh_config, wait_until
+from conftest import REMORA, free_port, free_ports, mesh_config, wait_until
 from rawhttp import Conn, request
 
 
@@ -133,7 +133,7 @@ def test_workers_from_envoy_concurrency(upstream, remora):
     r = remora(cfg, workers=1)
     assert json.loads(r.admin("/server_info")[1])["command_line_options"]["concurrency"] == 1
     proc_cfg = os.path.join(os.path.dirname(r.config_path), "mesh.json")
-    ports = [free_port() for _ in range(3)]
+    ports = free_ports(3)
     p = subprocess.Popen([REMORA, "--config", proc_cfg, "--ingress-port", str(ports[0]),
                           "--egress-port", str(ports[1])],
                          env={"ENVOY_CONCURRENCY": "3", "ENVOY_ADMIN_ACCESS_PORT": str(ports[2]),
@@ -157,7 +157,7 @@ def test_node_from_appmesh_resource_arn_and_inline_config(tmp_path, upstream):
     cfg = mesh_config(app.port, cart.port)
     del cfg["proxy"]
     cfg["virtualNodes"].append({"virtualNodeName": "other", "spec": {}})
-    ports = [free_port() for _ in range(3)]
+    ports = free_ports(3)
     env = {"PATH": os.environ["PATH"], "REMORA_CONFIG_JSON": json.dumps(cfg),
            "APPMESH_RESOURCE_ARN": "arn:aws:appmesh:us-east-1:123456789012:mesh/shop/virtualNode/web",
            "ENVOY_ADMIN_ACCESS_PORT": str(ports[2])}
