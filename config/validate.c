@@ -1,5 +1,6 @@
 /* Checks across resources: every reference resolves, names are unique, ports agree. Runs only
  * when each resource parsed cleanly, so that messages are about the mesh, not the JSON. */
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -14,30 +15,40 @@ static int has_port(const cfg_node_t *n, uint16_t port)
     return 0;
 }
 
-static void unique_names(const config_t *c, diag_t *d)
+/* The `char *` at byte `offset` of element i of an array of `size`-byte elements. */
+static const char *name_at(const void *items, size_t size, size_t offset, unsigned i)
+{
+    return *(char *const *)(const void *)((const char *)items + i * size + offset);
+}
+
+/* Each resource list's names are unique (virtual service names are DNS names, so compared
+ * without case). */
+static void unique(const config_t *c, diag_t *d, const void *items, unsigned n, size_t size,
+                   size_t offset, const char *list, const char *field, int nocase)
 {
     char path[128];
-    for (unsigned i = 0; i < c->nnodes; i++)
-        for (unsigned k = 0; k < i; k++)
-            if (strcmp(c->nodes[i].name, c->nodes[k].name) == 0) {
-                snprintf(path, sizeof path, "virtualNodes[%u].virtualNodeName", i);
-                diag_add(d, c->source, path, "\"%s\" is already virtualNodes[%u]", c->nodes[i].name,
-                         k);
+    for (unsigned i = 0; i < n; i++) {
+        const char *a = name_at(items, size, offset, i);
+        for (unsigned k = 0; k < i; k++) {
+            const char *b = name_at(items, size, offset, k);
+            if ((nocase ? strcasecmp(a, b) : strcmp(a, b)) == 0) {
+                snprintf(path, sizeof path, "%s[%u].%s", list, i, field);
+                diag_add(d, c->source, path, "\"%s\" is already %s[%u]", a, list, k);
             }
-    for (unsigned i = 0; i < c->nservices; i++)
-        for (unsigned k = 0; k < i; k++)
-            if (strcasecmp(c->services[i].name, c->services[k].name) == 0) {
-                snprintf(path, sizeof path, "virtualServices[%u].virtualServiceName", i);
-                diag_add(d, c->source, path, "\"%s\" is already virtualServices[%u]",
-                         c->services[i].name, k);
-            }
-    for (unsigned i = 0; i < c->nrouters; i++)
-        for (unsigned k = 0; k < i; k++)
-            if (strcmp(c->routers[i].name, c->routers[k].name) == 0) {
-                snprintf(path, sizeof path, "virtualRouters[%u].virtualRouterName", i);
-                diag_add(d, c->source, path, "\"%s\" is already virtualRouters[%u]",
-                         c->routers[i].name, k);
-            }
+        }
+    }
+}
+
+static void unique_names(const config_t *c, diag_t *d)
+{
+    unique(c, d, c->nodes, c->nnodes, sizeof *c->nodes, offsetof(cfg_node_t, name), "virtualNodes",
+           "virtualNodeName", 0);
+    unique(c, d, c->services, c->nservices, sizeof *c->services, offsetof(cfg_service_t, name),
+           "virtualServices", "virtualServiceName", 1);
+    unique(c, d, c->routers, c->nrouters, sizeof *c->routers, offsetof(cfg_router_t, name),
+           "virtualRouters", "virtualRouterName", 0);
+    /* Route names are unique per router. */
+    char path[128];
     for (unsigned i = 0; i < c->nroutes; i++)
         for (unsigned k = 0; k < i; k++)
             if (strcmp(c->routes[i].router, c->routes[k].router) == 0 &&
