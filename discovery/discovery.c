@@ -260,6 +260,20 @@ static void remember(disc_t *dc, uint64_t now, int partial)
     }
 }
 
+/* Whether the cluster's set already holds exactly these endpoints (addresses, priorities and
+ * weights, in order): then a refresh changes nothing and wakes nobody. */
+static int unchanged(const cluster_t *c, const endpoint_t *eps, unsigned n)
+{
+    const endpoint_set_t *s = atomic_load(&c->set);
+    if (!s || s->n != n)
+        return 0;
+    for (unsigned i = 0; i < n; i++)
+        if (!endpoint_same_addr(&s->eps[i], &eps[i]) || s->eps[i].priority != eps[i].priority ||
+            s->eps[i].weight != eps[i].weight)
+            return 0;
+    return 1;
+}
+
 static void publish_seen(disc_t *dc)
 {
     endpoint_t *eps = malloc((dc->nseen + 1) * sizeof *eps);
@@ -270,7 +284,8 @@ static void publish_seen(disc_t *dc)
     unsigned n = dc->nseen;
     if (dc->kind == SRC_DNS && dc->rtype == DNS_LOADBALANCER && n > 1)
         n = 1; /* LOADBALANCER: the name stands for one endpoint, as Envoy's LOGICAL_DNS */
-    publish(dc, eps, n);
+    if (!unchanged(dc->c, eps, n))
+        publish(dc, eps, n);
     free(eps);
 }
 
