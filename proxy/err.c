@@ -9,14 +9,10 @@ const char *err_str(int err)
         return "ok";
     case ERR_CONFIG:
         return "invalid configuration";
-    case ERR_NO_ROUTE:
-        return "no route";
     case ERR_NO_ENDPOINT:
         return "no healthy upstream";
     case ERR_BAD_RESPONSE:
         return "malformed upstream response";
-    case ERR_TIMEOUT:
-        return "upstream request timeout";
     case ERR_UPSTREAM_CLOSED:
         return "upstream connection closed before the response completed";
     case ERR_TOO_LARGE:

@@ -6,10 +6,8 @@
 enum {
     ERR_BASE = -10000,
     ERR_CONFIG,          /* configuration is invalid (details are in the diagnostics) */
-    ERR_NO_ROUTE,        /* no backend/route matches the request */
     ERR_NO_ENDPOINT,     /* the cluster has no endpoint to send to */
     ERR_BAD_RESPONSE,    /* the upstream's reply is not valid HTTP/1.1 */
-    ERR_TIMEOUT,         /* a per-request or per-try deadline passed */
     ERR_UPSTREAM_CLOSED, /* the upstream closed before the response was complete */
     ERR_TOO_LARGE,       /* a capped buffer would overflow */
 };

@@ -548,16 +548,16 @@ void fwd_start_waiting(worker_t *w)
     }
 }
 
-static int request_id(exchange_t *ex)
+/* The client's X-Request-Id, or a new one. */
+static void request_id(exchange_t *ex)
 {
     int i = h1_find_id(&ex->req, H_X_REQUEST_ID);
     if (i >= 0 && ex->req.fields[i].value_len > 0) {
         ex->request_id = h1_value(&ex->req, (unsigned)i);
-        return 0;
+        return;
     }
     heads_request_id(ex->ds->c.w, ex->request_id_buf);
     ex->request_id = ex->request_id_buf;
-    return 0;
 }
 
 /* Tracing on: the incoming X-Amzn-Trace-Id is read, a decision made, and ours goes upstream. */
@@ -602,7 +602,8 @@ int fwd_request_head(exchange_t *ex)
         return ds->closing;
     }
     route_request_t rr;
-    if (prepare(ex, &rr) != 0 || request_id(ex) != 0 || begin_trace(ex, &rr) != 0) {
+    request_id(ex);
+    if (prepare(ex, &rr) != 0 || begin_trace(ex, &rr) != 0) {
         fwd_local_reply(ex, 503, "out of memory\n", 1);
         return 1;
     }

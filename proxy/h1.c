@@ -135,7 +135,7 @@ void h1_field_done(h1_head_t *h)
     h->state = H1_BETWEEN;
 }
 
-int h1_name_is(const h1_head_t *h, unsigned i, const char *name)
+static int name_is(const h1_head_t *h, unsigned i, const char *name)
 {
     size_t n = strlen(name);
     return h->fields[i].name_len == n && strncasecmp(h1_name(h, i), name, n) == 0;
@@ -144,7 +144,7 @@ int h1_name_is(const h1_head_t *h, unsigned i, const char *name)
 int h1_find(const h1_head_t *h, const char *name)
 {
     for (unsigned i = 0; i < h->nfields; i++)
-        if (h1_name_is(h, i, name))
+        if (name_is(h, i, name))
             return (int)i;
     return -1;
 }

@@ -81,7 +81,6 @@ void h1_classify(h1_head_t *h);
 int h1_find(const h1_head_t *h, const char *name);
 /* Index of the first field classified as `id`, or -1 (after h1_classify). */
 int h1_find_id(const h1_head_t *h, enum h1_name id);
-int h1_name_is(const h1_head_t *h, unsigned i, const char *name);
 /* Whether the comma-separated list `list` (n bytes) contains `token`, case-insensitively. */
 int h1_list_has(const char *list, size_t n, const char *token, size_t tlen);
 /* Whether field i must not be forwarded: the RFC 9110 §7.6.1 hop-by-hop set, plus every field the

@@ -368,11 +368,6 @@ const cfg_node_t *route_table_node(const route_table_t *rt)
     return rt->node;
 }
 
-enum egress_filter route_egress_filter(const route_table_t *rt)
-{
-    return rt->cfg->egress_filter;
-}
-
 /* ---- matching ---- */
 
 static int header_matches(const route_t *r, unsigned h, const route_request_t *req)

@@ -98,7 +98,6 @@ const cfg_node_t *route_table_node(const route_table_t *rt);
 void route_ingress(const route_table_t *rt, route_result_t *out);
 /* Fills *out: a cluster to send to, or (cluster NULL) a status and reason to answer with. */
 void route_egress(route_table_t *rt, const route_request_t *req, route_result_t *out);
-enum egress_filter route_egress_filter(const route_table_t *rt);
 
 /* The weighted schedule (smooth weighted round-robin): for weights w, an order of
  * sum(w) picks in which target i appears exactly w[i] times, spread evenly. Returns the length

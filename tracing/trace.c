@@ -13,13 +13,13 @@ static int hex_run(const char *s, size_t n)
     return 1;
 }
 
-int trace_id_valid(const char *s, size_t n)
+static int trace_id_valid(const char *s, size_t n)
 {
     return n == TRACE_ID_LEN && s[0] == '1' && s[1] == '-' && s[10] == '-' && hex_run(s + 2, 8) &&
            hex_run(s + 11, 24);
 }
 
-int span_id_valid(const char *s, size_t n)
+static int span_id_valid(const char *s, size_t n)
 {
     return n == SPAN_ID_LEN && hex_run(s, n);
 }

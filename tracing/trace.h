@@ -23,7 +23,5 @@ void trace_header_parse(const char *v, size_t n, trace_header_t *out);
 /* Root=<root>;Parent=<parent>;Sampled=<0|1>[;extra] into out (NUL-terminated); returns length. */
 size_t trace_header_format(const char *root, const char *parent, int sampled, const char *extra,
                            char *out, size_t cap);
-int trace_id_valid(const char *s, size_t n);
-int span_id_valid(const char *s, size_t n);
 
 #endif
