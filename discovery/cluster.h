@@ -15,7 +15,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#include "proxy/stats.h"
+#include "base/stats.h"
 
 typedef struct endpoint_state {
     _Atomic unsigned refs;

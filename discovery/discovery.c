@@ -9,7 +9,7 @@
 
 #include "discovery/dns.h"
 #include "discovery/health.h"
-#include "proxy/log.h"
+#include "base/log.h"
 
 enum source { SRC_STATIC, SRC_DNS, SRC_SRV };
 

@@ -18,7 +18,7 @@
 
 #include "config/config.h"
 #include "discovery/cluster.h"
-#include "proxy/qsbr.h"
+#include "base/qsbr.h"
 
 #define DISCOVERY_DEFAULT_HOLD_MS 30000
 #define DISCOVERY_MIN_REFRESH_MS  1000

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "proxy/log.h"
+#include "base/log.h"
 
 #define PROBE_BUF 512
 

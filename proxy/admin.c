@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "discovery/dns.h"
-#include "proxy/log.h"
+#include "base/log.h"
 #include "proxy/version.h"
 
 #define ADMIN_MAX_REQUEST 8192

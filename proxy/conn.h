@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <uv.h>
 
-#include "proxy/buf.h"
+#include "base/buf.h"
 
 #define WREQ_IOV_MAX    32
 #define WREQ_SCRATCH    2048

@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "proxy/err.h"
+#include "base/err.h"
 #include "proxy/forward.h"
-#include "proxy/log.h"
+#include "base/log.h"
 #include "proxy/server.h"
 
 #define LINGER_MS 5000 /* how long a closing connection may take to read our last bytes */

@@ -7,9 +7,9 @@
 #include <string.h>
 
 #include "proxy/downstream.h"
-#include "proxy/err.h"
+#include "base/err.h"
 #include "proxy/heads.h"
-#include "proxy/log.h"
+#include "base/log.h"
 #include "proxy/pool.h"
 #include "proxy/server.h"
 #include "proxy/upstream.h"

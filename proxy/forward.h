@@ -15,7 +15,7 @@
 #include <stdint.h>
 
 #include "discovery/cluster.h"
-#include "proxy/buf.h"
+#include "base/buf.h"
 #include "proxy/h1.h"
 #include "routing/route.h"
 #include "tracing/xray.h"

@@ -4,7 +4,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "proxy/err.h"
+#include "base/err.h"
 
 #define H1_INITIAL_CAP 1024
 

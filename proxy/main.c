@@ -7,8 +7,8 @@
 #include <sys/resource.h>
 
 #include "config/config.h"
-#include "proxy/err.h"
-#include "proxy/log.h"
+#include "base/err.h"
+#include "base/log.h"
 #include "proxy/server.h"
 #include "proxy/settings.h"
 #include "proxy/version.h"

@@ -4,8 +4,8 @@
 #include <string.h>
 
 #include "proxy/admin.h"
-#include "proxy/err.h"
-#include "proxy/log.h"
+#include "base/err.h"
+#include "base/log.h"
 
 const char *server_state_name(enum server_state st)
 {

@@ -9,10 +9,10 @@
 
 #include "config/config.h"
 #include "discovery/discovery.h"
-#include "proxy/qsbr.h"
+#include "base/qsbr.h"
 #include "tracing/xray.h"
 #include "proxy/settings.h"
-#include "proxy/stats.h"
+#include "base/stats.h"
 #include "proxy/worker.h"
 #include "routing/route.h"
 

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "discovery/discovery.h"
-#include "proxy/err.h"
+#include "base/err.h"
 
 config_t *settings_load_config(const cli_opts_t *cli, diag_t *d)
 {

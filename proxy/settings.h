@@ -7,7 +7,7 @@
 
 #include "config/config.h"
 #include "config/diag.h"
-#include "proxy/log.h"
+#include "base/log.h"
 #include "tracing/xray.h"
 
 #define DEFAULT_CONFIG_PATH       "/etc/remora/mesh.json"

@@ -4,9 +4,9 @@
 #include <string.h>
 
 #include "discovery/cluster.h"
-#include "proxy/err.h"
+#include "base/err.h"
 #include "proxy/forward.h"
-#include "proxy/log.h"
+#include "base/log.h"
 #include "proxy/pool.h"
 #include "proxy/worker.h"
 

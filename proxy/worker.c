@@ -11,7 +11,7 @@
 
 #include "proxy/downstream.h"
 #include "proxy/forward.h"
-#include "proxy/log.h"
+#include "base/log.h"
 #include "proxy/server.h"
 
 #define WREQ_KEEP 256 /* free write requests a worker keeps */

@@ -5,7 +5,7 @@
 
 #include <uv.h>
 
-#include "proxy/buf.h"
+#include "base/buf.h"
 #include "proxy/conn.h"
 #include "proxy/pool.h"
 #include "tracing/xray.h"

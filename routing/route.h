@@ -15,7 +15,7 @@
 
 #include "config/config.h"
 #include "discovery/cluster.h"
-#include "proxy/stats.h"
+#include "base/stats.h"
 
 #define ROUTE_DEFAULT_TIMEOUT_MS 15000
 #define ROUTE_DEFAULT_IDLE_MS    300000

@@ -18,7 +18,7 @@
 #include <sys/socket.h>
 
 #include "config/sampling_rules.h"
-#include "proxy/stats.h"
+#include "base/stats.h"
 #include "tracing/trace.h"
 
 #define XRAY_MAX_ATTEMPTS 32    /* attempts recorded in detail; more are counted */

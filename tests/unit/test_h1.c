@@ -7,7 +7,7 @@
 
 #include <cmocka.h>
 
-#include "proxy/err.h"
+#include "base/err.h"
 #include "proxy/h1.h"
 
 static void add(h1_head_t *h, const char *name, const char *value)

@@ -1,4 +1,4 @@
-#include "proxy/log.h"
+#include "base/log.h"
 
 #include <stdarg.h>
 #include <stdatomic.h>

@@ -1,4 +1,4 @@
-#include "proxy/qsbr.h"
+#include "base/qsbr.h"
 
 #include <stdlib.h>
 

@@ -1,4 +1,4 @@
-#include "proxy/buf.h"
+#include "base/buf.h"
 
 #include <stdlib.h>
 

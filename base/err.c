@@ -1,4 +1,4 @@
-#include "proxy/err.h"
+#include "base/err.h"
 
 #include <uv.h>
 
