@@ -32,7 +32,7 @@ DEB_PKGS  := build-essential pkg-config libuv1-dev libc-ares-dev libcjson-dev li
              libcmocka-dev python3 python3-pytest curl knot knot-dnsutils procps clang-format nodejs
 BENCH_PKGS := wrk haproxy nginx-light valgrind
 
-.PHONY: all deps test unit integration run lint format clean bench bench-smoke bench-deps
+.PHONY: all deps test unit integration run lint format clean bench bench-smoke bench-deps fuzz fuzz-smoke
 
 all: $(BUILD)/remora
 
@@ -62,6 +62,9 @@ $(BUILD)/bench/%: tests/bench/%.c $(LLHTTP_OBJS)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $< $(LLHTTP_OBJS) $(LDLIBS)
 
 -include $(OBJS:.o=.d)
+
+# libFuzzer targets: `make fuzz` (FUZZ_SECONDS per target), `make fuzz-smoke` (a short pass for CI).
+-include tests/fuzz/fuzz.mk
 
 # Installs what is missing, and only that; safe to run again.
 deps:

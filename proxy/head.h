@@ -1,0 +1,107 @@
+/* The protocol-neutral message head: what a codec hands the exchange and the exchange hands a
+ * codec, whatever the protocol on the wire (HTTP/1 now, HTTP/2 next).
+ *
+ * Storage: one growable byte array holding every piece NUL-terminated (so each can be used as
+ * a C string), indexed by offsets; a field table beside it. A head is reused from message to
+ * message (head_reset keeps the storage) and moved between owners in O(1) with head_swap.
+ *
+ * Caps (RFC 9110 §15.5.32 leaves them to us): HEAD_MAX_FIELDS fields and HEAD_MAX_BYTES bytes
+ * as the head would take on the wire. Past either, adding fails with ERR_TOO_LARGE and the
+ * head keeps what it had. */
+#ifndef REMORA_HEAD_H
+#define REMORA_HEAD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/http.h"
+
+#define HEAD_MAX_FIELDS 100
+#define HEAD_MAX_BYTES  (64 * 1024)
+
+/* The field names remora acts on, recognized once when a field is added (field_classify). */
+enum field_id {
+    F_OTHER,
+    F_HOST,
+    F_CONNECTION,
+    F_KEEP_ALIVE,
+    F_PROXY_CONNECTION,
+    F_TE,
+    F_TRANSFER_ENCODING,
+    F_UPGRADE,
+    F_TRAILER,
+    F_PROXY_AUTHENTICATE,
+    F_PROXY_AUTHORIZATION,
+    F_X_FORWARDED_FOR,
+    F_X_FORWARDED_PROTO,
+    F_X_REQUEST_ID,
+    F_X_AMZN_TRACE_ID,
+    F_EXPECT,
+    F_USER_AGENT,
+    F_CONTENT_LENGTH,
+};
+
+typedef struct field {
+    uint32_t name, name_len;   /* offset into bytes; the name as received (any case) */
+    uint32_t value, value_len; /* offset into bytes; surrounding whitespace already removed */
+    uint8_t id;                /* enum field_id */
+    uint8_t hop;               /* not forwarded (set by the header policy, headers.c) */
+} field_t;
+
+typedef struct head {
+    char *bytes;
+    uint32_t len, cap;
+    uint32_t wire; /* bytes the head takes on the wire, for HEAD_MAX_BYTES */
+    field_t *fields;
+    unsigned nfields, fields_cap;
+    /* Request: method, and the request-target exactly as received (origin, absolute,
+     * authority or asterisk form, RFC 9112 §3.2). */
+    uint8_t method; /* enum http_method */
+    uint32_t method_text, method_len;
+    uint32_t target, target_len;
+    /* Response: status and reason phrase. */
+    uint16_t status;
+    uint32_t reason, reason_len;
+    uint8_t major, minor; /* the version it was received with (1.0, 1.1; 2.0 for h2) */
+} head_t;
+
+void head_init(head_t *h);
+/* Empty the head for the next message; the storage is kept. */
+void head_reset(head_t *h);
+void head_free(head_t *h);
+/* Exchange the contents (and storage) of two heads. */
+void head_swap(head_t *a, head_t *b);
+
+/* Append n bytes plus a NUL to the storage without touching the wire count; returns the offset
+ * of the copy, or a negative ERR_TOO_LARGE / UV_ENOMEM. For codecs that build heads. */
+int64_t head_store(head_t *h, const char *p, size_t n);
+/* Add a field (name and value copied; value already trimmed). Returns 0 or ERR_TOO_LARGE. */
+int head_add_field(head_t *h, const char *name, size_t name_len, const char *value,
+                   size_t value_len);
+
+static inline const char *head_str(const head_t *h, uint32_t off)
+{
+    return h->bytes + off;
+}
+static inline const char *field_name(const head_t *h, unsigned i)
+{
+    return h->bytes + h->fields[i].name;
+}
+static inline const char *field_value(const head_t *h, unsigned i)
+{
+    return h->bytes + h->fields[i].value;
+}
+
+/* The id of a field name (case-insensitive); *hop tells whether RFC 9110 §7.6.1 makes the name
+ * itself hop-by-hop. */
+enum field_id field_classify(const char *name, size_t n, int *hop);
+/* Index of the first field named `name` (case-insensitive), or -1. */
+int head_find(const head_t *h, const char *name, size_t n);
+/* Index of the first field classified as `id`, or -1; `from` is where to start looking. */
+int head_find_id(const head_t *h, enum field_id id, unsigned from);
+/* Whether the comma-separated list (n bytes) contains `token`, case-insensitively. */
+int list_has(const char *list, size_t n, const char *token, size_t tlen);
+/* Strip optional whitespace around a value: returns the trimmed start, sets *n. */
+const char *trim_ows(const char *p, size_t *n);
+
+#endif
