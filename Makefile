@@ -29,8 +29,9 @@ TOOL_BINS := $(BUILD)/tests/trace_header_cli
 BENCH_BINS := $(BUILD)/bench/openloop
 
 DEB_PKGS  := build-essential pkg-config libuv1-dev libc-ares-dev libcjson-dev libssl-dev node-llhttp \
-             libcmocka-dev python3 python3-pytest curl knot knot-dnsutils procps clang-format nodejs
-BENCH_PKGS := wrk haproxy nginx-light valgrind
+             libcmocka-dev python3 python3-pytest curl knot knot-dnsutils procps clang-format nodejs \
+             clang-14 libclang-rt-14-dev
+BENCH_PKGS := wrk haproxy nginx-light valgrind strace
 
 .PHONY: all deps test unit integration run lint format clean bench bench-smoke bench-deps fuzz fuzz-smoke
 

@@ -8,8 +8,12 @@ Measures, for each target (direct = the upstream nginx itself):
   throughput at saturation (wrk), small GET, 16 KiB POST, 1 MiB GET; 1 and 2 workers
   latency p50/p99/p99.9 at a fixed rate below saturation (openloop, open loop)
   instructions per proxied request (callgrind; slope between two request counts)
+  system calls per proxied request (strace -c attached while a fixed count passes)
+  CPU time (user + system) per 100,000 proxied requests, from /proc/PID/stat
   RSS idle, RSS with many idle keep-alive client connections, time from exec to /ready
+  RSS growth per stalled client (pipelining 16 KiB GETs, never reading), capped at 1 GiB
   remora with X-Ray on (sampled 5%, daemon absent) and off
+Every timed figure is the median of its rounds, printed with the smallest and largest round.
 """
 import argparse
 import asyncio
@@ -31,6 +35,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BUILD = os.path.join(ROOT, "build")
 REMORA = os.path.join(BUILD, "remora")
 OPENLOOP = os.path.join(BUILD, "bench", "openloop")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+RSS_CAP_KIB = 1 << 20  # the stalled-client run stops a proxy that passes 1 GiB
+
+
+class Spread:
+    """A figure measured once per round: the median, shown with the smallest and largest round
+    (only the median when the rounds agree, or when there was one)."""
+
+    def __init__(self, values, digits=0):
+        self.values = list(values)
+        self.median = statistics.median(self.values)
+        self.lo, self.hi = min(self.values), max(self.values)
+        self.digits = digits
+
+    def __float__(self):
+        return float(self.median)
+
+    def __str__(self):
+        f = f"{{:,.{self.digits}f}}"
+        if self.lo == self.hi:
+            return f.format(self.median)
+        return f"{f.format(self.median)} ({f.format(self.lo)}–{f.format(self.hi)})"
+
+    __repr__ = __str__
 
 
 def free_ports(n):
@@ -62,11 +90,24 @@ def wait_port(port, timeout=10):
 
 
 def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except FileNotFoundError:  # exited between listing and reading
+        pass
     return 0
+
+
+def cpu_ticks(pid):
+    """utime + stime of a whole process (all its threads, live and exited), in clock ticks."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)": field 3 onwards
+    except FileNotFoundError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
 
 
 class Proc:
@@ -88,8 +129,23 @@ class Proc:
         out = subprocess.run(["pgrep", "-s", str(self.p.pid)], capture_output=True, text=True).stdout
         return [int(x) for x in out.split()] or [self.p.pid]
 
+    def workers(self):
+        """The processes that serve requests: nginx's workers, else the process itself."""
+        return [p for p in self.pids() if p != self.p.pid] or [self.p.pid]
+
     def rss(self):
         return sum(rss_kib(p) for p in self.pids())
+
+    def cpu_ticks(self):
+        return sum(cpu_ticks(p) for p in self.pids())
+
+    def kill(self):
+        """At once, without a graceful exit (one that holds a gigabyte can take a while)."""
+        try:
+            os.killpg(self.p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.stop()
 
     def stop(self):
         try:
@@ -109,9 +165,10 @@ class Bench:
         self.smoke = smoke
         self.dir = tempfile.mkdtemp(prefix="remora-bench-")
         os.chmod(self.dir, 0o755)  # nginx's workers run as nobody
-        with open(os.path.join(self.dir, "big"), "wb") as f:
-            f.write(os.urandom(1 << 20))
-        os.chmod(os.path.join(self.dir, "big"), 0o644)
+        for name, size in (("big", 1 << 20), ("16k", 16 << 10)):
+            with open(os.path.join(self.dir, name), "wb") as f:
+                f.write(os.urandom(size))
+            os.chmod(os.path.join(self.dir, name), 0o644)
         self.up_port = free_port()
         self.upstream = self.nginx_upstream()
         self.results = {}
@@ -145,6 +202,8 @@ http {{
     location = /small {{ return 200 "hello, world\\n"; }}
     location = /post {{ client_max_body_size 1m; client_body_buffer_size 64k; return 200 "ok\\n"; }}
     location = /big {{ alias {self.dir}/big; }}
+    location = /16k {{ alias {self.dir}/16k; }}
+    location = /status {{ stub_status; }}
   }}""", workers=1)
         return Proc(["nginx", "-c", conf], self.up_port)
 
@@ -232,8 +291,8 @@ backend be
                 got[name].append(rps)
                 if errors:
                     print(f"  warning: {name} {label}: errors reported by wrk", file=sys.stderr)
-        med = {name: statistics.median(v) for name, v in got.items()}
-        self.results[f"throughput {label}"] = med
+        med = {name: Spread(v) for name, v in got.items()}
+        self.results[f"throughput {label} (req/s)"] = med
         return med
 
     def latency(self, targets, rate, seconds, rounds):
@@ -246,8 +305,8 @@ backend be
                 got[name].append(vals)
         med = {}
         for name, runs in got.items():
-            med[name] = {k: statistics.median(int(r[k]) for r in runs)
-                         for k in ("p50_us", "p99_us", "p999_us", "errors")}
+            med[name] = {k: Spread(int(r[k]) for r in runs) for k in ("p50_us", "p99_us", "p999_us")}
+            med[name]["errors"] = sum(int(r["errors"]) for r in runs)
         self.results[f"latency at {rate} req/s"] = med
         return med
 
@@ -281,6 +340,131 @@ backend be
         self.results[f"memory with {conns} idle keep-alive connections"] = res
         return res
 
+    # ---- what a fixed number of requests costs, counted by the upstream ----
+
+    def upstream_requests(self):
+        """The upstream's request counter (nginx stub_status). Each reading counts itself."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.up_port}/status", timeout=5) as r:
+            return int(r.read().decode().splitlines()[2].split()[2])
+
+    def served_since(self, before):
+        """Requests the upstream answered since the reading `before`, once the count has settled
+        (two readings in a row that differ only by themselves); the readings are left out."""
+        last, readings = self.upstream_requests(), 1
+        for _ in range(50):
+            time.sleep(0.02)
+            now = self.upstream_requests()
+            readings += 1
+            if now == last + 1:
+                break
+            last = now
+        return now - before - readings
+
+    def closed_loop(self, port, n, conns=32, path="/small"):
+        """n keep-alive GETs over `conns` connections, each sending its next request as soon as
+        its answer is in (openloop -n)."""
+        out = subprocess.run([OPENLOOP, "-n", str(n), str(port), str(conns), path],
+                             capture_output=True, text=True, timeout=600).stdout
+        vals = dict(kv.split("=") for kv in out.split())
+        if int(vals.get("errors", 1)) or int(vals.get("ok", 0)) != n:
+            print(f"  warning: port {port}: {out.strip()}", file=sys.stderr)
+
+    def traced(self, name, proc, n):
+        """strace -c on every thread of the processes that serve requests while n requests pass
+        from an untraced client. The client starts only once every thread is traced, and the
+        tracer detaches only after the last answer, so strace's attach and detach fall outside
+        the requests; the count is what the upstream answered meanwhile, not n.
+        Returns ({syscall: calls}, requests)."""
+        pids = proc.workers()
+        summary = os.path.join(self.dir, f"strace-{name}.txt")
+        argv = ["strace", "-c", "-f", "-o", summary] + [a for pid in pids for a in ("-p", str(pid))]
+        with open(summary + ".log", "w") as log:
+            st = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_traced(pids, st, summary + ".log")
+            before = self.upstream_requests()
+            self.closed_loop(proc.port, n)
+            served = self.served_since(before)
+        finally:
+            st.send_signal(signal.SIGINT)  # detach, then write the summary
+            try:
+                st.wait(30)
+            except subprocess.TimeoutExpired:
+                st.kill()
+                st.wait()
+        return parse_strace_summary(summary), served
+
+    def syscalls(self, targets, n, rounds):
+        per_req = {name: [] for name in targets}
+        calls = {name: {} for name in targets}
+        served = {name: 0 for name in targets}
+        for _ in range(rounds):
+            for name, proc in targets.items():
+                got, count = self.traced(name, proc, n)
+                if not count:
+                    print(f"  warning: {name}: no requests answered under strace", file=sys.stderr)
+                    continue
+                per_req[name].append(sum(got.values()) / count)
+                served[name] += count
+                for call, c in got.items():
+                    calls[name][call] = calls[name].get(call, 0) + c
+        res = {}
+        for name in targets:
+            top = sorted(calls[name].items(), key=lambda kv: -kv[1])[:3]
+            res[name] = {
+                "syscalls per request": Spread(per_req[name], 2) if per_req[name] else "n/a",
+                "top 3 per request": ", ".join(f"{c} {k / served[name]:.2f}" for c, k in top) or "n/a",
+                "requests traced, all rounds": served[name]}
+        self.results[f"system calls per proxied small GET (strace -c; {n:,} requests a round, "
+                     f"{rounds} round(s), 32 connections)"] = res
+        return res
+
+    def cpu_time(self, targets, n, rounds):
+        """utime + stime of every process of a target (all threads) before and after n requests,
+        per 100,000 requests answered."""
+        got = {name: [] for name in targets}
+        for _ in range(rounds):
+            for name, proc in targets.items():
+                before, t0 = self.upstream_requests(), proc.cpu_ticks()
+                self.closed_loop(proc.port, n)
+                served = self.served_since(before)
+                ms = (proc.cpu_ticks() - t0) * 1000 / CLK_TCK
+                if served:
+                    got[name].append(ms * 100000 / served)
+                else:
+                    print(f"  warning: {name}: no requests answered", file=sys.stderr)
+        res = {name: {"ms per 100k requests": Spread(v) if v else "n/a",
+                      "rounds": ", ".join(f"{x:,.0f}" for x in v)} for name, v in got.items()}
+        self.results[f"CPU time, user + system, per 100,000 proxied small GETs ({n:,} requests "
+                     f"a round, 32 connections; clock tick {1000 // CLK_TCK} ms)"] = res
+        return res
+
+    def stalled(self, makers, clients, seconds, settle):
+        """For each target, a fresh process; then `clients` connections that pipeline GET /16k
+        without ever reading (stall_clients). RSS growth over the process's own idle RSS, per
+        client, at half time and at the end; a process that passes RSS_CAP_KIB is killed."""
+        res = {}
+        half_key, end_key = f"KiB per client at {seconds / 2:g} s", f"KiB per client at {seconds:g} s"
+        for name, make in makers.items():
+            proc = make()
+            capped = None
+            try:
+                keepalive_requests(proc.port, 20, conns=2)  # pools made: growth is the stall's
+                time.sleep(settle)
+                base = proc.rss()
+                half, end, capped, sent = stall_clients(proc, clients, seconds, RSS_CAP_KIB)
+            finally:
+                proc.kill() if capped is not None else proc.stop()
+            over = f"> 1 GiB in all after {capped:.1f} s" if capped is not None else None
+            res[name] = {
+                "idle KiB": base,
+                half_key: (half - base) / clients if half is not None else over,
+                end_key: (end - base) / clients if end is not None else over,
+                "request KiB sent per client": sent / 1024}
+        self.results[f"memory per stalled client ({clients} clients pipelining GET /16k without "
+                     f"reading, {seconds:g} s; RSS growth)"] = res
+        return res
+
     def ready_time(self, routes):
         times = []
         for _ in range(3 if self.smoke else 9):
@@ -296,7 +480,7 @@ backend be
                 time.sleep(0.001)
             times.append((time.monotonic() - t0) * 1000)
             p.stop()
-        self.results[f"time to /ready, {routes} routes"] = {"remora": {"ms": statistics.median(times)}}
+        self.results[f"time to /ready, {routes} routes"] = {"remora": {"ms": Spread(times, 1)}}
 
 
 def add_routes(cfg, n, port):
@@ -333,6 +517,87 @@ def keepalive_requests(port, n, conns=10):
     asyncio.run(main())
 
 
+def wait_traced(pids, tracer, log, timeout=10):
+    """Until every thread of `pids` has `tracer` as its tracer."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if tracer.poll() is not None:
+            break
+        tids = [(pid, t) for pid in pids for t in os.listdir(f"/proc/{pid}/task")]
+        if all(tracer_of(pid, t) == tracer.pid for pid, t in tids):
+            return
+        time.sleep(0.01)
+    with open(log) as f:
+        raise SystemExit(f"bench: strace did not attach to {pids}:\n{f.read()[-2000:]}")
+
+
+def tracer_of(pid, tid):
+    try:
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            for line in f:
+                if line.startswith("TracerPid:"):
+                    return int(line.split()[1])
+    except FileNotFoundError:  # a thread that has just exited
+        return None
+    return 0
+
+
+def parse_strace_summary(path):
+    """{syscall: calls} from strace -c's table: "% time, seconds, usecs/call, calls, [errors],
+    syscall" rows between two dashed rules, then the total row (left out)."""
+    calls = {}
+    with open(path) as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) < 5 or not re.match(r"[\d.]+$", fields[0]) or fields[-1] == "total":
+                continue
+            calls[fields[-1]] = calls.get(fields[-1], 0) + int(fields[3])
+    return calls
+
+
+def stall_clients(proc, clients, seconds, cap_kib):
+    """`clients` connections that each pipeline GET /16k for `seconds`, sending whenever the
+    socket takes more and never reading an answer; the proxy's RSS is sampled as they go, and
+    the run stops early if it passes cap_kib.
+    Returns (RSS at half time or None, RSS at the end or None, seconds to the cap or None,
+    request bytes sent per client)."""
+    req = b"GET /16k HTTP/1.1\r\nHost: bench\r\n\r\n"
+    stream = memoryview(req * 4096)
+    socks = []
+    for _ in range(clients):
+        s = socket.create_connection(("127.0.0.1", proc.port))
+        s.setblocking(False)
+        socks.append(s)
+    sent, alive = [0] * clients, [True] * clients
+    half = end = capped = None
+    t0 = time.monotonic()
+    try:
+        while (t := time.monotonic() - t0) < seconds:
+            for i, s in enumerate(socks):
+                for _ in range(16):  # at most ~2 MiB a pass, so that the clock and the cap are read
+                    if not alive[i]:
+                        break
+                    try:
+                        sent[i] += s.send(stream[sent[i] % len(req):])
+                    except BlockingIOError:
+                        break
+                    except OSError:  # the proxy closed it
+                        alive[i] = False
+            rss = proc.rss()
+            if rss > cap_kib:
+                capped = t
+                break
+            if half is None and t >= seconds / 2:
+                half = rss
+            time.sleep(0.02)
+        if capped is None:
+            end = proc.rss()
+    finally:
+        for s in socks:
+            s.close()
+    return half, end, capped, sum(sent) / clients
+
+
 def sum_callgrind(directory):
     total = 0
     for name in os.listdir(directory):
@@ -365,9 +630,18 @@ def ratio(a, b):
     return f"{a / b:.2f}x" if b else "n/a"
 
 
-def report(b):
+def cell(v):
+    if isinstance(v, float):
+        return f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def report(b, rounds):
     lines = ["# remora benchmark", "",
-             f"One run on {os.cpu_count()} CPUs; targets interleaved. Ratios are remora's.", ""]
+             f"One run on {os.cpu_count()} CPUs; targets interleaved, {rounds} round(s). Ratios are "
+             "remora's. Timed figures: median of the rounds (smallest–largest round).", ""]
     for title, rows in b.results.items():
         lines.append(f"## {title}")
         first = next(iter(rows.values()))
@@ -376,13 +650,12 @@ def report(b):
             lines.append("| target | " + " | ".join(keys) + " |")
             lines.append("|---|" + "---|" * len(keys))
             for name, v in rows.items():
-                lines.append(f"| {name} | " + " | ".join(f"{v[k]:.0f}" if isinstance(v[k], float) else str(v[k])
-                                                          for k in keys) + " |")
+                lines.append(f"| {name} | " + " | ".join(cell(v[k]) for k in keys) + " |")
         else:
             lines.append("| target | value | remora / this |")
             lines.append("|---|---|---|")
             for name, v in rows.items():
-                lines.append(f"| {name} | {v:,.0f} | {ratio(rows.get('remora', 0), v)} |")
+                lines.append(f"| {name} | {cell(v)} | {ratio(float(rows.get('remora', 0)), float(v))} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -396,8 +669,10 @@ def main():
         resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    t_start = time.monotonic()
     b = Bench(args.smoke)
     rounds, secs = (1, 1) if args.smoke else (3, 5)
+    b.rounds, b.t_start = rounds, t_start
     started = []
     try:
         t = b.targets(1)
@@ -410,6 +685,9 @@ def main():
         print(b.throughput("16 KiB POST, 1 worker", t, "/post", rounds, secs, script=post))
         print(b.throughput("1 MiB GET, 1 worker", t, "/big", rounds, secs))
         print(b.latency(t, 2000 if not args.smoke else 500, secs, rounds))
+        proxies = {n: p for n, p in t.items() if n != "direct"}
+        print(b.syscalls(proxies, 2000 if args.smoke else 20000, rounds))
+        print(b.cpu_time(proxies, 20000 if args.smoke else 200000, rounds))
         # Fresh processes, so that idle RSS is not what the throughput runs left behind.
         # HAProxy budgets two descriptors per connection and this machine allows 20,000 per
         # process, so the comparison holds 9,000; remora alone is also measured at 10,000.
@@ -429,6 +707,10 @@ def main():
         for p in started:
             p.stop()
         started = []
+        # Each on a fresh process of its own, killed after: nothing else sees what it grew to.
+        print(b.stalled({"remora": lambda: b.remora(1)[0], "haproxy": lambda: b.haproxy(1)[0],
+                         "nginx": lambda: b.nginx_proxy(1)[0]},
+                        10 if args.smoke else 50, 2 if args.smoke else 6, 0.5 if args.smoke else 1.5))
         t2 = b.targets(2)
         started += [p for n, p in t2.items() if n != "direct"]
         print(b.throughput("small GET, 2 workers", t2, "/small", rounds, secs))
@@ -463,13 +745,13 @@ def main():
 
 def finish(b, args):
     b.upstream.stop()
-    text = report(b)
+    text = report(b, b.rounds)
     os.makedirs(os.path.join(BUILD, "bench"), exist_ok=True)
     out = os.path.join(BUILD, "bench", "results-smoke.md" if args.smoke else "results.md")
     with open(out, "w") as f:
         f.write(text + "\n")
     print(text)
-    print(f"\nwritten to {out}")
+    print(f"\nwritten to {out} ({time.monotonic() - b.t_start:.0f} s in all)")
     shutil.rmtree(b.dir, ignore_errors=True)
 
 

@@ -3,7 +3,12 @@
  * stall shows up in the percentiles instead of pausing the clock (coordinated omission).
  *
  * usage: openloop PORT RATE SECONDS CONNECTIONS PATH
- * prints: sent=N ok=N errors=N p50_us=X p99_us=X p999_us=X max_us=X */
+ *        openloop -n COUNT PORT CONNECTIONS PATH
+ * prints: sent=N ok=N errors=N p50_us=X p99_us=X p999_us=X max_us=X seconds=X
+ *
+ * With -n it is a closed loop instead: exactly COUNT requests, each connection sending its next
+ * as soon as its answer is in (as wrk does, but with a fixed count rather than a fixed time, so
+ * that a figure per request can be taken from counters read before and after). */
 #include <llhttp.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -27,6 +32,7 @@ static size_t request_len;
 static uint64_t interval_ns, start_ns, end_ns, next_ns;
 static uint64_t *latencies;
 static size_t nlat, cap_lat, sent, errors, backlog_cap;
+static size_t total;      /* -n: requests in all; 0 in open-loop mode */
 static uint64_t *backlog; /* scheduled times waiting for a free connection */
 static size_t backlog_head, backlog_len;
 static client_t *idle;
@@ -44,6 +50,13 @@ static void on_written(uv_write_t *w, int status)
 static void next_or_idle(client_t *c)
 {
     c->busy = 0;
+    if (total) { /* closed loop: the connection that answered sends the next request */
+        if (sent < total)
+            send_on(c, uv_hrtime());
+        else if (nlat + errors >= sent)
+            uv_stop(loop);
+        return;
+    }
     if (backlog_len) {
         uint64_t s = backlog[backlog_head];
         backlog_head = (backlog_head + 1) % backlog_cap;
@@ -131,6 +144,19 @@ static void on_tick(uv_timer_t *t)
         uv_stop(loop); /* everything answered, or 2 s of grace for the last answers passed */
 }
 
+/* -n: a connection that fails never answers, so the run also ends after 5 s without progress. */
+static void on_watchdog(uv_timer_t *t)
+{
+    static size_t last_done, still;
+    (void)t;
+    still = nlat + errors == last_done ? still + 1 : 0;
+    last_done = nlat + errors;
+    if (still >= 5) {
+        fprintf(stderr, "openloop: no progress for 5 s, stopping\n");
+        uv_stop(loop);
+    }
+}
+
 static void on_connect(uv_connect_t *req, int status)
 {
     client_t *c = req->data;
@@ -159,19 +185,45 @@ static uint64_t pct(double p)
     return latencies[i] / 1000;
 }
 
+static void usage(void)
+{
+    fprintf(stderr, "usage: openloop PORT RATE SECONDS CONNECTIONS PATH\n"
+                    "       openloop -n COUNT PORT CONNECTIONS PATH\n");
+    exit(2);
+}
+
+static unsigned long number(const char *s)
+{
+    char *end;
+    unsigned long v = strtoul(s, &end, 10);
+    if (end == s || *end)
+        usage();
+    return v;
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 6) {
-        fprintf(stderr, "usage: openloop PORT RATE SECONDS CONNECTIONS PATH\n");
-        return 2;
+    if (argc != 6)
+        usage();
+    int port, conns;
+    double rate = 0, seconds = 0;
+    if (strcmp(argv[1], "-n") == 0) {
+        total = number(argv[2]);
+        port = (int)number(argv[3]);
+        conns = (int)number(argv[4]);
+        if (!total || !conns)
+            usage();
+    } else {
+        port = (int)number(argv[1]);
+        conns = (int)number(argv[4]);
+        rate = atof(argv[2]);
+        seconds = atof(argv[3]);
     }
-    int port = atoi(argv[1]), conns = atoi(argv[4]);
-    double rate = atof(argv[2]), seconds = atof(argv[3]);
     loop = uv_default_loop();
     uv_ip4_addr("127.0.0.1", port, &addr);
     request_len = (size_t)snprintf(request, sizeof request,
                                    "GET %s HTTP/1.1\r\nHost: bench\r\nUser-Agent: openloop\r\n\r\n", argv[5]);
-    cap_lat = (size_t)(rate * seconds) + 16;
+    cap_lat = total ? total + 16 : (size_t)(rate * seconds) + 16;
     latencies = malloc(cap_lat * sizeof *latencies);
     backlog_cap = cap_lat;
     backlog = malloc(backlog_cap * sizeof *backlog);
@@ -193,16 +245,26 @@ int main(int argc, char **argv)
         for (int i = 0; i < conns; i++)
             up += clients[i].connected;
     }
-    interval_ns = (uint64_t)(1e9 / rate);
-    start_ns = uv_hrtime() + 10000000; /* 10 ms from now */
-    end_ns = start_ns + (uint64_t)(seconds * 1e9);
-    next_ns = start_ns;
     uv_timer_init(loop, &tick);
-    uv_timer_start(&tick, on_tick, 0, 1); /* a 1 ms tick; sends are placed by their schedule */
+    if (total) {
+        start_ns = uv_hrtime();
+        for (int i = 0; i < conns && sent < total; i++)
+            send_on(&clients[i], start_ns);
+        uv_timer_start(&tick, on_watchdog, 1000, 1000);
+    } else {
+        interval_ns = (uint64_t)(1e9 / rate);
+        start_ns = uv_hrtime() + 10000000; /* 10 ms from now */
+        end_ns = start_ns + (uint64_t)(seconds * 1e9);
+        next_ns = start_ns;
+        uv_timer_start(&tick, on_tick, 0, 1); /* a 1 ms tick; sends are placed by their schedule */
+    }
     uv_run(loop, UV_RUN_DEFAULT);
+    double elapsed = (double)(uv_hrtime() - start_ns) / 1e9;
     qsort(latencies, nlat, sizeof *latencies, cmp);
-    printf("sent=%zu ok=%zu errors=%zu p50_us=%llu p99_us=%llu p999_us=%llu max_us=%llu\n", sent,
-           nlat, errors, (unsigned long long)pct(0.5), (unsigned long long)pct(0.99),
-           (unsigned long long)pct(0.999), (unsigned long long)(nlat ? latencies[nlat - 1] / 1000 : 0));
+    printf("sent=%zu ok=%zu errors=%zu p50_us=%llu p99_us=%llu p999_us=%llu max_us=%llu "
+           "seconds=%.3f\n",
+           sent, nlat, errors, (unsigned long long)pct(0.5), (unsigned long long)pct(0.99),
+           (unsigned long long)pct(0.999),
+           (unsigned long long)(nlat ? latencies[nlat - 1] / 1000 : 0), elapsed);
     return 0;
 }

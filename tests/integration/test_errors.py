@@ -147,7 +147,8 @@ def test_upstream_dying_mid_response_is_never_a_complete_response(mesh):
     resp = c.read_response()
     assert resp.status == 200
     assert not resp.complete, "the client must see a truncated body"
-    assert len(resp.body) < 1000000
+    # What arrived is what the upstream sent (a reset may lose some of it), nothing more.
+    assert len(resp.body) <= 1000 and resp.body == b"x" * len(resp.body), resp.body[:100]
     # curl agrees: transfer closed with outstanding data (exit 18).
     out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-H", "Host: cart.shop.local",
                           f"http://127.0.0.1:{r.egress}/die-mid-response"],

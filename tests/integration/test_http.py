@@ -1,5 +1,6 @@
 """HTTP/1.1 semantics through remora, both listeners: forwarding, keep-alive, pipelining,
 framing, header rewriting (RFC 9110/9112)."""
+import hashlib
 import http.client
 import json
 import subprocess
@@ -96,6 +97,7 @@ def test_chunked_request_and_response_bodies(mesh):
     resp = c.read_response()
     seen = json.loads(resp.body)
     assert seen["length"] == 11
+    assert seen["sha256"] == hashlib.sha256(b"hello world").hexdigest()
     c.send(request("GET", "/bytes/100000?chunked=1"))
     resp = c.read_response()
     assert resp.header("transfer-encoding") == "chunked"
@@ -221,7 +223,9 @@ def test_websocket_upgrade_tunnel(mesh):
     got = c.buf
     c.buf = b""
     while len(got) < len(payload):
-        got += c.sock.recv(65536)
+        data = c.sock.recv(65536)
+        assert data, f"tunnel closed after {len(got)} of {len(payload)} bytes"
+        got += data
     assert got == payload
     assert r.stats()["http.egress.downstream_cx_upgrades_total"] == 1
 

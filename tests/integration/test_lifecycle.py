@@ -7,7 +7,7 @@ import subprocess
 import threading
 import time
 
-from conftest import REMORA, free_port, free_ports, mesh_config, wait_until
+from conftest import REMORA, free_port, free_ports, mesh_config, port_open, wait_until
 from rawhttp import Conn, request
 
 
@@ -55,48 +55,78 @@ def test_healthcheck_fail_and_ok(mesh):
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_0(mesh):
-    r, _, _ = mesh()
+    r, _, backend = mesh()
     idle = Conn(r.egress)
     idle.send(request("GET", "/echo"))
     assert idle.read_response().status == 200
     busy = Conn(r.egress)
-    busy.send(request("GET", "/sleep/1500"))
-    time.sleep(0.2)
-    r.proc.send_signal(signal.SIGTERM)
-    # The idle keep-alive connection is closed at once; the busy one gets its answer.
-    assert idle.closed_by_peer(timeout=3)
+    sent = time.monotonic()
+    busy.send(request("GET", "/sleep/1000"))  # the upstream answers 1 s after it gets this
+    answer_due = sent + 1.0  # no answer can exist before this
+    wait_until(lambda: backend.stats()["requests"] == 2, what="the slow request at the upstream")
+    exited = {}
+
+    def wait_exit():
+        exited["code"] = r.proc.wait(30)
+        exited["at"] = time.monotonic()
+
+    waiter = threading.Thread(target=wait_exit)
+    waiter.start()
+    try:
+        r.proc.send_signal(signal.SIGTERM)
+        # At once, while the slow request is still in flight: the idle keep-alive connection
+        # is closed and the listener refuses new connections.
+        assert idle.closed_by_peer(timeout=1)
+        idle.close()  # as a client does on EOF (remora lingers up to 5 s for one that does not)
+        wait_until(lambda: not port_open(r.egress), timeout=1, what="listener closed")
+        assert time.monotonic() < answer_due, "drain started only after the in-flight request"
+        assert "at" not in exited, "remora exited with a request in flight"
+        # The in-flight request completes, told the connection closes after it.
+        resp = busy.read_response()
+        done = time.monotonic()
+        assert resp.status == 200 and resp.body == b"slept\n" and resp.complete
+        assert resp.header("connection") == "close"
+        assert busy.closed_by_peer(timeout=2)
+        busy.close()
+    finally:
+        waiter.join(30)
+    assert exited["code"] == 0
+    # remora waited for the answer (lower bound), and then no longer than it had to: the last
+    # connection gone, it exits, well before the 20 s drain deadline (upper bound).
+    assert exited["at"] >= answer_due, (exited["at"] - sent)
+    assert exited["at"] - done < 2.0, (exited["at"] - done)
+
+
+def test_quitquitquit_drains_and_exits(mesh):
+    r, _, backend = mesh()
+    busy = Conn(r.egress)
+    busy.send(request("GET", "/sleep/500"))
+    wait_until(lambda: backend.stats()["requests"] == 1, what="the slow request at the upstream")
+    assert r.admin("/quitquitquit", "POST")[0] == 200
     resp = busy.read_response()
     assert resp.status == 200 and resp.body == b"slept\n"
     assert resp.header("connection") == "close"
     assert r.proc.wait(10) == 0
-    # No new connections are accepted once draining.
-    try:
-        Conn(r.egress, timeout=1).send(request("GET", "/echo"))
-        refused = False
-    except OSError:
-        refused = True
-    assert refused
-
-
-def test_quitquitquit_drains_and_exits(mesh):
-    r, _, _ = mesh()
-    assert r.admin("/quitquitquit", "POST")[0] == 200
-    assert r.proc.wait(10) == 0
 
 
 def test_drain_deadline_closes_stuck_requests(mesh):
-    r, _, _ = mesh(env={"LISTENER_DRAIN_WAIT_TIME_S": "1"})
+    r, _, backend = mesh(env={"LISTENER_DRAIN_WAIT_TIME_S": "1"})
     stuck = Conn(r.egress)
     stuck.send(request("GET", "/sleep/30000"))
-    time.sleep(0.2)
+    wait_until(lambda: backend.stats()["requests"] == 1, what="the stuck request at the upstream")
     start = time.monotonic()
     r.proc.send_signal(signal.SIGTERM)
     assert r.proc.wait(10) == 0
-    assert time.monotonic() - start < 5
+    elapsed = time.monotonic() - start
+    # It waited the whole drain time for the stuck request, then no more than it had to.
+    assert 1.0 <= elapsed < 3.0, elapsed
     assert stuck.closed_by_peer(timeout=2)
+    assert stuck.buf == b"", "closed, with no response made up for it"
 
 
-async def _client(port, n):
+async def _client(port, n, all_open):
+    """n requests on one keep-alive connection; after the first, waits (all_open) until every
+    client has had its first answer, so that all the connections are open at the same time."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     ok = 0
     for i in range(n):
@@ -107,18 +137,31 @@ async def _client(port, n):
                      .split(b":")[1])
         await reader.readexactly(length)
         ok += head.startswith(b"HTTP/1.1 200 ")
-        await asyncio.sleep(0.05)  # keep every connection open at the same time
+        if i == 0:
+            await all_open()
     writer.close()
     return ok
 
 
 def test_1000_concurrent_keep_alive_clients(mesh):
     r, _, backend = mesh(workers=2)
+    seen = {}
 
     async def run():
-        return await asyncio.gather(*(_client(r.egress, 3) for _ in range(1000)))
+        first_answers, everyone = [0], asyncio.Event()
+
+        async def all_open():
+            first_answers[0] += 1
+            if first_answers[0] == 1000:
+                # Every client holds its connection open here: remora has all 1000 at once.
+                seen["active"] = (await asyncio.to_thread(r.stats))["http.egress.downstream_cx_active"]
+                everyone.set()
+            await asyncio.wait_for(everyone.wait(), 60)
+
+        return await asyncio.gather(*(_client(r.egress, 3, all_open) for _ in range(1000)))
 
     results = asyncio.run(run())
+    assert seen["active"] == 1000
     assert sum(results) == 3000
     st = r.stats()
     assert st["http.egress.downstream_cx_total"] == 1000
@@ -164,7 +207,7 @@ def test_node_from_appmesh_resource_arn_and_inline_config(tmp_path, upstream):
     p = subprocess.Popen([REMORA, "--ingress-port", str(ports[0]), "--egress-port", str(ports[1]),
                           "--workers", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: Conn(ports[0]) is not None, what="listener")
+        wait_until(lambda: port_open(ports[0]), what="listener")
         c = Conn(ports[0])
         c.send(request("GET", "/echo", host="web"))
         assert json.loads(c.read_response().body)["server"] == "app"

@@ -87,7 +87,11 @@ def split(port, total=2000, conns=20, **kw):
     {"cart-v1": 0, "cart-v2": 100},
     {"cart-v1": 60, "cart-v2": 30, "cart-v3": 10},
 ])
-def test_weighted_split_is_accurate_on_every_worker(versions, remora, weights):
+def test_weighted_split_is_exact_on_every_worker(versions, remora, weights):
+    """The schedule is smooth weighted round-robin over sum(weights) picks (100 here), walked
+    by one atomic cursor per route that every worker shares (routing/route.c: pick()), and the
+    cursor starts at 0 with the table. 2,000 requests are 20 whole schedules, so the counts are
+    exact whichever worker or connection each request lands on."""
     ups = versions(*weights)
     cfg = canary_mesh({n: u.port for n, u in ups.items()},
                       [weighted("canary", list(weights.items()))])
@@ -95,14 +99,17 @@ def test_weighted_split_is_accurate_on_every_worker(versions, remora, weights):
     counts, failures = split(r.egress)
     assert failures == 0
     total = sum(weights.values())
-    for name, w in weights.items():
-        share = 100.0 * counts.get(name, 0) / 2000
-        assert abs(share - 100.0 * w / total) <= 2.0, (name, counts)
-        if w == 0:
-            assert counts.get(name, 0) == 0
+    assert 2000 % total == 0
+    expected = {name: 2000 * w // total for name, w in weights.items() if w}
+    assert counts == expected, counts
     st = r.stats()
-    for name, w in weights.items():
-        assert st[f"remora.route.cart.canary.{name}.picks"] == counts.get(name, 0)
+    for name in weights:
+        assert st[f"remora.route.cart.canary.{name}.picks"] == expected.get(name, 0), name
+        assert st[f"remora.route.cart.canary.{name}.rq_2xx"] == expected.get(name, 0), name
+    _, prom = r.admin("/stats/prometheus")
+    for name in weights:
+        assert (f'remora_route_target_picks_total{{router="cart",route="canary",target="{name}"}} '
+                f'{expected.get(name, 0)}') in prom, name
 
 
 def test_header_canary_beats_catch_all_by_priority(versions, remora):
@@ -238,7 +245,12 @@ def test_per_try_timeout_retries_then_succeeds(versions, remora):
     assert resp.status == 200 and resp.body != b"slow\n"
     assert 0.35 < elapsed < 2.0, elapsed
     port = ups["cart-v1"].port
-    assert r.stats()[f"cluster.cds_egress_shop_cart-v1_http_{port}.upstream_rq_per_try_timeout"] == 1
+    st = r.stats()
+    cluster = f"cluster.cds_egress_shop_cart-v1_http_{port}"
+    assert st[f"{cluster}.upstream_rq_per_try_timeout"] == 1
+    assert st[f"{cluster}.upstream_rq_retry"] == 1
+    assert st[f"{cluster}.upstream_rq_retry_success"] == 1
+    assert ups["cart-v1"].stats()["requests"] == 2
 
 
 def test_per_try_timeouts_exhausted_give_504(versions, remora):
@@ -252,6 +264,14 @@ def test_per_try_timeouts_exhausted_give_504(versions, remora):
     elapsed = time.monotonic() - start
     assert resp.status == 504
     assert 1.1 < elapsed < 2.5, elapsed  # three tries of 400 ms
+    port = ups["cart-v1"].port
+    st = r.stats()
+    cluster = f"cluster.cds_egress_shop_cart-v1_http_{port}"
+    assert st[f"{cluster}.upstream_rq_per_try_timeout"] == 3
+    assert st[f"{cluster}.upstream_rq_retry"] == 2
+    assert st[f"{cluster}.upstream_rq_retry_success"] == 0
+    assert st["http.egress.downstream_rq_timeout"] == 1
+    assert ups["cart-v1"].stats()["requests"] == 3
 
 
 def test_route_per_request_timeout_gives_504_on_time(versions, remora):
@@ -288,14 +308,22 @@ def test_ingress_connection_pool_overflow_is_503(upstream, remora):
     cfg["virtualNodes"][0]["spec"]["listeners"][0]["connectionPool"] = {
         "http": {"maxConnections": 1, "maxPendingRequests": 1}}
     r = remora(cfg)
-    conns = [Conn(r.ingress) for _ in range(3)]
-    for c in conns:
-        c.send(request("GET", "/sleep/800", host="web"))
-        time.sleep(0.1)
-    statuses = sorted(c.read_response().status for c in conns)
-    assert statuses == [200, 200, 503], statuses
-    st = r.stats()
     name = f"cds_ingress_shop_web_http_{app.port}"
+    first, second, third = (Conn(r.ingress) for _ in range(3))
+    # The first takes the one connection (the app has it), the second waits in the queue,
+    # the third finds the queue full.
+    first.send(request("GET", "/sleep/800", host="web"))
+    wait_until(lambda: app.stats()["requests"] == 1, what="first request at the app")
+    second.send(request("GET", "/sleep/800", host="web"))
+    wait_until(lambda: r.stats()[f"cluster.{name}.upstream_rq_pending_active"] == 1,
+               what="second request queued")
+    start = time.monotonic()
+    third.send(request("GET", "/sleep/800", host="web"))
+    assert third.read_response().status == 503
+    assert time.monotonic() - start < 0.5, "an overflow is answered at once, not after a wait"
+    assert first.read_response().status == 200
+    assert second.read_response().status == 200
+    st = r.stats()
     assert st[f"cluster.{name}.upstream_rq_pending_overflow"] == 1
     assert st[f"cluster.{name}.upstream_rq_pending_total"] == 1
     assert app.stats()["requests"] == 2
@@ -330,7 +358,21 @@ def test_reload_under_load_zero_failures_and_prompt_splits(versions, remora):
                 state["last"] = json.loads(body)["server"]
             else:
                 state["failures"] += 1
+            # Pacing, not synchronisation: a steady client rather than a flood, so that the
+            # delay measured below is remora's and not a queue's.
             await asyncio.sleep(0.002)
+
+    async def until(predicate, what, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while not await predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.005)
+
+    async def answered_by(want):
+        return state["last"] == want
+
+    async def reloads_ok(n):
+        return (await asyncio.to_thread(r.stats))["remora.config.reload_ok"] == n
 
     async def reloads():
         delays = []
@@ -338,11 +380,10 @@ def test_reload_under_load_zero_failures_and_prompt_splits(versions, remora):
             want = "cart-v2" if i % 2 == 0 else "cart-v1"
             write_atomically(r.config_path, cfg_for[(i + 1) % 2])
             t0 = time.monotonic()
-            while state["last"] != want:
-                await asyncio.sleep(0.005)
-                assert time.monotonic() - t0 < 5, f"reload {i} not in force"
+            await until(lambda: answered_by(want), f"reload {i} in force")
             delays.append(time.monotonic() - t0)
-            await asyncio.sleep(0.05)
+            # Exactly one reload per save, counted before the next save.
+            await until(lambda: reloads_ok(i + 1), f"reload {i} counted")
         state["stop"] = True
         return delays
 
@@ -357,28 +398,50 @@ def test_reload_under_load_zero_failures_and_prompt_splits(versions, remora):
           f"{state['requests']} requests")
     assert state["failures"] == 0
     assert max(delays) < 1.0, delays
-    assert r.stats()["remora.config.reload_ok"] == 20
+    st = r.stats()
+    assert st["remora.config.reload_ok"] == 20
+    assert st["remora.config.reload_failed"] == 0
 
 
 def test_invalid_reload_is_rejected_and_counted(versions, remora):
-    ups = versions("cart-v1")
-    cfg = canary_mesh({"cart-v1": ups["cart-v1"].port}, [weighted("r", [("cart-v1", 1)])])
-    r = remora(cfg)
-    bad = json.loads(json.dumps(cfg))
-    bad["routes"][0]["spec"]["httpRoute"]["action"]["weightedTargets"][0]["weight"] = 140
+    ups = versions("cart-v1", "cart-v2")
+    ports = {n: u.port for n, u in ups.items()}
+    cfg = canary_mesh(ports, [weighted("r", [("cart-v1", 90), ("cart-v2", 10)])])
+    r = remora(cfg, workers=2)
+    before = r.stats()
+    ok0, failed0 = before["remora.config.reload_ok"], before["remora.config.reload_failed"]
+    # The bad config changes the split (a valid change) and adds a route with an invalid
+    # weight: none of it may apply, not even the valid part.
+    bad = canary_mesh(ports, [weighted("r", [("cart-v1", 10), ("cart-v2", 90)]),
+                              weighted("broken", [("cart-v1", 140)], match={"prefix": "/b"})])
     write_atomically(r.config_path, bad)
-    wait_until(lambda: r.stats()["remora.config.reload_failed"] >= 1, what="reload rejected")
+    wait_until(lambda: r.stats()["remora.config.reload_failed"] == failed0 + 1,
+               what="reload rejected")
     assert "weight: must be 0..100, got 140" in r.read_log()
-    c = Conn(r.egress)
-    c.send(request("GET", "/echo"))
-    assert c.read_response().status == 200
-    # SIGHUP reloads too.
-    write_atomically(r.config_path, cfg)
-    wait_until(lambda: r.stats()["remora.config.reload_ok"] >= 1, what="reload after fix")
-    r.proc.send_signal(__import__("signal").SIGHUP)
-    wait_until(lambda: r.stats()["remora.config.reload_ok"] >= 2, what="SIGHUP reload")
+    # 200 requests over 4 connections (and 2 workers) follow the old 90/10 exactly: two whole
+    # schedules of the old table, whose cursor no request had moved before.
+    counts, failures = split(r.egress, total=200, conns=4)
+    assert failures == 0
+    assert counts == {"cart-v1": 180, "cart-v2": 20}, counts
+    st = r.stats()
+    assert st["remora.route.cart.r.cart-v1.picks"] == 180
+    assert st["remora.route.cart.r.cart-v2.picks"] == 20
+    assert "remora.route.cart.broken.cart-v1.picks" not in st
+    assert st["remora.config.reload_failed"] == failed0 + 1
+    assert st["remora.config.reload_ok"] == ok0
+    _, prom = r.admin("/stats/prometheus")
+    assert f'remora_config_reloads_total{{result="failure"}} {failed0 + 1}' in prom
+    assert f'remora_config_reloads_total{{result="success"}} {ok0}' in prom
     status, dump = r.admin("/config_dump")
-    assert status == 200 and json.loads(dump)["config"]["routes"][0]["routeName"] == "r"
+    assert status == 200 and json.loads(dump)["config"]["routes"] == cfg["routes"]
+    # Fixing the file reloads it; SIGHUP reloads too.
+    write_atomically(r.config_path, cfg)
+    wait_until(lambda: r.stats()["remora.config.reload_ok"] == ok0 + 1, what="reload after fix")
+    r.proc.send_signal(__import__("signal").SIGHUP)
+    wait_until(lambda: r.stats()["remora.config.reload_ok"] == ok0 + 2, what="SIGHUP reload")
+    assert r.stats()["remora.config.reload_failed"] == failed0 + 1
+    status, dump = r.admin("/config_dump")
+    assert status == 200 and json.loads(dump)["config"]["routes"] == cfg["routes"]
 
 
 def test_check_exit_codes_and_summary(tmp_path):

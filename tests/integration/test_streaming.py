@@ -11,10 +11,14 @@ import pytest
 from rawhttp import Conn, request
 
 GIB = 1 << 30
-RSS_LIMIT_KIB = 32 * 1024
-# AddressSanitizer's shadow memory and quarantine inflate RSS; the bound is about remora's own
-# buffers, so it is checked in the plain and UBSan builds.
-CHECK_RSS = os.environ.get("REMORA_SANITIZER", "") != "address"
+# The documented bound (README; docs/engine.md, "Bounded memory"): a 1 GiB body in either
+# direction passes with peak RSS under 5 MiB. Peak RSS is the kernel's VmHWM of the whole
+# process, start-up included, exactly as the docs phrase it.
+RSS_LIMIT_KIB = 5 * 1024
+# A sanitizer's runtime (ASan's shadow memory and quarantine, UBSan's runtime) inflates RSS by
+# more than the bound itself; the bound is about remora's own buffers, so it is checked in the
+# plain build only.
+CHECK_RSS = os.environ.get("REMORA_SANITIZER", "") == ""
 
 
 def test_1gib_response_streams_in_bounded_memory(mesh):
@@ -26,7 +30,7 @@ def test_1gib_response_streams_in_bounded_memory(mesh):
     peak = r.rss_kib("VmHWM")
     print(f"1 GiB download: remora peak RSS {peak} KiB")
     if CHECK_RSS:
-        assert peak < RSS_LIMIT_KIB
+        assert peak < RSS_LIMIT_KIB, f"peak RSS {peak} KiB, documented bound {RSS_LIMIT_KIB} KiB"
 
 
 def test_1gib_request_body_streams_in_bounded_memory(mesh):
@@ -46,7 +50,7 @@ def test_1gib_request_body_streams_in_bounded_memory(mesh):
     peak = r.rss_kib("VmHWM")
     print(f"1 GiB upload: remora peak RSS {peak} KiB")
     if CHECK_RSS:
-        assert peak < RSS_LIMIT_KIB
+        assert peak < RSS_LIMIT_KIB, f"peak RSS {peak} KiB, documented bound {RSS_LIMIT_KIB} KiB"
 
 
 def test_slow_reader_gets_backpressure_not_buffering(mesh):
@@ -69,7 +73,7 @@ def test_slow_reader_gets_backpressure_not_buffering(mesh):
     peak = r.rss_kib("VmHWM")
     print(f"slow reader: remora peak RSS {peak} KiB")
     if CHECK_RSS:
-        assert peak < 16 * 1024
+        assert peak < RSS_LIMIT_KIB, f"peak RSS {peak} KiB, documented bound {RSS_LIMIT_KIB} KiB"
 
 
 @pytest.mark.parametrize("path", ["/bytes/3000000", "/bytes/3000000?chunked=1"])

@@ -1,0 +1,55 @@
+# libFuzzer targets (tests/fuzz/README.md), included by the Makefile.
+#
+# Everything here is built by clang into build-fuzz/ and nothing is shared with build/: a
+# fuzzer must link only objects instrumented for coverage, ASan and UBSan, and gcc's objects
+# are neither. Each target links the few sources it exercises, not the whole proxy.
+#
+#   make fuzz         every target for FUZZ_SECONDS (default 600) each, one after another
+#   make fuzz-smoke   seeds and regressions replayed, then FUZZ_SMOKE_SECONDS (default 20) each
+#   make fuzz FUZZ_TARGETS=config FUZZ_SECONDS=60   one target
+
+FUZZ_CC            ?= clang-14
+FUZZ_BUILD         := build-fuzz
+FUZZ_SECONDS       ?= 600
+FUZZ_SMOKE_SECONDS ?= 20
+FUZZ_DIR           := tests/fuzz
+FUZZ_SAN           := -fsanitize=address,undefined -fno-sanitize-recover=all
+FUZZ_CFLAGS        := -std=c11 -O1 -g -fno-omit-frame-pointer -pthread $(FUZZ_SAN)
+FUZZ_ALL           := dns_parse trace_header config sampling_rules \
+                      $(if $(wildcard proxy/h1_parse.c),h1_parse)
+FUZZ_TARGETS       ?= $(FUZZ_ALL)
+
+# What each target links, beside its own tests/fuzz/fuzz_<name>.c. A source that moves makes
+# `No rule to make target build-fuzz/obj/<it>.o`, naming it.
+fuzz_dns_parse_SRCS      := discovery/dns_parse.c
+fuzz_dns_parse_LIBS      := -lcares
+fuzz_trace_header_SRCS   := tracing/trace.c
+fuzz_config_SRCS         := $(filter-out config/sampling_rules.c,$(filter config/%,$(LIB_SRCS)))
+fuzz_config_LIBS         := -lcjson
+fuzz_sampling_rules_SRCS := config/sampling_rules.c config/json.c config/diag.c
+fuzz_sampling_rules_LIBS := -lcjson
+fuzz_h1_parse_SRCS       := proxy/h1_parse.c proxy/head.c base/http.c
+
+FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
+
+$(FUZZ_BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(WARN) -MMD -MP -c -o $@ $<
+
+define fuzz_target
+$(FUZZ_BUILD)/fuzz_$(1): $(FUZZ_BUILD)/obj/$(FUZZ_DIR)/fuzz_$(1).o \
+		$(fuzz_$(1)_SRCS:%.c=$(FUZZ_BUILD)/obj/%.o)
+	$$(FUZZ_CC) $$(FUZZ_CFLAGS) -fsanitize=fuzzer -o $$@ $$^ $(fuzz_$(1)_LIBS)
+endef
+$(foreach t,$(FUZZ_TARGETS),$(eval $(call fuzz_target,$(t))))
+
+-include $(wildcard $(FUZZ_BUILD)/obj/*/*.d $(FUZZ_BUILD)/obj/*/*/*.d)
+
+.PHONY: fuzz-build
+fuzz-build: $(FUZZ_BINS)
+
+fuzz: fuzz-build
+	$(FUZZ_DIR)/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-smoke: fuzz-build
+	$(FUZZ_DIR)/run.sh --replay $(FUZZ_SMOKE_SECONDS) $(FUZZ_TARGETS)
