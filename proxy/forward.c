@@ -494,6 +494,8 @@ void fwd_request_head(exchange_t *ex, head_t *h, unsigned msg)
     ex->wait.cluster = ex->route.cluster;
     ex->wait.max_requests = ex->route.max_requests;
     ex->wait.max_pending = ex->route.max_pending;
+    if (ex->req_state == REQ_DONE && ex->route.timeout_ms) /* bodiless: no on_end comes */
+        ex->request_deadline = now_ms(ex) + ex->route.timeout_ms;
     if (pool_admit(&ex->w->pools, &ex->wait)) {
         start_attempt(ex);
     } else if (!ex->ended) { /* waits for a slot (or the refusal) with its body held */

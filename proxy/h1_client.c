@@ -108,9 +108,12 @@ static void on_head(h1_client_t *h)
     unsigned msg = msg_flags(&h->parser);
     if (head->status == 101)
         msg |= MSG_UPGRADE | MSG_END;
-    if (msg & MSG_END)
-        h->resp_done = 1;
     h->keep_alive = !(h->parser.flags & H1F_CLOSE);
+    if (msg & MSG_END) {
+        h->resp_done = 1;
+        if (h->tail_n > 0 && head->status != 101)
+            h->keep_alive = 0; /* bytes after a bodiless response: out of step, never reuse */
+    }
     if (h->parser.body == H1_BODY_CHUNKED && !h->parser.trailers)
         h->parser.trailers = head_take(h->loop);
     h->ev->on_head(h->ctx, head, msg);

@@ -10,6 +10,8 @@ static int skipped(const field_t *f, const h1_framing_t *fr)
         return 1;
     case F_CONTENT_LENGTH:
         return !fr->keep_length;
+    case F_UPGRADE: /* kept by the policy only for a protocol switch */
+        return !fr->connection || strcmp(fr->connection, "upgrade") != 0;
     default:
         return f->hop;
     }

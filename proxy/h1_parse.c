@@ -377,8 +377,10 @@ static int field_lines(h1_parser_t *p, head_t *h, unsigned char *c, struct facts
         if (line_end(&c) < 0)
             return bad(p, 400, not_line_end(c, "invalid character in field value"));
         *ve = '\0';
-        int err = head_add_stored(h, (uint32_t)(name - s), name_len, (uint32_t)(v - s),
-                                  (uint32_t)(ve - v));
+        int err = h->nfields == HEAD_MAX_FIELDS
+                      ? ERR_TOO_LARGE
+                      : head_add_stored(h, (uint32_t)(name - s), name_len, (uint32_t)(v - s),
+                                        (uint32_t)(ve - v));
         if (err == ERR_TOO_LARGE)
             return bad(p, 431, f ? "head too large" : "trailers too large");
         if (err)

@@ -83,15 +83,15 @@ int64_t head_store(head_t *h, const char *p, size_t n)
 /* The checks and the table slot shared by both ways of adding a field. */
 static field_t *new_field(head_t *h, size_t name_len, size_t value_len, int *err)
 {
-    if (h->nfields == HEAD_MAX_FIELDS ||
-        (size_t)h->wire + name_len + value_len + 4 > HEAD_MAX_BYTES) {
+    if (h->nfields == HEAD_STORE_FIELDS ||
+        (size_t)h->wire + name_len + value_len + 4 > HEAD_STORE_BYTES) {
         *err = ERR_TOO_LARGE;
         return NULL;
     }
     if (h->nfields == h->fields_cap) {
         unsigned cap = h->fields_cap ? h->fields_cap * 2 : FIELDS_INITIAL;
-        if (cap > HEAD_MAX_FIELDS)
-            cap = HEAD_MAX_FIELDS;
+        if (cap > HEAD_STORE_FIELDS)
+            cap = HEAD_STORE_FIELDS;
         field_t *fields = realloc(h->fields, cap * sizeof *fields);
         if (!fields) {
             *err = UV_ENOMEM;

@@ -18,6 +18,10 @@
 
 #define HEAD_MAX_FIELDS 100
 #define HEAD_MAX_BYTES  (64 * 1024)
+/* What a head may hold: a received one within the caps above (the parser enforces them), plus
+ * the fields remora adds when it forwards it (X-Forwarded-*, X-Request-Id, trace, Host). */
+#define HEAD_STORE_FIELDS (HEAD_MAX_FIELDS + 16)
+#define HEAD_STORE_BYTES  (HEAD_MAX_BYTES + 8 * 1024)
 
 /* The field names remora acts on, recognized once when a field is added (field_classify). */
 enum field_id {
