@@ -534,6 +534,19 @@ static int store(h1_parser_t *p, head_t *h, const unsigned char *d, size_t n)
     return 0;
 }
 
+/* Whether d[0..n), after the section bytes stored so far, holds a CR not followed by LF: an
+ * error found as the bytes arrive, not at the end of a section a peer using bare CRs would
+ * never end. */
+static int bare_cr(h1_parser_t *p, const head_t *h, const unsigned char *d, size_t n)
+{
+    int bare = p->scan && h->bytes[p->scan - 1] == '\r' && d[0] != '\n';
+    for (const unsigned char *q = d; !bare && (q = memchr(q, '\r', (size_t)(d + n - q))); q++)
+        bare = q + 1 < d + n && q[1] != '\n';
+    if (bare)
+        bad(p, 400, "CR not followed by LF");
+    return bare;
+}
+
 /* Copies the start line from d[0..n) (n > 0) and parses it once its LF is in, so a request
  * line that is wrong (HTTP/0.9 included) is answered without waiting for more. The cap: the
  * line with its line end. Returns the bytes consumed. */
@@ -548,7 +561,7 @@ static size_t collect_line(h1_parser_t *p, const unsigned char *d, size_t n)
             bad(p, 431, "head too large");
         return 0;
     }
-    if (store(p, p->head, d, take) < 0 || !lf)
+    if (bare_cr(p, p->head, d, take) || store(p, p->head, d, take) < 0 || !lf)
         return take;
     if ((p->kind == H1_REQUEST ? request_line : status_line)(p, p->head) == 0)
         p->state = S_HEAD;
@@ -571,7 +584,7 @@ static size_t collect(h1_parser_t *p, head_t *h, const unsigned char *d, size_t 
         bad(p, 431, p->state == S_HEAD ? "head too large" : "trailers too large");
         return 0;
     }
-    if (store(p, h, d, take) < 0 || e == n)
+    if (bare_cr(p, h, d, take) || store(p, h, d, take) < 0 || e == n)
         return take;
     h->len++; /* keep the NUL after the section */
     if (p->state == S_HEAD)
