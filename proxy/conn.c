@@ -3,7 +3,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 conn_t *conn_new(loop_t *l)
 {
     conn_t *c = calloc(1, sizeof *c);

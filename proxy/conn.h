@@ -64,7 +64,7 @@ struct conn {
     const transport_t *tp;
     const conn_events_t *ev;
     void *owner;
-    wreq_t *out; /* the write being gathered, NULL when nothing is queued */
+    wreq_t *out;                    /* the write being gathered, NULL when nothing is queued */
     wreq_t *backlog, *backlog_tail; /* gathered while connecting, sent once connected */
     conn_t *dirty_prev, *dirty_next;
     size_t pinned_inflight; /* pinned by writes handed to the transport */

@@ -40,7 +40,10 @@ static void c_drain(void *ctx)
 }
 
 static const stream_events_t client_events = {
-    .on_head = c_head, .on_data = c_data, .on_end = c_end, .on_error = c_error,
+    .on_head = c_head,
+    .on_data = c_data,
+    .on_end = c_end,
+    .on_error = c_error,
     .on_drain = c_drain,
 };
 
@@ -68,7 +71,10 @@ static void u_drain(void *ctx)
 }
 
 const stream_events_t exchange_upstream_events = {
-    .on_head = u_head, .on_data = u_data, .on_end = u_end, .on_error = u_error,
+    .on_head = u_head,
+    .on_data = u_data,
+    .on_end = u_end,
+    .on_error = u_error,
     .on_drain = u_drain,
 };
 

@@ -30,9 +30,9 @@ struct exchange {
     route_table_t *rt; /* the snapshot this request was routed with (a reference) */
     server_stream_t *ss;
     client_stream_t *cs;
-    head_t *req;      /* the client's request head */
+    head_t *req; /* the client's request head */
     head_t *req_trailers;
-    head_t *resp;     /* the upstream's response head, while it is relayed */
+    head_t *resp; /* the upstream's response head, while it is relayed */
     route_result_t route;
     endpoint_t endpoint; /* this attempt's endpoint */
     pool_wait_t wait;    /* admission under the route's connection-pool limits */
@@ -48,21 +48,21 @@ struct exchange {
     const char *authority; /* absolute-form authority, or NULL */
     size_t authority_len;
     const char *request_id;
-    char peer[48]; /* the client's address (outlives the server stream, for traces) */
-    int64_t req_len; /* request body: its length, BODY_STREAM, or 0 */
+    char peer[48];    /* the client's address (outlives the server stream, for traces) */
+    int64_t req_len;  /* request body: its length, BODY_STREAM, or 0 */
     unsigned req_msg; /* MSG_* of the request head */
     enum req_state req_state;
     enum resp_state resp_state;
-    int status;        /* the status the client was (or will be) sent */
-    unsigned attempts; /* upstream attempts so far (1 + retries) */
-    xray_ctx_t *trace;   /* when tracing is on: &trace_ctx */
-    uint64_t resp_bytes; /* response body bytes relayed */
-    unsigned ended : 1;          /* exchange_end ran: only the release is left */
-    unsigned local_reply : 1;    /* remora answered; the upstream never saw this request */
-    unsigned stale_retried : 1;  /* sent again after a pooled connection turned out closed */
-    unsigned replay_lost : 1;    /* the body outgrew the replay buffer: no more retries */
-    unsigned continued : 1;      /* 100 Continue sent */
-    unsigned client_paused : 1;  /* the client's body is held (upstream full, or waiting) */
+    int status;                 /* the status the client was (or will be) sent */
+    unsigned attempts;          /* upstream attempts so far (1 + retries) */
+    xray_ctx_t *trace;          /* when tracing is on: &trace_ctx */
+    uint64_t resp_bytes;        /* response body bytes relayed */
+    unsigned ended : 1;         /* exchange_end ran: only the release is left */
+    unsigned local_reply : 1;   /* remora answered; the upstream never saw this request */
+    unsigned stale_retried : 1; /* sent again after a pooled connection turned out closed */
+    unsigned replay_lost : 1;   /* the body outgrew the replay buffer: no more retries */
+    unsigned continued : 1;     /* 100 Continue sent */
+    unsigned client_paused : 1; /* the client's body is held (upstream full, or waiting) */
     unsigned upstream_paused : 1;
     /* Not cleared when a kept exchange is reused: each is set up before use. */
     arena_t arena; /* the normalized target, the request id, messages */

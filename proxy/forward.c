@@ -381,9 +381,9 @@ static int retry(exchange_t *ex, unsigned event)
  * then sent once more on a fresh connection to the same endpoint (RFC 9112 §9.3.1). */
 static int retry_stale(exchange_t *ex, int err, int reused)
 {
-    if (!reused || ex->stale_retried || err == ERR_BAD_RESPONSE ||
-        ex->resp_state != RESP_WAITING || ex->req_state != REQ_DONE ||
-        !(ex->req_msg & MSG_END) || !http_method_idempotent(ex->req->method))
+    if (!reused || ex->stale_retried || err == ERR_BAD_RESPONSE || ex->resp_state != RESP_WAITING ||
+        ex->req_state != REQ_DONE || !(ex->req_msg & MSG_END) ||
+        !http_method_idempotent(ex->req->method))
         return 0;
     ex->stale_retried = 1;
     drop_upstream(ex);
@@ -418,17 +418,17 @@ static void begin_trace(exchange_t *ex, const route_request_t *rr)
     int i = head_find_id(ex->req, F_X_AMZN_TRACE_ID, 0);
     xray_begin(w->srv->xray, &w->xray, ex->trace, ex->listener->kind == LISTENER_EGRESS,
                i >= 0 ? field_value(ex->req, (unsigned)i) : NULL,
-               i >= 0 ? ex->req->fields[i].value_len : 0, rr->host ? rr->host : "",
-               rr->host_len, http_method_name(ex->req->method), ex->target, ex->path_len);
+               i >= 0 ? ex->req->fields[i].value_len : 0, rr->host ? rr->host : "", rr->host_len,
+               http_method_name(ex->req->method), ex->target, ex->path_len);
 }
 
 /* Admitted under the connection-pool limits (or refused: 503 like Envoy's circuit breaker). */
 void fwd_admitted(exchange_t *ex, int result)
 {
     if (result == POOL_FULL) {
-        local_reply(ex,
-                    503, "upstream connection pool is full (maxConnections and "
-                         "maxPendingRequests reached)\n");
+        local_reply(ex, 503,
+                    "upstream connection pool is full (maxConnections and "
+                    "maxPendingRequests reached)\n");
         return;
     }
     if (ex->client_paused) {

@@ -20,11 +20,11 @@ struct h1_client {
     const stream_events_t *ev; /* the stream's exchange while busy */
     void *ctx;
     h1_client_t *idle_next; /* the pool's idle list */
-    buf_t *tail; /* while on_head runs: the read it came in, and what follows the head */
+    buf_t *tail;            /* while on_head runs: the read it came in, and what follows the head */
     const char *tail_p;
     size_t tail_n;
     unsigned busy : 1;
-    unsigned chunked : 1;  /* the request body is sent chunked */
+    unsigned chunked : 1; /* the request body is sent chunked */
     unsigned req_done : 1;
     unsigned resp_done : 1;
     unsigned keep_alive : 1; /* the response allows another request on this connection */
@@ -266,8 +266,8 @@ static void send_head(client_stream_t *s, const head_t *req, int64_t len, unsign
         f.connection = "upgrade";
     h->chunked = f.chunked;
     h->req_done = (msg & MSG_END) != 0;
-    const char *method = req->method == HTTP_OTHER ? head_str(req, req->method_text)
-                                                   : http_method_name(req->method);
+    const char *method =
+        req->method == HTTP_OTHER ? head_str(req, req->method_text) : http_method_name(req->method);
     size_t mlen = req->method == HTTP_OTHER ? req->method_len : strlen(method);
     size_t n = mlen + 1 + req->target_len + 11;
     char small[512];

@@ -11,10 +11,10 @@
 
 /* Framing fields the codec writes itself; the head's own are skipped unless `keep_length`. */
 typedef struct h1_framing {
-    int64_t length;      /* >= 0: Content-Length; < 0: none */
-    int chunked;         /* Transfer-Encoding (the head's coding list if any, ending in chunked) */
+    int64_t length; /* >= 0: Content-Length; < 0: none */
+    int chunked;    /* Transfer-Encoding (the head's coding list if any, ending in chunked) */
     const char *connection; /* "close", "keep-alive", "upgrade" or NULL */
-    int keep_length;     /* keep the head's Content-Length fields (HEAD, 304) */
+    int keep_length;        /* keep the head's Content-Length fields (HEAD, 304) */
 } h1_framing_t;
 
 /* Queue `start` (the start line, CRLF included), the fields of h and the framing, as one

@@ -36,9 +36,9 @@ enum state {
     S_TRAILERS,   /* collecting the trailer section into p->trailers (scan bytes stored) */
     /* Trailers dropped (p->trailers NULL), checked as they pass: `scan` counts the field
      * lines' bytes and `remaining` the fields, for the caps. */
-    S_TL_LINE,  /* at the start of a line */
-    S_TL_NAME,  /* in a field name */
-    S_TL_VALUE, /* in a field value */
+    S_TL_LINE,    /* at the start of a line */
+    S_TL_NAME,    /* in a field name */
+    S_TL_VALUE,   /* in a field value */
     S_END,        /* the message is complete: H1_END is next */
     S_END_TUNNEL, /* the same, then the bytes belong to a tunnel */
     S_TUNNEL,     /* H1_END again, nothing consumed */
@@ -125,17 +125,17 @@ static int bad(h1_parser_t *p, int status, const char *why)
 
 /* What the field lines of a head say about framing, gathered in one pass. */
 struct facts {
-    unsigned hosts, host;   /* Host fields, and the index of the first */
-    unsigned cl;            /* Content-Length fields */
-    uint64_t length;        /* its value */
-    unsigned te;            /* Transfer-Encoding fields */
-    unsigned chunked;       /* times chunked was applied */
-    unsigned codings;       /* other codings */
-    unsigned unknown;       /* codings not registered (RFC 9110 §8.4.1, RFC 9112 §7) */
-    unsigned last_chunked;  /* the final coding is chunked */
+    unsigned hosts, host;  /* Host fields, and the index of the first */
+    unsigned cl;           /* Content-Length fields */
+    uint64_t length;       /* its value */
+    unsigned te;           /* Transfer-Encoding fields */
+    unsigned chunked;      /* times chunked was applied */
+    unsigned codings;      /* other codings */
+    unsigned unknown;      /* codings not registered (RFC 9110 §8.4.1, RFC 9112 §7) */
+    unsigned last_chunked; /* the final coding is chunked */
     unsigned close, keep_alive, upgrade_token; /* Connection options */
-    unsigned upgrade;       /* an Upgrade field */
-    unsigned expect_100;    /* Expect: 100-continue */
+    unsigned upgrade;                          /* an Upgrade field */
+    unsigned expect_100;                       /* Expect: 100-continue */
 };
 
 /* 1*DIGIT below 2^63 (RFC 9110 §8.6: no list, no sign, no space). */
@@ -172,11 +172,10 @@ static int transfer_codings(h1_parser_t *p, struct facts *f, const char *v, size
             f->chunked++;
         } else {
             f->codings++;
-            f->unknown += !((len == 4 && same(c, "gzip", 4)) ||
-                            (len == 7 && same(c, "deflate", 7)) ||
-                            (len == 8 && same(c, "compress", 8)) ||
-                            (len == 6 && same(c, "x-gzip", 6)) ||
-                            (len == 10 && same(c, "x-compress", 10)));
+            f->unknown +=
+                !((len == 4 && same(c, "gzip", 4)) || (len == 7 && same(c, "deflate", 7)) ||
+                  (len == 8 && same(c, "compress", 8)) || (len == 6 && same(c, "x-gzip", 6)) ||
+                  (len == 10 && same(c, "x-compress", 10)));
         }
         if (!comma)
             return 0;
@@ -478,7 +477,7 @@ static void parse_head(h1_parser_t *p)
     if (p->kind == H1_RESPONSE) {
         p->state = response_framing(p, h, &f);
     } else if (request_framing(p, h, &f) == 0) {
-        p->state = p->body == H1_BODY_CHUNKED ? S_SIZE0
+        p->state = p->body == H1_BODY_CHUNKED  ? S_SIZE0
                    : p->body == H1_BODY_LENGTH ? S_LENGTH
                                                : S_END;
     }
@@ -578,8 +577,7 @@ static size_t collect(h1_parser_t *p, head_t *h, const unsigned char *d, size_t 
     size_t take = e < n ? e + 1 : n;
     size_t total = p->scan + take;
     /* Without the end, at most the last byte (a CR) belongs to the empty line. */
-    size_t least = e < n ? total - (before(h->bytes, p->scan, d, e, 1) == '\r' ? 2 : 1)
-                         : total - 1;
+    size_t least = e < n ? total - (before(h->bytes, p->scan, d, e, 1) == '\r' ? 2 : 1) : total - 1;
     if (least > HEAD_MAX_BYTES) {
         bad(p, 431, p->state == S_HEAD ? "head too large" : "trailers too large");
         return 0;
@@ -707,8 +705,8 @@ static int chunk_byte(h1_parser_t *p, unsigned c)
 /* Whether a chunk line may end in this state. */
 static int may_end(unsigned state)
 {
-    return state == S_SIZE || state == S_EXT_NAME || state == S_EXT_TOKEN ||
-           state == S_EXT_AFTER || state == S_DATA_END;
+    return state == S_SIZE || state == S_EXT_NAME || state == S_EXT_TOKEN || state == S_EXT_AFTER ||
+           state == S_DATA_END;
 }
 
 /* Consumes chunk-line bytes from d[0..n) until the line ends, the data does, or an error. */
@@ -770,8 +768,8 @@ static size_t drop_trailers(h1_parser_t *p, const unsigned char *d, size_t n)
                 return i + 1;
             }
             if (!(cls[c] & T)) {
-                bad(p, 400, is_ws(c) ? "obs-fold or whitespace before a field line"
-                                     : "invalid field name");
+                bad(p, 400,
+                    is_ws(c) ? "obs-fold or whitespace before a field line" : "invalid field name");
                 return i;
             }
             if (++p->remaining > HEAD_MAX_FIELDS) {

@@ -32,16 +32,16 @@ struct h1_server {
     enum phase phase;
     enum framing framing;
     uint8_t req_method, minor;
-    unsigned in_stream : 1;   /* an exchange holds the stream */
-    unsigned req_done : 1;    /* the request's H1_END was delivered */
-    unsigned resp_sent : 1;   /* the response head went out */
-    unsigned resp_done : 1;   /* ... and its end */
-    unsigned keep_alive : 1;  /* another request may follow */
-    unsigned paused : 1;      /* the exchange holds the request body */
-    unsigned failed : 1;      /* the stream saw on_error: nothing more on it */
-    unsigned closing : 1;     /* finishing: flushed, shut down, lingering */
-    unsigned peer_eof : 1;    /* the client half-closed after a complete request */
-    unsigned continued : 1;   /* 100 Continue sent */
+    unsigned in_stream : 1;  /* an exchange holds the stream */
+    unsigned req_done : 1;   /* the request's H1_END was delivered */
+    unsigned resp_sent : 1;  /* the response head went out */
+    unsigned resp_done : 1;  /* ... and its end */
+    unsigned keep_alive : 1; /* another request may follow */
+    unsigned paused : 1;     /* the exchange holds the request body */
+    unsigned failed : 1;     /* the stream saw on_error: nothing more on it */
+    unsigned closing : 1;    /* finishing: flushed, shut down, lingering */
+    unsigned peer_eof : 1;   /* the client half-closed after a complete request */
+    unsigned continued : 1;  /* 100 Continue sent */
     unsigned in_process : 1;
     unsigned detached : 1;
 };
@@ -190,7 +190,8 @@ static void refuse(h1_server_t *h, int status)
         return;
     }
     char body[128];
-    int n = snprintf(body, sizeof body, "%s\n", h->parser.reason ? h->parser.reason : "bad request");
+    int n =
+        snprintf(body, sizeof body, "%s\n", h->parser.reason ? h->parser.reason : "bad request");
     local_reply(h, status, body, (size_t)n);
     finish(h);
 }
@@ -335,7 +336,7 @@ static void on_read(void *owner, buf_t *b)
 {
     h1_server_t *h = owner;
     if (h->closing)
-        return; /* lingering: discard */
+        return;       /* lingering: discard */
     if (h->pending) { /* cannot happen: reading stops while input is pending */
         close_now(h);
         return;

@@ -31,8 +31,8 @@ typedef struct h1_server_config {
     void *owner; /* handed to handler->accept */
     http_stats_t *stats;
     uint64_t header_timeout_ms;
-    uint64_t idle_ms; /* between requests; updated by reloads */
-    int draining;     /* answer with Connection: close and end idle connections */
+    uint64_t idle_ms;   /* between requests; updated by reloads */
+    int draining;       /* answer with Connection: close and end idle connections */
     h1_server_t *conns; /* every open connection */
     unsigned nconns;
     void (*on_closed)(void *owner); /* a connection is gone (for drain completion) */

@@ -133,8 +133,7 @@ int head_add_field(head_t *h, const char *name, size_t name_len, const char *val
     return 0;
 }
 
-int head_add_stored(head_t *h, uint32_t name, uint32_t name_len, uint32_t value,
-                    uint32_t value_len)
+int head_add_stored(head_t *h, uint32_t name, uint32_t name_len, uint32_t value, uint32_t value_len)
 {
     int err = 0;
     field_t *f = new_field(h, name_len, value_len, &err);

@@ -28,7 +28,7 @@ typedef struct request_edit {
     const char *request_id;
     const char *trace; /* X-Amzn-Trace-Id to send, NULL: the client's passes through */
     size_t trace_len;
-    int drop_expect; /* remora answered Expect itself */
+    int drop_expect;  /* remora answered Expect itself */
     int keep_codings; /* Transfer-Encoding has codings besides chunked: keep the list */
     int upgrade;      /* keep Upgrade */
 } request_edit_t;

@@ -6,15 +6,15 @@
 #include "proxy/h1_client.h"
 
 struct pool {
-    pool_t *next;           /* hash chain */
-    pool_t *idle_next;      /* the table's with_idle list */
+    pool_t *next;      /* hash chain */
+    pool_t *idle_next; /* the table's with_idle list */
     pool_table_t *table;
     cluster_t *cluster;
     struct sockaddr_storage addr;
     socklen_t addrlen;
-    h1_client_t *idle;      /* most recently released first */
+    h1_client_t *idle; /* most recently released first */
     unsigned nidle, nconns;
-    unsigned listed : 1;    /* on with_idle */
+    unsigned listed : 1; /* on with_idle */
 };
 
 void pool_table_init(pool_table_t *t, loop_t *l)
@@ -151,8 +151,8 @@ client_stream_t *pool_stream(pool_table_t *t, cluster_t *cl, const endpoint_t *e
         stat_inc(&cl->stats.upstream_cx_pool_reuse);
         return h1_client_stream(h, ev, ctx);
     }
-    h1_client_t *h = h1_client_connect(t->loop, (const struct sockaddr *)&p->addr, &cl->stats,
-                                       &client_owner, p);
+    h1_client_t *h =
+        h1_client_connect(t->loop, (const struct sockaddr *)&p->addr, &cl->stats, &client_owner, p);
     if (!h) {
         maybe_free(p);
         return NULL;

@@ -49,7 +49,7 @@ typedef struct worker {
     pool_table_t pools;
     tunnel_t *tunnels; /* open Upgrade tunnels, for draining */
     unsigned ntunnels;
-    uint64_t rng; /* xorshift state for request ids, seeded from getrandom */
+    uint64_t rng;                    /* xorshift state for request ids, seeded from getrandom */
     struct exchange *free_exchanges; /* kept with their timers */
     unsigned nfree_exchanges;
     int draining;
@@ -70,7 +70,6 @@ void worker_request_id(worker_t *w, char out[37]);
 /* Relay bytes between a client and an upstream connection (an Upgrade tunnel); the worker
  * keeps it for draining. Takes ownership of both connections and pending buffers. */
 void worker_start_relay(worker_t *w, conn_t *client, buf_t *cb, const char *cp, size_t cn,
-                        conn_t *upstream, buf_t *ub, const char *up, size_t un,
-                        uint64_t idle_ms);
+                        conn_t *upstream, buf_t *ub, const char *up, size_t un, uint64_t idle_ms);
 
 #endif
