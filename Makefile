@@ -9,7 +9,7 @@ LLHTTP    := /usr/share/llhttp
 LLHTTP_H  := /usr/share/include/llhttp
 
 WARN      := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Werror
-CPPFLAGS  := -D_GNU_SOURCE -I. -I$(LLHTTP_H)
+CPPFLAGS  := -D_GNU_SOURCE -I.
 OPT       := -O2 -g
 ifneq ($(SANITIZER),)
 OPT       := -O1 -g -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all
@@ -37,30 +37,31 @@ BENCH_PKGS := wrk haproxy nginx-light valgrind strace
 
 all: $(BUILD)/remora
 
-$(BUILD)/remora: $(OBJS) $(LLHTTP_OBJS)
+$(BUILD)/remora: $(OBJS)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -MMD -MP -c -o $@ $<
 
-# llhttp's generated C is third-party code: built without the project's warnings.
+# llhttp's generated C is third-party code, used only by the bench's load generator: built
+# without the project's warnings.
 $(BUILD)/third_party/llhttp/%.o: $(LLHTTP)/%.c
 	@mkdir -p $(dir $@)
 	$(CC) -I$(LLHTTP_H) $(CFLAGS) -w -c -o $@ $<
 
-$(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS) $(LLHTTP_OBJS)
+$(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -Wno-missing-prototypes -o $@ $< $(LIB_OBJS) $(LLHTTP_OBJS) \
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -Wno-missing-prototypes -o $@ $< $(LIB_OBJS) \
 		$(LDLIBS) -lcmocka
 
-$(BUILD)/tests/%: tests/tools/%.c $(LIB_OBJS) $(LLHTTP_OBJS)
+$(BUILD)/tests/%: tests/tools/%.c $(LIB_OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $< $(LIB_OBJS) $(LLHTTP_OBJS) $(LDLIBS)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $< $(LIB_OBJS) $(LDLIBS)
 
 $(BUILD)/bench/%: tests/bench/%.c $(LLHTTP_OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $< $(LLHTTP_OBJS) $(LDLIBS)
+	$(CC) $(CPPFLAGS) -I$(LLHTTP_H) $(CFLAGS) $(WARN) -o $@ $< $(LLHTTP_OBJS) $(LDLIBS)
 
 -include $(OBJS:.o=.d)
 
@@ -88,6 +89,7 @@ integration: $(BUILD)/remora $(TOOL_BINS)
 	REMORA_BIN=$(abspath $(BUILD)/remora) REMORA_TOOLS=$(abspath $(BUILD)/tests) REMORA_SANITIZER=$(SANITIZER) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
 test: deps
+	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory all
 	$(MAKE) --no-print-directory unit
 	$(MAKE) --no-print-directory integration

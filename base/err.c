@@ -17,6 +17,10 @@ const char *err_str(int err)
         return "upstream connection closed before the response completed";
     case ERR_TOO_LARGE:
         return "buffer limit exceeded";
+    case ERR_BAD_REQUEST:
+        return "malformed request";
+    case ERR_CLIENT_GONE:
+        return "client went away";
     default:
         return err < ERR_BASE ? "unknown error" : uv_strerror(err);
     }

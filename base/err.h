@@ -10,6 +10,8 @@ enum {
     ERR_BAD_RESPONSE,    /* the upstream's reply is not valid HTTP/1.1 */
     ERR_UPSTREAM_CLOSED, /* the upstream closed before the response was complete */
     ERR_TOO_LARGE,       /* a capped buffer would overflow */
+    ERR_BAD_REQUEST,     /* the client's request is not valid HTTP (framing) */
+    ERR_CLIENT_GONE,     /* the client closed or reset before the exchange ended */
 };
 
 const char *err_str(int err);

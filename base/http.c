@@ -3,8 +3,8 @@
 #include <string.h>
 
 static const char *const names[] = {
-    [HTTP_OTHER] = "",         [HTTP_GET] = "GET",         [HTTP_HEAD] = "HEAD",
-    [HTTP_POST] = "POST",      [HTTP_PUT] = "PUT",         [HTTP_DELETE] = "DELETE",
+    [HTTP_OTHER] = "",          [HTTP_GET] = "GET",         [HTTP_HEAD] = "HEAD",
+    [HTTP_POST] = "POST",       [HTTP_PUT] = "PUT",         [HTTP_DELETE] = "DELETE",
     [HTTP_CONNECT] = "CONNECT", [HTTP_OPTIONS] = "OPTIONS", [HTTP_TRACE] = "TRACE",
     [HTTP_PATCH] = "PATCH",
 };

@@ -1,7 +1,7 @@
 #include "config/config.h"
 
 #include <errno.h>
-#include <llhttp.h>
+#include "base/http.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

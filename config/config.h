@@ -108,7 +108,7 @@ typedef struct cfg_route {
     int priority; /* -1 when not given */
     enum path_match path_kind;
     char *path; /* prefix, exact path or regex */
-    int method; /* llhttp method number, -1 for any */
+    int method; /* enum http_method, -1 for any */
     uint16_t port;
     cfg_header_match_t *headers;
     unsigned nheaders;

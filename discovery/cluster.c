@@ -208,12 +208,14 @@ unsigned cluster_healthy(cluster_t *c, uint64_t now_ms)
     return n;
 }
 
-int cluster_slot_take(cluster_t *c)
+int cluster_slot_take(cluster_t *c, uint32_t max)
 {
-    if (!c->max_requests)
+    if (!max) {
+        atomic_fetch_add_explicit(&c->active_requests, 1, memory_order_relaxed);
         return 1;
+    }
     unsigned n = atomic_load_explicit(&c->active_requests, memory_order_relaxed);
-    while (n < c->max_requests)
+    while (n < max)
         if (atomic_compare_exchange_weak(&c->active_requests, &n, n + 1))
             return 1;
     return 0;
@@ -221,8 +223,7 @@ int cluster_slot_take(cluster_t *c)
 
 void cluster_slot_release(cluster_t *c)
 {
-    if (c->max_requests)
-        atomic_fetch_sub(&c->active_requests, 1);
+    atomic_fetch_sub_explicit(&c->active_requests, 1, memory_order_relaxed);
 }
 
 uint16_t endpoint_port(const endpoint_t *ep)

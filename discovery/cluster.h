@@ -57,9 +57,9 @@ typedef struct cluster {
     _Atomic unsigned cursor;
     _Atomic int answered; /* discovery has answered (or failed) at least once */
     outlier_policy_t outlier;
-    /* The node listener's connectionPool (ingress): at most max_requests requests in flight
-     * to the app (HTTP/1.1: one per connection), max_pending more waiting; 0 = unlimited. */
-    uint32_t max_requests, max_pending;
+    /* Requests in flight and waiting, across workers, for the connectionPool limits that
+     * each request carries from its route table snapshot. Counted with or without a limit, so
+     * that a reload that sets one finds the true count. */
     _Atomic unsigned active_requests, pending_requests;
     cluster_stats_t stats;
     stat_t dns_answers[16]; /* by enum dns_result (discovery/dns.h) */
@@ -91,8 +91,9 @@ void endpoint_release(endpoint_t *ep);
 unsigned cluster_size(cluster_t *c);
 unsigned cluster_healthy(cluster_t *c, uint64_t now_ms);
 
-/* Take a request slot under max_requests; 1 on success. release gives it back. */
-int cluster_slot_take(cluster_t *c);
+/* Take a request slot if fewer than `max` are taken (0: no limit); 1 on success. Every
+ * successful take is matched by one release. */
+int cluster_slot_take(cluster_t *c, uint32_t max);
 void cluster_slot_release(cluster_t *c);
 
 /* Fill an endpoint from a sockaddr (priority 0, weight 1, no state); 0 or UV_EINVAL. */

@@ -1,7 +1,6 @@
 #include "proxy/admin.h"
 
 #include <inttypes.h>
-#include <llhttp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +8,7 @@
 
 #include "discovery/dns.h"
 #include "base/log.h"
+#include "proxy/h1_parse.h"
 #include "proxy/version.h"
 
 #define ADMIN_MAX_REQUEST 8192
@@ -16,9 +16,9 @@
 typedef struct admin_conn {
     uv_tcp_t tcp;
     server_t *srv;
-    llhttp_t parser;
+    h1_parser_t parser;
+    head_t head;
     char url[512];
-    size_t url_len;
     size_t seen;
     int done;
     struct admin_conn *next, *prev;
@@ -359,6 +359,7 @@ static void on_closed(uv_handle_t *h)
         c->srv->admin_conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    head_free(&c->head);
     free(c);
 }
 
@@ -411,7 +412,7 @@ static void respond(admin_conn_t *c, int status, const char *ctype, text_t *body
 static void dispatch(admin_conn_t *c)
 {
     text_t body = {0};
-    int method = llhttp_get_method(&c->parser);
+    int method = c->head.method;
     size_t plen = strcspn(c->url, "?");
     c->url[plen] = '\0';
     int status = 404;
@@ -434,29 +435,6 @@ static void dispatch(admin_conn_t *c)
     free(body.p);
 }
 
-static int on_url(llhttp_t *p, const char *at, size_t n)
-{
-    admin_conn_t *c = p->data;
-    if (c->url_len + n >= sizeof c->url)
-        return HPE_USER;
-    memcpy(c->url + c->url_len, at, n);
-    c->url_len += n;
-    c->url[c->url_len] = '\0';
-    return 0;
-}
-
-static int on_message_complete(llhttp_t *p)
-{
-    admin_conn_t *c = p->data;
-    c->done = 1;
-    return HPE_PAUSED;
-}
-
-static const llhttp_settings_t parser_settings = {
-    .on_url = on_url,
-    .on_message_complete = on_message_complete,
-};
-
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 {
     (void)h;
@@ -475,12 +453,27 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         return;
     }
     c->seen += (size_t)nread;
-    llhttp_errno_t err = llhttp_execute(&c->parser, b->base, (size_t)nread);
+    const char *p = b->base;
+    size_t n = (size_t)nread;
+    h1_ev_t ev = {.type = H1_NEED_MORE};
+    while (!c->done) { /* the body of a POST, if any, is read and ignored */
+        size_t used = h1_parse(&c->parser, p, n, &ev);
+        p += used;
+        n -= used;
+        if (ev.type == H1_HEAD) {
+            size_t len = c->head.target_len < sizeof c->url ? c->head.target_len : 0;
+            memcpy(c->url, head_str(&c->head, c->head.target), len);
+            c->url[len] = '\0';
+        }
+        c->done = ev.type == H1_END;
+        if (ev.type == H1_ERROR || ev.type == H1_NEED_MORE)
+            break;
+    }
     free(b->base);
     if (c->done) {
         uv_read_stop(s);
         dispatch(c);
-    } else if ((err != HPE_OK && err != HPE_PAUSED) || c->seen > ADMIN_MAX_REQUEST) {
+    } else if (ev.type == H1_ERROR || c->seen > ADMIN_MAX_REQUEST) {
         text_t body = {0};
         tprintf(&body, "bad request\n");
         c->done = 1;
@@ -508,8 +501,8 @@ static void on_connection(uv_stream_t *server, int status)
         close_conn(c);
         return;
     }
-    llhttp_init(&c->parser, HTTP_REQUEST, &parser_settings);
-    c->parser.data = c;
+    head_init(&c->head);
+    h1_parser_init(&c->parser, H1_REQUEST, &c->head, NULL);
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
 

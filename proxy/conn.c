@@ -1,29 +1,148 @@
 #include "proxy/conn.h"
 
+#include <stdlib.h>
 #include <string.h>
 
-#include "proxy/worker.h"
-
-void conn_init(conn_t *c, worker_t *w, const conn_ops_t *ops)
+conn_t *conn_new(loop_t *l)
 {
-    memset(c, 0, sizeof *c);
-    c->w = w;
-    c->ops = ops;
-    uv_tcp_init(&w->loop, &c->tcp);
+    conn_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->loop = l;
+    c->tp = &transport_tcp;
+    uv_tcp_init(&l->uv, &c->tcp);
     c->tcp.data = c;
+    return c;
 }
+
+void conn_set_owner(conn_t *c, const conn_events_t *ev, void *owner)
+{
+    c->ev = ev;
+    c->owner = owner;
+}
+
+/* ---- connecting ---- */
+
+static void send_backlog(conn_t *c);
+static void drop_backlog(conn_t *c);
+
+typedef struct connect_req {
+    uv_connect_t req;
+    deferred_t later; /* an immediate failure, reported from the worker's next pass */
+    conn_t *c;
+    int status;
+} connect_req_t;
+
+static void report_connect(connect_req_t *r)
+{
+    conn_t *c = r->c;
+    int status = r->status;
+    free(r);
+    if (c->closing)
+        return;
+    if (status == 0) {
+        c->connected = 1;
+        uv_tcp_nodelay(&c->tcp, 1);
+        conn_read(c, c->want_read);
+        send_backlog(c);
+        if (c->shut && !c->write_failed)
+            c->tp->shutdown(c);
+    } else {
+        drop_backlog(c);
+    }
+    c->ev->on_connect(c->owner, status);
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    connect_req_t *r = req->data;
+    r->status = status == UV_ECANCELED ? UV_ECANCELED : status;
+    if (status == UV_ECANCELED) { /* closed while connecting: nobody to tell */
+        free(r);
+        return;
+    }
+    report_connect(r);
+}
+
+static void on_connect_later(deferred_t *d)
+{
+    report_connect((connect_req_t *)((char *)d - offsetof(connect_req_t, later)));
+}
+
+void conn_connect(conn_t *c, const struct sockaddr *addr)
+{
+    connect_req_t *r = calloc(1, sizeof *r);
+    int err = r ? uv_tcp_connect(&r->req, &c->tcp, addr, on_connect) : UV_ENOMEM;
+    if (err == 0) {
+        r->req.data = r;
+        r->c = c;
+        return;
+    }
+    if (!r) { /* not even room to report it: fail as a write error would */
+        c->write_failed = 1;
+        return;
+    }
+    /* Never report from inside the call: the caller is still setting up. */
+    r->c = c;
+    r->status = err;
+    r->later.fn = on_connect_later;
+    loop_defer(c->loop, &r->later);
+}
+
+/* ---- reading ---- */
+
+void conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *out)
+{
+    (void)suggested;
+    conn_t *c = h->data;
+    buf_t *b = buf_new(&c->loop->bufs, BUF_READ_SIZE);
+    *out = b ? uv_buf_init(b->data, b->cap) : uv_buf_init(NULL, 0);
+}
+
+void conn_read(conn_t *c, int on)
+{
+    c->want_read = on ? 1 : 0;
+    if (c->closing || !c->connected || c->reading == c->want_read)
+        return;
+    if (on) {
+        if (c->tp->read_start(c) == 0)
+            c->reading = 1;
+    } else {
+        c->tp->read_stop(c);
+        c->reading = 0;
+    }
+}
+
+void conn_on_read(conn_t *c, ssize_t nread, buf_t *b)
+{
+    if (nread <= 0 || c->closing) {
+        if (b)
+            buf_unref(b);
+        if (nread < 0 && !c->closing) {
+            c->tp->read_stop(c);
+            c->reading = c->want_read = 0;
+            c->ev->on_eof(c->owner, (int)nread);
+        }
+        return;
+    }
+    b->len = (uint32_t)nread;
+    c->ev->on_read(c->owner, b);
+    buf_unref(b);
+}
+
+/* ---- writing ---- */
 
 static void mark_dirty(conn_t *c)
 {
     if (c->dirty)
         return;
-    worker_t *w = c->w;
+    loop_t *l = c->loop;
     c->dirty = 1;
     c->dirty_prev = NULL;
-    c->dirty_next = w->dirty;
-    if (w->dirty)
-        w->dirty->dirty_prev = c;
-    w->dirty = c;
+    c->dirty_next = l->dirty;
+    if (l->dirty)
+        l->dirty->dirty_prev = c;
+    l->dirty = c;
 }
 
 static void unmark_dirty(conn_t *c)
@@ -33,21 +152,35 @@ static void unmark_dirty(conn_t *c)
     if (c->dirty_prev)
         c->dirty_prev->dirty_next = c->dirty_next;
     else
-        c->w->dirty = c->dirty_next;
+        c->loop->dirty = c->dirty_next;
     if (c->dirty_next)
         c->dirty_next->dirty_prev = c->dirty_prev;
     c->dirty = 0;
     c->dirty_prev = c->dirty_next = NULL;
 }
 
+static void write_failed(conn_t *c, int err)
+{
+    if (c->write_failed)
+        return;
+    c->write_failed = 1;
+    if (c->ev->on_write_error)
+        c->ev->on_write_error(c->owner, err);
+}
+
+/* Room for one more iovec and `scratch` copied bytes. When no write request can be had the
+ * connection cannot carry the message intact: it is failed rather than sent with a hole. */
 static wreq_t *out_room(conn_t *c, size_t scratch)
 {
     if (c->out && (c->out->n == WREQ_IOV_MAX || c->out->scratch_used + scratch > WREQ_SCRATCH))
         conn_flush(c);
     if (!c->out) {
-        c->out = worker_wreq_get(c->w);
-        if (!c->out)
+        c->out = loop_wreq_get(c->loop);
+        if (!c->out) {
+            write_failed(c, UV_ENOMEM);
             return NULL;
+        }
+        c->out->c = c;
         mark_dirty(c);
     }
     return c->out;
@@ -55,7 +188,7 @@ static wreq_t *out_room(conn_t *c, size_t scratch)
 
 void conn_write(conn_t *c, buf_t *b, const char *p, size_t n)
 {
-    if (n == 0 || c->closing)
+    if (n == 0 || c->closing || c->write_failed)
         return;
     /* A small piece of a large read buffer: copy it rather than keep 64 KiB alive for it. */
     if (b && n <= SMALL_COPY && b->cap > SMALL_COPY) {
@@ -65,15 +198,16 @@ void conn_write(conn_t *c, buf_t *b, const char *p, size_t n)
     wreq_t *r = out_room(c, 0);
     if (!r)
         return;
+    if (b && !(r->n > 0 && r->ref[r->n - 1] == b))
+        r->pinned += b->cap; /* each buffer once per request, whatever share of it is sent */
     r->iov[r->n] = uv_buf_init((char *)p, (unsigned)n);
     r->ref[r->n] = b ? buf_ref(b) : NULL;
     r->n++;
-    r->bytes += n;
 }
 
 void conn_write_copy(conn_t *c, const void *p, size_t n)
 {
-    if (n == 0 || c->closing)
+    if (n == 0 || c->closing || c->write_failed)
         return;
     wreq_t *r = out_room(c, n);
     if (!r)
@@ -81,6 +215,7 @@ void conn_write_copy(conn_t *c, const void *p, size_t n)
     char *dst = r->scratch + r->scratch_used;
     memcpy(dst, p, n);
     r->scratch_used += (unsigned)n;
+    r->pinned += n;
     /* Adjacent scratch bytes extend the previous iovec instead of taking a new one. */
     if (r->n > 0 && !r->ref[r->n - 1] && r->iov[r->n - 1].base + r->iov[r->n - 1].len == dst) {
         r->iov[r->n - 1].len += n;
@@ -89,38 +224,35 @@ void conn_write_copy(conn_t *c, const void *p, size_t n)
         r->ref[r->n] = NULL;
         r->n++;
     }
-    r->bytes += n;
 }
 
-static void release(worker_t *w, wreq_t *r)
+static void release(loop_t *l, wreq_t *r)
 {
     for (unsigned i = 0; i < r->n; i++)
         if (r->ref[i])
             buf_unref(r->ref[i]);
-    worker_wreq_put(w, r);
+    loop_wreq_put(l, r);
 }
 
-static void on_written(uv_write_t *req, int status)
+void conn_on_written(wreq_t *r, int status)
 {
-    wreq_t *r = (wreq_t *)req;
-    conn_t *c = req->handle->data;
-    release(c->w, r);
+    conn_t *c = r->c;
+    c->pinned_inflight -= r->pinned;
+    release(c->loop, r);
     if (c->closing)
         return;
     if (status < 0) {
-        if (!c->write_failed) {
-            c->write_failed = 1;
-            if (c->ops->on_write_error)
-                c->ops->on_write_error(c, status);
-        }
+        write_failed(c, status);
         return;
     }
-    if (c->above_high && conn_queued(c) < CONN_LOW_WATER) {
+    if (c->above_high && conn_pinned(c) < CONN_LOW_WATER) {
         c->above_high = 0;
-        if (c->ops->on_drain)
-            c->ops->on_drain(c);
+        if (c->ev->on_drain)
+            c->ev->on_drain(c->owner);
     }
 }
+
+static void submit(conn_t *c, wreq_t *r);
 
 void conn_flush(conn_t *c)
 {
@@ -130,56 +262,143 @@ void conn_flush(conn_t *c)
         return;
     c->out = NULL;
     if (c->closing || c->write_failed) {
-        release(c->w, r);
+        release(c->loop, r);
         return;
     }
-    int err = uv_write(&r->req, (uv_stream_t *)&c->tcp, r->iov, r->n, on_written);
-    if (err < 0) {
-        release(c->w, r);
-        if (!c->write_failed) {
-            c->write_failed = 1;
-            if (c->ops->on_write_error)
-                c->ops->on_write_error(c, err);
-        }
+    if (!c->connected) { /* not up yet: sent in order once it is */
+        r->next_free = NULL;
+        if (c->backlog_tail)
+            c->backlog_tail->next_free = r;
+        else
+            c->backlog = r;
+        c->backlog_tail = r;
+        c->pinned_inflight += r->pinned;
+        return;
     }
+    submit(c, r);
 }
 
-size_t conn_queued(const conn_t *c)
+static void submit(conn_t *c, wreq_t *r)
 {
-    return c->tcp.write_queue_size + (c->out ? c->out->bytes : 0);
+    int err = c->tp->write(c, r);
+    if (err < 0) {
+        release(c->loop, r);
+        write_failed(c, err);
+        return;
+    }
+    c->pinned_inflight += r->pinned;
+}
+
+/* Connected: what was written while connecting goes out first, in order. */
+static void send_backlog(conn_t *c)
+{
+    while (c->backlog) {
+        wreq_t *r = c->backlog;
+        c->backlog = r->next_free;
+        c->pinned_inflight -= r->pinned;
+        submit(c, r);
+    }
+    c->backlog_tail = NULL;
+}
+
+static void drop_backlog(conn_t *c)
+{
+    while (c->backlog) {
+        wreq_t *r = c->backlog;
+        c->backlog = r->next_free;
+        c->pinned_inflight -= r->pinned;
+        release(c->loop, r);
+    }
+    c->backlog_tail = NULL;
+}
+
+size_t conn_pinned(const conn_t *c)
+{
+    return c->pinned_inflight + (c->out ? c->out->pinned : 0);
 }
 
 int conn_over_high_water(conn_t *c)
 {
-    if (conn_queued(c) <= CONN_HIGH_WATER)
+    if (conn_pinned(c) <= CONN_HIGH_WATER)
         return 0;
     c->above_high = 1;
     return 1;
 }
 
-void conn_close(conn_t *c, uv_close_cb done)
+void conn_flush_dirty(loop_t *l)
+{
+    while (l->dirty)
+        conn_flush(l->dirty);
+}
+
+/* ---- ending ---- */
+
+void conn_shutdown(conn_t *c)
+{
+    if (c->shut || c->closing)
+        return;
+    c->shut = 1;
+    conn_flush(c);
+    if (c->connected && !c->write_failed)
+        c->tp->shutdown(c);
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    conn_t *c = h->data;
+    if (c->ev && c->ev->on_closed)
+        c->ev->on_closed(c->owner);
+    free(c);
+}
+
+void conn_close(conn_t *c)
 {
     if (c->closing)
         return;
     c->closing = 1;
     unmark_dirty(c);
     if (c->out) {
-        release(c->w, c->out);
+        release(c->loop, c->out);
         c->out = NULL;
     }
-    uv_close((uv_handle_t *)&c->tcp, done);
+    drop_backlog(c);
+    uv_close((uv_handle_t *)&c->tcp, on_closed);
 }
 
-void conn_flush_dirty(worker_t *w)
+int conn_accept(conn_t *c, uv_stream_t *server)
 {
-    while (w->dirty)
-        conn_flush(w->dirty);
+    int err = uv_accept(server, (uv_stream_t *)&c->tcp);
+    if (err == 0) {
+        c->connected = 1;
+        uv_tcp_nodelay(&c->tcp, 1);
+    }
+    return err;
 }
 
-void conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *out)
+void conn_reset(conn_t *c)
 {
-    (void)suggested;
-    conn_t *c = h->data;
-    buf_t *b = buf_new(&c->w->bufs, BUF_READ_SIZE);
-    *out = b ? uv_buf_init(b->data, b->cap) : uv_buf_init(NULL, 0);
+    if (c->closing)
+        return;
+    c->closing = 1;
+    unmark_dirty(c);
+    if (c->out) {
+        release(c->loop, c->out);
+        c->out = NULL;
+    }
+    drop_backlog(c);
+    if (uv_tcp_close_reset(&c->tcp, on_closed) != 0)
+        uv_close((uv_handle_t *)&c->tcp, on_closed);
+}
+
+void conn_peer_name(conn_t *c, char *out, size_t n)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    out[0] = '\0';
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0)
+        return;
+    if (ss.ss_family == AF_INET)
+        uv_ip4_name((struct sockaddr_in *)&ss, out, n);
+    else if (ss.ss_family == AF_INET6)
+        uv_ip6_name((struct sockaddr_in6 *)&ss, out, n);
 }

@@ -1,114 +1,37 @@
-#include "proxy/forward.h"
-
+/* The exchange's policy: route, admit, pick, send, relay, retry, time out, and map every
+ * failure to what the client sees. No protocol byte is written here: the codecs frame. */
 #include <arpa/inet.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "proxy/downstream.h"
 #include "base/err.h"
-#include "proxy/heads.h"
 #include "base/log.h"
-#include "proxy/pool.h"
+#include "proxy/exchange_impl.h"
+#include "proxy/headers.h"
+#include "proxy/relay.h"
 #include "proxy/server.h"
-#include "proxy/upstream.h"
+#include "proxy/worker.h"
 #include "routing/path.h"
 
-#define RETRY_PER_TRY_TIMEOUT                                                                      \
-    (1u << 30) /* not an App Mesh event: always retried under a policy                             \
-                */
+#define RETRY_PER_TRY_TIMEOUT (1u << 30) /* not an App Mesh event: retried under any policy */
 
-static http_stats_t *http_stats(exchange_t *ex)
+static cluster_stats_t *cstats(exchange_t *ex)
 {
-    server_t *s = ex->ds->c.w->srv;
-    return ex->ds->listener->kind == LISTENER_INGRESS ? &s->ingress_stats : &s->egress_stats;
+    return &ex->route.cluster->stats;
 }
 
-#define EXCHANGE_KEEP     64         /* free exchanges a worker keeps */
-#define HEAD_STORAGE_KEEP (8 * 1024) /* header storage kept with a free exchange */
-
-exchange_t *exchange_new(downstream_t *ds)
+static uint64_t now_ms(exchange_t *ex)
 {
-    worker_t *w = ds->c.w;
-    exchange_t *ex = w->free_exchanges;
-    if (ex) { /* reuse it, and its header storage */
-        w->free_exchanges = ex->next_free;
-        w->nfree_exchanges--;
-        h1_head_t req = ex->req, resp = ex->resp;
-        memset(ex, 0, sizeof *ex);
-        ex->req = req;
-        ex->resp = resp;
-        h1_head_reset(&ex->req);
-        h1_head_reset(&ex->resp);
-    } else {
-        ex = calloc(1, sizeof *ex);
-        if (!ex)
-            return NULL;
-        h1_head_init(&ex->req);
-        h1_head_init(&ex->resp);
-    }
-    ex->ds = ds;
-    if (++w->live_exchanges > w->peak_exchanges)
-        w->peak_exchanges = w->live_exchanges;
-    stat_inc(&http_stats(ex)->downstream_rq_total);
-    stat_inc(&http_stats(ex)->downstream_rq_active);
-    return ex;
+    return uv_now(&ex->w->loop.uv);
 }
 
-/* Hand the upstream connection back to its pool (`reuse`) or close it. */
-static void end_upstream(exchange_t *ex, int reuse)
+static void count_response(exchange_t *ex, int status)
 {
-    upstream_t *up = ex->up;
-    if (!up)
-        return;
-    ex->up = NULL;
-    downstream_stop_try_timer(ex->ds);
-    cluster_stats_t *cs = &ex->route.cluster->stats;
-    stat_dec(&cs->upstream_rq_active);
-    if (reuse) {
-        pool_release(up);
-        return;
-    }
-    if (ex->resp_state != RESP_DONE)
-        stat_inc(&cs->upstream_rq_tx_reset);
-    upstream_abort(up);
-}
-
-static void leave_queue(exchange_t *ex)
-{
-    if (!ex->waiting)
-        return;
-    worker_t *w = ex->ds->c.w;
-    if (ex->wait_prev)
-        ex->wait_prev->wait_next = ex->wait_next;
-    else
-        w->waiting_head = ex->wait_next;
-    if (ex->wait_next)
-        ex->wait_next->wait_prev = ex->wait_prev;
-    else
-        w->waiting_tail = ex->wait_prev;
-    ex->waiting = 0;
-    atomic_fetch_sub(&ex->route.cluster->pending_requests, 1);
-    stat_dec(&ex->route.cluster->stats.upstream_rq_pending_active);
-}
-
-static void release_slot(exchange_t *ex)
-{
-    if (!ex->has_slot)
-        return;
-    ex->has_slot = 0;
-    cluster_slot_release(ex->route.cluster);
-    if (atomic_load(&ex->route.cluster->pending_requests) > 0)
-        server_wake_workers(ex->ds->c.w->srv); /* a request may be waiting on any worker */
-}
-
-static void release_replay(exchange_t *ex)
-{
-    for (unsigned i = 0; i < ex->nreplay; i++)
-        buf_unref(ex->replay[i].buf);
-    ex->nreplay = 0;
-    ex->replay_bytes = 0;
+    stat_inc(stat_class(&exchange_http_stats(ex)->downstream_rq_1xx, status));
+    if (ex->route.target)
+        stat_inc(stat_class(&ex->route.target->rq_1xx, status));
 }
 
 /* Tells the cluster how this attempt ended (outlier detection) and lets go of its endpoint;
@@ -118,129 +41,67 @@ static void report(exchange_t *ex, int status)
     if (ex->trace)
         xray_attempt_end(ex->trace, status);
     if (ex->endpoint.state)
-        cluster_done(ex->route.cluster, &ex->endpoint, status, uv_now(&ex->ds->c.w->loop));
+        cluster_done(ex->route.cluster, &ex->endpoint, status, now_ms(ex));
 }
 
-/* The request as the trace documents describe it. */
-static void trace_finish(exchange_t *ex)
+static void drop_upstream(exchange_t *ex)
 {
-    downstream_t *ds = ex->ds;
-    int i = h1_find_id(&ex->req, H_HOST), ua = h1_find_id(&ex->req, H_USER_AGENT);
-    int xff = h1_find_id(&ex->req, H_X_FORWARDED_FOR);
-    size_t ip_len = 0;
-    char ip[64];
-    if (xff >= 0) { /* the first address of the chain, as the SDKs take it */
-        const char *v = h1_value(&ex->req, (unsigned)xff);
-        ip_len = strcspn(v, ",");
-        const char *t = h1_trim(v, &ip_len);
-        snprintf(ip, sizeof ip, "%.*s", (int)ip_len, t);
-    }
-    xray_request_t r = {
-        .method = llhttp_method_name((llhttp_method_t)ex->method),
-        .host = i >= 0 ? h1_value(&ex->req, (unsigned)i) : "",
-        .host_len = i >= 0 ? ex->req.fields[i].value_len : 0,
-        .path = ex->target ? ex->target : "",
-        .path_len = ex->target ? ex->target_len : 0,
-        .query = ex->query,
-        .query_len = ex->query_len,
-        .user_agent = ua >= 0 ? h1_value(&ex->req, (unsigned)ua) : NULL,
-        .user_agent_len = ua >= 0 ? ex->req.fields[ua].value_len : 0,
-        .client_ip = xff >= 0 && ip_len ? ip : ds->client_ip,
-        .client_ip_from_xff = xff >= 0 && ip_len,
-        .service = ex->route.service ? ex->route.service : "passthrough",
-        .status = ex->status,
-        .content_length = ex->resp_state == RESP_DONE ? (int64_t)ex->resp_bytes : -1,
-    };
-    xray_finish(ds->c.w->srv->xray, &ds->c.w->xray, ex->trace, &r);
-    ex->trace = NULL;
-}
-
-void exchange_free(exchange_t *ex)
-{
-    if (ex->trace)
-        trace_finish(ex);
-    end_upstream(ex, 0);
-    endpoint_release(&ex->endpoint);
-    leave_queue(ex);
-    release_slot(ex);
-    release_replay(ex);
-    stat_dec(&http_stats(ex)->downstream_rq_active);
-    free(ex->target);
-    worker_t *w = ex->ds->c.w;
-    w->live_exchanges--;
-    if (w->nfree_exchanges < EXCHANGE_KEEP && ex->req.cap <= HEAD_STORAGE_KEEP &&
-        ex->resp.cap <= HEAD_STORAGE_KEEP) {
-        ex->next_free = w->free_exchanges;
-        w->free_exchanges = ex;
-        w->nfree_exchanges++;
+    client_stream_t *cs = ex->cs;
+    if (!cs)
         return;
-    }
-    h1_head_free(&ex->req);
-    h1_head_free(&ex->resp);
-    free(ex);
-}
-
-void exchange_free_list(worker_t *w)
-{
-    while (w->free_exchanges) {
-        exchange_t *ex = w->free_exchanges;
-        w->free_exchanges = ex->next_free;
-        h1_head_free(&ex->req);
-        h1_head_free(&ex->resp);
-        free(ex);
-    }
-    w->nfree_exchanges = 0;
+    ex->cs = NULL;
+    ex->try_deadline = 0;
+    ex->upstream_paused = 0;
+    stat_dec(&cstats(ex)->upstream_rq_active);
+    cs->ops->release(cs, 0);
 }
 
 /* ---- local replies ---- */
 
-/* Whether body bytes of the request are still to come (llhttp counts content_length down). */
-static int request_has_body(const exchange_t *ex)
+static void local_reply(exchange_t *ex, int status, const char *body)
 {
-    const llhttp_t *p = &ex->ds->parser;
-    return (p->flags & F_CHUNKED) || p->content_length > 0;
-}
-
-static void count_response(exchange_t *ex, int status)
-{
-    stat_inc(stat_class(&http_stats(ex)->downstream_rq_1xx, status));
-    if (ex->route.target)
-        stat_inc(stat_class(&ex->route.target->rq_1xx, status));
-}
-
-void fwd_local_reply(exchange_t *ex, int status, const char *body, int close)
-{
-    downstream_t *ds = ex->ds;
-    end_upstream(ex, 0);
-    leave_queue(ex);
-    if (close || (ex->req_state != REQ_DONE && request_has_body(ex)) || ds->c.w->draining ||
-        ex->upgrade)
-        ex->keep_alive = 0;
+    drop_upstream(ex);
+    pool_done(&ex->w->pools, &ex->wait);
     ex->status = status;
     ex->local_reply = 1;
     ex->resp_state = RESP_DONE;
     count_response(ex, status);
     if (ex->attempts > 0)
-        stat_inc(stat_class(&ex->route.cluster->stats.upstream_rq_1xx, status));
-    heads_send_local(&ds->c, ex, status, body);
-    log_debug("%s: %d %s", ds->client_ip, status, body);
-    if (ex->req_state == REQ_DONE)
-        downstream_exchange_done(ds);
-    else if (!ex->keep_alive)
-        downstream_finish(ds);
-    /* else: a bodiless request whose end llhttp reports next; the exchange ends then. */
+        stat_inc(stat_class(&cstats(ex)->upstream_rq_1xx, status));
+    log_debug("%s: %d %s", ex->peer, status, body);
+    head_t *h = head_take(&ex->w->loop);
+    size_t n = strlen(body);
+    if (!h || head_add_field(h, "Content-Type", 12, "text/plain", 10) != 0) {
+        head_give(&ex->w->loop, h);
+        exchange_end(ex, 1);
+        return;
+    }
+    h->status = (uint16_t)status;
+    /* The rest of a request body is not read after an early answer: the connection closes. */
+    unsigned msg = ex->req_state == REQ_DONE ? 0 : MSG_CLOSE;
+    ex->ss->ops->send_head(ex->ss, h, (int64_t)n, msg);
+    head_give(&ex->w->loop, h);
+    buf_t *b = buf_new(&ex->w->loop.bufs, n);
+    if (b) {
+        memcpy(b->data, body, n);
+        b->len = (uint32_t)n;
+        ex->ss->ops->send_data(ex->ss, b, b->data, n);
+        buf_unref(b);
+    }
+    ex->ss->ops->send_end(ex->ss, NULL);
+    exchange_end(ex, 0);
 }
 
-/* ---- routing ---- */
+/* ---- the request, as routing sees it ---- */
 
 static const char *header_value(void *ctx, const char *name, size_t *len)
 {
     const exchange_t *ex = ctx;
-    int i = h1_find(&ex->req, name);
+    int i = head_find(ex->req, name, strlen(name));
     if (i < 0)
         return NULL;
-    *len = ex->req.fields[i].value_len;
-    return h1_value(&ex->req, (unsigned)i);
+    *len = ex->req->fields[i].value_len;
+    return field_value(ex->req, (unsigned)i);
 }
 
 /* Splits "name", "name:port", "[v6]" or "[v6]:port"; returns 0, or -1 for a bad port. */
@@ -263,49 +124,67 @@ static int split_host(const char *host, size_t n, size_t *name_len, uint16_t *po
     return 0;
 }
 
-/* Normalizes the request-target into ex->target (path) and ex->query, and fills the routing
- * view of the request. Returns 0 or UV_ENOMEM. */
-static int prepare(exchange_t *ex, route_request_t *rr)
+/* The authority of an absolute-form request-target (RFC 9112 §3.2.2), or NULL. */
+static const char *target_authority(const char *t, size_t len, size_t *n)
 {
-    const char *t = h1_start(&ex->req);
-    size_t n = ex->req.start_len;
-    size_t alen = 0;
-    const char *authority = heads_authority(ex, &alen);
-    if (authority) { /* absolute-form: the origin form starts after the authority */
-        const char *rest = authority + alen;
+    const char *sep = len > 3 && t[0] != '/' ? memmem(t, len, "://", 3) : NULL;
+    if (!sep)
+        return NULL;
+    const char *auth = sep + 3, *end = auth;
+    while (end < t + len && *end != '/' && *end != '?')
+        end++;
+    *n = (size_t)(end - auth);
+    return *n ? auth : NULL;
+}
+
+/* Normalizes the request-target into ex->target (path, then ?query) and fills the routing
+ * view of the request. Returns 0 or UV_ENOMEM. */
+static int prepare(exchange_t *ex, route_request_t *rr, const char **query, size_t *qlen)
+{
+    const head_t *h = ex->req;
+    const char *t = head_str(h, h->target);
+    size_t n = h->target_len;
+    ex->authority = target_authority(t, n, &ex->authority_len);
+    if (ex->authority) { /* absolute-form: the origin form starts after the authority */
+        const char *rest = ex->authority + ex->authority_len;
         n -= (size_t)(rest - t);
         t = rest;
     }
     const char *q = memchr(t, '?', n);
     size_t plen = q ? (size_t)(q - t) : n;
-    size_t qlen = q ? n - plen - 1 : 0;
-    ex->target = malloc(plen + qlen + 3);
-    if (!ex->target)
+    *qlen = q ? n - plen - 1 : 0;
+    char *out = arena_alloc(&ex->arena, plen + *qlen + 4);
+    if (!out)
         return UV_ENOMEM;
     if (plen == 1 && t[0] == '*') { /* OPTIONS * */
-        memcpy(ex->target, "*", 2);
-        ex->target_len = 1;
+        out[0] = '*';
+        ex->path_len = 1;
     } else {
-        ex->target_len = path_normalize(t, plen, ex->target);
+        ex->path_len = path_normalize(t, plen, out);
     }
+    out[ex->path_len] = '\0';
+    ex->target = out;
+    ex->target_len = ex->path_len;
+    *query = NULL;
     if (q) {
-        ex->query = ex->target + ex->target_len + 1;
-        memcpy((char *)ex->query, q + 1, qlen);
-        ((char *)ex->query)[qlen] = '\0';
-        ex->query_len = qlen;
+        out[ex->path_len] = '?';
+        memcpy(out + ex->path_len + 1, q + 1, *qlen);
+        out[ex->path_len + 1 + *qlen] = '\0';
+        ex->target_len += 1 + *qlen;
+        *query = out + ex->path_len + 1;
     }
-    const char *host = authority;
-    size_t hlen = alen;
-    int hi = h1_find_id(&ex->req, H_HOST);
+    const char *host = ex->authority;
+    size_t hlen = ex->authority_len;
+    int hi = head_find_id(h, F_HOST, 0);
     if (!host && hi >= 0) {
-        hlen = ex->req.fields[hi].value_len;
-        host = h1_trim(h1_value(&ex->req, (unsigned)hi), &hlen);
+        hlen = h->fields[hi].value_len;
+        host = field_value(h, (unsigned)hi);
     }
-    *rr = (route_request_t){.method = ex->method,
+    *rr = (route_request_t){.method = h->method,
                             .path = ex->target,
-                            .path_len = ex->target_len,
-                            .query = ex->query,
-                            .query_len = ex->query_len,
+                            .path_len = ex->path_len,
+                            .query = *query,
+                            .query_len = *qlen,
                             .header = header_value,
                             .ctx = ex};
     if (host) {
@@ -313,8 +192,9 @@ static int prepare(exchange_t *ex, route_request_t *rr)
         if (split_host(host, hlen, &rr->host_len, &rr->port) != 0)
             rr->host_len = 0;
     }
-    if (!rr->port && ex->ds->has_orig_dst)
-        rr->port = endpoint_port(&ex->ds->orig_dst);
+    endpoint_t dst;
+    if (!rr->port && ex->ss->orig_dst && endpoint_set(&dst, ex->ss->orig_dst) == 0)
+        rr->port = endpoint_port(&dst);
     return 0;
 }
 
@@ -322,9 +202,8 @@ static int prepare(exchange_t *ex, route_request_t *rr)
  * else the Host when it is an IP literal. */
 static int passthrough_endpoint(exchange_t *ex, const route_request_t *rr)
 {
-    downstream_t *ds = ex->ds;
-    if (ds->has_orig_dst) {
-        ex->endpoint = ds->orig_dst;
+    if (ex->ss->orig_dst) {
+        endpoint_set(&ex->endpoint, ex->ss->orig_dst);
     } else {
         char ip[64];
         struct sockaddr_storage ss;
@@ -344,7 +223,7 @@ static int passthrough_endpoint(exchange_t *ex, const route_request_t *rr)
             return -1;
         endpoint_set(&ex->endpoint, (struct sockaddr *)&ss);
     }
-    server_t *s = ds->c.w->srv;
+    server_t *s = ex->w->srv;
     uint16_t port = endpoint_port(&ex->endpoint);
     if ((port == s->set.egress_port || port == s->set.ingress_port) &&
         endpoint_is_local(&ex->endpoint))
@@ -357,88 +236,112 @@ static void no_route_reply(exchange_t *ex, const route_request_t *rr)
     char body[600];
     if (ex->route.reason) {
         snprintf(body, sizeof body, "%s\n", ex->route.reason);
-        fwd_local_reply(ex, ex->route.status, body, 0);
+        local_reply(ex, ex->route.status, body);
         return;
     }
     snprintf(body, sizeof body, "no virtual service for host \"%.*s\" among this node's backends\n",
              (int)(rr->host_len > 400 ? 400 : rr->host_len), rr->host ? rr->host : "");
-    fwd_local_reply(ex, 404, body, 0);
+    local_reply(ex, 404, body);
 }
 
 /* ---- attempts ---- */
 
-/* "<size in hex>\r\n", the chunk-size line of RFC 9112 §7.1; returns its length. */
-static size_t chunk_line(size_t n, char out[24])
+static void trace_header(exchange_t *ex, char *out, size_t cap, size_t *n)
 {
-    static const char digits[] = "0123456789abcdef";
-    char tmp[20];
-    size_t len = 0, i = 0;
-    do
-        tmp[len++] = digits[n & 15];
-    while ((n >>= 4) && len < sizeof tmp);
-    while (len)
-        out[i++] = tmp[--len];
-    out[i++] = '\r';
-    out[i++] = '\n';
-    return i;
+    *n = ex->trace ? xray_outgoing(ex->trace, out, cap) : 0;
 }
 
-static int replay(exchange_t *ex)
+/* Send the request on ex->cs: the head, and on a retry the body kept so far. */
+static int send_request(exchange_t *ex)
 {
-    conn_t *c = &ex->up->c;
-    for (unsigned i = 0; i < ex->nreplay; i++) {
-        const replay_seg_t *s = &ex->replay[i];
-        if (ex->req_out == BODY_CHUNKED) {
-            char line[24];
-            conn_write_copy(c, line, chunk_line(s->n, line));
-        }
-        conn_write(c, s->buf, s->p, s->n);
-        if (ex->req_out == BODY_CHUNKED)
-            conn_write(c, NULL, "\r\n", 2);
+    char trace[TRACE_ID_LEN + SPAN_ID_LEN + TRACE_EXTRA_MAX + 40];
+    size_t tlen;
+    trace_header(ex, trace, sizeof trace, &tlen);
+    request_edit_t e = {
+        .target = ex->target,
+        .target_len = ex->target_len,
+        .authority = ex->authority,
+        .authority_len = ex->authority_len,
+        .default_host = ex->endpoint.name,
+        .client_ip = ex->peer,
+        .request_id = ex->request_id,
+        .trace = ex->trace ? trace : NULL,
+        .trace_len = tlen,
+        .drop_expect = ex->continued,
+        .keep_codings = (ex->req_msg & MSG_CODINGS) != 0,
+        .upgrade = (ex->req_msg & MSG_UPGRADE) != 0,
+    };
+    head_t *out = head_take(&ex->w->loop);
+    if (!out)
+        return UV_ENOMEM;
+    int err = headers_request(out, ex->req, &e);
+    if (err == 0) {
+        unsigned msg = ex->req_msg & (MSG_UPGRADE | MSG_END);
+        ex->cs->ops->send_head(ex->cs, out, ex->req_len, msg);
     }
-    if (ex->req_state == REQ_DONE && ex->req_out == BODY_CHUNKED)
-        conn_write(c, NULL, "0\r\n\r\n", 5);
+    head_give(&ex->w->loop, out);
+    if (err)
+        return err;
+    for (unsigned i = 0; i < ex->nreplay; i++)
+        ex->cs->ops->send_data(ex->cs, ex->replay[i].buf, ex->replay[i].p, ex->replay[i].n);
+    if (ex->req_state == REQ_DONE && !(ex->req_msg & MSG_END))
+        ex->cs->ops->send_end(ex->cs, ex->req_trailers);
     return 0;
 }
 
-/* Take a connection to ex->endpoint and send the request (head, and on a retry the body kept so
- * far). Returns 0, or an error when no connection could be had (nothing was sent). */
-static int dispatch(exchange_t *ex, int fresh)
+/* Take a stream to ex->endpoint and send the request. Every failure, even one found at once,
+ * comes back through fwd_upstream_error on a later pass. */
+static void dispatch(exchange_t *ex, int fresh);
+
+static void no_stream(exchange_t *ex)
 {
-    downstream_t *ds = ex->ds;
-    ex->pool = pool_get(ds->c.w, ex->route.cluster, &ex->endpoint);
-    int reused = 0, err = UV_ENOMEM;
-    upstream_t *up = ex->pool ? pool_acquire(ex->pool, fresh, &reused, &err) : NULL;
-    if (!up) {
-        log_warn("upstream %s: %s", ex->endpoint.name, err_str(err));
-        return err;
+    fwd_upstream_error(ex, UV_ENOMEM);
+}
+
+static void dispatch(exchange_t *ex, int fresh)
+{
+    ex->cs = pool_stream(&ex->w->pools, ex->route.cluster, &ex->endpoint, fresh,
+                         &exchange_upstream_events, ex);
+    if (!ex->cs) {
+        exchange_later(ex, no_stream);
+        return;
     }
-    ex->up = up;
-    ex->reused = reused ? 1 : 0;
-    upstream_attach(up, ex);
-    stat_inc(&ex->route.cluster->stats.upstream_rq_total);
-    stat_inc(&ex->route.cluster->stats.upstream_rq_active);
-    if (ex->route.retry.per_try_ms)
-        downstream_start_try_timer(ds, ex->route.retry.per_try_ms);
-    int rc = heads_send_request(&up->c, ex);
-    return rc ? rc : replay(ex);
+    stat_inc(&cstats(ex)->upstream_rq_total);
+    stat_inc(&cstats(ex)->upstream_rq_active);
+    if (ex->route.retry.per_try_ms) {
+        ex->try_deadline = now_ms(ex) + ex->route.retry.per_try_ms;
+        exchange_set_timer(ex);
+    }
+    if (send_request(ex) != 0) {
+        log_warn("upstream %s: cannot build the request head", ex->endpoint.name);
+        drop_upstream(ex);
+        local_reply(ex, 502, "request head too large to send upstream\n");
+    }
+}
+
+static void no_endpoint(exchange_t *ex)
+{
+    local_reply(ex, 503,
+                cluster_size(ex->route.cluster) ? "upstream connect error\n"
+                                                : "no healthy upstream\n");
 }
 
 /* Pick an endpoint (a different one on a retry, where there is one) and dispatch. */
-static int start_attempt(exchange_t *ex)
+static void start_attempt(exchange_t *ex)
 {
-    cluster_t *c = ex->route.cluster;
     if (!ex->route.passthrough) {
         endpoint_t previous = ex->endpoint;
         endpoint_release(&ex->endpoint);
-        if (cluster_pick(c, ex->attempts ? &previous : NULL, uv_now(&ex->ds->c.w->loop),
-                         &ex->endpoint) != 0)
-            return ERR_NO_ENDPOINT;
+        if (cluster_pick(ex->route.cluster, ex->attempts ? &previous : NULL, now_ms(ex),
+                         &ex->endpoint) != 0) {
+            exchange_later(ex, no_endpoint);
+            return;
+        }
     }
     ex->attempts++;
     if (ex->trace)
-        xray_attempt_start(&ex->ds->c.w->xray, ex->trace, ex->endpoint.name);
-    return dispatch(ex, 0);
+        xray_attempt_start(&ex->w->xray, ex->trace, ex->endpoint.name);
+    dispatch(ex, 0);
 }
 
 static unsigned status_event(int status)
@@ -460,200 +363,147 @@ static int retry(exchange_t *ex, unsigned event)
     const retry_policy_t *p = &ex->route.retry;
     if (!(p->events & event) && !(event == RETRY_PER_TRY_TIMEOUT && p->per_try_ms))
         return 0;
-    if (ex->attempts > p->max_retries || ex->resp_state != RESP_WAITING || ex->tunnel ||
-        ex->replay_lost)
+    if (ex->attempts > p->max_retries || ex->resp_state != RESP_WAITING || ex->replay_lost ||
+        (ex->req_msg & MSG_UPGRADE))
         return 0;
-    stat_inc(&ex->route.cluster->stats.upstream_rq_retry);
+    stat_inc(&cstats(ex)->upstream_rq_retry);
     if (ex->route.target)
         stat_inc(&ex->route.target->retries);
     log_debug("upstream %s: retrying (attempt %u of %u)", ex->endpoint.name, ex->attempts + 1,
               p->max_retries + 1);
-    end_upstream(ex, 0);
-    h1_head_reset(&ex->resp);
-    return start_attempt(ex) == 0;
+    drop_upstream(ex);
+    start_attempt(ex);
+    return 1;
 }
 
 /* A pooled connection can be closed by the upstream just as we reuse it (its keep-alive
  * timeout raced our request). Like nginx and HAProxy, an idempotent request with no body is
  * then sent once more on a fresh connection to the same endpoint (RFC 9112 §9.3.1). */
-static int retry_stale(exchange_t *ex, int err)
+static int retry_stale(exchange_t *ex, int err, int reused)
 {
-    if (!ex->reused || ex->stale_retried || err == ERR_BAD_RESPONSE ||
-        ex->resp_state != RESP_WAITING || ex->req_state != REQ_DONE || ex->req_out != BODY_NONE)
+    if (!reused || ex->stale_retried || err == ERR_BAD_RESPONSE || ex->resp_state != RESP_WAITING ||
+        ex->req_state != REQ_DONE || !(ex->req_msg & MSG_END) ||
+        !http_method_idempotent(ex->req->method))
         return 0;
-    switch (ex->method) {
-    case HTTP_GET:
-    case HTTP_HEAD:
-    case HTTP_OPTIONS:
-    case HTTP_TRACE:
-    case HTTP_PUT:
-    case HTTP_DELETE:
-        break;
-    default:
-        return 0;
-    }
     ex->stale_retried = 1;
-    end_upstream(ex, 0);
-    int ok = dispatch(ex, 1) == 0;
-    if (ok)
-        log_debug("upstream %s: pooled connection was closed, request sent again", ex->pool->name);
-    return ok;
-}
-
-/* ---- request path ---- */
-
-/* Wait for a connectionPool slot (ingress), or overflow with a 503 like Envoy's circuit
- * breaker. Returns 1 when queued. */
-static int queue_for_slot(exchange_t *ex)
-{
-    cluster_t *c = ex->route.cluster;
-    unsigned pending = atomic_fetch_add(&c->pending_requests, 1);
-    if (c->max_pending && pending >= c->max_pending) {
-        atomic_fetch_sub(&c->pending_requests, 1);
-        stat_inc(&c->stats.upstream_rq_pending_overflow);
-        fwd_local_reply(ex, 503,
-                        "upstream connection pool is full (maxConnections and "
-                        "maxPendingRequests reached)\n",
-                        0);
-        return 0;
-    }
-    worker_t *w = ex->ds->c.w;
-    ex->waiting = 1;
-    ex->wait_prev = w->waiting_tail;
-    ex->wait_next = NULL;
-    if (w->waiting_tail)
-        w->waiting_tail->wait_next = ex;
-    else
-        w->waiting_head = ex;
-    w->waiting_tail = ex;
-    stat_inc(&c->stats.upstream_rq_pending_total);
-    stat_inc(&c->stats.upstream_rq_pending_active);
-    downstream_start_request_timer(ex->ds, ex->route.timeout_ms);
+    drop_upstream(ex);
+    log_debug("upstream %s: pooled connection was closed, request sent again", ex->endpoint.name);
+    dispatch(ex, 1);
     return 1;
 }
 
-void fwd_start_waiting(worker_t *w)
-{
-    while (w->waiting_head) {
-        exchange_t *ex = w->waiting_head;
-        if (!cluster_slot_take(ex->route.cluster))
-            return;
-        leave_queue(ex);
-        ex->has_slot = 1;
-        if (start_attempt(ex) != 0) {
-            fwd_local_reply(ex, 503, "upstream connect error\n", 0);
-            continue;
-        }
-        downstream_resume(ex->ds);
-    }
-}
+/* ---- the request ---- */
 
 /* The client's X-Request-Id, or a new one. */
 static void request_id(exchange_t *ex)
 {
-    int i = h1_find_id(&ex->req, H_X_REQUEST_ID);
-    if (i >= 0 && ex->req.fields[i].value_len > 0) {
-        ex->request_id = h1_value(&ex->req, (unsigned)i);
+    int i = head_find_id(ex->req, F_X_REQUEST_ID, 0);
+    if (i >= 0 && ex->req->fields[i].value_len > 0) {
+        ex->request_id = field_value(ex->req, (unsigned)i);
         return;
     }
-    heads_request_id(ex->ds->c.w, ex->request_id_buf);
-    ex->request_id = ex->request_id_buf;
+    char *id = arena_alloc(&ex->arena, 37);
+    if (id)
+        worker_request_id(ex->w, id);
+    ex->request_id = id ? id : "";
 }
 
 /* Tracing on: the incoming X-Amzn-Trace-Id is read, a decision made, and ours goes upstream. */
-static int begin_trace(exchange_t *ex, const route_request_t *rr)
+static void begin_trace(exchange_t *ex, const route_request_t *rr)
 {
-    worker_t *w = ex->ds->c.w;
+    worker_t *w = ex->w;
     if (!w->srv->xray)
-        return 0;
-    ex->trace = &ex->trace_ctx;
-    int i = h1_find_id(&ex->req, H_X_AMZN_TRACE_ID);
-    xray_begin(w->srv->xray, &w->xray, ex->trace, ex->ds->listener->kind == LISTENER_EGRESS,
-               i >= 0 ? h1_value(&ex->req, (unsigned)i) : NULL,
-               i >= 0 ? ex->req.fields[i].value_len : 0, rr->host ? rr->host : "", rr->host_len,
-               llhttp_method_name((llhttp_method_t)ex->method), ex->target, ex->target_len);
-    return 0;
-}
-
-static void expect_continue(exchange_t *ex)
-{
-    int i = h1_find_id(&ex->req, H_EXPECT);
-    if (i < 0 || ex->minor < 1 || ex->req_out == BODY_NONE ||
-        !h1_list_has(h1_value(&ex->req, (unsigned)i), ex->req.fields[i].value_len, "100-continue",
-                     12))
         return;
-    /* We forward the body as it comes, so the client may send it now (RFC 9110 §10.1.1).
-     * Expect is hop-by-hop in effect: the upstream does not see it. */
-    ex->expect_continue = 1;
-    conn_write(&ex->ds->c, NULL, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    ex->trace = &ex->trace_ctx;
+    int i = head_find_id(ex->req, F_X_AMZN_TRACE_ID, 0);
+    xray_begin(w->srv->xray, &w->xray, ex->trace, ex->listener->kind == LISTENER_EGRESS,
+               i >= 0 ? field_value(ex->req, (unsigned)i) : NULL,
+               i >= 0 ? ex->req->fields[i].value_len : 0, rr->host ? rr->host : "", rr->host_len,
+               http_method_name(ex->req->method), ex->target, ex->path_len);
 }
 
-int fwd_request_head(exchange_t *ex)
+/* Admitted under the connection-pool limits (or refused: 503 like Envoy's circuit breaker). */
+void fwd_admitted(exchange_t *ex, int result)
 {
-    downstream_t *ds = ex->ds;
-    ex->req_state = REQ_BODY;
-    /* RFC 9112 §3.2: a 1.1 request without exactly one Host is a 400. */
-    int hosts = 0;
-    for (unsigned i = 0; i < ex->req.nfields; i++)
-        hosts += ex->req.fields[i].id == H_HOST;
-    if ((ex->minor >= 1 && hosts == 0) || hosts > 1) {
-        fwd_local_reply(ex, 400, hosts ? "more than one Host header\n" : "missing Host header\n",
-                        1);
-        return ds->closing;
+    if (result == POOL_FULL) {
+        local_reply(ex, 503,
+                    "upstream connection pool is full (maxConnections and "
+                    "maxPendingRequests reached)\n");
+        return;
     }
+    if (ex->client_paused) {
+        ex->client_paused = 0;
+        ex->ss->ops->pause(ex->ss, 0);
+    }
+    start_attempt(ex);
+}
+
+static int64_t content_length(const head_t *h)
+{
+    int i = head_find_id(h, F_CONTENT_LENGTH, 0);
+    if (i < 0)
+        return -1;
+    int64_t v = 0;
+    const char *p = field_value(h, (unsigned)i);
+    for (uint32_t k = 0; k < h->fields[i].value_len; k++)
+        v = v * 10 + (p[k] - '0'); /* the parser accepted only 1*DIGIT below 2^63 */
+    return v;
+}
+
+void fwd_request_head(exchange_t *ex, head_t *h, unsigned msg)
+{
+    ex->req = h;
+    ex->req_msg = msg;
+    ex->req_state = msg & MSG_END ? REQ_DONE : REQ_BODY;
+    ex->req_len = msg & MSG_END ? 0 : msg & MSG_CHUNKED ? BODY_STREAM : content_length(h);
+    headers_mark_hop(h);
     route_request_t rr;
+    const char *query;
+    size_t qlen;
     request_id(ex);
-    if (prepare(ex, &rr) != 0 || begin_trace(ex, &rr) != 0) {
-        fwd_local_reply(ex, 503, "out of memory\n", 1);
-        return 1;
+    if (prepare(ex, &rr, &query, &qlen) != 0) {
+        local_reply(ex, 503, "out of memory\n");
+        return;
     }
-    if (ds->listener->kind == LISTENER_INGRESS)
-        route_ingress(ds->c.w->routes, &ex->route);
+    begin_trace(ex, &rr);
+    if (ex->listener->kind == LISTENER_INGRESS)
+        route_ingress(ex->rt, &ex->route);
     else
-        route_egress(ds->c.w->routes, &rr, &ex->route);
+        route_egress(ex->rt, &rr, &ex->route);
     if (!ex->route.cluster) {
         no_route_reply(ex, &rr);
-        return ds->closing;
+        return;
     }
     if (ex->route.passthrough) {
         int rc = passthrough_endpoint(ex, &rr);
         if (rc != 0) {
-            fwd_local_reply(ex, rc == -2 ? 508 : 502,
-                            rc == -2 ? "the original destination is remora itself\n"
-                                     : "cannot tell where this request was going: no original "
-                                       "destination and the Host is not an address\n",
-                            0);
-            return ds->closing;
+            local_reply(ex, rc == -2 ? 508 : 502,
+                        rc == -2 ? "the original destination is remora itself\n"
+                                 : "cannot tell where this request was going: no original "
+                                   "destination and the Host is not an address\n");
+            return;
         }
     }
-    const llhttp_t *p = &ds->parser;
-    ex->req_out = (p->flags & F_CHUNKED) ? BODY_CHUNKED
-                  : request_has_body(ex) ? BODY_LENGTH
-                                         : BODY_NONE;
-    expect_continue(ex);
-    if (!cluster_slot_take(ex->route.cluster))
-        return queue_for_slot(ex) || ds->closing;
-    ex->has_slot = 1;
-    if (start_attempt(ex) != 0) {
-        fwd_local_reply(ex, 503,
-                        cluster_size(ex->route.cluster) ? "upstream connect error\n"
-                                                        : "no healthy upstream\n",
-                        0);
-        return ds->closing;
+    if ((msg & MSG_CONTINUE) && ex->req_state != REQ_DONE) {
+        /* We forward the body as it comes, so the client may send it now (RFC 9110 §10.1.1);
+         * Expect is then hop-by-hop in effect: the upstream does not see it. */
+        ex->continued = 1;
+        ex->ss->ops->send_continue(ex->ss);
     }
-    return 0;
-}
-
-static void write_chunked(conn_t *c, enum body_framing f, buf_t *b, const char *p, size_t n)
-{
-    if (f != BODY_CHUNKED) {
-        conn_write(c, b, p, n);
-        return;
+    ex->idle_deadline = ex->req_state == REQ_BODY ? now_ms(ex) + ex->route.idle_ms : 0;
+    ex->wait.cluster = ex->route.cluster;
+    ex->wait.max_requests = ex->route.max_requests;
+    ex->wait.max_pending = ex->route.max_pending;
+    if (ex->req_state == REQ_DONE && ex->route.timeout_ms) /* bodiless: no on_end comes */
+        ex->request_deadline = now_ms(ex) + ex->route.timeout_ms;
+    if (pool_admit(&ex->w->pools, &ex->wait)) {
+        start_attempt(ex);
+    } else if (!ex->ended) { /* waits for a slot (or the refusal) with its body held */
+        ex->client_paused = 1;
+        ex->ss->ops->pause(ex->ss, 1);
+        ex->request_deadline = ex->route.timeout_ms ? now_ms(ex) + ex->route.timeout_ms : 0;
     }
-    char line[24];
-    conn_write_copy(c, line, chunk_line(n, line));
-    conn_write(c, b, p, n);
-    conn_write(c, NULL, "\r\n", 2);
+    exchange_set_timer(ex);
 }
 
 /* Keep body bytes for a retry, up to REPLAY_MAX_BYTES; past that the request is not retried. */
@@ -663,223 +513,294 @@ static void keep_for_replay(exchange_t *ex, buf_t *b, const char *p, size_t n)
         return;
     if (ex->nreplay == REPLAY_MAX_SEGS || ex->replay_bytes + n > REPLAY_MAX_BYTES) {
         ex->replay_lost = 1;
-        release_replay(ex);
+        for (unsigned i = 0; i < ex->nreplay; i++)
+            buf_unref(ex->replay[i].buf);
+        ex->nreplay = 0;
+        ex->replay_bytes = 0;
         return;
     }
     ex->replay[ex->nreplay++] = (replay_seg_t){buf_ref(b), p, n};
     ex->replay_bytes += n;
 }
 
-void fwd_request_body(exchange_t *ex, buf_t *b, const char *p, size_t n)
+void fwd_request_data(exchange_t *ex, buf_t *b, const char *p, size_t n)
 {
-    if (ex->local_reply)
+    if (ex->ended || ex->local_reply)
         return;
+    if (ex->route.idle_ms)
+        ex->idle_deadline = now_ms(ex) + ex->route.idle_ms;
     keep_for_replay(ex, b, p, n);
-    upstream_t *up = ex->up;
-    if (!up)
+    if (!ex->cs)
         return;
-    write_chunked(&up->c, ex->req_out, b, p, n);
-    if (conn_over_high_water(&up->c))
-        downstream_set_upstream_full(ex->ds, 1);
+    ex->cs->ops->send_data(ex->cs, b, p, n);
+    if (!ex->client_paused && ex->cs->ops->over_high_water(ex->cs)) {
+        ex->client_paused = 1;
+        ex->ss->ops->pause(ex->ss, 1);
+    }
 }
 
 void fwd_upstream_drained(exchange_t *ex)
 {
-    if (ex->tunnel || ex->req_state != REQ_DONE)
-        downstream_set_upstream_full(ex->ds, 0);
+    if (ex->client_paused && !ex->wait.queued) {
+        ex->client_paused = 0;
+        ex->ss->ops->pause(ex->ss, 0);
+    }
 }
 
-void fwd_request_done(exchange_t *ex)
+void fwd_request_end(exchange_t *ex, head_t *trailers)
 {
     ex->req_state = REQ_DONE;
-    if (ex->resp_state == RESP_DONE) { /* answered already (locally or early) */
-        downstream_exchange_done(ex->ds);
+    ex->req_trailers = trailers;
+    ex->idle_deadline = 0;
+    if (ex->ended)
+        return;
+    if (ex->cs)
+        ex->cs->ops->send_end(ex->cs, trailers);
+    if (!ex->wait.queued && ex->route.timeout_ms)
+        ex->request_deadline = now_ms(ex) + ex->route.timeout_ms;
+    exchange_set_timer(ex);
+}
+
+void fwd_client_error(exchange_t *ex, int err)
+{
+    if (ex->ended)
+        return;
+    if (err == ERR_BAD_REQUEST && ex->resp_state == RESP_WAITING) {
+        local_reply(ex, 400, "malformed request body\n");
         return;
     }
-    if (ex->up && ex->req_out == BODY_CHUNKED)
-        conn_write(&ex->up->c, NULL, "0\r\n\r\n", 5);
-    if (!ex->tunnel && !ex->waiting)
-        downstream_start_request_timer(ex->ds, ex->route.timeout_ms);
+    log_debug("downstream %s: %s", ex->peer, err_str(err));
+    exchange_end(ex, 1); /* releases the upstream stream, which aborts the upstream request */
 }
 
-/* ---- response path ---- */
+/* ---- the response ---- */
 
-static enum body_framing response_framing(exchange_t *ex, int status)
-{
-    const llhttp_t *p = &ex->up->parser;
-    if (ex->method == HTTP_HEAD || status == 204 || status == 304 || status < 200)
-        return BODY_NONE;
-    if (p->flags & F_CHUNKED)
-        return ex->minor >= 1 ? BODY_CHUNKED : BODY_UNTIL_CLOSE;
-    if (p->flags & F_CONTENT_LENGTH)
-        return BODY_LENGTH;
-    /* Delimited by the upstream's close: re-frame as chunked for a 1.1 client so its
-     * connection survives; a 1.0 client reads until we close. */
-    return ex->minor >= 1 ? BODY_CHUNKED : BODY_UNTIL_CLOSE;
-}
+static void start_tunnel(exchange_t *ex);
 
-int fwd_response_head(exchange_t *ex, int status)
+void fwd_response_head(exchange_t *ex, head_t *h, unsigned msg)
 {
-    downstream_t *ds = ex->ds;
-    if (status >= 100 && status < 200 && status != 101) {
-        /* Interim responses are not relayed: remora already answered Expect itself. */
-        h1_head_reset(&ex->resp);
-        return 0;
+    int status = h->status;
+    int reused = ex->cs->reused;
+    if (status == 101 && !(ex->req_msg & MSG_UPGRADE)) {
+        head_give(&ex->w->loop, h);
+        fwd_upstream_error(ex, ERR_BAD_RESPONSE); /* switching protocols nobody asked for */
+        return;
     }
-    if (status == 101 && !ex->upgrade) {
-        fwd_upstream_failed(ex, ERR_BAD_RESPONSE); /* switching protocols nobody asked for */
-        return 0;
-    }
+    (void)reused;
     report(ex, status);
     unsigned event = status_event(status);
-    if (event && retry(ex, event))
-        return 0; /* this upstream is detached; the response is dropped with it */
-    downstream_stop_try_timer(ds);
+    if (event && retry(ex, event)) {
+        head_give(&ex->w->loop, h);
+        return; /* this upstream is released; its response is dropped with it */
+    }
+    ex->try_deadline = 0;
     if (ex->attempts > 1)
-        stat_inc(&ex->route.cluster->stats.upstream_rq_retry_success);
+        stat_inc(&cstats(ex)->upstream_rq_retry_success);
     ex->status = status;
-    stat_inc(stat_class(&ex->route.cluster->stats.upstream_rq_1xx, status));
+    stat_inc(stat_class(&cstats(ex)->upstream_rq_1xx, status));
     count_response(ex, status);
+    headers_mark_hop(h);
+    head_t *out = head_take(&ex->w->loop);
+    if (!out || headers_response(out, h, (msg & MSG_CODINGS) != 0, status == 101) != 0) {
+        head_give(&ex->w->loop, out);
+        head_give(&ex->w->loop, h);
+        fwd_upstream_error(ex, ERR_BAD_RESPONSE);
+        return;
+    }
+    int64_t len = msg & MSG_END ? 0 : msg & MSG_CHUNKED ? BODY_STREAM : content_length(h);
+    head_give(&ex->w->loop, h);
+    ex->resp_state = msg & MSG_END ? RESP_DONE : RESP_BODY;
+    unsigned smsg = status == 101 ? MSG_UPGRADE : 0;
+    if (len < 0 && !(msg & MSG_CHUNKED))
+        len = BODY_STREAM;
+    ex->ss->ops->send_head(ex->ss, out, len, smsg);
+    head_give(&ex->w->loop, out);
     if (status == 101) {
-        ex->tunnel = 1;
-        ex->resp_out = BODY_NONE;
-        stat_inc(&http_stats(ex)->downstream_cx_upgrades_total);
-    } else {
-        ex->resp_out = response_framing(ex, status);
-        if (ex->resp_out == BODY_UNTIL_CLOSE || ex->req_state != REQ_DONE || ex->upgrade ||
-            ds->c.w->draining)
-            ex->keep_alive = 0;
+        start_tunnel(ex);
+        return;
     }
-    ex->resp_state = RESP_BODY;
-    if (heads_send_response(&ds->c, ex) != 0) {
-        fwd_upstream_failed(ex, UV_ENOMEM);
-        return 0;
-    }
-    if (ex->tunnel)
-        downstream_start_tunnel(ds);
-    return ex->method == HTTP_HEAD ? 1 : 0;
+    if (ex->resp_state == RESP_DONE)
+        fwd_response_end(ex, NULL);
 }
 
-void fwd_response_body(exchange_t *ex, buf_t *b, const char *p, size_t n)
+void fwd_response_data(exchange_t *ex, buf_t *b, const char *p, size_t n)
 {
-    downstream_t *ds = ex->ds;
     ex->resp_bytes += n;
-    write_chunked(&ds->c, ex->resp_out, b, p, n);
-    if (ex->up && conn_over_high_water(&ds->c))
-        upstream_set_reading(ex->up, 0);
+    ex->ss->ops->send_data(ex->ss, b, p, n);
+    if (!ex->upstream_paused && ex->ss->ops->over_high_water(ex->ss)) {
+        ex->upstream_paused = 1;
+        ex->cs->ops->pause(ex->cs, 1);
+    }
 }
 
 void fwd_client_drained(exchange_t *ex)
 {
-    if (ex->up)
-        upstream_set_reading(ex->up, 1);
+    if (ex->upstream_paused && ex->cs) {
+        ex->upstream_paused = 0;
+        ex->cs->ops->pause(ex->cs, 0);
+    }
 }
 
-void fwd_response_done(exchange_t *ex)
+void fwd_response_end(exchange_t *ex, head_t *trailers)
 {
-    downstream_t *ds = ex->ds;
-    if (ex->resp_out == BODY_CHUNKED)
-        conn_write(&ds->c, NULL, "0\r\n\r\n", 5);
     ex->resp_state = RESP_DONE;
-    int reuse = ex->req_state == REQ_DONE && ex->up && ex->up->keep_alive;
-    end_upstream(ex, reuse);
-    if (ex->req_state != REQ_DONE)
-        ex->keep_alive = 0; /* the upstream answered before the request ended */
-    downstream_exchange_done(ds);
+    ex->ss->ops->send_end(ex->ss, trailers);
+    head_give(&ex->w->loop, trailers);
+    client_stream_t *cs = ex->cs;
+    ex->cs = NULL;
+    if (cs) {
+        stat_dec(&cstats(ex)->upstream_rq_active);
+        cs->ops->release(cs, ex->req_state == REQ_DONE);
+    }
+    exchange_end(ex, 0);
 }
 
-void fwd_tunnel_from_upstream(exchange_t *ex, buf_t *b, const char *p, size_t n)
-{
-    conn_write(&ex->ds->c, b, p, n);
-    if (ex->up && conn_over_high_water(&ex->ds->c))
-        upstream_set_reading(ex->up, 0);
-}
+/* ---- tunnels ---- */
 
-void fwd_tunnel_from_client(exchange_t *ex, buf_t *b, const char *p, size_t n)
+static void start_tunnel(exchange_t *ex)
 {
-    if (!ex->up)
-        return;
-    conn_write(&ex->up->c, b, p, n);
-    if (conn_over_high_water(&ex->up->c))
-        downstream_set_upstream_full(ex->ds, 1);
+    buf_t *cb, *ub;
+    const char *cp, *up;
+    size_t cn, un;
+    client_stream_t *cs = ex->cs;
+    server_stream_t *ss = ex->ss;
+    ex->cs = NULL;
+    ex->ss = NULL;
+    stat_dec(&cstats(ex)->upstream_rq_active);
+    conn_t *uc = cs->ops->detach(cs, &ub, &up, &un);
+    conn_t *dc = ss->ops->detach(ss, &cb, &cp, &cn);
+    worker_start_relay(ex->w, dc, cb, cp, cn, uc, ub, up, un, ex->route.idle_ms);
+    ex->resp_state = RESP_DONE;
+    exchange_end(ex, 0);
 }
 
 /* ---- failures ---- */
 
-void fwd_upstream_failed(exchange_t *ex, int err)
+void fwd_upstream_error(exchange_t *ex, int err)
 {
-    downstream_t *ds = ex->ds;
-    int connected = ex->up && ex->up->connected;
-    if (!(ex->resp_state == RESP_WAITING && ex->reused && !ex->stale_retried))
+    if (ex->ended)
+        return;
+    int connected = ex->cs && ex->cs->connected;
+    int reused = ex->cs && ex->cs->reused;
+    if (!(ex->resp_state == RESP_WAITING && reused && !ex->stale_retried))
         report(ex, err == ERR_BAD_RESPONSE ? 502 : 0);
     if (ex->resp_state == RESP_WAITING) {
-        if (retry_stale(ex, err))
+        if (retry_stale(ex, err, reused))
             return;
         if (err != ERR_BAD_RESPONSE &&
             retry(ex, connected ? RETRY_STREAM_ERROR : RETRY_CONNECTION_ERROR))
             return;
     }
-    if (ex->resp_state == RESP_BODY && !ex->tunnel)
-        stat_inc(&ex->route.cluster->stats.upstream_rq_rx_reset);
-    end_upstream(ex, 0);
+    if (ex->resp_state == RESP_BODY)
+        stat_inc(&cstats(ex)->upstream_rq_rx_reset);
+    drop_upstream(ex);
     if (ex->resp_state != RESP_WAITING) {
         /* Mid-response: the client must see a broken message, never a complete one. */
-        if (!ex->tunnel)
-            log_warn("upstream %s: %s mid-response; closing the client connection",
-                     ex->endpoint.name, err_str(err));
-        if (ex->resp_out == BODY_UNTIL_CLOSE)
-            downstream_abort(ds); /* a reset, since a clean close would mark the end */
-        else
-            downstream_finish(ds);
+        log_warn("upstream %s: %s mid-response; closing the client connection", ex->endpoint.name,
+                 err_str(err));
+        exchange_end(ex, 1);
         return;
     }
     if (err == ERR_BAD_RESPONSE) {
-        fwd_local_reply(ex, 502, "upstream sent an invalid response\n", 0);
+        local_reply(ex, 502, "upstream sent an invalid response\n");
     } else if (!connected) {
-        fwd_local_reply(ex, 503, "upstream connect error\n", 0);
+        log_warn("upstream %s: connect failed: %s", ex->endpoint.name, err_str(err));
+        local_reply(ex, 503, "upstream connect error\n");
     } else {
         log_warn("upstream %s: %s before the response", ex->endpoint.name, err_str(err));
-        fwd_local_reply(ex, 503, "upstream reset before response headers\n", 0);
+        local_reply(ex, 503, "upstream reset before response headers\n");
     }
-}
-
-void fwd_client_gone(exchange_t *ex)
-{
-    log_debug("downstream %s: client went away", ex->ds->client_ip);
-    downstream_abort(ex->ds); /* frees the exchange, which aborts the upstream request */
 }
 
 static void give_up(exchange_t *ex)
 {
     if (ex->resp_state == RESP_WAITING) {
-        fwd_local_reply(ex, 504, "upstream request timeout\n", 0);
+        local_reply(ex, 504, "upstream request timeout\n");
         return;
     }
-    end_upstream(ex, 0);
-    if (ex->resp_out == BODY_UNTIL_CLOSE)
-        downstream_abort(ex->ds);
-    else
-        downstream_finish(ex->ds);
+    drop_upstream(ex);
+    exchange_end(ex, 1);
 }
 
-void fwd_timeout(exchange_t *ex)
+static void request_timeout(exchange_t *ex)
 {
     report(ex, 504);
-    stat_inc(&http_stats(ex)->downstream_rq_timeout);
-    stat_inc(&ex->route.cluster->stats.upstream_rq_timeout);
+    stat_inc(&exchange_http_stats(ex)->downstream_rq_timeout);
+    stat_inc(&cstats(ex)->upstream_rq_timeout);
     log_warn("upstream %s: no complete response within %" PRIu64 " ms", ex->endpoint.name,
              ex->route.timeout_ms);
     give_up(ex);
 }
 
-void fwd_try_timeout(exchange_t *ex)
+static void try_timeout(exchange_t *ex)
 {
     report(ex, 504);
-    stat_inc(&ex->route.cluster->stats.upstream_rq_per_try_timeout);
+    stat_inc(&cstats(ex)->upstream_rq_per_try_timeout);
     if (retry(ex, RETRY_PER_TRY_TIMEOUT))
         return;
-    stat_inc(&http_stats(ex)->downstream_rq_timeout);
+    stat_inc(&exchange_http_stats(ex)->downstream_rq_timeout);
     log_warn("upstream %s: no response within the per-try timeout of %" PRIu64 " ms",
              ex->endpoint.name, ex->route.retry.per_try_ms);
     give_up(ex);
+}
+
+/* The client stalled mid-body: as Envoy's stream idle timeout, 408 if we can. */
+static void idle_timeout(exchange_t *ex)
+{
+    stat_inc(&exchange_http_stats(ex)->downstream_cx_idle_timeout);
+    if (ex->resp_state == RESP_WAITING)
+        local_reply(ex, 408, "request timeout: the request body stalled\n");
+    else
+        exchange_end(ex, 1);
+}
+
+void fwd_timer(exchange_t *ex, uint64_t now)
+{
+    if (ex->idle_deadline && now >= ex->idle_deadline) {
+        idle_timeout(ex);
+    } else if (ex->try_deadline && now >= ex->try_deadline) {
+        ex->try_deadline = 0;
+        try_timeout(ex);
+    } else if (ex->request_deadline && now >= ex->request_deadline) {
+        request_timeout(ex);
+    } else {
+        exchange_set_timer(ex); /* fired early: a deadline moved later */
+    }
+}
+
+/* ---- the end, as traces see it ---- */
+
+void fwd_finish(exchange_t *ex)
+{
+    if (!ex->trace)
+        return;
+    const head_t *h = ex->req;
+    int i = head_find_id(h, F_HOST, 0), ua = head_find_id(h, F_USER_AGENT, 0);
+    int xff = head_find_id(h, F_X_FORWARDED_FOR, 0);
+    size_t ip_len = 0;
+    char ip[64];
+    if (xff >= 0) { /* the first address of the chain, as the SDKs take it */
+        const char *v = field_value(h, (unsigned)xff);
+        ip_len = strcspn(v, ",");
+        const char *t = trim_ows(v, &ip_len);
+        snprintf(ip, sizeof ip, "%.*s", (int)ip_len, t);
+    }
+    xray_request_t r = {
+        .method = http_method_name(h->method),
+        .host = i >= 0 ? field_value(h, (unsigned)i) : "",
+        .host_len = i >= 0 ? h->fields[i].value_len : 0,
+        .path = ex->target ? ex->target : "",
+        .path_len = ex->target ? ex->path_len : 0,
+        .query = ex->target && ex->target_len > ex->path_len ? ex->target + ex->path_len + 1 : NULL,
+        .query_len = ex->target_len > ex->path_len ? ex->target_len - ex->path_len - 1 : 0,
+        .user_agent = ua >= 0 ? field_value(h, (unsigned)ua) : NULL,
+        .user_agent_len = ua >= 0 ? h->fields[ua].value_len : 0,
+        .client_ip = xff >= 0 && ip_len ? ip : ex->peer,
+        .client_ip_from_xff = xff >= 0 && ip_len,
+        .service = ex->route.service ? ex->route.service : "passthrough",
+        .status = ex->status,
+        .content_length = ex->resp_state == RESP_DONE ? (int64_t)ex->resp_bytes : -1,
+    };
+    xray_finish(ex->w->srv->xray, &ex->w->xray, ex->trace, &r);
+    ex->trace = NULL;
 }

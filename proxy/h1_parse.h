@@ -56,12 +56,13 @@ enum h1_event { H1_NEED_MORE, H1_HEAD, H1_DATA, H1_END, H1_ERROR };
 enum h1_body { H1_BODY_NONE, H1_BODY_LENGTH, H1_BODY_CHUNKED, H1_BODY_UNTIL_CLOSE };
 
 /* Facts about the current message, set when its head is complete. */
-#define H1F_CLOSE     0x01 /* the connection ends after this message (Connection: close, 1.0
-                              without keep-alive, or framing that forces it) */
-#define H1F_UPGRADE   0x02 /* request: Connection names upgrade and Upgrade is present */
-#define H1F_CONTINUE  0x04 /* request: HTTP/1.1 with Expect: 100-continue */
-#define H1F_CODINGS   0x08 /* Transfer-Encoding has codings before chunked (kept in the head) */
-#define H1F_TRAILERS  0x10 /* a chunked message ended with trailer fields */
+#define H1F_CLOSE                                                                                  \
+    0x01                  /* the connection ends after this message (Connection: close, 1.0        \
+                             without keep-alive, or framing that forces it) */
+#define H1F_UPGRADE  0x02 /* request: Connection names upgrade and Upgrade is present */
+#define H1F_CONTINUE 0x04 /* request: HTTP/1.1 with Expect: 100-continue */
+#define H1F_CODINGS  0x08 /* Transfer-Encoding has codings before chunked (kept in the head) */
+#define H1F_TRAILERS 0x10 /* a chunked message ended with trailer fields */
 
 typedef struct h1_ev {
     enum h1_event type;
@@ -72,11 +73,11 @@ typedef struct h1_ev {
 
 typedef struct h1_parser {
     enum h1_kind kind;
-    head_t *head;     /* where the head goes; the caller owns it (and may swap it out) */
-    head_t *trailers; /* where trailers go; NULL drops them */
+    head_t *head;           /* where the head goes; the caller owns it (and may swap it out) */
+    head_t *trailers;       /* where trailers go; NULL drops them */
     uint8_t request_method; /* responses: the method of the request being answered */
     enum h1_body body;
-    unsigned flags;         /* H1F_* of the current message */
+    unsigned flags;          /* H1F_* of the current message */
     uint64_t content_length; /* H1_BODY_LENGTH: as declared */
     const char *reason;      /* H1_ERROR: a short, static description */
     /* Private: the parser's state. */

@@ -18,6 +18,10 @@
 
 #define HEAD_MAX_FIELDS 100
 #define HEAD_MAX_BYTES  (64 * 1024)
+/* What a head may hold: a received one within the caps above (the parser enforces them), plus
+ * the fields remora adds when it forwards it (X-Forwarded-*, X-Request-Id, trace, Host). */
+#define HEAD_STORE_FIELDS (HEAD_MAX_FIELDS + 16)
+#define HEAD_STORE_BYTES  (HEAD_MAX_BYTES + 8 * 1024)
 
 /* The field names remora acts on, recognized once when a field is added (field_classify). */
 enum field_id {
@@ -45,7 +49,8 @@ typedef struct field {
     uint32_t name, name_len;   /* offset into bytes; the name as received (any case) */
     uint32_t value, value_len; /* offset into bytes; surrounding whitespace already removed */
     uint8_t id;                /* enum field_id */
-    uint8_t hop;               /* not forwarded (set by the header policy, headers.c) */
+    uint8_t hop;               /* not forwarded: the RFC 9110 §7.6.1 names when added (see
+                                  field_classify); the header policy, headers.c, adds more */
 } field_t;
 
 typedef struct head {
@@ -65,6 +70,15 @@ typedef struct head {
     uint8_t major, minor; /* the version it was received with (1.0, 1.1; 2.0 for h2) */
 } head_t;
 
+struct loop;
+
+/* A head from the loop's free list (storage kept from earlier messages), or a new one; NULL
+ * when memory is exhausted. head_give returns it (emptied). */
+head_t *head_take(struct loop *l);
+void head_give(struct loop *l, head_t *h);
+/* At exit: free the loop's kept heads. */
+void head_pool_free(struct loop *l);
+
 void head_init(head_t *h);
 /* Empty the head for the next message; the storage is kept. */
 void head_reset(head_t *h);
@@ -75,9 +89,16 @@ void head_swap(head_t *a, head_t *b);
 /* Append n bytes plus a NUL to the storage without touching the wire count; returns the offset
  * of the copy, or a negative ERR_TOO_LARGE / UV_ENOMEM. For codecs that build heads. */
 int64_t head_store(head_t *h, const char *p, size_t n);
-/* Add a field (name and value copied; value already trimmed). Returns 0 or ERR_TOO_LARGE. */
+/* Add a field (name and value copied; value already trimmed). Returns 0, ERR_TOO_LARGE or
+ * UV_ENOMEM. */
 int head_add_field(head_t *h, const char *name, size_t name_len, const char *value,
                    size_t value_len);
+
+/* Add a field whose name and value are already in the storage (offsets of NUL-terminated
+ * pieces; value already trimmed), for codecs that parse a head in place. Counts the wire bytes
+ * like head_add_field. Returns 0, ERR_TOO_LARGE or UV_ENOMEM. */
+int head_add_stored(head_t *h, uint32_t name, uint32_t name_len, uint32_t value,
+                    uint32_t value_len);
 
 static inline const char *head_str(const head_t *h, uint32_t off)
 {

@@ -3,125 +3,282 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "discovery/cluster.h"
-#include "proxy/upstream.h"
-#include "proxy/worker.h"
+#include "proxy/h1_client.h"
 
-static unsigned hash(const cluster_t *cl, const endpoint_t *ep)
+struct pool {
+    pool_t *next;      /* hash chain */
+    pool_t *idle_next; /* the table's with_idle list */
+    pool_table_t *table;
+    cluster_t *cluster;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    h1_client_t *idle; /* most recently released first */
+    unsigned nidle, nconns;
+    unsigned listed : 1; /* on with_idle */
+};
+
+void pool_table_init(pool_table_t *t, loop_t *l)
+{
+    memset(t, 0, sizeof *t);
+    t->loop = l;
+}
+
+static unsigned hash(const cluster_t *cl, const struct sockaddr_storage *a, socklen_t n)
 {
     /* FNV-1a over the address bytes and the cluster pointer. */
     uint64_t h = 1469598103934665603ull ^ (uint64_t)(uintptr_t)cl;
-    const unsigned char *p = (const unsigned char *)&ep->addr;
-    for (socklen_t i = 0; i < ep->addrlen; i++)
+    const unsigned char *p = (const unsigned char *)a;
+    for (socklen_t i = 0; i < n; i++)
         h = (h ^ p[i]) * 1099511628211ull;
     return (unsigned)(h % POOL_BUCKETS);
 }
 
-pool_t *pool_get(worker_t *w, cluster_t *cl, const endpoint_t *ep)
+static pool_t *find(pool_table_t *t, cluster_t *cl, const endpoint_t *ep, int create)
 {
-    pool_t **bucket = &w->pools.buckets[hash(cl, ep)];
+    pool_t **bucket = &t->buckets[hash(cl, &ep->addr, ep->addrlen)];
     for (pool_t *p = *bucket; p; p = p->next)
         if (p->cluster == cl && p->addrlen == ep->addrlen &&
             memcmp(&p->addr, &ep->addr, p->addrlen) == 0)
             return p;
+    if (!create)
+        return NULL;
     pool_t *p = calloc(1, sizeof *p);
     if (!p)
         return NULL;
-    p->worker = w;
+    p->table = t;
     p->cluster = cl;
     memcpy(&p->addr, &ep->addr, ep->addrlen);
     p->addrlen = ep->addrlen;
-    memcpy(p->name, ep->name, sizeof p->name);
     p->next = *bucket;
     *bucket = p;
+    t->npools++;
     return p;
 }
 
-void pool_unlink_idle(upstream_t *up)
+static void unlist(pool_t *p)
 {
-    pool_t *p = up->pool;
-    if (up->idle_prev)
-        up->idle_prev->idle_next = up->idle_next;
-    else
-        p->idle = up->idle_next;
-    if (up->idle_next)
-        up->idle_next->idle_prev = up->idle_prev;
-    up->idle_next = up->idle_prev = NULL;
-    p->nidle--;
+    if (!p->listed)
+        return;
+    pool_t **pp = &p->table->with_idle;
+    while (*pp != p)
+        pp = &(*pp)->idle_next;
+    *pp = p->idle_next;
+    p->listed = 0;
 }
 
-upstream_t *pool_acquire(pool_t *p, int fresh, int *reused, int *err)
+/* An entry with no connection left is freed. */
+static void maybe_free(pool_t *p)
 {
-    while (p->idle && !fresh) {
-        upstream_t *up = p->idle;
-        pool_unlink_idle(up);
-        up->state = UP_ACTIVE;
-        if (up->c.closing || up->c.write_failed) {
-            upstream_abort(up);
-            continue;
+    if (p->nconns > 0)
+        return;
+    pool_table_t *t = p->table;
+    unlist(p);
+    pool_t **pp = &t->buckets[hash(p->cluster, &p->addr, p->addrlen)];
+    while (*pp != p)
+        pp = &(*pp)->next;
+    *pp = p->next;
+    t->npools--;
+    free(p);
+}
+
+static void unlink_idle(pool_t *p, h1_client_t *h)
+{
+    for (h1_client_t **pp = &p->idle; *pp; pp = h1_client_idle_link(*pp)) {
+        if (*pp == h) {
+            *pp = *h1_client_idle_link(h);
+            *h1_client_idle_link(h) = NULL;
+            p->nidle--;
+            break;
         }
-        *reused = 1;
-        stat_inc(&p->cluster->stats.upstream_cx_pool_reuse);
-        return up;
     }
-    *reused = 0;
-    return upstream_connect(p, err);
+    if (!p->idle)
+        unlist(p);
 }
 
 static int still_member(const pool_t *p)
 {
-    const endpoint_set_t *s = atomic_load_explicit(&p->cluster->set, memory_order_acquire);
     if (!p->cluster->node)
         return 1; /* the local app and passthrough destinations are not discovered */
+    const endpoint_set_t *s = atomic_load_explicit(&p->cluster->set, memory_order_acquire);
     for (unsigned i = 0; s && i < s->n; i++)
         if (s->eps[i].addrlen == p->addrlen && memcmp(&s->eps[i].addr, &p->addr, p->addrlen) == 0)
             return 1;
     return 0;
 }
 
-void pool_release(upstream_t *up)
+static void on_idle(void *owner, h1_client_t *h)
 {
-    pool_t *p = up->pool;
-    if (!up->keep_alive || !up->connected || up->c.closing || up->c.write_failed ||
-        p->nidle >= POOL_IDLE_MAX || p->worker->draining || !still_member(p)) {
-        upstream_abort(up);
+    pool_t *p = owner;
+    if (p->nidle >= POOL_IDLE_MAX || !still_member(p)) {
+        h1_client_close(h);
         return;
     }
-    upstream_park(up);
-    up->idle_prev = NULL;
-    up->idle_next = p->idle;
-    if (p->idle)
-        p->idle->idle_prev = up;
-    p->idle = up;
+    h1_client_park(h, POOL_IDLE_TIMEOUT);
+    *h1_client_idle_link(h) = p->idle;
+    p->idle = h;
     p->nidle++;
+    if (!p->listed) {
+        p->listed = 1;
+        p->idle_next = p->table->with_idle;
+        p->table->with_idle = p;
+    }
 }
+
+static void on_gone(void *owner, h1_client_t *h)
+{
+    pool_t *p = owner;
+    unlink_idle(p, h);
+    p->nconns--;
+    stat_dec(&p->cluster->stats.upstream_cx_active);
+    maybe_free(p);
+}
+
+static const h1_client_owner_t client_owner = {.on_idle = on_idle, .on_gone = on_gone};
+
+client_stream_t *pool_stream(pool_table_t *t, cluster_t *cl, const endpoint_t *ep, int fresh,
+                             const stream_events_t *ev, void *ctx)
+{
+    pool_t *p = find(t, cl, ep, 1);
+    if (!p)
+        return NULL;
+    while (p->idle && !fresh) {
+        h1_client_t *h = p->idle;
+        unlink_idle(p, h);
+        if (!h1_client_usable(h)) {
+            h1_client_close(h);
+            continue;
+        }
+        stat_inc(&cl->stats.upstream_cx_pool_reuse);
+        return h1_client_stream(h, ev, ctx);
+    }
+    h1_client_t *h =
+        h1_client_connect(t->loop, (const struct sockaddr *)&p->addr, &cl->stats, &client_owner, p);
+    if (!h) {
+        maybe_free(p);
+        return NULL;
+    }
+    p->nconns++;
+    stat_inc(&cl->stats.upstream_cx_active);
+    return h1_client_stream(h, ev, ctx);
+}
+
+/* ---- admission ---- */
+
+static void admitted_later(deferred_t *d)
+{
+    pool_wait_t *w = (pool_wait_t *)(void *)((char *)d - offsetof(pool_wait_t, later));
+    w->cb(w, w->result);
+}
+
+static void answer(pool_table_t *t, pool_wait_t *w, int result)
+{
+    w->result = result;
+    w->later.fn = admitted_later;
+    loop_defer(t->loop, &w->later);
+}
+
+static void enqueue(pool_table_t *t, pool_wait_t *w)
+{
+    w->queued = 1;
+    w->next = NULL;
+    w->prev = t->wait_tail;
+    if (t->wait_tail)
+        t->wait_tail->next = w;
+    else
+        t->wait_head = w;
+    t->wait_tail = w;
+    stat_inc(&w->cluster->stats.upstream_rq_pending_total);
+    stat_inc(&w->cluster->stats.upstream_rq_pending_active);
+}
+
+static void dequeue(pool_table_t *t, pool_wait_t *w)
+{
+    if (!w->queued)
+        return;
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        t->wait_head = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        t->wait_tail = w->prev;
+    w->queued = 0;
+    atomic_fetch_sub(&w->cluster->pending_requests, 1);
+    stat_dec(&w->cluster->stats.upstream_rq_pending_active);
+}
+
+int pool_admit(pool_table_t *t, pool_wait_t *w)
+{
+    cluster_t *c = w->cluster;
+    if (cluster_slot_take(c, w->max_requests)) {
+        w->admitted = 1;
+        return 1;
+    }
+    unsigned pending = atomic_fetch_add(&c->pending_requests, 1);
+    if (w->max_pending && pending >= w->max_pending) {
+        atomic_fetch_sub(&c->pending_requests, 1);
+        stat_inc(&c->stats.upstream_rq_pending_overflow);
+        answer(t, w, POOL_FULL);
+        return 0;
+    }
+    enqueue(t, w);
+    return 0;
+}
+
+void pool_done(pool_table_t *t, pool_wait_t *w)
+{
+    dequeue(t, w);
+    if (!w->admitted)
+        return;
+    w->admitted = 0;
+    cluster_slot_release(w->cluster);
+    if (atomic_load(&w->cluster->pending_requests) > 0 && t->wake_all)
+        t->wake_all(t->wake_ctx); /* a request may be waiting on any worker */
+}
+
+void pool_admit_waiting(pool_table_t *t)
+{
+    pool_wait_t *next;
+    for (pool_wait_t *w = t->wait_head; w; w = next) {
+        next = w->next;
+        if (!cluster_slot_take(w->cluster, w->max_requests))
+            continue; /* another cluster's waiter further on may fit */
+        dequeue(t, w);
+        w->admitted = 1;
+        answer(t, w, POOL_GO);
+    }
+}
+
+/* ---- idle connections ---- */
 
 void pool_close_departed(pool_table_t *t)
 {
-    for (unsigned i = 0; i < POOL_BUCKETS; i++)
-        for (pool_t *p = t->buckets[i]; p; p = p->next)
-            if (p->idle && !still_member(p))
-                while (p->idle)
-                    upstream_abort(p->idle);
+    pool_t *next;
+    for (pool_t *p = t->with_idle; p; p = next) {
+        next = p->idle_next;
+        if (still_member(p))
+            continue;
+        for (unsigned n = p->nidle; n > 0; n--) /* the last close may free p */
+            h1_client_close(p->idle);
+    }
 }
 
 void pool_close_idle(pool_table_t *t)
 {
-    for (unsigned i = 0; i < POOL_BUCKETS; i++)
-        for (pool_t *p = t->buckets[i]; p; p = p->next)
-            while (p->idle)
-                upstream_abort(p->idle);
+    while (t->with_idle) {
+        pool_t *p = t->with_idle;
+        unsigned n = p->nidle;
+        if (n == 0) { /* cannot happen: an entry is listed while it has idle ones */
+            unlist(p);
+            continue;
+        }
+        while (n-- > 0) /* the last close may free p */
+            h1_client_close(p->idle);
+    }
 }
 
-void pool_table_free(pool_table_t *t)
+int pool_table_empty(const pool_table_t *t)
 {
-    for (unsigned i = 0; i < POOL_BUCKETS; i++) {
-        pool_t *p = t->buckets[i];
-        while (p) {
-            pool_t *next = p->next;
-            free(p);
-            p = next;
-        }
-        t->buckets[i] = NULL;
-    }
+    return t->npools == 0;
 }

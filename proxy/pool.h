@@ -1,55 +1,75 @@
-/* Keep-alive pools of upstream connections: one pool per (cluster, endpoint) per worker.
+/* Upstream connection pools: hand out client streams for (cluster, endpoint), one table per
+ * worker, and admit requests under the connection-pool limits their route table snapshot
+ * carries.
  *
- * An idle connection keeps reading, so an upstream that closes it (or sends stray bytes) is
- * noticed at once and the connection leaves the pool; a request is never written to a
- * connection known to be closed. Idle connections are reused most-recent first (warm sockets,
- * and the cold ones age out through the idle timeout). */
+ * Streams: an idle connection (most recently used first: warm sockets, while the cold ones age
+ * out) or a new one. HTTP/1 carries one stream per connection; idle ones are kept up to
+ * POOL_IDLE_MAX per endpoint for POOL_IDLE_TIMEOUT. An entry with no connection left is freed.
+ * Failures always arrive later, through the stream's on_error, never from inside the call.
+ *
+ * Admission (App Mesh's listener connectionPool, ingress): at most max_requests requests in
+ * flight across workers, up to max_pending more wait in a per-worker queue, in order; beyond
+ * that the request is refused (503, as Envoy's circuit breaker). The counts live in the
+ * long-lived cluster; the limits come with each request. */
 #ifndef REMORA_POOL_H
 #define REMORA_POOL_H
 
-#include <netinet/in.h>
 #include <stdint.h>
+
+#include "discovery/cluster.h"
+#include "proxy/loop.h"
+#include "proxy/stream.h"
 
 #define POOL_IDLE_MAX     256   /* idle connections kept per endpoint per worker */
 #define POOL_IDLE_TIMEOUT 60000 /* ms an idle upstream connection is kept */
 #define POOL_BUCKETS      64
 
-struct cluster;
-struct endpoint;
-struct upstream;
-struct worker;
-
-typedef struct pool {
-    struct pool *next; /* hash chain */
-    struct worker *worker;
-    struct cluster *cluster;
-    struct sockaddr_storage addr;
-    unsigned addrlen;
-    char name[64];
-    struct upstream *idle; /* most recently released first */
-    unsigned nidle;
-    unsigned nactive;
-} pool_t;
+typedef struct pool pool_t;
 
 typedef struct pool_table {
+    loop_t *loop;
     pool_t *buckets[POOL_BUCKETS];
+    pool_t *with_idle; /* entries that hold idle connections (checked after discovery) */
+    struct pool_wait *wait_head, *wait_tail;
+    unsigned npools;
+    /* A slot was freed while requests wait: wake every worker (they may wait anywhere). */
+    void (*wake_all)(void *ctx);
+    void *wake_ctx;
 } pool_table_t;
 
-/* The pool for an endpoint of a cluster, created on first use. NULL only on allocation failure. */
-pool_t *pool_get(struct worker *w, struct cluster *cl, const struct endpoint *ep);
-/* An upstream connection from the pool: an idle one (*reused = 1) unless `fresh`, or a new one
- * that is connecting (writes queue until it is up). NULL only on allocation or socket failure,
- * with *err set. The caller owns the connection until pool_release() or upstream_abort(). */
-struct upstream *pool_acquire(pool_t *p, int fresh, int *reused, int *err);
-/* Return a connection whose exchange finished cleanly; it is kept idle or closed. */
-void pool_release(struct upstream *up);
-/* Take an idle connection out of the idle list (it is closing). */
-void pool_unlink_idle(struct upstream *up);
-/* Close idle connections to endpoints no longer in their cluster's set (discovery removed
- * them); busy ones finish their exchange and are not pooled again. */
+/* A request's place in the admission queue; embedded in the exchange. */
+typedef struct pool_wait {
+    struct pool_wait *prev, *next;
+    deferred_t later;
+    cluster_t *cluster;
+    uint32_t max_requests, max_pending;
+    /* Admitted (POOL_GO) or refused (POOL_FULL); always from a later loop pass. */
+    void (*cb)(struct pool_wait *w, int result);
+    int result;
+    unsigned queued : 1;
+    unsigned admitted : 1; /* holds a slot: pool_done gives it back */
+} pool_wait_t;
+
+enum { POOL_GO, POOL_FULL };
+
+void pool_table_init(pool_table_t *t, loop_t *l);
+/* A stream to `ep` of `cl` reporting to (ev, ctx); `fresh` skips idle connections. NULL only
+ * when memory is exhausted. */
+client_stream_t *pool_stream(pool_table_t *t, cluster_t *cl, const endpoint_t *ep, int fresh,
+                             const stream_events_t *ev, void *ctx);
+
+/* Admission: 1 when a slot was taken at once; 0 when the answer comes through w->cb. */
+int pool_admit(pool_table_t *t, pool_wait_t *w);
+/* Leave the queue, or give back the slot held. Idempotent. */
+void pool_done(pool_table_t *t, pool_wait_t *w);
+/* Admit waiting requests while slots last (a slot freed, on any worker). */
+void pool_admit_waiting(pool_table_t *t);
+
+/* Close idle connections to endpoints discovery removed; busy ones are not pooled again. */
 void pool_close_departed(pool_table_t *t);
 /* Close every idle connection (drain, shutdown). */
 void pool_close_idle(pool_table_t *t);
-void pool_table_free(pool_table_t *t);
+/* Whether any entry is left (connections open). */
+int pool_table_empty(const pool_table_t *t);
 
 #endif

@@ -2,6 +2,8 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/netfilter_ipv4.h>
+#include <linux/netfilter_ipv6/ip6_tables.h>
 #include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,42 +11,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "proxy/downstream.h"
-#include "proxy/forward.h"
 #include "base/log.h"
+#include "proxy/exchange.h"
 #include "proxy/server.h"
 
-#define WREQ_KEEP 256 /* free write requests a worker keeps */
-
-wreq_t *worker_wreq_get(worker_t *w)
-{
-    wreq_t *r = w->free_wreqs;
-    if (r) {
-        w->free_wreqs = r->next_free;
-        w->nfree_wreqs--;
-    } else {
-        r = malloc(sizeof *r);
-        if (!r)
-            return NULL;
-    }
-    r->n = 0;
-    r->scratch_used = 0;
-    r->bytes = 0;
-    return r;
-}
-
-void worker_wreq_put(worker_t *w, wreq_t *r)
-{
-    if (w->nfree_wreqs >= WREQ_KEEP) {
-        free(r);
-        return;
-    }
-    r->next_free = w->free_wreqs;
-    w->free_wreqs = r;
-    w->nfree_wreqs++;
-}
-
-uint64_t worker_random(worker_t *w)
+static uint64_t worker_random(worker_t *w)
 {
     /* xorshift64* */
     uint64_t x = w->rng;
@@ -55,27 +26,104 @@ uint64_t worker_random(worker_t *w)
     return x * 0x2545f4914f6cdd1dull;
 }
 
-static void on_flush_prepare(uv_prepare_t *h)
+/* Two hex digits per byte, for request ids. */
+static void hex_bytes(const unsigned char *in, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
+    }
+}
+
+void worker_request_id(worker_t *w, char out[37])
+{
+    /* RFC 9562 version 4: xxxxxxxx-xxxx-4xxx-Nxxx-xxxxxxxxxxxx (N is 8, 9, a or b). */
+    uint64_t r[2] = {worker_random(w), worker_random(w)};
+    unsigned char b[16];
+    memcpy(b, r, sizeof b);
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    hex_bytes(b, 4, out);
+    out[8] = '-';
+    hex_bytes(b + 4, 2, out + 9);
+    out[13] = '-';
+    hex_bytes(b + 6, 2, out + 14);
+    out[18] = '-';
+    hex_bytes(b + 8, 2, out + 19);
+    out[23] = '-';
+    hex_bytes(b + 10, 6, out + 24);
+    out[36] = '\0';
+}
+
+static void on_prepare(uv_prepare_t *h)
 {
     worker_t *w = h->data;
-    conn_flush_dirty(w);
+    loop_pass(&w->loop);
     qsbr_quiescent(&w->srv->qsbr, w->id); /* no endpoint set is held across iterations */
 }
 
-static void on_flush_check(uv_check_t *h)
+static void on_check(uv_check_t *h)
 {
-    conn_flush_dirty(h->data);
+    worker_t *w = h->data;
+    loop_pass(&w->loop);
+}
+
+/* ---- accepting ---- */
+
+/* Where the app meant to connect before iptables REDIRECT sent it here (SO_ORIGINAL_DST).
+ * A connection made straight to the listener has none. */
+static int original_destination(conn_t *c, uint16_t egress_port, struct sockaddr_storage *ss)
+{
+    uv_os_fd_t fd;
+    socklen_t len = sizeof *ss;
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0)
+        return 0;
+    if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, ss, &len) != 0) {
+        len = sizeof *ss;
+        if (getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, ss, &len) != 0)
+            return 0;
+    }
+    uint16_t port = ss->ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)ss)->sin6_port)
+                                              : ntohs(((struct sockaddr_in *)ss)->sin_port);
+    return port != egress_port; /* not redirected: the "original" is the listener itself */
 }
 
 static void on_connection(uv_stream_t *server, int status)
 {
     listener_t *l = server->data;
+    worker_t *w = l->w;
     if (status < 0) {
         log_warn("accept on %s listener: %s", l->kind == LISTENER_INGRESS ? "ingress" : "egress",
                  uv_strerror(status));
         return;
     }
-    downstream_accept(l);
+    conn_t *c = conn_new(&w->loop);
+    if (!c)
+        return;
+    if (conn_accept(c, server) != 0) {
+        conn_close(c);
+        return;
+    }
+    struct sockaddr_storage dst;
+    int redirected =
+        l->kind == LISTENER_EGRESS && original_destination(c, w->srv->set.egress_port, &dst);
+    h1_server_start(&l->h1, c, redirected ? (struct sockaddr *)&dst : NULL);
+}
+
+static uint64_t ingress_idle_ms(worker_t *w)
+{
+    route_result_t r;
+    route_ingress(w->routes, &r);
+    return r.idle_ms;
+}
+
+static void maybe_finish(worker_t *w);
+
+static void on_conn_closed(void *owner)
+{
+    listener_t *l = owner;
+    maybe_finish(l->w);
 }
 
 /* A listening socket of our own so that SO_REUSEPORT is set before bind (libuv 1.44 has no flag
@@ -95,9 +143,19 @@ static int listener_open(worker_t *w, listener_t *l, enum listener_kind kind, ui
         close(fd);
         return err;
     }
+    server_t *s = w->srv;
     l->w = w;
     l->kind = kind;
-    uv_tcp_init(&w->loop, &l->tcp);
+    l->h1 = (h1_server_config_t){
+        .loop = &w->loop,
+        .handler = &exchange_handler,
+        .owner = l,
+        .stats = kind == LISTENER_INGRESS ? &s->ingress_stats : &s->egress_stats,
+        .header_timeout_ms = s->set.header_timeout_ms,
+        .idle_ms = kind == LISTENER_INGRESS ? ingress_idle_ms(w) : ROUTE_DEFAULT_IDLE_MS,
+        .on_closed = on_conn_closed,
+    };
+    uv_tcp_init(&w->loop.uv, &l->tcp);
     l->tcp.data = l;
     int err = uv_tcp_open(&l->tcp, fd);
     if (err == 0)
@@ -118,16 +176,54 @@ static void listener_close(listener_t *l)
     uv_close((uv_handle_t *)&l->tcp, NULL);
 }
 
-/* Once draining and every client connection is gone, release what is left and let the loop
- * end. */
+/* ---- tunnels ---- */
+
+static void on_tunnel_closed(void *ctx)
+{
+    tunnel_t *t = ctx;
+    worker_t *w = t->w;
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        w->tunnels = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    w->ntunnels--;
+    free(t);
+    maybe_finish(w);
+}
+
+void worker_start_relay(worker_t *w, conn_t *client, buf_t *cb, const char *cp, size_t cn,
+                        conn_t *upstream, buf_t *ub, const char *up, size_t un, uint64_t idle_ms)
+{
+    tunnel_t *t = calloc(1, sizeof *t);
+    if (!t) {
+        relay_start(client, cb, cp, cn, upstream, ub, up, un, idle_ms, NULL);
+        return;
+    }
+    t->w = w;
+    t->owner = (relay_owner_t){.on_closed = on_tunnel_closed, .ctx = t};
+    t->next = w->tunnels;
+    if (w->tunnels)
+        w->tunnels->prev = t;
+    w->tunnels = t;
+    w->ntunnels++;
+    t->relay = relay_start(client, cb, cp, cn, upstream, ub, up, un, idle_ms, &t->owner);
+}
+
+/* ---- draining and the end ---- */
+
+/* Once draining and every client connection and tunnel is gone, release what is left and let
+ * the loop end. */
 static void maybe_finish(worker_t *w)
 {
-    if (!w->draining || w->ndownstreams > 0)
+    if (!w->draining || w->ingress.h1.nconns > 0 || w->egress.h1.nconns > 0 || w->ntunnels > 0)
         return;
     pool_close_idle(&w->pools);
     if (uv_is_closing((uv_handle_t *)&w->wake))
         return;
     /* Connections close their own handles; these are the worker's. */
+    exchange_close_kept(w);
     uv_close((uv_handle_t *)&w->wake, NULL);
     uv_close((uv_handle_t *)&w->prepare, NULL);
     uv_close((uv_handle_t *)&w->check, NULL);
@@ -140,8 +236,9 @@ static void adopt_routes(worker_t *w)
     if (!next)
         return;
     route_table_t *old = w->routes;
-    w->routes = next; /* requests already routed keep what they copied */
+    w->routes = next; /* requests already routed keep their own reference */
     route_table_unref(old);
+    w->ingress.h1.idle_ms = ingress_idle_ms(w);
 }
 
 void worker_publish(worker_t *w, route_table_t *rt)
@@ -156,7 +253,7 @@ static void on_wake(uv_async_t *h)
     worker_t *w = h->data;
     adopt_routes(w);
     pool_close_departed(&w->pools);
-    fwd_start_waiting(w);
+    exchange_admit_waiting(w);
     enum server_state st = server_state(w->srv);
     if (st == SERVER_DRAINING || st == SERVER_STOPPED) {
         if (!w->draining) {
@@ -164,15 +261,15 @@ static void on_wake(uv_async_t *h)
             listener_close(&w->ingress);
             listener_close(&w->egress);
         }
-        downstream_drain_all(w);
-        if (st == SERVER_STOPPED)
-            downstream_abort_all(w);
+        h1_server_drain(&w->ingress.h1);
+        h1_server_drain(&w->egress.h1);
+        if (st == SERVER_STOPPED) {
+            h1_server_abort_all(&w->ingress.h1);
+            h1_server_abort_all(&w->egress.h1);
+            for (tunnel_t *t = w->tunnels; t; t = t->next)
+                relay_abort(t->relay);
+        }
     }
-    maybe_finish(w);
-}
-
-void worker_downstream_closed(worker_t *w)
-{
     maybe_finish(w);
 }
 
@@ -187,6 +284,11 @@ static void on_housekeeping(uv_timer_t *t)
     malloc_trim(64 * 1024);
 }
 
+static void wake_all(void *ctx)
+{
+    server_wake_workers(ctx);
+}
+
 int worker_init(worker_t *w, server_t *srv, unsigned id)
 {
     memset(w, 0, sizeof *w);
@@ -196,20 +298,23 @@ int worker_init(worker_t *w, server_t *srv, unsigned id)
     if (getrandom(&w->rng, sizeof w->rng, 0) != sizeof w->rng || w->rng == 0)
         w->rng = uv_hrtime() | 1;
     w->xray.fd = -1;
-    int err = uv_loop_init(&w->loop);
+    int err = loop_init(&w->loop, w);
     if (err < 0)
         return err;
+    pool_table_init(&w->pools, &w->loop);
+    w->pools.wake_all = wake_all;
+    w->pools.wake_ctx = srv;
     if (srv->xray && (err = xray_emitter_open(srv->xray, &w->xray)) < 0)
         return err;
-    uv_async_init(&w->loop, &w->wake, on_wake);
+    uv_async_init(&w->loop.uv, &w->wake, on_wake);
     w->wake.data = w;
-    uv_prepare_init(&w->loop, &w->prepare);
+    uv_prepare_init(&w->loop.uv, &w->prepare);
     w->prepare.data = w;
-    uv_prepare_start(&w->prepare, on_flush_prepare);
-    uv_check_init(&w->loop, &w->check);
+    uv_prepare_start(&w->prepare, on_prepare);
+    uv_check_init(&w->loop.uv, &w->check);
     w->check.data = w;
-    uv_check_start(&w->check, on_flush_check);
-    uv_timer_init(&w->loop, &w->housekeeping);
+    uv_check_start(&w->check, on_check);
+    uv_timer_init(&w->loop.uv, &w->housekeeping);
     w->housekeeping.data = w;
     uv_timer_start(&w->housekeeping, on_housekeeping, 1000, 1000);
     err = listener_open(w, &w->ingress, LISTENER_INGRESS, srv->set.ingress_port);
@@ -221,22 +326,15 @@ int worker_init(worker_t *w, server_t *srv, unsigned id)
 static void run(void *arg)
 {
     worker_t *w = arg;
-    uv_run(&w->loop, UV_RUN_DEFAULT);
+    uv_run(&w->loop.uv, UV_RUN_DEFAULT);
     /* Every handle is closed by now; nothing else can run on this loop. */
-    uv_loop_close(&w->loop);
     route_table_unref(atomic_exchange(&w->next_routes, NULL));
     route_table_unref(w->routes);
     w->routes = NULL;
-    pool_table_free(&w->pools);
-    bufpool_drain(&w->bufs);
     xray_emitter_close(&w->xray);
-    exchange_free_list(w);
+    head_pool_free(&w->loop);
+    loop_free(&w->loop);
     qsbr_offline(&w->srv->qsbr, w->id);
-    while (w->free_wreqs) {
-        wreq_t *r = w->free_wreqs;
-        w->free_wreqs = r->next_free;
-        free(r);
-    }
     server_worker_exited(w->srv);
 }
 

@@ -1,17 +1,19 @@
-/* A worker: one thread, one libuv loop, its own listeners (SO_REUSEPORT), its own upstream
- * pools and buffer free lists. Workers share only immutable snapshots and atomic stats. */
+/* A worker: one thread, one libuv loop (loop.h), its own listeners (SO_REUSEPORT), its own
+ * upstream pools, tunnels and free lists. Workers share only immutable snapshots and atomic
+ * stats. */
 #ifndef REMORA_WORKER_H
 #define REMORA_WORKER_H
 
 #include <uv.h>
 
-#include "base/buf.h"
-#include "proxy/conn.h"
+#include "proxy/h1_server.h"
+#include "proxy/loop.h"
 #include "proxy/pool.h"
+#include "proxy/relay.h"
 #include "tracing/xray.h"
 
 struct server;
-struct downstream;
+struct exchange;
 
 enum listener_kind { LISTENER_INGRESS, LISTENER_EGRESS };
 
@@ -20,33 +22,36 @@ typedef struct listener {
     struct worker *w;
     enum listener_kind kind;
     int open;
+    h1_server_config_t h1; /* its HTTP/1.1 connections */
 } listener_t;
 
+typedef struct tunnel {
+    struct tunnel *next, *prev;
+    relay_t *relay;
+    relay_owner_t owner;
+    struct worker *w;
+} tunnel_t;
+
 typedef struct worker {
+    loop_t loop; /* first: the loop's owner pointer leads back here */
     struct server *srv;
     struct route_table *routes;              /* this worker's reference to the snapshot */
     struct route_table *_Atomic next_routes; /* a newer snapshot, handed over by reload */
     unsigned id;
-    uv_loop_t loop;
     uv_thread_t thread;
     uv_async_t wake;         /* main thread -> worker: look at srv->state */
-    uv_prepare_t prepare;    /* flush before the loop blocks */
-    uv_check_t check;        /* flush after each I/O pass */
+    uv_prepare_t prepare;    /* deferred work and writes, before the loop blocks */
+    uv_check_t check;        /* the same after each I/O pass */
     uv_timer_t housekeeping; /* gives freed memory back after a burst of connections */
     unsigned live_exchanges, peak_exchanges; /* requests in flight, and their recent peak */
-    conn_t *dirty;                           /* connections with queued output */
-    bufpool_t bufs;
-    wreq_t *free_wreqs;
-    unsigned nfree_wreqs;
     listener_t ingress, egress;
     xray_emitter_t xray; /* when tracing is on */
     pool_table_t pools;
-    uint64_t rng;                   /* xorshift state for request ids, seeded from getrandom */
-    struct downstream *downstreams; /* every open client connection, for draining */
-    struct exchange *waiting_head, *waiting_tail; /* requests waiting for a pool slot */
-    struct exchange *free_exchanges;              /* kept with their header storage */
+    tunnel_t *tunnels; /* open Upgrade tunnels, for draining */
+    unsigned ntunnels;
+    uint64_t rng;                    /* xorshift state for request ids, seeded from getrandom */
+    struct exchange *free_exchanges; /* kept with their timers */
     unsigned nfree_exchanges;
-    unsigned ndownstreams;
     int draining;
 } worker_t;
 
@@ -59,13 +64,12 @@ void worker_notify(worker_t *w);
 /* Hand the worker a new snapshot (takes a reference on its behalf). Thread-safe. */
 void worker_publish(worker_t *w, struct route_table *rt);
 void worker_join(worker_t *w);
-/* A client connection of this worker closed (it may have been the last one of a drain). */
-void worker_downstream_closed(worker_t *w);
 
-/* 64 random bits (not for secrets: request ids). */
-uint64_t worker_random(worker_t *w);
-
-wreq_t *worker_wreq_get(worker_t *w);
-void worker_wreq_put(worker_t *w, wreq_t *r);
+/* A fresh X-Request-Id (UUID version 4) into out[37]. */
+void worker_request_id(worker_t *w, char out[37]);
+/* Relay bytes between a client and an upstream connection (an Upgrade tunnel); the worker
+ * keeps it for draining. Takes ownership of both connections and pending buffers. */
+void worker_start_relay(worker_t *w, conn_t *client, buf_t *cb, const char *cp, size_t cn,
+                        conn_t *upstream, buf_t *ub, const char *up, size_t un, uint64_t idle_ms);
 
 #endif

@@ -290,9 +290,9 @@ static void build_ingress(route_table_t *rt, registry_t *reg)
     rt->ingress.timeout_ms =
         l ? or_default(l->per_request_ms, ROUTE_DEFAULT_TIMEOUT_MS) : ROUTE_DEFAULT_TIMEOUT_MS;
     rt->ingress.idle_ms = l ? or_default(l->idle_ms, ROUTE_DEFAULT_IDLE_MS) : ROUTE_DEFAULT_IDLE_MS;
-    if (rt->ingress.cluster && l) {
-        rt->ingress.cluster->max_requests = l->max_connections;
-        rt->ingress.cluster->max_pending = l->max_pending;
+    if (l) { /* limits belong to this snapshot: a rejected reload never reaches a request */
+        rt->ingress.max_requests = l->max_connections;
+        rt->ingress.max_pending = l->max_pending;
     }
     if (!rt->ingress.cluster) {
         rt->ingress.status = 503;

@@ -82,6 +82,9 @@ typedef struct route_result {
     const char *service;    /* virtual service name (egress) */
     const char *reason;     /* for a local reply */
     int passthrough;        /* ALLOW_ALL: send to the request's original destination */
+    /* The node listener's connectionPool (ingress): at most max_requests requests in flight
+     * to the app (HTTP/1.1: one per connection), max_pending more waiting; 0 = unlimited. */
+    uint32_t max_requests, max_pending;
 } route_result_t;
 
 typedef struct route_table route_table_t;

@@ -160,14 +160,17 @@ static void test_slots(void **state)
 {
     (void)state;
     cluster_t *c = cluster_new("c", NULL, 1);
-    assert_true(cluster_slot_take(c)); /* unlimited */
-    c->max_requests = 2;
-    c->active_requests = 0;
-    assert_true(cluster_slot_take(c));
-    assert_true(cluster_slot_take(c));
-    assert_false(cluster_slot_take(c));
+    assert_true(cluster_slot_take(c, 0)); /* unlimited, but counted */
+    assert_int_equal(c->active_requests, 1);
+    /* A reload sets a limit of 2 while that request is in flight: one more fits. */
+    assert_true(cluster_slot_take(c, 2));
+    assert_false(cluster_slot_take(c, 2));
+    cluster_slot_release(c); /* the request from before the reload ends */
+    assert_true(cluster_slot_take(c, 2));
+    assert_false(cluster_slot_take(c, 2));
     cluster_slot_release(c);
-    assert_true(cluster_slot_take(c));
+    cluster_slot_release(c);
+    assert_int_equal(c->active_requests, 0);
     cluster_free(c);
 }
 

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include <cmocka.h>
-#include <llhttp.h>
+#include "base/http.h"
 
 #include "config/config.h"
 

@@ -9,7 +9,7 @@
 #include <strings.h>
 
 #include <cmocka.h>
-#include <llhttp.h>
+#include "base/http.h"
 
 #include "routing/path.h"
 #include "routing/route.h"

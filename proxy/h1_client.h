@@ -1,0 +1,44 @@
+/* The HTTP/1.1 client codec: one connection to an upstream endpoint carrying one stream at a
+ * time. Requests are framed on the way out (request line, Content-Length or chunked, the
+ * coding list kept), responses parsed by the strict parser and reported as stream events.
+ *
+ * States: connecting -> busy (a stream is out) <-> idle (in its pool) -> closed. An idle
+ * connection keeps reading, so an upstream that closes it, or sends a stray byte, is noticed
+ * at once and the connection leaves the pool; no request is written to a connection known to
+ * be closed. Freed only after its handles are closed. */
+#ifndef REMORA_H1_CLIENT_H
+#define REMORA_H1_CLIENT_H
+
+#include <sys/socket.h>
+
+#include "base/stats.h"
+#include "proxy/conn.h"
+#include "proxy/stream.h"
+
+#define H1_CONNECT_TIMEOUT 5000 /* ms, then the stream fails with UV_ETIMEDOUT */
+
+typedef struct h1_client h1_client_t;
+
+/* What the connection tells its pool. */
+typedef struct h1_client_owner {
+    /* The stream was released clean and the connection can carry another. */
+    void (*on_idle)(void *owner, h1_client_t *h);
+    /* The connection is closing (from busy or idle); it is freed once closed. */
+    void (*on_gone)(void *owner, h1_client_t *h);
+} h1_client_owner_t;
+
+/* Start connecting to `addr` and return the connection's stream at once: what is sent before
+ * the connection is up goes out when it is; a failure to connect reaches ev->on_error on a
+ * later loop pass. NULL only when memory is exhausted. */
+h1_client_t *h1_client_connect(loop_t *l, const struct sockaddr *addr, cluster_stats_t *stats,
+                               const h1_client_owner_t *owner, void *owner_ctx);
+/* The connection's stream, to be handed to a new exchange (`ev`, `ctx`). */
+client_stream_t *h1_client_stream(h1_client_t *h, const stream_events_t *ev, void *ctx);
+/* Idle connections: link for the pool's list, the idle deadline, close. */
+h1_client_t **h1_client_idle_link(h1_client_t *h);
+void h1_client_park(h1_client_t *h, uint64_t idle_ms);
+void h1_client_close(h1_client_t *h);
+/* Whether it may carry another request (not closing, no stray bytes, no failed write). */
+int h1_client_usable(const h1_client_t *h);
+
+#endif

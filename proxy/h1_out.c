@@ -1,0 +1,143 @@
+#include "proxy/h1_out.h"
+
+#include <string.h>
+
+static int skipped(const field_t *f, const h1_framing_t *fr)
+{
+    switch (f->id) {
+    case F_TRANSFER_ENCODING: /* restated below from the coding list */
+    case F_CONNECTION:
+        return 1;
+    case F_CONTENT_LENGTH:
+        return !fr->keep_length;
+    case F_UPGRADE: /* kept by the policy only for a protocol switch */
+        return !fr->connection || strcmp(fr->connection, "upgrade") != 0;
+    default:
+        return f->hop;
+    }
+}
+
+/* The coding list to send: the head's Transfer-Encoding value when it has one (codings kept
+ * from the sender, RFC 9112 §6.1), else plain chunked; always ending in chunked. */
+static const char *codings(const head_t *h, size_t *n, int *add_chunked)
+{
+    int i = head_find_id(h, F_TRANSFER_ENCODING, 0);
+    *add_chunked = 0;
+    if (i < 0) {
+        *n = 7;
+        return "chunked";
+    }
+    const char *v = field_value(h, (unsigned)i);
+    *n = h->fields[i].value_len;
+    size_t last = *n;
+    while (last > 0 && v[last - 1] != ',')
+        last--;
+    size_t tlen = *n - last;
+    const char *t = trim_ows(v + last, &tlen);
+    *add_chunked = !(tlen == 7 && strncasecmp(t, "chunked", 7) == 0);
+    return v;
+}
+
+static size_t put(char *out, size_t at, const char *s, size_t n)
+{
+    memcpy(out + at, s, n);
+    return at + n;
+}
+
+static size_t put_u64(char *out, size_t at, uint64_t v)
+{
+    char tmp[24];
+    size_t len = 0;
+    do
+        tmp[len++] = (char)('0' + v % 10);
+    while ((v /= 10) > 0);
+    while (len)
+        out[at++] = tmp[--len];
+    return at;
+}
+
+int h1_write_head(conn_t *c, const char *start, size_t start_len, const head_t *h,
+                  const h1_framing_t *f)
+{
+    size_t te_len = 0;
+    int add_chunked = 0;
+    const char *te = f->chunked ? codings(h, &te_len, &add_chunked) : NULL;
+    size_t size = start_len + 2 + 64 + 40 + (te ? te_len + 32 : 0);
+    for (unsigned i = 0; i < h->nfields; i++)
+        size += h->fields[i].name_len + h->fields[i].value_len + 4;
+    buf_t *b = buf_new(&c->loop->bufs, size);
+    if (!b)
+        return UV_ENOMEM;
+    char *o = b->data;
+    size_t at = put(o, 0, start, start_len);
+    for (unsigned i = 0; i < h->nfields; i++) {
+        const field_t *fl = &h->fields[i];
+        if (skipped(fl, f))
+            continue;
+        at = put(o, at, field_name(h, i), fl->name_len);
+        at = put(o, at, ": ", 2);
+        at = put(o, at, field_value(h, i), fl->value_len);
+        at = put(o, at, "\r\n", 2);
+    }
+    if (f->length >= 0) {
+        at = put(o, at, "Content-Length: ", 16);
+        at = put_u64(o, at, (uint64_t)f->length);
+        at = put(o, at, "\r\n", 2);
+    }
+    if (te) {
+        at = put(o, at, "Transfer-Encoding: ", 19);
+        at = put(o, at, te, te_len);
+        if (add_chunked)
+            at = put(o, at, ", chunked", 9);
+        at = put(o, at, "\r\n", 2);
+    }
+    if (f->connection) {
+        at = put(o, at, "Connection: ", 12);
+        at = put(o, at, f->connection, strlen(f->connection));
+        at = put(o, at, "\r\n", 2);
+    }
+    at = put(o, at, "\r\n", 2);
+    b->len = (uint32_t)at;
+    conn_write(c, b, b->data, b->len);
+    buf_unref(b);
+    return 0;
+}
+
+size_t h1_chunk_line(size_t n, char out[24])
+{
+    static const char digits[] = "0123456789abcdef";
+    char tmp[20];
+    size_t len = 0, i = 0;
+    do
+        tmp[len++] = digits[n & 15];
+    while ((n >>= 4) && len < sizeof tmp);
+    while (len)
+        out[i++] = tmp[--len];
+    out[i++] = '\r';
+    out[i++] = '\n';
+    return i;
+}
+
+void h1_write_data(conn_t *c, int chunked, buf_t *b, const char *p, size_t n)
+{
+    if (n == 0)
+        return;
+    if (!chunked) {
+        conn_write(c, b, p, n);
+        return;
+    }
+    char line[24];
+    conn_write_copy(c, line, h1_chunk_line(n, line));
+    conn_write(c, b, p, n);
+    conn_write(c, NULL, "\r\n", 2);
+}
+
+void h1_write_last_chunk(conn_t *c, const head_t *trailers)
+{
+    if (!trailers || trailers->nfields == 0) {
+        conn_write(c, NULL, "0\r\n\r\n", 5);
+        return;
+    }
+    static const h1_framing_t none = {.length = -1};
+    h1_write_head(c, "0\r\n", 3, trailers, &none);
+}

@@ -1,0 +1,635 @@
+#include "proxy/h1_server.h"
+
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/err.h"
+#include "base/log.h"
+#include "proxy/h1_out.h"
+#include "proxy/h1_parse.h"
+
+#define LINGER_MS 5000 /* how long a closing connection may take to read our last bytes */
+
+enum phase { PH_HEADERS, PH_IDLE, PH_STREAM, PH_LINGER };
+enum framing { RF_NONE, RF_LENGTH, RF_CHUNKED, RF_CLOSE };
+
+struct h1_server {
+    server_stream_t s; /* first: the exchange's handle is this connection */
+    h1_server_config_t *cfg;
+    conn_t *c;
+    uv_timer_t timer;
+    h1_parser_t parser;
+    h1_server_t *next, *prev;
+    const stream_events_t *ev; /* the open stream's exchange, NULL when none */
+    void *ctx;
+    buf_t *pending; /* unparsed input: a pipelined request, or the rest of a body */
+    const char *pending_p;
+    size_t pending_n;
+    deferred_t next_request;
+    char peer[48];
+    enum phase phase;
+    enum framing framing;
+    uint8_t req_method, minor;
+    unsigned in_stream : 1;  /* an exchange holds the stream */
+    unsigned req_done : 1;   /* the request's H1_END was delivered */
+    unsigned resp_sent : 1;  /* the response head went out */
+    unsigned resp_done : 1;  /* ... and its end */
+    unsigned keep_alive : 1; /* another request may follow */
+    unsigned paused : 1;     /* the exchange holds the request body */
+    unsigned failed : 1;     /* the stream saw on_error: nothing more on it */
+    unsigned closing : 1;    /* finishing: flushed, shut down, lingering */
+    unsigned peer_eof : 1;   /* the client half-closed after a complete request */
+    unsigned continued : 1;  /* 100 Continue sent */
+    unsigned in_process : 1;
+    unsigned detached : 1;
+};
+
+static const server_stream_ops_t stream_ops;
+static void process(h1_server_t *h);
+static void update_reading(h1_server_t *h);
+
+/* ---- lifetime ---- */
+
+static void on_timer_closed(uv_handle_t *t)
+{
+    h1_server_t *h = t->data;
+    h1_server_config_t *cfg = h->cfg;
+    free((void *)h->s.orig_dst);
+    free(h);
+    if (cfg->on_closed)
+        cfg->on_closed(cfg->owner);
+}
+
+static void unlink_conn(h1_server_t *h)
+{
+    h1_server_config_t *cfg = h->cfg;
+    if (h->prev)
+        h->prev->next = h->next;
+    else
+        cfg->conns = h->next;
+    if (h->next)
+        h->next->prev = h->prev;
+    cfg->nconns--;
+    stat_dec(&cfg->stats->downstream_cx_active);
+}
+
+/* The connection is gone (closed, or handed to a tunnel): free what is left. */
+static void retire(h1_server_t *h)
+{
+    if (h->pending)
+        buf_unref(h->pending);
+    h->pending = NULL;
+    head_give(h->cfg->loop, h->parser.head);
+    head_give(h->cfg->loop, h->parser.trailers);
+    h->parser.head = h->parser.trailers = NULL;
+    unlink_conn(h);
+    uv_close((uv_handle_t *)&h->timer, on_timer_closed);
+}
+
+static void on_conn_closed(void *owner)
+{
+    h1_server_t *h = owner;
+    h->c = NULL;
+    if (h->in_stream && !h->failed) { /* cannot happen: the stream is failed first */
+        h->failed = 1;
+        h->ev->on_error(h->ctx, ERR_CLIENT_GONE);
+    }
+    retire(h);
+}
+
+static void close_now(h1_server_t *h)
+{
+    if (!h->c || h->c->closing)
+        return;
+    uv_timer_stop(&h->timer);
+    conn_close(h->c);
+}
+
+static void set_phase(h1_server_t *h, enum phase ph, uint64_t ms);
+static void local_reply(h1_server_t *h, int status, const char *body, size_t n);
+
+/* Send what is queued, FIN, and keep reading and discarding until the client closes or the
+ * linger time passes, so that a reset does not destroy our last bytes in flight. */
+static void finish(h1_server_t *h)
+{
+    if (h->closing || !h->c || h->c->closing)
+        return;
+    h->closing = 1;
+    set_phase(h, PH_LINGER, LINGER_MS);
+    conn_shutdown(h->c);
+    update_reading(h);
+}
+
+/* ---- timer ---- */
+
+static void on_timer(uv_timer_t *t)
+{
+    h1_server_t *h = t->data;
+    http_stats_t *st = h->cfg->stats;
+    switch (h->phase) {
+    case PH_HEADERS:
+        stat_inc(&st->downstream_cx_header_timeout);
+        log_debug("downstream %s: request headers not received in time", h->peer);
+        if (h1_parser_busy(&h->parser)) {
+            static const char body[] = "request header timeout\n";
+            local_reply(h, 408, body, sizeof body - 1);
+            finish(h);
+        } else {
+            close_now(h);
+        }
+        break;
+    case PH_IDLE:
+        stat_inc(&st->downstream_cx_idle_timeout);
+        close_now(h);
+        break;
+    case PH_LINGER:
+        close_now(h);
+        break;
+    case PH_STREAM:
+        break;
+    }
+}
+
+static void set_phase(h1_server_t *h, enum phase ph, uint64_t ms)
+{
+    h->phase = ph;
+    if (ms)
+        uv_timer_start(&h->timer, on_timer, ms, 0);
+    else
+        uv_timer_stop(&h->timer);
+}
+
+/* ---- replies of the codec's own ---- */
+
+/* A refusal or timeout answered before any exchange saw the request. */
+static void local_reply(h1_server_t *h, int status, const char *body, size_t n)
+{
+    char head[160];
+    int len = snprintf(head, sizeof head,
+                       "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
+                       "Connection: close\r\n\r\n",
+                       status, http_reason(status), n);
+    conn_write_copy(h->c, head, (size_t)len);
+    conn_write(h->c, NULL, body, n);
+}
+
+static void refuse(h1_server_t *h, int status)
+{
+    http_stats_t *st = h->cfg->stats;
+    stat_inc(&st->downstream_cx_protocol_error);
+    if (status == 431 || status == 414)
+        stat_inc(&st->downstream_rq_header_too_large);
+    log_debug("downstream %s: request refused (%s), answering %d", h->peer, h->parser.reason,
+              status);
+    if (h->in_stream) { /* mid-body: the exchange answers, or cuts the response */
+        h->failed = 1;
+        h->keep_alive = 0;
+        h->ev->on_error(h->ctx, ERR_BAD_REQUEST);
+        return;
+    }
+    char body[128];
+    int n =
+        snprintf(body, sizeof body, "%s\n", h->parser.reason ? h->parser.reason : "bad request");
+    local_reply(h, status, body, (size_t)n);
+    finish(h);
+}
+
+/* ---- input ---- */
+
+static unsigned msg_flags(const h1_parser_t *p)
+{
+    unsigned m = 0;
+    if (p->body == H1_BODY_NONE)
+        m |= MSG_END;
+    if (p->body == H1_BODY_CHUNKED)
+        m |= MSG_CHUNKED;
+    if (p->flags & H1F_CLOSE)
+        m |= MSG_CLOSE;
+    if (p->flags & H1F_UPGRADE)
+        m |= MSG_UPGRADE;
+    if (p->flags & H1F_CONTINUE)
+        m |= MSG_CONTINUE;
+    if (p->flags & H1F_CODINGS)
+        m |= MSG_CODINGS;
+    return m;
+}
+
+static void on_head(h1_server_t *h)
+{
+    head_t *head = h->parser.head;
+    h->parser.head = NULL;
+    h->req_method = head->method;
+    h->minor = head->minor;
+    h->keep_alive = !(h->parser.flags & H1F_CLOSE) && !h->cfg->draining;
+    h->in_stream = 1;
+    h->resp_sent = h->resp_done = h->failed = h->paused = h->continued = 0;
+    h->req_done = h->parser.body == H1_BODY_NONE; /* MSG_END: the head is the whole request */
+    set_phase(h, PH_STREAM, 0);
+    stat_inc(&h->cfg->stats->downstream_rq_total);
+    h->ev = h->cfg->handler->accept(h->cfg->owner, &h->s, &h->ctx);
+    if (!h->ev) {
+        head_give(h->cfg->loop, head);
+        h->in_stream = 0;
+        static const char body[] = "out of memory\n";
+        local_reply(h, 503, body, sizeof body - 1);
+        finish(h);
+        return;
+    }
+    if (h->parser.body == H1_BODY_CHUNKED && !h->parser.trailers)
+        h->parser.trailers = head_take(h->cfg->loop); /* NULL: trailers are dropped */
+    h->ev->on_head(h->ctx, head, msg_flags(&h->parser));
+}
+
+static void on_end(h1_server_t *h)
+{
+    if (h->req_done || !h->in_stream)
+        return; /* a bodiless request, already whole at its head */
+    h->req_done = 1;
+    head_t *trailers = NULL;
+    if (h->parser.trailers && (h->parser.flags & H1F_TRAILERS)) {
+        trailers = h->parser.trailers; /* the exchange owns them now */
+        h->parser.trailers = NULL;
+    }
+    head_give(h->cfg->loop, h->parser.trailers); /* an idle connection holds no head */
+    h->parser.trailers = NULL;
+    h->ev->on_end(h->ctx, trailers);
+}
+
+static int blocked(h1_server_t *h)
+{
+    if (h->closing || !h->c || h->c->closing || h->detached)
+        return 1;
+    if (h->in_stream) /* a bodiless request still has its end to consume */
+        return (h->req_done && h1_parser_busy(&h->parser) == 0) || h->paused || h->failed;
+    /* Between requests: the next waits until the client has read enough of the last. */
+    return conn_over_high_water(h->c);
+}
+
+static void consume(h1_server_t *h, size_t used)
+{
+    h->pending_p += used;
+    h->pending_n -= used;
+    if (h->pending_n == 0) {
+        buf_unref(h->pending);
+        h->pending = NULL;
+    }
+}
+
+/* Parse pending input until it runs out or the connection must wait. Re-entry (an exchange
+ * ending inside an event) is refused; the caller's loop goes on. */
+static void process(h1_server_t *h)
+{
+    if (h->in_process)
+        return;
+    h->in_process = 1;
+    while (!blocked(h)) {
+        if (h->pending && !h->parser.head && !(h->parser.head = head_take(h->cfg->loop))) {
+            static const char body[] = "out of memory\n";
+            local_reply(h, 503, body, sizeof body - 1);
+            finish(h);
+            break;
+        }
+        if (!h->in_stream && h->phase == PH_IDLE && h->pending)
+            set_phase(h, PH_HEADERS, h->cfg->header_timeout_ms); /* a new request begins */
+        buf_t *b = h->pending ? buf_ref(h->pending) : NULL;
+        int was_in_stream = h->in_stream;
+        h1_ev_t ev;
+        size_t used = h1_parse(&h->parser, h->pending_p, h->pending_n, &ev);
+        if (b)
+            consume(h, used);
+        switch (ev.type) {
+        case H1_HEAD:
+            on_head(h);
+            break;
+        case H1_DATA:
+            h->ev->on_data(h->ctx, b, ev.p, ev.n);
+            break;
+        case H1_END:
+            on_end(h);
+            break;
+        case H1_ERROR:
+            refuse(h, ev.status);
+            break;
+        case H1_NEED_MORE:
+            break;
+        }
+        if (b)
+            buf_unref(b);
+        if (ev.type == H1_NEED_MORE || (was_in_stream && !h->in_stream))
+            break; /* a stream ended inside this event: the next starts from the loop */
+    }
+    h->in_process = 0;
+    update_reading(h);
+}
+
+static void update_reading(h1_server_t *h)
+{
+    if (!h->c || h->c->closing || h->detached)
+        return;
+    int want = h->closing || (!h->peer_eof && !h->pending && !(h->in_stream && h->paused));
+    conn_read(h->c, want);
+}
+
+static void on_read(void *owner, buf_t *b)
+{
+    h1_server_t *h = owner;
+    if (h->closing)
+        return;       /* lingering: discard */
+    if (h->pending) { /* cannot happen: reading stops while input is pending */
+        close_now(h);
+        return;
+    }
+    h->pending = buf_ref(b);
+    h->pending_p = b->data;
+    h->pending_n = b->len;
+    if (!h->in_stream && h->phase == PH_IDLE)
+        set_phase(h, PH_HEADERS, h->cfg->header_timeout_ms);
+    process(h);
+}
+
+static void on_eof(void *owner, int err)
+{
+    h1_server_t *h = owner;
+    if (h->closing || !h->in_stream) {
+        close_now(h);
+        return;
+    }
+    if (err == UV_EOF && h->req_done && !h->failed) {
+        h->peer_eof = 1; /* half-close after a complete request: answer it, then close */
+        h->keep_alive = 0;
+        return;
+    }
+    stat_inc(&h->cfg->stats->downstream_rq_rx_reset);
+    if (!h->failed) {
+        h->failed = 1;
+        h->ev->on_error(h->ctx, ERR_CLIENT_GONE);
+    }
+}
+
+static void on_drain(void *owner)
+{
+    h1_server_t *h = owner;
+    if (h->in_stream && !h->failed)
+        h->ev->on_drain(h->ctx);
+    else if (!h->in_stream)
+        process(h); /* a pipelined request waited for the client to read */
+}
+
+static void on_write_error(void *owner, int err)
+{
+    h1_server_t *h = owner;
+    log_debug("downstream %s: write failed: %s", h->peer, uv_strerror(err));
+    if (h->in_stream && !h->failed) {
+        stat_inc(&h->cfg->stats->downstream_rq_rx_reset);
+        h->failed = 1;
+        h->ev->on_error(h->ctx, ERR_CLIENT_GONE);
+    } else if (!h->in_stream) {
+        close_now(h);
+    }
+}
+
+static const conn_events_t conn_events = {
+    .on_read = on_read,
+    .on_eof = on_eof,
+    .on_drain = on_drain,
+    .on_write_error = on_write_error,
+    .on_closed = on_conn_closed,
+};
+
+/* ---- the stream, as the exchange drives it ---- */
+
+static h1_server_t *of(server_stream_t *s)
+{
+    return (h1_server_t *)s;
+}
+
+static void send_head(server_stream_t *s, const head_t *resp, int64_t len, unsigned msg)
+{
+    h1_server_t *h = of(s);
+    int st = resp->status;
+    int no_body = h->req_method == HTTP_HEAD || st < 200 || st == 204 || st == 304;
+    h1_framing_t f = {.length = -1};
+    if (msg & MSG_CLOSE || !h->req_done)
+        h->keep_alive = 0; /* an early answer: the rest of the request is not read */
+    if (msg & MSG_UPGRADE) {
+        h->framing = RF_NONE;
+        f.connection = "upgrade";
+    } else if (no_body) {
+        h->framing = RF_NONE;
+        f.keep_length = h->req_method == HTTP_HEAD || st == 304;
+    } else if (len >= 0) {
+        h->framing = RF_LENGTH;
+        f.length = len;
+    } else if (h->minor >= 1) {
+        h->framing = RF_CHUNKED;
+        f.chunked = 1;
+    } else {
+        h->framing = RF_CLOSE; /* a 1.0 client reads until we close */
+        h->keep_alive = 0;
+    }
+    if (h->cfg->draining || h->peer_eof)
+        h->keep_alive = 0;
+    if (!(msg & MSG_UPGRADE))
+        f.connection = !h->keep_alive ? "close" : h->minor == 0 ? "keep-alive" : NULL;
+    char line[16] = "HTTP/1.1 000 ";
+    size_t n = 13;
+    line[9] = (char)('0' + st / 100 % 10);
+    line[10] = (char)('0' + st / 10 % 10);
+    line[11] = (char)('0' + st % 10);
+    size_t rlen = resp->reason_len;
+    const char *reason = rlen ? head_str(resp, resp->reason) : http_reason(st);
+    if (!rlen)
+        rlen = strlen(reason);
+    char start[600];
+    if (rlen > sizeof start - n - 2)
+        rlen = sizeof start - n - 2;
+    memcpy(start, line, n);
+    memcpy(start + n, reason, rlen);
+    memcpy(start + n + rlen, "\r\n", 2);
+    h->resp_sent = 1;
+    if (h1_write_head(h->c, start, n + rlen + 2, resp, &f) != 0)
+        h->keep_alive = 0, h->framing = RF_CLOSE;
+}
+
+static void send_data(server_stream_t *s, buf_t *b, const char *p, size_t n)
+{
+    h1_server_t *h = of(s);
+    if (h->framing != RF_NONE)
+        h1_write_data(h->c, h->framing == RF_CHUNKED, b, p, n);
+}
+
+static void send_end(server_stream_t *s, const head_t *trailers)
+{
+    h1_server_t *h = of(s);
+    if (h->framing == RF_CHUNKED)
+        h1_write_last_chunk(h->c, trailers);
+    h->resp_done = 1;
+}
+
+static void send_continue(server_stream_t *s)
+{
+    h1_server_t *h = of(s);
+    if (h->minor < 1 || h->continued || h->resp_sent)
+        return;
+    h->continued = 1;
+    conn_write(h->c, NULL, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+}
+
+static void pause_(server_stream_t *s, int paused)
+{
+    h1_server_t *h = of(s);
+    if (h->paused == (paused ? 1u : 0u))
+        return;
+    h->paused = paused ? 1 : 0;
+    if (paused)
+        update_reading(h);
+    else
+        loop_defer(h->cfg->loop, &h->next_request); /* resume outside the caller's chain */
+}
+
+static int over_high_water(server_stream_t *s)
+{
+    h1_server_t *h = of(s);
+    return !h->c || conn_over_high_water(h->c);
+}
+
+/* Cut the response so that the client sees it broken: a framed one ends short, one delimited
+ * by the close must not end with a clean close. */
+static void cut(h1_server_t *h)
+{
+    if (h->framing == RF_CLOSE && h->resp_sent && h->c && !h->c->closing) {
+        uv_timer_stop(&h->timer);
+        conn_reset(h->c);
+        return;
+    }
+    finish(h);
+}
+
+static void release(server_stream_t *s, int abort)
+{
+    h1_server_t *h = of(s);
+    h->in_stream = 0;
+    h->ev = NULL;
+    h->ctx = NULL;
+    h->paused = 0;
+    if (!h->c || h->c->closing)
+        return;
+    if (abort || (h->resp_sent && !h->resp_done)) {
+        cut(h);
+        return;
+    }
+    if (!h->resp_sent || !h->keep_alive || !h->req_done || h->failed || h->cfg->draining) {
+        finish(h);
+        return;
+    }
+    set_phase(h, PH_IDLE, h->cfg->idle_ms);
+    loop_defer(h->cfg->loop, &h->next_request); /* the next request, outside the caller */
+}
+
+static void on_next_request(deferred_t *d)
+{
+    h1_server_t *h = (h1_server_t *)(void *)((char *)d - offsetof(h1_server_t, next_request));
+    process(h);
+}
+
+static conn_t *detach(server_stream_t *s, buf_t **pending, const char **p, size_t *n)
+{
+    h1_server_t *h = of(s);
+    conn_t *c = h->c;
+    *pending = h->pending; /* the caller takes the reference */
+    *p = h->pending_p;
+    *n = h->pending_n;
+    h->pending = NULL;
+    h->detached = 1;
+    h->in_stream = 0;
+    h->ev = NULL;
+    h->c = NULL;
+    conn_set_owner(c, NULL, NULL);
+    uv_timer_stop(&h->timer);
+    stat_inc(&h->cfg->stats->downstream_cx_upgrades_total);
+    retire(h);
+    return c;
+}
+
+static const server_stream_ops_t stream_ops = {
+    .send_head = send_head,
+    .send_data = send_data,
+    .send_end = send_end,
+    .send_continue = send_continue,
+    .pause = pause_,
+    .over_high_water = over_high_water,
+    .release = release,
+    .detach = detach,
+};
+
+/* ---- listener side ---- */
+
+void h1_server_start(h1_server_config_t *cfg, conn_t *c, const struct sockaddr *orig_dst)
+{
+    h1_server_t *h = calloc(1, sizeof *h);
+    struct sockaddr_storage *dst = orig_dst ? malloc(sizeof *dst) : NULL;
+    if (!h || (orig_dst && !dst)) {
+        free(h);
+        free(dst);
+        conn_close(c);
+        return;
+    }
+    if (dst) {
+        memcpy(dst, orig_dst,
+               orig_dst->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                               : sizeof(struct sockaddr_in));
+        h->s.orig_dst = (const struct sockaddr *)dst;
+    }
+    h->cfg = cfg;
+    h->c = c;
+    h->s.ops = &stream_ops;
+    h->s.peer = h->peer;
+    h->next_request.fn = on_next_request;
+    uv_timer_init(&cfg->loop->uv, &h->timer);
+    h->timer.data = h;
+    h1_parser_init(&h->parser, H1_REQUEST, NULL, NULL);
+    conn_peer_name(c, h->peer, sizeof h->peer);
+    conn_set_owner(c, &conn_events, h);
+    h->next = cfg->conns;
+    if (cfg->conns)
+        cfg->conns->prev = h;
+    cfg->conns = h;
+    cfg->nconns++;
+    stat_inc(&cfg->stats->downstream_cx_total);
+    stat_inc(&cfg->stats->downstream_cx_active);
+    /* A connection's first request head is bounded by the header timeout from accept. */
+    set_phase(h, PH_HEADERS, cfg->header_timeout_ms);
+    update_reading(h);
+}
+
+void h1_server_drain(h1_server_config_t *cfg)
+{
+    cfg->draining = 1;
+    h1_server_t *next;
+    for (h1_server_t *h = cfg->conns; h; h = next) {
+        next = h->next;
+        if (h->closing || !h->c || h->c->closing)
+            continue;
+        if (!h->in_stream) {
+            stat_inc(&cfg->stats->downstream_cx_drain_close);
+            finish(h);
+        } else {
+            h->keep_alive = 0; /* close once the current response is complete */
+        }
+    }
+}
+
+void h1_server_abort_all(h1_server_config_t *cfg)
+{
+    h1_server_t *next;
+    for (h1_server_t *h = cfg->conns; h; h = next) {
+        next = h->next; /* a closing connection stays listed until its close callback */
+        if (h->in_stream && !h->failed) {
+            h->failed = 1;
+            h->ev->on_error(h->ctx, ERR_CLIENT_GONE);
+        }
+        close_now(h);
+    }
+}
