@@ -278,15 +278,33 @@ void conn_flush(conn_t *c)
     submit(c, r);
 }
 
+static void drain_later(deferred_t *d)
+{
+    conn_t *c = (conn_t *)(void *)((char *)d - offsetof(conn_t, drained));
+    if (c->closing || !c->above_high || conn_pinned(c) >= CONN_LOW_WATER)
+        return;
+    c->above_high = 0;
+    if (c->ev->on_drain)
+        c->ev->on_drain(c->owner);
+}
+
 static void submit(conn_t *c, wreq_t *r)
 {
-    int err = c->tp->write(c, r);
-    if (err < 0) {
+    int rc = c->tp->write(c, r);
+    if (rc < 0) {
         release(c->loop, r);
-        write_failed(c, err);
+        write_failed(c, rc);
         return;
     }
-    c->pinned_inflight += r->pinned;
+    if (rc == 0) {
+        c->pinned_inflight += r->pinned;
+        return;
+    }
+    release(c->loop, r); /* all sent at once; a drain owed is told outside the writer's call */
+    if (c->above_high && conn_pinned(c) < CONN_LOW_WATER) {
+        c->drained.fn = drain_later;
+        loop_defer(c->loop, &c->drained);
+    }
 }
 
 /* Connected: what was written while connecting goes out first, in order. */
@@ -348,6 +366,7 @@ static void on_closed(uv_handle_t *h)
     conn_t *c = h->data;
     if (c->ev && c->ev->on_closed)
         c->ev->on_closed(c->owner);
+    loop_cancel(c->loop, &c->drained);
     free(c);
 }
 

@@ -68,6 +68,7 @@ struct conn {
     wreq_t *backlog, *backlog_tail; /* gathered while connecting, sent once connected */
     conn_t *dirty_prev, *dirty_next;
     size_t pinned_inflight; /* pinned by writes handed to the transport */
+    deferred_t drained;     /* on_drain owed after a write that went out at once */
     unsigned dirty : 1;
     unsigned closing : 1;
     unsigned reading : 1;

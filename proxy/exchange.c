@@ -1,6 +1,5 @@
 /* The exchange's lifecycle: created by a server codec through the stream handler, fed by the
  * stream events of both sides, timed by one timer, freed from the worker's deferred list. */
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -144,7 +143,7 @@ static exchange_t *get(worker_t *w)
         w->free_exchanges = ex->next_free;
         w->nfree_exchanges--;
         uv_timer_t timer = ex->timer;
-        memset(ex, 0, offsetof(exchange_t, arena));
+        memset(ex, 0, offsetof(exchange_t, armed_for));
         ex->timer = timer;
         ex->nreplay = 0;
         ex->replay_bytes = 0;
@@ -168,7 +167,9 @@ static const stream_events_t *accept_stream(void *owner, server_stream_t *s, voi
     ex->w = w;
     ex->listener = l;
     ex->ss = s;
-    snprintf(ex->peer, sizeof ex->peer, "%s", s->peer);
+    size_t plen = strnlen(s->peer, sizeof ex->peer - 1);
+    memcpy(ex->peer, s->peer, plen);
+    ex->peer[plen] = '\0';
     ex->rt = route_table_ref(w->routes);
     arena_init(&ex->arena);
     ex->later.fn = run_later;
@@ -215,8 +216,8 @@ void exchange_end(exchange_t *ex, int abort)
     if (ex->ended)
         return;
     fwd_finish(ex);
-    ex->ended = 1;
-    uv_timer_stop(&ex->timer);
+    ex->ended = 1; /* the timer may still fire: it finds nothing to do, and stays armed for
+                      the next use of this exchange, which saves a re-arm per request */
     pool_done(&ex->w->pools, &ex->wait);
     if (ex->cs) {
         client_stream_t *cs = ex->cs;
@@ -245,9 +246,4 @@ void exchange_close_kept(worker_t *w)
         uv_close((uv_handle_t *)&ex->timer, free_from_timer);
     }
     w->nfree_exchanges = 0;
-}
-
-void exchange_free_list(worker_t *w)
-{
-    (void)w; /* every kept exchange was freed by exchange_close_kept's close callbacks */
 }

@@ -22,9 +22,7 @@ extern const stream_handler_t exchange_handler;
 
 /* Ask the worker's waiting exchanges to go on (a pool slot freed). */
 void exchange_admit_waiting(struct worker *w);
-/* At exit, after the loop ended: free the worker's kept exchanges. */
-void exchange_free_list(struct worker *w);
-/* Close the timers of kept exchanges so the loop can end. */
+/* The worker is ending: free the kept exchanges (from their timers' close callbacks). */
 void exchange_close_kept(struct worker *w);
 
 #endif

@@ -38,7 +38,6 @@ struct exchange {
     pool_wait_t wait;    /* admission under the route's connection-pool limits */
     uv_timer_t timer;
     uint64_t request_deadline, try_deadline, idle_deadline; /* loop ms; 0: none */
-    uint64_t armed_for;
     deferred_t later; /* release, or a failure found while setting up an attempt */
     void (*later_fn)(exchange_t *ex);
     struct exchange *next_free;
@@ -64,8 +63,10 @@ struct exchange {
     unsigned continued : 1;     /* 100 Continue sent */
     unsigned client_paused : 1; /* the client's body is held (upstream full, or waiting) */
     unsigned upstream_paused : 1;
+    unsigned req_edited : 1; /* the head was made the upstream's (headers_edit_request) */
     /* Not cleared when a kept exchange is reused: each is set up before use. */
-    arena_t arena; /* the normalized target, the request id, messages */
+    uint64_t armed_for; /* what the timer is armed for (it may outlive an exchange's use) */
+    arena_t arena;      /* the normalized target, the request id, messages */
     unsigned nreplay;
     size_t replay_bytes;
     replay_seg_t replay[REPLAY_MAX_SEGS];

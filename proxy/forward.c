@@ -144,11 +144,14 @@ static int prepare(exchange_t *ex, route_request_t *rr, const char **query, size
     const head_t *h = ex->req;
     const char *t = head_str(h, h->target);
     size_t n = h->target_len;
-    ex->authority = target_authority(t, n, &ex->authority_len);
-    if (ex->authority) { /* absolute-form: the origin form starts after the authority */
-        const char *rest = ex->authority + ex->authority_len;
+    const char *authority = target_authority(t, n, &ex->authority_len);
+    if (authority) { /* absolute-form: the origin form starts after the authority */
+        const char *rest = authority + ex->authority_len;
         n -= (size_t)(rest - t);
         t = rest;
+        /* Copied: editing the head for the upstream may move its bytes. */
+        if (!(ex->authority = arena_strndup(&ex->arena, authority, ex->authority_len)))
+            return UV_ENOMEM;
     }
     const char *q = memchr(t, '?', n);
     size_t plen = q ? (size_t)(q - t) : n;
@@ -174,7 +177,7 @@ static int prepare(exchange_t *ex, route_request_t *rr, const char **query, size
         *query = out + ex->path_len + 1;
     }
     const char *host = ex->authority;
-    size_t hlen = ex->authority_len;
+    size_t hlen = host ? ex->authority_len : 0;
     int hi = head_find_id(h, F_HOST, 0);
     if (!host && hi >= 0) {
         hlen = h->fields[hi].value_len;
@@ -254,34 +257,28 @@ static void trace_header(exchange_t *ex, char *out, size_t cap, size_t *n)
 /* Send the request on ex->cs: the head, and on a retry the body kept so far. */
 static int send_request(exchange_t *ex)
 {
-    char trace[TRACE_ID_LEN + SPAN_ID_LEN + TRACE_EXTRA_MAX + 40];
-    size_t tlen;
-    trace_header(ex, trace, sizeof trace, &tlen);
-    request_edit_t e = {
-        .target = ex->target,
-        .target_len = ex->target_len,
-        .authority = ex->authority,
-        .authority_len = ex->authority_len,
-        .default_host = ex->endpoint.name,
-        .client_ip = ex->peer,
-        .request_id = ex->request_id,
-        .trace = ex->trace ? trace : NULL,
-        .trace_len = tlen,
-        .drop_expect = ex->continued,
-        .keep_codings = (ex->req_msg & MSG_CODINGS) != 0,
-        .upgrade = (ex->req_msg & MSG_UPGRADE) != 0,
-    };
-    head_t *out = head_take(&ex->w->loop);
-    if (!out)
-        return UV_ENOMEM;
-    int err = headers_request(out, ex->req, &e);
-    if (err == 0) {
-        unsigned msg = ex->req_msg & (MSG_UPGRADE | MSG_END);
-        ex->cs->ops->send_head(ex->cs, out, ex->req_len, msg);
+    if (!ex->req_edited) { /* once: a retry sends the same head again */
+        char trace[TRACE_ID_LEN + SPAN_ID_LEN + TRACE_EXTRA_MAX + 40];
+        size_t tlen;
+        trace_header(ex, trace, sizeof trace, &tlen);
+        request_edit_t e = {
+            .target = ex->target,
+            .target_len = ex->target_len,
+            .authority = ex->authority,
+            .authority_len = ex->authority_len,
+            .default_host = ex->endpoint.name,
+            .client_ip = ex->peer,
+            .request_id = ex->request_id,
+            .trace = ex->trace ? trace : NULL,
+            .trace_len = tlen,
+            .drop_expect = ex->continued,
+        };
+        int err = headers_edit_request(ex->req, &e);
+        if (err)
+            return err;
+        ex->req_edited = 1;
     }
-    head_give(&ex->w->loop, out);
-    if (err)
-        return err;
+    ex->cs->ops->send_head(ex->cs, ex->req, ex->req_len, ex->req_msg & (MSG_UPGRADE | MSG_END));
     for (unsigned i = 0; i < ex->nreplay; i++)
         ex->cs->ops->send_data(ex->cs, ex->replay[i].buf, ex->replay[i].p, ex->replay[i].n);
     if (ex->req_state == REQ_DONE && !(ex->req_msg & MSG_END))
@@ -398,9 +395,11 @@ static int retry_stale(exchange_t *ex, int err, int reused)
 static void request_id(exchange_t *ex)
 {
     int i = head_find_id(ex->req, F_X_REQUEST_ID, 0);
-    if (i >= 0 && ex->req->fields[i].value_len > 0) {
-        ex->request_id = field_value(ex->req, (unsigned)i);
-        return;
+    if (i >= 0 && ex->req->fields[i].value_len > 0) { /* copied: the head's bytes may move */
+        ex->request_id = arena_strndup(&ex->arena, field_value(ex->req, (unsigned)i),
+                                       ex->req->fields[i].value_len);
+        if (ex->request_id)
+            return;
     }
     char *id = arena_alloc(&ex->arena, 37);
     if (id)
@@ -580,13 +579,11 @@ static void start_tunnel(exchange_t *ex);
 void fwd_response_head(exchange_t *ex, head_t *h, unsigned msg)
 {
     int status = h->status;
-    int reused = ex->cs->reused;
     if (status == 101 && !(ex->req_msg & MSG_UPGRADE)) {
         head_give(&ex->w->loop, h);
         fwd_upstream_error(ex, ERR_BAD_RESPONSE); /* switching protocols nobody asked for */
         return;
     }
-    (void)reused;
     report(ex, status);
     unsigned event = status_event(status);
     if (event && retry(ex, event)) {
@@ -599,22 +596,13 @@ void fwd_response_head(exchange_t *ex, head_t *h, unsigned msg)
     ex->status = status;
     stat_inc(stat_class(&cstats(ex)->upstream_rq_1xx, status));
     count_response(ex, status);
-    headers_mark_hop(h);
-    head_t *out = head_take(&ex->w->loop);
-    if (!out || headers_response(out, h, (msg & MSG_CODINGS) != 0, status == 101) != 0) {
-        head_give(&ex->w->loop, out);
-        head_give(&ex->w->loop, h);
-        fwd_upstream_error(ex, ERR_BAD_RESPONSE);
-        return;
-    }
+    headers_mark_hop(h); /* the codec forwards what is left: no copy */
     int64_t len = msg & MSG_END ? 0 : msg & MSG_CHUNKED ? BODY_STREAM : content_length(h);
-    head_give(&ex->w->loop, h);
     ex->resp_state = msg & MSG_END ? RESP_DONE : RESP_BODY;
-    unsigned smsg = status == 101 ? MSG_UPGRADE : 0;
-    if (len < 0 && !(msg & MSG_CHUNKED))
+    if (len < 0)
         len = BODY_STREAM;
-    ex->ss->ops->send_head(ex->ss, out, len, smsg);
-    head_give(&ex->w->loop, out);
+    ex->ss->ops->send_head(ex->ss, h, len, status == 101 ? MSG_UPGRADE : 0);
+    head_give(&ex->w->loop, h);
     if (status == 101) {
         start_tunnel(ex);
         return;

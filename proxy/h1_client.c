@@ -55,6 +55,10 @@ static void on_conn_closed(void *owner)
 {
     h1_client_t *h = owner;
     h->c = NULL;
+    if (h->busy && !h->failed) { /* closed under the stream (say, no memory to write) */
+        h->failed = 1;
+        h->ev->on_error(h->ctx, UV_ECONNABORTED);
+    }
     gone(h);
     head_give(h->loop, h->parser.head);
     head_give(h->loop, h->parser.trailers);
@@ -364,12 +368,26 @@ static const client_stream_ops_t stream_ops = {
 h1_client_t *h1_client_connect(loop_t *l, const struct sockaddr *addr, cluster_stats_t *stats,
                                const h1_client_owner_t *owner, void *owner_ctx)
 {
-    h1_client_t *h = calloc(1, sizeof *h);
-    conn_t *c = h ? conn_new(l) : NULL;
-    if (!c) {
-        free(h);
+    conn_t *c = conn_new(l);
+    h1_client_t *h = c ? h1_client_new(c, stats, owner, owner_ctx) : NULL;
+    if (!h) {
+        if (c)
+            conn_close(c);
         return NULL;
     }
+    conn_connect(c, addr);
+    uv_timer_start(&h->timer, on_timer, H1_CONNECT_TIMEOUT, 0);
+    return h;
+}
+
+h1_client_t *h1_client_new(conn_t *c, cluster_stats_t *stats, const h1_client_owner_t *owner,
+                           void *owner_ctx)
+{
+    loop_t *l = c->loop;
+    h1_client_t *h = calloc(1, sizeof *h);
+    if (!h)
+        return NULL;
+    h->s.connected = c->connected;
     h->c = c;
     h->loop = l;
     h->stats = stats;
@@ -382,8 +400,6 @@ h1_client_t *h1_client_connect(loop_t *l, const struct sockaddr *addr, cluster_s
     conn_set_owner(c, &conn_events, h);
     stat_inc(&stats->upstream_cx_total);
     conn_read(c, 1);
-    conn_connect(c, addr);
-    uv_timer_start(&h->timer, on_timer, H1_CONNECT_TIMEOUT, 0);
     return h;
 }
 

@@ -32,6 +32,11 @@ typedef struct h1_client_owner {
  * later loop pass. NULL only when memory is exhausted. */
 h1_client_t *h1_client_connect(loop_t *l, const struct sockaddr *addr, cluster_stats_t *stats,
                                const h1_client_owner_t *owner, void *owner_ctx);
+/* Take over a connection that is up (or set up elsewhere: tests and fuzzing drive a codec over
+ * a transport of their own). NULL when memory is exhausted; the connection is then the
+ * caller's to close. */
+h1_client_t *h1_client_new(conn_t *c, cluster_stats_t *stats, const h1_client_owner_t *owner,
+                           void *owner_ctx);
 /* The connection's stream, to be handed to a new exchange (`ev`, `ctx`). */
 client_stream_t *h1_client_stream(h1_client_t *h, const stream_events_t *ev, void *ctx);
 /* Idle connections: link for the pool's list, the idle deadline, close. */

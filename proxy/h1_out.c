@@ -1,6 +1,7 @@
 #include "proxy/h1_out.h"
 
 #include <string.h>
+#include <strings.h>
 
 static int skipped(const field_t *f, const h1_framing_t *fr)
 {
@@ -17,25 +18,28 @@ static int skipped(const field_t *f, const h1_framing_t *fr)
     }
 }
 
-/* The coding list to send: the head's Transfer-Encoding value when it has one (codings kept
- * from the sender, RFC 9112 §6.1), else plain chunked; always ending in chunked. */
-static const char *codings(const head_t *h, size_t *n, int *add_chunked)
+/* Whether the coding list to send needs ", chunked" after the head's own Transfer-Encoding
+ * values (RFC 9112 §6.1: codings are kept from the sender, and the list must end in chunked);
+ * *n is the bytes those values take, joined with ", ". */
+static int te_values(const head_t *h, size_t *n)
 {
-    int i = head_find_id(h, F_TRANSFER_ENCODING, 0);
-    *add_chunked = 0;
-    if (i < 0) {
-        *n = 7;
-        return "chunked";
+    int last = -1;
+    *n = 0;
+    for (unsigned i = 0; i < h->nfields; i++) {
+        if (h->fields[i].id != F_TRANSFER_ENCODING)
+            continue;
+        *n += (last >= 0 ? 2 : 0) + h->fields[i].value_len;
+        last = (int)i;
     }
-    const char *v = field_value(h, (unsigned)i);
-    *n = h->fields[i].value_len;
-    size_t last = *n;
-    while (last > 0 && v[last - 1] != ',')
-        last--;
-    size_t tlen = *n - last;
-    const char *t = trim_ows(v + last, &tlen);
-    *add_chunked = !(tlen == 7 && strncasecmp(t, "chunked", 7) == 0);
-    return v;
+    if (last < 0)
+        return 1;
+    const char *v = field_value(h, (unsigned)last);
+    size_t end = h->fields[last].value_len, start = end;
+    while (start > 0 && v[start - 1] != ',')
+        start--;
+    size_t tlen = end - start;
+    const char *t = trim_ows(v + start, &tlen);
+    return !(tlen == 7 && strncasecmp(t, "chunked", 7) == 0);
 }
 
 static size_t put(char *out, size_t at, const char *s, size_t n)
@@ -60,9 +64,8 @@ int h1_write_head(conn_t *c, const char *start, size_t start_len, const head_t *
                   const h1_framing_t *f)
 {
     size_t te_len = 0;
-    int add_chunked = 0;
-    const char *te = f->chunked ? codings(h, &te_len, &add_chunked) : NULL;
-    size_t size = start_len + 2 + 64 + 40 + (te ? te_len + 32 : 0);
+    int add_chunked = f->chunked ? te_values(h, &te_len) : 0;
+    size_t size = start_len + 2 + 64 + 40 + (f->chunked ? te_len + 40 : 0);
     for (unsigned i = 0; i < h->nfields; i++)
         size += h->fields[i].name_len + h->fields[i].value_len + 4;
     buf_t *b = buf_new(&c->loop->bufs, size);
@@ -84,11 +87,18 @@ int h1_write_head(conn_t *c, const char *start, size_t start_len, const head_t *
         at = put_u64(o, at, (uint64_t)f->length);
         at = put(o, at, "\r\n", 2);
     }
-    if (te) {
+    if (f->chunked) {
         at = put(o, at, "Transfer-Encoding: ", 19);
-        at = put(o, at, te, te_len);
+        size_t first = at;
+        for (unsigned i = 0; i < h->nfields; i++) {
+            if (h->fields[i].id != F_TRANSFER_ENCODING)
+                continue;
+            if (at > first)
+                at = put(o, at, ", ", 2);
+            at = put(o, at, field_value(h, i), h->fields[i].value_len);
+        }
         if (add_chunked)
-            at = put(o, at, ", chunked", 9);
+            at = put(o, at, at > first ? ", chunked" : "chunked", at > first ? 9 : 7);
         at = put(o, at, "\r\n", 2);
     }
     if (f->connection) {

@@ -30,6 +30,8 @@ struct h1_server {
     deferred_t next_request;
     char peer[48];
     enum phase phase;
+    uint64_t deadline;  /* when the phase times out (loop ms); 0: never */
+    uint64_t armed_for; /* the deadline the libuv timer is set for; 0: not armed */
     enum framing framing;
     uint8_t req_method, minor;
     unsigned in_stream : 1;  /* an exchange holds the stream */
@@ -56,6 +58,7 @@ static void on_timer_closed(uv_handle_t *t)
 {
     h1_server_t *h = t->data;
     h1_server_config_t *cfg = h->cfg;
+    loop_cancel(cfg->loop, &h->next_request);
     free((void *)h->s.orig_dst);
     free(h);
     if (cfg->on_closed)
@@ -104,6 +107,7 @@ static void close_now(h1_server_t *h)
     if (!h->c || h->c->closing)
         return;
     uv_timer_stop(&h->timer);
+    h->armed_for = 0;
     conn_close(h->c);
 }
 
@@ -124,10 +128,23 @@ static void finish(h1_server_t *h)
 
 /* ---- timer ---- */
 
+static void arm(h1_server_t *h);
+
+/* Phases change several times per request; the libuv timer is re-armed only when a deadline
+ * comes earlier than the one it is armed for, and a timer that fires early (the deadline moved
+ * later, or went away) arms itself for what is left. */
 static void on_timer(uv_timer_t *t)
 {
     h1_server_t *h = t->data;
     http_stats_t *st = h->cfg->stats;
+    h->armed_for = 0;
+    if (!h->deadline)
+        return;
+    if (loop_now(h->cfg->loop) < h->deadline) {
+        arm(h);
+        return;
+    }
+    h->deadline = 0;
     switch (h->phase) {
     case PH_HEADERS:
         stat_inc(&st->downstream_cx_header_timeout);
@@ -152,13 +169,20 @@ static void on_timer(uv_timer_t *t)
     }
 }
 
+static void arm(h1_server_t *h)
+{
+    if (!h->deadline || (h->armed_for && h->armed_for <= h->deadline))
+        return;
+    uint64_t now = loop_now(h->cfg->loop);
+    uv_timer_start(&h->timer, on_timer, h->deadline > now ? h->deadline - now : 0, 0);
+    h->armed_for = h->deadline;
+}
+
 static void set_phase(h1_server_t *h, enum phase ph, uint64_t ms)
 {
     h->phase = ph;
-    if (ms)
-        uv_timer_start(&h->timer, on_timer, ms, 0);
-    else
-        uv_timer_stop(&h->timer);
+    h->deadline = ms ? loop_now(h->cfg->loop) + ms : 0;
+    arm(h);
 }
 
 /* ---- replies of the codec's own ---- */
@@ -501,6 +525,7 @@ static void cut(h1_server_t *h)
 {
     if (h->framing == RF_CLOSE && h->resp_sent && h->c && !h->c->closing) {
         uv_timer_stop(&h->timer);
+        h->armed_for = 0;
         conn_reset(h->c);
         return;
     }
@@ -548,6 +573,7 @@ static conn_t *detach(server_stream_t *s, buf_t **pending, const char **p, size_
     h->c = NULL;
     conn_set_owner(c, NULL, NULL);
     uv_timer_stop(&h->timer);
+    h->armed_for = 0;
     stat_inc(&h->cfg->stats->downstream_cx_upgrades_total);
     retire(h);
     return c;

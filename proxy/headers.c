@@ -66,115 +66,73 @@ void headers_mark_hop(head_t *h)
     }
 }
 
-static int add(head_t *out, const char *name, size_t nlen, const char *v, size_t vlen)
-{
-    return head_add_field(out, name, nlen, v, vlen);
-}
-
-static int copy_field(head_t *out, const head_t *in, unsigned i)
-{
-    return add(out, field_name(in, i), in->fields[i].name_len, field_value(in, i),
-               in->fields[i].value_len);
-}
-
 /* The X-Forwarded-For chain so far, every field in order, then the peer we received from. */
-static int forwarded_for(head_t *out, const head_t *in, const char *client_ip)
+static int forwarded_for(head_t *h, unsigned nfields, const char *client_ip)
 {
     char chain[2048];
     size_t at = 0, iplen = strlen(client_ip);
-    for (unsigned i = 0; i < in->nfields; i++) {
-        size_t n = in->fields[i].value_len;
-        if (in->fields[i].id != F_X_FORWARDED_FOR || n == 0)
+    for (unsigned i = 0; i < nfields; i++) {
+        size_t n = h->fields[i].value_len;
+        if (h->fields[i].id != F_X_FORWARDED_FOR)
+            continue;
+        h->fields[i].hop = 1; /* replaced by the chain below */
+        if (n == 0)
             continue;
         if (at + n + 2 + iplen > sizeof chain)
             return ERR_TOO_LARGE;
-        memcpy(chain + at, field_value(in, i), n);
+        memcpy(chain + at, field_value(h, i), n);
         at += n;
         memcpy(chain + at, ", ", 2);
         at += 2;
     }
     memcpy(chain + at, client_ip, iplen);
-    return add(out, "X-Forwarded-For", 15, chain, at + iplen);
+    return head_add_field(h, "X-Forwarded-For", 15, chain, at + iplen);
 }
 
-static int keep_request_field(const field_t *f, const request_edit_t *e)
+int headers_edit_request(head_t *h, const request_edit_t *e)
 {
-    switch (f->id) {
-    case F_X_FORWARDED_FOR:
-    case F_X_REQUEST_ID:
-    case F_CONTENT_LENGTH:
-        return 0;
-    case F_X_AMZN_TRACE_ID:
-        return !e->trace;
-    case F_EXPECT:
-        return !e->drop_expect;
-    case F_HOST:
-        return !e->authority;
-    case F_TRANSFER_ENCODING:
-        return e->keep_codings;
-    case F_UPGRADE:
-        return e->upgrade;
-    default:
-        return !f->hop;
+    unsigned n = h->nfields; /* the client's; what is appended below is remora's */
+    int has_host = 0, has_xfp = 0;
+    for (unsigned i = 0; i < n; i++) {
+        field_t *f = &h->fields[i];
+        switch (f->id) {
+        case F_X_REQUEST_ID:
+            f->hop = 1;
+            break;
+        case F_X_AMZN_TRACE_ID:
+            f->hop |= e->trace != NULL;
+            break;
+        case F_EXPECT:
+            f->hop |= e->drop_expect;
+            break;
+        case F_HOST:
+            f->hop |= e->authority != NULL;
+            has_host = 1;
+            break;
+        case F_X_FORWARDED_PROTO:
+            has_xfp = 1;
+            break;
+        default:
+            break;
+        }
     }
-}
-
-int headers_request(head_t *out, const head_t *in, const request_edit_t *e)
-{
-    out->method = in->method;
-    out->major = 1;
-    out->minor = 1;
-    int64_t off = head_store(out, head_str(in, in->method_text), in->method_len);
+    int64_t off = head_store(h, e->target, e->target_len);
     if (off < 0)
         return (int)off;
-    out->method_text = (uint32_t)off;
-    out->method_len = in->method_len;
-    if ((off = head_store(out, e->target, e->target_len)) < 0)
-        return (int)off;
-    out->target = (uint32_t)off;
-    out->target_len = (uint32_t)e->target_len;
-    int err = 0, has_host = 0, has_xfp = 0;
-    for (unsigned i = 0; i < in->nfields && err == 0; i++) {
-        const field_t *f = &in->fields[i];
-        if (!keep_request_field(f, e))
-            continue;
-        has_host |= f->id == F_HOST;
-        has_xfp |= f->id == F_X_FORWARDED_PROTO;
-        err = copy_field(out, in, i);
-    }
-    if (err == 0 && e->authority)
-        err = add(out, "Host", 4, e->authority, e->authority_len);
-    else if (err == 0 && !has_host && e->default_host)
-        err = add(out, "Host", 4, e->default_host, strlen(e->default_host));
-    if (err == 0)
-        err = forwarded_for(out, in, e->client_ip);
-    if (err == 0 && !has_xfp)
-        err = add(out, "X-Forwarded-Proto", 17, "http", 4);
-    if (err == 0)
-        err = add(out, "X-Request-Id", 12, e->request_id, strlen(e->request_id));
-    if (err == 0 && e->trace)
-        err = add(out, "X-Amzn-Trace-Id", 15, e->trace, e->trace_len);
-    return err;
-}
-
-int headers_response(head_t *out, const head_t *in, int keep_codings, int upgrade)
-{
-    out->status = in->status;
-    out->major = 1;
-    out->minor = 1;
-    int64_t off = head_store(out, head_str(in, in->reason), in->reason_len);
-    if (off < 0)
-        return (int)off;
-    out->reason = (uint32_t)off;
-    out->reason_len = in->reason_len;
+    h->target = (uint32_t)off;
+    h->target_len = (uint32_t)e->target_len;
     int err = 0;
-    for (unsigned i = 0; i < in->nfields && err == 0; i++) {
-        const field_t *f = &in->fields[i];
-        int keep = f->id == F_TRANSFER_ENCODING ? keep_codings
-                   : f->id == F_UPGRADE         ? upgrade
-                                                : !f->hop;
-        if (keep)
-            err = copy_field(out, in, i);
-    }
+    if (e->authority)
+        err = head_add_field(h, "Host", 4, e->authority, e->authority_len);
+    else if (!has_host && e->default_host)
+        err = head_add_field(h, "Host", 4, e->default_host, strlen(e->default_host));
+    if (err == 0)
+        err = forwarded_for(h, n, e->client_ip);
+    if (err == 0 && !has_xfp)
+        err = head_add_field(h, "X-Forwarded-Proto", 17, "http", 4);
+    if (err == 0)
+        err = head_add_field(h, "X-Request-Id", 12, e->request_id, strlen(e->request_id));
+    if (err == 0 && e->trace)
+        err = head_add_field(h, "X-Amzn-Trace-Id", 15, e->trace, e->trace_len);
     return err;
 }

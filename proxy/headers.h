@@ -28,14 +28,12 @@ typedef struct request_edit {
     const char *request_id;
     const char *trace; /* X-Amzn-Trace-Id to send, NULL: the client's passes through */
     size_t trace_len;
-    int drop_expect;  /* remora answered Expect itself */
-    int keep_codings; /* Transfer-Encoding has codings besides chunked: keep the list */
-    int upgrade;      /* keep Upgrade */
+    int drop_expect; /* remora answered Expect itself */
 } request_edit_t;
 
-/* Build the head to send upstream from the client's (hop flags set). 0 or ERR_TOO_LARGE. */
-int headers_request(head_t *out, const head_t *in, const request_edit_t *e);
-/* Build the head to send to the client from the upstream's. 0 or ERR_TOO_LARGE. */
-int headers_response(head_t *out, const head_t *in, int keep_codings, int upgrade);
+/* Turn the client's request head (hop flags set) into the one to send upstream, in place: the
+ * fields remora replaces are marked not to be forwarded, its own are appended, the target is
+ * replaced. Nothing is copied but what is added. 0 or ERR_TOO_LARGE / UV_ENOMEM. */
+int headers_edit_request(head_t *h, const request_edit_t *e);
 
 #endif

@@ -27,6 +27,25 @@ void loop_defer(loop_t *l, deferred_t *d)
     l->deferred_tail = d;
 }
 
+void loop_cancel(loop_t *l, deferred_t *d)
+{
+    if (!d->queued)
+        return;
+    deferred_t *prev = NULL;
+    for (deferred_t *q = l->deferred; q; prev = q, q = q->next) {
+        if (q != d)
+            continue;
+        if (prev)
+            prev->next = d->next;
+        else
+            l->deferred = d->next;
+        if (l->deferred_tail == d)
+            l->deferred_tail = prev;
+        break;
+    }
+    d->queued = 0;
+}
+
 void loop_pass(loop_t *l)
 {
     while (l->deferred) {

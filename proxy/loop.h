@@ -38,6 +38,8 @@ typedef struct loop {
 int loop_init(loop_t *l, void *owner);
 /* Run d->fn(d) on the loop's next pass; a deferred already queued is not queued twice. */
 void loop_defer(loop_t *l, deferred_t *d);
+/* Take d off the queue if it is on it (its owner is being freed). */
+void loop_cancel(loop_t *l, deferred_t *d);
 /* Run everything deferred (including what that queues), then flush output. */
 void loop_pass(loop_t *l);
 struct wreq *loop_wreq_get(loop_t *l);

@@ -219,6 +219,7 @@ static void maybe_finish(worker_t *w)
 {
     if (!w->draining || w->ingress.h1.nconns > 0 || w->egress.h1.nconns > 0 || w->ntunnels > 0)
         return;
+    loop_pass(&w->loop); /* exchanges still queued for release go first */
     pool_close_idle(&w->pools);
     if (uv_is_closing((uv_handle_t *)&w->wake))
         return;

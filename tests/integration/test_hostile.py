@@ -134,6 +134,20 @@ def write_atomically(path, cfg):
     os.rename(tmp, path)
 
 
+def parsed(collector):
+    """Every datagram received as a document; a datagram that is not the header line and one
+    JSON document fails the test, showing its bytes."""
+    docs = []
+    for d in list(collector.datagrams):
+        try:
+            head, _, body = d.partition(b"\n")
+            assert json.loads(head) == {"format": "json", "version": 1}
+            docs.append(json.loads(body))
+        except (ValueError, AssertionError):
+            raise AssertionError(f"malformed datagram: {d[:600]!r}") from None
+    return docs
+
+
 def chunk(data):
     return b"%x\r\n" % len(data) + data + b"\r\n"
 
@@ -733,20 +747,6 @@ def test_reload_during_a_traced_request_keeps_it_whole(upstream, remora, collect
     subs = [s for d in docs for s in d.get("subsegments", []) if s["name"] == "cart.shop.local"]
     assert [s["http"]["response"]["status"] for s in subs] == [200], docs
     assert r.ready()
-
-
-def parsed(collector):
-    """Every datagram received as a document; a datagram that is not the header line and one
-    JSON document fails the test, showing its bytes."""
-    docs = []
-    for d in list(collector.datagrams):
-        try:
-            head, _, body = d.partition(b"\n")
-            assert json.loads(head) == {"format": "json", "version": 1}
-            docs.append(json.loads(body))
-        except (ValueError, AssertionError):
-            raise AssertionError(f"malformed datagram: {d[:600]!r}") from None
-    return docs
 
 
 def pooled(app, cart, max_conn=None, max_pending=None, per_request_ms=None):

@@ -11,9 +11,9 @@ import pytest
 from rawhttp import Conn, request
 
 GIB = 1 << 30
-# The documented bound (README; docs/engine.md, "Bounded memory"): a 1 GiB body in either
-# direction passes with peak RSS under 5 MiB. Peak RSS is the kernel's VmHWM of the whole
-# process, start-up included, exactly as the docs phrase it.
+# The documented bound (README, "What it does today"): a 1 GiB body, in either direction,
+# "passes in under 5 MiB of RSS". Checked as the docs phrase it: the kernel's VmHWM (peak RSS)
+# of the whole process, start-up included, not just the growth.
 RSS_LIMIT_KIB = 5 * 1024
 # A sanitizer's runtime (ASan's shadow memory and quarantine, UBSan's runtime) inflates RSS by
 # more than the bound itself; the bound is about remora's own buffers, so it is checked in the

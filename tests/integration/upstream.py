@@ -95,7 +95,7 @@ def response(status, body=b"", headers=(), reason="X"):
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-async def send_bytes(writer, n, chunked, close):
+async def send_bytes(writer, n, chunked, close, head=False):
     block = bytes(range(256)) * 256  # 64 KiB
     if chunked:
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -103,7 +103,7 @@ async def send_bytes(writer, n, chunked, close):
         writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
     else:
         writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n".encode())
-    left = n
+    left = 0 if head else n  # a response to HEAD has no body (RFC 9110 §9.3.2)
     while left:
         part = block[: min(left, len(block))]
         if chunked:
@@ -112,7 +112,7 @@ async def send_bytes(writer, n, chunked, close):
             writer.write(part)
         left -= len(part)
         await writer.drain()
-    if chunked:
+    if chunked and not head:
         writer.write(b"0\r\n\r\n")
 
 
@@ -138,7 +138,7 @@ async def handle_one(reader, writer, args, first):
         async for _ in body_chunks(reader, headers):
             pass
         close = "close=1" in query
-        await send_bytes(writer, int(parts[1]), "chunked=1" in query, close)
+        await send_bytes(writer, int(parts[1]), "chunked=1" in query, close, method == "HEAD")
         if close:
             return False
     elif parts[0] == "sleep":
