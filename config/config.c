@@ -58,7 +58,7 @@ static const cJSON *protocol_member(jctx_t *j, const cJSON *o, const char *path,
 {
     const cJSON *v = NULL;
     int which = j_union(j, o, path, listener_protocols, J_REQUIRED, &v);
-    if (which < 0)
+    if (which < 0 || !protocol) /* no listener protocol: its portMapping error is reported */
         return NULL;
     jpath(member_path, path, listener_protocols[which]);
     if (protocol && strcmp(listener_protocols[which], protocol) != 0) {

@@ -99,11 +99,17 @@ long long j_int(jctx_t *j, const cJSON *obj, const char *base, const char *key, 
     const cJSON *v = member(j, obj, base, key, required);
     if (!v)
         return dflt;
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(long long)v->valuedouble) {
+    double d = cJSON_IsNumber(v) ? v->valuedouble : 0.5;
+    int huge = d > 9e18 || d < -9e18; /* converting it to an integer would be undefined */
+    if (huge) {
+        jerr(j, base, key, "must be %lld..%lld", lo, hi);
+        return dflt;
+    }
+    if (d != (double)(long long)d) {
         jerr(j, base, key, "must be an integer");
         return dflt;
     }
-    long long n = (long long)v->valuedouble;
+    long long n = (long long)d;
     if (n < lo || n > hi) {
         jerr(j, base, key, "must be %lld..%lld, got %lld", lo, hi, n);
         return dflt;

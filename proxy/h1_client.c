@@ -15,7 +15,9 @@ struct h1_client {
     cluster_stats_t *stats;
     const h1_client_owner_t *owner;
     void *owner_ctx;
-    uv_timer_t timer; /* connect timeout, then the idle timeout while pooled */
+    h1_client_timeouts_t *tmo; /* NULL: never timed out (a codec driven by a test) */
+    tq_node_t timeout;         /* connecting, or idle in the pool */
+    deferred_t freeing;
     h1_parser_t parser;
     const stream_events_t *ev; /* the stream's exchange while busy */
     void *ctx;
@@ -38,9 +40,20 @@ static const client_stream_ops_t stream_ops;
 
 /* ---- lifetime ---- */
 
-static void on_timer_closed(uv_handle_t *t)
+static void free_later(deferred_t *d)
 {
-    free(t->data);
+    free((char *)d - offsetof(h1_client_t, freeing));
+}
+
+/* Freed from the loop's next pass: the codec's own parse loop may be up the stack. */
+static void retire(h1_client_t *h)
+{
+    tq_del(&h->timeout);
+    head_give(h->loop, h->parser.head);
+    head_give(h->loop, h->parser.trailers);
+    h->parser.head = h->parser.trailers = NULL;
+    h->freeing.fn = free_later;
+    loop_defer(h->loop, &h->freeing);
 }
 
 static void gone(h1_client_t *h)
@@ -60,15 +73,13 @@ static void on_conn_closed(void *owner)
         h->ev->on_error(h->ctx, UV_ECONNABORTED);
     }
     gone(h);
-    head_give(h->loop, h->parser.head);
-    head_give(h->loop, h->parser.trailers);
-    uv_close((uv_handle_t *)&h->timer, on_timer_closed);
+    retire(h);
 }
 
 void h1_client_close(h1_client_t *h)
 {
     gone(h);
-    uv_timer_stop(&h->timer);
+    tq_del(&h->timeout);
     if (h->c)
         conn_close(h->c);
 }
@@ -217,9 +228,9 @@ static void on_drain(void *owner)
         h->ev->on_drain(h->ctx);
 }
 
-static void on_timer(uv_timer_t *t)
+static void on_expired(tq_node_t *n)
 {
-    h1_client_t *h = t->data;
+    h1_client_t *h = (h1_client_t *)(void *)((char *)n - offsetof(h1_client_t, timeout));
     if (!h->busy) {
         stat_inc(&h->stats->upstream_cx_idle_timeout);
         h1_client_close(h);
@@ -234,7 +245,7 @@ static void on_timer(uv_timer_t *t)
 static void on_connect(void *owner, int status)
 {
     h1_client_t *h = owner;
-    uv_timer_stop(&h->timer);
+    tq_del(&h->timeout);
     if (status < 0) {
         stat_inc(&h->stats->upstream_cx_connect_fail);
         h->keep_alive = 0;
@@ -345,11 +356,7 @@ static conn_t *detach(client_stream_t *s, buf_t **pending, const char **p, size_
     h->c = NULL;
     conn_set_owner(c, NULL, NULL);
     gone(h);
-    uv_timer_stop(&h->timer);
-    head_give(h->loop, h->parser.head);
-    head_give(h->loop, h->parser.trailers);
-    h->parser.head = h->parser.trailers = NULL;
-    uv_close((uv_handle_t *)&h->timer, on_timer_closed);
+    retire(h);
     return c;
 }
 
@@ -365,8 +372,22 @@ static const client_stream_ops_t stream_ops = {
 
 /* ---- the pool's side ---- */
 
+void h1_client_timeouts_init(h1_client_timeouts_t *t, loop_t *l, uint64_t connect_ms,
+                             uint64_t idle_ms)
+{
+    tq_init(&t->connect_q, l, connect_ms, on_expired);
+    tq_init(&t->idle_q, l, idle_ms, on_expired);
+}
+
+void h1_client_timeouts_close(h1_client_timeouts_t *t)
+{
+    tq_close(&t->connect_q);
+    tq_close(&t->idle_q);
+}
+
 h1_client_t *h1_client_connect(loop_t *l, const struct sockaddr *addr, cluster_stats_t *stats,
-                               const h1_client_owner_t *owner, void *owner_ctx)
+                               h1_client_timeouts_t *tmo, const h1_client_owner_t *owner,
+                               void *owner_ctx)
 {
     conn_t *c = conn_new(l);
     h1_client_t *h = c ? h1_client_new(c, stats, owner, owner_ctx) : NULL;
@@ -375,8 +396,9 @@ h1_client_t *h1_client_connect(loop_t *l, const struct sockaddr *addr, cluster_s
             conn_close(c);
         return NULL;
     }
+    h->tmo = tmo;
     conn_connect(c, addr);
-    uv_timer_start(&h->timer, on_timer, H1_CONNECT_TIMEOUT, 0);
+    tq_add(&tmo->connect_q, &h->timeout);
     return h;
 }
 
@@ -395,8 +417,6 @@ h1_client_t *h1_client_new(conn_t *c, cluster_stats_t *stats, const h1_client_ow
     h->owner_ctx = owner_ctx;
     h->s.ops = &stream_ops;
     h1_parser_init(&h->parser, H1_RESPONSE, NULL, NULL);
-    uv_timer_init(&l->uv, &h->timer);
-    h->timer.data = h;
     conn_set_owner(c, &conn_events, h);
     stat_inc(&stats->upstream_cx_total);
     conn_read(c, 1);
@@ -412,7 +432,7 @@ client_stream_t *h1_client_stream(h1_client_t *h, const stream_events_t *ev, voi
     h->keep_alive = 0;
     h1_parser_init(&h->parser, H1_RESPONSE, h->parser.head, h->parser.trailers);
     if (h->s.connected) {
-        uv_timer_stop(&h->timer);
+        tq_del(&h->timeout); /* out of the idle queue */
         conn_read(h->c, 1);
     }
     return &h->s;
@@ -423,10 +443,11 @@ h1_client_t **h1_client_idle_link(h1_client_t *h)
     return &h->idle_next;
 }
 
-void h1_client_park(h1_client_t *h, uint64_t idle_ms)
+void h1_client_park(h1_client_t *h)
 {
     h->s.reused = 1;
-    uv_timer_start(&h->timer, on_timer, idle_ms, 0);
+    if (h->tmo)
+        tq_add(&h->tmo->idle_q, &h->timeout);
 }
 
 int h1_client_usable(const h1_client_t *h)

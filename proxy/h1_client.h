@@ -14,10 +14,20 @@
 #include "base/stats.h"
 #include "proxy/conn.h"
 #include "proxy/stream.h"
-
-#define H1_CONNECT_TIMEOUT 5000 /* ms, then the stream fails with UV_ETIMEDOUT */
+#include "proxy/tqueue.h"
 
 typedef struct h1_client h1_client_t;
+
+/* The connect and idle timeouts, shared by a pool table's connections (tqueue.h). */
+typedef struct h1_client_timeouts {
+    tqueue_t connect_q; /* then the stream fails with UV_ETIMEDOUT */
+    tqueue_t idle_q;    /* then a pooled connection is closed */
+} h1_client_timeouts_t;
+
+void h1_client_timeouts_init(h1_client_timeouts_t *t, loop_t *l, uint64_t connect_ms,
+                             uint64_t idle_ms);
+/* The loop is ending (no connection left). */
+void h1_client_timeouts_close(h1_client_timeouts_t *t);
 
 /* What the connection tells its pool. */
 typedef struct h1_client_owner {
@@ -31,7 +41,8 @@ typedef struct h1_client_owner {
  * the connection is up goes out when it is; a failure to connect reaches ev->on_error on a
  * later loop pass. NULL only when memory is exhausted. */
 h1_client_t *h1_client_connect(loop_t *l, const struct sockaddr *addr, cluster_stats_t *stats,
-                               const h1_client_owner_t *owner, void *owner_ctx);
+                               h1_client_timeouts_t *tmo, const h1_client_owner_t *owner,
+                               void *owner_ctx);
 /* Take over a connection that is up (or set up elsewhere: tests and fuzzing drive a codec over
  * a transport of their own). NULL when memory is exhausted; the connection is then the
  * caller's to close. */
@@ -41,7 +52,8 @@ h1_client_t *h1_client_new(conn_t *c, cluster_stats_t *stats, const h1_client_ow
 client_stream_t *h1_client_stream(h1_client_t *h, const stream_events_t *ev, void *ctx);
 /* Idle connections: link for the pool's list, the idle deadline, close. */
 h1_client_t **h1_client_idle_link(h1_client_t *h);
-void h1_client_park(h1_client_t *h, uint64_t idle_ms);
+/* Idle in its pool: the idle timeout runs (when the connection has timeouts). */
+void h1_client_park(h1_client_t *h);
 void h1_client_close(h1_client_t *h);
 /* Whether it may carry another request (not closing, no stray bytes, no failed write). */
 int h1_client_usable(const h1_client_t *h);

@@ -9,8 +9,7 @@
 #include "base/log.h"
 #include "proxy/h1_out.h"
 #include "proxy/h1_parse.h"
-
-#define LINGER_MS 5000 /* how long a closing connection may take to read our last bytes */
+#include "proxy/tqueue.h"
 
 enum phase { PH_HEADERS, PH_IDLE, PH_STREAM, PH_LINGER };
 enum framing { RF_NONE, RF_LENGTH, RF_CHUNKED, RF_CLOSE };
@@ -19,7 +18,7 @@ struct h1_server {
     server_stream_t s; /* first: the exchange's handle is this connection */
     h1_server_config_t *cfg;
     conn_t *c;
-    uv_timer_t timer;
+    tq_node_t timeout; /* in the queue of the current phase (none while a stream is open) */
     h1_parser_t parser;
     h1_server_t *next, *prev;
     const stream_events_t *ev; /* the open stream's exchange, NULL when none */
@@ -30,8 +29,6 @@ struct h1_server {
     deferred_t next_request;
     char peer[48];
     enum phase phase;
-    uint64_t deadline;  /* when the phase times out (loop ms); 0: never */
-    uint64_t armed_for; /* the deadline the libuv timer is set for; 0: not armed */
     enum framing framing;
     uint8_t req_method, minor;
     unsigned in_stream : 1;  /* an exchange holds the stream */
@@ -54,11 +51,10 @@ static void update_reading(h1_server_t *h);
 
 /* ---- lifetime ---- */
 
-static void on_timer_closed(uv_handle_t *t)
+static void free_later(deferred_t *d)
 {
-    h1_server_t *h = t->data;
+    h1_server_t *h = (h1_server_t *)(void *)((char *)d - offsetof(h1_server_t, next_request));
     h1_server_config_t *cfg = h->cfg;
-    loop_cancel(cfg->loop, &h->next_request);
     free((void *)h->s.orig_dst);
     free(h);
     if (cfg->on_closed)
@@ -88,7 +84,11 @@ static void retire(h1_server_t *h)
     head_give(h->cfg->loop, h->parser.trailers);
     h->parser.head = h->parser.trailers = NULL;
     unlink_conn(h);
-    uv_close((uv_handle_t *)&h->timer, on_timer_closed);
+    tq_del(&h->timeout);
+    /* Freed from the loop's next pass: a caller up the stack may still hold the stream. */
+    loop_cancel(h->cfg->loop, &h->next_request);
+    h->next_request.fn = free_later;
+    loop_defer(h->cfg->loop, &h->next_request);
 }
 
 static void on_conn_closed(void *owner)
@@ -106,12 +106,11 @@ static void close_now(h1_server_t *h)
 {
     if (!h->c || h->c->closing)
         return;
-    uv_timer_stop(&h->timer);
-    h->armed_for = 0;
+    tq_del(&h->timeout);
     conn_close(h->c);
 }
 
-static void set_phase(h1_server_t *h, enum phase ph, uint64_t ms);
+static void set_phase(h1_server_t *h, enum phase ph);
 static void local_reply(h1_server_t *h, int status, const char *body, size_t n);
 
 /* Send what is queued, FIN, and keep reading and discarding until the client closes or the
@@ -121,30 +120,18 @@ static void finish(h1_server_t *h)
     if (h->closing || !h->c || h->c->closing)
         return;
     h->closing = 1;
-    set_phase(h, PH_LINGER, LINGER_MS);
+    set_phase(h, PH_LINGER);
     conn_shutdown(h->c);
     update_reading(h);
 }
 
-/* ---- timer ---- */
+/* ---- timeouts ---- */
 
-static void arm(h1_server_t *h);
-
-/* Phases change several times per request; the libuv timer is re-armed only when a deadline
- * comes earlier than the one it is armed for, and a timer that fires early (the deadline moved
- * later, or went away) arms itself for what is left. */
-static void on_timer(uv_timer_t *t)
+/* The current phase's time is up (h1_server_config_t's queues). */
+static void on_expired(tq_node_t *n)
 {
-    h1_server_t *h = t->data;
+    h1_server_t *h = (h1_server_t *)(void *)((char *)n - offsetof(h1_server_t, timeout));
     http_stats_t *st = h->cfg->stats;
-    h->armed_for = 0;
-    if (!h->deadline)
-        return;
-    if (loop_now(h->cfg->loop) < h->deadline) {
-        arm(h);
-        return;
-    }
-    h->deadline = 0;
     switch (h->phase) {
     case PH_HEADERS:
         stat_inc(&st->downstream_cx_header_timeout);
@@ -169,20 +156,24 @@ static void on_timer(uv_timer_t *t)
     }
 }
 
-static void arm(h1_server_t *h)
+static void set_phase(h1_server_t *h, enum phase ph)
 {
-    if (!h->deadline || (h->armed_for && h->armed_for <= h->deadline))
-        return;
-    uint64_t now = loop_now(h->cfg->loop);
-    uv_timer_start(&h->timer, on_timer, h->deadline > now ? h->deadline - now : 0, 0);
-    h->armed_for = h->deadline;
-}
-
-static void set_phase(h1_server_t *h, enum phase ph, uint64_t ms)
-{
+    h1_server_config_t *cfg = h->cfg;
     h->phase = ph;
-    h->deadline = ms ? loop_now(h->cfg->loop) + ms : 0;
-    arm(h);
+    switch (ph) {
+    case PH_HEADERS:
+        tq_add(&cfg->headers_q, &h->timeout);
+        break;
+    case PH_IDLE:
+        tq_add(&cfg->idle_q, &h->timeout);
+        break;
+    case PH_LINGER:
+        tq_add(&cfg->linger_q, &h->timeout);
+        break;
+    case PH_STREAM:
+        tq_del(&h->timeout);
+        break;
+    }
 }
 
 /* ---- replies of the codec's own ---- */
@@ -250,7 +241,7 @@ static void on_head(h1_server_t *h)
     h->in_stream = 1;
     h->resp_sent = h->resp_done = h->failed = h->paused = h->continued = 0;
     h->req_done = h->parser.body == H1_BODY_NONE; /* MSG_END: the head is the whole request */
-    set_phase(h, PH_STREAM, 0);
+    set_phase(h, PH_STREAM);
     stat_inc(&h->cfg->stats->downstream_rq_total);
     h->ev = h->cfg->handler->accept(h->cfg->owner, &h->s, &h->ctx);
     if (!h->ev) {
@@ -316,7 +307,7 @@ static void process(h1_server_t *h)
             break;
         }
         if (!h->in_stream && h->phase == PH_IDLE && h->pending)
-            set_phase(h, PH_HEADERS, h->cfg->header_timeout_ms); /* a new request begins */
+            set_phase(h, PH_HEADERS); /* a new request begins */
         buf_t *b = h->pending ? buf_ref(h->pending) : NULL;
         int was_in_stream = h->in_stream;
         h1_ev_t ev;
@@ -369,7 +360,7 @@ static void on_read(void *owner, buf_t *b)
     h->pending_p = b->data;
     h->pending_n = b->len;
     if (!h->in_stream && h->phase == PH_IDLE)
-        set_phase(h, PH_HEADERS, h->cfg->header_timeout_ms);
+        set_phase(h, PH_HEADERS);
     process(h);
 }
 
@@ -524,8 +515,7 @@ static int over_high_water(server_stream_t *s)
 static void cut(h1_server_t *h)
 {
     if (h->framing == RF_CLOSE && h->resp_sent && h->c && !h->c->closing) {
-        uv_timer_stop(&h->timer);
-        h->armed_for = 0;
+        tq_del(&h->timeout);
         conn_reset(h->c);
         return;
     }
@@ -549,7 +539,7 @@ static void release(server_stream_t *s, int abort)
         finish(h);
         return;
     }
-    set_phase(h, PH_IDLE, h->cfg->idle_ms);
+    set_phase(h, PH_IDLE);
     loop_defer(h->cfg->loop, &h->next_request); /* the next request, outside the caller */
 }
 
@@ -572,8 +562,6 @@ static conn_t *detach(server_stream_t *s, buf_t **pending, const char **p, size_
     h->ev = NULL;
     h->c = NULL;
     conn_set_owner(c, NULL, NULL);
-    uv_timer_stop(&h->timer);
-    h->armed_for = 0;
     stat_inc(&h->cfg->stats->downstream_cx_upgrades_total);
     retire(h);
     return c;
@@ -591,6 +579,20 @@ static const server_stream_ops_t stream_ops = {
 };
 
 /* ---- listener side ---- */
+
+void h1_server_config_init(h1_server_config_t *cfg, uint64_t header_timeout_ms, uint64_t idle_ms)
+{
+    tq_init(&cfg->headers_q, cfg->loop, header_timeout_ms, on_expired);
+    tq_init(&cfg->idle_q, cfg->loop, idle_ms, on_expired);
+    tq_init(&cfg->linger_q, cfg->loop, H1_LINGER_MS, on_expired);
+}
+
+void h1_server_config_close(h1_server_config_t *cfg)
+{
+    tq_close(&cfg->headers_q);
+    tq_close(&cfg->idle_q);
+    tq_close(&cfg->linger_q);
+}
 
 void h1_server_start(h1_server_config_t *cfg, conn_t *c, const struct sockaddr *orig_dst)
 {
@@ -613,8 +615,6 @@ void h1_server_start(h1_server_config_t *cfg, conn_t *c, const struct sockaddr *
     h->s.ops = &stream_ops;
     h->s.peer = h->peer;
     h->next_request.fn = on_next_request;
-    uv_timer_init(&cfg->loop->uv, &h->timer);
-    h->timer.data = h;
     h1_parser_init(&h->parser, H1_REQUEST, NULL, NULL);
     conn_peer_name(c, h->peer, sizeof h->peer);
     conn_set_owner(c, &conn_events, h);
@@ -626,7 +626,7 @@ void h1_server_start(h1_server_config_t *cfg, conn_t *c, const struct sockaddr *
     stat_inc(&cfg->stats->downstream_cx_total);
     stat_inc(&cfg->stats->downstream_cx_active);
     /* A connection's first request head is bounded by the header timeout from accept. */
-    set_phase(h, PH_HEADERS, cfg->header_timeout_ms);
+    set_phase(h, PH_HEADERS);
     update_reading(h);
 }
 

@@ -21,6 +21,9 @@
 #include "base/stats.h"
 #include "proxy/conn.h"
 #include "proxy/stream.h"
+#include "proxy/tqueue.h"
+
+#define H1_LINGER_MS 5000 /* how long a closing connection may take to read our last bytes */
 
 typedef struct h1_server h1_server_t;
 
@@ -30,14 +33,18 @@ typedef struct h1_server_config {
     const stream_handler_t *handler;
     void *owner; /* handed to handler->accept */
     http_stats_t *stats;
-    uint64_t header_timeout_ms;
-    uint64_t idle_ms;   /* between requests; updated by reloads */
+    /* The timeouts of the phases (h1_server_config_init); tq_set_ms(&idle_q, ...) on reload. */
+    tqueue_t headers_q, idle_q, linger_q;
     int draining;       /* answer with Connection: close and end idle connections */
     h1_server_t *conns; /* every open connection */
     unsigned nconns;
     void (*on_closed)(void *owner); /* a connection is gone (for drain completion) */
 } h1_server_config_t;
 
+/* Set up the timeout queues of a config whose other fields are filled in. */
+void h1_server_config_init(h1_server_config_t *cfg, uint64_t header_timeout_ms, uint64_t idle_ms);
+/* The worker is ending (no connection left): close the queues' timers. */
+void h1_server_config_close(h1_server_config_t *cfg);
 /* Take over an accepted connection and start reading; `orig_dst` (may be NULL) is copied. */
 void h1_server_start(h1_server_config_t *cfg, conn_t *c, const struct sockaddr *orig_dst);
 /* Draining: close idle connections now; busy ones close after their current response. */

@@ -21,6 +21,7 @@ void pool_table_init(pool_table_t *t, loop_t *l)
 {
     memset(t, 0, sizeof *t);
     t->loop = l;
+    h1_client_timeouts_init(&t->timeouts, l, POOL_CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT);
 }
 
 static unsigned hash(const cluster_t *cl, const struct sockaddr_storage *a, socklen_t n)
@@ -113,7 +114,7 @@ static void on_idle(void *owner, h1_client_t *h)
         h1_client_close(h);
         return;
     }
-    h1_client_park(h, POOL_IDLE_TIMEOUT);
+    h1_client_park(h);
     *h1_client_idle_link(h) = p->idle;
     p->idle = h;
     p->nidle++;
@@ -151,8 +152,8 @@ client_stream_t *pool_stream(pool_table_t *t, cluster_t *cl, const endpoint_t *e
         stat_inc(&cl->stats.upstream_cx_pool_reuse);
         return h1_client_stream(h, ev, ctx);
     }
-    h1_client_t *h =
-        h1_client_connect(t->loop, (const struct sockaddr *)&p->addr, &cl->stats, &client_owner, p);
+    h1_client_t *h = h1_client_connect(t->loop, (const struct sockaddr *)&p->addr, &cl->stats,
+                                       &t->timeouts, &client_owner, p);
     if (!h) {
         maybe_free(p);
         return NULL;
@@ -281,4 +282,9 @@ void pool_close_idle(pool_table_t *t)
 int pool_table_empty(const pool_table_t *t)
 {
     return t->npools == 0;
+}
+
+void pool_table_close(pool_table_t *t)
+{
+    h1_client_timeouts_close(&t->timeouts);
 }

@@ -18,16 +18,19 @@
 
 #include "discovery/cluster.h"
 #include "proxy/loop.h"
+#include "proxy/h1_client.h"
 #include "proxy/stream.h"
 
-#define POOL_IDLE_MAX     256   /* idle connections kept per endpoint per worker */
-#define POOL_IDLE_TIMEOUT 60000 /* ms an idle upstream connection is kept */
-#define POOL_BUCKETS      64
+#define POOL_IDLE_MAX        256   /* idle connections kept per endpoint per worker */
+#define POOL_IDLE_TIMEOUT    60000 /* ms an idle upstream connection is kept */
+#define POOL_CONNECT_TIMEOUT 5000  /* ms a connect may take */
+#define POOL_BUCKETS         64
 
 typedef struct pool pool_t;
 
 typedef struct pool_table {
     loop_t *loop;
+    h1_client_timeouts_t timeouts;
     pool_t *buckets[POOL_BUCKETS];
     pool_t *with_idle; /* entries that hold idle connections (checked after discovery) */
     struct pool_wait *wait_head, *wait_tail;
@@ -71,5 +74,7 @@ void pool_close_departed(pool_table_t *t);
 void pool_close_idle(pool_table_t *t);
 /* Whether any entry is left (connections open). */
 int pool_table_empty(const pool_table_t *t);
+/* The loop is ending and no connection is left: close the timeouts' timers. */
+void pool_table_close(pool_table_t *t);
 
 #endif

@@ -151,10 +151,10 @@ static int listener_open(worker_t *w, listener_t *l, enum listener_kind kind, ui
         .handler = &exchange_handler,
         .owner = l,
         .stats = kind == LISTENER_INGRESS ? &s->ingress_stats : &s->egress_stats,
-        .header_timeout_ms = s->set.header_timeout_ms,
-        .idle_ms = kind == LISTENER_INGRESS ? ingress_idle_ms(w) : ROUTE_DEFAULT_IDLE_MS,
         .on_closed = on_conn_closed,
     };
+    h1_server_config_init(&l->h1, s->set.header_timeout_ms,
+                          kind == LISTENER_INGRESS ? ingress_idle_ms(w) : ROUTE_DEFAULT_IDLE_MS);
     uv_tcp_init(&w->loop.uv, &l->tcp);
     l->tcp.data = l;
     int err = uv_tcp_open(&l->tcp, fd);
@@ -225,6 +225,9 @@ static void maybe_finish(worker_t *w)
         return;
     /* Connections close their own handles; these are the worker's. */
     exchange_close_kept(w);
+    pool_table_close(&w->pools);
+    h1_server_config_close(&w->ingress.h1);
+    h1_server_config_close(&w->egress.h1);
     uv_close((uv_handle_t *)&w->wake, NULL);
     uv_close((uv_handle_t *)&w->prepare, NULL);
     uv_close((uv_handle_t *)&w->check, NULL);
@@ -239,7 +242,7 @@ static void adopt_routes(worker_t *w)
     route_table_t *old = w->routes;
     w->routes = next; /* requests already routed keep their own reference */
     route_table_unref(old);
-    w->ingress.h1.idle_ms = ingress_idle_ms(w);
+    tq_set_ms(&w->ingress.h1.idle_q, ingress_idle_ms(w));
 }
 
 void worker_publish(worker_t *w, route_table_t *rt)

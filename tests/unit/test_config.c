@@ -248,6 +248,27 @@ static void test_not_json(void **state)
     diag_free(&d);
 }
 
+/* Inputs the config fuzzer found (tests/fuzz/regressions/config): each was undefined
+ * behaviour, each is now a clear message. */
+static void test_fuzzer_findings(void **state)
+{
+    (void)state;
+    rejects("{\"proxy\":{\"workers\":1e30}}", "m.json: proxy.workers: must be 1..256");
+    diag_t d = {0};
+    const char *no_protocol[] = {
+        "{\"virtualNodes\":[{\"spec\":{\"listeners\":[{\"connectionPool\":{\"http\":{}}}]}}]}",
+        "{\"virtualNodes\":[{\"spec\":{\"listeners\":[{\"timeout\":{\"http\":{}}}]}}]}",
+    };
+    for (size_t i = 0; i < 2; i++) {
+        assert_null(config_parse(no_protocol[i], strlen(no_protocol[i]), "m.json", &d));
+        int found = 0;
+        for (size_t k = 0; k < d.n; k++)
+            found |= strstr(d.lines[k], "listeners[0].portMapping: is required") != NULL;
+        assert_true(found);
+        diag_free(&d);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -256,6 +277,7 @@ int main(void)
         cmocka_unit_test(test_reference_and_node_errors),
         cmocka_unit_test(test_reports_every_problem),
         cmocka_unit_test(test_not_json),
+        cmocka_unit_test(test_fuzzer_findings),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
