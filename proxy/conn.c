@@ -370,10 +370,11 @@ static void on_closed(uv_handle_t *h)
     free(c);
 }
 
-void conn_close(conn_t *c)
+/* Drop what is queued; 0 when the connection was already closing. */
+static int begin_close(conn_t *c)
 {
     if (c->closing)
-        return;
+        return 0;
     c->closing = 1;
     unmark_dirty(c);
     if (c->out) {
@@ -381,7 +382,13 @@ void conn_close(conn_t *c)
         c->out = NULL;
     }
     drop_backlog(c);
-    uv_close((uv_handle_t *)&c->tcp, on_closed);
+    return 1;
+}
+
+void conn_close(conn_t *c)
+{
+    if (begin_close(c))
+        uv_close((uv_handle_t *)&c->tcp, on_closed);
 }
 
 int conn_accept(conn_t *c, uv_stream_t *server)
@@ -396,16 +403,7 @@ int conn_accept(conn_t *c, uv_stream_t *server)
 
 void conn_reset(conn_t *c)
 {
-    if (c->closing)
-        return;
-    c->closing = 1;
-    unmark_dirty(c);
-    if (c->out) {
-        release(c->loop, c->out);
-        c->out = NULL;
-    }
-    drop_backlog(c);
-    if (uv_tcp_close_reset(&c->tcp, on_closed) != 0)
+    if (begin_close(c) && uv_tcp_close_reset(&c->tcp, on_closed) != 0)
         uv_close((uv_handle_t *)&c->tcp, on_closed);
 }
 

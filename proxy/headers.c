@@ -5,24 +5,6 @@
 
 #include "base/err.h"
 
-static int hop_by_id(uint8_t id)
-{
-    switch (id) {
-    case F_CONNECTION:
-    case F_KEEP_ALIVE:
-    case F_PROXY_CONNECTION:
-    case F_TE:
-    case F_TRANSFER_ENCODING:
-    case F_UPGRADE:
-    case F_TRAILER:
-    case F_PROXY_AUTHENTICATE:
-    case F_PROXY_AUTHORIZATION:
-        return 1;
-    default:
-        return 0;
-    }
-}
-
 static int never_hop(uint8_t id)
 {
     return id == F_CONTENT_LENGTH || id == F_TRANSFER_ENCODING || id == F_HOST;
@@ -44,12 +26,8 @@ static void mark_named(head_t *h, const char *token, size_t n)
 
 void headers_mark_hop(head_t *h)
 {
-    int has_connection = 0;
-    for (unsigned i = 0; i < h->nfields; i++) {
-        h->fields[i].hop = (uint8_t)hop_by_id(h->fields[i].id);
-        has_connection |= h->fields[i].id == F_CONNECTION;
-    }
-    if (!has_connection)
+    /* The fixed set was marked as each field was added (field_classify). */
+    if (head_find_id(h, F_CONNECTION, 0) < 0)
         return;
     for (unsigned c = 0; c < h->nfields; c++) {
         if (h->fields[c].id != F_CONNECTION)

@@ -15,7 +15,7 @@
 
 #include "proxy/head.h"
 
-/* Set every field's hop flag. */
+/* Mark the fields a Connection header names hop-by-hop (the fixed set is marked already). */
 void headers_mark_hop(head_t *h);
 
 typedef struct request_edit {

@@ -48,15 +48,17 @@ void loop_cancel(loop_t *l, deferred_t *d)
 
 void loop_pass(loop_t *l)
 {
-    while (l->deferred) {
-        deferred_t *d = l->deferred;
-        l->deferred = d->next;
-        if (!l->deferred)
-            l->deferred_tail = NULL;
-        d->queued = 0;
-        d->fn(d);
-    }
-    conn_flush_dirty(l);
+    do { /* a flush can defer work (a drain owed), which can write more */
+        while (l->deferred) {
+            deferred_t *d = l->deferred;
+            l->deferred = d->next;
+            if (!l->deferred)
+                l->deferred_tail = NULL;
+            d->queued = 0;
+            d->fn(d);
+        }
+        conn_flush_dirty(l);
+    } while (l->deferred);
 }
 
 wreq_t *loop_wreq_get(loop_t *l)

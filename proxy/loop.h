@@ -40,7 +40,8 @@ int loop_init(loop_t *l, void *owner);
 void loop_defer(loop_t *l, deferred_t *d);
 /* Take d off the queue if it is on it (its owner is being freed). */
 void loop_cancel(loop_t *l, deferred_t *d);
-/* Run everything deferred (including what that queues), then flush output. */
+/* Run everything deferred (including what that queues) and flush output, until neither is
+ * left: the loop must never block with work queued. */
 void loop_pass(loop_t *l);
 struct wreq *loop_wreq_get(loop_t *l);
 void loop_wreq_put(loop_t *l, struct wreq *r);
