@@ -331,6 +331,11 @@ static void run(void *arg)
 {
     worker_t *w = arg;
     uv_run(&w->loop.uv, UV_RUN_DEFAULT);
+    /* The last close callbacks may have deferred frees, which may close handles in turn. */
+    while (w->loop.deferred) {
+        loop_pass(&w->loop);
+        uv_run(&w->loop.uv, UV_RUN_DEFAULT);
+    }
     /* Every handle is closed by now; nothing else can run on this loop. */
     route_table_unref(atomic_exchange(&w->next_routes, NULL));
     route_table_unref(w->routes);
