@@ -9,16 +9,21 @@
 #define MAX_EMPTY_LINES 4
 /* Content-Length and chunk sizes stay below 2^63. */
 #define SIZE_MAX_63 UINT64_C(0x7fffffffffffffff)
+/* Head bytes copied per step: more than most heads, so one step is the rule, and few body bytes
+ * that follow a head in the same read are copied with it (they are not consumed). */
+#define COPY_STEP 4096
 
 /* One parser state per place in the message; `remaining` and `scan` mean what the header says,
  * except where noted. */
 enum state {
     S_IDLE,    /* before a message: empty lines may come first */
     S_INTERIM, /* response: a 1xx was reported, the final head is to come */
-    S_LINE,    /* collecting the start line (scan bytes stored), parsed when its LF is in */
-    S_HEAD,    /* collecting the field lines until the empty line; line_len: where they start */
-    S_LENGTH,  /* Content-Length body */
-    S_CLOSE,   /* body delimited by the connection's close */
+    /* The head: bytes are copied into p->head (scan of them so far) and parsed there as their
+     * lines complete; line_len is where the first line not yet parsed starts. */
+    S_LINE,   /* the start line */
+    S_HEAD,   /* the field lines, up to the empty line */
+    S_LENGTH, /* Content-Length body */
+    S_CLOSE,  /* body delimited by the connection's close */
     /* Chunked (RFC 9112 §7.1): the size line, with `remaining` accumulating the size. */
     S_SIZE0,      /* the first HEXDIG */
     S_SIZE,       /* more HEXDIG, or what follows them */
@@ -33,7 +38,7 @@ enum state {
     S_EXT_AFTER,  /* right after the closing quote */
     S_DATA,       /* chunk-data */
     S_DATA_END,   /* the CRLF after it */
-    S_TRAILERS,   /* collecting the trailer section into p->trailers (scan bytes stored) */
+    S_TRAILERS,   /* the trailer section, copied into p->trailers and parsed like a head */
     /* Trailers dropped (p->trailers NULL), checked as they pass: `scan` counts the field
      * lines' bytes and `remaining` the fields, for the caps. */
     S_TL_LINE,    /* at the start of a line */
@@ -52,6 +57,7 @@ enum state {
 #define X 0x08 /* HEXDIG */
 #define A 0x10 /* unreserved / sub-delims: a reg-name or IP-literal, with pct-encoded aside */
 #define Q 0x20 /* qdtext */
+#define W 0x40 /* SP, HTAB: whitespace (OWS, BWS) */
 
 #define VCHAR (V | U | Q)
 #define ALNUM (VCHAR | T | A)
@@ -61,7 +67,7 @@ enum state {
 
 /* clang-format off */
 static const unsigned char cls[256] = {
-    ['\t'] = V | Q, [' '] = V | Q,
+    ['\t'] = V | Q | W, [' '] = V | Q | W,
     ['"'] = V | U, ['\\'] = V | U,
     ['/'] = VCHAR, [':'] = VCHAR, ['<'] = VCHAR, ['>'] = VCHAR, ['?'] = VCHAR, ['@'] = VCHAR,
     ['['] = VCHAR, [']'] = VCHAR, ['{'] = VCHAR, ['}'] = VCHAR,
@@ -88,7 +94,7 @@ static const unsigned char cls[256] = {
 
 static inline int is_ws(unsigned c)
 {
-    return c == ' ' || c == '\t';
+    return cls[c] & W;
 }
 
 static inline int is_digit(unsigned c)
@@ -101,17 +107,51 @@ static inline unsigned hexval(unsigned c)
     return c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10;
 }
 
-/* Whether the n bytes at p are `lit` (lower case) in any case. */
-static int same(const char *p, const char *lit, size_t n)
+/* Nonzero unless the bytes at p are those at lit in any case, lit being lower-case letters and
+ * '-': OR-ing 0x20 into a letter lowers it, and the mask has that bit only where lit has a
+ * letter (bit 6 set), so a '-' must be exact (a CR OR 0x20 would pass for one). */
+static inline uint64_t differ8(const char *p, const char *lit)
 {
-    for (size_t i = 0; i < n; i++) {
-        unsigned c = (unsigned char)p[i];
-        if (c - 'A' < 26u)
-            c |= 0x20;
-        if (c != (unsigned char)lit[i])
-            return 0;
+    uint64_t a, b;
+    memcpy(&a, p, 8);
+    memcpy(&b, lit, 8);
+    return (a | (b & UINT64_C(0x4040404040404040)) >> 1) ^ b;
+}
+
+static inline uint32_t differ4(const char *p, const char *lit)
+{
+    uint32_t a, b;
+    memcpy(&a, p, 4);
+    memcpy(&b, lit, 4);
+    return (a | (b & 0x40404040u) >> 1) ^ b;
+}
+
+static inline uint16_t differ2(const char *p, const char *lit)
+{
+    uint16_t a, b;
+    memcpy(&a, p, 2);
+    memcpy(&b, lit, 2);
+    return (uint16_t)((a | (b & 0x4040u) >> 1) ^ b);
+}
+
+/* Whether the n bytes at p are `lit` in any case (lit as above). */
+static inline int same(const char *p, const char *lit, size_t n)
+{
+    /* Overlapping loads of 8, 4 or 2 bytes, so that with a constant n every load is one
+     * instruction and every literal word a constant. */
+    uint64_t diff = 0;
+    if (n >= 8) {
+        for (size_t i = 0; i + 8 <= n; i += 8)
+            diff |= differ8(p + i, lit + i);
+        diff |= differ8(p + n - 8, lit + n - 8);
+    } else if (n >= 4) {
+        diff = differ4(p, lit) | differ4(p + n - 4, lit + n - 4);
+    } else if (n >= 2) {
+        diff = differ2(p, lit) | differ2(p + n - 2, lit + n - 2);
+    } else if (n == 1) {
+        diff = ((unsigned char)p[0] | ((unsigned char)lit[0] & 0x40) >> 1) ^ (unsigned char)lit[0];
     }
-    return 1;
+    return diff == 0;
 }
 
 /* Enters S_ERROR: every later call reports H1_ERROR with this status. Returns -1. */
@@ -123,7 +163,7 @@ static int bad(h1_parser_t *p, int status, const char *why)
     return -1;
 }
 
-/* What the field lines of a head say about framing, gathered in one pass. */
+/* What the fields of a head say about framing. */
 struct facts {
     unsigned hosts, host;  /* Host fields, and the index of the first */
     unsigned cl;           /* Content-Length fields */
@@ -195,13 +235,13 @@ static int valid_authority(const unsigned char *v, size_t n)
             return 0;
         i++;
     } else {
-        while (i < n) {
-            if (cls[v[i]] & A)
-                i++;
-            else if (v[i] == '%' && i + 2 < n && (cls[v[i + 1]] & X) && (cls[v[i + 2]] & X))
-                i += 3;
-            else
+        for (;;) {
+            while ((cls[v[i]] & A) && (cls[v[i + 1]] & A)) /* the value's NUL ends it */
+                i += 2;
+            i += (cls[v[i]] & A) != 0;
+            if (!(i + 2 < n && v[i] == '%' && (cls[v[i + 1]] & X) && (cls[v[i + 2]] & X)))
                 break;
+            i += 3;
         }
     }
     if (i < n && v[i++] != ':')
@@ -210,6 +250,26 @@ static int valid_authority(const unsigned char *v, size_t n)
         if (!is_digit(v[i]))
             return 0;
     return 1;
+}
+
+/* The Connection options remora acts on (RFC 9110 §7.6.1, RFC 9112 §9.3), in one pass. */
+static void connection_options(struct facts *f, const char *v, size_t n)
+{
+    const char *end = v + n;
+    for (;;) {
+        const char *comma = memchr(v, ',', (size_t)(end - v));
+        size_t len = (size_t)((comma ? comma : end) - v);
+        const char *o = trim_ows(v, &len);
+        if (len == 5 && same(o, "close", 5))
+            f->close = 1;
+        else if (len == 10 && same(o, "keep-alive", 10))
+            f->keep_alive = 1;
+        else if (len == 7 && same(o, "upgrade", 7))
+            f->upgrade_token = 1;
+        if (!comma)
+            return;
+        v = comma + 1;
+    }
 }
 
 /* Notes what a field means for framing; -1 when it breaks a rule. */
@@ -232,9 +292,7 @@ static int note(h1_parser_t *p, struct facts *f, const head_t *h, unsigned i)
         f->te++;
         return transfer_codings(p, f, v, fl->value_len);
     case F_CONNECTION:
-        f->close |= list_has(v, fl->value_len, "close", 5);
-        f->keep_alive |= list_has(v, fl->value_len, "keep-alive", 10);
-        f->upgrade_token |= list_has(v, fl->value_len, "upgrade", 7);
+        connection_options(f, v, fl->value_len);
         return 0;
     case F_UPGRADE:
         f->upgrade = 1;
@@ -247,174 +305,288 @@ static int note(h1_parser_t *p, struct facts *f, const head_t *h, unsigned i)
     }
 }
 
-/* A line end at *q: CRLF, or a lone LF (§2.2). 0 and past it, or -1. */
-static inline int line_end(unsigned char **q)
+/* Eight bytes at a time (SWAR): runs of value and target characters are most of a head's bytes.
+ * Each `*_stops` sets the high bit of the word's bytes that end a run (or need the byte loop).
+ * Borrows and carries flow only toward later bytes and start only at such a byte, so the
+ * lowest bit set is exact: on a little-endian machine, the first stop. Elsewhere the byte
+ * loops do it all. */
+#define ONES  UINT64_C(0x0101010101010101)
+#define HIGHS (ONES * 0x80)
+#define WORDS (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
+
+static inline uint64_t load8(const unsigned char *c)
 {
-    unsigned char *s = *q;
-    if (s[0] == '\n') {
-        *q = s + 1;
-        return 0;
-    }
-    if (s[0] == '\r' && s[1] == '\n') {
-        *q = s + 2;
-        return 0;
-    }
-    return -1;
+    uint64_t x;
+    memcpy(&x, c, 8);
+    return x;
 }
 
-/* Why the byte at q cannot end a line. */
-static const char *not_line_end(const unsigned char *q, const char *otherwise)
+/* Bytes below n (n <= 128). */
+static inline uint64_t below(uint64_t x, unsigned n)
 {
-    return q[0] == '\r' && q[1] != '\n' ? "CR not followed by LF" : otherwise;
+    return (x - ONES * n) & ~x & HIGHS;
 }
 
-/* "HTTP/" DIGIT "." DIGIT (§2.3, case-sensitive). The && chain stops at the section's NUL. */
-static int version(h1_parser_t *p, head_t *h, const unsigned char *q)
+/* Bytes above n (n < 128). */
+static inline uint64_t above(uint64_t x, unsigned n)
 {
-    if (!(q[0] == 'H' && q[1] == 'T' && q[2] == 'T' && q[3] == 'P' && q[4] == '/' &&
-          is_digit(q[5]) && q[6] == '.' && is_digit(q[7])))
-        return bad(p, 400, "invalid HTTP version");
-    h->major = (uint8_t)(q[5] - '0');
-    h->minor = (uint8_t)(q[7] - '0');
+    return ((x + ONES * (127 - n)) | x) & HIGHS;
+}
+
+/* Field values: CTLs and DEL (HTAB too, rare, left to the byte loop). */
+static inline uint64_t value_stops(uint64_t x)
+{
+    return below(x, 0x20) | below(x ^ (ONES * 0x7f), 1);
+}
+
+/* Request-targets: all but VCHAR. */
+static inline uint64_t target_stops(uint64_t x)
+{
+    return below(x, 0x21) | above(x, 0x7e);
+}
+
+/* Past the tchars from c, two at a time (c[1] is readable when c[0] is not the NUL). */
+static inline unsigned char *skip_token(unsigned char *c)
+{
+    while ((cls[c[0]] & T) && (cls[c[1]] & T))
+        c += 2;
+    return c + ((cls[c[0]] & T) != 0);
+}
+
+/* Past the run of `class` characters from c, the storage's NUL stopping the byte loop at end. */
+static inline unsigned char *skip(unsigned char *c, const unsigned char *end,
+                                  uint64_t (*stops)(uint64_t), unsigned class)
+{
+    while (WORDS && end - c >= 8) {
+        uint64_t m = stops(load8(c));
+        if (m) {
+            c += (unsigned)__builtin_ctzll(m) >> 3;
+            break;
+        }
+        c += 8;
+    }
+    while (cls[*c] & class)
+        c++;
+    return c;
+}
+
+/* The byte at c breaks the line: -1 for a CR not followed by LF, or `why`; 0 (more bytes
+ * needed, to tell which) when a CR ends the bytes so far. */
+static int broken(h1_parser_t *p, const unsigned char *c, const unsigned char *end, const char *why)
+{
+    if (c[0] == '\r') {
+        if (c + 1 >= end)
+            return 0;
+        if (c[1] != '\n')
+            why = "CR not followed by LF";
+    }
+    return bad(p, 400, why);
+}
+
+/* A line end at c (CRLF, or a lone LF: §2.2): 1 and *next past it; 0 when the bytes stop at
+ * end first; -1 (an error: `why`, or a CR not followed by LF) otherwise. */
+static inline int line_end(h1_parser_t *p, unsigned char *c, const unsigned char *end,
+                           unsigned char **next, const char *why)
+{
+    if (c >= end || (c[0] == '\r' && c + 1 >= end))
+        return 0;
+    if (c[0] == '\n') {
+        *next = c + 1;
+        return 1;
+    }
+    if (c[0] == '\r' && c[1] == '\n') {
+        *next = c + 2;
+        return 1;
+    }
+    return broken(p, c, end, why);
+}
+
+/* "HTTP/" DIGIT "." DIGIT (§2.3, case-sensitive): 1, 0 (more bytes needed) or -1. */
+static int version(h1_parser_t *p, head_t *h, const unsigned char *c, const unsigned char *end)
+{
+    static const char form[8] = "HTTP/#.#";
+    if (end - c >= 8 && memcmp(c, "HTTP/1.1", 8) == 0) { /* nearly always */
+        h->major = h->minor = 1;
+        return 1;
+    }
+    for (int i = 0; i < 8; i++) {
+        if (c + i >= end)
+            return 0;
+        if (form[i] == '#' ? !is_digit(c[i]) : c[i] != form[i])
+            return broken(p, c + i, end, "invalid HTTP version");
+    }
+    h->major = (uint8_t)(c[5] - '0');
+    h->minor = (uint8_t)(c[7] - '0');
     if (h->major != 1)
         return bad(p, 505, "HTTP version not supported");
-    return 0;
+    return 1;
 }
 
-/* request-line = method SP request-target SP HTTP-version (§3), complete in the storage.
- * Sets p->line_len to its length with the line end. */
-static int request_line(h1_parser_t *p, head_t *h)
+/* request-line = method SP request-target SP HTTP-version (§3), from the start of the stored
+ * bytes up to end: 1 (parsed, line_len past it), 0 (more bytes needed) or -1. An invalid line,
+ * HTTP/0.9 included, is refused as soon as the bytes show it. */
+static int request_line(h1_parser_t *p, head_t *h, const unsigned char *end)
 {
-    unsigned char *s = (unsigned char *)h->bytes, *c = s;
+    unsigned char *s = (unsigned char *)h->bytes, *c = s, *t, *next = s;
     while (cls[*c] & T)
         c++;
+    if (c >= end)
+        return 0;
     if (c == s || *c != ' ')
-        return bad(p, 400, not_line_end(c, "invalid method"));
-    h->method_text = 0;
-    h->method_len = (uint32_t)(c - s);
-    h->method = (uint8_t)http_method_of((const char *)s, h->method_len);
-    *c++ = '\0';
-    unsigned char *t = c;
-    while (cls[*c] & U)
-        c++;
+        return broken(p, c, end, "invalid method");
+    t = ++c;
+    c = skip(c, end, target_stops, U);
+    if (c >= end)
+        return 0;
     if (c == t || *c != ' ')
-        return bad(p, 400, not_line_end(c, "invalid request-target"));
+        return broken(p, c, end, "invalid request-target");
+    int rc = version(p, h, c + 1, end);
+    if (rc <= 0)
+        return rc;
+    if ((rc = line_end(p, c + 9, end, &next, "invalid request line")) <= 0)
+        return rc;
+    h->method_text = 0;
+    h->method_len = (uint32_t)(t - 1 - s);
+    h->method = h->method_len == 3 && s[0] == 'G' && s[1] == 'E' && s[2] == 'T'
+                    ? HTTP_GET /* most requests, without the table search */
+                    : (uint8_t)http_method_of((const char *)s, h->method_len);
     h->target = (uint32_t)(t - s);
     h->target_len = (uint32_t)(c - t);
-    *c++ = '\0';
-    if (version(p, h, c) < 0)
-        return -1;
-    c += 8;
-    if (line_end(&c) < 0)
-        return bad(p, 400, not_line_end(c, "invalid request line"));
+    s[h->method_len] = '\0';
+    *c = '\0';
     h->wire = h->method_len + h->target_len + 12; /* 2 SP, HTTP/1.1, CRLF */
-    if (h->wire > HEAD_MAX_BYTES)
+    if (h->wire > HEAD_MAX_BYTES)                 /* as sent on, if received with a lone LF */
         return bad(p, 414, "request line too long");
-    p->line_len = (uint32_t)(c - s);
-    return 0;
+    p->line_len = (uint32_t)(next - s);
+    return 1;
 }
 
 /* status-line = HTTP-version SP status-code SP [ reason-phrase ] (§4), like request_line. A
  * missing SP before an empty reason is tolerated: servers that send "HTTP/1.1 200" exist, and
- * it frames nothing. The reason's NUL goes in with the field lines: until then the line end
- * must stay as received, for find_end. */
-static int status_line(h1_parser_t *p, head_t *h)
+ * it frames nothing. */
+static int status_line(h1_parser_t *p, head_t *h, const unsigned char *end)
 {
-    unsigned char *s = (unsigned char *)h->bytes, *c = s;
-    if (version(p, h, c) < 0)
-        return -1;
-    c += 8;
-    if (!(c[0] == ' ' && is_digit(c[1]) && is_digit(c[2]) && is_digit(c[3])))
-        return bad(p, 400, "invalid status line");
-    h->status = (uint16_t)((c[1] - '0') * 100 + (c[2] - '0') * 10 + (c[3] - '0'));
-    if (h->status < 100 || h->status > 599)
+    unsigned char *s = (unsigned char *)h->bytes, *c = s + 8, *r, *next = s;
+    int rc = version(p, h, s, end);
+    if (rc <= 0)
+        return rc;
+    for (int i = 0; i < 4; i++) {
+        if (c + i >= end)
+            return 0;
+        if (i == 0 ? c[0] != ' ' : !is_digit(c[i]))
+            return broken(p, c + i, end, "invalid status line");
+    }
+    unsigned status = (c[1] - '0') * 100u + (c[2] - '0') * 10u + (c[3] - '0');
+    if (status < 100 || status > 599)
         return bad(p, 400, "invalid status code");
     c += 4;
-    unsigned char *r = c;
-    if (*c == ' ') {
-        r = ++c;
-        while (cls[*c] & V)
-            c++;
-    }
+    r = c;
+    if (*c == ' ')
+        c = skip(r = c + 1, end, value_stops, V);
+    if ((rc = line_end(p, c, end, &next, "invalid status line")) <= 0)
+        return rc;
+    h->status = (uint16_t)status;
     h->reason = (uint32_t)(r - s);
     h->reason_len = (uint32_t)(c - r);
-    if (line_end(&c) < 0)
-        return bad(p, 400, not_line_end(c, "invalid status line"));
+    *c = '\0';
     h->wire = h->reason_len + 15; /* HTTP/1.1, 2 SP, the code, CRLF */
-    p->line_len = (uint32_t)(c - s);
-    return 0;
+    if (h->wire > HEAD_MAX_BYTES)
+        return bad(p, 431, "head too large");
+    p->line_len = (uint32_t)(next - s);
+    return 1;
 }
 
-/* field-line = field-name ":" OWS field-value OWS (§5), up to the empty line ending the
- * section; each name and trimmed value becomes a C string in place. f is NULL for trailers. */
-static int field_lines(h1_parser_t *p, head_t *h, unsigned char *c, struct facts *f)
+static int too_large(h1_parser_t *p)
 {
-    unsigned char *s = (unsigned char *)h->bytes;
-    for (;;) {
-        unsigned char *name = c;
-        while (cls[*c] & T)
-            c++;
-        if (c == name) {
-            if (line_end(&c) == 0)
-                return 0;
-            if (is_ws(*c))
-                return bad(p, 400, "obs-fold or whitespace before a field line");
-            return bad(p, 400, not_line_end(c, "invalid field name"));
-        }
-        if (*c != ':')
-            return bad(p, 400, is_ws(*c) ? "whitespace before colon" : "invalid field name");
-        uint32_t name_len = (uint32_t)(c - name);
-        *c++ = '\0';
-        while (is_ws(*c))
-            c++;
-        unsigned char *v = c;
-        while (cls[*c] & V)
-            c++;
-        unsigned char *ve = c;
-        while (ve > v && is_ws(ve[-1]))
-            ve--;
-        if (line_end(&c) < 0)
-            return bad(p, 400, not_line_end(c, "invalid character in field value"));
-        *ve = '\0';
-        int err = h->nfields == HEAD_MAX_FIELDS
-                      ? ERR_TOO_LARGE
-                      : head_add_stored(h, (uint32_t)(name - s), name_len, (uint32_t)(v - s),
-                                        (uint32_t)(ve - v));
-        if (err == ERR_TOO_LARGE)
-            return bad(p, 431, f ? "head too large" : "trailers too large");
-        if (err)
-            return bad(p, 503, "out of memory");
-        if (f && note(p, f, h, h->nfields - 1) < 0)
-            return -1;
-    }
+    return bad(p, 431, p->state == S_TRAILERS ? "trailers too large" : "head too large");
 }
 
-/* Framing of a request (RFC 9112 §6.1, §6.3, §9.3; Host: §3.2). */
-static int request_framing(h1_parser_t *p, const head_t *h, const struct facts *f)
+/* field-line = field-name ":" OWS field-value OWS (§5) at line, the name already skipped (it
+ * ends at c): 1 when the line ended within lim and its field was added (*next past it), 0 when
+ * more bytes are needed, -1. The line is changed (name and trimmed value made C strings) only
+ * once it is complete, so an incomplete one is parsed again with more bytes. */
+static int field_line(h1_parser_t *p, head_t *h, unsigned char *line, unsigned char *c,
+                      const unsigned char *lim, unsigned char **next)
+{
+    unsigned char *s = (unsigned char *)h->bytes, *colon = c, *v, *ve;
+    if (c >= lim)
+        return 0;
+    if (*c != ':')
+        return broken(p, c, lim, is_ws(*c) ? "whitespace before colon" : "invalid field name");
+    for (c++; is_ws(*c); c++)
+        ;
+    v = c;
+    ve = c = skip(c, lim, value_stops, V);
+    while (ve > v && is_ws(ve[-1]))
+        ve--;
+    if (c + 1 < lim && c[0] == '\r' && c[1] == '\n') {
+        *next = c + 2;
+    } else {
+        int rc = line_end(p, c, lim, next, "invalid character in field value");
+        if (rc <= 0)
+            return rc;
+    }
+    /* The received caps (HEAD_MAX_*; the head's own are larger, for what remora adds). */
+    uint32_t name_len = (uint32_t)(colon - line), value_len = (uint32_t)(ve - v);
+    if (h->nfields == HEAD_MAX_FIELDS || h->wire + name_len + value_len + 4 > HEAD_MAX_BYTES)
+        return too_large(p);
+    *colon = '\0';
+    *ve = '\0';
+    if (head_add_stored(h, (uint32_t)(line - s), name_len, (uint32_t)(v - s), value_len))
+        return bad(p, 503, "out of memory"); /* within the caps above, only that can fail */
+    return 1;
+}
+
+/* The field lines from line_len on: 1 when the empty line ending the section is reached
+ * (line_len is where it starts, *stop past it), 0 when more bytes are needed, -1. Field lines
+ * must end within lim (the cap), the empty line within end; nothing past those is looked at,
+ * so the outcome never depends on how the bytes were split. */
+static int lines(h1_parser_t *p, head_t *h, const unsigned char *lim, const unsigned char *end,
+                 uint32_t *stop)
+{
+    unsigned char *s = (unsigned char *)h->bytes, *line = s + p->line_len, *next = line;
+    int rc;
+    for (;; line = next) {
+        if (line >= lim && line < end && *line != '\r' && *line != '\n') {
+            rc = too_large(p); /* at the cap: only the empty line may come */
+            break;
+        }
+        unsigned char *c = skip_token(line);
+        if (c == line) {
+            rc = line_end(p, c, end, &next,
+                          is_ws(*c) ? "obs-fold or whitespace before a field line"
+                                    : "invalid field name");
+            if (rc > 0)
+                *stop = (uint32_t)(next - s);
+            break;
+        }
+        if ((rc = field_line(p, h, line, c, lim, &next)) <= 0) {
+            /* A field line without its end is past the cap once the bytes reach it. */
+            if (rc == 0 && p->scan >= HEAD_MAX_BYTES)
+                rc = too_large(p);
+            break;
+        }
+    }
+    p->line_len = (uint32_t)(line - s);
+    return rc;
+}
+
+static enum state refuse(h1_parser_t *p, int status, const char *why)
+{
+    bad(p, status, why);
+    return S_ERROR;
+}
+
+/* Framing of a request (RFC 9112 §6.1, §6.3, §9.3; Host: §3.2); the state after its head. */
+static enum state request_framing(h1_parser_t *p, const head_t *h, const struct facts *f)
 {
     int http11 = h->minor >= 1;
     if (http11 ? f->hosts != 1 : f->hosts > 1)
-        return bad(p, 400, f->hosts ? "repeated Host" : "missing Host");
+        return refuse(p, 400, f->hosts ? "repeated Host" : "missing Host");
     if (f->hosts) {
         const field_t *fl = &h->fields[f->host];
         if (!valid_authority((const unsigned char *)h->bytes + fl->value, fl->value_len))
-            return bad(p, 400, "invalid Host");
-    }
-    p->body = H1_BODY_NONE;
-    if (f->te) {
-        if (!http11)
-            return bad(p, 400, "Transfer-Encoding in an HTTP/1.0 request");
-        if (f->cl)
-            return bad(p, 400, "Content-Length with Transfer-Encoding");
-        if (!f->last_chunked)
-            return bad(p, 400, "Transfer-Encoding does not end in chunked");
-        if (f->chunked > 1)
-            return bad(p, 400, "chunked applied twice");
-        if (f->unknown)
-            return bad(p, 501, "unknown transfer coding");
-        p->body = H1_BODY_CHUNKED;
-    } else if (f->cl && f->length) {
-        p->body = H1_BODY_LENGTH;
+            return refuse(p, 400, "invalid Host");
     }
     if (f->close || (!http11 && !f->keep_alive))
         p->flags |= H1F_CLOSE;
@@ -424,14 +596,30 @@ static int request_framing(h1_parser_t *p, const head_t *h, const struct facts *
         p->flags |= H1F_CONTINUE;
     if (f->codings)
         p->flags |= H1F_CODINGS;
-    return 0;
+    if (f->te) {
+        const char *why = !http11            ? "Transfer-Encoding in an HTTP/1.0 request"
+                          : f->cl            ? "Content-Length with Transfer-Encoding"
+                          : !f->last_chunked ? "Transfer-Encoding does not end in chunked"
+                          : f->chunked > 1   ? "chunked applied twice"
+                                             : NULL;
+        if (why)
+            return refuse(p, 400, why);
+        if (f->unknown)
+            return refuse(p, 501, "unknown transfer coding");
+        p->body = H1_BODY_CHUNKED;
+        return S_SIZE0;
+    }
+    if (f->cl && f->length) {
+        p->body = H1_BODY_LENGTH;
+        return S_LENGTH;
+    }
+    return S_END;
 }
 
-/* Framing of a response (§6.3); returns the state after its head. */
+/* Framing of a response (§6.3); the state after its head. */
 static enum state response_framing(h1_parser_t *p, const head_t *h, const struct facts *f)
 {
     unsigned status = h->status;
-    p->body = H1_BODY_NONE;
     if (f->close || (h->minor == 0 && !f->keep_alive))
         p->flags |= H1F_CLOSE;
     if (f->te && (f->cl || h->minor == 0)) /* faulty framing: §6.1, §6.3 */
@@ -457,73 +645,27 @@ static enum state response_framing(h1_parser_t *p, const head_t *h, const struct
     return S_CLOSE;
 }
 
-/* The head is complete in p->head's storage, its start line parsed: parse the field lines in
- * place and set the framing. */
-static void parse_head(h1_parser_t *p)
+/* The head is complete: what its fields say, then the framing. */
+static void head_done(h1_parser_t *p)
 {
     head_t *h = p->head;
     struct facts f;
     memset(&f, 0, sizeof f);
+    for (unsigned i = 0; i < h->nfields; i++)
+        if (h->fields[i].id != F_OTHER && note(p, &f, h, i) < 0)
+            return;
     p->flags = 0;
-    p->content_length = 0;
-    p->empty_lines = 0;
-    if (p->kind == H1_RESPONSE)
-        h->bytes[h->reason + h->reason_len] = '\0';
-    if (field_lines(p, h, (unsigned char *)h->bytes + p->line_len, &f) < 0)
-        return;
+    p->body = H1_BODY_NONE;
     p->content_length = f.cl ? f.length : 0;
-    p->remaining = 0;
+    p->remaining = f.length;
     p->line_len = 0;
-    if (p->kind == H1_RESPONSE) {
-        p->state = response_framing(p, h, &f);
-    } else if (request_framing(p, h, &f) == 0) {
-        p->state = p->body == H1_BODY_CHUNKED  ? S_SIZE0
-                   : p->body == H1_BODY_LENGTH ? S_LENGTH
-                                               : S_END;
-    }
-    if (p->state == S_LENGTH)
-        p->remaining = f.length;
+    p->empty_lines = 0;
+    p->state = p->kind == H1_REQUEST ? request_framing(p, h, &f) : response_framing(p, h, &f);
+    if (p->state != S_LENGTH && p->state != S_ERROR)
+        p->remaining = 0;
 }
 
-/* The trailer section is complete in p->trailers' storage. */
-static void parse_trailers(h1_parser_t *p)
-{
-    head_t *h = p->trailers;
-    h->wire = 0;
-    if (field_lines(p, h, (unsigned char *)h->bytes, NULL) < 0)
-        return;
-    if (h->nfields)
-        p->flags |= H1F_TRAILERS;
-    p->state = S_END;
-}
-
-/* The byte `back` places before d[i], counting the len section bytes already in s; the start of
- * the section reads as a line end. */
-static inline unsigned before(const char *s, size_t len, const unsigned char *d, size_t i,
-                              size_t back)
-{
-    if (i >= back)
-        return d[i - back];
-    if (len + i >= back)
-        return (unsigned char)s[len + i - back];
-    return '\n';
-}
-
-/* Index in d[0..n) of the LF that ends the section's empty line, or n. */
-static size_t find_end(const char *s, size_t len, const unsigned char *d, size_t n)
-{
-    const unsigned char *q = d, *end = d + n;
-    while ((q = memchr(q, '\n', (size_t)(end - q)))) {
-        size_t i = (size_t)(q - d);
-        unsigned b1 = before(s, len, d, i, 1);
-        if (b1 == '\n' || (b1 == '\r' && before(s, len, d, i, 2) == '\n'))
-            return i;
-        q++;
-    }
-    return n;
-}
-
-/* Appends d[0..n) to the raw section in h's storage. */
+/* Appends d[0..n) to the raw section in h's storage; head_store's NUL stays after it. */
 static int store(h1_parser_t *p, head_t *h, const unsigned char *d, size_t n)
 {
     if (head_store(h, (const char *)d, n) < 0)
@@ -533,63 +675,54 @@ static int store(h1_parser_t *p, head_t *h, const unsigned char *d, size_t n)
     return 0;
 }
 
-/* Whether d[0..n), after the section bytes stored so far, holds a CR not followed by LF: an
- * error found as the bytes arrive, not at the end of a section a peer using bare CRs would
- * never end. */
-static int bare_cr(h1_parser_t *p, const head_t *h, const unsigned char *d, size_t n)
-{
-    int bare = p->scan && h->bytes[p->scan - 1] == '\r' && d[0] != '\n';
-    for (const unsigned char *q = d; !bare && (q = memchr(q, '\r', (size_t)(d + n - q))); q++)
-        bare = q + 1 < d + n && q[1] != '\n';
-    if (bare)
-        bad(p, 400, "CR not followed by LF");
-    return bare;
-}
-
-/* Copies the start line from d[0..n) (n > 0) and parses it once its LF is in, so a request
- * line that is wrong (HTTP/0.9 included) is answered without waiting for more. The cap: the
- * line with its line end. Returns the bytes consumed. */
-static size_t collect_line(h1_parser_t *p, const unsigned char *d, size_t n)
-{
-    const unsigned char *lf = memchr(d, '\n', n);
-    size_t take = lf ? (size_t)(lf - d) + 1 : n;
-    if ((size_t)p->scan + take + !lf > HEAD_MAX_BYTES) {
-        if (p->kind == H1_REQUEST)
-            bad(p, 414, "request line too long");
-        else
-            bad(p, 431, "head too large");
-        return 0;
-    }
-    if (bare_cr(p, p->head, d, take) || store(p, p->head, d, take) < 0 || !lf)
-        return take;
-    if ((p->kind == H1_REQUEST ? request_line : status_line)(p, p->head) == 0)
-        p->state = S_HEAD;
-    return take;
-}
-
-/* Copies d[0..n) (n > 0) into h's storage up to the empty line that ends the section (the field
- * lines of a head, or a trailer section), and parses the section once it is complete. The cap
- * is on the section as received (start line included), without that empty line. Returns the
- * bytes consumed. */
+/* Copies d[0..n) (n > 0) into h's storage a step at a time and parses what is complete: the
+ * start line (S_LINE), then the field lines (S_HEAD, S_TRAILERS) up to the empty line. The cap
+ * is on the section as received (start line included, final empty line not). Bytes copied past
+ * the empty line are not consumed. Returns the bytes consumed. */
 static size_t collect(h1_parser_t *p, head_t *h, const unsigned char *d, size_t n)
 {
-    size_t e = find_end(h->bytes, p->scan, d, n);
-    size_t take = e < n ? e + 1 : n;
-    size_t total = p->scan + take;
-    /* Without the end, at most the last byte (a CR) belongs to the empty line. */
-    size_t least = e < n ? total - (before(h->bytes, p->scan, d, e, 1) == '\r' ? 2 : 1) : total - 1;
-    if (least > HEAD_MAX_BYTES) {
-        bad(p, 431, p->state == S_HEAD ? "head too large" : "trailers too large");
-        return 0;
+    for (size_t taken = 0; taken < n;) {
+        size_t k = n - taken < COPY_STEP ? n - taken : COPY_STEP;
+        uint32_t base = p->scan, stop = 0;
+        if (store(p, h, d + taken, k) < 0)
+            return taken;
+        /* What may be looked at: the cap, and the empty line just past it. */
+        const unsigned char *s = (const unsigned char *)h->bytes, *all = s + p->scan;
+        const unsigned char *lim = p->scan < HEAD_MAX_BYTES ? all : s + HEAD_MAX_BYTES;
+        const unsigned char *end = p->scan < HEAD_MAX_BYTES + 2 ? all : s + HEAD_MAX_BYTES + 2;
+        int rc = 1;
+        if (p->state == S_LINE) {
+            rc = p->kind == H1_REQUEST ? request_line(p, h, lim) : status_line(p, h, lim);
+            if (rc == 0 && p->scan >= HEAD_MAX_BYTES) /* the line and its end are past the cap */
+                rc = bad(p, p->kind == H1_REQUEST ? 414 : 431,
+                         p->kind == H1_REQUEST ? "request line too long" : "head too large");
+            if (rc > 0)
+                p->state = S_HEAD;
+        }
+        if (rc > 0)
+            rc = lines(p, h, lim, end, &stop);
+        if ((rc > 0 && p->line_len > HEAD_MAX_BYTES) || (rc == 0 && end < all))
+            rc = too_large(p);
+        if (rc < 0)
+            return taken + k;
+        if (rc == 0) {
+            taken += k;
+            continue;
+        }
+        /* Complete: keep the section and its NUL, give back what was copied past it. */
+        h->bytes[stop] = '\0';
+        h->len = stop + 1;
+        p->scan = stop;
+        if (p->state == S_TRAILERS) {
+            if (h->nfields)
+                p->flags |= H1F_TRAILERS;
+            p->state = S_END;
+        } else {
+            head_done(p);
+        }
+        return taken + (stop - base);
     }
-    if (bare_cr(p, h, d, take) || store(p, h, d, take) < 0 || e == n)
-        return take;
-    h->len++; /* keep the NUL after the section */
-    if (p->state == S_HEAD)
-        parse_head(p);
-    else
-        parse_trailers(p);
-    return take;
+    return n;
 }
 
 /* The state after the last chunk's line: the trailer section. */
@@ -772,11 +905,6 @@ static size_t drop_trailers(h1_parser_t *p, const unsigned char *d, size_t n)
                     is_ws(c) ? "obs-fold or whitespace before a field line" : "invalid field name");
                 return i;
             }
-            if (++p->remaining > HEAD_MAX_FIELDS) {
-                bad(p, 431, "trailers too large");
-                return i;
-            }
-            p->flags |= H1F_TRAILERS;
             p->state = S_TL_NAME;
             break;
         case S_TL_NAME:
@@ -790,9 +918,14 @@ static size_t drop_trailers(h1_parser_t *p, const unsigned char *d, size_t n)
         default: /* S_TL_VALUE */
             if (c == '\r') {
                 p->saw_cr = 1;
-            } else if (c == '\n') {
+            } else if (c == '\n') { /* a field, counted as a collected one would be */
                 p->saw_cr = 0;
                 p->state = S_TL_LINE;
+                p->flags |= H1F_TRAILERS;
+                if (++p->remaining > HEAD_MAX_FIELDS) {
+                    bad(p, 431, "trailers too large");
+                    return i;
+                }
             } else if (!(cls[c] & V)) {
                 bad(p, 400, "invalid character in field value");
                 return i;
@@ -862,15 +995,11 @@ size_t h1_parse(h1_parser_t *p, const char *data, size_t n, h1_ev_t *ev)
             i += idle(p, d + i, n - i);
             break;
         case S_LINE:
-            if (i == n)
-                return event(ev, H1_NEED_MORE, i);
-            i += collect_line(p, d + i, n - i);
-            break;
         case S_HEAD:
             if (i == n)
                 return event(ev, H1_NEED_MORE, i);
             i += collect(p, p->head, d + i, n - i);
-            if (p->state != S_HEAD && p->state != S_ERROR)
+            if (p->state != S_LINE && p->state != S_HEAD && p->state != S_ERROR)
                 return event(ev, H1_HEAD, i);
             break;
         case S_LENGTH:

@@ -15,8 +15,8 @@
  * consumed and more are needed. After H1_END the parser expects the next message; after a 101
  * response, or a 2xx to CONNECT, it reports H1_END and consumes nothing more (the bytes that
  * follow belong to the tunnel). H1_ERROR is final: ev.status says what to answer a request
- * with (400, 414, 431, 501, 505) and p->reason why; the connection must not carry another
- * byte.
+ * with (400, 414, 431, 501, 505; 503 if memory runs out) and p->reason why; the connection
+ * must not carry another byte.
  *
  * Strictness, each a 400 (RFC 9112 section in brackets):
  *   - a CR not followed by LF anywhere in a start line, field line, chunk line or trailer
@@ -55,13 +55,13 @@ enum h1_event { H1_NEED_MORE, H1_HEAD, H1_DATA, H1_END, H1_ERROR };
 /* How the current message's body is framed on the wire. */
 enum h1_body { H1_BODY_NONE, H1_BODY_LENGTH, H1_BODY_CHUNKED, H1_BODY_UNTIL_CLOSE };
 
-/* Facts about the current message, set when its head is complete. */
-#define H1F_CLOSE                                                                                  \
-    0x01                  /* the connection ends after this message (Connection: close, 1.0        \
-                             without keep-alive, or framing that forces it) */
+/* Facts about the current message, set when its head is complete. H1F_CLOSE: the connection
+ * ends after this message (Connection: close, 1.0 without keep-alive, or framing that forces
+ * it). */
+#define H1F_CLOSE    0x01
 #define H1F_UPGRADE  0x02 /* request: Connection names upgrade and Upgrade is present */
 #define H1F_CONTINUE 0x04 /* request: HTTP/1.1 with Expect: 100-continue */
-#define H1F_CODINGS  0x08 /* Transfer-Encoding has codings before chunked (kept in the head) */
+#define H1F_CODINGS  0x08 /* Transfer-Encoding has codings besides chunked (kept in the head) */
 #define H1F_TRAILERS 0x10 /* a chunked message ended with trailer fields */
 
 typedef struct h1_ev {

@@ -9,9 +9,10 @@
 
 #define BYTES_INITIAL  1024
 #define FIELDS_INITIAL 16
-/* The storage holds each piece once plus its NUL, which is never more than the wire form (": "
- * and CRLF are longer than two NULs), except for a raw head parsed in place (its own line
- * ends). Twice the wire cap bounds it with room for a codec that edits a head. */
+/* The storage holds each piece once plus its NUL, never more than the wire form (": " and CRLF
+ * are longer than two NULs), or a raw head parsed in place: the received cap and a copy step of
+ * what follows (h1_parse.c). Twice the wire cap bounds both, with room for the fields remora
+ * adds (HEAD_STORE_BYTES). */
 #define BYTES_MAX (2 * HEAD_MAX_BYTES)
 
 void head_init(head_t *h)
@@ -80,150 +81,65 @@ int64_t head_store(head_t *h, const char *p, size_t n)
     return off;
 }
 
-/* The checks and the table slot shared by both ways of adding a field. */
-static field_t *new_field(head_t *h, size_t name_len, size_t value_len, int *err)
-{
-    if (h->nfields == HEAD_STORE_FIELDS ||
-        (size_t)h->wire + name_len + value_len + 4 > HEAD_STORE_BYTES) {
-        *err = ERR_TOO_LARGE;
-        return NULL;
-    }
-    if (h->nfields == h->fields_cap) {
-        unsigned cap = h->fields_cap ? h->fields_cap * 2 : FIELDS_INITIAL;
-        if (cap > HEAD_STORE_FIELDS)
-            cap = HEAD_STORE_FIELDS;
-        field_t *fields = realloc(h->fields, cap * sizeof *fields);
-        if (!fields) {
-            *err = UV_ENOMEM;
-            return NULL;
-        }
-        h->fields = fields;
-        h->fields_cap = cap;
-    }
-    return &h->fields[h->nfields];
-}
-
-static void fill(head_t *h, field_t *f, uint32_t name, uint32_t name_len, uint32_t value,
-                 uint32_t value_len)
-{
-    int hop;
-    f->name = name;
-    f->name_len = name_len;
-    f->value = value;
-    f->value_len = value_len;
-    f->id = (uint8_t)field_classify(h->bytes + name, name_len, &hop);
-    f->hop = (uint8_t)hop;
-    h->wire += name_len + value_len + 4;
-    h->nfields++;
-}
-
-int head_add_field(head_t *h, const char *name, size_t name_len, const char *value,
-                   size_t value_len)
-{
-    int err = 0;
-    field_t *f = new_field(h, name_len, value_len, &err);
-    if (!f)
-        return err;
-    /* Both pieces or neither: reserve once, so the second copy cannot fail. */
-    if ((err = reserve(h, name_len + value_len + 2)))
-        return err;
-    uint32_t n = (uint32_t)head_store(h, name, name_len);
-    uint32_t v = (uint32_t)head_store(h, value, value_len);
-    fill(h, f, n, (uint32_t)name_len, v, (uint32_t)value_len);
-    return 0;
-}
-
-int head_add_stored(head_t *h, uint32_t name, uint32_t name_len, uint32_t value, uint32_t value_len)
-{
-    int err = 0;
-    field_t *f = new_field(h, name_len, value_len, &err);
-    if (!f)
-        return err;
-    fill(h, f, name, name_len, value, value_len);
-    return 0;
-}
-
 /* ASCII lower case, without the locale strncasecmp consults. */
 static inline unsigned char lower(unsigned char c)
 {
     return (unsigned char)(c + (((unsigned)c - 'A' < 26u) << 5));
 }
 
-/* Whether the n bytes at p are `lit` (lower case) in any case. */
-static int same(const char *p, const char *lit, size_t n)
+/* Nonzero unless the bytes at p are those at lit in any case, lit being lower-case letters and
+ * '-': OR-ing 0x20 into a letter lowers it, and the mask has that bit only where lit has a
+ * letter (bit 6 set), so a '-' must be exact (a CR OR 0x20 would pass for one). */
+static inline uint64_t differ8(const char *p, const char *lit)
 {
-    for (size_t i = 0; i < n; i++)
-        if (lower((unsigned char)p[i]) != (unsigned char)lit[i])
-            return 0;
-    return 1;
+    uint64_t a, b;
+    memcpy(&a, p, 8);
+    memcpy(&b, lit, 8);
+    return (a | (b & UINT64_C(0x4040404040404040)) >> 1) ^ b;
 }
 
-/* `id` if the n bytes at p are `lit` in any case, else F_OTHER. */
-static enum field_id is(const char *p, size_t n, const char *lit, enum field_id id)
+static inline uint32_t differ4(const char *p, const char *lit)
 {
-    return same(p, lit, n) ? id : F_OTHER;
+    uint32_t a, b;
+    memcpy(&a, p, 4);
+    memcpy(&b, lit, 4);
+    return (a | (b & 0x40404040u) >> 1) ^ b;
 }
 
-enum field_id field_classify(const char *name, size_t n, int *hop)
+static inline uint16_t differ2(const char *p, const char *lit)
 {
-    /* By length, then by one letter, so one full comparison at most. */
-    enum field_id id = F_OTHER;
-    switch (n) {
-    case 2:
-        id = is(name, n, "te", F_TE);
-        break;
-    case 4:
-        id = is(name, n, "host", F_HOST);
-        break;
-    case 6:
-        id = is(name, n, "expect", F_EXPECT);
-        break;
-    case 7:
-        if (lower((unsigned char)name[0]) == 'u')
-            id = is(name, n, "upgrade", F_UPGRADE);
-        else
-            id = is(name, n, "trailer", F_TRAILER);
-        break;
-    case 10:
-        switch (lower((unsigned char)name[0])) {
-        case 'c':
-            id = is(name, n, "connection", F_CONNECTION);
-            break;
-        case 'k':
-            id = is(name, n, "keep-alive", F_KEEP_ALIVE);
-            break;
-        default:
-            id = is(name, n, "user-agent", F_USER_AGENT);
-        }
-        break;
-    case 12:
-        id = is(name, n, "x-request-id", F_X_REQUEST_ID);
-        break;
-    case 14:
-        id = is(name, n, "content-length", F_CONTENT_LENGTH);
-        break;
-    case 15:
-        if (lower((unsigned char)name[2]) == 'a')
-            id = is(name, n, "x-amzn-trace-id", F_X_AMZN_TRACE_ID);
-        else
-            id = is(name, n, "x-forwarded-for", F_X_FORWARDED_FOR);
-        break;
-    case 16:
-        id = is(name, n, "proxy-connection", F_PROXY_CONNECTION);
-        break;
-    case 17:
-        if (lower((unsigned char)name[0]) == 't')
-            id = is(name, n, "transfer-encoding", F_TRANSFER_ENCODING);
-        else
-            id = is(name, n, "x-forwarded-proto", F_X_FORWARDED_PROTO);
-        break;
-    case 18:
-        id = is(name, n, "proxy-authenticate", F_PROXY_AUTHENTICATE);
-        break;
-    case 19:
-        id = is(name, n, "proxy-authorization", F_PROXY_AUTHORIZATION);
-        break;
+    uint16_t a, b;
+    memcpy(&a, p, 2);
+    memcpy(&b, lit, 2);
+    return (uint16_t)((a | (b & 0x4040u) >> 1) ^ b);
+}
+
+/* Whether the n bytes at p are `lit` in any case (lit as above). */
+static inline int same(const char *p, const char *lit, size_t n)
+{
+    /* Overlapping loads of 8, 4 or 2 bytes, so that with a constant n every load is one
+     * instruction and every literal word a constant. */
+    uint64_t diff = 0;
+    if (n >= 8) {
+        for (size_t i = 0; i + 8 <= n; i += 8)
+            diff |= differ8(p + i, lit + i);
+        diff |= differ8(p + n - 8, lit + n - 8);
+    } else if (n >= 4) {
+        diff = differ4(p, lit) | differ4(p + n - 4, lit + n - 4);
+    } else if (n >= 2) {
+        diff = differ2(p, lit) | differ2(p + n - 2, lit + n - 2);
+    } else if (n == 1) {
+        diff = ((unsigned char)p[0] | ((unsigned char)lit[0] & 0x40) >> 1) ^ (unsigned char)lit[0];
     }
+    return diff == 0;
+}
+
+/* `id` if the name is `lit` in any case, else F_OTHER. */
+#define IS(lit, id) (same(name, lit, sizeof lit - 1) ? (id) : F_OTHER)
+
+/* RFC 9110 §7.6.1: the names that are hop-by-hop themselves. */
+static inline int hop_by_hop(enum field_id id)
+{
     switch (id) {
     case F_CONNECTION:
     case F_KEEP_ALIVE:
@@ -234,12 +150,141 @@ enum field_id field_classify(const char *name, size_t n, int *hop)
     case F_TRAILER:
     case F_PROXY_AUTHENTICATE:
     case F_PROXY_AUTHORIZATION:
-        *hop = 1;
-        break;
+        return 1;
     default:
-        *hop = 0;
+        return 0;
+    }
+}
+
+/* Inlined into fill, even where the compiler would not: it runs for every field of every head. */
+__attribute__((always_inline)) static inline enum field_id classify(const char *name, size_t n)
+{
+    /* By length, then by one letter, so one full comparison at most. */
+    enum field_id id = F_OTHER;
+    switch (n) {
+    case 2:
+        id = IS("te", F_TE);
+        break;
+    case 4:
+        id = IS("host", F_HOST);
+        break;
+    case 6:
+        id = IS("expect", F_EXPECT);
+        break;
+    case 7:
+        if (lower((unsigned char)name[0]) == 'u')
+            id = IS("upgrade", F_UPGRADE);
+        else
+            id = IS("trailer", F_TRAILER);
+        break;
+    case 10:
+        switch (lower((unsigned char)name[0])) {
+        case 'c':
+            id = IS("connection", F_CONNECTION);
+            break;
+        case 'k':
+            id = IS("keep-alive", F_KEEP_ALIVE);
+            break;
+        default:
+            id = IS("user-agent", F_USER_AGENT);
+        }
+        break;
+    case 12:
+        id = IS("x-request-id", F_X_REQUEST_ID);
+        break;
+    case 14:
+        id = IS("content-length", F_CONTENT_LENGTH);
+        break;
+    case 15:
+        if (lower((unsigned char)name[2]) == 'a')
+            id = IS("x-amzn-trace-id", F_X_AMZN_TRACE_ID);
+        else
+            id = IS("x-forwarded-for", F_X_FORWARDED_FOR);
+        break;
+    case 16:
+        id = IS("proxy-connection", F_PROXY_CONNECTION);
+        break;
+    case 17:
+        if (lower((unsigned char)name[0]) == 't')
+            id = IS("transfer-encoding", F_TRANSFER_ENCODING);
+        else
+            id = IS("x-forwarded-proto", F_X_FORWARDED_PROTO);
+        break;
+    case 18:
+        id = IS("proxy-authenticate", F_PROXY_AUTHENTICATE);
+        break;
+    case 19:
+        id = IS("proxy-authorization", F_PROXY_AUTHORIZATION);
+        break;
     }
     return id;
+}
+
+enum field_id field_classify(const char *name, size_t n, int *hop)
+{
+    enum field_id id = classify(name, n);
+    *hop = hop_by_hop(id);
+    return id;
+}
+
+/* Grows the field table (up to its cap); 0 or UV_ENOMEM. Kept out of line: once per head at
+ * most, and inlined it would weigh on every field's registers. */
+__attribute__((cold, noinline)) static int grow_fields(head_t *h)
+{
+    unsigned cap = h->fields_cap ? h->fields_cap * 2 : FIELDS_INITIAL;
+    if (cap > HEAD_STORE_FIELDS)
+        cap = HEAD_STORE_FIELDS;
+    field_t *fields = realloc(h->fields, cap * sizeof *fields);
+    if (!fields)
+        return UV_ENOMEM;
+    h->fields = fields;
+    h->fields_cap = cap;
+    return 0;
+}
+
+/* Room for one more field of these lengths: 0, ERR_TOO_LARGE or UV_ENOMEM. */
+static inline int room(head_t *h, size_t name_len, size_t value_len)
+{
+    if (h->nfields == HEAD_STORE_FIELDS ||
+        (size_t)h->wire + name_len + value_len + 4 > HEAD_STORE_BYTES)
+        return ERR_TOO_LARGE;
+    return h->nfields < h->fields_cap ? 0 : grow_fields(h);
+}
+
+/* Fills the next slot (room() said there is one). */
+__attribute__((always_inline)) static inline void fill(head_t *h, uint32_t name, uint32_t name_len,
+                                                       uint32_t value, uint32_t value_len)
+{
+    field_t *f = &h->fields[h->nfields++];
+    f->name = name;
+    f->name_len = name_len;
+    f->value = value;
+    f->value_len = value_len;
+    f->id = (uint8_t)classify(h->bytes + name, name_len);
+    f->hop = (uint8_t)hop_by_hop((enum field_id)f->id);
+    h->wire += name_len + value_len + 4;
+}
+
+int head_add_field(head_t *h, const char *name, size_t name_len, const char *value,
+                   size_t value_len)
+{
+    /* Both pieces or neither: reserve once, so the second copy cannot fail. */
+    int err = room(h, name_len, value_len);
+    if (err || (err = reserve(h, name_len + value_len + 2)))
+        return err;
+    uint32_t n = (uint32_t)head_store(h, name, name_len);
+    uint32_t v = (uint32_t)head_store(h, value, value_len);
+    fill(h, n, (uint32_t)name_len, v, (uint32_t)value_len);
+    return 0;
+}
+
+int head_add_stored(head_t *h, uint32_t name, uint32_t name_len, uint32_t value, uint32_t value_len)
+{
+    int err = room(h, name_len, value_len);
+    if (err)
+        return err;
+    fill(h, name, name_len, value, value_len);
+    return 0;
 }
 
 int head_find(const head_t *h, const char *name, size_t n)

@@ -78,6 +78,11 @@ SEEDS = {
                                  b"\r\nX-More: 1\r\n\r\n"),
     "pad_trailers_over": (RESP | GET | PAD, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                                            b"1\r\nx\r\n0\r\nX-T: \x01" + b"t" * 520 + b"\r\n\r\n"),
+    "pad_chunk_ext_over": (REQ | PAD, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                      b"1;a=\x01\r\nx\r\n0\r\n\r\n"),
+    "dropped_trailers_too_many": (REQ | DROP_TRAILERS,
+                                  b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                  b"0\r\n" + b"t:\r\n" * 101 + b"\r\n"),
     "pad_dropped_trailers_over": (REQ | PAD | DROP_TRAILERS,
                                   b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
                                   b"0\r\nX-T: \x01" + b"t" * 520 + b"\r\n\r\n"),

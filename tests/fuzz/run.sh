@@ -39,6 +39,10 @@ max_len() {
     esac
 }
 
+# The lines of a log that say what went wrong: sanitizer and libFuzzer reports, a target's own
+# "invariant broken" and what it printed before it.
+report='^(Running:|==[0-9]+== *ERROR|SUMMARY|whole: |split at|byte by)|runtime error|invariant broken'
+
 inputs() { # the files in the tree for target $1, seeds then regressions
     find "$FUZZ/corpus/$1" "$FUZZ/regressions/$1" -type f 2>/dev/null | sort
 }
@@ -57,9 +61,7 @@ for t in "$@"; do
         if [ ${#files[@]} -gt 0 ]; then
             if ! "$bin" "${common[@]}" "${files[@]}" >"$OUT/logs/$t.replay.log" 2>&1; then
                 echo "== $t: an input in the tree fails (log: $OUT/logs/$t.replay.log)"
-                grep -E '^(Running|==[0-9]+== *ERROR|SUMMARY)|runtime error|invariant broken' \
-                    "$OUT/logs/$t.replay.log" |
-                    tail -n 20
+                grep -E "$report" "$OUT/logs/$t.replay.log" | tail -n 20
                 failed+=("$t (replay)")
                 continue
             fi
@@ -77,8 +79,7 @@ for t in "$@"; do
     summary+=("$t: ${last:-no status line}")
     if [ $rc -ne 0 ]; then
         echo "== $t: FAILED (exit $rc); the input is in $OUT/artifacts/$t/"
-        sed -n '/^==[0-9]*== *ERROR\|runtime error\|invariant broken\|ALARM\|out-of-memory/,$p' \
-            "$log" | head -n 60
+        grep -E -A 40 "$report" "$log" | head -n 60
         failed+=("$t")
     fi
 done

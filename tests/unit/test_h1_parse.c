@@ -111,8 +111,8 @@ static void describe_head(sb_t *s, const h1_parser_t *p)
     if (p->kind == H1_REQUEST) {
         assert_int_equal(strlen(head_str(h, h->method_text)), h->method_len);
         assert_int_equal(strlen(head_str(h, h->target)), h->target_len);
-        sb_printf(s, "%s %s %u.%u", head_str(h, h->method_text), head_str(h, h->target),
-                  h->major, h->minor);
+        sb_printf(s, "%s %s %u.%u", head_str(h, h->method_text), head_str(h, h->target), h->major,
+                  h->minor);
         wire = h->method_len + h->target_len + 12;
     } else {
         assert_int_equal(strlen(head_str(h, h->reason)), h->reason_len);
@@ -248,6 +248,7 @@ static void same_transcript(const tr_t *a, const tr_t *b)
     assert_string_equal(a->heads.p, b->heads.p);
     assert_int_equal(a->body.len, b->body.len);
     assert_memory_equal(a->body.p, b->body.p, a->body.len);
+    assert_ptr_equal(a->reason, b->reason); /* static strings: the same error, however split */
 }
 
 /* Runs in[0..n) whole, byte by byte and split at every position (a sample of them for big
@@ -565,8 +566,7 @@ static void test_request_bodies(void **state)
     (void)state;
     tr_t t = expect_tr(&REQ, "POST /p HTTP/1.1\r\n" H_A "Content-Length: 5\r\n\r\nhello", "H D E");
     assert_string_equal(t.body.p, "hello");
-    assert_string_equal(t.heads.p,
-                        "POST /p 1.1 body=1 flags=0 cl=5 | Host=a | Content-Length=5\n");
+    assert_string_equal(t.heads.p, "POST /p 1.1 body=1 flags=0 cl=5 | Host=a | Content-Length=5\n");
     tr_free(&t);
     expect(&REQ, "POST / HTTP/1.1\r\n" H_A "Content-Length: 0\r\n\r\n", "H E");
     expect(&REQ, "POST / HTTP/1.1\r\n" H_A "Content-Length: 007\r\n\r\n1234567", "H D E");
@@ -576,8 +576,9 @@ static void test_request_bodies(void **state)
                   "5\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-Sum: 1\r\n\r\n",
                   "H D E");
     assert_string_equal(t.body.p, "helloabcdefghijklmnopqrstuvwxyz");
-    assert_string_equal(t.heads.p, "POST / 1.1 body=2 flags=0 | Host=a | Transfer-Encoding=chunked\n"
-                                   "trailers | X-Sum=1\n");
+    assert_string_equal(t.heads.p,
+                        "POST / 1.1 body=2 flags=0 | Host=a | Transfer-Encoding=chunked\n"
+                        "trailers | X-Sum=1\n");
     tr_free(&t);
     /* A chunked body with no data, and one split into many chunks. */
     expect_both(&REQ, "POST / HTTP/1.1\r\n" H_A "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -720,13 +721,26 @@ static void test_request_line(void **state)
     expect(&REQ, "GET / HTTP/1.0\r\n\r\n", "H E");
     expect(&REQ, "GET / HTTP/1.9\r\n" H_A "\r\n", "H E");
     static const char *const bad[] = {
-        "GET / HTTP/1.1 \r\n",  "GET  / HTTP/1.1\r\n",   "GET /  HTTP/1.1\r\n",
-        " GET / HTTP/1.1\r\n",  "GET / http/1.1\r\n",    "GET / HTTP/1\r\n",
-        "GET / HTTP/1.\r\n",    "GET / HTTP/11.1\r\n",   "GET / HTTP/1.1x\r\n",
-        "GET / HTTP/a.1\r\n",   "GET\r\n",               "GET /\tx HTTP/1.1\r\n",
-        "G(T / HTTP/1.1\r\n",   "GET / HTTP/1.1\r\n\r\n" /* Host */,
-        "/ HTTP/1.1\r\n",       "GET HTTP/1.1\r\n",      "GET / HTTP /1.1\r\n",
-        "GET /\x7f HTTP/1.1\r\n", "GET /\x80 HTTP/1.1\r\n", "GET /\0 HTTP/1.1\r\n",
+        "GET / HTTP/1.1 \r\n",
+        "GET  / HTTP/1.1\r\n",
+        "GET /  HTTP/1.1\r\n",
+        " GET / HTTP/1.1\r\n",
+        "GET / http/1.1\r\n",
+        "GET / HTTP/1\r\n",
+        "GET / HTTP/1.\r\n",
+        "GET / HTTP/11.1\r\n",
+        "GET / HTTP/1.1x\r\n",
+        "GET / HTTP/a.1\r\n",
+        "GET\r\n",
+        "GET /\tx HTTP/1.1\r\n",
+        "G(T / HTTP/1.1\r\n",
+        "GET / HTTP/1.1\r\n\r\n" /* Host */,
+        "/ HTTP/1.1\r\n",
+        "GET HTTP/1.1\r\n",
+        "GET / HTTP /1.1\r\n",
+        "GET /\x7f HTTP/1.1\r\n",
+        "GET /\x80 HTTP/1.1\r\n",
+        "GET /\0 HTTP/1.1\r\n",
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         const char *in = bad[i];
@@ -765,8 +779,8 @@ static void test_field_names(void **state)
     (void)state;
     expect_get("Ho st: a\r\n", "X400");
     expect_get("Host\x01: a\r\n", "X400");
-    expect_get(H_A "X-Foo : b\r\n", "X400");  /* space before the colon */
-    expect_get(H_A "X-Foo\t: b\r\n", "X400"); /* tab too */
+    expect_get(H_A "X-Foo : b\r\n", "X400");      /* space before the colon */
+    expect_get(H_A "X-Foo\t: b\r\n", "X400");     /* tab too */
     expect_get(H_A "X-Foo: b\r\n c\r\n", "X400"); /* obs-fold */
     expect_get(H_A "X-Foo: b\r\n\tc\r\n", "X400");
     expect_get(" " H_A, "X400"); /* whitespace before the first field line */
@@ -806,10 +820,10 @@ static void test_field_values(void **state)
         tr_free(&t);
     }
     /* Leading and trailing OWS go; inner stays; an empty value is a field. */
-    tr_t t = expect_tr(&REQ,
-                       "GET / HTTP/1.1\r\nHost:a\r\nA: \t\r\nB:\t x  y \t\r\nC:\r\nD: \xff\r\n\r\n",
-                       "H E");
-    assert_string_equal(t.heads.p, "GET / 1.1 body=0 flags=0 | Host=a | A= | B=x  y | C= | D=\xff\n");
+    tr_t t = expect_tr(
+        &REQ, "GET / HTTP/1.1\r\nHost:a\r\nA: \t\r\nB:\t x  y \t\r\nC:\r\nD: \xff\r\n\r\n", "H E");
+    assert_string_equal(t.heads.p,
+                        "GET / 1.1 body=0 flags=0 | Host=a | A= | B=x  y | C= | D=\xff\n");
     tr_free(&t);
 }
 
@@ -854,8 +868,17 @@ static void test_content_length(void **state)
 {
     (void)state;
     static const char *const bad[] = {
-        "", "-1", "+5", "5 5", "5,5", "5, 5", "0x5", "5a", "\xff",
-        "9223372036854775808", "99999999999999999999",
+        "",
+        "-1",
+        "+5",
+        "5 5",
+        "5,5",
+        "5, 5",
+        "0x5",
+        "5a",
+        "\xff",
+        "9223372036854775808",
+        "99999999999999999999",
     };
     char f[128];
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
@@ -865,8 +888,8 @@ static void test_content_length(void **state)
     expect_get(H_A "Content-Length: 1\r\nContent-Length: 1\r\n", "X400");
     expect_get(H_A "Content-Length: 1\r\ncontent-length: 2\r\n", "X400");
     /* The largest length is accepted: its body is still to come. */
-    tr_t t = expect_tr(&REQ, "POST / HTTP/1.1\r\n" H_A "Content-Length: 9223372036854775807\r\n\r\nab",
-                       "H D");
+    tr_t t = expect_tr(
+        &REQ, "POST / HTTP/1.1\r\n" H_A "Content-Length: 9223372036854775807\r\n\r\nab", "H D");
     assert_string_equal(t.heads.p, "POST / 1.1 body=1 flags=0 cl=9223372036854775807 | Host=a | "
                                    "Content-Length=9223372036854775807\n");
     tr_free(&t);
@@ -939,8 +962,7 @@ static void test_connection_flags(void **state)
         {"GET / HTTP/1.0\r\n\r\n", H1F_CLOSE},
         {"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", 0},
         {"GET / HTTP/1.0\r\nConnection: Keep-Alive, close\r\n\r\n", H1F_CLOSE},
-        {"GET / HTTP/1.1\r\n" H_A "Connection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-         H1F_UPGRADE},
+        {"GET / HTTP/1.1\r\n" H_A "Connection: upgrade\r\nUpgrade: websocket\r\n\r\n", H1F_UPGRADE},
         {"GET / HTTP/1.1\r\n" H_A "Upgrade: websocket\r\n\r\n", 0},
         {"GET / HTTP/1.1\r\n" H_A "Connection: upgrade\r\n\r\n", 0},
         {"GET / HTTP/1.1\r\n" H_A "Expect: 100-continue\r\n\r\n", H1F_CONTINUE},
@@ -1086,8 +1108,8 @@ static void test_trailers(void **state)
     tr_free(&t);
 
     static const char *const bad[] = {
-        "X : a\r\n", "X\t: a\r\n", "X: a\r\n b\r\n", " X: a\r\n", "X a\r\n", ": a\r\n", "X\r\n",
-        "X: \x01\r\n", "X: \x7f\r\n", "(X): a\r\n",
+        "X : a\r\n", "X\t: a\r\n", "X: a\r\n b\r\n", " X: a\r\n",   "X a\r\n",
+        ": a\r\n",   "X\r\n",      "X: \x01\r\n",    "X: \x7f\r\n", "(X): a\r\n",
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         snprintf(in, sizeof in, "%s0\r\n%s\r\n", head, bad[i]);
@@ -1143,9 +1165,17 @@ static void test_head_bytes_cap(void **state)
         memcpy(r + line - 11, " HTTP/1.0\r\n\r\n", 13);
         t = expect_n(&REQ, r, line + 2, extra ? "X414" : "H E");
         tr_free(&t);
-        /* the same line with a field after it is past the head's cap */
         free(r);
     }
+    /* A request line that fits, with a field after it: the head is past its cap. */
+    in = malloc(HEAD_MAX_BYTES + 11);
+    assert_non_null(in);
+    memcpy(in, "GET /", 5);
+    memset(in + 5, 'a', HEAD_MAX_BYTES - 16);
+    memcpy(in + HEAD_MAX_BYTES - 11, " HTTP/1.1\r\n" H_A "\r\n", 22);
+    t = expect_n(&REQ, in, HEAD_MAX_BYTES + 11, "X431");
+    tr_free(&t);
+    free(in);
     /* A status line alone: the same cap, 431. */
     for (int extra = 0; extra <= 1; extra++) {
         size_t line = HEAD_MAX_BYTES + (size_t)extra;
@@ -1171,6 +1201,103 @@ static void test_head_bytes_cap(void **state)
         t = expect_n(&c, in, n, "H D X431");
         tr_free(&t);
         free(in);
+    }
+}
+
+/* Whatever the split, the same bytes decide: nothing past a cap is looked at, so a head that is
+ * too large is 414/431 however it arrives, and an error before the cap is that error. */
+static void test_caps_decide_alike_for_any_split(void **state)
+{
+    (void)state;
+    /* A request line one byte too long whose version is inside the cap: 505. Its version
+     * straddling the cap: 414. */
+    for (int beyond = 0; beyond <= 1; beyond++) {
+        size_t line = HEAD_MAX_BYTES + (beyond ? 9 : 1), n = line + 11;
+        char *r = malloc(n);
+        assert_non_null(r);
+        memcpy(r, "GET /", 5);
+        memset(r + 5, 'a', line - 5 - 11);
+        memcpy(r + line - 11, " HTTP/0.1\r\n" H_A "\r\n", 22);
+        tr_t t = expect_n(&REQ, r, n, beyond ? "X414" : "X505");
+        tr_free(&t);
+        free(r);
+    }
+    /* A bad byte just before the cap is that error; at the cap, the head is too large. */
+    for (int at_cap = 0; at_cap <= 1; at_cap++) {
+        size_t n;
+        char *in = sized(HEAD_MAX_BYTES + 5, 0, &n);
+        in[HEAD_MAX_BYTES - 1 + at_cap] = '\x01';
+        tr_t t = expect_n(&REQ, in, n, at_cap ? "X431" : "X400");
+        tr_free(&t);
+        free(in);
+    }
+    /* The 101st field is too many before the broken line after it is looked at. */
+    sb_t h = {0};
+    sb_printf(&h, "GET / HTTP/1.1\r\n" H_A);
+    for (unsigned i = 1; i <= HEAD_MAX_FIELDS; i++)
+        sb_printf(&h, "X-%u: %u\r\n", i, i);
+    sb_printf(&h, "Broken : line\r\n\r\n");
+    tr_t t = expect_n(&REQ, h.p, h.len, "X431");
+    tr_free(&t);
+    free(h.p);
+    /* Trailers, kept or dropped: at the cap only the empty line may come. */
+    static const struct {
+        const char *after, *events;
+    } trailers[] = {
+        {"\r\n", "H D E"},           {"\n", "H D E"},
+        {" x\r\n\r\n", "H D X431"},  {"x: y\r\n\r\n", "H D X431"},
+        {"\rx\r\n\r\n", "H D X400"},
+    };
+    for (size_t i = 0; i < sizeof trailers / sizeof *trailers; i++) {
+        size_t n, k = strlen(trailers[i].after);
+        char *in = sized(HEAD_MAX_BYTES, 1, &n);
+        char *full = malloc(n - 2 + k);
+        assert_non_null(full);
+        memcpy(full, in, n - 2);
+        memcpy(full + n - 2, trailers[i].after, k);
+        for (int drop = 0; drop <= 1; drop++) {
+            cfg_t c = REQ;
+            c.drop_trailers = drop;
+            t = expect_n(&c, full, n - 2 + k, trailers[i].events);
+            tr_free(&t);
+        }
+        free(full);
+        free(in);
+    }
+}
+
+/* The word-at-a-time scans of values and targets: a byte of every kind at every position of a
+ * word and across words. */
+static void test_word_scans(void **state)
+{
+    (void)state;
+    static const unsigned char bytes[] = {0x00, 0x01, '\t', '\n', '\r', 0x1f, ' ',
+                                          '!',  '~',  0x7f, 0x80, 0xfe, 0xff};
+    for (size_t b = 0; b < sizeof bytes; b++) {
+        unsigned c = bytes[b];
+        for (size_t at = 0; at < 20; at++) {
+            /* In a value: VCHAR, obs-text, SP and HTAB pass. A LF ends the field line early: the
+             * rest is a line without a colon, unless nothing is left of it. */
+            char in[128], val[20];
+            memset(val, 'v', sizeof val);
+            val[at] = (char)c;
+            size_t n = strlen("GET / HTTP/1.1\r\n" H_A "X: ");
+            memcpy(in, "GET / HTTP/1.1\r\n" H_A "X: ", n);
+            memcpy(in + n, val, sizeof val);
+            memcpy(in + n + sizeof val, "\r\n\r\n", 4);
+            n += sizeof val + 4;
+            int ok = c == '\t' || c == ' ' || (c > 0x20 && c != 0x7f) ||
+                     (c == '\n' && at == sizeof val - 1);
+            const char *events = ok ? "H E" : "X400";
+            tr_t t = expect_n(&REQ, in, n, events);
+            tr_free(&t);
+            /* In a request-target: VCHAR only. */
+            memcpy(in, "GET /", 5);
+            memcpy(in + 5, val, 20);
+            memcpy(in + 25, " HTTP/1.1\r\n" H_A "\r\n", 22);
+            t = expect_n(&REQ, in, 47, c > 0x20 && c < 0x7f ? "H E" : "X400");
+            tr_free(&t);
+        }
     }
 }
 
@@ -1316,12 +1443,11 @@ static void test_response_framing(void **state)
          "5\r\nhello\r\n0\r\n\r\n",
          "H D E", "hello", "body=2 flags=1"},
         /* a Transfer-Encoding not ending in chunked: until close */
-        {"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzzz", "H D E", "zzz",
-         "body=3 flags=9"},
+        {"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzzz", "H D E", "zzz", "body=3 flags=9"},
         {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n1\r\nz", "H D E", "1\r\nz",
          "body=3 flags=9"},
-        {"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n1\r\nz\r\n0\r\n\r\n",
-         "H D E", "z", "body=2 flags=8"},
+        {"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n1\r\nz\r\n0\r\n\r\n", "H D E",
+         "z", "body=2 flags=8"},
         /* Transfer-Encoding in HTTP/1.0: processed, then close (RFC 9112 §6.1) */
         {"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
          "1\r\nz\r\n0\r\n\r\n",
@@ -1497,6 +1623,8 @@ int main(void)
         cmocka_unit_test(test_trailers),
         cmocka_unit_test(test_head_bytes_cap),
         cmocka_unit_test(test_field_count_cap),
+        cmocka_unit_test(test_caps_decide_alike_for_any_split),
+        cmocka_unit_test(test_word_scans),
         cmocka_unit_test(test_responses_without_body),
         cmocka_unit_test(test_interim_responses),
         cmocka_unit_test(test_tunnels),
