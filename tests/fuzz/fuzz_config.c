@@ -55,9 +55,8 @@ static void check_config(const config_t *c)
         for (unsigned t = 0; t < r->ntargets; t++)
             check(r->targets[t].node && config_node(c, r->targets[t].node));
         for (unsigned h = 0; h < r->nheaders; h++)
-            check(r->headers[h].name &&
-                  (r->headers[h].kind == HM_PRESENT || r->headers[h].kind == HM_RANGE ||
-                   r->headers[h].value));
+            check(r->headers[h].name && (r->headers[h].kind == HM_PRESENT ||
+                                         r->headers[h].kind == HM_RANGE || r->headers[h].value));
         for (unsigned q = 0; q < r->nquery; q++)
             check(r->query[q].name != NULL);
     }

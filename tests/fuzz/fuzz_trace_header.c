@@ -37,9 +37,9 @@ static int lower_hex(const char *s, size_t n)
 static void check_well_formed(const trace_header_t *h)
 {
     size_t rn = strnlen(h->root, sizeof h->root);
-    check(rn == 0 || (rn == TRACE_ID_LEN && h->root[0] == '1' && h->root[1] == '-' &&
-                      h->root[10] == '-' && lower_hex(h->root + 2, 8) &&
-                      lower_hex(h->root + 11, 24)));
+    check(rn == 0 ||
+          (rn == TRACE_ID_LEN && h->root[0] == '1' && h->root[1] == '-' && h->root[10] == '-' &&
+           lower_hex(h->root + 2, 8) && lower_hex(h->root + 11, 24)));
     size_t pn = strnlen(h->parent, sizeof h->parent);
     check(pn == 0 || (pn == SPAN_ID_LEN && lower_hex(h->parent, pn)));
     check(h->sampled == SAMPLED_UNKNOWN || h->sampled == SAMPLED_NO || h->sampled == SAMPLED_YES ||
