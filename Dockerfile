@@ -2,7 +2,7 @@
 FROM debian:bookworm-slim AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential libuv1-dev libc-ares-dev \
-        libcjson-dev libssl-dev node-llhttp \
+        libcjson-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile ./

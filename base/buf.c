@@ -39,12 +39,17 @@ void buf_unref(buf_t *b)
     free(b);
 }
 
-void bufpool_drain(bufpool_t *pool)
+void bufpool_trim(bufpool_t *pool, unsigned keep)
 {
-    while (pool->free) {
+    while (pool->nfree > keep) {
         buf_t *b = pool->free;
         pool->free = b->next_free;
+        pool->nfree--;
         free(b);
     }
-    pool->nfree = 0;
+}
+
+void bufpool_drain(bufpool_t *pool)
+{
+    bufpool_trim(pool, 0);
 }

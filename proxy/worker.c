@@ -285,6 +285,7 @@ static void on_housekeeping(uv_timer_t *t)
     if (w->peak_exchanges < w->live_exchanges + 256)
         return; /* no burst has passed */
     w->peak_exchanges = w->live_exchanges;
+    bufpool_trim(&w->loop.bufs, 8); /* 4 MiB of read buffers kept for a burst that is over */
     malloc_trim(64 * 1024);
 }
 
