@@ -159,13 +159,17 @@ static void unmark_dirty(conn_t *c)
     c->dirty_prev = c->dirty_next = NULL;
 }
 
+static void tell_later(conn_t *c);
+
+/* A write failed: told to the owner from the loop's next pass, never from inside the owner's
+ * own call (a write refused at once comes back from inside conn_write). */
 static void write_failed(conn_t *c, int err)
 {
     if (c->write_failed)
         return;
     c->write_failed = 1;
-    if (c->ev->on_write_error)
-        c->ev->on_write_error(c->owner, err);
+    c->write_error = err;
+    tell_later(c);
 }
 
 /* Room for one more iovec and `scratch` copied bytes. When no write request can be had the
@@ -245,8 +249,9 @@ void conn_on_written(wreq_t *r, int status)
         write_failed(c, status);
         return;
     }
-    if (c->above_high && conn_pinned(c) < CONN_LOW_WATER) {
-        c->above_high = 0;
+    if ((c->above_high && conn_pinned(c) < CONN_LOW_WATER) ||
+        (c->want_empty && conn_pinned(c) == 0)) {
+        c->above_high = c->want_empty = 0;
         if (c->ev->on_drain)
             c->ev->on_drain(c->owner);
     }
@@ -278,14 +283,33 @@ void conn_flush(conn_t *c)
     submit(c, r);
 }
 
-static void drain_later(deferred_t *d)
+/* What the owner is owed from a write: the failure, else a drain. */
+static void tell(deferred_t *d)
 {
-    conn_t *c = (conn_t *)(void *)((char *)d - offsetof(conn_t, drained));
-    if (c->closing || !c->above_high || conn_pinned(c) >= CONN_LOW_WATER)
+    conn_t *c = (conn_t *)(void *)((char *)d - offsetof(conn_t, told));
+    if (c->closing || !c->ev)
+        return;
+    if (c->write_failed) {
+        if (!c->error_told) {
+            c->error_told = 1;
+            if (c->ev->on_write_error)
+                c->ev->on_write_error(c->owner, c->write_error);
+        }
+        return;
+    }
+    if (c->want_empty && conn_pinned(c) == 0)
+        c->want_empty = 0;
+    else if (!c->above_high || conn_pinned(c) >= CONN_LOW_WATER)
         return;
     c->above_high = 0;
     if (c->ev->on_drain)
         c->ev->on_drain(c->owner);
+}
+
+static void tell_later(conn_t *c)
+{
+    c->told.fn = tell;
+    loop_defer(c->loop, &c->told);
 }
 
 static void submit(conn_t *c, wreq_t *r)
@@ -301,10 +325,8 @@ static void submit(conn_t *c, wreq_t *r)
         return;
     }
     release(c->loop, r); /* all sent at once; a drain owed is told outside the writer's call */
-    if (c->above_high && conn_pinned(c) < CONN_LOW_WATER) {
-        c->drained.fn = drain_later;
-        loop_defer(c->loop, &c->drained);
-    }
+    if ((c->above_high && conn_pinned(c) < CONN_LOW_WATER) || (c->want_empty && !conn_pinned(c)))
+        tell_later(c);
 }
 
 /* Connected: what was written while connecting goes out first, in order. */
@@ -351,6 +373,13 @@ void conn_flush_dirty(loop_t *l)
 
 /* ---- ending ---- */
 
+void conn_notify_empty(conn_t *c)
+{
+    c->want_empty = 1;
+    if (conn_pinned(c) == 0)
+        tell_later(c);
+}
+
 void conn_shutdown(conn_t *c)
 {
     if (c->shut || c->closing)
@@ -366,7 +395,7 @@ static void on_closed(uv_handle_t *h)
     conn_t *c = h->data;
     if (c->ev && c->ev->on_closed)
         c->ev->on_closed(c->owner);
-    loop_cancel(c->loop, &c->drained);
+    loop_cancel(c->loop, &c->told);
     free(c);
 }
 

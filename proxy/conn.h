@@ -50,7 +50,8 @@ typedef struct conn_events {
     void (*on_eof)(void *owner, int err);
     /* Queued output fell below CONN_LOW_WATER after having been above CONN_HIGH_WATER. */
     void (*on_drain)(void *owner);
-    /* A write failed (peer gone); at most once. The connection is not closed yet. */
+    /* A write failed (peer gone); at most once, from a later loop pass than the write. The
+     * connection is not closed yet. */
     void (*on_write_error)(void *owner, int err);
     /* Client side: the connect finished (0) or failed. */
     void (*on_connect)(void *owner, int status);
@@ -68,14 +69,17 @@ struct conn {
     wreq_t *backlog, *backlog_tail; /* gathered while connecting, sent once connected */
     conn_t *dirty_prev, *dirty_next;
     size_t pinned_inflight; /* pinned by writes handed to the transport */
-    deferred_t drained;     /* on_drain owed after a write that went out at once */
+    deferred_t told;        /* a write error or a drain owed, told from the next pass */
+    int write_error;
     unsigned dirty : 1;
     unsigned closing : 1;
     unsigned reading : 1;
     unsigned want_read : 1;
     unsigned above_high : 1; /* on_drain is owed once the queue shrinks */
     unsigned write_failed : 1;
-    unsigned shut : 1; /* our side is shut down (or will be, once the queue is out) */
+    unsigned error_told : 1;
+    unsigned want_empty : 1; /* on_drain is owed once nothing is queued */
+    unsigned shut : 1;       /* our side is shut down (or will be, once the queue is out) */
     unsigned connected : 1;
 };
 
@@ -96,6 +100,8 @@ void conn_flush(conn_t *c);
 /* Memory the queued output pins (see above). */
 size_t conn_pinned(const conn_t *c);
 int conn_over_high_water(conn_t *c);
+/* on_drain once nothing is queued any more (from a later pass, even if that is already so). */
+void conn_notify_empty(conn_t *c);
 /* Send what is queued, then FIN. Reading goes on as the owner set it. */
 void conn_shutdown(conn_t *c);
 /* Drop queued bytes and close; the owner hears on_closed, then the connection is freed. */

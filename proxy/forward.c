@@ -456,6 +456,10 @@ void fwd_request_head(exchange_t *ex, head_t *h, unsigned msg)
     ex->req_state = msg & MSG_END ? REQ_DONE : REQ_BODY;
     ex->req_len = msg & MSG_END ? 0 : msg & MSG_CHUNKED ? BODY_STREAM : content_length(h);
     headers_mark_hop(h);
+    if (h->method == HTTP_CONNECT) { /* tunnels come by Upgrade; TCP routes relay bytes */
+        local_reply(ex, 501, "CONNECT is not supported\n");
+        return;
+    }
     route_request_t rr;
     const char *query;
     size_t qlen;
@@ -578,6 +582,10 @@ static void start_tunnel(exchange_t *ex);
 
 void fwd_response_head(exchange_t *ex, head_t *h, unsigned msg)
 {
+    if (ex->ended) {
+        head_give(&ex->w->loop, h);
+        return;
+    }
     int status = h->status;
     if (status == 101 && !(ex->req_msg & MSG_UPGRADE)) {
         head_give(&ex->w->loop, h);
@@ -613,6 +621,8 @@ void fwd_response_head(exchange_t *ex, head_t *h, unsigned msg)
 
 void fwd_response_data(exchange_t *ex, buf_t *b, const char *p, size_t n)
 {
+    if (ex->ended)
+        return;
     ex->resp_bytes += n;
     ex->ss->ops->send_data(ex->ss, b, p, n);
     if (!ex->upstream_paused && ex->ss->ops->over_high_water(ex->ss)) {
@@ -631,6 +641,10 @@ void fwd_client_drained(exchange_t *ex)
 
 void fwd_response_end(exchange_t *ex, head_t *trailers)
 {
+    if (ex->ended) {
+        head_give(&ex->w->loop, trailers);
+        return;
+    }
     ex->resp_state = RESP_DONE;
     ex->ss->ops->send_end(ex->ss, trailers);
     head_give(&ex->w->loop, trailers);

@@ -124,6 +124,8 @@ static void on_head(h1_client_t *h)
     if (head->status == 101)
         msg |= MSG_UPGRADE | MSG_END;
     h->keep_alive = !(h->parser.flags & H1F_CLOSE);
+    if (h->parser.request_method == HTTP_CONNECT && head->status / 100 == 2)
+        h->keep_alive = 0; /* the connection is a tunnel now: never back to the pool */
     if (msg & MSG_END) {
         h->resp_done = 1;
         if (h->tail_n > 0 && head->status != 101)

@@ -43,6 +43,7 @@ struct h1_server {
     unsigned continued : 1;  /* 100 Continue sent */
     unsigned in_process : 1;
     unsigned detached : 1;
+    unsigned retired : 1; /* the connection is gone; freed once the stream is released */
 };
 
 static const server_stream_ops_t stream_ops;
@@ -85,9 +86,12 @@ static void retire(h1_server_t *h)
     h->parser.head = h->parser.trailers = NULL;
     unlink_conn(h);
     tq_del(&h->timeout);
-    /* Freed from the loop's next pass: a caller up the stack may still hold the stream. */
     loop_cancel(h->cfg->loop, &h->next_request);
     h->next_request.fn = free_later;
+    h->retired = 1;
+    if (h->in_stream)
+        return; /* the exchange still holds the stream: freed when it releases it */
+    /* Freed from the loop's next pass: a caller up the stack may still hold the stream. */
     loop_defer(h->cfg->loop, &h->next_request);
 }
 
@@ -181,6 +185,10 @@ static void set_phase(h1_server_t *h, enum phase ph)
 /* A refusal or timeout answered before any exchange saw the request. */
 static void local_reply(h1_server_t *h, int status, const char *body, size_t n)
 {
+    const head_t *req = h->parser.head;
+    int head_request = req && req->method_len == 4 && req->method == HTTP_HEAD;
+    if (h->in_stream ? h->req_method == HTTP_HEAD : head_request)
+        n = 0; /* a response to HEAD has no body (RFC 9112 §6.3); its length is not told */
     char head[160];
     int len = snprintf(head, sizeof head,
                        "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
@@ -246,9 +254,9 @@ static void on_head(h1_server_t *h)
     h->ev = h->cfg->handler->accept(h->cfg->owner, &h->s, &h->ctx);
     if (!h->ev) {
         head_give(h->cfg->loop, head);
-        h->in_stream = 0;
         static const char body[] = "out of memory\n";
-        local_reply(h, 503, body, sizeof body - 1);
+        local_reply(h, 503, body, sizeof body - 1); /* while in_stream: h->req_method counts */
+        h->in_stream = 0;
         finish(h);
         return;
     }
@@ -343,7 +351,8 @@ static void update_reading(h1_server_t *h)
 {
     if (!h->c || h->c->closing || h->detached)
         return;
-    int want = h->closing || (!h->peer_eof && !h->pending && !(h->in_stream && h->paused));
+    int want =
+        h->closing ? !h->peer_eof : !h->peer_eof && !h->pending && !(h->in_stream && h->paused);
     conn_read(h->c, want);
 }
 
@@ -367,6 +376,17 @@ static void on_read(void *owner, buf_t *b)
 static void on_eof(void *owner, int err)
 {
     h1_server_t *h = owner;
+    if (h->closing && h->c && conn_pinned(h->c) > 0) {
+        h->peer_eof = 1; /* our last bytes are still going out: close once they are */
+        conn_notify_empty(h->c);
+        return;
+    }
+    if (!h->in_stream && err == UV_EOF && h->c && conn_pinned(h->c) > 0) {
+        h->peer_eof = 1; /* a half-close right after an answer: let the answer go out */
+        finish(h);
+        conn_notify_empty(h->c);
+        return;
+    }
     if (h->closing || !h->in_stream) {
         close_now(h);
         return;
@@ -386,6 +406,10 @@ static void on_eof(void *owner, int err)
 static void on_drain(void *owner)
 {
     h1_server_t *h = owner;
+    if (h->closing && h->peer_eof) { /* both sides are done and our last byte is out */
+        close_now(h);
+        return;
+    }
     if (h->in_stream && !h->failed)
         h->ev->on_drain(h->ctx);
     else if (!h->in_stream)
@@ -529,6 +553,10 @@ static void release(server_stream_t *s, int abort)
     h->ev = NULL;
     h->ctx = NULL;
     h->paused = 0;
+    if (h->retired) { /* the connection went first; the stream was kept for this release */
+        loop_defer(h->cfg->loop, &h->next_request);
+        return;
+    }
     if (!h->c || h->c->closing)
         return;
     if (abort || (h->resp_sent && !h->resp_done)) {

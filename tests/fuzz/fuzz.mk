@@ -16,7 +16,8 @@ FUZZ_DIR           := tests/fuzz
 FUZZ_SAN           := -fsanitize=address,undefined -fno-sanitize-recover=all
 FUZZ_CFLAGS        := -std=c11 -O1 -g -fno-omit-frame-pointer -pthread $(FUZZ_SAN)
 FUZZ_ALL           := dns_parse trace_header config sampling_rules \
-                      $(if $(wildcard proxy/h1_parse.c),h1_parse)
+                      h1_parse \
+                      $(if $(wildcard proxy/h1_server.c),h1_server h1_client)
 FUZZ_TARGETS       ?= $(FUZZ_ALL)
 
 # What each target links, beside its own tests/fuzz/fuzz_<name>.c. A source that moves makes
@@ -29,6 +30,15 @@ fuzz_config_LIBS         := -lcjson
 fuzz_sampling_rules_SRCS := config/sampling_rules.c config/json.c config/diag.c
 fuzz_sampling_rules_LIBS := -lcjson
 fuzz_h1_parse_SRCS       := proxy/h1_parse.c proxy/head.c base/http.c
+# The codecs over conn.c and a transport of the harness's own (fuzz_glue.h); transport_tcp.c
+# only for the default transport conn_new sets.
+fuzz_h1_codec_SRCS       := proxy/h1_out.c proxy/h1_parse.c proxy/head.c proxy/head_pool.c \
+                            proxy/conn.c proxy/loop.c proxy/tqueue.c proxy/transport_tcp.c \
+                            base/buf.c base/http.c base/err.c base/log.c
+fuzz_h1_server_SRCS      := proxy/h1_server.c $(fuzz_h1_codec_SRCS)
+fuzz_h1_server_LIBS      := -luv
+fuzz_h1_client_SRCS      := proxy/h1_client.c $(fuzz_h1_codec_SRCS)
+fuzz_h1_client_LIBS      := -luv
 
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
 
