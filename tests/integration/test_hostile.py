@@ -819,3 +819,37 @@ def test_reload_enabling_a_pool_during_a_request(upstream, remora):
         slow.close()
     assert isinstance(got, Response) and got.status == 200, describe(got)
     assert sequential(r.ingress, 20) == [200] * 20
+
+
+# ---- found by the codec fuzzers (tests/fuzz/regressions/h1_server, h1_client) ----
+
+def test_half_close_right_after_a_request_still_gets_the_answer(raw_mesh):
+    """A client that sends its request and shuts down its write side at once (a common
+    `printf ... | nc` pattern) must get the whole answer, even one remora gives immediately
+    (here a 404 for an unknown host), before remora closes the connection."""
+    r, app, backend = raw_mesh()
+    for host in (b"nowhere.example", b"cart.shop.local"):
+        s = socket.create_connection(("127.0.0.1", r.egress), timeout=5)
+        try:
+            s.sendall(b"GET /x HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+            s.shutdown(socket.SHUT_WR)
+            got, closed = recv_until_closed(s, timeout=5)
+        finally:
+            s.close()
+        assert closed, f"remora did not close after answering a half-closed client: {got!r}"
+        status = 404 if host == b"nowhere.example" else 200
+        assert got.startswith(b"HTTP/1.1 %d " % status), got[:200]
+        head, _, body = got.partition(b"\r\n\r\n")
+        length = int([l.split(b":")[1] for l in head.split(b"\r\n")
+                      if l.lower().startswith(b"content-length:")][0])
+        assert len(body) == length, f"the answer was cut: {got!r}"
+
+
+def test_connect_is_refused_and_never_tunnelled(raw_mesh):
+    """CONNECT is not a way into a tunnel through remora (Upgrade and TCP routes are): 501,
+    and the upstream never sees it."""
+    r, app, backend = raw_mesh()
+    got = exchange(r.egress, b"CONNECT cart.shop.local:443 HTTP/1.1\r\nHost: cart.shop.local:443\r\n\r\n")
+    assert isinstance(got, Response) and got.status == 501, describe(got)
+    settle(r, app, backend)
+    assert backend.connections() == 0 and backend.received() == b""
