@@ -126,6 +126,8 @@ static void finish(h1_server_t *h)
     h->closing = 1;
     set_phase(h, PH_LINGER);
     conn_shutdown(h->c);
+    if (h->peer_eof) /* the client is done sending: close as soon as our answer is out */
+        conn_notify_empty(h->c);
     update_reading(h);
 }
 
@@ -384,7 +386,6 @@ static void on_eof(void *owner, int err)
     if (!h->in_stream && err == UV_EOF && h->c && conn_pinned(h->c) > 0) {
         h->peer_eof = 1; /* a half-close right after an answer: let the answer go out */
         finish(h);
-        conn_notify_empty(h->c);
         return;
     }
     if (h->closing || !h->in_stream) {
