@@ -289,17 +289,16 @@ static void tell(deferred_t *d)
     conn_t *c = (conn_t *)(void *)((char *)d - offsetof(conn_t, told));
     if (c->closing || !c->ev)
         return;
-    if (c->write_failed) {
-        if (!c->error_told) {
-            c->error_told = 1;
-            if (c->ev->on_write_error)
-                c->ev->on_write_error(c->owner, c->write_error);
-        }
-        return;
+    if (c->write_failed && !c->error_told) {
+        c->error_told = 1;
+        if (c->ev->on_write_error)
+            c->ev->on_write_error(c->owner, c->write_error);
+        if (c->closing)
+            return;
     }
     if (c->want_empty && conn_pinned(c) == 0)
-        c->want_empty = 0;
-    else if (!c->above_high || conn_pinned(c) >= CONN_LOW_WATER)
+        c->want_empty = 0; /* owed whether or not a write failed: nothing is queued */
+    else if (c->write_failed || !c->above_high || conn_pinned(c) >= CONN_LOW_WATER)
         return;
     c->above_high = 0;
     if (c->ev->on_drain)
