@@ -233,11 +233,6 @@ void exchange_end(exchange_t *ex, int abort)
     exchange_later(ex, release_now); /* nothing may still hold it once the loop comes back */
 }
 
-void exchange_admit_waiting(worker_t *w)
-{
-    pool_admit_waiting(&w->pools);
-}
-
 void exchange_close_kept(worker_t *w)
 {
     while (w->free_exchanges) {

@@ -20,8 +20,6 @@ typedef struct exchange exchange_t;
 /* The stream handler the worker gives its server codecs (owner: the listener). */
 extern const stream_handler_t exchange_handler;
 
-/* Ask the worker's waiting exchanges to go on (a pool slot freed). */
-void exchange_admit_waiting(struct worker *w);
 /* The worker is ending: free the kept exchanges (from their timers' close callbacks). */
 void exchange_close_kept(struct worker *w);
 

@@ -33,7 +33,6 @@ struct h1_client {
     unsigned failed : 1;     /* on_error was delivered */
     unsigned gone : 1;       /* closing: the pool was told */
     unsigned detached : 1;
-    unsigned paused : 1;
 };
 
 static const client_stream_ops_t stream_ops;
@@ -320,7 +319,6 @@ static void send_end(client_stream_t *s, const head_t *trailers)
 static void pause_(client_stream_t *s, int paused)
 {
     h1_client_t *h = of(s);
-    h->paused = paused ? 1 : 0;
     conn_read(h->c, !paused);
 }
 
@@ -430,7 +428,7 @@ client_stream_t *h1_client_stream(h1_client_t *h, const stream_events_t *ev, voi
     h->busy = 1;
     h->ev = ev;
     h->ctx = ctx;
-    h->req_done = h->resp_done = h->failed = h->paused = 0;
+    h->req_done = h->resp_done = h->failed = 0;
     h->keep_alive = 0;
     h1_parser_init(&h->parser, H1_RESPONSE, h->parser.head, h->parser.trailers);
     if (h->s.connected) {

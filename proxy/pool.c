@@ -279,11 +279,6 @@ void pool_close_idle(pool_table_t *t)
     }
 }
 
-int pool_table_empty(const pool_table_t *t)
-{
-    return t->npools == 0;
-}
-
 void pool_table_close(pool_table_t *t)
 {
     h1_client_timeouts_close(&t->timeouts);

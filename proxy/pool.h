@@ -72,8 +72,6 @@ void pool_admit_waiting(pool_table_t *t);
 void pool_close_departed(pool_table_t *t);
 /* Close every idle connection (drain, shutdown). */
 void pool_close_idle(pool_table_t *t);
-/* Whether any entry is left (connections open). */
-int pool_table_empty(const pool_table_t *t);
 /* The loop is ending and no connection is left: close the timeouts' timers. */
 void pool_table_close(pool_table_t *t);
 

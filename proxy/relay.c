@@ -122,8 +122,6 @@ static void on_timer(uv_timer_t *t)
         uv_timer_start(&r->timer, on_timer, r->last + r->idle_ms - now, 0);
         return;
     }
-    if (r->owner && r->owner->idle_timeouts)
-        stat_inc(r->owner->idle_timeouts);
     close_both(r);
 }
 

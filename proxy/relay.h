@@ -10,7 +10,6 @@
 
 #include <stdint.h>
 
-#include "base/stats.h"
 #include "proxy/conn.h"
 
 typedef struct relay relay_t;
@@ -19,7 +18,6 @@ typedef struct relay relay_t;
 typedef struct relay_owner {
     void (*on_closed)(void *ctx);
     void *ctx;
-    stat_t *idle_timeouts; /* counted on an idle close; may be NULL */
 } relay_owner_t;
 
 /* Start relaying between a and b. `a_pending` (a reference, may be NULL) holds bytes a sent

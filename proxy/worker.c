@@ -257,7 +257,7 @@ static void on_wake(uv_async_t *h)
     worker_t *w = h->data;
     adopt_routes(w);
     pool_close_departed(&w->pools);
-    exchange_admit_waiting(w);
+    pool_admit_waiting(&w->pools); /* a slot freed: waiting exchanges may go on */
     enum server_state st = server_state(w->srv);
     if (st == SERVER_DRAINING || st == SERVER_STOPPED) {
         if (!w->draining) {
