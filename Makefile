@@ -17,7 +17,7 @@ endif
 CFLAGS    := -std=c11 $(OPT) -pthread
 LDLIBS    := -luv -lcares -lcjson -lssl -lcrypto -lpthread -lm
 
-SRCS      := $(wildcard base/*.c proxy/*.c config/*.c routing/*.c discovery/*.c tracing/*.c)
+SRCS      := $(wildcard base/*.c proxy/*.c config/*.c routing/*.c discovery/*.c tracing/*.c tls/*.c)
 LIB_SRCS  := $(filter-out proxy/main.c,$(SRCS))
 OBJS      := $(SRCS:%.c=$(BUILD)/%.o)
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o)
@@ -102,11 +102,11 @@ run: deps
 BANNED := \b(sprintf|vsprintf|strcpy|strcat|atoi|atol|gets|system)[[:space:]]*\(
 lint:
 	@! grep -nE '$(BANNED)' $(SRCS) $(wildcard */*.h) || { echo "lint: banned call above"; exit 1; }
-	@clang-format --dry-run --Werror $(SRCS) $(wildcard base/*.h proxy/*.h config/*.h routing/*.h discovery/*.h tracing/*.h)
+	@clang-format --dry-run --Werror $(SRCS) $(wildcard base/*.h proxy/*.h config/*.h routing/*.h discovery/*.h tracing/*.h tls/*.h)
 	@echo "lint: ok"
 
 format:
-	clang-format -i $(SRCS) $(wildcard base/*.h proxy/*.h config/*.h routing/*.h discovery/*.h tracing/*.h)
+	clang-format -i $(SRCS) $(wildcard base/*.h proxy/*.h config/*.h routing/*.h discovery/*.h tracing/*.h tls/*.h)
 
 bench-deps:
 	@$(MAKE) --no-print-directory deps EXTRA_PKGS="$(BENCH_PKGS)"

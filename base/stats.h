@@ -76,7 +76,20 @@ static inline uint64_t stat_get(stat_t *s)
     X(health_check_attempt, 0)                                                                     \
     X(health_check_failure, 0)
 
+/* TLS, under a listener's or a cluster's `ssl.` scope, as Envoy names them. */
+#define SSL_STATS(X)                                                                               \
+    X(handshake, 0)                                                                                \
+    X(session_reused, 0)                                                                           \
+    X(no_certificate, 0)                                                                           \
+    X(fail_verify_no_cert, 0)                                                                      \
+    X(fail_verify_error, 0)                                                                        \
+    X(fail_verify_san, 0)                                                                          \
+    X(connection_error, 0)
+
 #define STAT_FIELD(name, gauge) stat_t name;
+typedef struct ssl_stats {
+    SSL_STATS(STAT_FIELD)
+} ssl_stats_t;
 typedef struct http_stats {
     HTTP_STATS(STAT_FIELD)
 } http_stats_t;

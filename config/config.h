@@ -45,6 +45,36 @@ typedef struct cfg_outlier {
     unsigned max_ejection_percent;
 } cfg_outlier_t;
 
+/* TLS (App Mesh's listener `tls` and `clientPolicy.tls`; shared/reference/tls-h2-grpc.md §1.11).
+ * Only file sources exist here: `acm` and `sds` are refused by config_parse with what to do
+ * instead. `path` is the JSON path of the `tls` object, for diagnostics about its files. */
+enum tls_mode { TLS_DISABLED, TLS_STRICT, TLS_PERMISSIVE };
+
+typedef struct cfg_tls_validation {
+    char *trust_file; /* trust.file.certificateChain (PEM CA bundle) */
+    char **sans;      /* subjectAlternativeNames.match.exact; none: not checked (listener) or the
+                       * target's discovery name (client) */
+    unsigned nsans;
+} cfg_tls_validation_t;
+
+typedef struct cfg_listener_tls {
+    enum tls_mode mode; /* TLS_DISABLED when the listener has no `tls` */
+    char *path;
+    char *cert_chain, *private_key; /* certificate.file */
+    int has_validation;             /* mTLS: client certificates required and checked */
+    cfg_tls_validation_t validation;
+} cfg_listener_tls_t;
+
+typedef struct cfg_client_tls {
+    int present;
+    char *path;
+    int enforce;     /* default 1 */
+    uint16_t *ports; /* none: every port */
+    unsigned nports;
+    char *cert_chain, *private_key; /* certificate.file: a client certificate (mTLS); NULL: none */
+    cfg_tls_validation_t validation;
+} cfg_client_tls_t;
+
 typedef struct cfg_listener {
     uint16_t port;
     char *protocol;          /* http, http2, grpc, tcp */
@@ -54,6 +84,7 @@ typedef struct cfg_listener {
     uint32_t max_pending;     /* 0 = unlimited */
     cfg_health_check_t health;
     cfg_outlier_t outlier;
+    cfg_listener_tls_t tls;
 } cfg_listener_t;
 
 typedef struct cfg_node {
@@ -67,8 +98,10 @@ typedef struct cfg_node {
     char *service_name;
     unsigned nattributes; /* Cloud Map attributes (DNS cannot filter by them) */
     enum ip_preference ip_preference;
-    char **backends; /* virtual service names */
+    char **backends;               /* virtual service names */
+    cfg_client_tls_t *backend_tls; /* per backend, parallel to `backends` (present = 0: none) */
     unsigned nbackends;
+    cfg_client_tls_t default_tls; /* backendDefaults.clientPolicy.tls */
 } cfg_node_t;
 
 typedef struct cfg_service {

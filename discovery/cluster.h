@@ -62,6 +62,7 @@ typedef struct cluster {
      * that a reload that sets one finds the true count. */
     _Atomic unsigned active_requests, pending_requests;
     cluster_stats_t stats;
+    ssl_stats_t ssl;        /* connections made over TLS */
     stat_t dns_answers[16]; /* by enum dns_result (discovery/dns.h) */
     void *discovery;        /* discovery's per-cluster state (main thread only) */
 } cluster_t;

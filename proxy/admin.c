@@ -107,6 +107,20 @@ static void stats_http(text_t *t, const char *prefix, http_stats_t *st)
 #undef LINE
 }
 
+static void stats_ssl(text_t *t, const char *scope, const char *name, ssl_stats_t *st)
+{
+#define LINE(stat, gauge)                                                                          \
+    tprintf(t, "%s.%s.ssl.%s: %" PRIu64 "\n", scope, name, #stat, stat_get(&st->stat));
+    SSL_STATS(LINE)
+#undef LINE
+}
+
+/* Envoy names a listener by its address: 0.0.0.0_15000. */
+static void listener_name(server_t *s, char *out, size_t n)
+{
+    snprintf(out, n, "0.0.0.0_%u", s->set.ingress_port);
+}
+
 static void stats_cluster(text_t *t, cluster_t *c)
 {
     cluster_stats_t *st = &c->stats;
@@ -114,6 +128,7 @@ static void stats_cluster(text_t *t, cluster_t *c)
     tprintf(t, "cluster.%s.%s: %" PRIu64 "\n", c->name, #stat, stat_get(&st->stat));
     CLUSTER_STATS(LINE)
 #undef LINE
+    stats_ssl(t, "cluster", c->name, &c->ssl);
     tprintf(t, "cluster.%s.membership_total: %u\n", c->name, cluster_size(c));
     tprintf(t, "cluster.%s.membership_healthy: %u\n", c->name, cluster_healthy(c, now_ms()));
     for (int r = 0; r < DNS_CANCELLED; r++)
@@ -138,9 +153,14 @@ static int h_stats(server_t *s, text_t *body)
         stats_cluster(body, c);
     stats_http(body, "egress", &s->egress_stats);
     stats_http(body, "ingress", &s->ingress_stats);
+    char listener[64];
+    listener_name(s, listener, sizeof listener);
+    stats_ssl(body, "listener", listener, &s->ingress_ssl);
     stats_targets(body, &s->reg);
     tprintf(body, "remora.config.reload_ok: %" PRIu64 "\n", stat_get(&s->reg.reloads_ok));
     tprintf(body, "remora.config.reload_failed: %" PRIu64 "\n", stat_get(&s->reg.reloads_failed));
+    tprintf(body, "remora.tls.reload_ok: %" PRIu64 "\n", stat_get(&s->tls_reloads_ok));
+    tprintf(body, "remora.tls.reload_failed: %" PRIu64 "\n", stat_get(&s->tls_reloads_failed));
     if (s->xray) {
         xray_stats_t *x = xray_stats(s->xray);
         tprintf(body,
@@ -268,6 +288,18 @@ static int h_prometheus(server_t *s, text_t *body)
                     stat_get(&c->stats.stat), &typed);
     CLUSTER_STATS(CLUSTER_LINE)
 #undef CLUSTER_LINE
+    char listener[64];
+    listener_name(s, listener, sizeof listener);
+#define SSL_LINE(stat, gauge)                                                                      \
+    typed = 0;                                                                                     \
+    prom_series(body, "listener", "ssl_" #stat, gauge, "envoy_listener_address", listener,         \
+                stat_get(&s->ingress_ssl.stat), &typed);                                           \
+    typed = 0;                                                                                     \
+    for (cluster_t *c = s->reg.clusters; c; c = c->next)                                           \
+        prom_series(body, "cluster", "ssl_" #stat, gauge, "envoy_cluster_name", c->name,           \
+                    stat_get(&c->ssl.stat), &typed);
+    SSL_STATS(SSL_LINE)
+#undef SSL_LINE
     tprintf(body, "# TYPE envoy_cluster_membership_total gauge\n");
     for (cluster_t *c = s->reg.clusters; c; c = c->next)
         tprintf(body, "envoy_cluster_membership_total{envoy_cluster_name=\"%s\"} %u\n", c->name,
@@ -287,8 +319,12 @@ static int h_prometheus(server_t *s, text_t *body)
     tprintf(body,
             "# TYPE remora_config_reloads_total counter\n"
             "remora_config_reloads_total{result=\"success\"} %" PRIu64 "\n"
-            "remora_config_reloads_total{result=\"failure\"} %" PRIu64 "\n",
-            stat_get(&s->reg.reloads_ok), stat_get(&s->reg.reloads_failed));
+            "remora_config_reloads_total{result=\"failure\"} %" PRIu64 "\n"
+            "# TYPE remora_tls_reloads_total counter\n"
+            "remora_tls_reloads_total{result=\"success\"} %" PRIu64 "\n"
+            "remora_tls_reloads_total{result=\"failure\"} %" PRIu64 "\n",
+            stat_get(&s->reg.reloads_ok), stat_get(&s->reg.reloads_failed),
+            stat_get(&s->tls_reloads_ok), stat_get(&s->tls_reloads_failed));
     if (s->xray) {
         xray_stats_t *x = xray_stats(s->xray);
         tprintf(body,
@@ -305,6 +341,16 @@ static int h_prometheus(server_t *s, text_t *body)
             server_state(s) == SERVER_LIVE);
     tprintf(body, "# TYPE envoy_server_uptime gauge\nenvoy_server_uptime %" PRIu64 "\n",
             uptime_s(s));
+    return 200;
+}
+
+static int h_certs(server_t *s, text_t *body)
+{
+    char *json = tls_certs_json(&s->reg.tls);
+    if (!json)
+        return 503;
+    tprintf(body, "%s", json);
+    free(json);
     return 200;
 }
 
@@ -343,6 +389,7 @@ static const route_entry_t routes[] = {
     {"/stats/prometheus", 0, h_prometheus, "text/plain; version=0.0.4"},
     {"/config_dump", 0, h_config_dump, "application/json"},
     {"/clusters", 0, h_clusters, "text/plain"},
+    {"/certs", 0, h_certs, "application/json"},
     {"/quitquitquit", 1, h_quit, "text/plain"},
     {"/healthcheck/fail", 1, h_hc_fail, "text/plain"},
     {"/healthcheck/ok", 1, h_hc_ok, "text/plain"},

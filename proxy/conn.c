@@ -33,16 +33,12 @@ typedef struct connect_req {
     int status;
 } connect_req_t;
 
-static void report_connect(connect_req_t *r)
+void conn_on_ready(conn_t *c, int status)
 {
-    conn_t *c = r->c;
-    int status = r->status;
-    free(r);
     if (c->closing)
         return;
     if (status == 0) {
         c->connected = 1;
-        uv_tcp_nodelay(&c->tcp, 1);
         conn_read(c, c->want_read);
         send_backlog(c);
         if (c->shut && !c->write_failed)
@@ -51,6 +47,21 @@ static void report_connect(connect_req_t *r)
         drop_backlog(c);
     }
     c->ev->on_connect(c->owner, status);
+}
+
+static void report_connect(connect_req_t *r)
+{
+    conn_t *c = r->c;
+    int status = r->status;
+    free(r);
+    if (c->closing)
+        return;
+    if (status == 0)
+        uv_tcp_nodelay(&c->tcp, 1);
+    if (status == 0 && c->tp->handshake)
+        c->tp->handshake(c);
+    else
+        conn_on_ready(c, status);
 }
 
 static void on_connect(uv_connect_t *req, int status)
@@ -395,6 +406,8 @@ static void on_closed(uv_handle_t *h)
     if (c->ev && c->ev->on_closed)
         c->ev->on_closed(c->owner);
     loop_cancel(c->loop, &c->told);
+    if (c->tp->free)
+        c->tp->free(c);
     free(c);
 }
 
@@ -415,6 +428,8 @@ static int begin_close(conn_t *c)
 
 void conn_close(conn_t *c)
 {
+    if (!c->closing && c->connected && !c->write_failed && c->tp->close)
+        c->tp->close(c);
     if (begin_close(c))
         uv_close((uv_handle_t *)&c->tcp, on_closed);
 }

@@ -63,6 +63,7 @@ struct conn {
     uv_tcp_t tcp; /* tcp.data points back at the conn */
     loop_t *loop;
     const transport_t *tp;
+    struct tls_conn *tls; /* the TLS transport's state, NULL on plain TCP */
     const conn_events_t *ev;
     void *owner;
     wreq_t *out;                    /* the write being gathered, NULL when nothing is queued */
@@ -113,6 +114,8 @@ void conn_peer_name(conn_t *c, char *out, size_t n);
 
 /* Called by transports. */
 void conn_on_read(conn_t *c, ssize_t nread, buf_t *b);
+/* Client side: the transport is up (0: what was written while connecting goes out) or failed. */
+void conn_on_ready(conn_t *c, int status);
 void conn_on_written(wreq_t *r, int status);
 void conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *out);
 

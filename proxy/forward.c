@@ -272,6 +272,7 @@ static int send_request(exchange_t *ex)
             .trace = ex->trace ? trace : NULL,
             .trace_len = tlen,
             .drop_expect = ex->continued,
+            .secure = ex->ss && ex->ss->secure,
         };
         int err = headers_edit_request(ex->req, &e);
         if (err)
@@ -297,7 +298,7 @@ static void no_stream(exchange_t *ex)
 
 static void dispatch(exchange_t *ex, int fresh)
 {
-    ex->cs = pool_stream(&ex->w->pools, ex->route.cluster, &ex->endpoint, fresh,
+    ex->cs = pool_stream(&ex->w->pools, ex->route.cluster, &ex->endpoint, ex->route.tls, fresh,
                          &exchange_upstream_events, ex);
     if (!ex->cs) {
         exchange_later(ex, no_stream);

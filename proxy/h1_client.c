@@ -385,15 +385,13 @@ void h1_client_timeouts_close(h1_client_timeouts_t *t)
     tq_close(&t->idle_q);
 }
 
-h1_client_t *h1_client_connect(loop_t *l, const struct sockaddr *addr, cluster_stats_t *stats,
+h1_client_t *h1_client_connect(conn_t *c, const struct sockaddr *addr, cluster_stats_t *stats,
                                h1_client_timeouts_t *tmo, const h1_client_owner_t *owner,
                                void *owner_ctx)
 {
-    conn_t *c = conn_new(l);
-    h1_client_t *h = c ? h1_client_new(c, stats, owner, owner_ctx) : NULL;
+    h1_client_t *h = h1_client_new(c, stats, owner, owner_ctx);
     if (!h) {
-        if (c)
-            conn_close(c);
+        conn_close(c);
         return NULL;
     }
     h->tmo = tmo;

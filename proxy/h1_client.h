@@ -37,10 +37,11 @@ typedef struct h1_client_owner {
     void (*on_gone)(void *owner, h1_client_t *h);
 } h1_client_owner_t;
 
-/* Start connecting to `addr` and return the connection's stream at once: what is sent before
- * the connection is up goes out when it is; a failure to connect reaches ev->on_error on a
- * later loop pass. NULL only when memory is exhausted. */
-h1_client_t *h1_client_connect(loop_t *l, const struct sockaddr *addr, cluster_stats_t *stats,
+/* Start connecting `c` (new, its transport chosen) to `addr` and return the connection at
+ * once: what is sent before the connection is up goes out when it is; a failure to connect
+ * (or to finish a TLS handshake) reaches ev->on_error on a later loop pass. NULL only when
+ * memory is exhausted; `c` is closed then. */
+h1_client_t *h1_client_connect(conn_t *c, const struct sockaddr *addr, cluster_stats_t *stats,
                                h1_client_timeouts_t *tmo, const h1_client_owner_t *owner,
                                void *owner_ctx);
 /* Take over a connection that is up (or set up elsewhere: tests and fuzzing drive a codec over

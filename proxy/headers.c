@@ -107,7 +107,8 @@ int headers_edit_request(head_t *h, const request_edit_t *e)
     if (err == 0)
         err = forwarded_for(h, n, e->client_ip);
     if (err == 0 && !has_xfp)
-        err = head_add_field(h, "X-Forwarded-Proto", 17, "http", 4);
+        err = head_add_field(h, "X-Forwarded-Proto", 17, e->secure ? "https" : "http",
+                             e->secure ? 5 : 4);
     if (err == 0)
         err = head_add_field(h, "X-Request-Id", 12, e->request_id, strlen(e->request_id));
     if (err == 0 && e->trace)

@@ -29,6 +29,7 @@ typedef struct request_edit {
     const char *trace; /* X-Amzn-Trace-Id to send, NULL: the client's passes through */
     size_t trace_len;
     int drop_expect; /* remora answered Expect itself */
+    int secure;      /* the client came over TLS: X-Forwarded-Proto https */
 } request_edit_t;
 
 /* Turn the client's request head (hop flags set) into the one to send upstream, in place: the

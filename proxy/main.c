@@ -142,18 +142,71 @@ static void print_routes(const config_t *cfg, const char *router)
     }
 }
 
+/* "a, b, c (+2 more)": enough SANs to recognise the list on one line. */
+static void print_sans(const cfg_tls_validation_t *v)
+{
+    for (unsigned i = 0; i < v->nsans && i < 3; i++)
+        printf("%s%s", i ? ", " : "", v->sans[i]);
+    if (v->nsans > 3)
+        printf(" (+%u more)", v->nsans - 3);
+}
+
+/* A listener with a `tls` object (its path is set) gets one line about it. */
+static void print_listener_tls(const cfg_listener_tls_t *t)
+{
+    static const char *const modes[] = {"DISABLED", "STRICT", "PERMISSIVE"}; /* tls_mode */
+    if (!t->path)
+        return;
+    printf("    tls %s, certificate %s, ", modes[t->mode], t->cert_chain);
+    if (!t->has_validation) {
+        printf("no client certificates\n");
+        return;
+    }
+    printf("mTLS: trust %s, client SANs ", t->validation.trust_file);
+    if (t->validation.nsans)
+        print_sans(&t->validation);
+    else
+        printf("not checked");
+    printf("\n");
+}
+
+/* A backend's client policy: its own, or backendDefaults' (`from_defaults`). */
+static void print_client_tls(const cfg_client_tls_t *t, int from_defaults)
+{
+    printf("    client TLS (%s, ", t->enforce ? "enforce" : "not enforced");
+    for (unsigned i = 0; i < t->nports; i++)
+        printf("%s%u", i ? ", " : "ports ", t->ports[i]);
+    printf("%s%s), trust %s, ", t->nports ? "" : "all ports",
+           from_defaults ? "; backendDefaults" : "", t->validation.trust_file);
+    if (t->validation.nsans) {
+        printf("SANs ");
+        print_sans(&t->validation);
+    } else {
+        printf("SANs: the target's discovery name");
+    }
+    if (t->cert_chain)
+        printf(", client certificate %s", t->cert_chain);
+    printf("\n");
+}
+
 /* The one-screen summary of what this node's sidecar will do. */
 static void print_summary(const config_t *cfg, const cfg_node_t *node)
 {
     printf("%s: ok\nmesh %s, node %s, egress filter %s\n", cfg->source, cfg->mesh_name, node->name,
            cfg->egress_filter == EGRESS_ALLOW_ALL ? "ALLOW_ALL" : "DROP_ALL");
-    for (unsigned i = 0; i < node->nlisteners; i++)
+    for (unsigned i = 0; i < node->nlisteners; i++) {
         printf("  listener %s:%u -> local app 127.0.0.1:%u\n", node->listeners[i].protocol,
                node->listeners[i].port, node->listeners[i].port);
+        print_listener_tls(&node->listeners[i].tls);
+    }
     for (unsigned i = 0; i < node->nbackends; i++) {
         const cfg_service_t *s = config_service(cfg, node->backends[i]);
         printf("  backend %s -> %s %s\n", s->name, provider_kind(s->provider),
                s->provider_name ? s->provider_name : "");
+        if (node->backend_tls[i].present)
+            print_client_tls(&node->backend_tls[i], 0);
+        else if (node->default_tls.present)
+            print_client_tls(&node->default_tls, 1);
         if (s->provider == PROVIDER_ROUTER)
             print_routes(cfg, s->provider_name);
     }

@@ -4,12 +4,14 @@
 #include <string.h>
 
 #include "proxy/h1_client.h"
+#include "proxy/transport_tls.h"
 
 struct pool {
     pool_t *next;      /* hash chain */
     pool_t *idle_next; /* the table's with_idle list */
     pool_table_t *table;
     cluster_t *cluster;
+    tls_ctx_t *tls; /* held while the entry lives, so the key cannot be reused */
     struct sockaddr_storage addr;
     socklen_t addrlen;
     h1_client_t *idle; /* most recently released first */
@@ -24,21 +26,23 @@ void pool_table_init(pool_table_t *t, loop_t *l)
     h1_client_timeouts_init(&t->timeouts, l, POOL_CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT);
 }
 
-static unsigned hash(const cluster_t *cl, const struct sockaddr_storage *a, socklen_t n)
+static unsigned hash(const cluster_t *cl, const tls_ctx_t *tls, const struct sockaddr_storage *a,
+                     socklen_t n)
 {
-    /* FNV-1a over the address bytes and the cluster pointer. */
-    uint64_t h = 1469598103934665603ull ^ (uint64_t)(uintptr_t)cl;
+    /* FNV-1a over the address bytes and the cluster and TLS context pointers. */
+    uint64_t h = 1469598103934665603ull ^ (uint64_t)(uintptr_t)cl ^ ((uint64_t)(uintptr_t)tls << 1);
     const unsigned char *p = (const unsigned char *)a;
     for (socklen_t i = 0; i < n; i++)
         h = (h ^ p[i]) * 1099511628211ull;
     return (unsigned)(h % POOL_BUCKETS);
 }
 
-static pool_t *find(pool_table_t *t, cluster_t *cl, const endpoint_t *ep, int create)
+static pool_t *find(pool_table_t *t, cluster_t *cl, const endpoint_t *ep, tls_ctx_t *tls,
+                    int create)
 {
-    pool_t **bucket = &t->buckets[hash(cl, &ep->addr, ep->addrlen)];
+    pool_t **bucket = &t->buckets[hash(cl, tls, &ep->addr, ep->addrlen)];
     for (pool_t *p = *bucket; p; p = p->next)
-        if (p->cluster == cl && p->addrlen == ep->addrlen &&
+        if (p->cluster == cl && p->tls == tls && p->addrlen == ep->addrlen &&
             memcmp(&p->addr, &ep->addr, p->addrlen) == 0)
             return p;
     if (!create)
@@ -48,6 +52,7 @@ static pool_t *find(pool_table_t *t, cluster_t *cl, const endpoint_t *ep, int cr
         return NULL;
     p->table = t;
     p->cluster = cl;
+    p->tls = tls ? tls_ctx_ref(tls) : NULL;
     memcpy(&p->addr, &ep->addr, ep->addrlen);
     p->addrlen = ep->addrlen;
     p->next = *bucket;
@@ -74,11 +79,12 @@ static void maybe_free(pool_t *p)
         return;
     pool_table_t *t = p->table;
     unlist(p);
-    pool_t **pp = &t->buckets[hash(p->cluster, &p->addr, p->addrlen)];
+    pool_t **pp = &t->buckets[hash(p->cluster, p->tls, &p->addr, p->addrlen)];
     while (*pp != p)
         pp = &(*pp)->next;
     *pp = p->next;
     t->npools--;
+    tls_ctx_unref(p->tls);
     free(p);
 }
 
@@ -136,10 +142,24 @@ static void on_gone(void *owner, h1_client_t *h)
 
 static const h1_client_owner_t client_owner = {.on_idle = on_idle, .on_gone = on_gone};
 
-client_stream_t *pool_stream(pool_table_t *t, cluster_t *cl, const endpoint_t *ep, int fresh,
-                             const stream_events_t *ev, void *ctx)
+/* A new connection for entry p, over TLS when the entry's key says so. */
+static h1_client_t *dial(pool_table_t *t, pool_t *p)
 {
-    pool_t *p = find(t, cl, ep, 1);
+    conn_t *c = conn_new(t->loop);
+    if (!c)
+        return NULL;
+    const struct sockaddr *sa = (const struct sockaddr *)&p->addr;
+    if (p->tls && transport_tls_client(c, p->tls, &p->cluster->ssl, sa) != 0) {
+        conn_close(c);
+        return NULL;
+    }
+    return h1_client_connect(c, sa, &p->cluster->stats, &t->timeouts, &client_owner, p);
+}
+
+client_stream_t *pool_stream(pool_table_t *t, cluster_t *cl, const endpoint_t *ep, tls_ctx_t *tls,
+                             int fresh, const stream_events_t *ev, void *ctx)
+{
+    pool_t *p = find(t, cl, ep, tls, 1);
     if (!p)
         return NULL;
     while (p->idle && !fresh) {
@@ -152,8 +172,7 @@ client_stream_t *pool_stream(pool_table_t *t, cluster_t *cl, const endpoint_t *e
         stat_inc(&cl->stats.upstream_cx_pool_reuse);
         return h1_client_stream(h, ev, ctx);
     }
-    h1_client_t *h = h1_client_connect(t->loop, (const struct sockaddr *)&p->addr, &cl->stats,
-                                       &t->timeouts, &client_owner, p);
+    h1_client_t *h = dial(t, p);
     if (!h) {
         maybe_free(p);
         return NULL;

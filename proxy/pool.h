@@ -20,6 +20,7 @@
 #include "proxy/loop.h"
 #include "proxy/h1_client.h"
 #include "proxy/stream.h"
+#include "tls/tls.h"
 
 #define POOL_IDLE_MAX        256   /* idle connections kept per endpoint per worker */
 #define POOL_IDLE_TIMEOUT    60000 /* ms an idle upstream connection is kept */
@@ -56,10 +57,11 @@ typedef struct pool_wait {
 enum { POOL_GO, POOL_FULL };
 
 void pool_table_init(pool_table_t *t, loop_t *l);
-/* A stream to `ep` of `cl` reporting to (ev, ctx); `fresh` skips idle connections. NULL only
- * when memory is exhausted. */
-client_stream_t *pool_stream(pool_table_t *t, cluster_t *cl, const endpoint_t *ep, int fresh,
-                             const stream_events_t *ev, void *ctx);
+/* A stream to `ep` of `cl` over TLS with `tls` (NULL: plaintext) reporting to (ev, ctx);
+ * `fresh` skips idle connections. Connections are pooled by (cluster, endpoint, TLS
+ * context). NULL only when memory is exhausted. */
+client_stream_t *pool_stream(pool_table_t *t, cluster_t *cl, const endpoint_t *ep, tls_ctx_t *tls,
+                             int fresh, const stream_events_t *ev, void *ctx);
 
 /* Admission: 1 when a slot was taken at once; 0 when the answer comes through w->cb. */
 int pool_admit(pool_table_t *t, pool_wait_t *w);

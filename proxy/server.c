@@ -66,6 +66,88 @@ int server_init(server_t *s, const settings_t *set, const cli_opts_t *cli, confi
     return 0;
 }
 
+/* ---- certificate files ---- */
+
+typedef struct tls_watch {
+    struct tls_watch *next;
+    uv_fs_poll_t poll;
+    server_t *srv;
+    int seen; /* still in use after the latest build */
+    char path[];
+} tls_watch_t;
+
+static void on_tls_watch_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void on_tls_debounced(uv_timer_t *t)
+{
+    server_t *s = t->data;
+    if (server_state(s) >= SERVER_DRAINING)
+        return;
+    log_info("tls: a certificate, key or trust file changed; reloading");
+    stat_inc(server_reload(s) == 0 ? &s->tls_reloads_ok : &s->tls_reloads_failed);
+}
+
+static void on_tls_file_changed(uv_fs_poll_t *h, int status, const uv_stat_t *prev,
+                                const uv_stat_t *curr)
+{
+    (void)status;
+    (void)prev;
+    (void)curr;
+    tls_watch_t *w = h->data;
+    uv_timer_start(&w->srv->tls_debounce, on_tls_debounced, TLS_DEBOUNCE_MS, 0);
+}
+
+static void watch_tls_file(void *arg, const char *path)
+{
+    server_t *s = arg;
+    for (tls_watch_t *w = s->tls_watches; w; w = w->next)
+        if (strcmp(w->path, path) == 0) {
+            w->seen = 1;
+            return;
+        }
+    tls_watch_t *w = calloc(1, sizeof *w + strlen(path) + 1);
+    if (!w)
+        return;
+    memcpy(w->path, path, strlen(path) + 1);
+    w->srv = s;
+    w->seen = 1;
+    uv_fs_poll_init(s->loop, &w->poll);
+    w->poll.data = w;
+    uv_fs_poll_start(&w->poll, on_tls_file_changed, w->path, CONFIG_POLL_MS);
+    w->next = s->tls_watches;
+    s->tls_watches = w;
+}
+
+/* Watch exactly the files the snapshot in force was loaded from. */
+static void sync_tls_watches(server_t *s)
+{
+    for (tls_watch_t *w = s->tls_watches; w; w = w->next)
+        w->seen = 0;
+    route_table_tls_files(s->routes, watch_tls_file, s);
+    for (tls_watch_t **pp = &s->tls_watches; *pp;) {
+        tls_watch_t *w = *pp;
+        if (w->seen) {
+            pp = &w->next;
+            continue;
+        }
+        *pp = w->next;
+        uv_close((uv_handle_t *)&w->poll, on_tls_watch_closed);
+    }
+}
+
+static void close_tls_watches(server_t *s)
+{
+    while (s->tls_watches) {
+        tls_watch_t *w = s->tls_watches;
+        s->tls_watches = w->next;
+        uv_close((uv_handle_t *)&w->poll, on_tls_watch_closed);
+    }
+    uv_close((uv_handle_t *)&s->tls_debounce, NULL);
+}
+
 int server_reload(server_t *s)
 {
     diag_t d = {0};
@@ -84,6 +166,8 @@ int server_reload(server_t *s)
         worker_publish(&s->workers[i], rt);
     route_table_unref(s->routes);
     s->routes = rt;
+    sync_tls_watches(s);
+    tls_cache_prune(&s->reg.tls);
     discovery_sync(s->discovery, s->reg.clusters, route_table_config(rt));
     stat_inc(&s->reg.reloads_ok);
     log_info("reloaded %s", route_table_config(rt)->source);
@@ -199,6 +283,7 @@ static void on_worker_exited(uv_async_t *h)
     uv_close((uv_handle_t *)&s->drain_timer, NULL);
     uv_close((uv_handle_t *)&s->worker_exited, NULL);
     uv_close((uv_handle_t *)&s->reclaim_timer, NULL);
+    close_tls_watches(s);
     discovery_close(s->discovery);
     s->discovery = NULL;
 }
@@ -230,6 +315,9 @@ int server_run(server_t *s)
     s->sighup.data = s;
     uv_signal_start(&s->sighup, on_sighup, SIGHUP);
     watch_config(s);
+    uv_timer_init(s->loop, &s->tls_debounce);
+    s->tls_debounce.data = s;
+    sync_tls_watches(s);
     uv_timer_init(s->loop, &s->drain_timer);
     s->drain_timer.data = s;
     uv_async_init(s->loop, &s->worker_exited, on_worker_exited);

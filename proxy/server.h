@@ -16,7 +16,8 @@
 #include "proxy/worker.h"
 #include "routing/route.h"
 
-#define CONFIG_POLL_MS 250 /* how often the config file's stat is checked for a change */
+#define CONFIG_POLL_MS  250 /* how often the config file's stat is checked for a change */
+#define TLS_DEBOUNCE_MS 200 /* a rotation writes several files: reload once they are all in */
 
 enum server_state { SERVER_PRE_INITIALIZING, SERVER_LIVE, SERVER_DRAINING, SERVER_STOPPED };
 
@@ -37,12 +38,16 @@ typedef struct server {
     uv_signal_t sigterm, sigint, sighup;
     uv_fs_poll_t config_watch;
     int watching_config;
+    struct tls_watch *tls_watches; /* the certificate, key and trust files in use */
+    uv_timer_t tls_debounce;
     uv_timer_t drain_timer;
     uv_async_t worker_exited; /* a worker's loop ended (drain complete) */
     _Atomic unsigned nexited;
     uv_tcp_t admin;
     struct admin_conn *admin_conns;
     http_stats_t ingress_stats, egress_stats;
+    ssl_stats_t ingress_ssl; /* the ingress listener's TLS (listener.ADDR.ssl.*) */
+    stat_t tls_reloads_ok, tls_reloads_failed; /* reloads a certificate file change caused */
     worker_t *workers;
     unsigned nworkers;
 } server_t;

@@ -74,6 +74,7 @@ struct server_stream {
     const char *peer; /* the client's address, as text */
     /* Where the client meant to connect before iptables REDIRECT sent it here, or NULL. */
     const struct sockaddr *orig_dst;
+    unsigned secure : 1; /* the client's connection is TLS */
 };
 
 /* The codec's upper side: a new request begins. Returns the events table and its context, or

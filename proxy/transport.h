@@ -1,8 +1,10 @@
-/* The transport seam: how a connection's bytes reach the socket. Plain TCP today; TLS (OpenSSL
- * over memory BIOs) plugs in here with the same table, beneath conn.c and unseen above it.
+/* The transport seam: how a connection's bytes reach the socket. Plain TCP, or TLS (OpenSSL
+ * over in-memory BIOs, transport_tls.c), beneath conn.c and unseen above it: the codec reads
+ * and writes plaintext either way.
  *
  * A transport delivers what it reads to conn_on_read() and reports every queued write's end
- * to conn_on_written(), exactly once. */
+ * to conn_on_written(), exactly once. A client-side transport with a handshake reports the
+ * connection ready (conn_on_ready) once it is done. */
 #ifndef REMORA_TRANSPORT_H
 #define REMORA_TRANSPORT_H
 
@@ -18,8 +20,17 @@ typedef struct transport {
     int (*write)(struct conn *c, struct wreq *r);
     /* No more bytes from us once the queued ones are out (TCP FIN). 0 or a UV_E* code. */
     int (*shutdown)(struct conn *c);
+    /* Client side, once TCP is connected: start the handshake; conn_on_ready follows, from a
+     * later callback. NULL: ready at once. */
+    void (*handshake)(struct conn *c);
+    /* The connection is about to close: say so to the peer if the protocol has a way
+     * (close_notify), best effort. May be NULL. */
+    void (*close)(struct conn *c);
+    /* The handle is closed: free the transport's state. May be NULL. */
+    void (*free)(struct conn *c);
 } transport_t;
 
 extern const transport_t transport_tcp;
+extern const transport_t transport_tls;
 
 #endif

@@ -14,6 +14,7 @@
 #include "base/log.h"
 #include "proxy/exchange.h"
 #include "proxy/server.h"
+#include "proxy/transport_tls.h"
 
 static uint64_t worker_random(worker_t *w)
 {
@@ -102,6 +103,12 @@ static void on_connection(uv_stream_t *server, int status)
     if (!c)
         return;
     if (conn_accept(c, server) != 0) {
+        conn_close(c);
+        return;
+    }
+    enum tls_mode mode = TLS_DISABLED;
+    tls_ctx_t *tls = l->kind == LISTENER_INGRESS ? route_ingress_tls(w->routes, &mode) : NULL;
+    if (tls && transport_tls_server(c, tls, &w->srv->ingress_ssl, mode == TLS_PERMISSIVE) != 0) {
         conn_close(c);
         return;
     }

@@ -33,8 +33,10 @@ typedef struct router {
 
 typedef struct backend {
     const cfg_service_t *svc;
-    cluster_t *cluster; /* virtual node provider */
-    router_t *router;   /* virtual router provider */
+    cluster_t *cluster;    /* virtual node provider */
+    router_t *router;      /* virtual router provider */
+    tls_ctx_t *tls;        /* toward the provider node */
+    tls_ctx_t **route_tls; /* toward route target t of route r: [r * MAX_TARGETS + t] */
 } backend_t;
 
 struct route_table {
@@ -43,6 +45,10 @@ struct route_table {
     const cfg_node_t *node;
     cluster_t *passthrough; /* ALLOW_ALL's original-destination cluster */
     route_result_t ingress;
+    enum tls_mode ingress_tls_mode;
+    tls_ctx_t *ingress_tls;
+    tls_ctx_t **tls_held; /* every context above, one reference each */
+    unsigned ntls_held;
     backend_t *backends;
     unsigned nbackends;
     router_t *routers;
@@ -109,6 +115,7 @@ void registry_free(registry_t *r)
         free(e->target);
         free(e);
     }
+    tls_cache_free(&r->tls);
 }
 
 /* ---- weighted schedule ---- */
@@ -300,6 +307,107 @@ static void build_ingress(route_table_t *rt, registry_t *reg)
     }
 }
 
+/* ---- TLS ---- */
+
+static tls_ctx_t *hold(route_table_t *rt, tls_ctx_t *t)
+{
+    if (!t)
+        return NULL;
+    tls_ctx_t **held = realloc(rt->tls_held, (rt->ntls_held + 1) * sizeof *held);
+    if (!held) {
+        tls_ctx_unref(t);
+        return NULL;
+    }
+    rt->tls_held = held;
+    held[rt->ntls_held++] = t;
+    return t;
+}
+
+static const cfg_listener_t *listener_on(const cfg_node_t *n, uint16_t port)
+{
+    for (unsigned i = 0; i < n->nlisteners; i++)
+        if (n->listeners[i].port == port)
+            return &n->listeners[i];
+    return n->nlisteners ? &n->listeners[0] : NULL;
+}
+
+static int policy_covers(const cfg_client_tls_t *p, uint16_t port)
+{
+    if (!p || !p->present || !p->enforce)
+        return 0;
+    for (unsigned i = 0; i < p->nports; i++)
+        if (p->ports[i] == port)
+            return 1;
+    return p->nports == 0;
+}
+
+/* App Mesh's rule: an enforced policy covering the port configures the client; otherwise a
+ * target whose listener has TLS (STRICT or PERMISSIVE) is still spoken to over TLS, unchecked. */
+static tls_ctx_t *client_tls(route_table_t *rt, registry_t *reg, const cfg_client_tls_t *policy,
+                             const cluster_t *c, diag_t *d)
+{
+    const cfg_node_t *n = c ? config_node(rt->cfg, c->node) : NULL;
+    const cfg_listener_t *l = n ? listener_on(n, c->port) : NULL;
+    if (!n)
+        return NULL;
+    char name[2100] = "";
+    if (n->discovery == DISCOVERY_DNS)
+        snprintf(name, sizeof name, "%s", n->hostname);
+    else if (n->discovery == DISCOVERY_CLOUD_MAP)
+        snprintf(name, sizeof name, "%s.%s", n->service_name, n->namespace_name);
+    const char *sni = name[0] ? name : NULL;
+    if (policy_covers(policy, c->port))
+        return hold(rt, tls_client_ctx(&reg->tls, policy, sni, rt->cfg->source, d));
+    if (l && l->tls.mode != TLS_DISABLED)
+        return hold(rt, tls_client_ctx(&reg->tls, NULL, sni, rt->cfg->source, d));
+    return NULL;
+}
+
+static void build_backend_tls(route_table_t *rt, registry_t *reg, backend_t *b,
+                              const cfg_client_tls_t *policy, diag_t *d)
+{
+    b->tls = client_tls(rt, reg, policy, b->cluster, d);
+    if (!b->router)
+        return;
+    b->route_tls = calloc(rt->nroutes * MAX_TARGETS + 1, sizeof *b->route_tls);
+    for (unsigned i = 0; b->route_tls && i < b->router->nroutes; i++) {
+        const route_t *r = b->router->routes[i];
+        for (unsigned t = 0; t < r->cfg->ntargets; t++)
+            b->route_tls[r->index * MAX_TARGETS + t] =
+                client_tls(rt, reg, policy, r->clusters[t], d);
+    }
+}
+
+static void build_tls(route_table_t *rt, registry_t *reg, diag_t *d)
+{
+    const cfg_node_t *node = rt->node;
+    const cfg_listener_t *l = node->nlisteners ? &node->listeners[0] : NULL;
+    if (l && l->tls.mode != TLS_DISABLED) {
+        rt->ingress_tls_mode = l->tls.mode;
+        rt->ingress_tls = hold(rt, tls_server_ctx(&reg->tls, &l->tls, rt->cfg->source, d));
+    }
+    for (unsigned i = 0; i < rt->nbackends; i++) {
+        const cfg_client_tls_t *own = node->backend_tls ? &node->backend_tls[i] : NULL;
+        build_backend_tls(rt, reg, &rt->backends[i], own && own->present ? own : &node->default_tls,
+                          d);
+    }
+}
+
+tls_ctx_t *route_ingress_tls(const route_table_t *rt, enum tls_mode *mode)
+{
+    *mode = rt->ingress_tls_mode;
+    return rt->ingress_tls;
+}
+
+void route_table_tls_files(const route_table_t *rt, void (*fn)(void *arg, const char *path),
+                           void *arg)
+{
+    for (unsigned i = 0; i < rt->ntls_held; i++)
+        for (unsigned f = 0; f < 3; f++)
+            if (rt->tls_held[i]->files[f])
+                fn(arg, rt->tls_held[i]->files[f]);
+}
+
 route_table_t *route_table_build(config_t *cfg, const char *node_name, registry_t *reg, diag_t *d)
 {
     route_table_t *rt = calloc(1, sizeof *rt);
@@ -322,7 +430,9 @@ route_table_t *route_table_build(config_t *cfg, const char *node_name, registry_
         snprintf(name, sizeof name, "cds_egress_%s_passthrough", cfg->mesh_name);
         rt->passthrough = registry_cluster(reg, name, NULL, 0, 0);
     }
-    if (build_routers(rt, reg, d) != 0 || build_backends(rt, reg) != 0 || d->n > before) {
+    if (build_routers(rt, reg, d) == 0 && build_backends(rt, reg) == 0)
+        build_tls(rt, reg, d);
+    if (!rt->backends || d->n > before) {
         if (d->n == before)
             diag_add(d, cfg->source, "$", "out of memory building the route table");
         route_table_unref(rt);
@@ -351,6 +461,11 @@ void route_table_unref(route_table_t *rt)
     }
     for (unsigned i = 0; i < rt->nrouters; i++)
         free(rt->routers[i].routes);
+    for (unsigned i = 0; i < rt->nbackends; i++)
+        free(rt->backends[i].route_tls);
+    for (unsigned i = 0; i < rt->ntls_held; i++)
+        tls_ctx_unref(rt->tls_held[i]);
+    free(rt->tls_held);
     free(rt->routers);
     free(rt->routes);
     free(rt->backends);
@@ -474,7 +589,7 @@ static void no_target(route_result_t *out, int status, const char *reason)
     out->reason = reason;
 }
 
-static void pick(route_t *r, route_result_t *out)
+static void pick(route_t *r, const backend_t *b, route_result_t *out)
 {
     if (r->schedule_len == 0) {
         no_target(out, 503, "every weighted target of the matching route has weight 0");
@@ -484,14 +599,16 @@ static void pick(route_t *r, route_result_t *out)
     unsigned t = r->schedule[k % r->schedule_len];
     out->cluster = r->clusters[t];
     out->target = r->stats[t];
+    out->tls = b->route_tls ? b->route_tls[r->index * MAX_TARGETS + t] : NULL;
     out->timeout_ms = r->timeout_ms;
     out->idle_ms = r->idle_ms;
     out->retry = r->retry;
     stat_inc(&r->stats[t]->picks);
 }
 
-static void route_router(router_t *ro, const route_request_t *req, route_result_t *out)
+static void route_router(const backend_t *b, const route_request_t *req, route_result_t *out)
 {
+    router_t *ro = b->router;
     uint16_t port = req->port;
     int listens = 0;
     for (unsigned i = 0; i < ro->cfg->nports; i++)
@@ -505,7 +622,7 @@ static void route_router(router_t *ro, const route_request_t *req, route_result_
     }
     for (unsigned i = 0; i < ro->nroutes; i++) {
         if (route_matches(ro->routes[i], req, port)) {
-            pick(ro->routes[i], out);
+            pick(ro->routes[i], b, out);
             return;
         }
     }
@@ -525,11 +642,12 @@ void route_egress(route_table_t *rt, const route_request_t *req, route_result_t 
         if (strlen(b->svc->name) != len || strncasecmp(b->svc->name, req->host, len) != 0)
             continue;
         out->service = b->svc->name;
-        if (b->router)
-            route_router(b->router, req, out);
-        else if (b->cluster)
+        if (b->router) {
+            route_router(b, req, out);
+        } else if (b->cluster) {
             out->cluster = b->cluster;
-        else
+            out->tls = b->tls;
+        } else
             no_target(out, 503, "the virtual service has no provider");
         return;
     }

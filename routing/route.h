@@ -16,6 +16,7 @@
 #include "config/config.h"
 #include "discovery/cluster.h"
 #include "base/stats.h"
+#include "tls/tls.h"
 
 #define ROUTE_DEFAULT_TIMEOUT_MS 15000
 #define ROUTE_DEFAULT_IDLE_MS    300000
@@ -47,6 +48,7 @@ typedef struct target_stats_entry {
 typedef struct registry {
     cluster_t *clusters;
     target_stats_entry_t *targets;
+    tls_cache_t tls; /* TLS contexts, reused by reloads that leave their settings and files */
     stat_t reloads_ok, reloads_failed;
 } registry_t;
 
@@ -85,6 +87,9 @@ typedef struct route_result {
     /* The node listener's connectionPool (ingress): at most max_requests requests in flight
      * to the app (HTTP/1.1: one per connection), max_pending more waiting; 0 = unlimited. */
     uint32_t max_requests, max_pending;
+    /* Egress: originate TLS with this context (the client policy, or App Mesh's unchecked
+     * TLS toward a node whose listener has it); NULL: plaintext. Held by the snapshot. */
+    tls_ctx_t *tls;
 } route_result_t;
 
 typedef struct route_table route_table_t;
@@ -99,6 +104,11 @@ const config_t *route_table_config(const route_table_t *rt);
 const cfg_node_t *route_table_node(const route_table_t *rt);
 
 void route_ingress(const route_table_t *rt, route_result_t *out);
+/* The ingress listener's TLS: its mode, and the context when the mode is not DISABLED. */
+tls_ctx_t *route_ingress_tls(const route_table_t *rt, enum tls_mode *mode);
+/* Every file the snapshot's TLS contexts were loaded from (a rotation is watched on them). */
+void route_table_tls_files(const route_table_t *rt, void (*fn)(void *arg, const char *path),
+                           void *arg);
 /* Fills *out: a cluster to send to, or (cluster NULL) a status and reason to answer with. */
 void route_egress(route_table_t *rt, const route_request_t *req, route_result_t *out);
 

@@ -13,26 +13,26 @@
 
 /* A valid mesh: web -> cart.shop.local (router cart, routes to cart-v1 / cart-v2). */
 #define NODES                                                                                      \
-    "\"virtualNodes\":[{\"virtualNodeName\":\"web\",\"metadata\":{\"arn\":\"x\"},\"spec\":{"      \
+    "\"virtualNodes\":[{\"virtualNodeName\":\"web\",\"metadata\":{\"arn\":\"x\"},\"spec\":{"       \
     "\"listeners\":[{\"portMapping\":{\"port\":8080,\"protocol\":\"http\"},"                       \
     "\"timeout\":{\"http\":{\"perRequest\":{\"unit\":\"s\",\"value\":3},"                          \
-    "\"idle\":{\"unit\":\"ms\",\"value\":250}}},"                                                   \
-    "\"connectionPool\":{\"http\":{\"maxConnections\":4,\"maxPendingRequests\":2}},"                \
-    "\"healthCheck\":{\"protocol\":\"http\",\"path\":\"/ping\",\"intervalMillis\":5000,"            \
-    "\"timeoutMillis\":2000,\"healthyThreshold\":2,\"unhealthyThreshold\":3},"                      \
+    "\"idle\":{\"unit\":\"ms\",\"value\":250}}},"                                                  \
+    "\"connectionPool\":{\"http\":{\"maxConnections\":4,\"maxPendingRequests\":2}},"               \
+    "\"healthCheck\":{\"protocol\":\"http\",\"path\":\"/ping\",\"intervalMillis\":5000,"           \
+    "\"timeoutMillis\":2000,\"healthyThreshold\":2,\"unhealthyThreshold\":3},"                     \
     "\"outlierDetection\":{\"maxServerErrors\":5,\"interval\":{\"unit\":\"s\",\"value\":10},"      \
     "\"baseEjectionDuration\":{\"unit\":\"s\",\"value\":30},\"maxEjectionPercent\":50}}],"         \
     "\"serviceDiscovery\":{\"awsCloudMap\":{\"namespaceName\":\"ns.local\",\"serviceName\":"       \
-    "\"web\"}},"                                                                                    \
+    "\"web\"}},"                                                                                   \
     "\"backends\":[{\"virtualService\":{\"virtualServiceName\":\"cart.shop.local\"}}]}},"          \
-    "{\"virtualNodeName\":\"cart-v1\",\"spec\":{\"listeners\":[{\"portMapping\":{\"port\":81,"    \
+    "{\"virtualNodeName\":\"cart-v1\",\"spec\":{\"listeners\":[{\"portMapping\":{\"port\":81,"     \
     "\"protocol\":\"http\"}}],\"serviceDiscovery\":{\"dns\":{\"hostname\":\"v1.local\","           \
-    "\"responseType\":\"ENDPOINTS\"}}}},"                                                           \
-    "{\"virtualNodeName\":\"cart-v2\",\"spec\":{\"listeners\":[{\"portMapping\":{\"port\":81,"    \
+    "\"responseType\":\"ENDPOINTS\"}}}},"                                                          \
+    "{\"virtualNodeName\":\"cart-v2\",\"spec\":{\"listeners\":[{\"portMapping\":{\"port\":81,"     \
     "\"protocol\":\"http\"}}],\"serviceDiscovery\":{\"dns\":{\"hostname\":\"v2.local\"}}}}]"
 #define SERVICES                                                                                   \
     "\"virtualServices\":[{\"virtualServiceName\":\"cart.shop.local\",\"spec\":{\"provider\":"     \
-    "{\"virtualRouter\":{\"virtualRouterName\":\"cart\"}}}}],"                                      \
+    "{\"virtualRouter\":{\"virtualRouterName\":\"cart\"}}}}],"                                     \
     "\"virtualRouters\":[{\"virtualRouterName\":\"cart\",\"spec\":{\"listeners\":"                 \
     "[{\"portMapping\":{\"port\":80,\"protocol\":\"http\"}}]}}]"
 
@@ -68,8 +68,8 @@ static void test_parses_app_mesh_shapes(void **state)
 {
     (void)state;
     const char *json =
-        "{\"mesh\":{\"meshName\":\"shop\",\"spec\":{\"egressFilter\":{\"type\":\"ALLOW_ALL\"}}},"
-        NODES "," SERVICES ","
+        "{\"mesh\":{\"meshName\":\"shop\",\"spec\":{\"egressFilter\":{\"type\":\"ALLOW_ALL\"}}}"
+        "," NODES "," SERVICES ","
         "\"routes\":[{\"virtualRouterName\":\"cart\",\"routeName\":\"r\",\"status\":{},"
         "\"spec\":{\"priority\":5,\"httpRoute\":{\"match\":{\"prefix\":\"/\",\"method\":\"POST\","
         "\"headers\":[{\"name\":\"x-canary\",\"invert\":true,\"match\":{\"range\":{\"start\":1,"
@@ -119,7 +119,7 @@ static void test_parses_app_mesh_shapes(void **state)
 }
 
 #define ROUTE(spec)                                                                                \
-    "{" NODES "," SERVICES ",\"routes\":[{\"virtualRouterName\":\"cart\",\"routeName\":\"r\","    \
+    "{" NODES "," SERVICES ",\"routes\":[{\"virtualRouterName\":\"cart\",\"routeName\":\"r\","     \
     "\"spec\":" spec "}]}"
 #define ACTION "\"action\":{\"weightedTargets\":[{\"virtualNode\":\"cart-v1\",\"weight\":1}]}"
 
@@ -185,9 +185,10 @@ static void test_reference_and_node_errors(void **state)
     rejects("{\"virtualServices\":[{\"virtualServiceName\":\"s\",\"spec\":{\"provider\":{}}}]}",
             "m.json: virtualServices[0].spec.provider: must have exactly one of virtualNode, "
             "virtualRouter");
-    rejects("{\"routes\":[{\"virtualRouterName\":\"r\",\"routeName\":\"x\",\"spec\":{"
-            "\"httpRoute\":{\"match\":{\"prefix\":\"/\"},\"action\":{\"weightedTargets\":[]}}}}]}",
-            "m.json: routes[0].spec.httpRoute.action.weightedTargets: must have 1..10 items, got 0");
+    rejects(
+        "{\"routes\":[{\"virtualRouterName\":\"r\",\"routeName\":\"x\",\"spec\":{"
+        "\"httpRoute\":{\"match\":{\"prefix\":\"/\"},\"action\":{\"weightedTargets\":[]}}}}]}",
+        "m.json: routes[0].spec.httpRoute.action.weightedTargets: must have 1..10 items, got 0");
     rejects("{\"virtualNodes\":[{\"virtualNodeName\":\"a\",\"spec\":{\"listeners\":[{"
             "\"portMapping\":{\"port\":80,\"protocol\":\"http\"},\"healthCheck\":{\"protocol\":"
             "\"http\",\"path\":\"/\",\"intervalMillis\":100,\"timeoutMillis\":2000,"
@@ -202,8 +203,7 @@ static void test_reference_and_node_errors(void **state)
     rejects("{\"virtualNodes\":[{\"virtualNodeName\":\"a\",\"spec\":{\"listeners\":[{"
             "\"portMapping\":{\"port\":80,\"protocol\":\"http\"},\"tls\":{\"mode\":\"STRICT\"}}]"
             "}}]}",
-            "m.json: virtualNodes[0].spec.listeners[0].tls.mode: STRICT is not supported: remora "
-            "does not terminate TLS yet (use DISABLED)");
+            "m.json: virtualNodes[0].spec.listeners[0].tls.certificate: is required");
     rejects("{\"virtualNodes\":[{\"virtualNodeName\":\"a\",\"spec\":{\"serviceDiscovery\":{"
             "\"dns\":{\"hostname\":\"x\"},\"awsCloudMap\":{}}}},{\"virtualNodeName\":\"a\","
             "\"spec\":{}}]}",
@@ -215,6 +215,239 @@ static void test_reference_and_node_errors(void **state)
     rejects("{\"virtualNodes\":[{\"virtualNodeName\":\"a\",\"spec\":{\"listener\":[]}}]}",
             "m.json: virtualNodes[0].spec.listener: unknown field");
     rejects("{\"proxy\":{\"nodes\":\"a\"}}", "m.json: proxy.nodes: unknown field");
+}
+
+/* Expects `json` rejected with a message at `path` (after "m.json: ") containing `part`. */
+static void rejects_at(const char *json, const char *path, const char *part)
+{
+    diag_t d = {0};
+    config_t *c = config_parse(json, strlen(json), "m.json", &d);
+    char prefix[256];
+    snprintf(prefix, sizeof prefix, "m.json: %s: ", path);
+    int found = 0;
+    for (size_t i = 0; i < d.n; i++)
+        found |= strncmp(d.lines[i], prefix, strlen(prefix)) == 0 &&
+                 strstr(d.lines[i] + strlen(prefix), part) != NULL;
+    if (!found)
+        for (size_t i = 0; i < d.n; i++)
+            fprintf(stderr, "got: %s\n", d.lines[i]);
+    assert_null(c);
+    assert_true(found);
+    diag_free(&d);
+}
+
+#define FILE_CERT  "{\"file\":{\"certificateChain\":\"/c/chain.pem\",\"privateKey\":\"/c/key.pem\"}}"
+#define FILE_TRUST "\"trust\":{\"file\":{\"certificateChain\":\"/c/ca.pem\"}}"
+#define SANS(list) "\"subjectAlternativeNames\":{\"match\":{\"exact\":[" list "]}}"
+/* Node a with one listener whose `tls` is `tls`. */
+#define LISTENER_TLS(tls)                                                                          \
+    "{\"virtualNodes\":[{\"virtualNodeName\":\"a\",\"spec\":{\"listeners\":[{\"portMapping\":"     \
+    "{\"port\":80,\"protocol\":\"http\"},\"tls\":" tls "}]}}]}"
+#define LTLS "virtualNodes[0].spec.listeners[0].tls"
+/* Node a with a backend s.local whose clientPolicy.tls is `tls`, or with `tls` as its defaults. */
+#define SERVICE_S "\"virtualServices\":[{\"virtualServiceName\":\"s.local\",\"spec\":{}}]"
+#define BACKEND_TLS(tls)                                                                           \
+    "{" SERVICE_S ",\"virtualNodes\":[{\"virtualNodeName\":\"a\",\"spec\":{\"backends\":[{"        \
+    "\"virtualService\":{\"virtualServiceName\":\"s.local\",\"clientPolicy\":{\"tls\":" tls        \
+    "}}}]}}]}"
+#define BTLS "virtualNodes[0].spec.backends[0].virtualService.clientPolicy.tls"
+#define DEFAULTS_TLS(tls)                                                                          \
+    "{\"virtualNodes\":[{\"virtualNodeName\":\"a\",\"spec\":{\"backendDefaults\":{"                \
+    "\"clientPolicy\":{\"tls\":" tls "}}}}]}"
+#define DTLS "virtualNodes[0].spec.backendDefaults.clientPolicy.tls"
+
+/* Node web: listeners 80 STRICT with mTLS and SANs, 81 PERMISSIVE, 82 DISABLED with mTLS, 83
+ * plain; backends cart.local (own policy), pay.local (clientPolicy without tls), ship.local;
+ * defaults not enforced, with a wildcard SAN. */
+#define STRICT_80                                                                                  \
+    "{\"portMapping\":{\"port\":80,\"protocol\":\"http\"},\"tls\":{\"mode\":\"STRICT\","           \
+    "\"certificate\":" FILE_CERT ",\"validation\":{" FILE_TRUST                                    \
+    "," SANS("\"spiffe://td/web\",\"web.apps.local\"") "}}}"
+#define PERMISSIVE_81                                                                              \
+    "{\"portMapping\":{\"port\":81,\"protocol\":\"http\"},\"tls\":{\"mode\":\"PERMISSIVE\","       \
+    "\"certificate\":" FILE_CERT "}}"
+#define DISABLED_82                                                                                \
+    "{\"portMapping\":{\"port\":82,\"protocol\":\"http\"},\"tls\":{\"mode\":\"DISABLED\","         \
+    "\"certificate\":" FILE_CERT ",\"validation\":{" FILE_TRUST "}}}"
+#define CART_POLICY                                                                                \
+    "\"clientPolicy\":{\"tls\":{\"ports\":[8080,8443],\"certificate\":" FILE_CERT                  \
+    ",\"validation\":{" FILE_TRUST "," SANS("\"cart.local\"") "}}}"
+#define DEFAULT_POLICY                                                                             \
+    "\"clientPolicy\":{\"tls\":{\"enforce\":false,\"ports\":[],\"validation\":{" FILE_TRUST        \
+    "," SANS("\"*.apps.local\"") "}}}"
+
+static void test_tls_shapes(void **state)
+{
+    (void)state;
+    const char *json =
+        "{\"virtualServices\":[{\"virtualServiceName\":\"cart.local\",\"spec\":{}},"
+        "{\"virtualServiceName\":\"pay.local\",\"spec\":{}},"
+        "{\"virtualServiceName\":\"ship.local\",\"spec\":{}}],"
+        "\"virtualNodes\":[{\"virtualNodeName\":\"web\",\"spec\":{"
+        "\"listeners\":[" STRICT_80 "," PERMISSIVE_81 "," DISABLED_82 ","
+        "{\"portMapping\":{\"port\":83,\"protocol\":\"http\"}}],"
+        "\"backends\":[{\"virtualService\":{\"virtualServiceName\":\"cart.local\"," CART_POLICY
+        "}},"
+        "{\"virtualService\":{\"virtualServiceName\":\"pay.local\",\"clientPolicy\":{}}},"
+        "{\"virtualService\":{\"virtualServiceName\":\"ship.local\"}}],"
+        "\"backendDefaults\":{" DEFAULT_POLICY "}}}]}";
+    config_t *c = parse_ok(json);
+    const cfg_node_t *n = &c->nodes[0];
+    const cfg_listener_tls_t *strict = &n->listeners[0].tls;
+    assert_int_equal(strict->mode, TLS_STRICT);
+    assert_string_equal(strict->path, LTLS);
+    assert_string_equal(strict->cert_chain, "/c/chain.pem");
+    assert_string_equal(strict->private_key, "/c/key.pem");
+    assert_true(strict->has_validation);
+    assert_string_equal(strict->validation.trust_file, "/c/ca.pem");
+    assert_int_equal(strict->validation.nsans, 2);
+    assert_string_equal(strict->validation.sans[0], "spiffe://td/web");
+    assert_string_equal(strict->validation.sans[1], "web.apps.local");
+    const cfg_listener_tls_t *permissive = &n->listeners[1].tls;
+    assert_int_equal(permissive->mode, TLS_PERMISSIVE);
+    assert_string_equal(permissive->path, "virtualNodes[0].spec.listeners[1].tls");
+    assert_false(permissive->has_validation);
+    assert_null(permissive->validation.trust_file);
+    const cfg_listener_tls_t *disabled = &n->listeners[2].tls;
+    assert_int_equal(disabled->mode, TLS_DISABLED);
+    assert_string_equal(disabled->cert_chain, "/c/chain.pem");
+    assert_true(disabled->has_validation);
+    assert_int_equal(disabled->validation.nsans, 0);
+    const cfg_listener_tls_t *plain = &n->listeners[3].tls;
+    assert_int_equal(plain->mode, TLS_DISABLED);
+    assert_null(plain->path);
+    assert_null(plain->cert_chain);
+
+    const cfg_client_tls_t *cart = &n->backend_tls[0];
+    assert_true(cart->present);
+    assert_string_equal(cart->path, "virtualNodes[0].spec.backends[0].virtualService."
+                                    "clientPolicy.tls");
+    assert_true(cart->enforce);
+    assert_int_equal(cart->nports, 2);
+    assert_int_equal(cart->ports[0], 8080);
+    assert_int_equal(cart->ports[1], 8443);
+    assert_string_equal(cart->cert_chain, "/c/chain.pem");
+    assert_string_equal(cart->private_key, "/c/key.pem");
+    assert_string_equal(cart->validation.trust_file, "/c/ca.pem");
+    assert_int_equal(cart->validation.nsans, 1);
+    assert_string_equal(cart->validation.sans[0], "cart.local");
+    assert_false(n->backend_tls[1].present); /* clientPolicy without tls */
+    assert_false(n->backend_tls[2].present);
+    assert_null(n->backend_tls[2].path);
+    const cfg_client_tls_t *dflt = &n->default_tls;
+    assert_true(dflt->present);
+    assert_string_equal(dflt->path, DTLS);
+    assert_false(dflt->enforce);
+    assert_int_equal(dflt->nports, 0);
+    assert_null(dflt->cert_chain);
+    assert_int_equal(dflt->validation.nsans, 1);
+    assert_string_equal(dflt->validation.sans[0], "*.apps.local");
+    config_free(c);
+
+    /* enforce defaults to true; without a client policy nothing is present */
+    c = parse_ok(DEFAULTS_TLS("{\"validation\":{" FILE_TRUST "}}"));
+    assert_true(c->nodes[0].default_tls.enforce);
+    assert_int_equal(c->nodes[0].default_tls.validation.nsans, 0);
+    config_free(c);
+    c = parse_ok("{\"virtualNodes\":[{\"virtualNodeName\":\"a\",\"spec\":{}}]}");
+    assert_false(c->nodes[0].default_tls.present);
+    config_free(c);
+}
+
+static void test_listener_tls_errors(void **state)
+{
+    (void)state;
+    rejects_at(LISTENER_TLS("{\"mode\":\"STRICT\",\"certificate\":{\"acm\":{\"certificateArn\":"
+                            "\"arn:aws:acm:x\"}}}"),
+               LTLS ".certificate.acm", "ACM certificates cannot be exported to a sidecar");
+    rejects_at(LISTENER_TLS("{\"mode\":\"STRICT\",\"certificate\":{\"sds\":{\"secretName\":"
+                            "\"s\"}}}"),
+               LTLS ".certificate.sds", "run SPIRE's spiffe-helper");
+    rejects_at(LISTENER_TLS("{\"mode\":\"DISABLED\",\"certificate\":{\"sds\":{\"secretName\":"
+                            "\"s\"}}}"),
+               LTLS ".certificate.sds", "use certificate.file");
+    rejects_at(LISTENER_TLS("{\"mode\":\"STRICT\",\"certificate\":" FILE_CERT
+                            ",\"validation\":{\"trust\":{\"sds\":{\"secretName\":\"s\"}}}}"),
+               LTLS ".validation.trust.sds", "run SPIRE's spiffe-helper");
+    rejects_at(LISTENER_TLS("{\"mode\":\"STRICT\",\"certificate\":" FILE_CERT
+                            ",\"validation\":{\"trust\":{\"acm\":{\"certificateAuthorityArns\":"
+                            "[\"arn:x\"]}}}}"),
+               LTLS ".validation.trust.acm", "unknown field");
+    rejects_at(LISTENER_TLS("{\"mode\":\"STRICT\",\"certificate\":{}}"), LTLS ".certificate",
+               "must have exactly one of acm, file, sds");
+    rejects_at(LISTENER_TLS("{\"mode\":\"STRICT\",\"certificate\":{\"file\":{"
+                            "\"certificateChain\":\"/c/chain.pem\"}}}"),
+               LTLS ".certificate.file.privateKey", "is required");
+    rejects_at(LISTENER_TLS("{\"certificate\":" FILE_CERT "}"), LTLS ".mode", "is required");
+    rejects_at(LISTENER_TLS("{\"mode\":\"strict\",\"certificate\":" FILE_CERT "}"), LTLS ".mode",
+               "must be one of DISABLED, STRICT, PERMISSIVE, got \"strict\"");
+    rejects_at(
+        LISTENER_TLS("{\"mode\":\"STRICT\",\"certificate\":" FILE_CERT ",\"validation\":{}}"),
+        LTLS ".validation.trust", "is required");
+    rejects_at(LISTENER_TLS("{\"mode\":\"STRICT\",\"certificate\":" FILE_CERT
+                            ",\"validation\":{" FILE_TRUST "," SANS("\"*.apps.local\"") "}}"),
+               LTLS ".validation.subjectAlternativeNames.match.exact[0]",
+               "wildcard SANs are allowed only in a client policy with enforce false");
+    rejects_at(LISTENER_TLS("{\"mode\":\"STRICT\",\"certificate\":" FILE_CERT ",\"ciphers\":[]}"),
+               LTLS ".ciphers", "unknown field");
+}
+
+static void test_client_tls_errors(void **state)
+{
+    (void)state;
+    rejects_at(BACKEND_TLS("{\"validation\":{\"trust\":{\"acm\":{\"certificateAuthorityArns\":"
+                           "[\"arn:x\"]}}}}"),
+               BTLS ".validation.trust.acm", "aws acm-pca get-certificate-authority-certificate");
+    rejects_at(DEFAULTS_TLS("{\"validation\":{\"trust\":{\"acm\":{\"certificateAuthorityArns\":"
+                            "[\"arn:x\"]}}}}"),
+               DTLS ".validation.trust.acm", "to a file and use trust.file");
+    rejects_at(BACKEND_TLS("{\"validation\":{\"trust\":{\"sds\":{\"secretName\":\"s\"}}}}"),
+               BTLS ".validation.trust.sds", "run SPIRE's spiffe-helper");
+    rejects_at(
+        BACKEND_TLS("{\"certificate\":{\"sds\":{\"secretName\":\"s\"}},\"validation\":{" FILE_TRUST
+                    "}}"),
+        BTLS ".certificate.sds", "run SPIRE's spiffe-helper");
+    rejects_at(BACKEND_TLS("{\"certificate\":{\"acm\":{}},\"validation\":{" FILE_TRUST "}}"),
+               BTLS ".certificate.acm", "unknown field");
+    rejects_at(BACKEND_TLS("{\"ports\":[8080]}"), BTLS ".validation", "is required");
+    rejects_at(DEFAULTS_TLS("{}"), DTLS ".validation", "is required");
+    rejects_at(BACKEND_TLS("{\"validation\":{" FILE_TRUST "," SANS("\"*.apps.local\"") "}}"),
+               BTLS ".validation.subjectAlternativeNames.match.exact[0]",
+               "\"*.apps.local\": wildcard SANs are allowed only in a client policy with enforce "
+               "false");
+    rejects_at(DEFAULTS_TLS("{\"enforce\":true,\"validation\":{" FILE_TRUST
+                            "," SANS("\"a.local\",\"spiffe://td/*\"") "}}"),
+               DTLS ".validation.subjectAlternativeNames.match.exact[1]", "wildcard SANs");
+    rejects_at(BACKEND_TLS("{\"validation\":{" FILE_TRUST "," SANS("\"a b.local\"") "}}"),
+               BTLS ".validation.subjectAlternativeNames.match.exact[0]", "without spaces");
+    rejects_at(BACKEND_TLS("{\"validation\":{" FILE_TRUST "," SANS("\"a..local\"") "}}"),
+               BTLS ".validation.subjectAlternativeNames.match.exact[0]",
+               "without empty labels or a URI such as spiffe://trust-domain/path, got "
+               "\"a..local\"");
+    rejects_at(BACKEND_TLS("{\"validation\":{" FILE_TRUST "," SANS("\"a.local.\"") "}}"),
+               BTLS ".validation.subjectAlternativeNames.match.exact[0]", "empty labels");
+    rejects_at(BACKEND_TLS("{\"validation\":{" FILE_TRUST "," SANS("\"://td/x\"") "}}"),
+               BTLS ".validation.subjectAlternativeNames.match.exact[0]", "got \"://td/x\"");
+    rejects_at(BACKEND_TLS("{\"validation\":{" FILE_TRUST "," SANS("\"\"") "}}"),
+               BTLS ".validation.subjectAlternativeNames.match.exact[0]", "1..254 characters");
+    rejects_at(BACKEND_TLS("{\"ports\":[8080,0],\"validation\":{" FILE_TRUST "}}"),
+               BTLS ".ports[1]", "must be a port number 1..65535");
+    rejects_at(BACKEND_TLS("{\"ports\":[65536],\"validation\":{" FILE_TRUST "}}"), BTLS ".ports[0]",
+               "must be a port number 1..65535");
+    rejects_at(BACKEND_TLS("{\"ports\":[\"80\"],\"validation\":{" FILE_TRUST "}}"),
+               BTLS ".ports[0]", "must be a port number 1..65535");
+    rejects_at(BACKEND_TLS("{\"enforce\":\"yes\",\"validation\":{" FILE_TRUST "}}"),
+               BTLS ".enforce", "must be true or false");
+    rejects_at(BACKEND_TLS("{\"enforced\":true,\"validation\":{" FILE_TRUST "}}"), BTLS ".enforced",
+               "unknown field");
+    rejects_at("{" SERVICE_S ",\"virtualNodes\":[{\"virtualNodeName\":\"a\",\"spec\":{"
+               "\"backends\":[{\"virtualService\":{\"virtualServiceName\":\"s.local\","
+               "\"clientPolicy\":{\"http\":{}}}}]}}]}",
+               "virtualNodes[0].spec.backends[0].virtualService.clientPolicy.http",
+               "unknown field");
+    rejects_at("{\"virtualNodes\":[{\"virtualNodeName\":\"a\",\"spec\":{\"backendDefaults\":{"
+               "\"tls\":{}}}}]}",
+               "virtualNodes[0].spec.backendDefaults.tls", "unknown field");
 }
 
 static void test_reports_every_problem(void **state)
@@ -272,11 +505,10 @@ static void test_fuzzer_findings(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parses_app_mesh_shapes),
-        cmocka_unit_test(test_route_errors),
-        cmocka_unit_test(test_reference_and_node_errors),
-        cmocka_unit_test(test_reports_every_problem),
-        cmocka_unit_test(test_not_json),
+        cmocka_unit_test(test_parses_app_mesh_shapes),    cmocka_unit_test(test_route_errors),
+        cmocka_unit_test(test_reference_and_node_errors), cmocka_unit_test(test_tls_shapes),
+        cmocka_unit_test(test_listener_tls_errors),       cmocka_unit_test(test_client_tls_errors),
+        cmocka_unit_test(test_reports_every_problem),     cmocka_unit_test(test_not_json),
         cmocka_unit_test(test_fuzzer_findings),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,21 @@
+/* The TLS transport (transport_tls.c): a connection becomes TLS by one of these calls before
+ * its first byte moves; from then on conn.c and the codec above it see plaintext only. The
+ * connection takes a reference on `ctx`; `stats` must outlive it (a listener's or a
+ * cluster's). */
+#ifndef REMORA_TRANSPORT_TLS_H
+#define REMORA_TRANSPORT_TLS_H
+
+#include "base/stats.h"
+#include "proxy/conn.h"
+#include "tls/tls.h"
+
+/* Just accepted. `permissive`: plaintext is accepted too, told apart by the first byte. */
+int transport_tls_server(conn_t *c, tls_ctx_t *ctx, ssl_stats_t *stats, int permissive);
+/* Before conn_connect: the handshake runs once TCP is up, and the connection is reported
+ * connected only when it is done. */
+int transport_tls_client(conn_t *c, tls_ctx_t *ctx, ssl_stats_t *stats,
+                         const struct sockaddr *peer);
+/* Whether the connection carries TLS (a PERMISSIVE one that turned out plain does not). */
+int transport_is_tls(const conn_t *c);
+
+#endif
