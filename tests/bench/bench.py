@@ -13,6 +13,10 @@ Measures, for each target (direct = the upstream nginx itself):
   RSS idle, RSS with many idle keep-alive client connections, time from exec to /ready
   RSS growth per stalled client (pipelining 16 KiB GETs, never reading), capped at 1 GiB
   remora with X-Ray on (sampled 5%, daemon absent) and off
+  TLS (remora's ingress, HAProxy and nginx terminating TLS 1.3 with one EC P-256 certificate, one
+  cipher and one group, to the same plaintext upstream): full handshakes per second with a new
+  connection per GET (ab) and the proxy's CPU time per handshake, keep-alive throughput over TLS
+  (wrk), and RSS per idle TLS connection
 Every timed figure is the median of its rounds, printed with the smallest and largest round.
 """
 import argparse
@@ -24,6 +28,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -78,9 +83,11 @@ def free_port():
     return free_ports(1)[0]
 
 
-def wait_port(port, timeout=10):
+def wait_port(port, timeout=10, proc=None):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"bench: exited with status {proc.returncode} before listening on {port}")
         try:
             socket.create_connection(("127.0.0.1", port), 0.2).close()
             return
@@ -110,19 +117,29 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
 
 
+class NotUp(SystemExit):
+    """A target that exited, or never listened; `log` is the tail of what it printed."""
+
+    def __init__(self, message, log):
+        super().__init__(message)
+        self.log = log
+
+
 class Proc:
-    def __init__(self, argv, port, env=None, ready=None):
+    def __init__(self, argv, port, env=None, ready=None, quiet=False):
         self.argv, self.port = argv, port
         self.log = tempfile.NamedTemporaryFile(prefix="remora-bench-log-", delete=False)
         self.p = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                   start_new_session=True)
         try:
-            (ready or wait_port)(port)
-        except SystemExit:
+            (ready or (lambda prt: wait_port(prt, proc=self.p)))(port)
+        except SystemExit as e:
             with open(self.log.name) as f:
-                print(f"bench: {' '.join(argv)} did not come up:\n{f.read()[-2000:]}", file=sys.stderr)
+                log = f.read()[-2000:]
+            if not quiet:
+                print(f"bench: {' '.join(argv)} did not come up:\n{log}", file=sys.stderr)
             self.stop()
-            raise
+            raise NotUp(str(e), log) from None
 
     def pids(self):
         """The process and its children (nginx's worker)."""
@@ -172,6 +189,44 @@ class Bench:
         self.up_port = free_port()
         self.upstream = self.nginx_upstream()
         self.results = {}
+        self.notes = []  # lines for the report's header
+        self.tls_setup()
+
+    def tls_setup(self):
+        """An EC P-256 CA and a server certificate it signs (CN and SAN localhost, SAN 127.0.0.1),
+        made here for this run; every TLS target serves the same certificate and key. The clients
+        (ab, wrk, openssl s_client, this process's ssl module) are pinned to TLS 1.3,
+        TLS_AES_128_GCM_SHA256 and X25519 by an OpenSSL configuration of their own (OPENSSL_CONF),
+        so that a target whose own TLS settings the bench does not write (remora) negotiates what
+        HAProxy and nginx are configured to accept."""
+        d = self.dir
+        self.ca, ca_key = os.path.join(d, "ca.pem"), os.path.join(d, "ca.key")
+        self.cert, self.key = os.path.join(d, "server.pem"), os.path.join(d, "server.key")
+        self.cert_key = os.path.join(d, "server-combined.pem")  # HAProxy's crt: chain, then key
+        ext = os.path.join(d, "server.ext")
+        with open(ext, "w") as f:
+            f.write("subjectAltName = DNS:localhost, IP:127.0.0.1\nbasicConstraints = CA:FALSE\n"
+                    "keyUsage = digitalSignature\nextendedKeyUsage = serverAuth\n")
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        for argv in (["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", self.ca, "-days", "7",
+                      "-subj", "/CN=remora bench CA"],
+                     ["openssl", "req", *ec, "-keyout", self.key, "-out", self.cert + ".csr",
+                      "-subj", "/CN=localhost"],
+                     ["openssl", "x509", "-req", "-in", self.cert + ".csr", "-CA", self.ca, "-CAkey", ca_key,
+                      "-CAcreateserial", "-days", "7", "-extfile", ext, "-out", self.cert]):
+            r = subprocess.run(argv, capture_output=True, text=True)
+            if r.returncode:
+                raise SystemExit(f"bench: {' '.join(argv)} failed:\n{r.stderr}")
+        with open(self.cert_key, "w") as f:
+            f.write(open(self.cert).read() + open(self.key).read())
+        for path in (self.cert, self.key, self.cert_key):
+            os.chmod(path, 0o644)  # a throwaway key in the run's own directory
+        conf = os.path.join(d, "client-openssl.cnf")
+        with open(conf, "w") as f:
+            f.write("openssl_conf = openssl_init\n[openssl_init]\nssl_conf = ssl_sect\n"
+                    "[ssl_sect]\nsystem_default = system_default_sect\n[system_default_sect]\n"
+                    "MinProtocol = TLSv1.3\nCiphersuites = TLS_AES_128_GCM_SHA256\nGroups = X25519\n")
+        self.tls_env = dict(os.environ, OPENSSL_CONF=conf)
 
     # ---- the targets ----
 
@@ -207,11 +262,17 @@ http {{
   }}""", workers=1)
         return Proc(["nginx", "-c", conf], self.up_port)
 
-    def remora(self, workers=1, xray=None, routes=0):
+    def remora(self, workers=1, xray=None, routes=0, tls=False, quiet=False):
+        """remora with the upstream as its local app: the bench drives the ingress port, which
+        the node's listener governs (and with `tls`, terminates TLS on)."""
         port, admin, egress, xray_port = free_ports(4)
+        listener = {"portMapping": {"port": self.up_port, "protocol": "http"},
+                    "timeout": {"http": {"perRequest": {"unit": "s", "value": 0}}}}
+        if tls:
+            listener["tls"] = {"mode": "STRICT", "certificate": {"file": {
+                "certificateChain": self.cert, "privateKey": self.key}}}
         cfg = {"mesh": {"meshName": "bench"}, "virtualNodes": [{"virtualNodeName": "app", "spec": {
-            "listeners": [{"portMapping": {"port": self.up_port, "protocol": "http"},
-                           "timeout": {"http": {"perRequest": {"unit": "s", "value": 0}}}}]}}]}
+            "listeners": [listener]}}]}
         if routes:
             add_routes(cfg, routes, self.up_port)
         path = os.path.join(self.dir, f"remora-{port}.json")
@@ -224,18 +285,38 @@ http {{
         argv = [REMORA, "--config", path, "--node", "app", "--ingress-port", str(port),
                 "--egress-port", str(egress), "--admin", f"127.0.0.1:{admin}",
                 "--workers", str(workers), "--log-level", "error"]
-        p = Proc(argv, port, env=env)
+        p = Proc(argv, port, env=env, quiet=quiet)
         p.admin = admin
         return p, argv, env
 
-    def haproxy(self, threads=1, maxconn=9900):
+    def remora_tls(self, workers=1):
+        """remora terminating TLS on its ingress, or, if it will not, why not (a str)."""
+        try:
+            p = self.remora(workers, tls=True, quiet=True)[0]
+        except NotUp as e:
+            lines = [x.strip() for x in e.log.splitlines() if x.strip()]
+            reason = lines[-1] if lines else str(e)
+            reason = re.sub(r"^\S*remora-\d+\.json: ", "", reason)  # the config's path
+            return f"TLS not available ({reason[:200]})"
+        got = self.tls_negotiated(p.port)
+        if "error" in got:
+            p.stop()
+            return f"TLS not available (handshake: {got['error'][:200]})"
+        return p
+
+    def haproxy(self, threads=1, maxconn=9900, tls=False):
         port = free_port()
         conf = os.path.join(self.dir, f"haproxy-{port}.cfg")
+        # TLS: the one certificate, TLS 1.3 only, one cipher, one group; a stats socket whose
+        # counters tell how many TLS sessions were resumed.
+        bind = (f"bind 127.0.0.1:{port} ssl crt {self.cert_key} ssl-min-ver TLSv1.3 "
+                f"ciphersuites TLS_AES_128_GCM_SHA256 curves X25519" if tls else f"bind 127.0.0.1:{port}")
+        stats = f"\n  stats socket {self.dir}/haproxy-{port}.sock" if tls else ""
         with open(conf, "w") as f:
             f.write(f"""global
   nbthread {threads}
   maxconn {maxconn}
-  ulimit-n {min(19990, 2 * maxconn + 100)}
+  ulimit-n {min(19990, 2 * maxconn + 100)}{stats}
 defaults
   mode http
   timeout connect 5s
@@ -244,19 +325,28 @@ defaults
   option http-keep-alive
   http-reuse always
 frontend fe
-  bind 127.0.0.1:{port}
+  {bind}
   default_backend be
 backend be
   server s1 127.0.0.1:{self.up_port}
 """)
-        return Proc(["haproxy", "-f", conf, "-db"], port), ["haproxy", "-f", conf, "-db"]
+        p = Proc(["haproxy", "-f", conf, "-db"], port)
+        p.stats = f"{self.dir}/haproxy-{port}.sock" if tls else None
+        return p, ["haproxy", "-f", conf, "-db"]
 
-    def nginx_proxy(self, workers=1, master=True):
+    def nginx_proxy(self, workers=1, master=True, tls=False):
         port = free_port()
+        ssl_conf = f"""
+    ssl_certificate {self.cert};
+    ssl_certificate_key {self.key};
+    ssl_protocols TLSv1.3;
+    ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256;
+    ssl_ecdh_curve X25519;""" if tls else ""
+        ssl_listen = " ssl" if tls else ""
         conf = self.nginx_conf(f"proxy-{port}", f"""
   upstream up {{ server 127.0.0.1:{self.up_port}; keepalive 64; }}
   server {{
-    listen 127.0.0.1:{port} reuseport backlog=4096;
+    listen 127.0.0.1:{port} reuseport backlog=4096{ssl_listen};{ssl_conf}
     client_max_body_size 1m;
     client_body_buffer_size 1m;  # bodies in memory, as the other proxies keep them
     location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
@@ -271,29 +361,116 @@ backend be
         nginx, _ = self.nginx_proxy(workers)
         return {"direct": self.upstream, "remora": remora, "haproxy": haproxy, "nginx": nginx}
 
+    def tls_targets(self, workers=1):
+        """name -> running Proc terminating TLS, or for remora a str saying why it does not."""
+        return {"remora": self.remora_tls(workers), "haproxy": self.haproxy(workers, tls=True)[0],
+                "nginx": self.nginx_proxy(workers, tls=True)[0]}
+
+    def tls_negotiated(self, port, pinned=True):
+        """What openssl s_client negotiates with a target, the certificate checked against the
+        bench's CA for localhost: {"protocol", "cipher", "group"}, or {"error"}. `pinned`: with
+        the bench clients' configuration; else OpenSSL's defaults (the server's own choice)."""
+        r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost",
+                            "-CAfile", self.ca, "-verify_hostname", "localhost", "-verify_return_error"],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+                           env=self.tls_env if pinned else None)
+        new = re.search(r"^New, (\S+), Cipher is (\S+)", r.stdout, re.M)
+        group = re.search(r"^Server Temp Key: ([^,\n]+)", r.stdout, re.M)
+        if not new or new.group(2) == "(NONE)":
+            err = [x for x in (r.stderr + r.stdout).splitlines() if "error" in x.lower() or "errno" in x]
+            return {"error": (err[0] if err else "no TLS session").strip()}
+        return {"protocol": new.group(1), "cipher": new.group(2), "group": group.group(1) if group else "?"}
+
+    def tls_check(self, targets):
+        """Once per run: what each TLS target negotiates, into the report's header."""
+        for name, proc in targets.items():
+            if isinstance(proc, str):
+                self.notes.append(f"TLS, {name}: {proc}")
+                continue
+            got = [self.tls_negotiated(proc.port, pinned) for pinned in (True, False)]
+            if "error" in got[0]:
+                raise SystemExit(f"bench: {name}: no TLS session: {got[0]['error']}")
+            show = [", ".join(g.values()) if "error" not in g else g["error"] for g in got]
+            self.notes.append(f"TLS, {name}: {show[0]} with the bench's clients (certificate verified "
+                              f"against the run's CA); {show[1]} with a client offering OpenSSL's defaults")
+
     # ---- measurements ----
 
-    def wrk(self, port, path, seconds, conns=32, script=None):
+    def wrk(self, port, path, seconds, conns=32, script=None, tls=False):
         argv = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency"]
         if script:
             argv += ["-s", script]
-        out = subprocess.run(argv + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
-                             timeout=seconds + 30).stdout
+        url = f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}"
+        out = subprocess.run(argv + [url], capture_output=True, text=True, timeout=seconds + 30,
+                             env=self.tls_env if tls else None).stdout
         m = re.search(r"Requests/sec:\s+([\d.]+)", out)
         errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
         return float(m.group(1)) if m else 0.0, bool(errors)
 
-    def throughput(self, label, targets, path, rounds, seconds, script=None):
+    def throughput(self, label, targets, path, rounds, seconds, script=None, tls=False):
+        """A target that is a str (why it cannot run) is reported as that."""
         got = {name: [] for name in targets}
         for _ in range(rounds):
-            for name, proc in targets.items():
-                rps, errors = self.wrk(proc.port, path, seconds, script=script)
+            for name, proc in live(targets).items():
+                rps, errors = self.wrk(proc.port, path, seconds, script=script, tls=tls)
                 got[name].append(rps)
                 if errors:
                     print(f"  warning: {name} {label}: errors reported by wrk", file=sys.stderr)
-        med = {name: Spread(v) for name, v in got.items()}
+        med = {name: Spread(v) if v else targets[name] for name, v in got.items()}
         self.results[f"throughput {label} (req/s)"] = med
         return med
+
+    def handshakes(self, targets, rounds, seconds, conns=32):
+        """A new TLS connection for every GET /small (`Connection: close`, the server closes):
+        ab, which makes a new SSL object for each connection and offers no session, so every
+        handshake is a full one. wrk would resume: it keeps one SSL object per connection slot
+        and SSL_clear keeps its session (with -H "Connection: close", nginx's $ssl_session_reused
+        counted 8 full handshakes in 11,596, one per slot). HAProxy's own counters of resumed
+        sessions go into the report's header as a check. Handshakes per second summed over
+        the ab processes, and the target's CPU time (user + system, all its processes) per 1,000
+        handshakes, which does not depend on how fast the client is."""
+        clients = min(4, max(1, (os.cpu_count() or 1) - 2))  # a handshake costs ab more than the server
+        argv = ["ab", "-q", "-r", "-f", "TLS1.3", "-t", str(seconds), "-n", str(50000 * seconds),
+                "-c", str(max(1, conns // clients)), "-H", "Connection: close"]
+        rate = {name: [] for name in targets}
+        cpu = {name: [] for name in targets}
+        for _ in range(rounds):
+            for name, proc in live(targets).items():
+                t0 = proc.cpu_ticks()
+                runs = [subprocess.Popen(argv + [f"https://127.0.0.1:{proc.port}/small"], stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, text=True, env=self.tls_env)
+                        for _ in range(clients)]
+                outs = [r.communicate(timeout=seconds + 60)[0] for r in runs]
+                ticks = proc.cpu_ticks() - t0
+                per_s = done = failed = 0
+                for out in outs:
+                    m = re.search(r"Requests per second:\s+([\d.]+)", out)
+                    c = re.search(r"Complete requests:\s+(\d+)", out)
+                    per_s += float(m.group(1)) if m else 0.0
+                    done += int(c.group(1)) if c else 0
+                    failed += sum(int(x) for x in re.findall(r"(?:Failed requests|Non-2xx responses):\s+(\d+)", out))
+                if failed or not done:
+                    tail = outs[0].strip().splitlines()[-1:] if outs[0].strip() else ["no output"]
+                    print(f"  warning: {name} TLS handshakes: {done} answered, {failed} failed or not 2xx "
+                          f"({tail[0]})", file=sys.stderr)
+                if done:
+                    rate[name].append(per_s)
+                    cpu[name].append(ticks * 1000 / CLK_TCK * 1000 / done)
+        shown = lambda got, digits: {n: Spread(v, digits) if v else (targets[n] if isinstance(targets[n], str)
+                                                                      else "n/a") for n, v in got.items()}
+        what = (f"new connection per GET /small, Connection: close; {clients} ab process(es), {conns} "
+                f"connections in all; TLS 1.3, TLS_AES_128_GCM_SHA256, X25519, EC P-256 certificate")
+        res = {"per second": shown(rate, 0), "cpu": shown(cpu, 1)}
+        self.results[f"TLS full handshakes per second ({what})"] = res["per second"]
+        self.results[f"CPU time of the proxy per 1,000 new TLS connections (a full handshake and one GET "
+                     f"each; the same runs), ms, user + system (clock tick {1000 // CLK_TCK} ms)"] = res["cpu"]
+        for name, proc in live(targets).items():
+            if getattr(proc, "stats", None):
+                fe = haproxy_frontend_stats(proc.stats)
+                self.notes.append(f"TLS, {name}: {fe.get('ssl_sess', '?')} TLS sessions in all, "
+                                  f"{fe.get('ssl_reused_sess', '?')} of them resumed (its own counters, after "
+                                  f"the handshake runs)")
+        return res
 
     def latency(self, targets, rate, seconds, rounds):
         got = {name: [] for name in targets}
@@ -339,6 +516,47 @@ backend be
             res[name] = {"idle_kib": idle, "per_conn_bytes": (held - idle) * 1024 / conns}
         self.results[f"memory with {conns} idle keep-alive connections"] = res
         return res
+
+    def memory_tls(self, targets, conns):
+        """As memory(), over TLS: each connection completes its handshake and one keep-alive GET,
+        then stays idle. A warm-up of a few TLS connections first (closed, then the same pause as
+        after the burst), so that what the first handshake sets up once is in the idle figure."""
+        res, seen = {}, set()
+        for name, proc in targets.items():
+            if isinstance(proc, str):
+                res[name] = {"idle_kib": proc, "per_conn_bytes": "n/a"}
+                continue
+            seen |= self.hold_tls(proc, 10)[1]
+            idle = proc.rss()
+            held, got = self.hold_tls(proc, conns)
+            seen |= got
+            res[name] = {"idle_kib": idle, "per_conn_bytes": (held - idle) * 1024 / conns}
+        if seen != {("TLSv1.3", "TLS_AES_128_GCM_SHA256")}:
+            print(f"  warning: idle TLS connections negotiated {sorted(seen)}", file=sys.stderr)
+        self.results[f"memory with {conns} idle TLS connections (handshake and one keep-alive GET each)"] = res
+        return res
+
+    def hold_tls(self, proc, n):
+        """n idle TLS connections to proc held by a child process (this script, --hold-tls), whose
+        OpenSSL reads the bench clients' configuration at its start, as ab's and wrk's do (this
+        process's OpenSSL read its own when `ssl` was imported). Returns (proc's RSS in KiB while
+        they are held, {(protocol, cipher)} they negotiated)."""
+        child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--hold-tls", str(proc.port),
+                                  str(n), self.ca], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                 env=self.tls_env)
+        try:
+            line = child.stdout.readline()
+            if not line.startswith("held "):
+                raise SystemExit(f"bench: holding {n} TLS connections to port {proc.port} failed")
+            rss = proc.rss()
+            child.stdin.write("done\n")
+            child.stdin.flush()
+            child.wait(60)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        return rss, {tuple(x) for x in json.loads(line[5:])}
 
     # ---- what a fixed number of requests costs, counted by the upstream ----
 
@@ -609,10 +827,16 @@ def sum_callgrind(directory):
     return total
 
 
-async def hold_connections(port, n, measure):
+async def hold_connections(port, n, measure, tls=None, seen=None):
+    """n keep-alive connections, one GET each, then idle while `measure` runs. `tls`: an
+    SSLContext to connect with (server name localhost); what each negotiated goes into `seen`."""
     conns = []
     for _ in range(n):
-        r, w = await asyncio.open_connection("127.0.0.1", port)
+        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=tls,
+                                             server_hostname="localhost" if tls else None)
+        if tls is not None and seen is not None:
+            tls_obj = w.get_extra_info("ssl_object")
+            seen.add((tls_obj.version(), tls_obj.cipher()[0]))
         w.write(b"GET /small HTTP/1.1\r\nHost: bench\r\n\r\n")
         conns.append((r, w))
     for r, w in conns:
@@ -626,7 +850,38 @@ async def hold_connections(port, n, measure):
     return held
 
 
+def live(targets):
+    """The targets that run (a str in place of one says why it does not)."""
+    return {name: proc for name, proc in targets.items() if not isinstance(proc, str)}
+
+
+def haproxy_frontend_stats(sock_path):
+    """The FRONTEND row of HAProxy's `show stat` (its TLS counters: ssl_sess, ssl_reused_sess)."""
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(5)
+        s.connect(sock_path)
+        s.sendall(b"show stat\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        s.close()
+    except OSError as e:
+        return {"error": str(e)}
+    lines = data.decode().splitlines()
+    head = lines[0].lstrip("# ").split(",") if lines else []
+    for line in lines[1:]:
+        row = dict(zip(head, line.split(",")))
+        if row.get("svname") == "FRONTEND":
+            return row
+    return {}
+
+
 def ratio(a, b):
+    try:
+        a, b = float(a), float(b)
+    except (TypeError, ValueError):  # a target that did not run
+        return "n/a"
     return f"{a / b:.2f}x" if b else "n/a"
 
 
@@ -642,6 +897,7 @@ def report(b, rounds):
     lines = ["# remora benchmark", "",
              f"One run on {os.cpu_count()} CPUs; targets interleaved, {rounds} round(s). Ratios are "
              "remora's. Timed figures: median of the rounds (smallest–largest round).", ""]
+    lines += [f"- {note}" for note in b.notes] + ([""] if b.notes else [])
     for title, rows in b.results.items():
         lines.append(f"## {title}")
         first = next(iter(rows.values()))
@@ -655,15 +911,57 @@ def report(b, rounds):
             lines.append("| target | value | remora / this |")
             lines.append("|---|---|---|")
             for name, v in rows.items():
-                lines.append(f"| {name} | {cell(v)} | {ratio(float(rows.get('remora', 0)), float(v))} |")
+                lines.append(f"| {name} | {cell(v)} | {ratio(rows.get('remora', 0), v)} |")
         lines.append("")
     return "\n".join(lines)
 
 
+def hold_tls_child(port, n, ca):
+    """The client side of Bench.hold_tls: once the connections are held and have gone quiet, says
+    "held" and what they negotiated, then keeps them until told on stdin."""
+    ctx = ssl.create_default_context(cafile=ca)  # verifies the chain and the name localhost
+    seen = set()
+
+    def measure():
+        print("held " + json.dumps(sorted(seen)), flush=True)
+        sys.stdin.readline()
+    asyncio.run(hold_connections(port, n, measure, ctx, seen))
+
+
+def tls_section(b, rounds, secs):
+    """TLS on remora's ingress, HAProxy and nginx (1 worker each): the negotiated parameters once,
+    full handshakes per second, keep-alive throughput, then RSS per idle TLS connection on fresh
+    processes. A remora that does not terminate TLS yet is reported as such, not run."""
+    started = []
+    try:
+        t = b.tls_targets(1)
+        started += list(live(t).values())
+        for name, proc in t.items():
+            if isinstance(proc, str):
+                print(f"{name}: {proc}")
+        b.tls_check(t)
+        print(b.handshakes(t, rounds, secs))
+        print(b.throughput("small GET over TLS, keep-alive, 32 connections, 1 worker", t, "/small",
+                           rounds, secs, tls=True))
+        for p in started:
+            p.stop()
+        started = []
+        fresh = b.tls_targets(1)
+        started += list(live(fresh).values())
+        print(b.memory_tls(fresh, 100 if b.smoke else 2000))
+    finally:
+        for p in started:
+            p.stop()
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="a short pass that never fails on timing")
+    ap.add_argument("--tls-only", action="store_true", help="only the TLS measurements")
+    ap.add_argument("--hold-tls", nargs=3, metavar=("PORT", "N", "CA"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.hold_tls:
+        return hold_tls_child(int(args.hold_tls[0]), int(args.hold_tls[1]), args.hold_tls[2])
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:  # as root the hard limit can be raised: 10,000 connections need 20,000+ descriptors
         resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
@@ -674,6 +972,12 @@ def main():
     rounds, secs = (1, 1) if args.smoke else (3, 5)
     b.rounds, b.t_start = rounds, t_start
     started = []
+    if args.tls_only:
+        try:
+            tls_section(b, rounds, secs)
+        finally:
+            b.upstream.stop()
+        return finish(b, args)
     try:
         t = b.targets(1)
         started += [p for n, p in t.items() if n != "direct"]
@@ -698,6 +1002,10 @@ def main():
             again = b.remora(1)[0]
             started.append(again)
             print(b.memory({"remora": again}, 10000))
+        for p in fresh.values():  # the TLS runs have the machine to themselves
+            p.stop()
+        started = [p for p in started if p not in fresh.values()]
+        tls_section(b, rounds, secs)
         x_on, _, _ = b.remora(1, xray=0.05)
         x_full, _, _ = b.remora(1, xray=1.0)
         started += [x_on, x_full]
@@ -747,7 +1055,8 @@ def finish(b, args):
     b.upstream.stop()
     text = report(b, b.rounds)
     os.makedirs(os.path.join(BUILD, "bench"), exist_ok=True)
-    out = os.path.join(BUILD, "bench", "results-smoke.md" if args.smoke else "results.md")
+    name = ("results-tls" if args.tls_only else "results") + ("-smoke" if args.smoke else "")
+    out = os.path.join(BUILD, "bench", name + ".md")
     with open(out, "w") as f:
         f.write(text + "\n")
     print(text)

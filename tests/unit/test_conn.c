@@ -43,7 +43,11 @@ static int t_shutdown(conn_t *c)
     (void)c;
     return 0;
 }
-static const transport_t test_transport = {"test", t_read_start, t_read_stop, t_write, t_shutdown};
+static const transport_t test_transport = {.name = "test",
+                                           .read_start = t_read_start,
+                                           .read_stop = t_read_stop,
+                                           .write = t_write,
+                                           .shutdown = t_shutdown};
 
 static int drains;
 static void on_drain(void *owner)
