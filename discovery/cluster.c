@@ -42,6 +42,7 @@ void cluster_free(cluster_t *c)
     if (!c)
         return;
     endpoint_set_free(c->set);
+    tls_ctx_unref(c->health_tls);
     free(c->node);
     free(c->name);
     free(c);

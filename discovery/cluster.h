@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 
 #include "base/stats.h"
+#include "tls/tls.h"
 
 typedef struct endpoint_state {
     _Atomic unsigned refs;
@@ -63,6 +64,7 @@ typedef struct cluster {
     _Atomic unsigned active_requests, pending_requests;
     cluster_stats_t stats;
     ssl_stats_t ssl;        /* connections made over TLS */
+    tls_ctx_t *health_tls;  /* main thread: the TLS its requests use, so health checks do too */
     stat_t dns_answers[16]; /* by enum dns_result (discovery/dns.h) */
     void *discovery;        /* discovery's per-cluster state (main thread only) */
 } cluster_t;

@@ -1,5 +1,6 @@
 #include "discovery/health.h"
 
+#include <openssl/err.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,6 +8,7 @@
 #include "base/log.h"
 
 #define PROBE_BUF 512
+#define PROBE_RAW 4096 /* ciphertext read at once, when the target's listener has TLS */
 
 struct health {
     uv_loop_t *loop;
@@ -26,14 +28,25 @@ typedef struct probe {
     endpoint_t ep; /* holds a reference on the endpoint's state */
     uv_tcp_t tcp;
     uv_connect_t connect;
-    uv_write_t write;
     uv_timer_t timer;
     char req[1200];
+    size_t req_len;
     char buf[PROBE_BUF];
     size_t got;
     unsigned open_handles;
     int finished;
+    /* Over TLS, as the cluster's requests go (memory BIOs: a probe is one short exchange). */
+    tls_ctx_t *tls;
+    SSL *ssl;
+    int sent;
+    char raw[PROBE_RAW];
 } probe_t;
+
+typedef struct probe_write {
+    uv_write_t req;
+    probe_t *p;
+    char data[];
+} probe_write_t;
 
 static void maybe_free(health_t *h)
 {
@@ -48,6 +61,8 @@ static void on_probe_closed(uv_handle_t *hd)
         return;
     health_t *h = p->h;
     endpoint_state_unref(p->ep.state);
+    SSL_free(p->ssl);
+    tls_ctx_unref(p->tls);
     free(p);
     h->probes--;
     maybe_free(h);
@@ -92,18 +107,13 @@ static void on_alloc(uv_handle_t *hd, size_t suggested, uv_buf_t *b)
 {
     (void)suggested;
     probe_t *p = hd->data;
-    *b = uv_buf_init(p->buf + p->got, (unsigned)(PROBE_BUF - 1 - p->got));
+    *b = p->ssl ? uv_buf_init(p->raw, sizeof p->raw)
+                : uv_buf_init(p->buf + p->got, (unsigned)(PROBE_BUF - 1 - p->got));
 }
 
-static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+/* The verdict once the status line is in (or the buffer is full without one). */
+static void check_status(probe_t *p)
 {
-    (void)b;
-    probe_t *p = s->data;
-    if (n < 0) {
-        finish(p, 0, "closed before a status line");
-        return;
-    }
-    p->got += (size_t)n;
     p->buf[p->got] = '\0';
     char *eol = strstr(p->buf, "\r\n");
     if (!eol && p->got < PROBE_BUF - 1)
@@ -120,9 +130,88 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 
 static void on_written(uv_write_t *w, int status)
 {
-    probe_t *p = w->data;
+    probe_write_t *pw = (probe_write_t *)w;
     if (status < 0)
+        finish(pw->p, 0, "write failed");
+    free(pw);
+}
+
+static int send_bytes(probe_t *p, const char *data, size_t n)
+{
+    probe_write_t *pw = malloc(sizeof *pw + n);
+    if (!pw)
+        return UV_ENOMEM;
+    pw->p = p;
+    memcpy(pw->data, data, n);
+    uv_buf_t b = uv_buf_init(pw->data, (unsigned)n);
+    int err = uv_write(&pw->req, (uv_stream_t *)&p->tcp, &b, 1, on_written);
+    if (err)
+        free(pw);
+    return err;
+}
+
+/* What OpenSSL has to send goes to the socket. */
+static int tls_flush(probe_t *p)
+{
+    char *data;
+    long n = BIO_get_mem_data(SSL_get_wbio(p->ssl), &data);
+    int err = n > 0 ? send_bytes(p, data, (size_t)n) : 0;
+    (void)BIO_reset(SSL_get_wbio(p->ssl));
+    return err;
+}
+
+/* Handshake, send the request once, read what plaintext there is. */
+static void tls_step(probe_t *p)
+{
+    ERR_clear_error();
+    int rc = SSL_do_handshake(p->ssl);
+    if (rc != 1 && SSL_get_error(p->ssl, rc) != SSL_ERROR_WANT_READ) {
+        tls_flush(p);
+        finish(p, 0, "TLS handshake failed");
+        return;
+    }
+    size_t n;
+    if (rc == 1 && !p->sent)
+        p->sent = SSL_write_ex(p->ssl, p->req, p->req_len, &n) == 1;
+    while (rc == 1 && !p->finished && p->got < PROBE_BUF - 1 &&
+           SSL_read_ex(p->ssl, p->buf + p->got, PROBE_BUF - 1 - p->got, &n) == 1) {
+        p->got += n;
+        check_status(p);
+    }
+    ERR_clear_error();
+    if (!p->finished && tls_flush(p) != 0)
         finish(p, 0, "write failed");
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+    (void)b;
+    probe_t *p = s->data;
+    if (n < 0) {
+        finish(p, 0, "closed before a status line");
+        return;
+    }
+    if (p->ssl) {
+        BIO_write(SSL_get_rbio(p->ssl), p->raw, (int)n);
+        tls_step(p);
+        return;
+    }
+    p->got += (size_t)n;
+    check_status(p);
+}
+
+static int start_tls(probe_t *p)
+{
+    BIO *r = BIO_new(BIO_s_mem()), *w = BIO_new(BIO_s_mem());
+    p->ssl = r && w ? tls_session_client(p->tls, (const struct sockaddr *)&p->ep.addr) : NULL;
+    if (!p->ssl) {
+        BIO_free(r);
+        BIO_free(w);
+        return UV_ENOMEM;
+    }
+    SSL_set_bio(p->ssl, r, w);
+    tls_step(p);
+    return 0;
 }
 
 static void on_connect(uv_connect_t *c, int status)
@@ -138,14 +227,13 @@ static void on_connect(uv_connect_t *c, int status)
         finish(p, 1, NULL);
         return;
     }
-    int n = snprintf(p->req, sizeof p->req,
-                     "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: remora-health-check\r\n"
-                     "Connection: close\r\n\r\n",
-                     p->h->path, p->ep.name);
-    uv_buf_t b = uv_buf_init(p->req, (unsigned)n);
-    p->write.data = p;
-    if (uv_write(&p->write, (uv_stream_t *)&p->tcp, &b, 1, on_written) != 0 ||
-        uv_read_start((uv_stream_t *)&p->tcp, on_alloc, on_read) != 0)
+    p->req_len =
+        (size_t)snprintf(p->req, sizeof p->req,
+                         "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: remora-health-check\r\n"
+                         "Connection: close\r\n\r\n",
+                         p->h->path, p->ep.name);
+    if (uv_read_start((uv_stream_t *)&p->tcp, on_alloc, on_read) != 0 ||
+        (p->tls ? start_tls(p) : send_bytes(p, p->req, p->req_len)) != 0)
         finish(p, 0, "write failed");
 }
 
@@ -156,6 +244,7 @@ static void probe(health_t *h, const endpoint_t *ep)
         return;
     p->h = h;
     p->ep = *ep;
+    p->tls = h->c->health_tls ? tls_ctx_ref(h->c->health_tls) : NULL;
     atomic_fetch_add(&ep->state->refs, 1);
     h->probes++;
     uv_tcp_init(h->loop, &p->tcp);

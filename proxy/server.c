@@ -166,6 +166,7 @@ int server_reload(server_t *s)
         worker_publish(&s->workers[i], rt);
     route_table_unref(s->routes);
     s->routes = rt;
+    route_table_set_health_tls(rt);
     sync_tls_watches(s);
     tls_cache_prune(&s->reg.tls);
     discovery_sync(s->discovery, s->reg.clusters, route_table_config(rt));
@@ -317,6 +318,7 @@ int server_run(server_t *s)
     watch_config(s);
     uv_timer_init(s->loop, &s->tls_debounce);
     s->tls_debounce.data = s;
+    route_table_set_health_tls(s->routes);
     sync_tls_watches(s);
     uv_timer_init(s->loop, &s->drain_timer);
     s->drain_timer.data = s;

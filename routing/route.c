@@ -393,6 +393,41 @@ static void build_tls(route_table_t *rt, registry_t *reg, diag_t *d)
     }
 }
 
+static void clear_health_tls(cluster_t *c, tls_ctx_t *t)
+{
+    (void)t;
+    tls_ctx_unref(c->health_tls);
+    c->health_tls = NULL;
+}
+
+static void offer_health_tls(cluster_t *c, tls_ctx_t *t)
+{
+    if (t && !c->health_tls)
+        c->health_tls = tls_ctx_ref(t);
+}
+
+/* fn(cluster, the TLS it is reached with) for every backend's provider and route target. */
+static void each_target(const route_table_t *rt, void (*fn)(cluster_t *c, tls_ctx_t *t))
+{
+    for (unsigned i = 0; i < rt->nbackends; i++) {
+        const backend_t *b = &rt->backends[i];
+        if (b->cluster)
+            fn(b->cluster, b->tls);
+        for (unsigned k = 0; b->router && b->route_tls && k < b->router->nroutes; k++) {
+            const route_t *r = b->router->routes[k];
+            for (unsigned t = 0; t < r->cfg->ntargets; t++)
+                if (r->clusters[t])
+                    fn(r->clusters[t], b->route_tls[r->index * MAX_TARGETS + t]);
+        }
+    }
+}
+
+void route_table_set_health_tls(const route_table_t *rt)
+{
+    each_target(rt, clear_health_tls); /* the table holds its contexts: none is freed here */
+    each_target(rt, offer_health_tls);
+}
+
 tls_ctx_t *route_ingress_tls(const route_table_t *rt, enum tls_mode *mode)
 {
     *mode = rt->ingress_tls_mode;

@@ -106,6 +106,9 @@ const cfg_node_t *route_table_node(const route_table_t *rt);
 void route_ingress(const route_table_t *rt, route_result_t *out);
 /* The ingress listener's TLS: its mode, and the context when the mode is not DISABLED. */
 tls_ctx_t *route_ingress_tls(const route_table_t *rt, enum tls_mode *mode);
+/* The snapshot goes into force: each cluster it sends to over TLS health-checks over TLS with
+ * the same context (a cluster reached under several policies takes the first). Main thread. */
+void route_table_set_health_tls(const route_table_t *rt);
 /* Every file the snapshot's TLS contexts were loaded from (a rotation is watched on them). */
 void route_table_tls_files(const route_table_t *rt, void (*fn)(void *arg, const char *path),
                            void *arg);

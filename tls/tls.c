@@ -660,6 +660,8 @@ static void jcert(json_t *j, X509 *x, const char *path, int first)
     if (bn)
         serial = BN_bn2hex(bn);
     BN_free(bn);
+    for (char *c = serial; c && *c; c++) /* Envoy prints it in lower case */
+        *c = (char)(*c >= 'A' && *c <= 'F' ? *c - 'A' + 'a' : *c);
     jprintf(j, "%s{\"path\": ", first ? "" : ", ");
     jstring(j, (const unsigned char *)path, strlen(path));
     jprintf(j, ", \"serial_number\": \"%s\", \"subject_alt_names\": ", serial ? serial : "");
