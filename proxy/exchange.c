@@ -167,6 +167,7 @@ static const stream_events_t *accept_stream(void *owner, server_stream_t *s, voi
     ex->w = w;
     ex->listener = l;
     ex->ss = s;
+    ex->secure = s->secure;
     size_t plen = strnlen(s->peer, sizeof ex->peer - 1);
     memcpy(ex->peer, s->peer, plen);
     ex->peer[plen] = '\0';

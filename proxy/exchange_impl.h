@@ -64,6 +64,7 @@ struct exchange {
     unsigned client_paused : 1; /* the client's body is held (upstream full, or waiting) */
     unsigned upstream_paused : 1;
     unsigned req_edited : 1; /* the head was made the upstream's (headers_edit_request) */
+    unsigned secure : 1;     /* the client came over TLS */
     /* Not cleared when a kept exchange is reused: each is set up before use. */
     uint64_t armed_for; /* what the timer is armed for (it may outlive an exchange's use) */
     arena_t arena;      /* the normalized target, the request id, messages */

@@ -272,7 +272,7 @@ static int send_request(exchange_t *ex)
             .trace = ex->trace ? trace : NULL,
             .trace_len = tlen,
             .drop_expect = ex->continued,
-            .secure = ex->ss && ex->ss->secure,
+            .secure = ex->secure,
         };
         int err = headers_edit_request(ex->req, &e);
         if (err)
@@ -801,6 +801,7 @@ void fwd_finish(exchange_t *ex)
         .client_ip = xff >= 0 && ip_len ? ip : ex->peer,
         .client_ip_from_xff = xff >= 0 && ip_len,
         .service = ex->route.service ? ex->route.service : "passthrough",
+        .secure = ex->secure,
         .status = ex->status,
         .content_length = ex->resp_state == RESP_DONE ? (int64_t)ex->resp_bytes : -1,
     };

@@ -412,7 +412,7 @@ static void jw_times(jw_t *w, double start, double end)
 static void jw_url(jw_t *w, const xray_request_t *r)
 {
     char url[512];
-    int n = snprintf(url, sizeof url, "http://%.*s%.*s%s%.*s",
+    int n = snprintf(url, sizeof url, "%s://%.*s%.*s%s%.*s", r->secure ? "https" : "http",
                      (int)(r->host_len > 200 ? 200 : r->host_len), r->host ? r->host : "",
                      (int)(r->path_len > 250 ? 250 : r->path_len), r->path ? r->path : "",
                      r->query ? "?" : "", (int)(r->query_len > 50 ? 50 : r->query_len),

@@ -77,6 +77,7 @@ typedef struct xray_request {
     const char *client_ip;
     int client_ip_from_xff;
     const char *service;    /* egress: the virtual service */
+    int secure;             /* the client came over TLS: an https URL */
     int status;             /* what the client got; 0 if nothing */
     int64_t content_length; /* -1 unknown */
 } xray_request_t;

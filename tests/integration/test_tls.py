@@ -344,6 +344,24 @@ def test_disabled_listener_speaks_no_tls(pki, remora, upstream):
     assert app.stats()["requests"] == 1
 
 
+def test_xray_segment_of_a_tls_request_has_an_https_url(pki, remora, upstream):
+    from test_tracing import Collector
+    collector = Collector()
+    try:
+        app = upstream("app")
+        env = {"ENABLE_ENVOY_XRAY_TRACING": "1", "XRAY_DAEMON_PORT": str(collector.port),
+               "XRAY_SAMPLING_RATE": "1"}
+        r = remora(mesh([b_node(app.port, listener_tls("STRICT", pki.b))], "b"), env=env)
+        res = curl(r.ingress, "/echo?x=1", ca=pki.ca.cert)
+        assert (res.rc, res.status) == (0, 200), res.err
+        wait_until(lambda: collector.documents(), what="a segment")
+        (doc,) = collector.documents()
+        assert doc["http"]["request"]["url"] == f"https://{B_NAME}:{r.ingress}/echo?x=1"
+        assert doc["http"]["response"]["status"] == 200
+    finally:
+        collector.stop()
+
+
 # ---- ingress: mTLS ----
 
 def test_mtls_listener_verifies_client_certificates(pki, remora, upstream):
