@@ -195,10 +195,10 @@ class Bench:
     def tls_setup(self):
         """An EC P-256 CA and a server certificate it signs (CN and SAN localhost, SAN 127.0.0.1),
         made here for this run; every TLS target serves the same certificate and key. The clients
-        (ab, wrk, openssl s_client, this process's ssl module) are pinned to TLS 1.3,
-        TLS_AES_128_GCM_SHA256 and X25519 by an OpenSSL configuration of their own (OPENSSL_CONF),
-        so that a target whose own TLS settings the bench does not write (remora) negotiates what
-        HAProxy and nginx are configured to accept."""
+        (ab, wrk, openssl s_client, the child that holds idle connections) are pinned to TLS 1.3,
+        TLS_AES_128_GCM_SHA256 and X25519 by an OpenSSL configuration of their own (OPENSSL_CONF in
+        their environment only), so that a target whose TLS settings the bench does not write
+        (remora) negotiates what HAProxy and nginx are configured to accept."""
         d = self.dir
         self.ca, ca_key = os.path.join(d, "ca.pem"), os.path.join(d, "ca.key")
         self.cert, self.key = os.path.join(d, "server.pem"), os.path.join(d, "server.key")
@@ -526,12 +526,17 @@ backend be
             if isinstance(proc, str):
                 res[name] = {"idle_kib": proc, "per_conn_bytes": "n/a"}
                 continue
-            seen |= self.hold_tls(proc, 10)[1]
-            idle = proc.rss()
-            held, got = self.hold_tls(proc, conns)
+            try:
+                seen |= self.hold_tls(proc, 10)[1]
+                idle = proc.rss()
+                held, got = self.hold_tls(proc, conns)
+            except SystemExit as e:  # reported in its row; the other targets still run
+                print(f"  warning: {name}: {e}", file=sys.stderr)
+                res[name] = {"idle_kib": f"failed ({str(e)[-200:]})", "per_conn_bytes": "n/a"}
+                continue
             seen |= got
             res[name] = {"idle_kib": idle, "per_conn_bytes": (held - idle) * 1024 / conns}
-        if seen != {("TLSv1.3", "TLS_AES_128_GCM_SHA256")}:
+        if seen and seen != {("TLSv1.3", "TLS_AES_128_GCM_SHA256")}:
             print(f"  warning: idle TLS connections negotiated {sorted(seen)}", file=sys.stderr)
         self.results[f"memory with {conns} idle TLS connections (handshake and one keep-alive GET each)"] = res
         return res
@@ -541,13 +546,18 @@ backend be
         OpenSSL reads the bench clients' configuration at its start, as ab's and wrk's do (this
         process's OpenSSL read its own when `ssl` was imported). Returns (proc's RSS in KiB while
         they are held, {(protocol, cipher)} they negotiated)."""
+        errors = tempfile.TemporaryFile("w+")
         child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--hold-tls", str(proc.port),
-                                  str(n), self.ca], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                 env=self.tls_env)
+                                  str(n), self.ca], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=errors, text=True, env=self.tls_env)
         try:
             line = child.stdout.readline()
             if not line.startswith("held "):
-                raise SystemExit(f"bench: holding {n} TLS connections to port {proc.port} failed")
+                child.wait(30)
+                errors.seek(0)
+                err = [x for x in errors.read().splitlines() if x.strip()]
+                raise SystemExit(f"holding {n} TLS connections to port {proc.port} failed: "
+                                 f"{err[-1] if err else 'no reason given'}")
             rss = proc.rss()
             child.stdin.write("done\n")
             child.stdin.flush()
@@ -556,6 +566,7 @@ backend be
             if child.poll() is None:
                 child.kill()
                 child.wait()
+            errors.close()
         return rss, {tuple(x) for x in json.loads(line[5:])}
 
     # ---- what a fixed number of requests costs, counted by the upstream ----
@@ -1002,7 +1013,7 @@ def main():
             again = b.remora(1)[0]
             started.append(again)
             print(b.memory({"remora": again}, 10000))
-        for p in fresh.values():  # the TLS runs have the machine to themselves
+        for p in fresh.values():  # done with: not left holding memory through the TLS runs
             p.stop()
         started = [p for p in started if p not in fresh.values()]
         tls_section(b, rounds, secs)
