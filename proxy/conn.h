@@ -109,6 +109,11 @@ void conn_shutdown(conn_t *c);
 void conn_close(conn_t *c);
 /* Close with a TCP reset, so the peer cannot take what it got for a complete message. */
 void conn_reset(conn_t *c);
+/* Whether the connection carries TLS (a PERMISSIVE one that turned out plain does not). */
+static inline int conn_is_tls(const conn_t *c)
+{
+    return c->tls != NULL;
+}
 /* The peer's address as text ("" when unknown). */
 void conn_peer_name(conn_t *c, char *out, size_t n);
 

@@ -9,7 +9,6 @@
 #include "base/log.h"
 #include "proxy/h1_out.h"
 #include "proxy/h1_parse.h"
-#include "proxy/transport_tls.h"
 #include "proxy/tqueue.h"
 
 enum phase { PH_HEADERS, PH_IDLE, PH_STREAM, PH_LINGER };
@@ -254,7 +253,7 @@ static void on_head(h1_server_t *h)
     h->req_done = h->parser.body == H1_BODY_NONE; /* MSG_END: the head is the whole request */
     set_phase(h, PH_STREAM);
     stat_inc(&h->cfg->stats->downstream_rq_total);
-    h->s.secure = transport_is_tls(h->c) ? 1 : 0; /* PERMISSIVE decides per connection */
+    h->s.secure = conn_is_tls(h->c) ? 1 : 0; /* PERMISSIVE decides per connection */
     h->ev = h->cfg->handler->accept(h->cfg->owner, &h->s, &h->ctx);
     if (!h->ev) {
         head_give(h->cfg->loop, head);

@@ -611,8 +611,3 @@ int transport_tls_client(conn_t *c, tls_ctx_t *ctx, ssl_stats_t *stats, const st
     }
     return err;
 }
-
-int transport_is_tls(const conn_t *c)
-{
-    return c->tls != NULL;
-}

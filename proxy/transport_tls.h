@@ -15,7 +15,5 @@ int transport_tls_server(conn_t *c, tls_ctx_t *ctx, ssl_stats_t *stats, int perm
  * connected only when it is done. */
 int transport_tls_client(conn_t *c, tls_ctx_t *ctx, ssl_stats_t *stats,
                          const struct sockaddr *peer);
-/* Whether the connection carries TLS (a PERMISSIVE one that turned out plain does not). */
-int transport_is_tls(const conn_t *c);
 
 #endif
