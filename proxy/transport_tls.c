@@ -61,6 +61,14 @@ typedef struct cipher_write {
 static void on_raw_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub);
 static int send_out(tls_conn_t *t, wreq_t *plain);
 
+/* OpenSSL's error queue must be empty before an SSL call for SSL_get_error to be right;
+ * clearing it costs more than many a call, so it is cleared only when something is in it. */
+static void clear_errors(void)
+{
+    if (ERR_peek_error())
+        ERR_clear_error();
+}
+
 /* ---- the BIO ---- */
 
 static int bio_write(BIO *bio, const char *p, int n)
@@ -225,7 +233,7 @@ static int send_out(tls_conn_t *t, wreq_t *plain)
 static int ssl_write(tls_conn_t *t, const char *p, size_t n)
 {
     size_t done;
-    ERR_clear_error();
+    clear_errors();
     return SSL_write_ex(t->ssl, p, n, &done) == 1 ? 0 : UV_EPROTO;
 }
 
@@ -313,7 +321,7 @@ static int shutdown_(conn_t *c)
         return 0;
     }
     if (t->state == TS_OPEN) {
-        ERR_clear_error();
+        clear_errors();
         SSL_shutdown(t->ssl); /* close_notify */
         send_out(t, NULL);
     }
@@ -325,7 +333,7 @@ static void close_(conn_t *c)
     tls_conn_t *t = c->tls;
     if (t->state != TS_OPEN || (SSL_get_shutdown(t->ssl) & SSL_SENT_SHUTDOWN))
         return;
-    ERR_clear_error();
+    clear_errors();
     SSL_shutdown(t->ssl);
     send_out(t, NULL);
 }
@@ -354,12 +362,16 @@ static void read_plain(tls_conn_t *t)
         size_t got = 0, cap = b->cap, n;
         int e = SSL_ERROR_NONE;
         for (;;) {
-            ERR_clear_error();
+            clear_errors();
             if (got == cap || SSL_read_ex(t->ssl, b->data + got, cap - got, &n) != 1)
                 break;
             got += n;
+            if (!t->nin && !SSL_has_pending(t->ssl) && !t->eof && !t->read_err) {
+                e = SSL_ERROR_WANT_READ; /* nothing left to read: spare the call that says so */
+                break;
+            }
         }
-        if (got < cap)
+        if (got < cap && e == SSL_ERROR_NONE)
             e = SSL_get_error(t->ssl, 0);
         if (got)
             conn_on_read(c, (ssize_t)got, b);
@@ -429,7 +441,7 @@ static void handshake_done(tls_conn_t *t)
 /* 1 while the handshake goes on or has failed, 0 once it is done. */
 static int handshake_step(tls_conn_t *t)
 {
-    ERR_clear_error();
+    clear_errors();
     int rc = SSL_do_handshake(t->ssl);
     if (rc == 1) {
         send_out(t, NULL);

@@ -111,6 +111,7 @@ static SSL_CTX *new_ssl_ctx(int server)
     SSL_CTX_set_options(s, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
                                SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_mode(s, SSL_MODE_RELEASE_BUFFERS); /* an idle connection holds no records */
+    SSL_CTX_set_read_ahead(s, 1);
     if (!SSL_CTX_set_cipher_list(s, TLS12_CIPHERS) || !SSL_CTX_set1_groups_list(s, TLS_GROUPS)) {
         SSL_CTX_free(s);
         return NULL;
