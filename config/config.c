@@ -271,7 +271,8 @@ static void parse_router(jctx_t *j, const cJSON *o, const char *path, void *out)
     const cJSON *ls = j_array(j, spec, p, "listeners", J_REQUIRED, 1, 50);
     r->nports = (unsigned)cJSON_GetArraySize(ls);
     r->ports = calloc(r->nports ? r->nports : 1, sizeof *r->ports);
-    for (unsigned i = 0; i < r->nports; i++) {
+    r->tcp = calloc(r->nports ? r->nports : 1, sizeof *r->tcp);
+    for (unsigned i = 0; i < r->nports && r->tcp; i++) {
         jpath_index(q, p, "listeners", (int)i);
         const cJSON *l = cJSON_GetArrayItem(ls, (int)i);
         j_only(j, l, q, l_fields);
@@ -279,7 +280,7 @@ static void parse_router(jctx_t *j, const cJSON *o, const char *path, void *out)
         jpath(q, q, "portMapping");
         j_only(j, pm, q, pm_fields);
         r->ports[i] = (uint16_t)j_int(j, pm, q, "port", 1, 65535, 0, J_REQUIRED);
-        j_enum(j, pm, q, "protocol", listener_protocols, J_REQUIRED, 0);
+        r->tcp[i] = j_enum(j, pm, q, "protocol", listener_protocols, J_REQUIRED, 0) == 1;
     }
 }
 
@@ -430,32 +431,38 @@ static void parse_retry(jctx_t *j, const cJSON *o, const char *path, cfg_route_t
         jerr(j, path, NULL, "needs httpRetryEvents or tcpRetryEvents");
 }
 
-static void parse_route(jctx_t *j, const cJSON *o, const char *path, void *out)
+/* tcpRoute {action, match {port}, timeout {idle}}: targets per connection, no retry policy
+ * (connect failures are retried as App Mesh's default policy does, see routing/). */
+static void parse_tcp_route(jctx_t *j, const cJSON *tcp, const char *path, cfg_route_t *r)
 {
-    static const char *const fields[] = {"priority",  "httpRoute", "http2Route",
-                                         "grpcRoute", "tcpRoute",  NULL};
-    static const char *const kinds[] = {"httpRoute", "http2Route", "grpcRoute", "tcpRoute", NULL};
+    static const char *const fields[] = {"action", "match", "timeout", NULL};
+    static const char *const match_fields[] = {"port", NULL};
+    static const char *const timeout_fields[] = {"idle", NULL};
+    char q[JPATH_MAX];
+    r->tcp = 1;
+    j_only(j, tcp, path, fields);
+    const cJSON *v;
+    if ((v = j_object(j, tcp, path, "action", J_REQUIRED))) {
+        jpath(q, path, "action");
+        parse_targets(j, v, q, r);
+    }
+    if ((v = j_object(j, tcp, path, "match", J_OPTIONAL))) {
+        jpath(q, path, "match");
+        j_only(j, v, q, match_fields);
+        r->port = (uint16_t)j_int(j, v, q, "port", 1, 65535, 0, J_OPTIONAL);
+    }
+    if ((v = j_object(j, tcp, path, "timeout", J_OPTIONAL))) {
+        jpath(q, path, "timeout");
+        j_only(j, v, q, timeout_fields);
+        r->idle_ms = j_duration(j, v, q, "idle", J_OPTIONAL);
+    }
+}
+
+static void parse_http_route(jctx_t *j, const cJSON *http, const char *p, cfg_route_t *r)
+{
     static const char *const http_fields[] = {"match", "action", "retryPolicy", "timeout", NULL};
     static const char *const timeout_fields[] = {"perRequest", "idle", NULL};
-    cfg_route_t *r = out;
-    char p[JPATH_MAX], q[JPATH_MAX];
-    r->per_request_ms = r->idle_ms = DURATION_UNSET;
-    r->method = -1;
-    r->router = j_string(j, o, path, "virtualRouterName", J_REQUIRED, 1, NAME_MAX_LEN);
-    r->name = j_string(j, o, path, "routeName", J_REQUIRED, 1, NAME_MAX_LEN);
-    const cJSON *spec = j_object(j, o, path, "spec", J_REQUIRED);
-    jpath(p, path, "spec");
-    j_only(j, spec, p, fields);
-    r->priority = (int)j_int(j, spec, p, "priority", 0, 1000, -1, J_OPTIONAL);
-    const cJSON *http = NULL;
-    int which = spec ? j_union(j, spec, p, kinds, J_REQUIRED, &http) : -1;
-    if (which > 0) {
-        jerr(j, p, kinds[which], "is not supported: remora routes HTTP/1.1 (use httpRoute)");
-        return;
-    }
-    if (which < 0)
-        return;
-    jpath(p, p, "httpRoute");
+    char q[JPATH_MAX];
     j_only(j, http, p, http_fields);
     const cJSON *v;
     if ((v = j_object(j, http, p, "match", J_REQUIRED))) {
@@ -476,6 +483,36 @@ static void parse_route(jctx_t *j, const cJSON *o, const char *path, void *out)
         r->per_request_ms = j_duration(j, v, q, "perRequest", J_OPTIONAL);
         r->idle_ms = j_duration(j, v, q, "idle", J_OPTIONAL);
     }
+}
+
+static void parse_route(jctx_t *j, const cJSON *o, const char *path, void *out)
+{
+    static const char *const fields[] = {"priority",  "httpRoute", "http2Route",
+                                         "grpcRoute", "tcpRoute",  NULL};
+    static const char *const kinds[] = {"httpRoute", "http2Route", "grpcRoute", "tcpRoute", NULL};
+    cfg_route_t *r = out;
+    char p[JPATH_MAX];
+    r->per_request_ms = r->idle_ms = DURATION_UNSET;
+    r->method = -1;
+    r->router = j_string(j, o, path, "virtualRouterName", J_REQUIRED, 1, NAME_MAX_LEN);
+    r->name = j_string(j, o, path, "routeName", J_REQUIRED, 1, NAME_MAX_LEN);
+    const cJSON *spec = j_object(j, o, path, "spec", J_REQUIRED);
+    jpath(p, path, "spec");
+    j_only(j, spec, p, fields);
+    r->priority = (int)j_int(j, spec, p, "priority", 0, 1000, -1, J_OPTIONAL);
+    const cJSON *m = NULL;
+    int which = spec ? j_union(j, spec, p, kinds, J_REQUIRED, &m) : -1;
+    if (which == 1 || which == 2) {
+        jerr(j, p, kinds[which], "is not supported yet: remora routes HTTP/1.1 and TCP");
+        return;
+    }
+    if (which < 0)
+        return;
+    jpath(p, p, kinds[which]);
+    if (which == 3)
+        parse_tcp_route(j, m, p, r);
+    else
+        parse_http_route(j, m, p, r);
 }
 
 /* ---- the document ---- */
@@ -672,6 +709,13 @@ static void free_node(cfg_node_t *n)
     config_free_client_tls(&n->default_tls);
 }
 
+static void free_router(cfg_router_t *r)
+{
+    free(r->name);
+    free(r->ports);
+    free(r->tcp);
+}
+
 static void free_route(cfg_route_t *r)
 {
     for (unsigned k = 0; k < r->ntargets; k++)
@@ -702,10 +746,8 @@ void config_free(config_t *c)
         free(c->services[i].name);
         free(c->services[i].provider_name);
     }
-    for (unsigned i = 0; i < c->nrouters; i++) {
-        free(c->routers[i].name);
-        free(c->routers[i].ports);
-    }
+    for (unsigned i = 0; i < c->nrouters; i++)
+        free_router(&c->routers[i]);
     for (unsigned i = 0; i < c->nroutes; i++)
         free_route(&c->routes[i]);
     free(c->nodes);

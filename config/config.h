@@ -113,6 +113,7 @@ typedef struct cfg_service {
 typedef struct cfg_router {
     char *name;
     uint16_t *ports;
+    uint8_t *tcp; /* per listener, parallel to ports: its protocol is tcp */
     unsigned nports;
 } cfg_router_t;
 
@@ -138,6 +139,7 @@ typedef struct cfg_query_match {
 typedef struct cfg_route {
     char *router;
     char *name;
+    int tcp;      /* a tcpRoute: only port, targets and idle apply */
     int priority; /* -1 when not given */
     enum path_match path_kind;
     char *path; /* prefix, exact path or regex */

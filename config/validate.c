@@ -108,26 +108,33 @@ static void check_services(const config_t *c, diag_t *d)
     }
 }
 
+/* The router listener a route serves: its match.port's, or the router's only one; -1. */
+static int route_listener(const cfg_route_t *r, const cfg_router_t *rt)
+{
+    for (unsigned p = 0; p < rt->nports; p++)
+        if (rt->ports[p] == r->port || (!r->port && rt->nports == 1))
+            return (int)p;
+    return -1;
+}
+
 static void check_route_ports(const config_t *c, const cfg_route_t *r, const cfg_router_t *rt,
                               unsigned i, diag_t *d)
 {
+    const char *kind = r->tcp ? "tcpRoute" : "httpRoute";
     char path[160];
-    if (r->port) {
-        int found = 0;
-        for (unsigned p = 0; p < rt->nports; p++)
-            found |= rt->ports[p] == r->port;
-        if (!found) {
-            snprintf(path, sizeof path, "routes[%u].spec.httpRoute.match.port", i);
-            diag_add(d, c->source, path, "router %s has no listener on port %u", rt->name, r->port);
-        }
-    } else if (rt->nports > 1) {
-        snprintf(path, sizeof path, "routes[%u].spec.httpRoute.match.port", i);
+    int l = route_listener(r, rt);
+    snprintf(path, sizeof path, "routes[%u].spec.%s.match.port", i, kind);
+    if (r->port && l < 0)
+        diag_add(d, c->source, path, "router %s has no listener on port %u", rt->name, r->port);
+    else if (!r->port && rt->nports > 1)
         diag_add(d, c->source, path, "is required: router %s has %u listeners", rt->name,
                  rt->nports);
-    }
+    else if (l >= 0 && rt->tcp[l] != (r->tcp != 0))
+        diag_add(d, c->source, path, "router %s's listener on port %u is %s: it takes %s", rt->name,
+                 rt->ports[l], rt->tcp[l] ? "tcp" : "http", rt->tcp[l] ? "tcpRoute" : "httpRoute");
     for (unsigned t = 0; t < r->ntargets; t++) {
         const cfg_node_t *n = config_node(c, r->targets[t].node);
-        snprintf(path, sizeof path, "routes[%u].spec.httpRoute.action.weightedTargets[%u]", i, t);
+        snprintf(path, sizeof path, "routes[%u].spec.%s.action.weightedTargets[%u]", i, kind, t);
         if (!n) {
             diag_add(d, c->source, path, "virtual node \"%s\" does not exist", r->targets[t].node);
             continue;

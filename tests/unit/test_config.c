@@ -165,8 +165,13 @@ static void test_route_errors(void **state)
             "m.json: routes[0].spec.httpRoute.retryPolicy.perRetryTimeout.unit: must be one of s, "
             "ms, got \"m\"");
     rejects(ROUTE("{\"tcpRoute\":{" ACTION "}}"),
-            "m.json: routes[0].spec.tcpRoute: is not supported: remora routes HTTP/1.1 (use "
-            "httpRoute)");
+            "m.json: routes[0].spec.tcpRoute.match.port: router cart's listener on port 80 is "
+            "http: it takes httpRoute");
+    rejects(ROUTE("{\"tcpRoute\":{" ACTION ",\"match\":{\"port\":80,\"prefix\":\"/\"}}}"),
+            "m.json: routes[0].spec.tcpRoute.match.prefix: unknown field");
+    rejects(ROUTE("{\"grpcRoute\":{" ACTION "}}"),
+            "m.json: routes[0].spec.grpcRoute: is not supported yet: remora routes HTTP/1.1 and "
+            "TCP");
     rejects(ROUTE("{\"httpRoute\":{\"match\":{\"prefix\":\"/\",\"port\":81}," ACTION "}}"),
             "m.json: routes[0].spec.httpRoute.match.port: router cart has no listener on port 81");
 }
@@ -502,6 +507,42 @@ static void test_fuzzer_findings(void **state)
     }
 }
 
+/* A router with an http and a tcp listener; a tcpRoute on the tcp one. */
+#define TCP_MESH                                                                                   \
+    "{\"virtualNodes\":[{\"virtualNodeName\":\"db\",\"spec\":{\"listeners\":[{\"portMapping\":"    \
+    "{\"port\":6379,\"protocol\":\"tcp\"},\"timeout\":{\"tcp\":{\"idle\":{\"unit\":\"s\","         \
+    "\"value\":7}}},\"connectionPool\":{\"tcp\":{\"maxConnections\":3}}}],"                        \
+    "\"serviceDiscovery\":{\"dns\":{\"hostname\":\"db.local\"}}}}],"                               \
+    "\"virtualRouters\":[{\"virtualRouterName\":\"r\",\"spec\":{\"listeners\":["                   \
+    "{\"portMapping\":{\"port\":80,\"protocol\":\"http\"}},"                                       \
+    "{\"portMapping\":{\"port\":6379,\"protocol\":\"tcp\"}}]}}],"                                  \
+    "\"routes\":[{\"virtualRouterName\":\"r\",\"routeName\":\"t\",\"spec\":{\"tcpRoute\":{"        \
+    "\"action\":{\"weightedTargets\":[{\"virtualNode\":\"db\",\"weight\":3,\"port\":6379}]},"      \
+    "\"match\":{\"port\":6379},\"timeout\":{\"idle\":{\"unit\":\"ms\",\"value\":1500}}}}}]}"
+
+static void test_tcp_routes(void **state)
+{
+    (void)state;
+    config_t *c = parse_ok(TCP_MESH);
+    const cfg_router_t *r = config_router(c, "r");
+    assert_int_equal(r->nports, 2);
+    assert_int_equal(r->tcp[0], 0);
+    assert_int_equal(r->tcp[1], 1);
+    const cfg_route_t *t = &c->routes[0];
+    assert_int_equal(t->tcp, 1);
+    assert_int_equal(t->port, 6379);
+    assert_int_equal(t->idle_ms, 1500);
+    assert_true(t->per_request_ms == DURATION_UNSET);
+    assert_int_equal(t->ntargets, 1);
+    assert_string_equal(t->targets[0].node, "db");
+    assert_int_equal(t->targets[0].weight, 3);
+    const cfg_listener_t *l = &config_node(c, "db")->listeners[0];
+    assert_string_equal(l->protocol, "tcp");
+    assert_int_equal(l->idle_ms, 7000);
+    assert_int_equal(l->max_connections, 3);
+    config_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -509,7 +550,7 @@ int main(void)
         cmocka_unit_test(test_reference_and_node_errors), cmocka_unit_test(test_tls_shapes),
         cmocka_unit_test(test_listener_tls_errors),       cmocka_unit_test(test_client_tls_errors),
         cmocka_unit_test(test_reports_every_problem),     cmocka_unit_test(test_not_json),
-        cmocka_unit_test(test_fuzzer_findings),
+        cmocka_unit_test(test_fuzzer_findings),           cmocka_unit_test(test_tcp_routes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
