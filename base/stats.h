@@ -51,6 +51,7 @@ static inline uint64_t stat_get(stat_t *s)
     X(upstream_cx_active, 1)                                                                       \
     X(upstream_cx_connect_fail, 0)                                                                 \
     X(upstream_cx_connect_timeout, 0)                                                              \
+    X(upstream_cx_overflow, 0)                                                                     \
     X(upstream_cx_destroy_remote, 0)                                                               \
     X(upstream_cx_protocol_error, 0)                                                               \
     X(upstream_cx_idle_timeout, 0)                                                                 \

@@ -216,6 +216,7 @@ void exchange_end(exchange_t *ex, int abort)
 {
     if (ex->ended)
         return;
+    connect_cancel(ex);
     fwd_finish(ex);
     ex->ended = 1; /* the timer may still fire: it finds nothing to do, and stays armed for
                       the next use of this exchange, which saves a re-arm per request */

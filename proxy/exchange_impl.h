@@ -34,7 +34,8 @@ struct exchange {
     head_t *req_trailers;
     head_t *resp; /* the upstream's response head, while it is relayed */
     route_result_t route;
-    endpoint_t endpoint; /* this attempt's endpoint */
+    struct tcp_session *tcp; /* a CONNECT's upstream, while it connects (connect.c) */
+    endpoint_t endpoint;     /* this attempt's endpoint */
     pool_wait_t wait;    /* admission under the route's connection-pool limits */
     uv_timer_t timer;
     uint64_t request_deadline, try_deadline, idle_deadline; /* loop ms; 0: none */
@@ -96,5 +97,11 @@ void fwd_timer(exchange_t *ex, uint64_t now);
 void fwd_admitted(exchange_t *ex, int result);
 /* The end of the exchange as traces and stats see it. */
 void fwd_finish(exchange_t *ex);
+/* Answer the client with `status` and a plain-text body, and end the exchange. */
+void fwd_local_reply(exchange_t *ex, int status, const char *body);
+
+/* connect.c: CONNECT from explicit-proxy clients */
+void connect_request(exchange_t *ex);
+void connect_cancel(exchange_t *ex);
 
 #endif

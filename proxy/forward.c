@@ -58,6 +58,13 @@ static void drop_upstream(exchange_t *ex)
 
 /* ---- local replies ---- */
 
+static void local_reply(exchange_t *ex, int status, const char *body);
+
+void fwd_local_reply(exchange_t *ex, int status, const char *body)
+{
+    local_reply(ex, status, body);
+}
+
 static void local_reply(exchange_t *ex, int status, const char *body)
 {
     drop_upstream(ex);
@@ -199,6 +206,15 @@ static int prepare(exchange_t *ex, route_request_t *rr, const char **query, size
     if (!rr->port && ex->ss->orig_dst && endpoint_set(&dst, ex->ss->orig_dst) == 0)
         rr->port = endpoint_port(&dst);
     return 0;
+}
+
+/* The port the client meant to reach before iptables REDIRECT, 0 when not redirected. */
+static uint16_t orig_port(const exchange_t *ex)
+{
+    endpoint_t dst;
+    if (!ex->ss->orig_dst || endpoint_set(&dst, ex->ss->orig_dst) != 0)
+        return 0;
+    return endpoint_port(&dst);
 }
 
 /* ALLOW_ALL: an unknown host goes where the app sent it: the iptables original destination,
@@ -457,8 +473,11 @@ void fwd_request_head(exchange_t *ex, head_t *h, unsigned msg)
     ex->req_state = msg & MSG_END ? REQ_DONE : REQ_BODY;
     ex->req_len = msg & MSG_END ? 0 : msg & MSG_CHUNKED ? BODY_STREAM : content_length(h);
     headers_mark_hop(h);
-    if (h->method == HTTP_CONNECT) { /* tunnels come by Upgrade; TCP routes relay bytes */
-        local_reply(ex, 501, "CONNECT is not supported\n");
+    if (h->method == HTTP_CONNECT) {
+        if (ex->listener->kind == LISTENER_EGRESS)
+            connect_request(ex);
+        else
+            local_reply(ex, 501, "CONNECT is served by the egress listener only\n");
         return;
     }
     route_request_t rr;
@@ -471,7 +490,7 @@ void fwd_request_head(exchange_t *ex, head_t *h, unsigned msg)
     }
     begin_trace(ex, &rr);
     if (ex->listener->kind == LISTENER_INGRESS)
-        route_ingress(ex->rt, &ex->route);
+        ex->route = route_ingress(ex->rt, orig_port(ex))->r;
     else
         route_egress(ex->rt, &rr, &ex->route);
     if (!ex->route.cluster) {
@@ -672,7 +691,7 @@ static void start_tunnel(exchange_t *ex)
     stat_dec(&cstats(ex)->upstream_rq_active);
     conn_t *uc = cs->ops->detach(cs, &ub, &up, &un);
     conn_t *dc = ss->ops->detach(ss, &cb, &cp, &cn);
-    worker_start_relay(ex->w, dc, cb, cp, cn, uc, ub, up, un, ex->route.idle_ms);
+    worker_start_relay(ex->w, dc, cb, cp, cn, uc, ub, up, un, ex->route.idle_ms, NULL, 0);
     ex->resp_state = RESP_DONE;
     exchange_end(ex, 0);
 }

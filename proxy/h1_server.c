@@ -453,10 +453,10 @@ static void send_head(server_stream_t *s, const head_t *resp, int64_t len, unsig
     int no_body = h->req_method == HTTP_HEAD || st < 200 || st == 204 || st == 304;
     h1_framing_t f = {.length = -1};
     if (msg & MSG_CLOSE || !h->req_done)
-        h->keep_alive = 0; /* an early answer: the rest of the request is not read */
-    if (msg & MSG_UPGRADE) {
+        h->keep_alive = 0;   /* an early answer: the rest of the request is not read */
+    if (msg & MSG_UPGRADE) { /* a 101, or the 2xx that makes a CONNECT a tunnel */
         h->framing = RF_NONE;
-        f.connection = "upgrade";
+        f.connection = h->req_method == HTTP_CONNECT ? NULL : "upgrade";
     } else if (no_body) {
         h->framing = RF_NONE;
         f.keep_length = h->req_method == HTTP_HEAD || st == 304;

@@ -129,11 +129,16 @@ static void print_routes(const config_t *cfg, const char *router)
         printf("      route %s", rt->name);
         if (rt->priority >= 0)
             printf(" (priority %d)", rt->priority);
-        printf(": %s %s ->",
-               rt->path_kind == PATH_PREFIX  ? "prefix"
-               : rt->path_kind == PATH_EXACT ? "path"
-                                             : "regex",
-               rt->path);
+        if (rt->tcp)
+            printf(": tcp ->");
+        else if (rt->path)
+            printf(": %s %s ->",
+                   rt->path_kind == PATH_PREFIX  ? "prefix"
+                   : rt->path_kind == PATH_EXACT ? "path"
+                                                 : "regex",
+                   rt->path);
+        else
+            printf(": any path ->");
         for (unsigned t = 0; t < rt->ntargets; t++)
             printf(" %s:%u", rt->targets[t].node, rt->targets[t].weight);
         if (rt->has_retry)

@@ -14,6 +14,7 @@
 #include "base/log.h"
 #include "proxy/exchange.h"
 #include "proxy/server.h"
+#include "proxy/tcp_proxy.h"
 #include "proxy/transport_tls.h"
 
 static uint64_t worker_random(worker_t *w)
@@ -90,6 +91,43 @@ static int original_destination(conn_t *c, uint16_t egress_port, struct sockaddr
     return port != egress_port; /* not redirected: the "original" is the listener itself */
 }
 
+static uint16_t port_of(const struct sockaddr_storage *ss)
+{
+    return ss->ss_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)ss)->sin6_port)
+                                     : ntohs(((const struct sockaddr_in *)ss)->sin_port);
+}
+
+/* Ingress: the node listener the connection is for (by its original destination port) says
+ * TLS or not, HTTP or bytes. */
+static void serve_ingress(worker_t *w, listener_t *l, conn_t *c, const struct sockaddr_storage *dst)
+{
+    const route_listener_t *rl = route_ingress(w->routes, dst ? port_of(dst) : 0);
+    if (rl->tls && transport_tls_server(c, rl->tls, &w->srv->ingress_ssl,
+                                        rl->tls_mode == TLS_PERMISSIVE) != 0) {
+        conn_close(c);
+        return;
+    }
+    if (rl->tcp)
+        tcp_proxy_start(w, c, &rl->r, w->routes, NULL);
+    else
+        h1_server_start(&l->h1, c, (const struct sockaddr *)dst);
+}
+
+/* Egress: a redirected connection is routed by its original destination port first (TCP
+ * backends), then by Host (HTTP); one to no backend port goes where the app sent it under
+ * ALLOW_ALL, as bytes (so TLS and any other protocol pass too). */
+static void serve_egress(worker_t *w, listener_t *l, conn_t *c, const struct sockaddr_storage *dst)
+{
+    route_result_t r;
+    enum route_port kind = dst ? route_egress_port(w->routes, port_of(dst), &r) : PORT_HTTP;
+    if (kind == PORT_NONE && route_egress_passthrough(w->routes, &r))
+        kind = PORT_TCP;
+    if (kind == PORT_TCP)
+        tcp_proxy_start(w, c, &r, w->routes, (const struct sockaddr *)dst);
+    else
+        h1_server_start(&l->h1, c, (const struct sockaddr *)dst);
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     listener_t *l = server->data;
@@ -106,23 +144,26 @@ static void on_connection(uv_stream_t *server, int status)
         conn_close(c);
         return;
     }
-    enum tls_mode mode = TLS_DISABLED;
-    tls_ctx_t *tls = l->kind == LISTENER_INGRESS ? route_ingress_tls(w->routes, &mode) : NULL;
-    if (tls && transport_tls_server(c, tls, &w->srv->ingress_ssl, mode == TLS_PERMISSIVE) != 0) {
-        conn_close(c);
-        return;
-    }
     struct sockaddr_storage dst;
-    int redirected =
-        l->kind == LISTENER_EGRESS && original_destination(c, w->srv->set.egress_port, &dst);
-    h1_server_start(&l->h1, c, redirected ? (struct sockaddr *)&dst : NULL);
+    uint16_t own = l->kind == LISTENER_INGRESS ? w->srv->set.ingress_port : w->srv->set.egress_port;
+    int redirected = original_destination(c, own, &dst);
+    if (l->kind == LISTENER_INGRESS)
+        serve_ingress(w, l, c, redirected ? &dst : NULL);
+    else
+        serve_egress(w, l, c, redirected ? &dst : NULL);
+}
+
+int worker_is_own_listener(worker_t *w, const endpoint_t *ep)
+{
+    uint16_t port = endpoint_port(ep);
+    const settings_t *set = &w->srv->set;
+    return endpoint_is_local(ep) &&
+           (port == set->ingress_port || port == set->egress_port || port == set->admin_port);
 }
 
 static uint64_t ingress_idle_ms(worker_t *w)
 {
-    route_result_t r;
-    route_ingress(w->routes, &r);
-    return r.idle_ms;
+    return route_ingress(w->routes, 0)->r.idle_ms;
 }
 
 static void maybe_finish(worker_t *w);
@@ -189,6 +230,10 @@ static void on_tunnel_closed(void *ctx)
 {
     tunnel_t *t = ctx;
     worker_t *w = t->w;
+    if (t->cluster)
+        stat_dec(&t->cluster->stats.upstream_cx_active);
+    if (t->slot)
+        cluster_slot_release(t->cluster);
     if (t->prev)
         t->prev->next = t->next;
     else
@@ -201,14 +246,21 @@ static void on_tunnel_closed(void *ctx)
 }
 
 void worker_start_relay(worker_t *w, conn_t *client, buf_t *cb, const char *cp, size_t cn,
-                        conn_t *upstream, buf_t *ub, const char *up, size_t un, uint64_t idle_ms)
+                        conn_t *upstream, buf_t *ub, const char *up, size_t un, uint64_t idle_ms,
+                        cluster_t *cluster, int slot)
 {
     tunnel_t *t = calloc(1, sizeof *t);
     if (!t) {
         relay_start(client, cb, cp, cn, upstream, ub, up, un, idle_ms, NULL);
+        if (cluster)
+            stat_dec(&cluster->stats.upstream_cx_active);
+        if (slot)
+            cluster_slot_release(cluster);
         return;
     }
     t->w = w;
+    t->cluster = cluster;
+    t->slot = slot;
     t->owner = (relay_owner_t){.on_closed = on_tunnel_closed, .ctx = t};
     t->next = w->tunnels;
     if (w->tunnels)
@@ -220,11 +272,17 @@ void worker_start_relay(worker_t *w, conn_t *client, buf_t *cb, const char *cp, 
 
 /* ---- draining and the end ---- */
 
+void worker_maybe_finish(worker_t *w)
+{
+    maybe_finish(w);
+}
+
 /* Once draining and every client connection and tunnel is gone, release what is left and let
  * the loop end. */
 static void maybe_finish(worker_t *w)
 {
-    if (!w->draining || w->ingress.h1.nconns > 0 || w->egress.h1.nconns > 0 || w->ntunnels > 0)
+    if (!w->draining || w->ingress.h1.nconns > 0 || w->egress.h1.nconns > 0 || w->ntunnels > 0 ||
+        w->nconnecting > 0)
         return;
     loop_pass(&w->loop); /* exchanges still queued for release go first */
     pool_close_idle(&w->pools);
@@ -233,6 +291,7 @@ static void maybe_finish(worker_t *w)
     /* Connections close their own handles; these are the worker's. */
     exchange_close_kept(w);
     pool_table_close(&w->pools);
+    tq_close(&w->tcp_connect_q);
     h1_server_config_close(&w->ingress.h1);
     h1_server_config_close(&w->egress.h1);
     uv_close((uv_handle_t *)&w->wake, NULL);
@@ -314,6 +373,7 @@ int worker_init(worker_t *w, server_t *srv, unsigned id)
     if (err < 0)
         return err;
     pool_table_init(&w->pools, &w->loop);
+    tq_init(&w->tcp_connect_q, &w->loop, TCP_CONNECT_TIMEOUT, tcp_proxy_expired);
     w->pools.wake_all = wake_all;
     w->pools.wake_ctx = srv;
     if (srv->xray && (err = xray_emitter_open(srv->xray, &w->xray)) < 0)

@@ -10,6 +10,7 @@
 #include "proxy/loop.h"
 #include "proxy/pool.h"
 #include "proxy/relay.h"
+#include "proxy/tqueue.h"
 #include "tracing/xray.h"
 
 struct server;
@@ -30,6 +31,8 @@ typedef struct tunnel {
     relay_t *relay;
     relay_owner_t owner;
     struct worker *w;
+    cluster_t *cluster; /* a TCP route's: its active connection, and a slot if `slot` */
+    int slot;
 } tunnel_t;
 
 typedef struct worker {
@@ -47,8 +50,10 @@ typedef struct worker {
     listener_t ingress, egress;
     xray_emitter_t xray; /* when tracing is on */
     pool_table_t pools;
-    tunnel_t *tunnels; /* open Upgrade tunnels, for draining */
+    tunnel_t *tunnels; /* open Upgrade tunnels and TCP relays, for draining */
     unsigned ntunnels;
+    tqueue_t tcp_connect_q; /* TCP routes connecting (tcp_proxy.c) */
+    unsigned nconnecting;
     uint64_t rng;                    /* xorshift state for request ids, seeded from getrandom */
     struct exchange *free_exchanges; /* kept with their timers */
     unsigned nfree_exchanges;
@@ -67,9 +72,16 @@ void worker_join(worker_t *w);
 
 /* A fresh X-Request-Id (UUID version 4) into out[37]. */
 void worker_request_id(worker_t *w, char out[37]);
-/* Relay bytes between a client and an upstream connection (an Upgrade tunnel); the worker
- * keeps it for draining. Takes ownership of both connections and pending buffers. */
+/* Relay bytes between a client and an upstream connection (an Upgrade tunnel, a TCP route);
+ * the worker keeps it for draining. Takes ownership of both connections and pending buffers.
+ * `cluster` (may be NULL): its upstream_cx_active is decremented when the relay ends, and with
+ * `slot` one connection slot is given back. */
 void worker_start_relay(worker_t *w, conn_t *client, buf_t *cb, const char *cp, size_t cn,
-                        conn_t *upstream, buf_t *ub, const char *up, size_t un, uint64_t idle_ms);
+                        conn_t *upstream, buf_t *ub, const char *up, size_t un, uint64_t idle_ms,
+                        cluster_t *cluster, int slot);
+/* Whether an endpoint is one of remora's own listeners (a loop). */
+int worker_is_own_listener(worker_t *w, const endpoint_t *ep);
+/* A connection or session ended: if draining and nothing is left, end the loop. */
+void worker_maybe_finish(worker_t *w);
 
 #endif

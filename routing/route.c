@@ -1,4 +1,5 @@
 #include "routing/route.h"
+#include "routing/route_impl.h"
 
 #include <errno.h>
 #include <regex.h>
@@ -7,62 +8,12 @@
 #include <string.h>
 #include <strings.h>
 
-#define MAX_TARGETS 10
-
-typedef struct route {
-    const cfg_route_t *cfg;
-    unsigned index; /* position in the config, for diagnostics and stable ordering */
-    regex_t path_re;
-    int has_path_re;
-    regex_t header_re[10];
-    unsigned header_has_re; /* bit per header matcher */
-    cluster_t *clusters[MAX_TARGETS];
-    target_stats_t *stats[MAX_TARGETS];
-    uint8_t schedule[MAX_TARGETS * 100];
-    unsigned schedule_len;
-    _Atomic unsigned cursor;
-    retry_policy_t retry;
-    uint64_t timeout_ms, idle_ms;
-} route_t;
-
-typedef struct router {
-    const cfg_router_t *cfg;
-    route_t **routes; /* in match order */
-    unsigned nroutes;
-} router_t;
-
-typedef struct backend {
-    const cfg_service_t *svc;
-    cluster_t *cluster;    /* virtual node provider */
-    router_t *router;      /* virtual router provider */
-    tls_ctx_t *tls;        /* toward the provider node */
-    tls_ctx_t **route_tls; /* toward route target t of route r: [r * MAX_TARGETS + t] */
-} backend_t;
-
-struct route_table {
-    _Atomic unsigned refs;
-    config_t *cfg;
-    const cfg_node_t *node;
-    cluster_t *passthrough; /* ALLOW_ALL's original-destination cluster */
-    route_result_t ingress;
-    enum tls_mode ingress_tls_mode;
-    tls_ctx_t *ingress_tls;
-    tls_ctx_t **tls_held; /* every context above, one reference each */
-    unsigned ntls_held;
-    backend_t *backends;
-    unsigned nbackends;
-    router_t *routers;
-    unsigned nrouters;
-    route_t *routes;
-    unsigned nroutes;
-};
-
 /* ---- registry: what outlives a reload ---- */
 
 /* The cluster named `name`, created empty on first use: discovery fills it (discovery_sync),
  * except the local app's, whose one endpoint is known now. */
-static cluster_t *registry_cluster(registry_t *reg, const char *name, const char *node,
-                                   uint16_t port, int local)
+cluster_t *route_registry_cluster(registry_t *reg, const char *name, const char *node,
+                                  uint16_t port, int local)
 {
     for (cluster_t *c = reg->clusters; c; c = c->next)
         if (strcmp(c->name, name) == 0)
@@ -141,22 +92,24 @@ unsigned route_schedule(const unsigned *weights, unsigned n, uint8_t *out)
 
 /* ---- building ---- */
 
-static uint64_t or_default(uint64_t v, uint64_t dflt)
+uint64_t route_or_default(uint64_t v, uint64_t dflt)
 {
     return v == DURATION_UNSET ? dflt : v;
 }
 
-static cluster_t *egress_cluster(route_table_t *rt, registry_t *reg, const char *node_name,
-                                 uint16_t port)
+cluster_t *route_egress_cluster(route_table_t *rt, registry_t *reg, const char *node_name,
+                                uint16_t port)
 {
     const cfg_node_t *n = config_node(rt->cfg, node_name);
+    const cfg_listener_t *l = n ? route_node_listener(n, port) : NULL;
     if (!n)
         return NULL;
-    if (!port && n->nlisteners)
-        port = n->listeners[0].port;
+    if (!port && l)
+        port = l->port;
     char name[600];
-    snprintf(name, sizeof name, "cds_egress_%s_%s_http_%u", rt->cfg->mesh_name, n->name, port);
-    return registry_cluster(reg, name, n->name, port, 0);
+    snprintf(name, sizeof name, "cds_egress_%s_%s_%s_%u", rt->cfg->mesh_name, n->name,
+             l && strcmp(l->protocol, "tcp") == 0 ? "tcp" : "http", port);
+    return route_registry_cluster(reg, name, n->name, port, 0);
 }
 
 /* "^(pattern)$": App Mesh regexes match the whole value. POSIX extended syntax. */
@@ -201,14 +154,14 @@ static int build_route(route_table_t *rt, registry_t *reg, route_t *r, diag_t *d
     }
     unsigned weights[MAX_TARGETS];
     for (unsigned t = 0; t < c->ntargets; t++) {
-        r->clusters[t] = egress_cluster(rt, reg, c->targets[t].node, c->targets[t].port);
+        r->clusters[t] = route_egress_cluster(rt, reg, c->targets[t].node, c->targets[t].port);
         r->stats[t] = registry_target(reg, c->router, c->name, c->targets[t].node);
         weights[t] = c->targets[t].weight;
         ok &= r->clusters[t] && r->stats[t];
     }
     r->schedule_len = route_schedule(weights, c->ntargets, r->schedule);
-    r->timeout_ms = or_default(c->per_request_ms, ROUTE_DEFAULT_TIMEOUT_MS);
-    r->idle_ms = or_default(c->idle_ms, ROUTE_DEFAULT_IDLE_MS);
+    r->timeout_ms = route_or_default(c->per_request_ms, ROUTE_DEFAULT_TIMEOUT_MS);
+    r->idle_ms = route_or_default(c->idle_ms, ROUTE_DEFAULT_IDLE_MS);
     if (c->has_retry)
         r->retry = (retry_policy_t){c->max_retries, c->per_retry_ms, c->retry_events};
     return ok ? 0 : -1;
@@ -279,168 +232,11 @@ static int build_backends(route_table_t *rt, registry_t *reg)
         backend_t *b = &rt->backends[rt->nbackends++];
         b->svc = config_service(rt->cfg, node->backends[i]);
         if (b->svc->provider == PROVIDER_NODE)
-            b->cluster = egress_cluster(rt, reg, b->svc->provider_name, 0);
+            b->cluster = route_egress_cluster(rt, reg, b->svc->provider_name, 0);
         else if (b->svc->provider == PROVIDER_ROUTER)
             b->router = find_router(rt, b->svc->provider_name);
     }
     return 0;
-}
-
-static void build_ingress(route_table_t *rt, registry_t *reg)
-{
-    const cfg_node_t *node = rt->node;
-    const cfg_listener_t *l = node->nlisteners ? &node->listeners[0] : NULL;
-    uint16_t port = l ? l->port : 0;
-    char name[600];
-    snprintf(name, sizeof name, "cds_ingress_%s_%s_http_%u", rt->cfg->mesh_name, node->name, port);
-    rt->ingress.cluster = registry_cluster(reg, name, NULL, port, 1);
-    rt->ingress.timeout_ms =
-        l ? or_default(l->per_request_ms, ROUTE_DEFAULT_TIMEOUT_MS) : ROUTE_DEFAULT_TIMEOUT_MS;
-    rt->ingress.idle_ms = l ? or_default(l->idle_ms, ROUTE_DEFAULT_IDLE_MS) : ROUTE_DEFAULT_IDLE_MS;
-    if (l) { /* limits belong to this snapshot: a rejected reload never reaches a request */
-        rt->ingress.max_requests = l->max_connections;
-        rt->ingress.max_pending = l->max_pending;
-    }
-    if (!rt->ingress.cluster) {
-        rt->ingress.status = 503;
-        rt->ingress.reason = "no local app listener";
-    }
-}
-
-/* ---- TLS ---- */
-
-static tls_ctx_t *hold(route_table_t *rt, tls_ctx_t *t)
-{
-    if (!t)
-        return NULL;
-    tls_ctx_t **held = realloc(rt->tls_held, (rt->ntls_held + 1) * sizeof *held);
-    if (!held) {
-        tls_ctx_unref(t);
-        return NULL;
-    }
-    rt->tls_held = held;
-    held[rt->ntls_held++] = t;
-    return t;
-}
-
-static const cfg_listener_t *listener_on(const cfg_node_t *n, uint16_t port)
-{
-    for (unsigned i = 0; i < n->nlisteners; i++)
-        if (n->listeners[i].port == port)
-            return &n->listeners[i];
-    return n->nlisteners ? &n->listeners[0] : NULL;
-}
-
-static int policy_covers(const cfg_client_tls_t *p, uint16_t port)
-{
-    if (!p || !p->present || !p->enforce)
-        return 0;
-    for (unsigned i = 0; i < p->nports; i++)
-        if (p->ports[i] == port)
-            return 1;
-    return p->nports == 0;
-}
-
-/* App Mesh's rule: an enforced policy covering the port configures the client; otherwise a
- * target whose listener has TLS (STRICT or PERMISSIVE) is still spoken to over TLS, unchecked. */
-static tls_ctx_t *client_tls(route_table_t *rt, registry_t *reg, const cfg_client_tls_t *policy,
-                             const cluster_t *c, diag_t *d)
-{
-    const cfg_node_t *n = c ? config_node(rt->cfg, c->node) : NULL;
-    const cfg_listener_t *l = n ? listener_on(n, c->port) : NULL;
-    if (!n)
-        return NULL;
-    char name[2100] = "";
-    if (n->discovery == DISCOVERY_DNS)
-        snprintf(name, sizeof name, "%s", n->hostname);
-    else if (n->discovery == DISCOVERY_CLOUD_MAP)
-        snprintf(name, sizeof name, "%s.%s", n->service_name, n->namespace_name);
-    const char *sni = name[0] ? name : NULL;
-    if (policy_covers(policy, c->port))
-        return hold(rt, tls_client_ctx(&reg->tls, policy, sni, rt->cfg->source, d));
-    if (l && l->tls.mode != TLS_DISABLED)
-        return hold(rt, tls_client_ctx(&reg->tls, NULL, sni, rt->cfg->source, d));
-    return NULL;
-}
-
-static void build_backend_tls(route_table_t *rt, registry_t *reg, backend_t *b,
-                              const cfg_client_tls_t *policy, diag_t *d)
-{
-    b->tls = client_tls(rt, reg, policy, b->cluster, d);
-    if (!b->router)
-        return;
-    b->route_tls = calloc(rt->nroutes * MAX_TARGETS + 1, sizeof *b->route_tls);
-    for (unsigned i = 0; b->route_tls && i < b->router->nroutes; i++) {
-        const route_t *r = b->router->routes[i];
-        for (unsigned t = 0; t < r->cfg->ntargets; t++)
-            b->route_tls[r->index * MAX_TARGETS + t] =
-                client_tls(rt, reg, policy, r->clusters[t], d);
-    }
-}
-
-static void build_tls(route_table_t *rt, registry_t *reg, diag_t *d)
-{
-    const cfg_node_t *node = rt->node;
-    const cfg_listener_t *l = node->nlisteners ? &node->listeners[0] : NULL;
-    if (l && l->tls.mode != TLS_DISABLED) {
-        rt->ingress_tls_mode = l->tls.mode;
-        rt->ingress_tls = hold(rt, tls_server_ctx(&reg->tls, &l->tls, rt->cfg->source, d));
-    }
-    for (unsigned i = 0; i < rt->nbackends; i++) {
-        const cfg_client_tls_t *own = node->backend_tls ? &node->backend_tls[i] : NULL;
-        build_backend_tls(rt, reg, &rt->backends[i], own && own->present ? own : &node->default_tls,
-                          d);
-    }
-}
-
-static void clear_health_tls(cluster_t *c, tls_ctx_t *t)
-{
-    (void)t;
-    tls_ctx_unref(c->health_tls);
-    c->health_tls = NULL;
-}
-
-static void offer_health_tls(cluster_t *c, tls_ctx_t *t)
-{
-    if (t && !c->health_tls)
-        c->health_tls = tls_ctx_ref(t);
-}
-
-/* fn(cluster, the TLS it is reached with) for every backend's provider and route target. */
-static void each_target(const route_table_t *rt, void (*fn)(cluster_t *c, tls_ctx_t *t))
-{
-    for (unsigned i = 0; i < rt->nbackends; i++) {
-        const backend_t *b = &rt->backends[i];
-        if (b->cluster)
-            fn(b->cluster, b->tls);
-        for (unsigned k = 0; b->router && b->route_tls && k < b->router->nroutes; k++) {
-            const route_t *r = b->router->routes[k];
-            for (unsigned t = 0; t < r->cfg->ntargets; t++)
-                if (r->clusters[t])
-                    fn(r->clusters[t], b->route_tls[r->index * MAX_TARGETS + t]);
-        }
-    }
-}
-
-void route_table_set_health_tls(const route_table_t *rt)
-{
-    each_target(rt, clear_health_tls); /* the table holds its contexts: none is freed here */
-    each_target(rt, offer_health_tls);
-}
-
-tls_ctx_t *route_ingress_tls(const route_table_t *rt, enum tls_mode *mode)
-{
-    *mode = rt->ingress_tls_mode;
-    return rt->ingress_tls;
-}
-
-void route_table_tls_files(const route_table_t *rt, void (*fn)(void *arg, const char *path),
-                           void *arg)
-{
-    for (unsigned i = 0; i < rt->ntls_held; i++)
-        for (unsigned f = 0; f < 3; f++)
-            if (rt->tls_held[i]->files[f])
-                fn(arg, rt->tls_held[i]->files[f]);
 }
 
 route_table_t *route_table_build(config_t *cfg, const char *node_name, registry_t *reg, diag_t *d)
@@ -459,15 +255,17 @@ route_table_t *route_table_build(config_t *cfg, const char *node_name, registry_
         return NULL;
     }
     size_t before = d->n;
-    build_ingress(rt, reg);
+    route_build_ingress(rt, reg, d);
     if (cfg->egress_filter == EGRESS_ALLOW_ALL) {
         char name[300];
         snprintf(name, sizeof name, "cds_egress_%s_passthrough", cfg->mesh_name);
-        rt->passthrough = registry_cluster(reg, name, NULL, 0, 0);
+        rt->passthrough = route_registry_cluster(reg, name, NULL, 0, 0);
     }
-    if (build_routers(rt, reg, d) == 0 && build_backends(rt, reg) == 0)
-        build_tls(rt, reg, d);
-    if (!rt->backends || d->n > before) {
+    if (build_routers(rt, reg, d) == 0 && build_backends(rt, reg) == 0) {
+        route_build_tls(rt, reg, d);
+        route_build_ports(rt, reg, d);
+    }
+    if (!rt->backends || !rt->ingress || d->n > before) {
         if (d->n == before)
             diag_add(d, cfg->source, "$", "out of memory building the route table");
         route_table_unref(rt);
@@ -500,6 +298,7 @@ void route_table_unref(route_table_t *rt)
         free(rt->backends[i].route_tls);
     for (unsigned i = 0; i < rt->ntls_held; i++)
         tls_ctx_unref(rt->tls_held[i]);
+    route_free_ports(rt);
     free(rt->tls_held);
     free(rt->routers);
     free(rt->routes);
@@ -612,11 +411,6 @@ static int route_matches(const route_t *r, const route_request_t *req, uint16_t 
 
 /* ---- lookups ---- */
 
-void route_ingress(const route_table_t *rt, route_result_t *out)
-{
-    *out = rt->ingress;
-}
-
 static void no_target(route_result_t *out, int status, const char *reason)
 {
     out->cluster = NULL;
@@ -624,7 +418,7 @@ static void no_target(route_result_t *out, int status, const char *reason)
     out->reason = reason;
 }
 
-static void pick(route_t *r, const backend_t *b, route_result_t *out)
+void route_pick(route_t *r, const backend_t *b, route_result_t *out)
 {
     if (r->schedule_len == 0) {
         no_target(out, 503, "every weighted target of the matching route has weight 0");
@@ -657,7 +451,7 @@ static void route_router(const backend_t *b, const route_request_t *req, route_r
     }
     for (unsigned i = 0; i < ro->nroutes; i++) {
         if (route_matches(ro->routes[i], req, port)) {
-            pick(ro->routes[i], b, out);
+            route_pick(ro->routes[i], b, out);
             return;
         }
     }

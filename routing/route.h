@@ -103,9 +103,31 @@ void route_table_unref(route_table_t *rt);
 const config_t *route_table_config(const route_table_t *rt);
 const cfg_node_t *route_table_node(const route_table_t *rt);
 
-void route_ingress(const route_table_t *rt, route_result_t *out);
-/* The ingress listener's TLS: its mode, and the context when the mode is not DISABLED. */
-tls_ctx_t *route_ingress_tls(const route_table_t *rt, enum tls_mode *mode);
+/* A node listener as ingress serves it. */
+typedef struct route_listener {
+    route_result_t r; /* to the local app: its cluster, timeouts, connectionPool limits */
+    uint16_t port;
+    int tcp; /* bytes are relayed as they are: no HTTP */
+    enum tls_mode tls_mode;
+    tls_ctx_t *tls; /* when tls_mode is not DISABLED */
+} route_listener_t;
+
+/* The listener a connection to ingress is for: the one on `port` (its original destination),
+ * else the node's first. */
+const route_listener_t *route_ingress(const route_table_t *rt, uint16_t port);
+
+/* What the original destination port of a connection to egress is (App Mesh routes TCP by
+ * port alone, so two TCP backends cannot share one). */
+enum route_port {
+    PORT_NONE, /* no backend listens there */
+    PORT_HTTP, /* an HTTP backend's: the Host decides */
+    PORT_TCP,  /* a TCP backend's: *out is filled with its pick */
+};
+enum route_port route_egress_port(route_table_t *rt, uint16_t port, route_result_t *out);
+/* ALLOW_ALL: 1 with *out set to send a connection where the app sent it; 0 under DROP_ALL. */
+int route_egress_passthrough(const route_table_t *rt, route_result_t *out);
+/* App Mesh's default for TCP: connect failures are retried twice, on other endpoints. */
+#define ROUTE_TCP_CONNECT_RETRIES 2
 /* The snapshot goes into force: each cluster it sends to over TLS health-checks over TLS with
  * the same context (a cluster reached under several policies takes the first). Main thread. */
 void route_table_set_health_tls(const route_table_t *rt);

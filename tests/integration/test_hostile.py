@@ -845,11 +845,11 @@ def test_half_close_right_after_a_request_still_gets_the_answer(raw_mesh):
         assert len(body) == length, f"the answer was cut: {got!r}"
 
 
-def test_connect_is_refused_and_never_tunnelled(raw_mesh):
-    """CONNECT is not a way into a tunnel through remora (Upgrade and TCP routes are): 501,
-    and the upstream never sees it."""
+def test_connect_to_no_tcp_backend_is_refused_under_drop_all(raw_mesh):
+    """CONNECT is routed by port as a redirected connection is: no TCP backend has port 443 and
+    the mesh is DROP_ALL, so 403, and the upstream never sees it (not even as HTTP)."""
     r, app, backend = raw_mesh()
     got = exchange(r.egress, b"CONNECT cart.shop.local:443 HTTP/1.1\r\nHost: cart.shop.local:443\r\n\r\n")
-    assert isinstance(got, Response) and got.status == 501, describe(got)
+    assert isinstance(got, Response) and got.status == 403, describe(got)
     settle(r, app, backend)
     assert backend.connections() == 0 and backend.received() == b""

@@ -1,0 +1,95 @@
+/* Inside routing/: the route table's parts, shared by route.c (HTTP routes, building),
+ * route_tcp.c (ports, TCP routes, ingress listeners) and route_tls.c (TLS contexts). */
+#ifndef REMORA_ROUTE_IMPL_H
+#define REMORA_ROUTE_IMPL_H
+
+#include <regex.h>
+
+#include "routing/route.h"
+
+#define MAX_TARGETS 10
+
+typedef struct route {
+    const cfg_route_t *cfg;
+    unsigned index; /* position in the config, for diagnostics and stable ordering */
+    regex_t path_re;
+    int has_path_re;
+    regex_t header_re[10];
+    unsigned header_has_re; /* bit per header matcher */
+    cluster_t *clusters[MAX_TARGETS];
+    target_stats_t *stats[MAX_TARGETS];
+    uint8_t schedule[MAX_TARGETS * 100];
+    unsigned schedule_len;
+    _Atomic unsigned cursor;
+    retry_policy_t retry;
+    uint64_t timeout_ms, idle_ms;
+} route_t;
+
+typedef struct router {
+    const cfg_router_t *cfg;
+    route_t **routes; /* in match order */
+    unsigned nroutes;
+} router_t;
+
+typedef struct backend {
+    const cfg_service_t *svc;
+    cluster_t *cluster;             /* virtual node provider */
+    router_t *router;               /* virtual router provider */
+    const cfg_client_tls_t *policy; /* its client policy (own or the defaults), or NULL */
+    tls_ctx_t *tls;                 /* toward the provider node */
+    tls_ctx_t **route_tls;          /* toward route target t of route r: [r * MAX_TARGETS + t] */
+} backend_t;
+
+/* An egress port served by TCP: a backend's router listener (its tcpRoute) or node listener. */
+typedef struct tcp_port {
+    uint16_t port;
+    const backend_t *b;
+    route_t *route;     /* the router's tcpRoute, or NULL */
+    cluster_t *cluster; /* a node provider's */
+    tls_ctx_t *tls;     /* toward that node */
+} tcp_port_t;
+
+struct route_table {
+    _Atomic unsigned refs;
+    config_t *cfg;
+    const cfg_node_t *node;
+    cluster_t *passthrough;    /* ALLOW_ALL's original-destination cluster */
+    route_listener_t *ingress; /* one per node listener (a placeholder when it has none) */
+    unsigned ningress;
+    tcp_port_t *tcp_ports; /* egress: the ports of TCP backends */
+    unsigned ntcp_ports;
+    uint16_t *http_ports; /* egress: the ports of HTTP backends */
+    unsigned nhttp_ports;
+    tls_ctx_t **tls_held; /* every context in the table, one reference each */
+    unsigned ntls_held;
+    backend_t *backends;
+    unsigned nbackends;
+    router_t *routers;
+    unsigned nrouters;
+    route_t *routes;
+    unsigned nroutes;
+};
+
+uint64_t route_or_default(uint64_t v, uint64_t dflt);
+/* The cluster named `name`, made on first use (route.c). */
+cluster_t *route_registry_cluster(registry_t *reg, const char *name, const char *node,
+                                  uint16_t port, int local);
+/* The cluster of a node's listener on `port` (0: its first), named as App Mesh's Envoy does. */
+cluster_t *route_egress_cluster(route_table_t *rt, registry_t *reg, const char *node_name,
+                                uint16_t port);
+const cfg_listener_t *route_node_listener(const cfg_node_t *n, uint16_t port);
+void route_pick(route_t *r, const backend_t *b, route_result_t *out);
+/* Hold a context for the table's life (NULL passes through). */
+tls_ctx_t *route_hold_tls(route_table_t *rt, tls_ctx_t *t);
+
+/* route_tls.c */
+tls_ctx_t *route_client_tls(route_table_t *rt, registry_t *reg, const cfg_client_tls_t *policy,
+                            const cluster_t *c, diag_t *d);
+void route_build_tls(route_table_t *rt, registry_t *reg, diag_t *d);
+
+/* route_tcp.c */
+void route_build_ingress(route_table_t *rt, registry_t *reg, diag_t *d);
+void route_build_ports(route_table_t *rt, registry_t *reg, diag_t *d);
+void route_free_ports(route_table_t *rt);
+
+#endif
