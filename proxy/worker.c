@@ -176,21 +176,45 @@ static void on_conn_closed(void *owner)
 
 /* A listening socket of our own so that SO_REUSEPORT is set before bind (libuv 1.44 has no flag
  * for it): every worker binds the same port and the kernel spreads connections over them. */
-static int listener_open(worker_t *w, listener_t *l, enum listener_kind kind, uint16_t port)
+static int listen_socket(uv_loop_t *loop, uv_tcp_t *h, void *owner, int family, uint16_t port)
 {
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
-    addr.sin_addr.s_addr = htonl(INADDR_ANY);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    struct sockaddr_storage ss = {0};
+    socklen_t len;
+    if (family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        a->sin6_family = AF_INET6, a->sin6_port = htons(port), a->sin6_addr = in6addr_any;
+        len = sizeof *a;
+    } else {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        a->sin_family = AF_INET, a->sin_port = htons(port), a->sin_addr.s_addr = htonl(INADDR_ANY);
+        len = sizeof *a;
+    }
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
     int one = 1;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
-        bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+        (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) < 0) ||
+        bind(fd, (struct sockaddr *)&ss, len) < 0) {
         int err = -errno;
         close(fd);
         return err;
     }
+    uv_tcp_init(loop, h);
+    h->data = owner;
+    int err = uv_tcp_open(h, fd);
+    if (err == 0)
+        err = uv_listen((uv_stream_t *)h, 4096, on_connection);
+    if (err < 0)
+        uv_close((uv_handle_t *)h, NULL);
+    return err;
+}
+
+/* IPv4 always; IPv6 too where the host has it (interception of IPv6 needs it: ip6tables
+ * REDIRECT goes to [::]:port). */
+static int listener_open(worker_t *w, listener_t *l, enum listener_kind kind, uint16_t port)
+{
     server_t *s = w->srv;
     l->w = w;
     l->kind = kind;
@@ -203,21 +227,23 @@ static int listener_open(worker_t *w, listener_t *l, enum listener_kind kind, ui
     };
     h1_server_config_init(&l->h1, s->set.header_timeout_ms,
                           kind == LISTENER_INGRESS ? ingress_idle_ms(w) : ROUTE_DEFAULT_IDLE_MS);
-    uv_tcp_init(&w->loop.uv, &l->tcp);
-    l->tcp.data = l;
-    int err = uv_tcp_open(&l->tcp, fd);
-    if (err == 0)
-        err = uv_listen((uv_stream_t *)&l->tcp, 4096, on_connection);
-    if (err < 0) {
-        uv_close((uv_handle_t *)&l->tcp, NULL);
+    int err = listen_socket(&w->loop.uv, &l->tcp, l, AF_INET, port);
+    if (err < 0)
         return err;
-    }
     l->open = 1;
+    err = listen_socket(&w->loop.uv, &l->tcp6, l, AF_INET6, port);
+    l->open6 = err == 0;
+    if (err < 0 && err != UV_EAFNOSUPPORT && err != UV_EADDRNOTAVAIL)
+        log_warn("cannot listen on [::]:%u (%s): IPv6 connections will not be served", port,
+                 uv_strerror(err));
     return 0;
 }
 
 static void listener_close(listener_t *l)
 {
+    if (l->open6)
+        uv_close((uv_handle_t *)&l->tcp6, NULL);
+    l->open6 = 0;
     if (!l->open)
         return;
     l->open = 0;

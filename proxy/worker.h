@@ -19,10 +19,11 @@ struct exchange;
 enum listener_kind { LISTENER_INGRESS, LISTENER_EGRESS };
 
 typedef struct listener {
-    uv_tcp_t tcp;
+    uv_tcp_t tcp;  /* 0.0.0.0:port */
+    uv_tcp_t tcp6; /* [::]:port, IPv6 only (where the host has IPv6) */
     struct worker *w;
     enum listener_kind kind;
-    int open;
+    int open, open6;
     h1_server_config_t h1; /* its HTTP/1.1 connections */
 } listener_t;
 

@@ -322,3 +322,17 @@ def test_check_summarises_tcp_routes_and_refuses_a_shared_tcp_port(remora, tmp_p
     out = subprocess.run([REMORA, "check", "--config", str(path)], capture_output=True, text=True)
     assert out.returncode == 1
     assert "two backends cannot share a TCP port" in out.stdout, out.stdout
+
+
+def test_listeners_take_ipv6_too(remora, tcp_server):
+    """ip6tables REDIRECT sends IPv6 connections to [::]:15000/15001: remora listens there too."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+    app = tcp_server("app")
+    r = remora(mesh([tcp_node("db", app.port)], "db"))
+    try:
+        s = socket.create_connection(("::1", r.ingress), timeout=5)
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    assert recv_line(s) == b"hello from app\n"
+    s.close()
