@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "discovery/discovery.h"
 #include "base/err.h"
@@ -15,7 +16,16 @@ config_t *settings_load_config(const cli_opts_t *cli, diag_t *d)
     if (inline_json && *inline_json && !cli->config)
         return config_parse(inline_json, strlen(inline_json), "REMORA_CONFIG_JSON", d);
     const char *path = cli->config ? cli->config : getenv("REMORA_CONFIG");
-    return config_load_file(path && *path ? path : DEFAULT_CONFIG_PATH, d);
+    int dflt = !path || !*path;
+    size_t before = d->n;
+    config_t *c = config_load_file(dflt ? DEFAULT_CONFIG_PATH : path, d);
+    if (!c && dflt && d->n > before && access(DEFAULT_CONFIG_PATH, F_OK) != 0)
+        diag_add(d, DEFAULT_CONFIG_PATH, "$",
+                 "no config given: mount the config file at %s, or set REMORA_CONFIG to its "
+                 "path, or REMORA_CONFIG_JSON to the whole document%s",
+                 DEFAULT_CONFIG_PATH,
+                 inline_json ? " (REMORA_CONFIG_JSON is set but empty)" : "");
+    return c;
 }
 
 const char *settings_node_from_arn(const char *v)

@@ -235,6 +235,13 @@ def test_bad_settings_and_config_refuse_to_start(tmp_path):
     out = subprocess.run([REMORA, "--config", "/nonexistent/mesh.json"], capture_output=True,
                          text=True, timeout=10)
     assert out.returncode == 1 and "cannot open" in out.stderr
+    if not os.path.exists("/etc/remora/mesh.json"):  # no config at all: say how to give one
+        env = {k: v for k, v in os.environ.items() if k not in ("REMORA_CONFIG", "REMORA_CONFIG_JSON")}
+        out = subprocess.run([REMORA], capture_output=True, text=True, timeout=10, env=env)
+        assert out.returncode == 1
+        assert ("/etc/remora/mesh.json: $: no config given: mount the config file at "
+                "/etc/remora/mesh.json, or set REMORA_CONFIG to its path, or REMORA_CONFIG_JSON "
+                "to the whole document") in out.stderr, out.stderr
 
 
 def test_check_and_version(tmp_path, upstream):
