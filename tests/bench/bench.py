@@ -17,6 +17,11 @@ Measures, for each target (direct = the upstream nginx itself):
   cipher and one group, to the same plaintext upstream): full handshakes per second with a new
   connection per GET (ab) and the proxy's CPU time per handshake, keep-alive throughput over TLS
   (wrk), and RSS per idle TLS connection
+  TCP relaying (remora's ingress with a `tcp` listener, HAProxy `mode tcp`, nginx `stream`, each in
+  front of the same HTTP upstream, whose bytes they relay without parsing; checked first with raw
+  non-HTTP bytes through an echo): keep-alive throughput of 1 MiB and 64 KiB GETs (MiB/s, wrk) with
+  the proxy's CPU time per GiB, and new connections per second (wrk, `Connection: close`) with the
+  proxy's CPU time per 1,000 connections
 Every timed figure is the median of its rounds, printed with the smallest and largest round.
 """
 import argparse
@@ -28,11 +33,13 @@ import resource
 import shutil
 import signal
 import socket
+import socketserver
 import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -42,6 +49,8 @@ REMORA = os.path.join(BUILD, "remora")
 OPENLOOP = os.path.join(BUILD, "bench", "openloop")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RSS_CAP_KIB = 1 << 20  # the stalled-client run stops a proxy that passes 1 GiB
+NGINX_STREAM = "/usr/lib/nginx/modules/ngx_stream_module.so"  # libnginx-mod-stream
+TCP_PROBE = b"PING\r\n"  # not HTTP: a proxy that parses HTTP answers it with an error, or waits
 
 
 class Spread:
@@ -182,7 +191,7 @@ class Bench:
         self.smoke = smoke
         self.dir = tempfile.mkdtemp(prefix="remora-bench-")
         os.chmod(self.dir, 0o755)  # nginx's workers run as nobody
-        for name, size in (("big", 1 << 20), ("16k", 16 << 10)):
+        for name, size in (("big", 1 << 20), ("64k", 64 << 10), ("16k", 16 << 10)):
             with open(os.path.join(self.dir, name), "wb") as f:
                 f.write(os.urandom(size))
             os.chmod(os.path.join(self.dir, name), 0o644)
@@ -257,17 +266,20 @@ http {{
     location = /small {{ return 200 "hello, world\\n"; }}
     location = /post {{ client_max_body_size 1m; client_body_buffer_size 64k; return 200 "ok\\n"; }}
     location = /big {{ alias {self.dir}/big; }}
+    location = /64k {{ alias {self.dir}/64k; }}
     location = /16k {{ alias {self.dir}/16k; }}
     location = /status {{ stub_status; }}
   }}""", workers=1)
         return Proc(["nginx", "-c", conf], self.up_port)
 
-    def remora(self, workers=1, xray=None, routes=0, tls=False, quiet=False):
-        """remora with the upstream as its local app: the bench drives the ingress port, which
-        the node's listener governs (and with `tls`, terminates TLS on)."""
+    def remora(self, workers=1, xray=None, routes=0, tls=False, quiet=False, protocol="http", app=None):
+        """remora with the upstream (or the port `app`) as its local app: the bench drives the
+        ingress port, which the node's listener governs (and with `tls`, terminates TLS on; with
+        protocol "tcp", relays bytes to the app without parsing them)."""
         port, admin, egress, xray_port = free_ports(4)
-        listener = {"portMapping": {"port": self.up_port, "protocol": "http"},
-                    "timeout": {"http": {"perRequest": {"unit": "s", "value": 0}}}}
+        listener = {"portMapping": {"port": self.up_port if app is None else app, "protocol": protocol}}
+        if protocol == "http":
+            listener["timeout"] = {"http": {"perRequest": {"unit": "s", "value": 0}}}
         if tls:
             listener["tls"] = {"mode": "STRICT", "certificate": {"file": {
                 "certificateChain": self.cert, "privateKey": self.key}}}
@@ -294,10 +306,7 @@ http {{
         try:
             p = self.remora(workers, tls=True, quiet=True)[0]
         except NotUp as e:
-            lines = [x.strip() for x in e.log.splitlines() if x.strip()]
-            reason = lines[-1] if lines else str(e)
-            reason = re.sub(r"^\S*remora-\d+\.json: ", "", reason)  # the config's path
-            return f"TLS not available ({reason[:200]})"
+            return f"TLS not available ({not_up_reason(e)})"
         got = self.tls_negotiated(p.port)
         if "error" in got:
             p.stop()
@@ -394,6 +403,91 @@ backend be
             self.notes.append(f"TLS, {name}: {show[0]} with the bench's clients (certificate verified "
                               f"against the run's CA); {show[1]} with a client offering OpenSSL's defaults")
 
+    def haproxy_tcp(self, up, threads=1, maxconn=9900):
+        """HAProxy in `mode tcp` in front of 127.0.0.1:up: bytes relayed, nothing parsed (its
+        defaults otherwise: 16 KiB buffers, no splicing)."""
+        port = free_port()
+        conf = os.path.join(self.dir, f"haproxy-tcp-{port}.cfg")
+        with open(conf, "w") as f:
+            f.write(f"""global
+  nbthread {threads}
+  maxconn {maxconn}
+  ulimit-n {min(19990, 2 * maxconn + 100)}
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend be
+backend be
+  server s1 127.0.0.1:{up}
+""")
+        return Proc(["haproxy", "-f", conf, "-db"], port, quiet=True)
+
+    def nginx_stream(self, up, workers=1):
+        """nginx's `stream` module (loaded from libnginx-mod-stream) in front of 127.0.0.1:up:
+        bytes relayed, nothing parsed (its defaults otherwise: proxy_buffer_size 16k)."""
+        if not os.path.exists(NGINX_STREAM):
+            raise NotUp("no stream module", f"no {NGINX_STREAM} (Debian: libnginx-mod-stream)")
+        port = free_port()
+        name = f"stream-{port}"
+        path = os.path.join(self.dir, name + ".conf")
+        with open(path, "w") as f:
+            f.write(f"""load_module {NGINX_STREAM};
+worker_processes {workers};
+daemon off;
+pid {self.dir}/{name}.pid;
+error_log {self.dir}/{name}.err warn;
+events {{ worker_connections 20000; }}
+stream {{
+  server {{
+    listen 127.0.0.1:{port} reuseport backlog=4096;
+    proxy_pass 127.0.0.1:{up};
+  }}
+}}
+""")
+        return Proc(["nginx", "-c", path], port, quiet=True)
+
+    def tcp_proxy(self, make, echo_port):
+        """A TCP proxy made by make(port of its upstream): first in front of the echo, sent raw
+        bytes that are not HTTP (TCP_PROBE), which must come back unchanged; then, on a fresh
+        process, in front of the HTTP upstream for the measurements. Returns the running Proc, or
+        a str saying why the target does not relay TCP."""
+        try:
+            probe = make(echo_port)
+        except NotUp as e:
+            return f"TCP not available ({not_up_reason(e)})"
+        try:
+            got = tcp_probe(probe.port)
+        finally:
+            probe.stop()
+        if got != TCP_PROBE:
+            if isinstance(got, bytes):  # its first line, as an HTTP error's status line
+                first = got.split(b"\n")[0][:40]
+                got = "nothing" if not got else repr(first + b"\n..." if len(first) < len(got) else first)
+            return f"TCP not available (raw probe: sent {TCP_PROBE!r} to an echo through it, got back {got})"
+        try:
+            return make(self.up_port)
+        except NotUp as e:
+            return f"TCP not available ({not_up_reason(e)})"
+
+    def tcp_targets(self, echo_port, workers=1):
+        """name -> a running TCP proxy in front of the upstream ('direct' is the upstream itself),
+        or a str saying why that target does not relay TCP."""
+        makers = {"remora": lambda up: self.remora(workers, protocol="tcp", app=up, quiet=True)[0],
+                  "haproxy": lambda up: self.haproxy_tcp(up, workers),
+                  "nginx": lambda up: self.nginx_stream(up, workers)}
+        t = {"direct": self.upstream}
+        t.update({name: self.tcp_proxy(make, echo_port) for name, make in makers.items()})
+        for name, proc in t.items():
+            if name == "direct":
+                continue
+            self.notes.append(f"TCP, {name}: " + (proc if isinstance(proc, str) else
+                              f"raw probe {TCP_PROBE!r} came back unchanged through it from an echo"))
+        return t
+
     # ---- measurements ----
 
     def wrk(self, port, path, seconds, conns=32, script=None, tls=False):
@@ -470,6 +564,116 @@ backend be
                 self.notes.append(f"TLS, {name}: {fe.get('ssl_sess', '?')} TLS sessions in all, "
                                   f"{fe.get('ssl_reused_sess', '?')} of them resumed (its own counters, after "
                                   f"the handshake runs)")
+        return res
+
+    def wrk_run(self, port, path, seconds, conns=32, headers=()):
+        """One plain-HTTP wrk run: {"rps", "requests" (completed), "errors" (wrk's line, or None),
+        "client_cpu_s" (wrk's user + system time)}."""
+        argv = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s"] + [a for h in headers for a in ("-H", h)]
+        c0 = os.times()
+        out = subprocess.run(argv + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
+                             timeout=seconds + 30).stdout
+        c1 = os.times()
+        rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        done = re.search(r"(\d+) requests in", out)
+        errors = re.search(r"Non-2xx or 3xx responses: \d+|Socket errors: .*", out)
+        return {"rps": float(rps.group(1)) if rps else 0.0, "requests": int(done.group(1)) if done else 0,
+                "errors": errors.group(0) if errors else None,
+                "client_cpu_s": c1.children_user + c1.children_system - c0.children_user - c0.children_system}
+
+    def upstream_counts(self):
+        """The upstream's (connections accepted, requests answered), nginx stub_status; each
+        reading counts itself once in both."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.up_port}/status", timeout=5) as r:
+            accepts, _, requests = r.read().decode().splitlines()[2].split()
+        return int(accepts), int(requests)
+
+    def tcp_throughput(self, label, targets, path, size, rounds, seconds, conns=32):
+        """Keep-alive GETs of a `size`-byte file relayed by each TCP proxy (wrk, one thread, `conns`
+        connections, each relayed over one upstream connection of its own): MiB/s of response body,
+        requests per second, the target's CPU time (user + system, all its processes) per GiB of
+        body, and the upstream's and wrk's CPU use meanwhile (100% is its one worker, or wrk's one
+        thread, saturated: then the upstream or the client, not the proxy, would be the limit), and
+        the machine's idle share (near 0: every CPU busy, kernel loopback work included, which no
+        process is charged for)."""
+        keys = ("MiB/s", "req/s", "remora / this", "CPU ms per GiB", "upstream CPU %", "wrk CPU %",
+                "machine idle %")
+        got = {name: {k: [] for k in keys} for name in targets}
+        for _ in range(rounds):
+            for name, proc in live(targets).items():
+                t0, u0, w0, m0 = proc.cpu_ticks(), self.upstream.cpu_ticks(), time.monotonic(), machine_ticks()
+                r = self.wrk_run(proc.port, path, seconds, conns)
+                ticks, up_ticks = proc.cpu_ticks() - t0, self.upstream.cpu_ticks() - u0
+                wall, idle = time.monotonic() - w0, idle_since(m0)
+                if r["errors"] or not r["requests"]:
+                    print(f"  warning: {name} TCP {label}: {r['requests']} answered, {r['errors'] or 'no errors'}",
+                          file=sys.stderr)
+                if not r["requests"]:
+                    continue
+                g = got[name]
+                g["MiB/s"].append(r["rps"] * size / (1 << 20))
+                g["req/s"].append(r["rps"])
+                g["CPU ms per GiB"].append(ticks * 1000 / CLK_TCK / (r["requests"] * size / (1 << 30)))
+                g["upstream CPU %"].append(up_ticks * 100 / CLK_TCK / wall)
+                g["wrk CPU %"].append(r["client_cpu_s"] * 100 / wall)
+                g["machine idle %"].append(idle)
+        med = {name: {k: Spread(v) if v else None for k, v in g.items()} for name, g in got.items()}
+        res = {}
+        for name, m in med.items():
+            if m["MiB/s"] is None:
+                why = targets[name] if isinstance(targets[name], str) else "n/a"
+                res[name] = {k: (why if k == "MiB/s" else "n/a") for k in keys}
+                continue
+            res[name] = dict(m, **{"remora / this": ratio(med["remora"]["MiB/s"] or "n/a", m["MiB/s"])})
+            if name == "direct":  # its CPU is the upstream's own, already in the last column
+                res[name]["CPU ms per GiB"] = f"{m['CPU ms per GiB']} (the upstream)"
+        self.results[f"TCP relay throughput, {label} (keep-alive, wrk, {conns} connections, 1 worker; "
+                     f"MiB/s of response body; CPU ms per GiB: the proxy's, user + system; upstream CPU % "
+                     f"and wrk CPU %: of one CPU, meanwhile; machine idle %: of all {os.cpu_count()} CPUs)"] = res
+        return res
+
+    def tcp_connections(self, targets, rounds, seconds, conns=32):
+        """A new TCP connection for every GET /small: wrk sends `Connection: close`, the upstream
+        closes after its answer, the proxy (relaying bytes, parsing none) passes the close on and
+        wrk connects again. Connections per second (= requests per second) and the target's CPU
+        time per 1,000 connections; as a check, the connections the upstream accepted per request
+        it answered (1.00: a new upstream connection for each, nothing kept or reused)."""
+        rate = {name: [] for name in targets}
+        cpu = {name: [] for name in targets}
+        accepted = {name: [0, 0] for name in targets}
+        busy = {name: [[], [], []] for name in targets}  # upstream's, wrk's CPU %, machine idle %
+        for _ in range(rounds):
+            for name, proc in live(targets).items():
+                a0, q0 = self.upstream_counts()
+                t0, u0, w0, m0 = proc.cpu_ticks(), self.upstream.cpu_ticks(), time.monotonic(), machine_ticks()
+                r = self.wrk_run(proc.port, "/small", seconds, conns, headers=("Connection: close",))
+                ticks, wall = proc.cpu_ticks() - t0, time.monotonic() - w0
+                busy[name][2].append(idle_since(m0))
+                busy[name][0].append((self.upstream.cpu_ticks() - u0) * 100 / CLK_TCK / wall)
+                busy[name][1].append(r["client_cpu_s"] * 100 / wall)
+                time.sleep(0.1)  # the last answers in flight reach the upstream's counters
+                a1, q1 = self.upstream_counts()
+                accepted[name][0] += a1 - a0 - 1
+                accepted[name][1] += q1 - q0 - 1
+                if r["errors"] or not r["requests"]:
+                    print(f"  warning: {name} TCP connections: {r['requests']} answered, "
+                          f"{r['errors'] or 'no errors'}", file=sys.stderr)
+                if r["requests"]:
+                    rate[name].append(r["rps"])
+                    cpu[name].append(ticks * 1000 / CLK_TCK * 1000 / r["requests"])
+        shown = lambda got, digits: {n: Spread(v, digits) if v else (targets[n] if isinstance(targets[n], str)
+                                                                      else "n/a") for n, v in got.items()}
+        what = (f"a new connection per GET /small, Connection: close; wrk, one thread, {conns} connections "
+                f"at a time; 1 worker")
+        res = {"per second": shown(rate, 0), "cpu": shown(cpu, 1)}
+        self.results[f"TCP new connections per second through the proxy ({what})"] = res["per second"]
+        self.results[f"CPU time of the target per 1,000 new TCP connections (one GET each; the same runs), ms, "
+                     f"user + system (clock tick {1000 // CLK_TCK} ms)"] = res["cpu"]
+        self.notes.append("TCP connections, check: connections the upstream accepted per request it answered: " +
+                          ", ".join(f"{n} {a / q:.2f}" for n, (a, q) in accepted.items() if q) +
+                          "; CPU % of one CPU, the upstream's / wrk's, and the machine's idle % (medians): " +
+                          ", ".join(f"{n} {statistics.median(u):.0f} / {statistics.median(w):.0f}, "
+                                    f"idle {statistics.median(i):.0f}" for n, (u, w, i) in busy.items() if u))
         return res
 
     def latency(self, targets, rate, seconds, rounds):
@@ -861,6 +1065,50 @@ async def hold_connections(port, n, measure, tls=None, seen=None):
     return held
 
 
+def not_up_reason(e):
+    """The last line a target that did not come up printed (remora: without its config's path)."""
+    lines = [x.strip() for x in e.log.splitlines() if x.strip()]
+    reason = lines[-1] if lines else str(e)
+    return re.sub(r"\S*remora-\d+\.json: ", "", reason)[:200]  # the config's path
+
+
+def tcp_probe(port, payload=TCP_PROBE, timeout=3):
+    """`payload` sent on a new connection to port: the bytes that came back before as many had,
+    the peer closed or `timeout` passed; or, if the connection failed, why (a str)."""
+    got = b""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(payload)
+            while len(got) < len(payload):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+    except socket.timeout:
+        pass
+    except OSError as e:
+        return got or f"{type(e).__name__}: {e}"
+    return got
+
+
+def echo_server():
+    """A TCP echo on a free loopback port, served by threads of this process; only the raw probe
+    goes through it (untimed). Stop it with .shutdown() and .server_close()."""
+    class Echo(socketserver.BaseRequestHandler):
+        def handle(self):
+            try:
+                while data := self.request.recv(65536):
+                    self.request.sendall(data)
+            except OSError:
+                pass
+
+    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Echo)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
 def live(targets):
     """The targets that run (a str in place of one says why it does not)."""
     return {name: proc for name, proc in targets.items() if not isinstance(proc, str)}
@@ -886,6 +1134,19 @@ def haproxy_frontend_stats(sock_path):
         if row.get("svname") == "FRONTEND":
             return row
     return {}
+
+
+def machine_ticks():
+    """(idle, all) clock ticks of the whole machine, all CPUs (/proc/stat)."""
+    with open("/proc/stat") as f:
+        t = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    return t[3] + t[4], sum(t)
+
+
+def idle_since(before):
+    """The machine's idle share, in %, since machine_ticks() read `before`."""
+    now = machine_ticks()
+    return 100 * (now[0] - before[0]) / max(1, now[1] - before[1])
 
 
 def ratio(a, b):
@@ -965,10 +1226,39 @@ def tls_section(b, rounds, secs):
             p.stop()
 
 
+def tcp_section(b, rounds, secs):
+    """TCP relaying, 1 worker each: remora's ingress with a `tcp` listener, HAProxy `mode tcp` and
+    nginx `stream`, each checked first with raw bytes through an echo, then in front of the HTTP
+    upstream (direct: the upstream itself): keep-alive throughput of 1 MiB and 64 KiB GETs, then
+    new connections per second. A target that does not relay TCP is reported as such, not run."""
+    echo = echo_server()
+    started = []
+    try:
+        b.notes.append("TCP: the proxies are in front of the HTTP upstream and relay wrk's requests and "
+                       "the answers as bytes (HAProxy `mode tcp`, nginx `stream` proxy_pass, remora a `tcp` "
+                       "listener on its ingress; each one worker, its own defaults otherwise)")
+        t = b.tcp_targets(echo.server_address[1], 1)
+        started += [p for n, p in live(t).items() if n != "direct"]
+        for name, proc in t.items():
+            if isinstance(proc, str):
+                print(f"{name}: {proc}")
+                if name != "remora":
+                    print(f"  warning: {name} does not relay TCP here: {proc}", file=sys.stderr)
+        print(b.tcp_throughput("1 MiB GET", t, "/big", 1 << 20, rounds, secs))
+        print(b.tcp_throughput("64 KiB GET", t, "/64k", 64 << 10, rounds, secs))
+        print(b.tcp_connections(t, rounds, secs))
+    finally:
+        for p in started:
+            p.stop()
+        echo.shutdown()
+        echo.server_close()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="a short pass that never fails on timing")
     ap.add_argument("--tls-only", action="store_true", help="only the TLS measurements")
+    ap.add_argument("--tcp-only", action="store_true", help="only the TCP relaying measurements")
     ap.add_argument("--hold-tls", nargs=3, metavar=("PORT", "N", "CA"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.hold_tls:
@@ -986,6 +1276,12 @@ def main():
     if args.tls_only:
         try:
             tls_section(b, rounds, secs)
+        finally:
+            b.upstream.stop()
+        return finish(b, args)
+    if args.tcp_only:
+        try:
+            tcp_section(b, rounds, secs)
         finally:
             b.upstream.stop()
         return finish(b, args)
@@ -1017,6 +1313,7 @@ def main():
             p.stop()
         started = [p for p in started if p not in fresh.values()]
         tls_section(b, rounds, secs)
+        tcp_section(b, rounds, secs)
         x_on, _, _ = b.remora(1, xray=0.05)
         x_full, _, _ = b.remora(1, xray=1.0)
         started += [x_on, x_full]
@@ -1066,7 +1363,8 @@ def finish(b, args):
     b.upstream.stop()
     text = report(b, b.rounds)
     os.makedirs(os.path.join(BUILD, "bench"), exist_ok=True)
-    name = ("results-tls" if args.tls_only else "results") + ("-smoke" if args.smoke else "")
+    name = ("results-tls" if args.tls_only else "results-tcp" if args.tcp_only else "results") + \
+        ("-smoke" if args.smoke else "")
     out = os.path.join(BUILD, "bench", name + ".md")
     with open(out, "w") as f:
         f.write(text + "\n")
