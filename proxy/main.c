@@ -9,6 +9,7 @@
 #include "config/config.h"
 #include "base/err.h"
 #include "base/log.h"
+#include "proxy/redirect.h"
 #include "proxy/server.h"
 #include "proxy/settings.h"
 #include "proxy/version.h"
@@ -18,6 +19,7 @@ static const char usage[] =
     "usage: remora [--config FILE] [--node NAME] [--ingress-port N] [--egress-port N]\n"
     "              [--admin ADDR:PORT] [--workers N] [--log-level LEVEL]\n"
     "       remora check --config FILE [--node NAME]\n"
+    "       remora redirect install|remove [--dry-run] [PROPERTY FLAGS]\n"
     "       remora version\n";
 
 static int parse_port(const char *s)
@@ -290,6 +292,8 @@ int main(int argc, char **argv)
         printf("remora %s\n", REMORA_VERSION);
         return 0;
     }
+    if (cmd && strcmp(cmd, "redirect") == 0)
+        return redirect_main(argc - 1, argv + 1);
     if (cmd && strcmp(cmd, "check") != 0) {
         fprintf(stderr, "remora: unknown command \"%s\"\n%s", cmd, usage);
         return 2;
