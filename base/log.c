@@ -35,6 +35,16 @@ void log_set_level(enum log_level level)
     atomic_store_explicit(&current, level, memory_order_relaxed);
 }
 
+enum log_level log_current_level(void)
+{
+    return (enum log_level)atomic_load_explicit(&current, memory_order_relaxed);
+}
+
+const char *log_level_name(enum log_level level)
+{
+    return names[level];
+}
+
 int log_enabled(enum log_level level)
 {
     return level != LOG_OFF && (int)level >= atomic_load_explicit(&current, memory_order_relaxed);

@@ -8,6 +8,8 @@ enum log_level { LOG_TRACE, LOG_DEBUG, LOG_INFO, LOG_WARNING, LOG_ERROR, LOG_CRI
 /* Returns 0, or UV_EINVAL for a name that is not a level. */
 int log_parse_level(const char *name, enum log_level *out);
 void log_set_level(enum log_level level);
+enum log_level log_current_level(void);
+const char *log_level_name(enum log_level level);
 int log_enabled(enum log_level level);
 void log_write(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

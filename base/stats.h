@@ -26,6 +26,32 @@ static inline uint64_t stat_get(stat_t *s)
     return atomic_load_explicit(s, memory_order_relaxed);
 }
 
+/* Envoy's default histogram bounds, 0.5 ms to 1 h, here in half-milliseconds so that they are
+ * integers. A sample counts toward every bound strictly above it, as Envoy counts: 50 ms is not
+ * in le="50". */
+#define HIST_BOUNDS 19
+static const uint32_t hist_bounds[HIST_BOUNDS] = {
+    1,    2,     10,    20,    50,     100,    200,     500,     1000,   2000,
+    5000, 10000, 20000, 60000, 120000, 600000, 1200000, 3600000, 7200000};
+
+typedef struct histogram {
+    stat_t buckets[HIST_BOUNDS]; /* samples below each bound, not cumulative */
+    stat_t count;
+    stat_t sum_us; /* microseconds, for _sum in ms */
+} histogram_t;
+
+static inline void hist_record_us(histogram_t *h, uint64_t us)
+{
+    uint64_t half_ms = us / 500;
+    unsigned i = 0;
+    while (i < HIST_BOUNDS && half_ms >= hist_bounds[i])
+        i++;
+    if (i < HIST_BOUNDS)
+        stat_inc(&h->buckets[i]);
+    stat_inc(&h->count);
+    stat_add(&h->sum_us, us);
+}
+
 /* X(name, is_gauge) */
 #define HTTP_STATS(X)                                                                              \
     X(downstream_cx_total, 0)                                                                      \
@@ -72,6 +98,13 @@ static inline uint64_t stat_get(stat_t *s)
     X(upstream_rq_pending_total, 0)                                                                \
     X(upstream_rq_pending_active, 1)                                                               \
     X(upstream_rq_pending_overflow, 0)                                                             \
+    X(upstream_rq_retry_overflow, 0)                                                               \
+    X(upstream_rq_retry_limit_exceeded, 0)                                                         \
+    X(upstream_cx_rx_bytes_total, 0)                                                               \
+    X(upstream_cx_tx_bytes_total, 0)                                                               \
+    X(upstream_cx_destroy, 0)                                                                      \
+    X(upstream_cx_destroy_local, 0)                                                                \
+    X(upstream_cx_destroy_with_active_rq, 0)                                                       \
     X(lb_healthy_panic, 0)                                                                         \
     X(outlier_detection_ejections_enforced_total, 0)                                               \
     X(health_check_attempt, 0)                                                                     \
@@ -88,14 +121,21 @@ static inline uint64_t stat_get(stat_t *s)
     X(connection_error, 0)
 
 #define STAT_FIELD(name, gauge) stat_t name;
+/* A listener's connections, whatever they carry (HTTP or TCP). */
+typedef struct listener_stats {
+    stat_t downstream_cx_total, downstream_cx_active, downstream_cx_destroy;
+} listener_stats_t;
 typedef struct ssl_stats {
     SSL_STATS(STAT_FIELD)
 } ssl_stats_t;
 typedef struct http_stats {
     HTTP_STATS(STAT_FIELD)
+    histogram_t rq_time; /* the request's first byte to the response's last */
 } http_stats_t;
 typedef struct cluster_stats {
     CLUSTER_STATS(STAT_FIELD)
+    histogram_t rq_time;       /* the end of the request to the end of the response */
+    histogram_t cx_connect_ms; /* connect (and TLS handshake) times */
 } cluster_stats_t;
 #undef STAT_FIELD
 

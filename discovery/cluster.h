@@ -63,6 +63,7 @@ typedef struct cluster {
      * that a reload that sets one finds the true count. */
     _Atomic unsigned active_requests, pending_requests;
     cluster_stats_t stats;
+    stat_t rq_code[500];    /* final responses by status, 100..599 (Envoy's per-code stats) */
     ssl_stats_t ssl;        /* connections made over TLS */
     tls_ctx_t *health_tls;  /* main thread: the TLS its requests use, so health checks do too */
     stat_t dns_answers[16]; /* by enum dns_result (discovery/dns.h) */

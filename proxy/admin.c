@@ -1,6 +1,7 @@
 #include "proxy/admin.h"
 
 #include <inttypes.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +10,7 @@
 #include "discovery/dns.h"
 #include "base/log.h"
 #include "proxy/h1_parse.h"
+#include "proxy/metrics.h"
 #include "proxy/version.h"
 
 #define ADMIN_MAX_REQUEST 8192
@@ -58,6 +60,14 @@ static void tprintf(text_t *t, const char *fmt, ...)
 
 /* ---- handlers ---- */
 
+/* What a handler is given: the query string (after '?', "" when none); what it sets: the
+ * content type when it is not the route's. */
+typedef struct request {
+    server_t *s;
+    const char *query;
+    const char *ctype;
+} request_t;
+
 static uint64_t now_ms(void)
 {
     return uv_hrtime() / 1000000;
@@ -68,285 +78,235 @@ static uint64_t uptime_s(server_t *s)
     return uv_hrtime() / 1000000000u - s->started_ms / 1000;
 }
 
-static int is_ready(server_t *s)
+static int hex(int c)
 {
-    return server_state(s) == SERVER_LIVE && !atomic_load(&s->healthcheck_failed);
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
 }
 
-static int h_ready(server_t *s, text_t *body)
+/* The value of `key` in a query string, percent-decoded into out; 1 when present (a bare
+ * `key` has the value ""), 0 when absent. */
+static int param(const char *query, const char *key, char *out, size_t cap)
 {
+    size_t klen = strlen(key);
+    for (const char *p = query; p && *p;) {
+        const char *end = strchr(p, '&');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        if (n >= klen && !strncmp(p, key, klen) && (n == klen || p[klen] == '=')) {
+            size_t o = 0;
+            for (size_t i = klen + 1; i < n && o + 1 < cap; i++) {
+                if (p[i] == '%' && i + 2 < n && hex(p[i + 1]) >= 0 && hex(p[i + 2]) >= 0) {
+                    out[o++] = (char)(hex(p[i + 1]) * 16 + hex(p[i + 2]));
+                    i += 2;
+                } else {
+                    out[o++] = p[i] == '+' ? ' ' : p[i];
+                }
+            }
+            if (cap)
+                out[o < cap ? o : cap - 1] = '\0';
+            return 1;
+        }
+        p = end ? end + 1 : NULL;
+    }
+    if (cap)
+        out[0] = '\0';
+    return 0;
+}
+
+static int drained(server_t *s)
+{
+    return atomic_load(&s->healthcheck_failed) || atomic_load(&s->listeners_drained);
+}
+
+static int h_ready(request_t *rq, text_t *body)
+{
+    server_t *s = rq->s;
     enum server_state st = server_state(s);
-    if (st == SERVER_LIVE && atomic_load(&s->healthcheck_failed)) {
-        tprintf(body, "HEALTH_CHECK_FAILED\n");
+    if (st == SERVER_LIVE && drained(s)) {
+        tprintf(body, "DRAINING\n");
         return 503;
     }
     tprintf(body, "%s\n", server_state_name(st));
-    return is_ready(s) ? 200 : 503;
+    return st == SERVER_LIVE ? 200 : 503;
 }
 
-static int h_server_info(server_t *s, text_t *body)
+static int h_server_info(request_t *rq, text_t *body)
 {
+    server_t *s = rq->s;
     uint64_t up = uptime_s(s);
+    enum server_state st = server_state(s);
+    /* The stock ECS health check greps for LIVE: after /healthcheck/fail or /drain_listeners
+     * it must fail, as it does with Envoy. */
+    const char *state = st == SERVER_LIVE && drained(s) ? "DRAINING" : server_state_name(st);
     tprintf(
         body,
         "{\n \"version\": \"%s\",\n \"state\": \"%s\",\n \"hot_restart_version\": \"disabled\",\n"
         " \"uptime_current_epoch\": \"%" PRIu64 "s\",\n \"uptime_all_epochs\": \"%" PRIu64
         "s\",\n \"health_check_failed\": %s,\n \"node\": {\"id\": \"%s\", \"cluster\": \"%s\"},\n"
-        " \"command_line_options\": {\"concurrency\": %u, \"log_level\": \"%d\"}\n}\n",
-        REMORA_VERSION, server_state_name(server_state(s)), up, up,
-        atomic_load(&s->healthcheck_failed) ? "true" : "false", s->set.node,
-        route_table_config(s->routes)->mesh_name, s->nworkers, (int)s->set.log_level);
+        " \"command_line_options\": {\"concurrency\": %u, \"log_level\": \"%s\"}\n}\n",
+        REMORA_VERSION, state, up, up, atomic_load(&s->healthcheck_failed) ? "true" : "false",
+        s->set.node, route_table_config(s->routes)->mesh_name, s->nworkers,
+        log_level_name(log_current_level()));
     return 200;
 }
 
-static void stats_http(text_t *t, const char *prefix, http_stats_t *st)
+/* /stats, with Envoy's parameters: filter=REGEX, usedonly, format=json|prometheus. */
+static int h_stats(request_t *rq, text_t *body)
 {
-#define LINE(stat, gauge)                                                                          \
-    tprintf(t, "http.%s.%s: %" PRIu64 "\n", prefix, #stat, stat_get(&st->stat));
-    HTTP_STATS(LINE)
-#undef LINE
-}
-
-static void stats_ssl(text_t *t, const char *scope, const char *name, ssl_stats_t *st)
-{
-#define LINE(stat, gauge)                                                                          \
-    tprintf(t, "%s.%s.ssl.%s: %" PRIu64 "\n", scope, name, #stat, stat_get(&st->stat));
-    SSL_STATS(LINE)
-#undef LINE
-}
-
-/* Envoy names a listener by its address: 0.0.0.0_15000. */
-static void listener_name(server_t *s, char *out, size_t n)
-{
-    snprintf(out, n, "0.0.0.0_%u", s->set.ingress_port);
-}
-
-static void stats_cluster(text_t *t, cluster_t *c)
-{
-    cluster_stats_t *st = &c->stats;
-#define LINE(stat, gauge)                                                                          \
-    tprintf(t, "cluster.%s.%s: %" PRIu64 "\n", c->name, #stat, stat_get(&st->stat));
-    CLUSTER_STATS(LINE)
-#undef LINE
-    stats_ssl(t, "cluster", c->name, &c->ssl);
-    tprintf(t, "cluster.%s.membership_total: %u\n", c->name, cluster_size(c));
-    tprintf(t, "cluster.%s.membership_healthy: %u\n", c->name, cluster_healthy(c, now_ms()));
-    for (int r = 0; r < DNS_CANCELLED; r++)
-        tprintf(t, "remora.dns.%s.%s: %" PRIu64 "\n", c->name, dns_result_name((enum dns_result)r),
-                stat_get(&c->dns_answers[r]));
-}
-
-static void stats_targets(text_t *t, registry_t *reg)
-{
-    for (target_stats_entry_t *e = reg->targets; e; e = e->next) {
-#define LINE(stat, gauge)                                                                          \
-    tprintf(t, "remora.route.%s.%s.%s.%s: %" PRIu64 "\n", e->router, e->route, e->target, #stat,   \
-            stat_get(&e->stats.stat));
-        TARGET_STATS(LINE)
-#undef LINE
+    char filter[256], format[32], tmp[4];
+    param(rq->query, "format", format, sizeof format);
+    metrics_query_t q = {.filter =
+                             param(rq->query, "filter", filter, sizeof filter) ? filter : NULL,
+                         .used_only = param(rq->query, "usedonly", tmp, sizeof tmp)};
+    char *out = NULL;
+    int rc;
+    if (!strcmp(format, "json")) {
+        rq->ctype = "application/json";
+        rc = metrics_json(rq->s, &q, &out);
+    } else if (!strcmp(format, "prometheus")) {
+        rq->ctype = "text/plain; version=0.0.4";
+        rc = metrics_prometheus(rq->s, &q, &out);
+    } else if (!format[0] || !strcmp(format, "text")) {
+        rc = metrics_text(rq->s, &q, &out);
+    } else {
+        tprintf(body, "unknown format %s: text, json or prometheus\n", format);
+        return 400;
     }
+    if (out)
+        tprintf(body, "%s", out);
+    free(out);
+    return rc ? rc : 200;
 }
 
-static int h_stats(server_t *s, text_t *body)
+static int h_prometheus(request_t *rq, text_t *body)
 {
-    for (cluster_t *c = s->reg.clusters; c; c = c->next)
-        stats_cluster(body, c);
-    stats_http(body, "egress", &s->egress_stats);
-    stats_http(body, "ingress", &s->ingress_stats);
-    char listener[64];
-    listener_name(s, listener, sizeof listener);
-    stats_ssl(body, "listener", listener, &s->ingress_ssl);
-    stats_targets(body, &s->reg);
-    tprintf(body, "remora.config.reload_ok: %" PRIu64 "\n", stat_get(&s->reg.reloads_ok));
-    tprintf(body, "remora.config.reload_failed: %" PRIu64 "\n", stat_get(&s->reg.reloads_failed));
-    tprintf(body, "remora.tls.reload_ok: %" PRIu64 "\n", stat_get(&s->tls_reloads_ok));
-    tprintf(body, "remora.tls.reload_failed: %" PRIu64 "\n", stat_get(&s->tls_reloads_failed));
-    if (s->xray) {
-        xray_stats_t *x = xray_stats(s->xray);
-        tprintf(body,
-                "remora.xray.sent: %" PRIu64 "\nremora.xray.send_failed: %" PRIu64
-                "\nremora.xray.sampled: %" PRIu64 "\nremora.xray.unsampled: %" PRIu64
-                "\nremora.xray.split: %" PRIu64 "\n",
-                stat_get(&x->sent), stat_get(&x->send_failed), stat_get(&x->sampled),
-                stat_get(&x->unsampled), stat_get(&x->split));
-    }
-    tprintf(body, "server.concurrency: %u\n", s->nworkers);
-    tprintf(body, "server.live: %d\n", server_state(s) == SERVER_LIVE);
-    tprintf(body, "server.uptime: %" PRIu64 "\n", uptime_s(s));
-    return 200;
+    char filter[256], tmp[4];
+    metrics_query_t q = {.filter =
+                             param(rq->query, "filter", filter, sizeof filter) ? filter : NULL,
+                         .used_only = param(rq->query, "usedonly", tmp, sizeof tmp)};
+    char *out = NULL;
+    int rc = metrics_prometheus(rq->s, &q, &out);
+    if (out)
+        tprintf(body, "%s", out);
+    free(out);
+    return rc ? rc : 200;
 }
 
-/* Envoy's Prometheus names: envoy_<scope>_<stat>, with the scope's name as a label; the
- * per-class counters ..._2xx fold into one family ..._xx labelled by class. Returns the class
- * digit, or 0 for a stat that is not per-class. */
-static char family_of(const char *stat, char *family, size_t cap)
+static const char *health_flags(const endpoint_t *e, uint64_t now)
 {
-    size_t n = strlen(stat);
-    snprintf(family, cap, "%s", stat);
-    if (n < 5 || n >= cap || stat[n - 4] != '_' || stat[n - 3] < '1' || stat[n - 3] > '5' ||
-        strcmp(stat + n - 2, "xx") != 0)
-        return 0;
-    memcpy(family + n - 3, "xx", 3);
-    return stat[n - 3];
+    return atomic_load(&e->state->unhealthy)                ? "/failed_active_hc"
+           : atomic_load(&e->state->ejected_until_ms) > now ? "/failed_outlier_check"
+                                                            : "healthy";
 }
 
-static void prom_series(text_t *t, const char *scope, const char *stat, int gauge,
-                        const char *label, const char *value, uint64_t v, int *typed)
-{
-    char family[96];
-    char cls = family_of(stat, family, sizeof family);
-    if (!*typed)
-        tprintf(t, "# TYPE envoy_%s_%s %s\n", scope, family, gauge ? "gauge" : "counter");
-    *typed = 1;
-    if (cls)
-        tprintf(t, "envoy_%s_%s{envoy_response_code_class=\"%c\",%s=\"%s\"} %" PRIu64 "\n", scope,
-                family, cls, label, value, v);
-    else
-        tprintf(t, "envoy_%s_%s{%s=\"%s\"} %" PRIu64 "\n", scope, family, label, value, v);
-}
-
-/* remora_route_target_*: what Envoy has no name for. Picks, responses by class and retries per
- * weighted target, so a canary's error rate reads per version and per route. */
-static void prom_targets(text_t *t, registry_t *reg)
-{
-    static const char *const classes = "12345";
-    tprintf(t, "# TYPE remora_route_target_picks_total counter\n");
-    for (target_stats_entry_t *e = reg->targets; e; e = e->next)
-        tprintf(t,
-                "remora_route_target_picks_total{router=\"%s\",route=\"%s\",target=\"%s\"} "
-                "%" PRIu64 "\n",
-                e->router, e->route, e->target, stat_get(&e->stats.picks));
-    tprintf(t, "# TYPE remora_route_target_rq_xx counter\n");
-    for (target_stats_entry_t *e = reg->targets; e; e = e->next)
-        for (int c = 0; c < 5; c++)
-            tprintf(t,
-                    "remora_route_target_rq_xx{response_code_class=\"%c\",router=\"%s\","
-                    "route=\"%s\",target=\"%s\"} %" PRIu64 "\n",
-                    classes[c], e->router, e->route, e->target, stat_get(&e->stats.rq_1xx + c));
-    tprintf(t, "# TYPE remora_route_target_retries_total counter\n");
-    for (target_stats_entry_t *e = reg->targets; e; e = e->next)
-        tprintf(t,
-                "remora_route_target_retries_total{router=\"%s\",route=\"%s\",target=\"%s\"} "
-                "%" PRIu64 "\n",
-                e->router, e->route, e->target, stat_get(&e->stats.retries));
-}
-
-/* Every cluster's endpoints, in Envoy's /clusters text shape:
- * CLUSTER::ADDRESS::FIELD::VALUE. */
-static int h_clusters(server_t *s, text_t *body)
+static void clusters_text(server_t *s, text_t *body)
 {
     uint64_t now = now_ms();
     for (cluster_t *c = s->reg.clusters; c; c = c->next) {
+        tprintf(body, "%s::observability_name::%s\n", c->name, c->name);
         tprintf(body, "%s::membership_total::%u\n", c->name, cluster_size(c));
         tprintf(body, "%s::membership_healthy::%u\n", c->name, cluster_healthy(c, now));
         const endpoint_set_t *set = atomic_load(&c->set);
         for (unsigned i = 0; set && i < set->n; i++) {
             const endpoint_t *e = &set->eps[i];
             endpoint_state_t *st = e->state;
-            uint64_t until = atomic_load(&st->ejected_until_ms);
-            const char *health = atomic_load(&st->unhealthy) ? "/failed_active_hc"
-                                 : until > now               ? "/failed_outlier_check"
-                                                             : "healthy";
-            tprintf(body, "%s::%s::health_flags::%s\n", c->name, e->name, health);
-            tprintf(body, "%s::%s::priority::%u\n%s::%s::weight::%u\n", c->name, e->name,
-                    e->priority, c->name, e->name, e->weight);
-            tprintf(body, "%s::%s::rq_active::%u\n%s::%s::rq_total::%" PRIu64 "\n", c->name,
-                    e->name, atomic_load(&st->active_requests), c->name, e->name,
-                    atomic_load(&st->requests));
-            tprintf(body, "%s::%s::rq_error::%" PRIu64 "\n%s::%s::times_ejected::%u\n", c->name,
-                    e->name, atomic_load(&st->errors), c->name, e->name,
-                    atomic_load(&st->times_ejected));
+            const char *cn = c->name, *en = e->name;
+            tprintf(body, "%s::%s::rq_active::%u\n", cn, en, atomic_load(&st->active_requests));
+            tprintf(body, "%s::%s::rq_error::%" PRIu64 "\n", cn, en, atomic_load(&st->errors));
+            tprintf(body, "%s::%s::rq_total::%" PRIu64 "\n", cn, en, atomic_load(&st->requests));
+            tprintf(body, "%s::%s::health_flags::%s\n", cn, en, health_flags(e, now));
+            tprintf(body, "%s::%s::weight::%u\n%s::%s::priority::%u\n", cn, en, e->weight, cn, en,
+                    e->priority);
+            tprintf(body, "%s::%s::times_ejected::%u\n", cn, en, atomic_load(&st->times_ejected));
         }
     }
-    return 200;
 }
 
-static int h_config_dump(server_t *s, text_t *body)
+static void clusters_json(server_t *s, text_t *body)
 {
-    const config_t *c = route_table_config(s->routes);
-    tprintf(body, "{\"source\": \"%s\", \"node\": \"%s\", \"config\": %s}\n", c->source,
-            s->set.node, c->raw);
-    return 200;
-}
-
-static int h_prometheus(server_t *s, text_t *body)
-{
-    static const char *const prefixes[] = {"ingress", "egress"};
-    http_stats_t *hs[] = {&s->ingress_stats, &s->egress_stats};
-    int typed;
-#define HTTP_LINE(name, gauge)                                                                     \
-    typed = !strstr(#name, "_1xx") && strstr(#name, "xx") ? 1 : 0;                                 \
-    for (int i = 0; i < 2; i++)                                                                    \
-        prom_series(body, "http", #name, gauge, "envoy_http_conn_manager_prefix", prefixes[i],     \
-                    stat_get(&hs[i]->name), &typed);
-    HTTP_STATS(HTTP_LINE)
-#undef HTTP_LINE
-#define CLUSTER_LINE(stat, gauge)                                                                  \
-    typed = !strstr(#stat, "_1xx") && strstr(#stat, "xx") ? 1 : 0;                                 \
-    for (cluster_t *c = s->reg.clusters; c; c = c->next)                                           \
-        prom_series(body, "cluster", #stat, gauge, "envoy_cluster_name", c->name,                  \
-                    stat_get(&c->stats.stat), &typed);
-    CLUSTER_STATS(CLUSTER_LINE)
-#undef CLUSTER_LINE
-    char listener[64];
-    listener_name(s, listener, sizeof listener);
-#define SSL_LINE(stat, gauge)                                                                      \
-    typed = 0;                                                                                     \
-    prom_series(body, "listener", "ssl_" #stat, gauge, "envoy_listener_address", listener,         \
-                stat_get(&s->ingress_ssl.stat), &typed);                                           \
-    typed = 0;                                                                                     \
-    for (cluster_t *c = s->reg.clusters; c; c = c->next)                                           \
-        prom_series(body, "cluster", "ssl_" #stat, gauge, "envoy_cluster_name", c->name,           \
-                    stat_get(&c->ssl.stat), &typed);
-    SSL_STATS(SSL_LINE)
-#undef SSL_LINE
-    tprintf(body, "# TYPE envoy_cluster_membership_total gauge\n");
-    for (cluster_t *c = s->reg.clusters; c; c = c->next)
-        tprintf(body, "envoy_cluster_membership_total{envoy_cluster_name=\"%s\"} %u\n", c->name,
-                cluster_size(c));
-    tprintf(body, "# TYPE envoy_cluster_membership_healthy gauge\n");
-    for (cluster_t *c = s->reg.clusters; c; c = c->next)
-        tprintf(body, "envoy_cluster_membership_healthy{envoy_cluster_name=\"%s\"} %u\n", c->name,
-                cluster_healthy(c, now_ms()));
-    tprintf(body, "# TYPE remora_dns_answers_total counter\n");
-    for (cluster_t *c = s->reg.clusters; c; c = c->next)
-        for (int r = 0; r < DNS_CANCELLED; r++)
+    uint64_t now = now_ms();
+    tprintf(body, "{\"cluster_statuses\":[");
+    for (cluster_t *c = s->reg.clusters; c; c = c->next) {
+        tprintf(body, "%s{\"name\":\"%s\",\"observability_name\":\"%s\",\"host_statuses\":[",
+                c == s->reg.clusters ? "" : ",", c->name, c->name);
+        const endpoint_set_t *set = atomic_load(&c->set);
+        for (unsigned i = 0; set && i < set->n; i++) {
+            const endpoint_t *e = &set->eps[i];
+            endpoint_state_t *st = e->state;
+            char host[64];
+            snprintf(host, sizeof host, "%s", e->name);
+            char *colon = strrchr(host, ':');
+            if (colon)
+                *colon = '\0';
+            const char *flags = health_flags(e, now);
             tprintf(body,
-                    "remora_dns_answers_total{envoy_cluster_name=\"%s\",result=\"%s\"} %" PRIu64
-                    "\n",
-                    c->name, dns_result_name((enum dns_result)r), stat_get(&c->dns_answers[r]));
-    prom_targets(body, &s->reg);
-    tprintf(body,
-            "# TYPE remora_config_reloads_total counter\n"
-            "remora_config_reloads_total{result=\"success\"} %" PRIu64 "\n"
-            "remora_config_reloads_total{result=\"failure\"} %" PRIu64 "\n"
-            "# TYPE remora_tls_reloads_total counter\n"
-            "remora_tls_reloads_total{result=\"success\"} %" PRIu64 "\n"
-            "remora_tls_reloads_total{result=\"failure\"} %" PRIu64 "\n",
-            stat_get(&s->reg.reloads_ok), stat_get(&s->reg.reloads_failed),
-            stat_get(&s->tls_reloads_ok), stat_get(&s->tls_reloads_failed));
-    if (s->xray) {
-        xray_stats_t *x = xray_stats(s->xray);
-        tprintf(body,
-                "# TYPE remora_xray_documents_total counter\n"
-                "remora_xray_documents_total{result=\"sent\"} %" PRIu64 "\n"
-                "remora_xray_documents_total{result=\"failed\"} %" PRIu64 "\n"
-                "# TYPE remora_xray_requests_total counter\n"
-                "remora_xray_requests_total{sampled=\"true\"} %" PRIu64 "\n"
-                "remora_xray_requests_total{sampled=\"false\"} %" PRIu64 "\n",
-                stat_get(&x->sent), stat_get(&x->send_failed), stat_get(&x->sampled),
-                stat_get(&x->unsampled));
+                    "%s{\"address\":{\"socket_address\":{\"address\":\"%s\",\"port_value\":%u}},"
+                    "\"stats\":[{\"name\":\"rq_total\",\"value\":\"%" PRIu64 "\",\"type\":"
+                    "\"COUNTER\"},{\"name\":\"rq_error\",\"value\":\"%" PRIu64 "\",\"type\":"
+                    "\"COUNTER\"},{\"name\":\"rq_active\",\"value\":\"%u\",\"type\":\"GAUGE\"}],"
+                    "\"health_status\":{%s\"eds_health_status\":\"HEALTHY\"},\"weight\":%u,"
+                    "\"priority\":%u}",
+                    i ? "," : "", host, endpoint_port(e), atomic_load(&st->requests),
+                    atomic_load(&st->errors), atomic_load(&st->active_requests),
+                    !strcmp(flags, "/failed_active_hc") ? "\"failed_active_health_check\":true,"
+                    : !strcmp(flags, "/failed_outlier_check") ? "\"failed_outlier_check\":true,"
+                                                              : "",
+                    e->weight, e->priority);
+        }
+        tprintf(body, "]}");
     }
-    tprintf(body, "# TYPE envoy_server_live gauge\nenvoy_server_live %d\n",
-            server_state(s) == SERVER_LIVE);
-    tprintf(body, "# TYPE envoy_server_uptime gauge\nenvoy_server_uptime %" PRIu64 "\n",
-            uptime_s(s));
+    tprintf(body, "]}\n");
+}
+
+static int h_clusters(request_t *rq, text_t *body)
+{
+    char format[16];
+    param(rq->query, "format", format, sizeof format);
+    if (!strcmp(format, "json")) {
+        rq->ctype = "application/json";
+        clusters_json(rq->s, body);
+    } else {
+        clusters_text(rq->s, body);
+    }
     return 200;
 }
 
-static int h_certs(server_t *s, text_t *body)
+static int h_listeners(request_t *rq, text_t *body)
 {
-    char *json = tls_certs_json(&s->reg.tls);
+    server_t *s = rq->s;
+    char format[16];
+    param(rq->query, "format", format, sizeof format);
+    unsigned ports[2] = {s->set.ingress_port, s->set.egress_port};
+    const char *names[2] = {"ingress", "egress"};
+    if (strcmp(format, "json") != 0) {
+        for (int i = 0; i < 2; i++)
+            tprintf(body, "lds_%s_0.0.0.0_%u::0.0.0.0:%u\n", names[i], ports[i], ports[i]);
+        return 200;
+    }
+    rq->ctype = "application/json";
+    tprintf(body, "{\"listener_statuses\":[");
+    for (int i = 0; i < 2; i++)
+        tprintf(body,
+                "%s{\"name\":\"lds_%s_0.0.0.0_%u\",\"local_address\":{\"socket_address\":"
+                "{\"address\":\"0.0.0.0\",\"port_value\":%u}}}",
+                i ? "," : "", names[i], ports[i], ports[i]);
+    tprintf(body, "]}\n");
+    return 200;
+}
+
+static int h_config_dump(request_t *rq, text_t *body)
+{
+    const config_t *c = route_table_config(rq->s->routes);
+    tprintf(body, "{\"source\": \"%s\", \"node\": \"%s\", \"config\": %s}\n", c->source,
+            rq->s->set.node, c->raw);
+    return 200;
+}
+
+static int h_certs(request_t *rq, text_t *body)
+{
+    char *json = tls_certs_json(&rq->s->reg.tls);
     if (!json)
         return 503;
     tprintf(body, "%s", json);
@@ -354,46 +314,123 @@ static int h_certs(server_t *s, text_t *body)
     return 200;
 }
 
-static int h_quit(server_t *s, text_t *body)
+static int h_memory(request_t *rq, text_t *body)
 {
-    tprintf(body, "OK\n");
-    server_drain(s);
+    (void)rq;
+    struct mallinfo2 mi = mallinfo2();
+    tprintf(
+        body,
+        "{\n \"allocated\": \"%zu\",\n \"heap_size\": \"%zu\",\n \"pageheap_unmapped\": \"0\",\n"
+        " \"pageheap_free\": \"%zu\",\n \"total_thread_cache\": \"0\",\n"
+        " \"total_physical_bytes\": \"%zu\"\n}\n",
+        mi.uordblks + mi.hblkhd, mi.arena + mi.hblkhd, mi.fordblks, mi.arena + mi.hblkhd);
     return 200;
 }
 
-static int h_hc_fail(server_t *s, text_t *body)
+static int h_runtime(request_t *rq, text_t *body)
 {
-    atomic_store(&s->healthcheck_failed, 1);
+    (void)rq;
+    tprintf(body, "{\n \"layers\": [],\n \"entries\": {}\n}\n");
+    return 200;
+}
+
+/* POST /logging: no parameter lists the loggers; level=L sets them all (Envoy's names). */
+static int h_logging(request_t *rq, text_t *body)
+{
+    char level[32];
+    if (param(rq->query, "level", level, sizeof level)) {
+        enum log_level l;
+        if (log_parse_level(level, &l) != 0) {
+            tprintf(body, "invalid level %s: trace, debug, info, warning, error, critical, off\n",
+                    level);
+            return 400;
+        }
+        log_set_level(l);
+    } else if (rq->query[0]) {
+        tprintf(body, "usage: /logging?level=trace|debug|info|warning|error|critical|off\n");
+        return 400;
+    }
+    tprintf(body, "active loggers:\n  remora: %s\n", log_level_name(log_current_level()));
+    return 200;
+}
+
+static int h_reset_counters(request_t *rq, text_t *body)
+{
+    metrics_reset_counters(rq->s);
     tprintf(body, "OK\n");
     return 200;
 }
 
-static int h_hc_ok(server_t *s, text_t *body)
+static int h_drain_listeners(request_t *rq, text_t *body)
 {
-    atomic_store(&s->healthcheck_failed, 0);
+    server_drain_listeners(rq->s);
     tprintf(body, "OK\n");
     return 200;
 }
+
+static int h_quit(request_t *rq, text_t *body)
+{
+    tprintf(body, "OK\n");
+    server_drain(rq->s);
+    return 200;
+}
+
+static int h_hc_fail(request_t *rq, text_t *body)
+{
+    atomic_store(&rq->s->healthcheck_failed, 1);
+    tprintf(body, "OK\n");
+    return 200;
+}
+
+static int h_hc_ok(request_t *rq, text_t *body)
+{
+    atomic_store(&rq->s->healthcheck_failed, 0);
+    tprintf(body, "OK\n");
+    return 200;
+}
+
+static int h_help(request_t *rq, text_t *body);
 
 typedef struct route_entry {
     const char *path;
     int post; /* changes state: POST only, as in Envoy */
-    int (*handler)(server_t *s, text_t *body);
+    int (*handler)(request_t *rq, text_t *body);
     const char *content_type;
+    const char *help;
 } route_entry_t;
 
 static const route_entry_t routes[] = {
-    {"/ready", 0, h_ready, "text/plain"},
-    {"/server_info", 0, h_server_info, "application/json"},
-    {"/stats", 0, h_stats, "text/plain"},
-    {"/stats/prometheus", 0, h_prometheus, "text/plain; version=0.0.4"},
-    {"/config_dump", 0, h_config_dump, "application/json"},
-    {"/clusters", 0, h_clusters, "text/plain"},
-    {"/certs", 0, h_certs, "application/json"},
-    {"/quitquitquit", 1, h_quit, "text/plain"},
-    {"/healthcheck/fail", 1, h_hc_fail, "text/plain"},
-    {"/healthcheck/ok", 1, h_hc_ok, "text/plain"},
+    {"/ready", 0, h_ready, "text/plain", "LIVE when serving, else the state and 503"},
+    {"/server_info", 0, h_server_info, "application/json", "version, state, uptime"},
+    {"/stats", 0, h_stats, "text/plain",
+     "statistics; filter=REGEX, usedonly, format=json|prometheus"},
+    {"/stats/prometheus", 0, h_prometheus, "text/plain; version=0.0.4",
+     "statistics in Prometheus text format; filter=REGEX, usedonly"},
+    {"/clusters", 0, h_clusters, "text/plain", "upstream clusters and endpoints; format=json"},
+    {"/listeners", 0, h_listeners, "text/plain", "listeners; format=json"},
+    {"/config_dump", 0, h_config_dump, "application/json", "the config in force"},
+    {"/certs", 0, h_certs, "application/json", "loaded certificates"},
+    {"/memory", 0, h_memory, "application/json", "heap statistics"},
+    {"/runtime", 0, h_runtime, "application/json", "runtime values (none)"},
+    {"/help", 0, h_help, "text/plain", "this list"},
+    {"/logging", 1, h_logging, "text/plain", "log level; level=trace..off"},
+    {"/reset_counters", 1, h_reset_counters, "text/plain", "zero every counter"},
+    {"/drain_listeners", 1, h_drain_listeners, "text/plain",
+     "stop accepting; /server_info says DRAINING"},
+    {"/healthcheck/fail", 1, h_hc_fail, "text/plain", "fail health checks (DRAINING)"},
+    {"/healthcheck/ok", 1, h_hc_ok, "text/plain", "pass health checks again"},
+    {"/quitquitquit", 1, h_quit, "text/plain", "drain, then exit"},
 };
+
+static int h_help(request_t *rq, text_t *body)
+{
+    (void)rq;
+    tprintf(body, "admin commands are:\n");
+    for (size_t i = 0; i < sizeof routes / sizeof *routes; i++)
+        tprintf(body, "  %s%s: %s\n", routes[i].path, routes[i].post ? " (POST)" : "",
+                routes[i].help);
+    return 200;
+}
 
 /* ---- connection plumbing ---- */
 
@@ -461,6 +498,7 @@ static void dispatch(admin_conn_t *c)
     text_t body = {0};
     int method = c->head.method;
     size_t plen = strcspn(c->url, "?");
+    const char *query = c->url[plen] ? c->url + plen + 1 : "";
     c->url[plen] = '\0';
     int status = 404;
     const char *ctype = "text/plain";
@@ -471,8 +509,9 @@ static void dispatch(admin_conn_t *c)
             status = 405;
             tprintf(&body, "%s requires a POST\n", routes[i].path);
         } else {
-            status = routes[i].handler(c->srv, &body);
-            ctype = routes[i].content_type;
+            request_t rq = {.s = c->srv, .query = query, .ctype = routes[i].content_type};
+            status = routes[i].handler(&rq, &body);
+            ctype = rq.ctype;
         }
         break;
     }

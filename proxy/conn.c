@@ -137,6 +137,8 @@ void conn_on_read(conn_t *c, ssize_t nread, buf_t *b)
         return;
     }
     b->len = (uint32_t)nread;
+    if (c->rx_bytes)
+        stat_add(c->rx_bytes, (uint64_t)nread);
     c->ev->on_read(c->owner, b);
     buf_unref(b);
 }
@@ -324,6 +326,12 @@ static void tell_later(conn_t *c)
 
 static void submit(conn_t *c, wreq_t *r)
 {
+    if (c->tx_bytes) {
+        size_t n = 0;
+        for (unsigned i = 0; i < r->n; i++)
+            n += r->iov[i].len;
+        stat_add(c->tx_bytes, n);
+    }
     int rc = c->tp->write(c, r);
     if (rc < 0) {
         release(c->loop, r);
@@ -406,6 +414,10 @@ static void on_closed(uv_handle_t *h)
     if (c->ev && c->ev->on_closed)
         c->ev->on_closed(c->owner);
     loop_cancel(c->loop, &c->told);
+    if (c->accepted_by) {
+        stat_dec(&c->accepted_by->downstream_cx_active);
+        stat_inc(&c->accepted_by->downstream_cx_destroy);
+    }
     if (c->tp->free)
         c->tp->free(c);
     free(c);

@@ -19,6 +19,7 @@
 #include <uv.h>
 
 #include "base/buf.h"
+#include "base/stats.h"
 #include "proxy/loop.h"
 #include "proxy/transport.h"
 
@@ -63,7 +64,9 @@ struct conn {
     uv_tcp_t tcp; /* tcp.data points back at the conn */
     loop_t *loop;
     const transport_t *tp;
-    struct tls_conn *tls; /* the TLS transport's state, NULL on plain TCP */
+    struct tls_conn *tls;          /* the TLS transport's state, NULL on plain TCP */
+    listener_stats_t *accepted_by; /* a listener's connection: counted out when it closes */
+    stat_t *rx_bytes, *tx_bytes;   /* where bytes read and written are counted, or NULL */
     const conn_events_t *ev;
     void *owner;
     wreq_t *out;                    /* the write being gathered, NULL when nothing is queued */

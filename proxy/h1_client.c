@@ -22,6 +22,7 @@ struct h1_client {
     const stream_events_t *ev; /* the stream's exchange while busy */
     void *ctx;
     h1_client_t *idle_next; /* the pool's idle list */
+    uint64_t connect_ns;    /* when connecting began (upstream_cx_connect_ms) */
     buf_t *tail;            /* while on_head runs: the read it came in, and what follows the head */
     const char *tail_p;
     size_t tail_n;
@@ -67,6 +68,9 @@ static void on_conn_closed(void *owner)
 {
     h1_client_t *h = owner;
     h->c = NULL;
+    stat_inc(&h->stats->upstream_cx_destroy);
+    if (h->busy && !h->resp_done)
+        stat_inc(&h->stats->upstream_cx_destroy_with_active_rq);
     if (h->busy && !h->failed) { /* closed under the stream (say, no memory to write) */
         h->failed = 1;
         h->ev->on_error(h->ctx, UV_ECONNABORTED);
@@ -77,6 +81,8 @@ static void on_conn_closed(void *owner)
 
 void h1_client_close(h1_client_t *h)
 {
+    if (!h->gone && h->c && !h->c->closing)
+        stat_inc(&h->stats->upstream_cx_destroy_local);
     gone(h);
     tq_del(&h->timeout);
     if (h->c)
@@ -254,6 +260,7 @@ static void on_connect(void *owner, int status)
         return;
     }
     h->s.connected = 1;
+    hist_record_us(&h->stats->cx_connect_ms, (uv_hrtime() - h->connect_ns) / 1000);
 }
 
 /* A failed write is not acted on here: the read side sees the close right after, and a
@@ -395,6 +402,9 @@ h1_client_t *h1_client_connect(conn_t *c, const struct sockaddr *addr, cluster_s
         return NULL;
     }
     h->tmo = tmo;
+    h->connect_ns = uv_hrtime();
+    c->rx_bytes = &stats->upstream_cx_rx_bytes_total;
+    c->tx_bytes = &stats->upstream_cx_tx_bytes_total;
     conn_connect(c, addr);
     tq_add(&tmo->connect_q, &h->timeout);
     return h;

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "proxy/admin.h"
+#include "proxy/statsd.h"
 #include "base/err.h"
 #include "base/log.h"
 
@@ -257,6 +258,14 @@ void server_drain(server_t *s)
     uv_timer_start(&s->drain_timer, on_drain_deadline, s->set.drain_timeout_ms, 0);
 }
 
+void server_drain_listeners(server_t *s)
+{
+    if (atomic_exchange(&s->listeners_drained, 1))
+        return;
+    log_info("drain_listeners: no new connections from now on");
+    server_wake_workers(s);
+}
+
 void server_wake_workers(server_t *s)
 {
     for (unsigned i = 0; i < s->nworkers; i++)
@@ -285,6 +294,8 @@ static void on_worker_exited(uv_async_t *h)
     uv_close((uv_handle_t *)&s->worker_exited, NULL);
     uv_close((uv_handle_t *)&s->reclaim_timer, NULL);
     close_tls_watches(s);
+    statsd_stop(s->statsd);
+    s->statsd = NULL;
     discovery_close(s->discovery);
     s->discovery = NULL;
 }
@@ -327,6 +338,7 @@ int server_run(server_t *s)
     int err = admin_start(s);
     if (err < 0)
         return err;
+    s->statsd = statsd_start(s, s->loop);
     for (unsigned i = 0; i < s->nworkers; i++) {
         err = worker_start(&s->workers[i]);
         if (err < 0) {

@@ -26,12 +26,14 @@ typedef struct server {
     cli_opts_t cli; /* to find the config again on reload */
     registry_t reg; /* clusters and counters that outlive reloads */
     discovery_t *discovery;
-    xray_t *xray; /* NULL when tracing is off */
-    qsbr_t qsbr;  /* reclaims endpoint sets once no worker can see them */
+    xray_t *xray;          /* NULL when tracing is off */
+    struct statsd *statsd; /* NULL when the DogStatsD sink is off */
+    qsbr_t qsbr;           /* reclaims endpoint sets once no worker can see them */
     uv_timer_t reclaim_timer;
     route_table_t *routes; /* the snapshot in force (the main thread's reference) */
     _Atomic int state;
     _Atomic int healthcheck_failed; /* POST /healthcheck/fail */
+    _Atomic int listeners_drained;  /* POST /drain_listeners: no new connections */
     uint64_t started_ms;            /* uv_hrtime() / 1e6 at exec */
     uint64_t ready_ms;              /* when /ready first answered 200 */
     uv_loop_t *loop;                /* the main thread's loop */
@@ -47,6 +49,7 @@ typedef struct server {
     struct admin_conn *admin_conns;
     http_stats_t ingress_stats, egress_stats;
     ssl_stats_t ingress_ssl; /* the ingress listener's TLS (listener.ADDR.ssl.*) */
+    listener_stats_t ingress_listener, egress_listener; /* every connection, HTTP or TCP */
     stat_t tls_reloads_ok, tls_reloads_failed; /* reloads a certificate file change caused */
     worker_t *workers;
     unsigned nworkers;
@@ -62,6 +65,9 @@ int server_reload(server_t *s);
 int server_run(server_t *s);
 /* Stop accepting and finish in-flight requests (SIGTERM, /quitquitquit, /drain_listeners). */
 void server_drain(server_t *s);
+/* Stop accepting (POST /drain_listeners); connections already open go on, and so does the
+ * process. */
+void server_drain_listeners(server_t *s);
 void server_free(server_t *s);
 /* Wake every worker (requests may be waiting for a connection-pool slot). Thread-safe. */
 void server_wake_workers(server_t *s);

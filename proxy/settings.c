@@ -23,8 +23,7 @@ config_t *settings_load_config(const cli_opts_t *cli, diag_t *d)
         diag_add(d, DEFAULT_CONFIG_PATH, "$",
                  "no config given: mount the config file at %s, or set REMORA_CONFIG to its "
                  "path, or REMORA_CONFIG_JSON to the whole document%s",
-                 DEFAULT_CONFIG_PATH,
-                 inline_json ? " (REMORA_CONFIG_JSON is set but empty)" : "");
+                 DEFAULT_CONFIG_PATH, inline_json ? " (REMORA_CONFIG_JSON is set but empty)" : "");
     return c;
 }
 
@@ -250,6 +249,8 @@ int settings_resolve(settings_t *s, const cli_opts_t *cli, const config_t *cfg, 
                               ? cfg->proxy.drain_timeout_ms
                               : DEFAULT_DRAIN_TIMEOUT_MS;
     resolve_xray(s, cfg, d);
+    const char *tags = env("ENABLE_ENVOY_STATS_TAGS");
+    s->stats_tags = tags && strcmp(tags, "1") == 0;
     const char *dns = getenv("REMORA_DNS_SERVERS");
     snprintf(s->dns_servers, sizeof s->dns_servers, "%s",
              dns && *dns              ? dns

@@ -37,7 +37,9 @@ typedef struct settings {
     uint64_t drain_timeout_ms;
     char dns_servers[512]; /* "" = /etc/resolv.conf */
     uint64_t dns_hold_ms;
-    int xray; /* tracing on */
+    int xray;       /* tracing on */
+    int stats_tags; /* ENABLE_ENVOY_STATS_TAGS=1: appmesh_mesh and appmesh_virtual_node on every
+                       series */
     xray_settings_t xray_set;
 } settings_t;
 

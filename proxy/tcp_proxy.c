@@ -23,6 +23,7 @@ struct tcp_session {
     uv_getaddrinfo_t resolve; /* a CONNECT target by name */
     char *host;
     uint16_t port;
+    uint64_t connect_ns;
     unsigned attempts;
     unsigned resolving : 1;
     unsigned cancelled : 1;
@@ -53,6 +54,7 @@ static void connected(tcp_session_t *s)
 {
     cluster_t *c = s->route.cluster;
     cluster_done(c, &s->ep, 200, loop_now(&s->w->loop));
+    hist_record_us(&c->stats.cx_connect_ms, (uv_hrtime() - s->connect_ns) / 1000);
     conn_t *up = s->up;
     s->up = NULL;
     if (s->cancelled) {
@@ -139,6 +141,9 @@ static void try_connect(tcp_session_t *s)
         return;
     }
     stat_inc(&c->stats.upstream_cx_total);
+    s->connect_ns = uv_hrtime();
+    s->up->rx_bytes = &c->stats.upstream_cx_rx_bytes_total;
+    s->up->tx_bytes = &c->stats.upstream_cx_tx_bytes_total;
     conn_set_owner(s->up, &up_events, s);
     conn_connect(s->up, sa);
     tq_add(&s->w->tcp_connect_q, &s->timeout);

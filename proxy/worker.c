@@ -144,6 +144,11 @@ static void on_connection(uv_stream_t *server, int status)
         conn_close(c);
         return;
     }
+    listener_stats_t *ls =
+        l->kind == LISTENER_INGRESS ? &w->srv->ingress_listener : &w->srv->egress_listener;
+    stat_inc(&ls->downstream_cx_total);
+    stat_inc(&ls->downstream_cx_active);
+    c->accepted_by = ls;
     struct sockaddr_storage dst;
     uint16_t own = l->kind == LISTENER_INGRESS ? w->srv->set.ingress_port : w->srv->set.egress_port;
     int redirected = original_destination(c, own, &dst);
@@ -351,6 +356,10 @@ static void on_wake(uv_async_t *h)
     pool_close_departed(&w->pools);
     pool_admit_waiting(&w->pools); /* a slot freed: waiting exchanges may go on */
     enum server_state st = server_state(w->srv);
+    if (atomic_load(&w->srv->listeners_drained)) {
+        listener_close(&w->ingress);
+        listener_close(&w->egress);
+    }
     if (st == SERVER_DRAINING || st == SERVER_STOPPED) {
         if (!w->draining) {
             w->draining = 1;

@@ -147,7 +147,8 @@ class Remora:
         out = {}
         for line in text.splitlines():
             name, _, value = line.rpartition(": ")
-            out[name] = int(value)
+            if value.isdigit():  # histograms print quantiles, or "No recorded values"
+                out[name] = int(value)
         return out
 
     def rss_kib(self, field="VmRSS"):

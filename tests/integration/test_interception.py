@@ -204,7 +204,7 @@ class TaskRemora:
         out = {}
         for line in self.admin("/stats")[1].splitlines():
             name, _, value = line.rpartition(": ")
-            if name:
+            if name and value.isdigit():  # histograms print quantiles
                 out[name] = int(value)
         return out
 
