@@ -36,7 +36,7 @@ struct exchange {
     route_result_t route;
     struct tcp_session *tcp; /* a CONNECT's upstream, while it connects (connect.c) */
     endpoint_t endpoint;     /* this attempt's endpoint */
-    pool_wait_t wait;    /* admission under the route's connection-pool limits */
+    pool_wait_t wait;        /* admission under the route's connection-pool limits */
     uv_timer_t timer;
     uint64_t request_deadline, try_deadline, idle_deadline; /* loop ms; 0: none */
     deferred_t later; /* release, or a failure found while setting up an attempt */
