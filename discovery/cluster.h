@@ -63,12 +63,29 @@ typedef struct cluster {
      * that a reload that sets one finds the true count. */
     _Atomic unsigned active_requests, pending_requests;
     cluster_stats_t stats;
-    stat_t rq_code[500];    /* final responses by status, 100..599 (Envoy's per-code stats) */
-    ssl_stats_t ssl;        /* connections made over TLS */
+    stat_t rq_code[500]; /* final responses by status, 100..599 (Envoy's per-code stats) */
+    _Atomic uint64_t rq_code_used[8]; /* a bit per code that has had a response */
+    ssl_stats_t ssl;                  /* connections made over TLS */
     tls_ctx_t *health_tls;  /* main thread: the TLS its requests use, so health checks do too */
     stat_t dns_answers[16]; /* by enum dns_result (discovery/dns.h) */
     void *discovery;        /* discovery's per-cluster state (main thread only) */
 } cluster_t;
+
+/* A final response with `status` (100..599): Envoy's per-code counter, made at the first. */
+static inline void cluster_count_code(cluster_t *c, int status)
+{
+    if (status < 100 || status > 599)
+        return;
+    unsigned i = (unsigned)(status - 100);
+    if (atomic_fetch_add_explicit(&c->rq_code[i], 1, memory_order_relaxed) == 0)
+        atomic_fetch_or_explicit(&c->rq_code_used[i / 64], 1ull << (i % 64), memory_order_relaxed);
+}
+
+static inline int cluster_code_used(cluster_t *c, int status)
+{
+    unsigned i = (unsigned)(status - 100);
+    return (atomic_load_explicit(&c->rq_code_used[i / 64], memory_order_relaxed) >> (i % 64)) & 1;
+}
 
 /* A cluster with an empty set. */
 cluster_t *cluster_new(const char *name, const char *node, uint16_t port);

@@ -34,6 +34,7 @@ struct h1_client {
     unsigned failed : 1;     /* on_error was delivered */
     unsigned gone : 1;       /* closing: the pool was told */
     unsigned detached : 1;
+    unsigned remote_closed : 1; /* the upstream closed first (destroy_remote, not _local) */
 };
 
 static const client_stream_ops_t stream_ops;
@@ -81,7 +82,7 @@ static void on_conn_closed(void *owner)
 
 void h1_client_close(h1_client_t *h)
 {
-    if (!h->gone && h->c && !h->c->closing)
+    if (!h->gone && h->c && !h->c->closing && !h->remote_closed)
         stat_inc(&h->stats->upstream_cx_destroy_local);
     gone(h);
     tq_del(&h->timeout);
@@ -210,6 +211,7 @@ static void on_eof(void *owner, int err)
 {
     h1_client_t *h = owner;
     stat_inc(&h->stats->upstream_cx_destroy_remote);
+    h->remote_closed = 1;
     h->keep_alive = 0;
     if (!h->busy || h->resp_done) {
         if (!h->busy)

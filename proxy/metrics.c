@@ -135,7 +135,7 @@ static void walk_cluster(server_t *s, walk_t *w, cluster_t *c)
     CLUSTER_STATS(STAT)
 #undef STAT
     for (int code = 100; code < 600; code++) /* Envoy's are made at the first response */
-        if (stat_get(&c->rq_code[code - 100]))
+        if (cluster_code_used(c, code))
             emit(w, METRIC_COUNTER, stat_get(&c->rq_code[code - 100]), &c->rq_code[code - 100],
                  "cluster.%s.upstream_rq_%d", n, code);
     uint64_t now = now_ms();
@@ -240,7 +240,8 @@ static void walk_server(server_t *s, walk_t *w)
     enum server_state st = server_state(s);
     int failed = atomic_load(&s->healthcheck_failed);
     /* Envoy's state enum: 0 LIVE, 1 DRAINING, 2 PRE_INITIALIZING. */
-    uint64_t state = st == SERVER_PRE_INITIALIZING ? 2 : (st != SERVER_LIVE || failed) ? 1 : 0;
+    int drained = failed || atomic_load(&s->listeners_drained);
+    uint64_t state = st == SERVER_PRE_INITIALIZING ? 2 : (st != SERVER_LIVE || drained) ? 1 : 0;
     struct mallinfo2 mi = mallinfo2();
     uint64_t up = uv_hrtime() / 1000000000u - s->started_ms / 1000;
     emit(w, METRIC_GAUGE, st == SERVER_LIVE && !failed, NULL, "server.live");
@@ -615,7 +616,7 @@ static void prom_hist(out_t *o, const series_t *s, const char *fixed)
     uint64_t cum = 0;
     for (unsigned i = 0; i < HIST_BOUNDS; i++) {
         cum += stat_get((stat_t *)&s->hist->buckets[i]);
-        oprintf(o, "%s_bucket{%s%s%s%sle=\"%g\"} %" PRIu64 "\n", s->family, fixed,
+        oprintf(o, "%s_bucket{%s%s%s%sle=\"%.32g\"} %" PRIu64 "\n", s->family, fixed,
                 fixed[0] && s->labels[0] ? "," : "", s->labels, sep, bound_ms(i), cum);
     }
     uint64_t count = stat_get((stat_t *)&s->hist->count);
