@@ -262,6 +262,13 @@ void conn_on_written(wreq_t *r, int status)
         write_failed(c, status);
         return;
     }
+    conn_on_progress(c);
+}
+
+void conn_on_progress(conn_t *c)
+{
+    if (c->closing)
+        return;
     if ((c->above_high && conn_pinned(c) < CONN_LOW_WATER) ||
         (c->want_empty && conn_pinned(c) == 0)) {
         c->above_high = c->want_empty = 0;
@@ -372,7 +379,8 @@ static void drop_backlog(conn_t *c)
 
 size_t conn_pinned(const conn_t *c)
 {
-    return c->pinned_inflight + (c->out ? c->out->pinned : 0);
+    size_t own = c->tp->pinned ? c->tp->pinned(c) : 0; /* a transport's handshakes, alerts */
+    return c->pinned_inflight + (c->out ? c->out->pinned : 0) + own;
 }
 
 int conn_over_high_water(conn_t *c)

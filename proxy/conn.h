@@ -125,6 +125,8 @@ void conn_on_read(conn_t *c, ssize_t nread, buf_t *b);
 /* Client side: the transport is up (0: what was written while connecting goes out) or failed. */
 void conn_on_ready(conn_t *c, int status);
 void conn_on_written(wreq_t *r, int status);
+/* The transport's own writes moved (tp->pinned fell): a drain may be owed. */
+void conn_on_progress(conn_t *c);
 void conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *out);
 
 /* Loop-side: flush every connection that has bytes queued. */

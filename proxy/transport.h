@@ -28,6 +28,9 @@ typedef struct transport {
     void (*close)(struct conn *c);
     /* The handle is closed: free the transport's state. May be NULL. */
     void (*free)(struct conn *c);
+    /* Memory its own queued writes pin (what it sends for no write of conn's: handshakes,
+     * alerts, close_notify); conn counts it in its watermarks and drains. May be NULL. */
+    size_t (*pinned)(const struct conn *c);
 } transport_t;
 
 extern const transport_t transport_tcp;

@@ -37,11 +37,13 @@ typedef struct tls_conn {
     uint32_t in_off;
     buf_t *out[OUT_BUFS]; /* ciphertext made, not yet handed to the socket */
     unsigned nout;
-    size_t chunk_pinned;            /* ciphertext queued so far for the plaintext being written */
+    size_t loose_pinned;            /* ciphertext queued for no write of conn's (handshakes, alerts,
+                                     * close_notify, records made mid-write): conn counts it too */
     wreq_t *pending, *pending_tail; /* plaintext written before the handshake was done */
     deferred_t resume;              /* deliver what is buffered once reading starts again */
     int read_err;                   /* the socket failed (not EOF) */
-    unsigned deliver : 1;           /* the owner wants plaintext */
+    int end_owed;         /* the end of the stream (UV_EOF or an error), found and not yet told */
+    unsigned deliver : 1; /* the owner wants plaintext */
     unsigned raw_reading : 1;
     unsigned eof : 1;       /* the socket said EOF */
     unsigned read_done : 1; /* the end of the plaintext was told */
@@ -54,6 +56,7 @@ typedef struct cipher_write {
     uv_write_t req;
     conn_t *c;
     wreq_t *plain; /* the plaintext write this completes, or NULL */
+    size_t pinned; /* its buffers' capacity (in loose_pinned when plain is NULL) */
     unsigned n;
     buf_t *bufs[OUT_BUFS];
 } cipher_write_t;
@@ -168,10 +171,15 @@ static void drop_out(tls_conn_t *t)
 static void on_cipher_written(uv_write_t *req, int status)
 {
     cipher_write_t *w = (cipher_write_t *)req;
+    conn_t *c = w->c;
     for (unsigned i = 0; i < w->n; i++)
         buf_unref(w->bufs[i]);
-    if (w->plain)
+    if (w->plain) {
         conn_on_written(w->plain, status);
+    } else if (c->tls) {
+        c->tls->loose_pinned -= w->pinned;
+        conn_on_progress(c); /* a drain may be owed now: a close_notify out before the close */
+    }
     free(w);
 }
 
@@ -218,11 +226,20 @@ static int send_out(tls_conn_t *t, wreq_t *plain)
         pinned += w->bufs[k]->cap;
     }
     t->nout = 0;
-    t->chunk_pinned += pinned;
+    w->pinned = pinned;
+    if (plain)
+        plain->pinned = pinned; /* conn counts it until conn_on_written(plain) */
+    else
+        t->loose_pinned += pinned;
     int err = uv_write(&w->req, s, iov + i, w->n, on_cipher_written);
     if (err < 0) {
-        w->plain = NULL;
-        on_cipher_written(&w->req, 0);
+        if (plain)
+            plain->pinned = 0;
+        else
+            t->loose_pinned -= pinned;
+        for (unsigned k = 0; k < w->n; k++)
+            buf_unref(w->bufs[k]);
+        free(w);
         return err;
     }
     return 0;
@@ -238,13 +255,13 @@ static int ssl_write(tls_conn_t *t, const char *p, size_t n)
 }
 
 /* Encrypt r's bytes in full records; its buffers are let go at once (the bytes are copied
- * into records). Returns as send_out does, for r. */
-static int encrypt(tls_conn_t *t, wreq_t *r, int fresh)
+ * into records). With `own`, the ciphertext's write completes r (returns as send_out does, for
+ * r); without, the ciphertext is the transport's own and r is the caller's to complete. */
+static int encrypt(tls_conn_t *t, wreq_t *r, int own)
 {
     char stage[RECORD_SIZE];
     size_t staged = 0;
     int err = 0;
-    t->chunk_pinned = 0;
     for (unsigned i = 0; i < r->n && !err; i++) {
         const char *p = r->iov[i].base;
         size_t left = r->iov[i].len;
@@ -276,12 +293,7 @@ static int encrypt(tls_conn_t *t, wreq_t *r, int fresh)
         drop_out(t);
         return err;
     }
-    size_t before = t->chunk_pinned;
-    t->chunk_pinned = 0;
-    int rc = send_out(t, r);
-    if (rc == 0 && fresh)
-        r->pinned = before + t->chunk_pinned; /* conn counts this until conn_on_written */
-    return rc;
+    return send_out(t, own ? r : NULL);
 }
 
 static int write_(conn_t *c, wreq_t *r)
@@ -299,16 +311,16 @@ static int write_(conn_t *c, wreq_t *r)
     return t->state == TS_OPEN ? encrypt(t, r, 1) : UV_EPIPE;
 }
 
-/* Writes held during the handshake: sent now (status < 0: failed with it). conn counted them
- * as queued, so each is reported through conn_on_written. */
+/* Writes held during the handshake: sent now, in order (status < 0: failed with it). conn
+ * counted them as queued, so each is told through conn_on_written; their ciphertext is the
+ * transport's to count until it is out. */
 static void flush_pending(tls_conn_t *t, int status)
 {
     while (t->pending) {
         wreq_t *r = t->pending;
         t->pending = r->next_free;
         int rc = status < 0 ? status : encrypt(t, r, 0);
-        if (rc != 0)
-            conn_on_written(r, rc == 1 ? 0 : rc);
+        conn_on_written(r, rc < 0 ? rc : 0);
     }
     t->pending_tail = NULL;
 }
@@ -347,11 +359,26 @@ static void end_of_plaintext(tls_conn_t *t, int err)
     conn_on_read(t->c, err, NULL);
 }
 
-/* Plaintext up to the owner while it wants it and there is some. */
+/* What an SSL_read failure means for the owner: close_notify, or the socket ended without one,
+ * is the end of the stream (HTTP framing tells a truncated message); anything else is a broken
+ * connection. Read before the error queue changes. */
+static int end_code(tls_conn_t *t, int e)
+{
+    unsigned long why = ERR_peek_error();
+    int eof =
+        e == SSL_ERROR_ZERO_RETURN ||
+        (t->eof && !t->read_err &&
+         (e == SSL_ERROR_SYSCALL || ERR_GET_REASON(why) == SSL_R_UNEXPECTED_EOF_WHILE_READING));
+    ERR_clear_error();
+    return eof ? UV_EOF : t->read_err ? t->read_err : UV_EPROTO;
+}
+
+/* Plaintext up to the owner while it wants it and there is some; the end is told once the
+ * owner reads again if it paused in between. */
 static void read_plain(tls_conn_t *t)
 {
     conn_t *c = t->c;
-    while (t->deliver && !c->closing && !t->read_done) {
+    while (t->deliver && !c->closing && !t->read_done && !t->end_owed) {
         if (!t->nin && !SSL_has_pending(t->ssl) && !t->eof && !t->read_err)
             break;
         buf_t *b = buf_new(&c->loop->bufs, BUF_READ_SIZE);
@@ -373,22 +400,17 @@ static void read_plain(tls_conn_t *t)
         }
         if (got < cap && e == SSL_ERROR_NONE)
             e = SSL_get_error(t->ssl, 0);
+        if (e != SSL_ERROR_NONE && e != SSL_ERROR_WANT_READ)
+            t->end_owed = end_code(t, e);
         if (got)
             conn_on_read(c, (ssize_t)got, b);
         else
             buf_unref(b);
         if (e == SSL_ERROR_WANT_READ)
             break;
-        if (e == SSL_ERROR_NONE || !t->deliver || c->closing)
-            continue; /* an end found while the owner paused is told when it reads again */
-        /* close_notify, or the socket ended without one: either way the end of the stream
-         * (HTTP framing tells a truncated message); anything else is a broken connection. */
-        int eof = e == SSL_ERROR_ZERO_RETURN || (t->eof && !t->read_err);
-        ERR_clear_error();
-        if (!c->closing)
-            end_of_plaintext(t, eof ? UV_EOF : t->read_err ? t->read_err : UV_EPROTO);
-        return;
     }
+    if (t->end_owed && t->deliver && !c->closing && !t->read_done)
+        end_of_plaintext(t, t->end_owed);
 }
 
 static void handshake_failed(tls_conn_t *t)
@@ -467,18 +489,18 @@ static void pump(tls_conn_t *t)
         send_out(t, NULL); /* what reading made: key updates, alerts */
 }
 
-/* PERMISSIVE: the first bytes are not a TLS record. The connection goes on as plain TCP. */
+/* PERMISSIVE: the first bytes are not a TLS record. The connection goes on as plain TCP:
+ * what was written before goes out first, in order, then a shutdown asked for meanwhile,
+ * then the bytes read are delivered (the owner may answer them at once). */
 static void to_plain(tls_conn_t *t, buf_t *b, size_t n)
 {
     conn_t *c = t->c;
     wreq_t *held = t->pending;
+    int shut = t->shut_owed;
     t->pending = t->pending_tail = NULL;
     raw_stop(t);
     c->tp->free(c);
     c->tp = &transport_tcp;
-    if (c->reading)
-        transport_tcp.read_start(c);
-    conn_on_read(c, (ssize_t)n, b);
     while (held) {
         wreq_t *r = held;
         held = r->next_free;
@@ -486,6 +508,11 @@ static void to_plain(tls_conn_t *t, buf_t *b, size_t n)
         if (rc != 0)
             conn_on_written(r, rc == 1 ? 0 : rc);
     }
+    if (shut && !c->closing)
+        transport_tcp.shutdown(c);
+    if (c->reading && !c->closing)
+        transport_tcp.read_start(c);
+    conn_on_read(c, (ssize_t)n, b);
 }
 
 static void on_raw_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
@@ -532,8 +559,10 @@ static int read_start(conn_t *c)
 {
     tls_conn_t *t = c->tls;
     t->deliver = 1;
-    if (t->state == TS_OPEN && (t->nin || SSL_has_pending(t->ssl) || t->eof || t->read_err)) {
-        t->resume.fn = on_resume; /* never deliver from inside the owner's own call */
+    if (t->state == TS_OPEN && !t->read_done) {
+        /* What came while paused (records, or a close_notify or error OpenSSL has already
+         * taken in) is looked at again, never from inside the owner's own call. */
+        t->resume.fn = on_resume;
         loop_defer(c->loop, &t->resume);
     }
     raw_start(t);
@@ -544,7 +573,7 @@ static void read_stop(conn_t *c)
 {
     tls_conn_t *t = c->tls;
     t->deliver = 0;
-    if (t->state == TS_OPEN)
+    if (t->state == TS_OPEN || t->state == TS_SNIFF) /* a handshake goes on regardless */
         raw_stop(t);
 }
 
@@ -573,6 +602,11 @@ static void free_(conn_t *c)
     c->tls = NULL;
 }
 
+static size_t pinned_(const conn_t *c)
+{
+    return c->tls ? c->tls->loose_pinned : 0;
+}
+
 const transport_t transport_tls = {
     .name = "tls",
     .read_start = read_start,
@@ -582,6 +616,7 @@ const transport_t transport_tls = {
     .handshake = handshake,
     .close = close_,
     .free = free_,
+    .pinned = pinned_,
 };
 
 static int attach(conn_t *c, tls_ctx_t *ctx, SSL *ssl, ssl_stats_t *stats)
