@@ -205,6 +205,68 @@ static void parse_backends(jctx_t *j, const cJSON *spec, const char *path, cfg_n
     config_parse_client_policy(j, defaults, p, &n->default_tls);
 }
 
+/* A format.json pair list: keys distinct (a JSON object cannot say one twice), kept in order. */
+static void parse_json_format(jctx_t *j, const cJSON *fmt, const char *path, cfg_access_log_t *al)
+{
+    static const char *const pair_fields[] = {"key", "value", NULL};
+    const cJSON *arr = j_array(j, fmt, path, "json", J_REQUIRED, 1, 100);
+    unsigned n = (unsigned)cJSON_GetArraySize(arr);
+    al->json = calloc(n ? n : 1, sizeof *al->json);
+    al->njson = al->json ? n : 0;
+    for (unsigned i = 0; i < al->njson; i++) {
+        char p[JPATH_MAX];
+        const cJSON *pair = cJSON_GetArrayItem(arr, (int)i);
+        jpath_index(p, path, "json", (int)i);
+        if (!cJSON_IsObject(pair)) {
+            jerr(j, p, NULL, "must be an object");
+            continue;
+        }
+        j_only(j, pair, p, pair_fields);
+        al->json[i].key = j_string(j, pair, p, "key", J_REQUIRED, 1, 100);
+        al->json[i].value = j_string(j, pair, p, "value", J_REQUIRED, 1, 100);
+        for (unsigned k = 0; k < i && al->json[i].key; k++)
+            if (al->json[k].key && strcmp(al->json[k].key, al->json[i].key) == 0)
+                jerr(j, p, "key", "\"%s\" is already the key of json[%u]", al->json[i].key, k);
+    }
+}
+
+/* logging: {accessLog: {file: {path, format?: {text} | {json}}}}; both unions have to name one
+ * member. The format's operators are checked when the access log is built (access_log.c). */
+static void parse_logging(jctx_t *j, const cJSON *o, const char *path, cfg_access_log_t *al)
+{
+    static const char *const fields[] = {"accessLog", NULL};
+    static const char *const sinks[] = {"file", NULL};
+    static const char *const file_fields[] = {"path", "format", NULL};
+    static const char *const formats[] = {"json", "text", NULL};
+    char p[JPATH_MAX];
+    j_only(j, o, path, fields);
+    const cJSON *acc = j_object(j, o, path, "accessLog", J_OPTIONAL), *file = NULL, *v = NULL;
+    if (!acc)
+        return;
+    jpath(p, path, "accessLog");
+    j_only(j, acc, p, sinks);
+    if (j_union(j, acc, p, sinks, J_REQUIRED, &file) < 0 ||
+        !(file = j_object(j, acc, p, "file", J_REQUIRED)))
+        return;
+    jpath(p, p, "file");
+    j_only(j, file, p, file_fields);
+    al->path = j_string(j, file, p, "path", J_REQUIRED, 1, 255);
+    al->where = strdup(p);
+    const cJSON *fmt = j_object(j, file, p, "format", J_OPTIONAL);
+    if (!fmt)
+        return; /* Envoy's default format */
+    jpath(p, p, "format");
+    j_only(j, fmt, p, formats);
+    int which = j_union(j, fmt, p, formats, J_REQUIRED, &v);
+    if (which == 1) {
+        al->format = ACCESS_LOG_TEXT;
+        al->text = j_string(j, fmt, p, "text", J_REQUIRED, 1, 1000);
+    } else if (which == 0) {
+        al->format = ACCESS_LOG_JSON;
+        parse_json_format(j, fmt, p, al);
+    }
+}
+
 static void parse_node(jctx_t *j, const cJSON *o, const char *path, void *out)
 {
     static const char *const fields[] = {"listeners",       "serviceDiscovery", "backends",
@@ -227,6 +289,10 @@ static void parse_node(jctx_t *j, const cJSON *o, const char *path, void *out)
     if (sd)
         parse_discovery(j, sd, q, n);
     parse_backends(j, spec, p, n);
+    const cJSON *lg = j_object(j, spec, p, "logging", J_OPTIONAL);
+    jpath(q, p, "logging");
+    if (lg)
+        parse_logging(j, lg, q, &n->access_log);
 }
 
 /* ---- services and routers ---- */
@@ -707,6 +773,15 @@ static void free_node(cfg_node_t *n)
         config_free_client_tls(&n->backend_tls[k]);
     free(n->backend_tls);
     config_free_client_tls(&n->default_tls);
+    cfg_access_log_t *al = &n->access_log;
+    for (unsigned k = 0; k < al->njson; k++) {
+        free(al->json[k].key);
+        free(al->json[k].value);
+    }
+    free(al->json);
+    free(al->path);
+    free(al->where);
+    free(al->text);
 }
 
 static void free_router(cfg_router_t *r)

@@ -87,6 +87,23 @@ typedef struct cfg_listener {
     cfg_listener_tls_t tls;
 } cfg_listener_t;
 
+/* logging.accessLog.file (App Mesh FileAccessLog). No path: no access log. The format is
+ * compiled, and the file opened, by proxy/access_log.c when the snapshot is built. */
+enum access_log_format { ACCESS_LOG_DEFAULT, ACCESS_LOG_TEXT, ACCESS_LOG_JSON };
+
+typedef struct cfg_json_field {
+    char *key, *value; /* value: a format string, like `text` */
+} cfg_json_field_t;
+
+typedef struct cfg_access_log {
+    char *path;  /* the file: 1..255 characters; NULL when the node has no access log */
+    char *where; /* JSON path of the `file` object, for diagnostics about its format */
+    enum access_log_format format;
+    char *text;             /* format.text: 1..1000 characters */
+    cfg_json_field_t *json; /* format.json: 1..100 pairs, keys distinct, in order */
+    unsigned njson;
+} cfg_access_log_t;
+
 typedef struct cfg_node {
     char *name;
     cfg_listener_t *listeners;
@@ -102,6 +119,7 @@ typedef struct cfg_node {
     cfg_client_tls_t *backend_tls; /* per backend, parallel to `backends` (present = 0: none) */
     unsigned nbackends;
     cfg_client_tls_t default_tls; /* backendDefaults.clientPolicy.tls */
+    cfg_access_log_t access_log;  /* logging.accessLog */
 } cfg_node_t;
 
 typedef struct cfg_service {

@@ -168,6 +168,7 @@ static const stream_events_t *accept_stream(void *owner, server_stream_t *s, voi
     ex->listener = l;
     ex->ss = s;
     ex->secure = s->secure;
+    ex->start_ns = uv_hrtime();
     size_t plen = strnlen(s->peer, sizeof ex->peer - 1);
     memcpy(ex->peer, s->peer, plen);
     ex->peer[plen] = '\0';
@@ -227,7 +228,9 @@ void exchange_end(exchange_t *ex, int abort)
         cs->ops->release(cs, 0);
     }
     endpoint_release(&ex->endpoint);
-    stat_dec(&exchange_http_stats(ex)->downstream_rq_active);
+    http_stats_t *hs = exchange_http_stats(ex);
+    stat_dec(&hs->downstream_rq_active);
+    hist_record_us(&hs->rq_time, (uv_hrtime() - ex->start_ns) / 1000);
     server_stream_t *ss = ex->ss;
     ex->ss = NULL;
     if (ss)

@@ -7,6 +7,7 @@
 
 #include "base/arena.h"
 #include "discovery/cluster.h"
+#include "proxy/access_log.h"
 #include "proxy/exchange.h"
 #include "proxy/pool.h"
 #include "routing/route.h"
@@ -64,8 +65,21 @@ struct exchange {
     unsigned continued : 1;     /* 100 Continue sent */
     unsigned client_paused : 1; /* the client's body is held (upstream full, or waiting) */
     unsigned upstream_paused : 1;
-    unsigned req_edited : 1; /* the head was made the upstream's (headers_edit_request) */
-    unsigned secure : 1;     /* the client came over TLS */
+    unsigned req_edited : 1;       /* the head was made the upstream's (headers_edit_request) */
+    unsigned secure : 1;           /* the client came over TLS */
+    uint64_t start_ns, req_end_ns; /* uv_hrtime at the request head and its end (histograms) */
+    /* What the access log line says (fwd_finish). Response flags and details are recorded
+     * where a failure is decided, log or not; the rest only when there is a log. */
+    uint32_t rflags;      /* RF_* (access_log.h) */
+    const char *details;  /* %RESPONSE_CODE_DETAILS%: why, when remora decided */
+    int upstream_err;     /* the last connect failure (%UPSTREAM_TRANSPORT_FAILURE_REASON%) */
+    uint64_t req_bytes;   /* request body bytes received */
+    uint32_t reply_bytes; /* a local reply's body */
+    access_log_t *alog;   /* the worker's log when this request was routed (a reference) */
+    access_log_value_t *resp_kept; /* the RESP(...) values of the response (in the arena) */
+    uint64_t start_ms, req_end_ms, resp_head_ms; /* loop ms; 0: not yet */
+    int64_t start_sec;                           /* wall clock at the request head */
+    uint32_t start_nsec;
     /* Not cleared when a kept exchange is reused: each is set up before use. */
     uint64_t armed_for; /* what the timer is armed for (it may outlive an exchange's use) */
     arena_t arena;      /* the normalized target, the request id, messages */
@@ -74,6 +88,13 @@ struct exchange {
     replay_seg_t replay[REPLAY_MAX_SEGS];
     xray_ctx_t trace_ctx;
 };
+
+/* A failure decided here: Envoy's response flag for it, and remora's reason. */
+static inline void exchange_flag(exchange_t *ex, uint32_t flag, const char *details)
+{
+    ex->rflags |= flag;
+    ex->details = details;
+}
 
 /* exchange.c */
 void exchange_end(exchange_t *ex, int abort);

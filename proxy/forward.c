@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "base/err.h"
 #include "base/log.h"
@@ -73,11 +74,14 @@ static void local_reply(exchange_t *ex, int status, const char *body)
     ex->local_reply = 1;
     ex->resp_state = RESP_DONE;
     count_response(ex, status);
-    if (ex->attempts > 0)
+    if (ex->attempts > 0) {
         stat_inc(stat_class(&cstats(ex)->upstream_rq_1xx, status));
+        cluster_count_code(ex->route.cluster, status);
+    }
     log_debug("%s: %d %s", ex->peer, status, body);
     head_t *h = head_take(&ex->w->loop);
     size_t n = strlen(body);
+    ex->reply_bytes = (uint32_t)n;
     if (!h || head_add_field(h, "Content-Type", 12, "text/plain", 10) != 0) {
         head_give(&ex->w->loop, h);
         exchange_end(ex, 1);
@@ -253,6 +257,7 @@ static int passthrough_endpoint(exchange_t *ex, const route_request_t *rr)
 static void no_route_reply(exchange_t *ex, const route_request_t *rr)
 {
     char body[600];
+    exchange_flag(ex, RF_NR, "route_not_found");
     if (ex->route.reason) {
         snprintf(body, sizeof body, "%s\n", ex->route.reason);
         local_reply(ex, ex->route.status, body);
@@ -328,6 +333,7 @@ static void dispatch(exchange_t *ex, int fresh)
     }
     if (send_request(ex) != 0) {
         log_warn("upstream %s: cannot build the request head", ex->endpoint.name);
+        exchange_flag(ex, 0, "request_head_too_large_to_send");
         drop_upstream(ex);
         local_reply(ex, 502, "request head too large to send upstream\n");
     }
@@ -335,6 +341,7 @@ static void dispatch(exchange_t *ex, int fresh)
 
 static void no_endpoint(exchange_t *ex)
 {
+    exchange_flag(ex, RF_UH, "no_healthy_upstream");
     local_reply(ex, 503,
                 cluster_size(ex->route.cluster) ? "upstream connect error\n"
                                                 : "no healthy upstream\n");
@@ -377,8 +384,11 @@ static int retry(exchange_t *ex, unsigned event)
     const retry_policy_t *p = &ex->route.retry;
     if (!(p->events & event) && !(event == RETRY_PER_TRY_TIMEOUT && p->per_try_ms))
         return 0;
-    if (ex->attempts > p->max_retries || ex->resp_state != RESP_WAITING || ex->replay_lost ||
-        (ex->req_msg & MSG_UPGRADE))
+    if (ex->attempts > p->max_retries) {
+        ex->rflags |= RF_URX; /* the policy would retry this, but no retry is left */
+        return 0;
+    }
+    if (ex->resp_state != RESP_WAITING || ex->replay_lost || (ex->req_msg & MSG_UPGRADE))
         return 0;
     stat_inc(&cstats(ex)->upstream_rq_retry);
     if (ex->route.target)
@@ -407,6 +417,8 @@ static int retry_stale(exchange_t *ex, int err, int reused)
 }
 
 /* ---- the request ---- */
+
+static void log_begin(exchange_t *ex);
 
 /* The client's X-Request-Id, or a new one. */
 static void request_id(exchange_t *ex)
@@ -442,6 +454,7 @@ static void begin_trace(exchange_t *ex, const route_request_t *rr)
 void fwd_admitted(exchange_t *ex, int result)
 {
     if (result == POOL_FULL) {
+        exchange_flag(ex, RF_UO, "upstream_reset_before_response_started{overflow}");
         local_reply(ex, 503,
                     "upstream connection pool is full (maxConnections and "
                     "maxPendingRequests reached)\n");
@@ -471,13 +484,18 @@ void fwd_request_head(exchange_t *ex, head_t *h, unsigned msg)
     ex->req = h;
     ex->req_msg = msg;
     ex->req_state = msg & MSG_END ? REQ_DONE : REQ_BODY;
+    ex->req_end_ns = msg & MSG_END ? ex->start_ns : 0;
     ex->req_len = msg & MSG_END ? 0 : msg & MSG_CHUNKED ? BODY_STREAM : content_length(h);
+    if (ex->w->alog)
+        log_begin(ex);
     headers_mark_hop(h);
     if (h->method == HTTP_CONNECT) {
-        if (ex->listener->kind == LISTENER_EGRESS)
+        if (ex->listener->kind == LISTENER_EGRESS) {
             connect_request(ex);
-        else
+        } else {
+            exchange_flag(ex, 0, "connect_on_ingress");
             local_reply(ex, 501, "CONNECT is served by the egress listener only\n");
+        }
         return;
     }
     route_request_t rr;
@@ -485,6 +503,7 @@ void fwd_request_head(exchange_t *ex, head_t *h, unsigned msg)
     size_t qlen;
     request_id(ex);
     if (prepare(ex, &rr, &query, &qlen) != 0) {
+        exchange_flag(ex, 0, "out_of_memory");
         local_reply(ex, 503, "out of memory\n");
         return;
     }
@@ -500,6 +519,7 @@ void fwd_request_head(exchange_t *ex, head_t *h, unsigned msg)
     if (ex->route.passthrough) {
         int rc = passthrough_endpoint(ex, &rr);
         if (rc != 0) {
+            exchange_flag(ex, 0, rc == -2 ? "passthrough_loop" : "passthrough_no_destination");
             local_reply(ex, rc == -2 ? 508 : 502,
                         rc == -2 ? "the original destination is remora itself\n"
                                  : "cannot tell where this request was going: no original "
@@ -548,6 +568,7 @@ static void keep_for_replay(exchange_t *ex, buf_t *b, const char *p, size_t n)
 
 void fwd_request_data(exchange_t *ex, buf_t *b, const char *p, size_t n)
 {
+    ex->req_bytes += n;
     if (ex->ended || ex->local_reply)
         return;
     if (ex->route.idle_ms)
@@ -573,8 +594,10 @@ void fwd_upstream_drained(exchange_t *ex)
 void fwd_request_end(exchange_t *ex, head_t *trailers)
 {
     ex->req_state = REQ_DONE;
+    ex->req_end_ns = uv_hrtime();
     ex->req_trailers = trailers;
     ex->idle_deadline = 0;
+    ex->req_end_ms = now_ms(ex);
     if (ex->ended)
         return;
     if (ex->cs)
@@ -588,6 +611,12 @@ void fwd_client_error(exchange_t *ex, int err)
 {
     if (ex->ended)
         return;
+    if (err == ERR_BAD_REQUEST)
+        exchange_flag(ex, RF_DPE, "downstream_protocol_error");
+    else if (server_state(ex->w->srv) == SERVER_STOPPED) /* the drain deadline cut it */
+        exchange_flag(ex, RF_LR, "downstream_local_disconnect");
+    else
+        exchange_flag(ex, RF_DC, "downstream_remote_disconnect");
     if (err == ERR_BAD_REQUEST && ex->resp_state == RESP_WAITING) {
         local_reply(ex, 400, "malformed request body\n");
         return;
@@ -622,7 +651,12 @@ void fwd_response_head(exchange_t *ex, head_t *h, unsigned msg)
     if (ex->attempts > 1)
         stat_inc(&cstats(ex)->upstream_rq_retry_success);
     ex->status = status;
+    if (ex->alog) {
+        ex->resp_head_ms = now_ms(ex);
+        ex->resp_kept = access_log_keep_response(ex->alog, h, &ex->arena);
+    }
     stat_inc(stat_class(&cstats(ex)->upstream_rq_1xx, status));
+    cluster_count_code(ex->route.cluster, status);
     count_response(ex, status);
     headers_mark_hop(h); /* the codec forwards what is left: no copy */
     int64_t len = msg & MSG_END ? 0 : msg & MSG_CHUNKED ? BODY_STREAM : content_length(h);
@@ -668,6 +702,8 @@ void fwd_response_end(exchange_t *ex, head_t *trailers)
     ex->resp_state = RESP_DONE;
     ex->ss->ops->send_end(ex->ss, trailers);
     head_give(&ex->w->loop, trailers);
+    if (ex->req_end_ns) /* Envoy's upstream_rq_time: from the end of the request */
+        hist_record_us(&cstats(ex)->rq_time, (uv_hrtime() - ex->req_end_ns) / 1000);
     client_stream_t *cs = ex->cs;
     ex->cs = NULL;
     if (cs) {
@@ -704,6 +740,8 @@ void fwd_upstream_error(exchange_t *ex, int err)
         return;
     int connected = ex->cs && ex->cs->connected;
     int reused = ex->cs && ex->cs->reused;
+    if (!connected)
+        ex->upstream_err = err; /* kept even when a retry works, as Envoy keeps it */
     if (!(ex->resp_state == RESP_WAITING && reused && !ex->stale_retried))
         report(ex, err == ERR_BAD_RESPONSE ? 502 : 0);
     if (ex->resp_state == RESP_WAITING) {
@@ -720,16 +758,24 @@ void fwd_upstream_error(exchange_t *ex, int err)
         /* Mid-response: the client must see a broken message, never a complete one. */
         log_warn("upstream %s: %s mid-response; closing the client connection", ex->endpoint.name,
                  err_str(err));
+        if (err == ERR_BAD_RESPONSE)
+            exchange_flag(ex, RF_UPE, "upstream_reset_after_response_started{protocol_error}");
+        else
+            exchange_flag(ex, RF_UC,
+                          "upstream_reset_after_response_started{connection_termination}");
         exchange_end(ex, 1);
         return;
     }
     if (err == ERR_BAD_RESPONSE) {
+        exchange_flag(ex, RF_UPE, "upstream_reset_before_response_started{protocol_error}");
         local_reply(ex, 502, "upstream sent an invalid response\n");
     } else if (!connected) {
         log_warn("upstream %s: connect failed: %s", ex->endpoint.name, err_str(err));
+        exchange_flag(ex, RF_UF, "upstream_reset_before_response_started{connection_failure}");
         local_reply(ex, 503, "upstream connect error\n");
     } else {
         log_warn("upstream %s: %s before the response", ex->endpoint.name, err_str(err));
+        exchange_flag(ex, RF_UC, "upstream_reset_before_response_started{connection_termination}");
         local_reply(ex, 503, "upstream reset before response headers\n");
     }
 }
@@ -746,6 +792,7 @@ static void give_up(exchange_t *ex)
 
 static void request_timeout(exchange_t *ex)
 {
+    exchange_flag(ex, RF_UT, "upstream_response_timeout");
     report(ex, 504);
     stat_inc(&exchange_http_stats(ex)->downstream_rq_timeout);
     stat_inc(&cstats(ex)->upstream_rq_timeout);
@@ -760,6 +807,7 @@ static void try_timeout(exchange_t *ex)
     stat_inc(&cstats(ex)->upstream_rq_per_try_timeout);
     if (retry(ex, RETRY_PER_TRY_TIMEOUT))
         return;
+    exchange_flag(ex, RF_UT, "upstream_per_try_timeout");
     stat_inc(&exchange_http_stats(ex)->downstream_rq_timeout);
     log_warn("upstream %s: no response within the per-try timeout of %" PRIu64 " ms",
              ex->endpoint.name, ex->route.retry.per_try_ms);
@@ -770,6 +818,7 @@ static void try_timeout(exchange_t *ex)
 static void idle_timeout(exchange_t *ex)
 {
     stat_inc(&exchange_http_stats(ex)->downstream_cx_idle_timeout);
+    exchange_flag(ex, RF_SI, "stream_idle_timeout");
     if (ex->resp_state == RESP_WAITING)
         local_reply(ex, 408, "request timeout: the request body stalled\n");
     else
@@ -790,10 +839,68 @@ void fwd_timer(exchange_t *ex, uint64_t now)
     }
 }
 
-/* ---- the end, as traces see it ---- */
+/* ---- the end, as access logs and traces see it ---- */
+
+/* The request head arrived: the log of the worker's snapshot is this exchange's from now on,
+ * as the route table is (a reload changes neither for it). */
+static void log_begin(exchange_t *ex)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ex->alog = access_log_ref(ex->w->alog);
+    ex->start_sec = (int64_t)ts.tv_sec;
+    ex->start_nsec = (uint32_t)ts.tv_nsec;
+    ex->start_ms = now_ms(ex);
+    if (ex->req_state == REQ_DONE)
+        ex->req_end_ms = ex->start_ms;
+}
+
+static int64_t since_start(const exchange_t *ex, uint64_t t)
+{
+    return t ? (int64_t)(t - ex->start_ms) : -1;
+}
+
+/* One line for this exchange, into the worker's buffer of the log; the reference goes. */
+static void log_exchange(exchange_t *ex)
+{
+    const char *details = ex->details;
+    if (!details)
+        details = ex->local_reply ? "local_reply" : ex->status ? "via_upstream" : NULL;
+    access_log_entry_t e = {
+        .req = ex->req,
+        .path = ex->target,
+        .path_len = ex->target_len,
+        .authority = ex->authority,
+        .authority_len = ex->authority_len,
+        .request_id = ex->request_id,
+        .resp = ex->resp_kept,
+        .start_sec = ex->start_sec,
+        .start_nsec = ex->start_nsec,
+        .duration_ms = since_start(ex, now_ms(ex)),
+        .request_ms = since_start(ex, ex->req_end_ms),
+        .response_ms = since_start(ex, ex->resp_head_ms),
+        .bytes_received = ex->req_bytes,
+        .bytes_sent = ex->local_reply ? ex->reply_bytes : ex->resp_bytes,
+        .status = (unsigned)ex->status,
+        .attempts = ex->attempts,
+        .flags = ex->rflags,
+        .details = details,
+        .upstream_host = ex->endpoint.name[0] ? ex->endpoint.name : NULL,
+        .upstream_cluster = ex->route.cluster ? ex->route.cluster->name : NULL,
+        .upstream_failure = ex->upstream_err ? err_str(ex->upstream_err) : NULL,
+        .client_ip = ex->peer,
+        .local = ex->ss ? ex->ss->orig_dst : NULL,
+        .secure = ex->secure,
+    };
+    access_log_write(ex->alog, &ex->w->alog_w, &e);
+    access_log_unref(ex->alog);
+    ex->alog = NULL;
+}
 
 void fwd_finish(exchange_t *ex)
 {
+    if (ex->alog)
+        log_exchange(ex);
     if (!ex->trace)
         return;
     const head_t *h = ex->req;

@@ -30,6 +30,25 @@ static void set_state(server_t *s, enum server_state st)
         worker_notify(&s->workers[i]);
 }
 
+/* The access log a snapshot's node asks for: the one in force when path and format are the
+ * same (nothing is reopened, no line is lost), else a new one; *out NULL for none. Returns 0,
+ * or ERR_CONFIG with the problem in `d` (an unknown operator, a path that cannot be opened). A
+ * bad format is refused here, where the snapshot is built, as a bad regex is by the route
+ * table: compiling is the access log's job, and config/ stays below proxy/. */
+static int build_access_log(server_t *s, const route_table_t *rt, access_log_t **out, diag_t *d)
+{
+    const cfg_access_log_t *cfg = &route_table_node(rt)->access_log;
+    *out = NULL;
+    if (!cfg->path)
+        return 0;
+    if (s->alog && access_log_same(s->alog, cfg)) {
+        *out = access_log_ref(s->alog);
+        return 0;
+    }
+    *out = access_log_build(cfg, route_table_config(rt)->source, s->set.workers, &s->alog_stats, d);
+    return *out ? 0 : ERR_CONFIG;
+}
+
 int server_init(server_t *s, const settings_t *set, const cli_opts_t *cli, config_t *cfg,
                 uv_loop_t *loop)
 {
@@ -40,7 +59,7 @@ int server_init(server_t *s, const settings_t *set, const cli_opts_t *cli, confi
     s->started_ms = uv_hrtime() / 1000000;
     diag_t d = {0};
     s->routes = route_table_build(cfg, set->node, &s->reg, &d);
-    if (!s->routes) {
+    if (!s->routes || build_access_log(s, s->routes, &s->alog, &d) != 0) {
         for (size_t i = 0; i < d.n; i++)
             log_error("%s", d.lines[i]);
         diag_free(&d);
@@ -154,6 +173,11 @@ int server_reload(server_t *s)
     diag_t d = {0};
     config_t *cfg = settings_load_config(&s->cli, &d);
     route_table_t *rt = cfg ? route_table_build(cfg, s->set.node, &s->reg, &d) : NULL;
+    access_log_t *alog = NULL;
+    if (rt && build_access_log(s, rt, &alog, &d) != 0) {
+        route_table_unref(rt);
+        rt = NULL;
+    }
     if (!rt) {
         stat_inc(&s->reg.reloads_failed);
         log_error("reload rejected; the config in force is unchanged:");
@@ -163,10 +187,14 @@ int server_reload(server_t *s)
         return ERR_CONFIG;
     }
     diag_free(&d);
-    for (unsigned i = 0; i < s->nworkers; i++)
+    for (unsigned i = 0; i < s->nworkers; i++) {
+        worker_publish_log(&s->workers[i], alog); /* first: adopted with the routes */
         worker_publish(&s->workers[i], rt);
+    }
     route_table_unref(s->routes);
     s->routes = rt;
+    access_log_unref(s->alog);
+    s->alog = alog;
     route_table_set_health_tls(rt);
     sync_tls_watches(s);
     tls_cache_prune(&s->reg.tls);
@@ -213,6 +241,18 @@ static void on_sighup(uv_signal_t *h, int signum)
 {
     (void)signum;
     server_reload(h->data);
+}
+
+/* logrotate moved the access log: open the path again (every worker writes to the new file
+ * from its next write; the old fd closes when the writes in flight are done). */
+static void on_sigusr1(uv_signal_t *h, int signum)
+{
+    (void)signum;
+    server_t *s = h->data;
+    if (!s->alog)
+        return;
+    log_info("SIGUSR1: reopening the access log %s", access_log_path(s->alog));
+    access_log_reopen(s->alog);
 }
 
 static void on_config_changed(uv_fs_poll_t *h, int status, const uv_stat_t *prev,
@@ -288,6 +328,7 @@ static void on_worker_exited(uv_async_t *h)
     uv_close((uv_handle_t *)&s->sigterm, NULL);
     uv_close((uv_handle_t *)&s->sigint, NULL);
     uv_close((uv_handle_t *)&s->sighup, NULL);
+    uv_close((uv_handle_t *)&s->sigusr1, NULL);
     if (s->watching_config)
         uv_close((uv_handle_t *)&s->config_watch, NULL);
     uv_close((uv_handle_t *)&s->drain_timer, NULL);
@@ -326,6 +367,9 @@ int server_run(server_t *s)
     uv_signal_init(s->loop, &s->sighup);
     s->sighup.data = s;
     uv_signal_start(&s->sighup, on_sighup, SIGHUP);
+    uv_signal_init(s->loop, &s->sigusr1);
+    s->sigusr1.data = s;
+    uv_signal_start(&s->sigusr1, on_sigusr1, SIGUSR1);
     watch_config(s);
     uv_timer_init(s->loop, &s->tls_debounce);
     s->tls_debounce.data = s;
@@ -366,5 +410,6 @@ void server_free(server_t *s)
     free(s->workers);
     xray_free(s->xray);
     route_table_unref(s->routes);
+    access_log_unref(s->alog);
     registry_free(&s->reg);
 }

@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include "config/config.h"
+#include "proxy/access_log.h"
 #include "discovery/discovery.h"
 #include "base/qsbr.h"
 #include "tracing/xray.h"
@@ -30,7 +31,9 @@ typedef struct server {
     struct statsd *statsd; /* NULL when the DogStatsD sink is off */
     qsbr_t qsbr;           /* reclaims endpoint sets once no worker can see them */
     uv_timer_t reclaim_timer;
-    route_table_t *routes; /* the snapshot in force (the main thread's reference) */
+    route_table_t *routes;         /* the snapshot in force (the main thread's reference) */
+    access_log_t *alog;            /* its access log (the main thread's reference), or NULL */
+    access_log_stats_t alog_stats; /* remora.access_log.* (every log of every snapshot) */
     _Atomic int state;
     _Atomic int healthcheck_failed; /* POST /healthcheck/fail */
     _Atomic int listeners_drained;  /* POST /drain_listeners: no new connections */
@@ -38,6 +41,7 @@ typedef struct server {
     uint64_t ready_ms;              /* when /ready first answered 200 */
     uv_loop_t *loop;                /* the main thread's loop */
     uv_signal_t sigterm, sigint, sighup;
+    uv_signal_t sigusr1; /* reopen the access log (logrotate) */
     uv_fs_poll_t config_watch;
     int watching_config;
     struct tls_watch *tls_watches; /* the certificate, key and trust files in use */

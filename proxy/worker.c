@@ -62,6 +62,7 @@ static void on_prepare(uv_prepare_t *h)
 {
     worker_t *w = h->data;
     loop_pass(&w->loop);
+    access_log_worker_flush(&w->alog_w);  /* lets go of access log slots written out */
     qsbr_quiescent(&w->srv->qsbr, w->id); /* no endpoint set is held across iterations */
 }
 
@@ -323,6 +324,7 @@ static void maybe_finish(worker_t *w)
     exchange_close_kept(w);
     pool_table_close(&w->pools);
     tq_close(&w->tcp_connect_q);
+    access_log_worker_close(&w->alog_w); /* what is left is written as the loop ends */
     h1_server_config_close(&w->ingress.h1);
     h1_server_config_close(&w->egress.h1);
     uv_close((uv_handle_t *)&w->wake, NULL);
@@ -339,7 +341,18 @@ static void adopt_routes(worker_t *w)
     route_table_t *old = w->routes;
     w->routes = next; /* requests already routed keep their own reference */
     route_table_unref(old);
+    uintptr_t log = atomic_exchange(&w->next_log, 0); /* published before next_routes */
+    if (log) {
+        access_log_unref(w->alog); /* exchanges and unwritten lines keep their own */
+        w->alog = (access_log_t *)(log & ~(uintptr_t)1);
+    }
     tq_set_ms(&w->ingress.h1.idle_q, ingress_idle_ms(w));
+}
+
+void worker_publish_log(worker_t *w, access_log_t *log)
+{
+    uintptr_t stale = atomic_exchange(&w->next_log, (uintptr_t)access_log_ref(log) | 1);
+    access_log_unref((access_log_t *)(stale & ~(uintptr_t)1));
 }
 
 void worker_publish(worker_t *w, route_table_t *rt)
@@ -401,12 +414,14 @@ int worker_init(worker_t *w, server_t *srv, unsigned id)
     w->srv = srv;
     w->id = id;
     w->routes = route_table_ref(srv->routes);
+    w->alog = access_log_ref(srv->alog);
     if (getrandom(&w->rng, sizeof w->rng, 0) != sizeof w->rng || w->rng == 0)
         w->rng = uv_hrtime() | 1;
     w->xray.fd = -1;
     int err = loop_init(&w->loop, w);
     if (err < 0)
         return err;
+    access_log_worker_init(&w->alog_w, &w->loop.uv, id);
     pool_table_init(&w->pools, &w->loop);
     tq_init(&w->tcp_connect_q, &w->loop, TCP_CONNECT_TIMEOUT, tcp_proxy_expired);
     w->pools.wake_all = wake_all;
@@ -434,11 +449,18 @@ static void run(void *arg)
 {
     worker_t *w = arg;
     uv_run(&w->loop.uv, UV_RUN_DEFAULT);
-    /* The last close callbacks may have deferred frees, which may close handles in turn. */
-    while (w->loop.deferred) {
+    /* The last close callbacks may have deferred frees, which may close handles in turn; the
+     * last access log lines are written (a pipe that is full now is not waited for). */
+    w->alog_w.closing = 1; /* (already, unless the loop ended another way) */
+    while (w->loop.deferred || access_log_worker_busy(&w->alog_w)) {
         loop_pass(&w->loop);
+        access_log_worker_flush(&w->alog_w);
         uv_run(&w->loop.uv, UV_RUN_DEFAULT);
     }
+    access_log_unref(w->alog);
+    w->alog = NULL;
+    uintptr_t log = atomic_exchange(&w->next_log, 0);
+    access_log_unref((access_log_t *)(log & ~(uintptr_t)1));
     /* Every handle is closed by now; nothing else can run on this loop. */
     route_table_unref(atomic_exchange(&w->next_routes, NULL));
     route_table_unref(w->routes);

@@ -6,6 +6,7 @@
 
 #include <uv.h>
 
+#include "proxy/access_log.h"
 #include "proxy/h1_server.h"
 #include "proxy/loop.h"
 #include "proxy/pool.h"
@@ -41,6 +42,11 @@ typedef struct worker {
     struct server *srv;
     struct route_table *routes;              /* this worker's reference to the snapshot */
     struct route_table *_Atomic next_routes; /* a newer snapshot, handed over by reload */
+    access_log_t *alog; /* the access log of `routes` (a reference), or NULL: none */
+    /* The access log of the newer snapshot: (uintptr_t)log | 1 (so a NULL log is a value);
+     * 0 when nothing new. Published before next_routes and adopted with it. */
+    _Atomic uintptr_t next_log;
+    access_log_worker_t alog_w; /* this worker's slots in every access log */
     unsigned id;
     uv_thread_t thread;
     uv_async_t wake;         /* main thread -> worker: look at srv->state */
@@ -69,6 +75,9 @@ int worker_start(worker_t *w);
 void worker_notify(worker_t *w);
 /* Hand the worker a new snapshot (takes a reference on its behalf). Thread-safe. */
 void worker_publish(worker_t *w, struct route_table *rt);
+/* The access log of the snapshot about to be published (may be NULL: none); call it before
+ * worker_publish, which it goes into force with. Takes a reference. Thread-safe. */
+void worker_publish_log(worker_t *w, access_log_t *log);
 void worker_join(worker_t *w);
 
 /* A fresh X-Request-Id (UUID version 4) into out[37]. */
