@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/err.h"
 #include "base/log.h"
 #include "proxy/access_log_impl.h"
 
@@ -363,6 +364,25 @@ access_log_t *access_log_build(const cfg_access_log_t *cfg, const char *source, 
     if (gethostname(l->hostname, sizeof l->hostname - 1) != 0)
         l->hostname[0] = '\0';
     return l;
+}
+
+int access_log_check(const cfg_access_log_t *cfg, const char *source, diag_t *d)
+{
+    access_log_t *l = calloc(1, sizeof *l);
+    char where[320], err[300] = "out of memory";
+    snprintf(where, sizeof where, "%s", cfg->where);
+    if (!l || uv_mutex_init(&l->mu) != 0) {
+        free(l);
+        diag_add(d, source, where, "%s", err);
+        return ERR_CONFIG;
+    }
+    arena_init(&l->strings);
+    l->path = strdup(cfg->path);
+    int rc = access_log_compile(l, cfg, where, sizeof where, err, sizeof err);
+    if (rc != 0)
+        diag_add(d, source, where, "%s", err);
+    free_log(l);
+    return rc ? ERR_CONFIG : 0;
 }
 
 int access_log_same(const access_log_t *l, const cfg_access_log_t *cfg)

@@ -118,6 +118,9 @@ typedef struct access_log_worker {
  * `d` (an unknown operator is named) or "where.path: cannot open ..." . Main thread. */
 access_log_t *access_log_build(const cfg_access_log_t *cfg, const char *source, unsigned nworkers,
                                access_log_stats_t *stats, diag_t *d);
+/* `remora check`: the format compiles (the file is neither opened nor created). 0, or
+ * ERR_CONFIG with the problem in `d`. */
+int access_log_check(const cfg_access_log_t *cfg, const char *source, diag_t *d);
 /* Whether `l` was built from the same path and format as `cfg` (a reload can keep it). */
 int access_log_same(const access_log_t *l, const cfg_access_log_t *cfg);
 access_log_t *access_log_ref(access_log_t *l); /* NULL passes through */

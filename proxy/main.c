@@ -9,6 +9,7 @@
 #include "config/config.h"
 #include "base/err.h"
 #include "base/log.h"
+#include "proxy/access_log.h"
 #include "proxy/redirect.h"
 #include "proxy/server.h"
 #include "proxy/settings.h"
@@ -238,6 +239,11 @@ static int cmd_check(const cli_opts_t *cli)
     config_t *cfg = load(cli, &set, &d);
     registry_t reg = {0};
     route_table_t *rt = cfg ? route_table_build(cfg, set.node, &reg, &d) : NULL;
+    const cfg_access_log_t *alog = rt ? &route_table_node(rt)->access_log : NULL;
+    if (rt && alog->path && access_log_check(alog, route_table_config(rt)->source, &d) != 0) {
+        route_table_unref(rt);
+        rt = NULL;
+    }
     if (!rt) {
         print_diag(&d, stdout);
         diag_free(&d);

@@ -222,6 +222,15 @@ static void walk_own(server_t *s, walk_t *w)
              "remora.tls.reload_ok");
     emit_own(w, &s->tls_reloads_failed, "remora_tls_reloads_total", "result=\"failure\"",
              "remora.tls.reload_failed");
+    access_log_stats_t *al = &s->alog_stats;
+    emit_own(w, &al->dropped, "remora_access_log_dropped_total", "", "remora.access_log.dropped");
+    emit_own(w, &al->write_errors, "remora_access_log_write_errors_total", "",
+             "remora.access_log.write_errors");
+    emit_own(w, &al->open_failures, "remora_access_log_open_failures_total", "",
+             "remora.access_log.open_failures");
+    emit_own(w, &al->reopens, "remora_access_log_reopens_total", "", "remora.access_log.reopens");
+    emit_own(w, &al->bytes_written, "remora_access_log_written_bytes_total", "",
+             "remora.access_log.bytes_written");
     if (!s->xray)
         return;
     xray_stats_t *x = xray_stats(s->xray);

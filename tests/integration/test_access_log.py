@@ -537,3 +537,20 @@ def test_bad_access_log_refuses_to_start(tmp_path, logging, message):
                          capture_output=True, text=True, timeout=20)
     assert out.returncode == 1
     assert f"{cfg_path}: {message}" in out.stdout + out.stderr
+    if "cannot open" not in message:  # check compiles the format, and creates no file
+        out = subprocess.run([REMORA, "check", "--config", cfg_path], capture_output=True,
+                             text=True, timeout=20)
+        assert out.returncode == 1 and f"{cfg_path}: {message}" in out.stdout, out.stdout
+
+
+def test_drops_are_exported(upstream, remora, tmp_path):
+    """The full-pipe test's drops, as the metrics see them (remora_access_log_*_total)."""
+    app, backend = upstream("app"), upstream("cart-v1")
+    path = str(tmp_path / "access.log")
+    r = remora(with_log(mesh_config(app.port, backend.port), path, text="%REQ(:PATH)%\n"))
+    assert get(r.egress, "/one").status == 200
+    assert lines_of(path, 1) == ["/one"]
+    wait_until(lambda: r.stats()["remora.access_log.bytes_written"] == 5, what="bytes counted")
+    _, prom = r.admin("/stats/prometheus")
+    assert "remora_access_log_written_bytes_total{} 5" in prom.splitlines()
+    assert "remora_access_log_dropped_total{} 0" in prom.splitlines()
