@@ -9,6 +9,7 @@
 
 #include "discovery/dns.h"
 #include "base/log.h"
+#include "base/text.h"
 #include "proxy/h1_parse.h"
 #include "proxy/metrics.h"
 #include "proxy/version.h"
@@ -25,38 +26,6 @@ typedef struct admin_conn {
     int done;
     struct admin_conn *next, *prev;
 } admin_conn_t;
-
-/* ---- a growable text buffer for responses ---- */
-
-typedef struct text {
-    char *p;
-    size_t len, cap;
-} text_t;
-
-static void tprintf(text_t *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void tprintf(text_t *t, const char *fmt, ...)
-{
-    va_list ap;
-    for (;;) {
-        va_start(ap, fmt);
-        int n = vsnprintf(t->p ? t->p + t->len : NULL, t->p ? t->cap - t->len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0)
-            return;
-        if (t->p && t->len + (size_t)n < t->cap) {
-            t->len += (size_t)n;
-            return;
-        }
-        size_t cap = t->cap ? t->cap * 2 : 4096;
-        while (cap <= t->len + (size_t)n)
-            cap *= 2;
-        char *p = realloc(t->p, cap);
-        if (!p)
-            return;
-        t->p = p;
-        t->cap = cap;
-    }
-}
 
 /* ---- handlers ---- */
 
@@ -125,10 +94,10 @@ static int h_ready(request_t *rq, text_t *body)
     server_t *s = rq->s;
     enum server_state st = server_state(s);
     if (st == SERVER_LIVE && drained(s)) {
-        tprintf(body, "DRAINING\n");
+        text_printf(body, "DRAINING\n");
         return 503;
     }
-    tprintf(body, "%s\n", server_state_name(st));
+    text_printf(body, "%s\n", server_state_name(st));
     return st == SERVER_LIVE ? 200 : 503;
 }
 
@@ -140,7 +109,7 @@ static int h_server_info(request_t *rq, text_t *body)
     /* The stock ECS health check greps for LIVE: after /healthcheck/fail or /drain_listeners
      * it must fail, as it does with Envoy. */
     const char *state = st == SERVER_LIVE && drained(s) ? "DRAINING" : server_state_name(st);
-    tprintf(
+    text_printf(
         body,
         "{\n \"version\": \"%s\",\n \"state\": \"%s\",\n \"hot_restart_version\": \"disabled\",\n"
         " \"uptime_current_epoch\": \"%" PRIu64 "s\",\n \"uptime_all_epochs\": \"%" PRIu64
@@ -171,11 +140,11 @@ static int h_stats(request_t *rq, text_t *body)
     } else if (!format[0] || !strcmp(format, "text")) {
         rc = metrics_text(rq->s, &q, &out);
     } else {
-        tprintf(body, "unknown format %s: text, json or prometheus\n", format);
+        text_printf(body, "unknown format %s: text, json or prometheus\n", format);
         return 400;
     }
     if (out)
-        tprintf(body, "%s", out);
+        text_printf(body, "%s", out);
     free(out);
     return rc ? rc : 200;
 }
@@ -189,7 +158,7 @@ static int h_prometheus(request_t *rq, text_t *body)
     char *out = NULL;
     int rc = metrics_prometheus(rq->s, &q, &out);
     if (out)
-        tprintf(body, "%s", out);
+        text_printf(body, "%s", out);
     free(out);
     return rc ? rc : 200;
 }
@@ -205,21 +174,23 @@ static void clusters_text(server_t *s, text_t *body)
 {
     uint64_t now = now_ms();
     for (cluster_t *c = s->reg.clusters; c; c = c->next) {
-        tprintf(body, "%s::observability_name::%s\n", c->name, c->name);
-        tprintf(body, "%s::membership_total::%u\n", c->name, cluster_size(c));
-        tprintf(body, "%s::membership_healthy::%u\n", c->name, cluster_healthy(c, now));
+        text_printf(body, "%s::observability_name::%s\n", c->name, c->name);
+        text_printf(body, "%s::membership_total::%u\n", c->name, cluster_size(c));
+        text_printf(body, "%s::membership_healthy::%u\n", c->name, cluster_healthy(c, now));
         const endpoint_set_t *set = atomic_load(&c->set);
         for (unsigned i = 0; set && i < set->n; i++) {
             const endpoint_t *e = &set->eps[i];
             endpoint_state_t *st = e->state;
             const char *cn = c->name, *en = e->name;
-            tprintf(body, "%s::%s::rq_active::%u\n", cn, en, atomic_load(&st->active_requests));
-            tprintf(body, "%s::%s::rq_error::%" PRIu64 "\n", cn, en, atomic_load(&st->errors));
-            tprintf(body, "%s::%s::rq_total::%" PRIu64 "\n", cn, en, atomic_load(&st->requests));
-            tprintf(body, "%s::%s::health_flags::%s\n", cn, en, health_flags(e, now));
-            tprintf(body, "%s::%s::weight::%u\n%s::%s::priority::%u\n", cn, en, e->weight, cn, en,
-                    e->priority);
-            tprintf(body, "%s::%s::times_ejected::%u\n", cn, en, atomic_load(&st->times_ejected));
+            text_printf(body, "%s::%s::rq_active::%u\n", cn, en, atomic_load(&st->active_requests));
+            text_printf(body, "%s::%s::rq_error::%" PRIu64 "\n", cn, en, atomic_load(&st->errors));
+            text_printf(body, "%s::%s::rq_total::%" PRIu64 "\n", cn, en,
+                        atomic_load(&st->requests));
+            text_printf(body, "%s::%s::health_flags::%s\n", cn, en, health_flags(e, now));
+            text_printf(body, "%s::%s::weight::%u\n%s::%s::priority::%u\n", cn, en, e->weight, cn,
+                        en, e->priority);
+            text_printf(body, "%s::%s::times_ejected::%u\n", cn, en,
+                        atomic_load(&st->times_ejected));
         }
     }
 }
@@ -227,10 +198,10 @@ static void clusters_text(server_t *s, text_t *body)
 static void clusters_json(server_t *s, text_t *body)
 {
     uint64_t now = now_ms();
-    tprintf(body, "{\"cluster_statuses\":[");
+    text_printf(body, "{\"cluster_statuses\":[");
     for (cluster_t *c = s->reg.clusters; c; c = c->next) {
-        tprintf(body, "%s{\"name\":\"%s\",\"observability_name\":\"%s\",\"host_statuses\":[",
-                c == s->reg.clusters ? "" : ",", c->name, c->name);
+        text_printf(body, "%s{\"name\":\"%s\",\"observability_name\":\"%s\",\"host_statuses\":[",
+                    c == s->reg.clusters ? "" : ",", c->name, c->name);
         const endpoint_set_t *set = atomic_load(&c->set);
         for (unsigned i = 0; set && i < set->n; i++) {
             const endpoint_t *e = &set->eps[i];
@@ -241,23 +212,24 @@ static void clusters_json(server_t *s, text_t *body)
             if (colon)
                 *colon = '\0';
             const char *flags = health_flags(e, now);
-            tprintf(body,
-                    "%s{\"address\":{\"socket_address\":{\"address\":\"%s\",\"port_value\":%u}},"
-                    "\"stats\":[{\"name\":\"rq_total\",\"value\":\"%" PRIu64 "\",\"type\":"
-                    "\"COUNTER\"},{\"name\":\"rq_error\",\"value\":\"%" PRIu64 "\",\"type\":"
-                    "\"COUNTER\"},{\"name\":\"rq_active\",\"value\":\"%u\",\"type\":\"GAUGE\"}],"
-                    "\"health_status\":{%s\"eds_health_status\":\"HEALTHY\"},\"weight\":%u,"
-                    "\"priority\":%u}",
-                    i ? "," : "", host, endpoint_port(e), atomic_load(&st->requests),
-                    atomic_load(&st->errors), atomic_load(&st->active_requests),
-                    !strcmp(flags, "/failed_active_hc") ? "\"failed_active_health_check\":true,"
-                    : !strcmp(flags, "/failed_outlier_check") ? "\"failed_outlier_check\":true,"
-                                                              : "",
-                    e->weight, e->priority);
+            text_printf(
+                body,
+                "%s{\"address\":{\"socket_address\":{\"address\":\"%s\",\"port_value\":%u}},"
+                "\"stats\":[{\"name\":\"rq_total\",\"value\":\"%" PRIu64 "\",\"type\":"
+                "\"COUNTER\"},{\"name\":\"rq_error\",\"value\":\"%" PRIu64 "\",\"type\":"
+                "\"COUNTER\"},{\"name\":\"rq_active\",\"value\":\"%u\",\"type\":\"GAUGE\"}],"
+                "\"health_status\":{%s\"eds_health_status\":\"HEALTHY\"},\"weight\":%u,"
+                "\"priority\":%u}",
+                i ? "," : "", host, endpoint_port(e), atomic_load(&st->requests),
+                atomic_load(&st->errors), atomic_load(&st->active_requests),
+                !strcmp(flags, "/failed_active_hc")       ? "\"failed_active_health_check\":true,"
+                : !strcmp(flags, "/failed_outlier_check") ? "\"failed_outlier_check\":true,"
+                                                          : "",
+                e->weight, e->priority);
         }
-        tprintf(body, "]}");
+        text_printf(body, "]}");
     }
-    tprintf(body, "]}\n");
+    text_printf(body, "]}\n");
 }
 
 static int h_clusters(request_t *rq, text_t *body)
@@ -282,25 +254,25 @@ static int h_listeners(request_t *rq, text_t *body)
     const char *names[2] = {"ingress", "egress"};
     if (strcmp(format, "json") != 0) {
         for (int i = 0; i < 2; i++)
-            tprintf(body, "lds_%s_0.0.0.0_%u::0.0.0.0:%u\n", names[i], ports[i], ports[i]);
+            text_printf(body, "lds_%s_0.0.0.0_%u::0.0.0.0:%u\n", names[i], ports[i], ports[i]);
         return 200;
     }
     rq->ctype = "application/json";
-    tprintf(body, "{\"listener_statuses\":[");
+    text_printf(body, "{\"listener_statuses\":[");
     for (int i = 0; i < 2; i++)
-        tprintf(body,
-                "%s{\"name\":\"lds_%s_0.0.0.0_%u\",\"local_address\":{\"socket_address\":"
-                "{\"address\":\"0.0.0.0\",\"port_value\":%u}}}",
-                i ? "," : "", names[i], ports[i], ports[i]);
-    tprintf(body, "]}\n");
+        text_printf(body,
+                    "%s{\"name\":\"lds_%s_0.0.0.0_%u\",\"local_address\":{\"socket_address\":"
+                    "{\"address\":\"0.0.0.0\",\"port_value\":%u}}}",
+                    i ? "," : "", names[i], ports[i], ports[i]);
+    text_printf(body, "]}\n");
     return 200;
 }
 
 static int h_config_dump(request_t *rq, text_t *body)
 {
     const config_t *c = route_table_config(rq->s->routes);
-    tprintf(body, "{\"source\": \"%s\", \"node\": \"%s\", \"config\": %s}\n", c->source,
-            rq->s->set.node, c->raw);
+    text_printf(body, "{\"source\": \"%s\", \"node\": \"%s\", \"config\": %s}\n", c->source,
+                rq->s->set.node, c->raw);
     return 200;
 }
 
@@ -309,7 +281,7 @@ static int h_certs(request_t *rq, text_t *body)
     char *json = tls_certs_json(&rq->s->reg.tls);
     if (!json)
         return 503;
-    tprintf(body, "%s", json);
+    text_printf(body, "%s", json);
     free(json);
     return 200;
 }
@@ -318,7 +290,7 @@ static int h_memory(request_t *rq, text_t *body)
 {
     (void)rq;
     struct mallinfo2 mi = mallinfo2();
-    tprintf(
+    text_printf(
         body,
         "{\n \"allocated\": \"%zu\",\n \"heap_size\": \"%zu\",\n \"pageheap_unmapped\": \"0\",\n"
         " \"pageheap_free\": \"%zu\",\n \"total_thread_cache\": \"0\",\n"
@@ -330,7 +302,7 @@ static int h_memory(request_t *rq, text_t *body)
 static int h_runtime(request_t *rq, text_t *body)
 {
     (void)rq;
-    tprintf(body, "{\n \"layers\": [],\n \"entries\": {}\n}\n");
+    text_printf(body, "{\n \"layers\": [],\n \"entries\": {}\n}\n");
     return 200;
 }
 
@@ -341,36 +313,37 @@ static int h_logging(request_t *rq, text_t *body)
     if (param(rq->query, "level", level, sizeof level)) {
         enum log_level l;
         if (log_parse_level(level, &l) != 0) {
-            tprintf(body, "invalid level %s: trace, debug, info, warning, error, critical, off\n",
-                    level);
+            text_printf(body,
+                        "invalid level %s: trace, debug, info, warning, error, critical, off\n",
+                        level);
             return 400;
         }
         log_set_level(l);
     } else if (rq->query[0]) {
-        tprintf(body, "usage: /logging?level=trace|debug|info|warning|error|critical|off\n");
+        text_printf(body, "usage: /logging?level=trace|debug|info|warning|error|critical|off\n");
         return 400;
     }
-    tprintf(body, "active loggers:\n  remora: %s\n", log_level_name(log_current_level()));
+    text_printf(body, "active loggers:\n  remora: %s\n", log_level_name(log_current_level()));
     return 200;
 }
 
 static int h_reset_counters(request_t *rq, text_t *body)
 {
     metrics_reset_counters(rq->s);
-    tprintf(body, "OK\n");
+    text_printf(body, "OK\n");
     return 200;
 }
 
 static int h_drain_listeners(request_t *rq, text_t *body)
 {
     server_drain_listeners(rq->s);
-    tprintf(body, "OK\n");
+    text_printf(body, "OK\n");
     return 200;
 }
 
 static int h_quit(request_t *rq, text_t *body)
 {
-    tprintf(body, "OK\n");
+    text_printf(body, "OK\n");
     server_drain(rq->s);
     return 200;
 }
@@ -378,14 +351,14 @@ static int h_quit(request_t *rq, text_t *body)
 static int h_hc_fail(request_t *rq, text_t *body)
 {
     atomic_store(&rq->s->healthcheck_failed, 1);
-    tprintf(body, "OK\n");
+    text_printf(body, "OK\n");
     return 200;
 }
 
 static int h_hc_ok(request_t *rq, text_t *body)
 {
     atomic_store(&rq->s->healthcheck_failed, 0);
-    tprintf(body, "OK\n");
+    text_printf(body, "OK\n");
     return 200;
 }
 
@@ -425,10 +398,10 @@ static const route_entry_t routes[] = {
 static int h_help(request_t *rq, text_t *body)
 {
     (void)rq;
-    tprintf(body, "admin commands are:\n");
+    text_printf(body, "admin commands are:\n");
     for (size_t i = 0; i < sizeof routes / sizeof *routes; i++)
-        tprintf(body, "  %s%s: %s\n", routes[i].path, routes[i].post ? " (POST)" : "",
-                routes[i].help);
+        text_printf(body, "  %s%s: %s\n", routes[i].path, routes[i].post ? " (POST)" : "",
+                    routes[i].help);
     return 200;
 }
 
@@ -479,12 +452,12 @@ static void respond(admin_conn_t *c, int status, const char *ctype, text_t *body
                          : status == 405 ? "Method Not Allowed"
                          : status == 400 ? "Bad Request"
                                          : "Service Unavailable";
-    tprintf(&w->out,
-            "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-            "Connection: close\r\n\r\n",
-            status, reason, ctype, body->len);
+    text_printf(&w->out,
+                "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                "Connection: close\r\n\r\n",
+                status, reason, ctype, body->len);
     if (!head && body->len)
-        tprintf(&w->out, "%.*s", (int)body->len, body->p);
+        text_printf(&w->out, "%.*s", (int)body->len, body->p);
     uv_buf_t b = uv_buf_init(w->out.p, (unsigned)w->out.len);
     if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written) != 0) {
         free(w->out.p);
@@ -507,7 +480,7 @@ static void dispatch(admin_conn_t *c)
             continue;
         if (routes[i].post && method != HTTP_POST) {
             status = 405;
-            tprintf(&body, "%s requires a POST\n", routes[i].path);
+            text_printf(&body, "%s requires a POST\n", routes[i].path);
         } else {
             request_t rq = {.s = c->srv, .query = query, .ctype = routes[i].content_type};
             status = routes[i].handler(&rq, &body);
@@ -516,7 +489,7 @@ static void dispatch(admin_conn_t *c)
         break;
     }
     if (status == 404)
-        tprintf(&body, "unknown admin path %s\n", c->url);
+        text_printf(&body, "unknown admin path %s\n", c->url);
     respond(c, status, ctype, &body, method == HTTP_HEAD);
     free(body.p);
 }
@@ -561,7 +534,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         dispatch(c);
     } else if (ev.type == H1_ERROR || c->seen > ADMIN_MAX_REQUEST) {
         text_t body = {0};
-        tprintf(&body, "bad request\n");
+        text_printf(&body, "bad request\n");
         c->done = 1;
         respond(c, 400, "text/plain", &body, 0);
         free(body.p);

@@ -8,43 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/text.h"
 #include "discovery/dns.h"
 #include "proxy/server.h"
-
-/* ---- a growable string ---- */
-
-typedef struct out {
-    char *p;
-    size_t len, cap;
-    int failed;
-} out_t;
-
-static void oprintf(out_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void oprintf(out_t *o, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0 || o->failed)
-        return;
-    if (o->len + (size_t)n + 1 > o->cap) {
-        size_t cap = o->cap ? o->cap : 4096;
-        while (cap < o->len + (size_t)n + 1)
-            cap *= 2;
-        char *p = realloc(o->p, cap);
-        if (!p) {
-            o->failed = 1;
-            return;
-        }
-        o->p = p;
-        o->cap = cap;
-    }
-    va_start(ap, fmt);
-    vsnprintf(o->p + o->len, o->cap - o->len, fmt, ap);
-    va_end(ap);
-    o->len += (size_t)n;
-}
 
 /* ---- the list ---- */
 
@@ -410,8 +376,8 @@ static int filter_init(filter_t *f, const metrics_query_t *q, char **out)
     if (!q->filter || !*q->filter)
         return 0;
     if (regcomp(&f->re, q->filter, REG_EXTENDED | REG_NOSUB) != 0) {
-        out_t o = {0};
-        oprintf(&o, "invalid regex: %s\n", q->filter);
+        text_t o = {0};
+        text_printf(&o, "invalid regex: %s\n", q->filter);
         *out = o.p;
         return 400;
     }
@@ -463,7 +429,7 @@ static const char *const quantile_names[] = {"P0",  "P25", "P50",   "P75",   "P9
 /* ---- /stats ---- */
 
 typedef struct text_ctx {
-    out_t o;
+    text_t o;
     filter_t f;
     int json, first;
 } text_ctx_t;
@@ -475,23 +441,23 @@ static void text_one(void *ctx, const metric_t *m)
         return;
     if (m->kind != METRIC_HISTOGRAM) {
         if (t->json)
-            oprintf(&t->o, "%s{\"name\":\"%s\",\"value\":%" PRIu64 "}", t->first ? "" : ",",
-                    m->name, m->value);
+            text_printf(&t->o, "%s{\"name\":\"%s\",\"value\":%" PRIu64 "}", t->first ? "" : ",",
+                        m->name, m->value);
         else
-            oprintf(&t->o, "%s: %" PRIu64 "\n", m->name, m->value);
+            text_printf(&t->o, "%s: %" PRIu64 "\n", m->name, m->value);
         t->first = 0;
         return;
     }
     if (t->json)
         return; /* histograms come last, in their own object */
     if (stat_get((stat_t *)&m->hist->count) == 0) {
-        oprintf(&t->o, "%s: No recorded values\n", m->name);
+        text_printf(&t->o, "%s: No recorded values\n", m->name);
         return;
     }
-    oprintf(&t->o, "%s:", m->name);
+    text_printf(&t->o, "%s:", m->name);
     for (unsigned i = 0; i < sizeof quantiles / sizeof *quantiles; i++)
-        oprintf(&t->o, " %s(nan,%g)", quantile_names[i], quantile(m->hist, quantiles[i]));
-    oprintf(&t->o, "\n");
+        text_printf(&t->o, " %s(nan,%g)", quantile_names[i], quantile(m->hist, quantiles[i]));
+    text_printf(&t->o, "\n");
 }
 
 static void json_hist(void *ctx, const metric_t *m)
@@ -499,20 +465,20 @@ static void json_hist(void *ctx, const metric_t *m)
     text_ctx_t *t = ctx;
     if (m->kind != METRIC_HISTOGRAM || !wanted(&t->f, m))
         return;
-    oprintf(&t->o, "%s{\"name\":\"%s\",\"values\":[", t->first ? "" : ",", m->name);
+    text_printf(&t->o, "%s{\"name\":\"%s\",\"values\":[", t->first ? "" : ",", m->name);
     int empty = stat_get((stat_t *)&m->hist->count) == 0;
     for (unsigned i = 0; i < sizeof quantiles / sizeof *quantiles; i++) {
         if (empty)
-            oprintf(&t->o, "%s{\"interval\":null,\"cumulative\":null}", i ? "," : "");
+            text_printf(&t->o, "%s{\"interval\":null,\"cumulative\":null}", i ? "," : "");
         else
-            oprintf(&t->o, "%s{\"interval\":null,\"cumulative\":%g}", i ? "," : "",
-                    quantile(m->hist, quantiles[i]));
+            text_printf(&t->o, "%s{\"interval\":null,\"cumulative\":%g}", i ? "," : "",
+                        quantile(m->hist, quantiles[i]));
     }
-    oprintf(&t->o, "]}");
+    text_printf(&t->o, "]}");
     t->first = 0;
 }
 
-static int finish(out_t *o, char **out)
+static int finish(text_t *o, char **out)
 {
     if (o->failed) {
         free(o->p);
@@ -520,7 +486,7 @@ static int finish(out_t *o, char **out)
         return 503;
     }
     if (!o->p)
-        oprintf(o, "%s", "");
+        text_printf(o, "%s", "");
     *out = o->p;
     return 0;
 }
@@ -542,15 +508,15 @@ int metrics_json(server_t *s, const metrics_query_t *q, char **out)
     int rc = filter_init(&t.f, q, out);
     if (rc)
         return rc;
-    oprintf(&t.o, "{\"stats\":[");
+    text_printf(&t.o, "{\"stats\":[");
     metrics_each(s, text_one, &t);
-    oprintf(&t.o, "%s{\"histograms\":{\"supported_quantiles\":[", t.first ? "" : ",");
+    text_printf(&t.o, "%s{\"histograms\":{\"supported_quantiles\":[", t.first ? "" : ",");
     for (unsigned i = 0; i < sizeof quantiles / sizeof *quantiles; i++)
-        oprintf(&t.o, "%s%g", i ? "," : "", quantiles[i] * 100);
-    oprintf(&t.o, "],\"computed_quantiles\":[");
+        text_printf(&t.o, "%s%g", i ? "," : "", quantiles[i] * 100);
+    text_printf(&t.o, "],\"computed_quantiles\":[");
     t.first = 1;
     metrics_each(s, json_hist, &t);
-    oprintf(&t.o, "]}}]}\n");
+    text_printf(&t.o, "]}}]}\n");
     filter_free(&t.f);
     return finish(&t.o, out);
 }
@@ -612,47 +578,48 @@ static int by_family(const void *a, const void *b)
 
 /* What a family counts, for `# HELP`: the words of its Envoy name (Envoy prints none; the
  * Prometheus conventions and promtool want one). */
-static void help(out_t *o, const char *family)
+static void help(text_t *o, const char *family)
 {
-    oprintf(o, "# HELP %s %s\n", family,
-            !strncmp(family, "remora_", 7) ? "remora's own statistic (docs/metrics.md)"
-                                           : "Envoy's statistic of that name (docs/metrics.md)");
+    text_printf(o, "# HELP %s %s\n", family,
+                !strncmp(family, "remora_", 7)
+                    ? "remora's own statistic (docs/metrics.md)"
+                    : "Envoy's statistic of that name (docs/metrics.md)");
 }
 
-static void prom_hist(out_t *o, const series_t *s, const char *fixed)
+static void prom_hist(text_t *o, const series_t *s, const char *fixed)
 {
     const char *sep = s->labels[0] || fixed[0] ? "," : "";
     uint64_t cum = 0;
     for (unsigned i = 0; i < HIST_BOUNDS; i++) {
         cum += stat_get((stat_t *)&s->hist->buckets[i]);
-        oprintf(o, "%s_bucket{%s%s%s%sle=\"%.32g\"} %" PRIu64 "\n", s->family, fixed,
-                fixed[0] && s->labels[0] ? "," : "", s->labels, sep, bound_ms(i), cum);
+        text_printf(o, "%s_bucket{%s%s%s%sle=\"%.32g\"} %" PRIu64 "\n", s->family, fixed,
+                    fixed[0] && s->labels[0] ? "," : "", s->labels, sep, bound_ms(i), cum);
     }
     uint64_t count = stat_get((stat_t *)&s->hist->count);
-    oprintf(o, "%s_bucket{%s%s%s%sle=\"+Inf\"} %" PRIu64 "\n", s->family, fixed,
-            fixed[0] && s->labels[0] ? "," : "", s->labels, sep, count);
-    oprintf(o, "%s_sum{%s%s%s} %.17g\n", s->family, fixed, fixed[0] && s->labels[0] ? "," : "",
-            s->labels, stat_get((stat_t *)&s->hist->sum_us) / 1000.0);
-    oprintf(o, "%s_count{%s%s%s} %" PRIu64 "\n", s->family, fixed,
-            fixed[0] && s->labels[0] ? "," : "", s->labels, count);
+    text_printf(o, "%s_bucket{%s%s%s%sle=\"+Inf\"} %" PRIu64 "\n", s->family, fixed,
+                fixed[0] && s->labels[0] ? "," : "", s->labels, sep, count);
+    text_printf(o, "%s_sum{%s%s%s} %.17g\n", s->family, fixed, fixed[0] && s->labels[0] ? "," : "",
+                s->labels, stat_get((stat_t *)&s->hist->sum_us) / 1000.0);
+    text_printf(o, "%s_count{%s%s%s} %" PRIu64 "\n", s->family, fixed,
+                fixed[0] && s->labels[0] ? "," : "", s->labels, count);
 }
 
-static void prom_render(out_t *o, series_t *v, size_t n, const char *fixed)
+static void prom_render(text_t *o, series_t *v, size_t n, const char *fixed)
 {
     for (size_t i = 0; i < n; i++) {
         const series_t *s = &v[i];
         if (i == 0 || strcmp(v[i - 1].family, s->family) != 0) {
             help(o, s->family);
-            oprintf(o, "# TYPE %s %s\n", s->family,
-                    s->kind == METRIC_HISTOGRAM ? "histogram"
-                    : s->kind == METRIC_GAUGE   ? "gauge"
-                                                : "counter");
+            text_printf(o, "# TYPE %s %s\n", s->family,
+                        s->kind == METRIC_HISTOGRAM ? "histogram"
+                        : s->kind == METRIC_GAUGE   ? "gauge"
+                                                    : "counter");
         }
         if (s->kind == METRIC_HISTOGRAM)
             prom_hist(o, s, fixed);
         else
-            oprintf(o, "%s{%s%s%s} %" PRIu64 "\n", s->family, fixed,
-                    fixed[0] && s->labels[0] ? "," : "", s->labels, s->value);
+            text_printf(o, "%s{%s%s%s} %" PRIu64 "\n", s->family, fixed,
+                        fixed[0] && s->labels[0] ? "," : "", s->labels, s->value);
     }
 }
 
@@ -664,7 +631,7 @@ int metrics_prometheus(server_t *s, const metrics_query_t *q, char **out)
         return rc;
     metrics_each(s, prom_collect, &p);
     filter_free(&p.f);
-    out_t o = {0};
+    text_t o = {0};
     if (!p.failed) {
         qsort(p.v, p.n, sizeof *p.v, by_family);
         char fixed[600] = "";

@@ -6,10 +6,11 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "base/text.h"
 
 /* TLS 1.2 suites: ECDHE with AEAD only (Mozilla intermediate; passes RFC 9113's block list).
  * TLS 1.3 keeps OpenSSL's default suites. */
@@ -566,67 +567,36 @@ stat_t *tls_failure_stat(SSL *s, ssl_stats_t *st, const char **why)
 
 /* ---- /certs ---- */
 
-typedef struct json {
-    char *p;
-    size_t len, cap;
-    int failed;
-} json_t;
-
-static void jprintf(json_t *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void jprintf(json_t *j, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0 || j->failed)
-        return;
-    if (j->len + (size_t)n + 1 > j->cap) {
-        size_t cap = (j->len + (size_t)n + 1) * 2;
-        char *p = realloc(j->p, cap);
-        if (!p) {
-            j->failed = 1;
-            return;
-        }
-        j->p = p;
-        j->cap = cap;
-    }
-    va_start(ap, fmt);
-    vsnprintf(j->p + j->len, j->cap - j->len, fmt, ap);
-    va_end(ap);
-    j->len += (size_t)n;
-}
-
 /* A JSON string of bytes from a certificate (printable ASCII kept, the rest escaped). */
-static void jstring(json_t *j, const unsigned char *s, size_t n)
+static void jstring(text_t *j, const unsigned char *s, size_t n)
 {
-    jprintf(j, "\"");
+    text_printf(j, "\"");
     for (size_t i = 0; i < n; i++) {
         if (s[i] == '"' || s[i] == '\\')
-            jprintf(j, "\\%c", s[i]);
+            text_printf(j, "\\%c", s[i]);
         else if (s[i] < 0x20 || s[i] > 0x7e)
-            jprintf(j, "\\u%04x", s[i]);
+            text_printf(j, "\\u%04x", s[i]);
         else
-            jprintf(j, "%c", s[i]);
+            text_printf(j, "%c", s[i]);
     }
-    jprintf(j, "\"");
+    text_printf(j, "\"");
 }
 
-static void jtime(json_t *j, const ASN1_TIME *t)
+static void jtime(text_t *j, const ASN1_TIME *t)
 {
     struct tm tm;
     if (ASN1_TIME_to_tm(t, &tm) != 1) {
-        jprintf(j, "null");
+        text_printf(j, "null");
         return;
     }
-    jprintf(j, "\"%04d-%02d-%02dT%02d:%02d:%02dZ\"", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-            tm.tm_hour, tm.tm_min, tm.tm_sec);
+    text_printf(j, "\"%04d-%02d-%02dT%02d:%02d:%02dZ\"", tm.tm_year + 1900, tm.tm_mon + 1,
+                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
 
-static void jsans(json_t *j, X509 *x)
+static void jsans(text_t *j, X509 *x)
 {
     GENERAL_NAMES *g = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
-    jprintf(j, "[");
+    text_printf(j, "[");
     for (int i = 0, n = 0; g && i < sk_GENERAL_NAME_num(g); i++) {
         const GENERAL_NAME *gn = sk_GENERAL_NAME_value(g, i);
         const char *kind = gn->type == GEN_DNS     ? "dns"
@@ -635,7 +605,7 @@ static void jsans(json_t *j, X509 *x)
                                                    : NULL;
         if (!kind)
             continue;
-        jprintf(j, "%s{\"%s\": ", n++ ? ", " : "", kind);
+        text_printf(j, "%s{\"%s\": ", n++ ? ", " : "", kind);
         if (gn->type == GEN_IPADD) {
             char ip[INET6_ADDRSTRLEN] = "";
             int af = gn->d.iPAddress->length == 16 ? AF_INET6 : AF_INET;
@@ -646,13 +616,13 @@ static void jsans(json_t *j, X509 *x)
                 gn->type == GEN_DNS ? gn->d.dNSName : gn->d.uniformResourceIdentifier;
             jstring(j, s->data, (size_t)s->length);
         }
-        jprintf(j, "}");
+        text_printf(j, "}");
     }
-    jprintf(j, "]");
+    text_printf(j, "]");
     GENERAL_NAMES_free(g);
 }
 
-static void jcert(json_t *j, X509 *x, const char *path, int first)
+static void jcert(text_t *j, X509 *x, const char *path, int first)
 {
     int days = 0, secs = 0;
     ASN1_TIME_diff(&days, &secs, NULL, X509_get0_notAfter(x));
@@ -663,15 +633,15 @@ static void jcert(json_t *j, X509 *x, const char *path, int first)
     BN_free(bn);
     for (char *c = serial; c && *c; c++) /* Envoy prints it in lower case */
         *c = (char)(*c >= 'A' && *c <= 'F' ? *c - 'A' + 'a' : *c);
-    jprintf(j, "%s{\"path\": ", first ? "" : ", ");
+    text_printf(j, "%s{\"path\": ", first ? "" : ", ");
     jstring(j, (const unsigned char *)path, strlen(path));
-    jprintf(j, ", \"serial_number\": \"%s\", \"subject_alt_names\": ", serial ? serial : "");
+    text_printf(j, ", \"serial_number\": \"%s\", \"subject_alt_names\": ", serial ? serial : "");
     jsans(j, x);
-    jprintf(j, ", \"days_until_expiration\": \"%d\", \"valid_from\": ", days);
+    text_printf(j, ", \"days_until_expiration\": \"%d\", \"valid_from\": ", days);
     jtime(j, X509_get0_notBefore(x));
-    jprintf(j, ", \"expiration_time\": ");
+    text_printf(j, ", \"expiration_time\": ");
     jtime(j, X509_get0_notAfter(x));
-    jprintf(j, "}");
+    text_printf(j, "}");
     OPENSSL_free(serial);
 }
 
@@ -684,16 +654,16 @@ static int same_files(const tls_ctx_t *a, const tls_ctx_t *b)
     return 1;
 }
 
-static void jctx(json_t *j, const tls_ctx_t *t)
+static void jctx(text_t *j, const tls_ctx_t *t)
 {
-    jprintf(j, "{\"ca_cert\": [");
+    text_printf(j, "{\"ca_cert\": [");
     STACK_OF(X509_OBJECT) *objs = X509_STORE_get0_objects(SSL_CTX_get_cert_store(t->ssl));
     for (int i = 0, n = 0; t->files[2] && i < sk_X509_OBJECT_num(objs); i++) {
         X509 *x = X509_OBJECT_get0_X509(sk_X509_OBJECT_value(objs, i));
         if (x)
             jcert(j, x, t->files[2], n++ == 0);
     }
-    jprintf(j, "], \"cert_chain\": [");
+    text_printf(j, "], \"cert_chain\": [");
     X509 *leaf = SSL_CTX_get0_certificate(t->ssl);
     STACK_OF(X509) *chain = NULL;
     SSL_CTX_get0_chain_certs(t->ssl, &chain);
@@ -701,13 +671,13 @@ static void jctx(json_t *j, const tls_ctx_t *t)
         jcert(j, leaf, t->files[0], 1);
     for (int i = 0; leaf && i < sk_X509_num(chain); i++)
         jcert(j, sk_X509_value(chain, i), t->files[0], 0);
-    jprintf(j, "]}");
+    text_printf(j, "]}");
 }
 
 char *tls_certs_json(tls_cache_t *cache)
 {
-    json_t j = {0};
-    jprintf(&j, "{\"certificates\": [");
+    text_t j = {0};
+    text_printf(&j, "{\"certificates\": [");
     int n = 0;
     for (tls_ctx_t *t = cache->head; t; t = t->next) {
         int seen = !t->files[0] && !t->files[2]; /* unchecked client TLS: nothing loaded */
@@ -715,10 +685,10 @@ char *tls_certs_json(tls_cache_t *cache)
             seen = same_files(u, t);
         if (seen)
             continue;
-        jprintf(&j, "%s", n++ ? ", " : "");
+        text_printf(&j, "%s", n++ ? ", " : "");
         jctx(&j, t);
     }
-    jprintf(&j, "]}\n");
+    text_printf(&j, "]}\n");
     if (j.failed) {
         free(j.p);
         return NULL;

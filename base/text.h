@@ -1,0 +1,17 @@
+/* A growable text buffer: what admin answers, metrics renderings and /certs are built in.
+ * Once an allocation fails the buffer is marked failed and takes nothing more, so a caller
+ * checks once, at the end. */
+#ifndef REMORA_TEXT_H
+#define REMORA_TEXT_H
+
+#include <stddef.h>
+
+typedef struct text {
+    char *p; /* NUL-terminated once anything was written; NULL before */
+    size_t len, cap;
+    int failed;
+} text_t;
+
+void text_printf(text_t *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif
