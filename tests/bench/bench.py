@@ -135,10 +135,13 @@ class NotUp(SystemExit):
 
 
 class Proc:
-    def __init__(self, argv, port, env=None, ready=None, quiet=False):
+    def __init__(self, argv, port, env=None, ready=None, quiet=False, stdout=None):
+        """stdout: a file for the process's standard output alone (HAProxy's `log stdout`);
+        without it stdout and stderr both go to the log that a failure to come up shows."""
         self.argv, self.port = argv, port
         self.log = tempfile.NamedTemporaryFile(prefix="remora-bench-log-", delete=False)
-        self.p = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+        self.p = subprocess.Popen(argv, stdout=self.log if stdout is None else stdout,
+                                  stderr=subprocess.STDOUT if stdout is None else self.log, env=env,
                                   start_new_session=True)
         try:
             (ready or (lambda prt: wait_port(prt, proc=self.p)))(port)
@@ -272,10 +275,12 @@ http {{
   }}""", workers=1)
         return Proc(["nginx", "-c", conf], self.up_port)
 
-    def remora(self, workers=1, xray=None, routes=0, tls=False, quiet=False, protocol="http", app=None):
+    def remora(self, workers=1, xray=None, routes=0, tls=False, quiet=False, protocol="http", app=None,
+               access_log=None):
         """remora with the upstream (or the port `app`) as its local app: the bench drives the
         ingress port, which the node's listener governs (and with `tls`, terminates TLS on; with
-        protocol "tcp", relays bytes to the app without parsing them)."""
+        protocol "tcp", relays bytes to the app without parsing them). access_log: a path for the
+        node's `logging.accessLog.file` (Envoy's default format)."""
         port, admin, egress, xray_port = free_ports(4)
         listener = {"portMapping": {"port": self.up_port if app is None else app, "protocol": protocol}}
         if protocol == "http":
@@ -285,6 +290,8 @@ http {{
                 "certificateChain": self.cert, "privateKey": self.key}}}
         cfg = {"mesh": {"meshName": "bench"}, "virtualNodes": [{"virtualNodeName": "app", "spec": {
             "listeners": [listener]}}]}
+        if access_log:
+            cfg["virtualNodes"][0]["spec"]["logging"] = {"accessLog": {"file": {"path": access_log}}}
         if routes:
             add_routes(cfg, routes, self.up_port)
         path = os.path.join(self.dir, f"remora-{port}.json")
@@ -313,7 +320,9 @@ http {{
             return f"TLS not available (handshake: {got['error'][:200]})"
         return p
 
-    def haproxy(self, threads=1, maxconn=9900, tls=False):
+    def haproxy(self, threads=1, maxconn=9900, tls=False, log_file=None):
+        """log_file: HTTP logging (`option httplog`) to HAProxy's stdout (`log stdout format raw
+        local0`; there is no syslog here), which is redirected to that file."""
         port = free_port()
         conf = os.path.join(self.dir, f"haproxy-{port}.cfg")
         # TLS: the one certificate, TLS 1.3 only, one cipher, one group; a stats socket whose
@@ -321,13 +330,15 @@ http {{
         bind = (f"bind 127.0.0.1:{port} ssl crt {self.cert_key} ssl-min-ver TLSv1.3 "
                 f"ciphersuites TLS_AES_128_GCM_SHA256 curves X25519" if tls else f"bind 127.0.0.1:{port}")
         stats = f"\n  stats socket {self.dir}/haproxy-{port}.sock" if tls else ""
+        log_global = "\n  log stdout format raw local0" if log_file else ""
+        log_defaults = "\n  option httplog\n  log global" if log_file else ""
         with open(conf, "w") as f:
             f.write(f"""global
   nbthread {threads}
   maxconn {maxconn}
-  ulimit-n {min(19990, 2 * maxconn + 100)}{stats}
+  ulimit-n {min(19990, 2 * maxconn + 100)}{stats}{log_global}
 defaults
-  mode http
+  mode http{log_defaults}
   timeout connect 5s
   timeout client 300s
   timeout server 300s
@@ -339,7 +350,12 @@ frontend fe
 backend be
   server s1 127.0.0.1:{self.up_port}
 """)
-        p = Proc(["haproxy", "-f", conf, "-db"], port)
+        out = open(log_file, "ab") if log_file else None
+        try:
+            p = Proc(["haproxy", "-f", conf, "-db"], port, stdout=out)
+        finally:
+            if out:
+                out.close()  # the child has its own descriptor
         p.stats = f"{self.dir}/haproxy-{port}.sock" if tls else None
         return p, ["haproxy", "-f", conf, "-db"]
 
@@ -566,10 +582,11 @@ stream {{
                                   f"the handshake runs)")
         return res
 
-    def wrk_run(self, port, path, seconds, conns=32, headers=()):
+    def wrk_run(self, port, path, seconds, conns=32, headers=(), latency=False):
         """One plain-HTTP wrk run: {"rps", "requests" (completed), "errors" (wrk's line, or None),
-        "client_cpu_s" (wrk's user + system time)}."""
-        argv = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s"] + [a for h in headers for a in ("-H", h)]
+        "client_cpu_s" (wrk's user + system time)}. latency: with --latency, as Bench.wrk runs it."""
+        argv = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s"] + (["--latency"] if latency else []) + \
+            [a for h in headers for a in ("-H", h)]
         c0 = os.times()
         out = subprocess.run(argv + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
                              timeout=seconds + 30).stdout
@@ -1172,6 +1189,9 @@ def report(b, rounds):
     lines += [f"- {note}" for note in b.notes] + ([""] if b.notes else [])
     for title, rows in b.results.items():
         lines.append(f"## {title}")
+        text = getattr(b, "texts", {}).get(title)
+        if text:
+            lines += text + [""]
         first = next(iter(rows.values()))
         if isinstance(first, dict):
             keys = list(first)
@@ -1254,11 +1274,116 @@ def tcp_section(b, rounds, secs):
         echo.server_close()
 
 
+def count_lines(path):
+    try:
+        with open(path, "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
+
+
+OBS_TITLE = "observability cost: small GET, keep-alive, 32 connections, 1 worker (req/s)"
+
+
+def obs_section(b, rounds, secs, instructions=True):
+    """What observability costs: small-GET throughput (wrk, as the small GET above, 1 worker)
+    through remora's ingress as the bench configures it, remora with an access log to a file
+    (the node's logging.accessLog.file, Envoy's default format, written from a per-worker
+    buffer), HAProxy as configured, and HAProxy with `option httplog` to its stdout (`log stdout
+    format raw local0`; no syslog here) redirected to a file; interleaved rounds. Then the lines
+    each log holds against the requests wrk completed (a log that wrote nothing is no cost), and
+    callgrind instructions per request for remora without and with the access log."""
+    rlog, hlog = os.path.join(b.dir, "access.log"), os.path.join(b.dir, "haproxy-access.log")
+    makers = {"remora": lambda: b.remora(1),
+              "remora, access log": lambda: b.remora(1, access_log=rlog),
+              "haproxy": lambda: b.haproxy(1),
+              "haproxy, httplog to file": lambda: b.haproxy(1, log_file=hlog)}
+    logs = {"remora, access log": rlog, "haproxy, httplog to file": hlog}
+    started, t = [], {}
+    try:
+        for name, make in makers.items():
+            t[name] = make()[0]
+            started.append(t[name])
+        got = {name: [] for name in t}
+        done = {name: 0 for name in t}
+        for _ in range(rounds):
+            for name, proc in t.items():
+                r = b.wrk_run(proc.port, "/small", secs, latency=True)
+                got[name].append(r["rps"])
+                done[name] += r["requests"]
+                if r["errors"]:
+                    print(f"  warning: {name} observability: wrk reported {r['errors']}", file=sys.stderr)
+        for p in started:  # a graceful exit: remora writes what its buffers still hold
+            p.stop()
+        started = []
+    finally:
+        for p in started:
+            p.stop()
+    lines = {name: count_lines(path) for name, path in logs.items()}
+    med = {name: Spread(v) for name, v in got.items()}
+
+    def per_round(a, b_):
+        rs = [x / y for x, y in zip(got[a], got[b_]) if y]
+        return f"{float(med[a]) / float(med[b_]):.3f}x" + \
+            (f" (rounds {min(rs):.3f}–{max(rs):.3f})" if len(rs) > 1 else "") if rs else "n/a"
+    base = {"remora, access log": "remora", "haproxy, httplog to file": "haproxy"}
+    rows = {}
+    for name in t:
+        rows[name] = {"req/s": med[name],
+                      "logged / not logged": per_round(name, base[name]) if name in base else "",
+                      "log lines": f"{lines[name]:,}" if name in lines else "",
+                      "requests completed (wrk)": done[name]}
+    ins = {}
+    if instructions:
+        n1, n2 = (500, 1000) if b.smoke else (2000, 6000)
+        for name, kw in (("remora", {}), ("remora, access log",
+                                          {"access_log": os.path.join(b.dir, "access-callgrind.log")})):
+            p, argv, env = b.remora(1, **kw)
+            p.stop()
+            ins[name] = b.instructions("obs-" + name.replace(", ", "-").replace(" ", "-"), argv, p.port,
+                                       env=env, n1=n1, n2=n2)
+            rows[name]["instructions per request (callgrind)"] = f"{ins[name]:,.0f}"
+        for name in rows:
+            rows[name].setdefault("instructions per request (callgrind)", "")
+        cg_lines = count_lines(os.path.join(b.dir, "access-callgrind.log"))
+    for name, path in logs.items():
+        if not lines[name]:
+            print(f"  warning: {name}: the log {path} holds no lines", file=sys.stderr)
+    ab = per_round("remora, access log", "remora")
+    text = [
+        "Histograms are always on in remora (they cannot be turned off), so `remora` here already "
+        "carries them; docs/performance.md's 9,758 instructions per proxied small GET was measured "
+        "before they existed. `remora, access log`: the node's `logging.accessLog.file` to a file "
+        "in the run's directory (Envoy's default format, written from a per-worker buffer). "
+        "`haproxy, httplog to file`: `log stdout format raw local0`, `option httplog`, `log global`, "
+        "its stdout redirected to a file. Log lines are counted after each proxy exits gracefully, "
+        "against the requests wrk completed in all rounds.",
+        "",
+        f"- remora, access log / remora: {ab} — goal: at least 0.95",
+        f"- haproxy, httplog to file / haproxy: {per_round('haproxy, httplog to file', 'haproxy')}",
+        f"- remora, access log / haproxy, httplog to file: "
+        f"{per_round('remora, access log', 'haproxy, httplog to file')}",
+    ]
+    if ins:
+        text.append(f"- instructions per request: remora {ins['remora']:,.0f} now (histograms on; "
+                    f"9,758 before histograms existed), with the access log "
+                    f"{ins['remora, access log']:,.0f} ({ins['remora, access log'] - ins['remora']:+,.0f}); "
+                    f"the callgrind runs' access log holds {cg_lines:,} lines")
+    if not hasattr(b, "texts"):
+        b.texts = {}
+    b.texts[OBS_TITLE] = text
+    b.results[OBS_TITLE] = rows
+    print("\n".join(text))
+    print(rows)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="a short pass that never fails on timing")
     ap.add_argument("--tls-only", action="store_true", help="only the TLS measurements")
     ap.add_argument("--tcp-only", action="store_true", help="only the TCP relaying measurements")
+    ap.add_argument("--obs-only", action="store_true", help="only the observability-cost measurements")
     ap.add_argument("--hold-tls", nargs=3, metavar=("PORT", "N", "CA"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.hold_tls:
@@ -1282,6 +1407,12 @@ def main():
     if args.tcp_only:
         try:
             tcp_section(b, rounds, secs)
+        finally:
+            b.upstream.stop()
+        return finish(b, args)
+    if args.obs_only:
+        try:
+            obs_section(b, rounds, secs)
         finally:
             b.upstream.stop()
         return finish(b, args)
@@ -1314,6 +1445,7 @@ def main():
         started = [p for p in started if p not in fresh.values()]
         tls_section(b, rounds, secs)
         tcp_section(b, rounds, secs)
+        obs_section(b, rounds, secs)
         x_on, _, _ = b.remora(1, xray=0.05)
         x_full, _, _ = b.remora(1, xray=1.0)
         started += [x_on, x_full]
@@ -1363,7 +1495,8 @@ def finish(b, args):
     b.upstream.stop()
     text = report(b, b.rounds)
     os.makedirs(os.path.join(BUILD, "bench"), exist_ok=True)
-    name = ("results-tls" if args.tls_only else "results-tcp" if args.tcp_only else "results") + \
+    name = ("results-tls" if args.tls_only else "results-tcp" if args.tcp_only else
+            "results-obs" if args.obs_only else "results") + \
         ("-smoke" if args.smoke else "")
     out = os.path.join(BUILD, "bench", name + ".md")
     with open(out, "w") as f:

@@ -456,7 +456,7 @@ def test_full_pipe_drops_and_counts_and_traffic_goes_on(upstream, remora, tmp_pa
         pad = "p" * 900
         c = Conn(r.egress)
         start = time.monotonic()
-        total = 600  # ~540 KB of lines: far more than the pipe (64 KiB) and the buffer (64 KiB)
+        total = 600  # ~540 KB of lines: far more than the pipe (64 KiB) and the buffer (256 KiB)
         for i in range(total):
             c.send(request("GET", f"/n/{i}", headers=[("X-Pad", pad)]))
             assert c.read_response().status == 200

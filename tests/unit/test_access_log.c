@@ -516,7 +516,7 @@ static void test_full_buffer_drops_and_counts(void **state)
     request_line(&req, "GET", HTTP_GET, "/");
     assert_int_equal(head_add_field(&req, "X-Pad", 5, pad, sizeof pad), 0);
     access_log_entry_t e = {.req = &req};
-    /* 400 lines of 1001 bytes: the pipe takes 64 KiB, the buffer 64 KiB, the rest is dropped;
+    /* 400 lines of 1001 bytes: the pipe takes 64 KiB, the buffer 256 KiB, the rest is dropped;
      * the writer never waits. */
     const unsigned total = 400;
     for (unsigned i = 0; i < total; i++) {
@@ -575,7 +575,8 @@ static void test_long_line_is_dropped(void **state)
     cfg_access_log_t cfg = {.path = "/dev/null",
                             .where = WHERE,
                             .format = ACCESS_LOG_TEXT,
-                            .text = "%REQ(X-PAD)%%REQ(X-PAD)%\n"};
+                            .text = "%REQ(X-PAD)%%REQ(X-PAD)%%REQ(X-PAD)%%REQ(X-PAD)%"
+                                    "%REQ(X-PAD)%%REQ(X-PAD)%%REQ(X-PAD)%\n"};
     diag_t d = {0};
     access_log_t *l = access_log_build(&cfg, "m.json", 1, &st, &d);
     access_log_worker_t w;
@@ -585,7 +586,7 @@ static void test_long_line_is_dropped(void **state)
     request_line(&req, "GET", HTTP_GET, "/");
     assert_int_equal(head_add_field(&req, "X-Pad", 5, pad, sizeof pad), 0);
     access_log_entry_t e = {.req = &req};
-    access_log_write(l, &w, &e); /* 80001 bytes: more than the whole buffer */
+    access_log_write(l, &w, &e); /* 280001 bytes: more than the whole buffer */
     assert_int_equal(atomic_load(&st.dropped), 1);
     assert_false(access_log_worker_busy(&w));
     access_log_unref(l);
