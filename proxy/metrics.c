@@ -109,6 +109,10 @@ static void walk_cluster(server_t *s, walk_t *w, cluster_t *c)
     emit(w, METRIC_GAUGE, cluster_healthy(c, now), NULL, "cluster.%s.membership_healthy", n);
     emit(w, METRIC_GAUGE, ejected_now(c, now), NULL,
          "cluster.%s.outlier_detection.ejections_active", n);
+    /* remora ejects on consecutive 5xx and connect failures only: Envoy's reason-named counter
+     * is the same count. */
+    emit(w, METRIC_COUNTER, stat_get(&c->stats.outlier_detection_ejections_enforced_total), NULL,
+         "cluster.%s.outlier_detection.ejections_enforced_consecutive_5xx", n);
     uint32_t max_rq, max_pending;
     limits_of(s, c, &max_rq, &max_pending);
     unsigned active = atomic_load(&c->active_requests), pending = atomic_load(&c->pending_requests);

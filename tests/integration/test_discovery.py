@@ -259,6 +259,8 @@ def test_outlier_detection_ejects_a_dead_instance(knot, upstream, remora):
     assert [s for _, s in seen if s != 200] == [503, 503], seen
     assert all(s == 200 for t, s in seen if t > failures[-1])
     assert cluster_stat(r, "outlier_detection_ejections_enforced_total") == 1
+    # Envoy's name by reason: remora ejects on consecutive 5xx and connect failures only.
+    assert cluster_stat(r, "outlier_detection.ejections_enforced_consecutive_5xx") == 1
     _, clusters = r.admin("/clusters")
     assert f"127.0.0.1:{ups[1].port}::health_flags::/failed_outlier_check" in clusters
     assert cluster_stat(r, "membership_healthy") == 2
