@@ -17,7 +17,8 @@ FUZZ_SAN           := -fsanitize=address,undefined -fno-sanitize-recover=all
 FUZZ_CFLAGS        := -std=c11 -O1 -g -fno-omit-frame-pointer -pthread $(FUZZ_SAN)
 FUZZ_ALL           := dns_parse trace_header config sampling_rules \
                       h1_parse \
-                      $(if $(wildcard proxy/h1_server.c),h1_server h1_client)
+                      $(if $(wildcard proxy/h1_server.c),h1_server h1_client) \
+                      $(if $(wildcard proxy/transport_tls.c),tls_server)
 FUZZ_TARGETS       ?= $(FUZZ_ALL)
 
 # What each target links, beside its own tests/fuzz/fuzz_<name>.c. A source that moves makes
@@ -39,6 +40,13 @@ fuzz_h1_server_SRCS      := proxy/h1_server.c $(fuzz_h1_codec_SRCS)
 fuzz_h1_server_LIBS      := -luv
 fuzz_h1_client_SRCS      := proxy/h1_client.c $(fuzz_h1_codec_SRCS)
 fuzz_h1_client_LIBS      := -luv
+# The TLS transport over a real socketpair, with conn.c above it and an OpenSSL client in the
+# target; tls.c builds the listener's context (config/diag.c for its diagnostics, base/text.c
+# for /certs).
+fuzz_tls_server_SRCS     := proxy/transport_tls.c proxy/transport_tcp.c proxy/conn.c \
+                            proxy/loop.c tls/tls.c config/diag.c base/buf.c base/log.c \
+                            base/text.c
+fuzz_tls_server_LIBS     := -luv -lssl -lcrypto
 
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
 
