@@ -31,7 +31,7 @@
 #include "proxy/head.h"
 
 #define ACCESS_LOG_BUF      (256 * 1024) /* per worker and log: lines waiting to be written */
-#define ACCESS_LOG_FLUSH_MS 100         /* the longest a line waits (unless the file is slow) */
+#define ACCESS_LOG_FLUSH_MS 100          /* the longest a line waits (unless the file is slow) */
 
 /* Envoy's response flags, as bits in Envoy's printing order (source/common/stream_info/
  * utility.h, ALL_RESPONSE_STRINGS_FLAGS): %RESPONSE_FLAGS% prints the set ones joined by ','.
