@@ -430,7 +430,8 @@ static void handshake_failed(tls_conn_t *t)
     ERR_clear_error();
     t->state = TS_FAILED;
     raw_stop(t);
-    int err = t->read_err ? t->read_err : UV_EPROTO;
+    /* A peer that closed before sending a byte (a port check) just ended; anything else failed. */
+    int err = t->read_err ? t->read_err : !t->got_bytes && t->eof ? UV_EOF : UV_EPROTO;
     if (t->client) {
         conn_on_ready(c, err);
         return;
