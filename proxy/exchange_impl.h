@@ -65,9 +65,11 @@ struct exchange {
     unsigned continued : 1;     /* 100 Continue sent */
     unsigned client_paused : 1; /* the client's body is held (upstream full, or waiting) */
     unsigned upstream_paused : 1;
-    unsigned req_edited : 1;       /* the head was made the upstream's (headers_edit_request) */
-    unsigned secure : 1;           /* the client came over TLS */
-    uint64_t start_ns, req_end_ns; /* uv_hrtime at the request head and its end (histograms) */
+    unsigned req_edited : 1; /* the head was made the upstream's (headers_edit_request) */
+    unsigned secure : 1;     /* the client came over TLS */
+    /* uv_hrtime at the request head, its end and (with an access log) the response head;
+     * 0: not yet. The histograms and the access log's durations are measured on them. */
+    uint64_t start_ns, req_end_ns, resp_head_ns;
     /* What the access log line says (fwd_finish). Response flags and details are recorded
      * where a failure is decided, log or not; the rest only when there is a log. */
     uint32_t rflags;      /* RF_* (access_log.h) */
@@ -77,8 +79,7 @@ struct exchange {
     uint32_t reply_bytes; /* a local reply's body */
     access_log_t *alog;   /* the worker's log when this request was routed (a reference) */
     access_log_value_t *resp_kept; /* the RESP(...) values of the response (in the arena) */
-    uint64_t start_ms, req_end_ms, resp_head_ms; /* loop ms; 0: not yet */
-    int64_t start_sec;                           /* wall clock at the request head */
+    int64_t start_sec;             /* wall clock at the request head */
     uint32_t start_nsec;
     /* Not cleared when a kept exchange is reused: each is set up before use. */
     uint64_t armed_for; /* what the timer is armed for (it may outlive an exchange's use) */

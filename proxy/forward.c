@@ -597,7 +597,6 @@ void fwd_request_end(exchange_t *ex, head_t *trailers)
     ex->req_end_ns = uv_hrtime();
     ex->req_trailers = trailers;
     ex->idle_deadline = 0;
-    ex->req_end_ms = now_ms(ex);
     if (ex->ended)
         return;
     if (ex->cs)
@@ -652,7 +651,7 @@ void fwd_response_head(exchange_t *ex, head_t *h, unsigned msg)
         stat_inc(&cstats(ex)->upstream_rq_retry_success);
     ex->status = status;
     if (ex->alog) {
-        ex->resp_head_ms = now_ms(ex);
+        ex->resp_head_ns = uv_hrtime();
         ex->resp_kept = access_log_keep_response(ex->alog, h, &ex->arena);
     }
     stat_inc(stat_class(&cstats(ex)->upstream_rq_1xx, status));
@@ -850,14 +849,12 @@ static void log_begin(exchange_t *ex)
     ex->alog = access_log_ref(ex->w->alog);
     ex->start_sec = (int64_t)ts.tv_sec;
     ex->start_nsec = (uint32_t)ts.tv_nsec;
-    ex->start_ms = now_ms(ex);
-    if (ex->req_state == REQ_DONE)
-        ex->req_end_ms = ex->start_ms;
 }
 
+/* Milliseconds from the request head to `t` (uv_hrtime), -1 when `t` has not come. */
 static int64_t since_start(const exchange_t *ex, uint64_t t)
 {
-    return t ? (int64_t)(t - ex->start_ms) : -1;
+    return t ? (int64_t)((t - ex->start_ns) / 1000000) : -1;
 }
 
 /* One line for this exchange, into the worker's buffer of the log; the reference goes. */
@@ -876,9 +873,9 @@ static void log_exchange(exchange_t *ex)
         .resp = ex->resp_kept,
         .start_sec = ex->start_sec,
         .start_nsec = ex->start_nsec,
-        .duration_ms = since_start(ex, now_ms(ex)),
-        .request_ms = since_start(ex, ex->req_end_ms),
-        .response_ms = since_start(ex, ex->resp_head_ms),
+        .duration_ms = since_start(ex, uv_hrtime()),
+        .request_ms = since_start(ex, ex->req_end_ns),
+        .response_ms = since_start(ex, ex->resp_head_ns),
         .bytes_received = ex->req_bytes,
         .bytes_sent = ex->local_reply ? ex->reply_bytes : ex->resp_bytes,
         .status = (unsigned)ex->status,
