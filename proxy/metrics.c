@@ -20,29 +20,35 @@ typedef struct walk {
     char name[512];
 } walk_t;
 
+/* Name `m` (dotted, from fmt) and hand it to the walk's visitor. */
+static void visit(walk_t *w, metric_t *m, const char *fmt, va_list ap)
+{
+    vsnprintf(w->name, sizeof w->name, fmt, ap);
+    m->name = w->name;
+    w->fn(w->ctx, m);
+}
+
 static void emit(walk_t *w, enum metric_kind kind, uint64_t value, stat_t *counter, const char *fmt,
                  ...) __attribute__((format(printf, 5, 6)));
 static void emit(walk_t *w, enum metric_kind kind, uint64_t value, stat_t *counter, const char *fmt,
                  ...)
 {
+    metric_t m = {.kind = kind, .value = value, .counter = counter};
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(w->name, sizeof w->name, fmt, ap);
+    visit(w, &m, fmt, ap);
     va_end(ap);
-    metric_t m = {.name = w->name, .kind = kind, .value = value, .counter = counter};
-    w->fn(w->ctx, &m);
 }
 
 static void emit_hist(walk_t *w, const histogram_t *h, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void emit_hist(walk_t *w, const histogram_t *h, const char *fmt, ...)
 {
+    metric_t m = {.kind = METRIC_HISTOGRAM, .hist = h};
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(w->name, sizeof w->name, fmt, ap);
+    visit(w, &m, fmt, ap);
     va_end(ap);
-    metric_t m = {.name = w->name, .kind = METRIC_HISTOGRAM, .hist = h};
-    w->fn(w->ctx, &m);
 }
 
 /* remora's own: a dotted name for /stats, a family and labels for Prometheus. */
@@ -51,17 +57,15 @@ static void emit_own(walk_t *w, stat_t *counter, const char *family, const char 
 static void emit_own(walk_t *w, stat_t *counter, const char *family, const char *labels,
                      const char *fmt, ...)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(w->name, sizeof w->name, fmt, ap);
-    va_end(ap);
-    metric_t m = {.name = w->name,
-                  .kind = METRIC_COUNTER,
+    metric_t m = {.kind = METRIC_COUNTER,
                   .value = stat_get(counter),
                   .counter = counter,
                   .family = family,
                   .labels = labels};
-    w->fn(w->ctx, &m);
+    va_list ap;
+    va_start(ap, fmt);
+    visit(w, &m, fmt, ap);
+    va_end(ap);
 }
 
 static uint64_t now_ms(void)
