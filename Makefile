@@ -17,7 +17,7 @@ endif
 CFLAGS    := -std=c11 $(OPT) -pthread
 LDLIBS    := -luv -lcares -lcjson -lssl -lcrypto -lpthread -lm
 
-SRCS      := $(wildcard base/*.c proxy/*.c config/*.c routing/*.c discovery/*.c tracing/*.c tls/*.c)
+SRCS      := $(wildcard base/*.c http/*.c aws/*.c proxy/*.c config/*.c routing/*.c discovery/*.c tracing/*.c tls/*.c)
 LIB_SRCS  := $(filter-out proxy/main.c,$(SRCS))
 OBJS      := $(SRCS:%.c=$(BUILD)/%.o)
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o)

@@ -28,7 +28,7 @@
 #include "base/stats.h"
 #include "config/config.h"
 #include "config/diag.h"
-#include "proxy/head.h"
+#include "http/head.h"
 
 #define ACCESS_LOG_BUF      (256 * 1024) /* per worker and log: lines waiting to be written */
 #define ACCESS_LOG_FLUSH_MS 100          /* the longest a line waits (unless the file is slow) */

@@ -10,7 +10,7 @@
 #include "discovery/dns.h"
 #include "base/log.h"
 #include "base/text.h"
-#include "proxy/h1_parse.h"
+#include "http/h1_parse.h"
 #include "proxy/metrics.h"
 #include "proxy/version.h"
 

@@ -6,7 +6,7 @@
 #include "base/err.h"
 #include "base/log.h"
 #include "proxy/h1_out.h"
-#include "proxy/h1_parse.h"
+#include "http/h1_parse.h"
 
 struct h1_client {
     client_stream_t s; /* first: the exchange's handle is this connection */

@@ -7,7 +7,7 @@
 #include <stdint.h>
 
 #include "proxy/conn.h"
-#include "proxy/head.h"
+#include "http/head.h"
 
 /* Framing fields the codec writes itself; the head's own are skipped unless `keep_length`. */
 typedef struct h1_framing {

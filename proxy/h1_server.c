@@ -8,7 +8,7 @@
 #include "base/err.h"
 #include "base/log.h"
 #include "proxy/h1_out.h"
-#include "proxy/h1_parse.h"
+#include "http/h1_parse.h"
 #include "proxy/tqueue.h"
 
 enum phase { PH_HEADERS, PH_IDLE, PH_STREAM, PH_LINGER };

@@ -4,7 +4,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 
-#include "proxy/head.h"
+#include "http/head.h"
 #include "proxy/loop.h"
 
 #define HEAD_KEEP       128

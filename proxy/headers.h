@@ -13,7 +13,7 @@
 
 #include <stddef.h>
 
-#include "proxy/head.h"
+#include "http/head.h"
 
 /* Mark the fields a Connection header names hop-by-hop (the fixed set is marked already). */
 void headers_mark_hop(head_t *h);

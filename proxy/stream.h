@@ -19,7 +19,7 @@
 #include <sys/socket.h>
 
 #include "base/buf.h"
-#include "proxy/head.h"
+#include "http/head.h"
 
 struct conn;
 

@@ -30,10 +30,10 @@ fuzz_config_SRCS         := $(filter-out config/sampling_rules.c,$(filter config
 fuzz_config_LIBS         := -lcjson
 fuzz_sampling_rules_SRCS := config/sampling_rules.c config/json.c config/diag.c
 fuzz_sampling_rules_LIBS := -lcjson
-fuzz_h1_parse_SRCS       := proxy/h1_parse.c proxy/head.c base/http.c
+fuzz_h1_parse_SRCS       := http/h1_parse.c http/head.c base/http.c
 # The codecs over conn.c and a transport of the harness's own (fuzz_glue.h); transport_tcp.c
 # only for the default transport conn_new sets.
-fuzz_h1_codec_SRCS       := proxy/h1_out.c proxy/h1_parse.c proxy/head.c proxy/head_pool.c \
+fuzz_h1_codec_SRCS       := proxy/h1_out.c http/h1_parse.c http/head.c proxy/head_pool.c \
                             proxy/conn.c proxy/loop.c proxy/tqueue.c proxy/transport_tcp.c \
                             base/buf.c base/http.c base/err.c base/log.c
 fuzz_h1_server_SRCS      := proxy/h1_server.c $(fuzz_h1_codec_SRCS)

@@ -28,7 +28,7 @@
 
 #include "base/buf.h"
 #include "proxy/conn.h"
-#include "proxy/head.h"
+#include "http/head.h"
 #include "proxy/loop.h"
 #include "proxy/transport.h"
 

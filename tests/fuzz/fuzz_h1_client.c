@@ -52,7 +52,7 @@
 #include "base/http.h"
 #include "base/stats.h"
 #include "proxy/h1_client.h"
-#include "proxy/h1_parse.h"
+#include "http/h1_parse.h"
 #include "tests/fuzz/fuzz_glue.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -1,4 +1,4 @@
-/* proxy/h1_parse.c against the contract in proxy/h1_parse.h.
+/* http/h1_parse.c against the contract in http/h1_parse.h.
  *
  * Input: byte 0 picks where the stream is split in two (0..255 scaled to its length); byte 1
  * picks the kind (bit 0: request or response), for responses the method of the request being
@@ -32,8 +32,8 @@
 #include <string.h>
 
 #include "base/http.h"
-#include "proxy/h1_parse.h"
-#include "proxy/head.h"
+#include "http/h1_parse.h"
+#include "http/head.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

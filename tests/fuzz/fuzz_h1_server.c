@@ -51,7 +51,7 @@
 #include "base/err.h"
 #include "base/http.h"
 #include "base/stats.h"
-#include "proxy/h1_parse.h"
+#include "http/h1_parse.h"
 #include "proxy/h1_server.h"
 #include "tests/fuzz/fuzz_glue.h"
 

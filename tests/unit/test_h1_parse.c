@@ -1,4 +1,4 @@
-/* proxy/h1_parse.c and proxy/head.c: every strictness rule and cap of h1_parse.h, each input
+/* http/h1_parse.c and http/head.c: every strictness rule and cap of h1_parse.h, each input
  * fed whole, one byte at a time and split at every position (the transcripts must be equal),
  * pipelining, responses and their framing, end of stream; the neutral head's storage, caps and
  * lookups. */
@@ -13,8 +13,8 @@
 #include <cmocka.h>
 
 #include "base/err.h"
-#include "proxy/h1_parse.h"
-#include "proxy/head.h"
+#include "http/h1_parse.h"
+#include "http/head.h"
 
 /* ---- a growable string ---- */
 

@@ -1,4 +1,4 @@
-#include "proxy/head.h"
+#include "http/head.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -6,7 +6,7 @@
 #include <uv.h>
 
 #include "base/err.h"
-#include "proxy/ascii.h"
+#include "http/ascii.h"
 
 #define BYTES_INITIAL  1024
 #define FIELDS_INITIAL 16

@@ -46,7 +46,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "proxy/head.h"
+#include "http/head.h"
 
 #define H1_MAX_CHUNK_LINE 4096
 

@@ -1,9 +1,9 @@
-#include "proxy/h1_parse.h"
+#include "http/h1_parse.h"
 
 #include <string.h>
 
 #include "base/err.h"
-#include "proxy/ascii.h"
+#include "http/ascii.h"
 
 /* RFC 9112 §2.2 asks a server to ignore at least one empty line before a request line; a few
  * cover every client bug seen in practice, and the cap keeps a peer from idling forever. */
