@@ -147,6 +147,33 @@ static void parse_listener(jctx_t *j, const cJSON *o, const char *path, cfg_list
 static const char *const ip_preferences[] = {"",          "IPv4_PREFERRED", "IPv6_PREFERRED",
                                              "IPv4_ONLY", "IPv6_ONLY",      NULL};
 
+/* awsCloudMap.attributes: [{"key", "value"}], keys distinct (DiscoverInstances takes a map). */
+static void parse_attributes(jctx_t *j, const cJSON *cm, const char *path, cfg_node_t *n)
+{
+    static const char *const fields[] = {"key", "value", NULL};
+    const cJSON *attrs = j_array(j, cm, path, "attributes", J_OPTIONAL, 0, 50);
+    unsigned count = (unsigned)cJSON_GetArraySize(attrs);
+    n->attributes = count ? calloc(count, sizeof *n->attributes) : NULL;
+    if (count && !n->attributes)
+        return;
+    for (unsigned i = 0; i < count; i++) {
+        char p[JPATH_MAX];
+        jpath_index(p, path, "attributes", (int)i);
+        const cJSON *a = cJSON_GetArrayItem(attrs, (int)i);
+        cfg_attribute_t *at = &n->attributes[n->nattributes++];
+        if (!cJSON_IsObject(a)) {
+            jerr(j, p, NULL, "must be an object");
+            continue;
+        }
+        j_only(j, a, p, fields);
+        at->key = j_string(j, a, p, "key", J_REQUIRED, 1, 255);
+        at->value = j_string(j, a, p, "value", J_REQUIRED, 1, 1024);
+        for (unsigned k = 0; at->key && k + 1 < n->nattributes; k++)
+            if (n->attributes[k].key && !strcmp(n->attributes[k].key, at->key))
+                jerr(j, p, "key", "repeats \"%s\" (each key may appear once)", at->key);
+    }
+}
+
 static void parse_discovery(jctx_t *j, const cJSON *o, const char *path, cfg_node_t *n)
 {
     static const char *const kinds[] = {"dns", "awsCloudMap", NULL};
@@ -171,8 +198,7 @@ static void parse_discovery(jctx_t *j, const cJSON *o, const char *path, cfg_nod
         n->discovery = DISCOVERY_CLOUD_MAP;
         n->namespace_name = j_string(j, m, p, "namespaceName", J_REQUIRED, 1, 1024);
         n->service_name = j_string(j, m, p, "serviceName", J_REQUIRED, 1, 1024);
-        const cJSON *attrs = j_array(j, m, p, "attributes", J_OPTIONAL, 0, 50);
-        n->nattributes = (unsigned)cJSON_GetArraySize(attrs);
+        parse_attributes(j, m, p, n);
     }
     n->ip_preference =
         (enum ip_preference)j_enum(j, m, p, "ipPreference", ip_preferences, J_OPTIONAL, IP_DEFAULT);
@@ -630,14 +656,35 @@ static void parse_xray(jctx_t *j, const cJSON *proxy, cfg_proxy_t *px)
         px->xray_rate = rate->valuedouble;
 }
 
+/* proxy.cloudMap: {"discovery": "attributes" | "api" | "dns", "healthStatus",
+ * "pollInterval", "refreshInterval"}. */
+static void parse_cloudmap(jctx_t *j, const cJSON *proxy, cfg_proxy_t *px)
+{
+    static const char *const fields[] = {"discovery", "healthStatus", "pollInterval",
+                                         "refreshInterval", NULL};
+    static const char *const uses[] = {"attributes", "api", "dns", NULL};
+    static const char *const health[] = {"HEALTHY_OR_ELSE_ALL", "HEALTHY", "UNHEALTHY", "ALL",
+                                         NULL};
+    const cJSON *o = j_object(j, proxy, "proxy", "cloudMap", J_OPTIONAL);
+    if (!o)
+        return;
+    j_only(j, o, "proxy.cloudMap", fields);
+    px->cloudmap_use = j_enum(j, o, "proxy.cloudMap", "discovery", uses, J_OPTIONAL, -1);
+    px->cloudmap_health = j_enum(j, o, "proxy.cloudMap", "healthStatus", health, J_OPTIONAL, -1);
+    px->cloudmap_poll_ms = j_duration(j, o, "proxy.cloudMap", "pollInterval", J_OPTIONAL);
+    px->cloudmap_refresh_ms = j_duration(j, o, "proxy.cloudMap", "refreshInterval", J_OPTIONAL);
+}
+
 static void parse_proxy(jctx_t *j, const cJSON *root, cfg_proxy_t *px)
 {
     static const char *const fields[] = {
         "node",     "ingressPort",          "egressPort",   "workers", "admin",
         "logLevel", "requestHeaderTimeout", "drainTimeout", "dns",     "xray",
-        NULL};
+        "cloudMap", NULL};
     px->ingress_port = px->egress_port = px->workers = -1;
+    px->cloudmap_use = px->cloudmap_health = -1;
     px->request_header_timeout_ms = px->drain_timeout_ms = px->dns_hold_ms = DURATION_UNSET;
+    px->cloudmap_poll_ms = px->cloudmap_refresh_ms = DURATION_UNSET;
     const cJSON *o = j_object(j, root, "", "proxy", J_OPTIONAL);
     if (!o)
         return;
@@ -652,6 +699,7 @@ static void parse_proxy(jctx_t *j, const cJSON *root, cfg_proxy_t *px)
     px->drain_timeout_ms = j_duration(j, o, "proxy", "drainTimeout", J_OPTIONAL);
     parse_dns(j, o, px);
     parse_xray(j, o, px);
+    parse_cloudmap(j, o, px);
 }
 
 static void parse_mesh(jctx_t *j, const cJSON *root, config_t *c)
@@ -768,6 +816,11 @@ static void free_node(cfg_node_t *n)
     free(n->hostname);
     free(n->namespace_name);
     free(n->service_name);
+    for (unsigned k = 0; k < n->nattributes; k++) {
+        free(n->attributes[k].key);
+        free(n->attributes[k].value);
+    }
+    free(n->attributes);
     free_strings(n->backends, n->nbackends);
     for (unsigned k = 0; k < n->nbackends && n->backend_tls; k++)
         config_free_client_tls(&n->backend_tls[k]);

@@ -104,6 +104,10 @@ typedef struct cfg_access_log {
     unsigned njson;
 } cfg_access_log_t;
 
+typedef struct cfg_attribute {
+    char *key, *value;
+} cfg_attribute_t;
+
 typedef struct cfg_node {
     char *name;
     cfg_listener_t *listeners;
@@ -113,7 +117,8 @@ typedef struct cfg_node {
     enum dns_response response_type;
     char *namespace_name; /* awsCloudMap */
     char *service_name;
-    unsigned nattributes; /* Cloud Map attributes (DNS cannot filter by them) */
+    cfg_attribute_t *attributes; /* awsCloudMap.attributes: instances must match all */
+    unsigned nattributes;
     enum ip_preference ip_preference;
     char **backends;               /* virtual service names */
     cfg_client_tls_t *backend_tls; /* per backend, parallel to `backends` (present = 0: none) */
@@ -177,6 +182,11 @@ typedef struct cfg_route {
     uint64_t idle_ms;
 } cfg_route_t;
 
+/* Which awsCloudMap nodes are discovered through the Cloud Map API rather than DNS. */
+enum cloudmap_use { CLOUDMAP_API_ATTRIBUTES, CLOUDMAP_API_ALWAYS, CLOUDMAP_API_NEVER };
+/* DiscoverInstances' HealthStatus filter. */
+enum cloudmap_health { CM_HEALTHY_OR_ELSE_ALL, CM_HEALTHY, CM_UNHEALTHY, CM_ALL };
+
 /* remora's own settings from the config file; CLI flags and env vars override them. */
 typedef struct cfg_proxy {
     char *node;
@@ -190,6 +200,9 @@ typedef struct cfg_proxy {
     int xray_enabled; /* proxy.xray.enabled */
     char *xray_daemon, *xray_manifest, *xray_segment_name;
     double xray_rate; /* -1 when not given */
+    int cloudmap_use; /* enum cloudmap_use; -1 when not given */
+    int cloudmap_health; /* enum cloudmap_health; -1 when not given */
+    uint64_t cloudmap_poll_ms, cloudmap_refresh_ms; /* DURATION_UNSET when not given */
 } cfg_proxy_t;
 
 typedef struct config {
