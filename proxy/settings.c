@@ -225,6 +225,55 @@ static void resolve_xray(settings_t *s, const config_t *cfg, diag_t *d)
         snprintf(x->segment_name, sizeof x->segment_name, "%.120s/%.120s", cfg->mesh_name, s->node);
 }
 
+/* An interval from `var` (milliseconds), else the config's, else `dflt`; at least MIN_POLL_MS. */
+static uint64_t interval(const char *var, uint64_t cfg_ms, uint64_t dflt, diag_t *d)
+{
+    const char *v = env(var);
+    long ms = v ? parse_long(v, MIN_POLL_MS, 86400000L) : -1;
+    if (v && ms < 0)
+        diag_add(d, "settings", var, "must be %d..86400000 (milliseconds), got \"%s\"",
+                 MIN_POLL_MS, v);
+    if (ms >= 0)
+        return (uint64_t)ms;
+    if (cfg_ms != DURATION_UNSET)
+        return cfg_ms < MIN_POLL_MS ? MIN_POLL_MS : cfg_ms;
+    return dflt;
+}
+
+/* Cloud Map API discovery: REMORA_CLOUDMAP_DISCOVERY (attributes | api | dns),
+ * REMORA_CLOUDMAP_POLL_MS, REMORA_CLOUDMAP_REFRESH_MS; then proxy.cloudMap. The config URL:
+ * REMORA_CONFIG_URL and REMORA_CONFIG_POLL_MS. */
+static void resolve_polling(settings_t *s, const config_t *cfg, diag_t *d)
+{
+    static const char *const uses[] = {"attributes", "api", "dns"};
+    const cfg_proxy_t *px = &cfg->proxy;
+    s->cloudmap_use = px->cloudmap_use >= 0 ? px->cloudmap_use : CLOUDMAP_API_ATTRIBUTES;
+    const char *use = env("REMORA_CLOUDMAP_DISCOVERY");
+    if (use) {
+        int found = -1;
+        for (int i = 0; i < 3; i++)
+            if (!strcmp(use, uses[i]))
+                found = i;
+        if (found < 0)
+            diag_add(d, "settings", "REMORA_CLOUDMAP_DISCOVERY",
+                     "must be attributes, api or dns, got \"%s\"", use);
+        else
+            s->cloudmap_use = found;
+    }
+    s->cloudmap_health = px->cloudmap_health >= 0 ? px->cloudmap_health : CM_HEALTHY_OR_ELSE_ALL;
+    s->cloudmap_poll_ms = interval("REMORA_CLOUDMAP_POLL_MS", px->cloudmap_poll_ms,
+                                   DEFAULT_CLOUDMAP_POLL_MS, d);
+    s->cloudmap_refresh_ms = interval("REMORA_CLOUDMAP_REFRESH_MS", px->cloudmap_refresh_ms,
+                                      DEFAULT_CLOUDMAP_REFRESH_MS, d);
+    const char *url = env("REMORA_CONFIG_URL");
+    if (url && strlen(url) >= sizeof s->config_url)
+        diag_add(d, "settings", "REMORA_CONFIG_URL", "longer than %zu bytes",
+                 sizeof s->config_url - 1);
+    else if (url)
+        snprintf(s->config_url, sizeof s->config_url, "%s", url);
+    s->config_poll_ms = interval("REMORA_CONFIG_POLL_MS", DURATION_UNSET, DEFAULT_CONFIG_POLL_MS, d);
+}
+
 int settings_resolve(settings_t *s, const cli_opts_t *cli, const config_t *cfg, diag_t *d)
 {
     size_t before = d->n;
@@ -258,5 +307,6 @@ int settings_resolve(settings_t *s, const cli_opts_t *cli, const config_t *cfg, 
                                       : "");
     s->dns_hold_ms = cfg->proxy.dns_hold_ms != DURATION_UNSET ? cfg->proxy.dns_hold_ms
                                                               : DISCOVERY_DEFAULT_HOLD_MS;
+    resolve_polling(s, cfg, d);
     return d->n > before ? ERR_CONFIG : 0;
 }

@@ -16,6 +16,10 @@
 #define DEFAULT_ADMIN_PORT        9901
 #define DEFAULT_HEADER_TIMEOUT_MS 10000
 #define DEFAULT_DRAIN_TIMEOUT_MS  20000
+#define DEFAULT_CLOUDMAP_POLL_MS    5000  /* DiscoverInstancesRevision */
+#define DEFAULT_CLOUDMAP_REFRESH_MS 30000 /* DiscoverInstances even if the revision stands */
+#define DEFAULT_CONFIG_POLL_MS      10000
+#define MIN_POLL_MS                 100
 
 /* What the command line said; unset fields are NULL / -1. */
 typedef struct cli_opts {
@@ -41,6 +45,13 @@ typedef struct settings {
     int stats_tags; /* ENABLE_ENVOY_STATS_TAGS=1: appmesh_mesh and appmesh_virtual_node on every
                        series */
     xray_settings_t xray_set;
+    /* Cloud Map API discovery (docs/cloudmap.md) */
+    int cloudmap_use;    /* enum cloudmap_use */
+    int cloudmap_health; /* enum cloudmap_health */
+    uint64_t cloudmap_poll_ms, cloudmap_refresh_ms;
+    /* REMORA_CONFIG_URL: the config is polled from here ("" = a file or REMORA_CONFIG_JSON) */
+    char config_url[2048];
+    uint64_t config_poll_ms;
 } settings_t;
 
 /* Where the config comes from: REMORA_CONFIG_JSON inline, else --config, REMORA_CONFIG, the
