@@ -25,7 +25,7 @@ LLHTTP_OBJS := $(BUILD)/third_party/llhttp/api.o $(BUILD)/third_party/llhttp/htt
                $(BUILD)/third_party/llhttp/llhttp.o
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
-TOOL_BINS := $(BUILD)/tests/trace_header_cli
+TOOL_BINS := $(BUILD)/tests/trace_header_cli $(BUILD)/tests/sigv4_cli
 BENCH_BINS := $(BUILD)/bench/openloop
 
 DEB_PKGS  := build-essential pkg-config libuv1-dev libc-ares-dev libcjson-dev libssl-dev \
@@ -103,11 +103,11 @@ run: deps
 BANNED := \b(sprintf|vsprintf|strcpy|strcat|atoi|atol|gets|system)[[:space:]]*\(
 lint:
 	@! grep -nE '$(BANNED)' $(SRCS) $(wildcard */*.h) || { echo "lint: banned call above"; exit 1; }
-	@clang-format --dry-run --Werror $(SRCS) $(wildcard base/*.h proxy/*.h config/*.h routing/*.h discovery/*.h tracing/*.h tls/*.h)
+	@clang-format --dry-run --Werror $(SRCS) $(wildcard base/*.h http/*.h aws/*.h proxy/*.h config/*.h routing/*.h discovery/*.h tracing/*.h tls/*.h)
 	@echo "lint: ok"
 
 format:
-	clang-format -i $(SRCS) $(wildcard base/*.h proxy/*.h config/*.h routing/*.h discovery/*.h tracing/*.h tls/*.h)
+	clang-format -i $(SRCS) $(wildcard base/*.h http/*.h aws/*.h proxy/*.h config/*.h routing/*.h discovery/*.h tracing/*.h tls/*.h)
 
 bench-deps:
 	@$(MAKE) --no-print-directory deps EXTRA_PKGS="$(BENCH_PKGS)"

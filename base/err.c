@@ -21,6 +21,10 @@ const char *err_str(int err)
         return "malformed request";
     case ERR_CLIENT_GONE:
         return "client went away";
+    case ERR_TLS:
+        return "TLS handshake or certificate verification failed";
+    case ERR_BAD_URL:
+        return "not an http:// or https:// URL";
     default:
         return err < ERR_BASE ? "unknown error" : uv_strerror(err);
     }

@@ -12,6 +12,8 @@ enum {
     ERR_TOO_LARGE,       /* a capped buffer would overflow */
     ERR_BAD_REQUEST,     /* the client's request is not valid HTTP (framing) */
     ERR_CLIENT_GONE,     /* the client closed or reset before the exchange ended */
+    ERR_TLS,             /* a TLS handshake or certificate check failed */
+    ERR_BAD_URL,         /* a URL that is not http(s)://host[:port][/path] */
 };
 
 const char *err_str(int err);

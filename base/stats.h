@@ -108,7 +108,12 @@ static inline void hist_record_us(histogram_t *h, uint64_t us)
     X(lb_healthy_panic, 0)                                                                         \
     X(outlier_detection_ejections_enforced_total, 0)                                               \
     X(health_check_attempt, 0)                                                                     \
-    X(health_check_failure, 0)
+    X(health_check_failure, 0)                                                                     \
+    X(update_attempt, 0)                                                                           \
+    X(update_success, 0)                                                                           \
+    X(update_failure, 0)                                                                           \
+    X(update_empty, 0)                                                                             \
+    X(update_no_rebuild, 0)
 
 /* TLS, under a listener's or a cluster's `ssl.` scope, as Envoy names them. */
 #define SSL_STATS(X)                                                                               \

@@ -29,3 +29,17 @@ void text_printf(text_t *t, const char *fmt, ...)
     va_end(ap);
     t->len += (size_t)n;
 }
+
+void text_json_string(text_t *t, const char *s)
+{
+    text_printf(t, "\"");
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            text_printf(t, "\\%c", *p);
+        else if (*p < 0x20)
+            text_printf(t, "\\u%04x", *p);
+        else
+            text_printf(t, "%c", *p);
+    }
+    text_printf(t, "\"");
+}

@@ -13,5 +13,7 @@ typedef struct text {
 } text_t;
 
 void text_printf(text_t *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* `s` as a JSON string, quotes included (RFC 8259 §7: ", \ and controls escaped). */
+void text_json_string(text_t *t, const char *s);
 
 #endif

@@ -677,10 +677,18 @@ static void parse_cloudmap(jctx_t *j, const cJSON *proxy, cfg_proxy_t *px)
 
 static void parse_proxy(jctx_t *j, const cJSON *root, cfg_proxy_t *px)
 {
-    static const char *const fields[] = {
-        "node",     "ingressPort",          "egressPort",   "workers", "admin",
-        "logLevel", "requestHeaderTimeout", "drainTimeout", "dns",     "xray",
-        "cloudMap", NULL};
+    static const char *const fields[] = {"node",
+                                         "ingressPort",
+                                         "egressPort",
+                                         "workers",
+                                         "admin",
+                                         "logLevel",
+                                         "requestHeaderTimeout",
+                                         "drainTimeout",
+                                         "dns",
+                                         "xray",
+                                         "cloudMap",
+                                         NULL};
     px->ingress_port = px->egress_port = px->workers = -1;
     px->cloudmap_use = px->cloudmap_health = -1;
     px->request_header_timeout_ms = px->drain_timeout_ms = px->dns_hold_ms = DURATION_UNSET;

@@ -199,9 +199,9 @@ typedef struct cfg_proxy {
     uint64_t dns_hold_ms;
     int xray_enabled; /* proxy.xray.enabled */
     char *xray_daemon, *xray_manifest, *xray_segment_name;
-    double xray_rate; /* -1 when not given */
-    int cloudmap_use; /* enum cloudmap_use; -1 when not given */
-    int cloudmap_health; /* enum cloudmap_health; -1 when not given */
+    double xray_rate;                               /* -1 when not given */
+    int cloudmap_use;                               /* enum cloudmap_use; -1 when not given */
+    int cloudmap_health;                            /* enum cloudmap_health; -1 when not given */
     uint64_t cloudmap_poll_ms, cloudmap_refresh_ms; /* DURATION_UNSET when not given */
 } cfg_proxy_t;
 

@@ -69,6 +69,12 @@ typedef struct cluster {
     tls_ctx_t *health_tls;  /* main thread: the TLS its requests use, so health checks do too */
     stat_t dns_answers[16]; /* by enum dns_result (discovery/dns.h) */
     void *discovery;        /* discovery's per-cluster state (main thread only) */
+    /* Where the endpoints come from, for /clusters (main thread only): "static", "dns",
+     * "dns_srv" or "cloudmap_api", and the name or NAMESPACE/SERVICE asked for. */
+    const char *discovery_source;
+    char discovery_name[320];
+    stat_t cloudmap_calls[2][5]; /* Cloud Map API calls by enum cm_op and enum cm_result */
+    _Atomic long long cloudmap_revision;
 } cluster_t;
 
 /* A final response with `status` (100..599): Envoy's per-code counter, made at the first. */

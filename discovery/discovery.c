@@ -1,63 +1,12 @@
 #include "discovery/discovery.h"
 
-#include <arpa/inet.h>
-#include <ares_nameser.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-#include "discovery/dns.h"
-#include "discovery/health.h"
 #include "base/log.h"
-
-enum source { SRC_STATIC, SRC_DNS, SRC_SRV };
-
-typedef struct seen {
-    endpoint_t ep;
-    uint64_t last_ms;
-} seen_t;
-
-/* What one cluster resolves, and what it has learnt. Main thread only. */
-typedef struct disc {
-    struct disc *next;
-    discovery_t *d;
-    cluster_t *c;
-    enum source kind;
-    char name[DNS_NAME_MAX];
-    enum dns_response rtype;
-    enum ip_preference ip;
-    uv_timer_t timer;
-    /* the round in progress */
-    unsigned outstanding;
-    endpoint_t *acc;
-    unsigned nacc, capacc, records;
-    uint32_t ttl;
-    int got_records, saw_failure, saw_nxdomain;
-    /* memory across rounds */
-    seen_t *seen;
-    unsigned nseen;
-    uint64_t last_good_ms;
-    int have_good;
-    unsigned failures;
-    health_t *health;
-} disc_t;
-
-struct discovery {
-    uv_loop_t *loop;
-    dns_t *dns;
-    qsbr_t *qsbr;
-    uint64_t hold_ms;
-    discovery_event_cb cb;
-    void *arg;
-    disc_t *all;
-};
-
-typedef struct query_ctx {
-    disc_t *dc;
-    uint16_t port, priority, weight;
-    char owner[DNS_NAME_MAX];
-} query_ctx_t;
+#include "discovery/discovery_impl.h"
 
 /* ---- publishing ---- */
 
@@ -77,8 +26,8 @@ static void mark_answered(disc_t *dc)
 
 /* ---- accumulating a round ---- */
 
-static void add_endpoint(disc_t *dc, int family, const void *addr, uint16_t port, uint16_t prio,
-                         uint16_t weight, uint32_t ttl)
+void disc_add_endpoint(disc_t *dc, int family, const void *addr, uint16_t port, uint16_t prio,
+                       uint16_t weight, uint32_t ttl)
 {
     struct sockaddr_storage ss = {0};
     if (family == AF_INET) {
@@ -114,7 +63,7 @@ static void add_endpoint(disc_t *dc, int family, const void *addr, uint16_t port
     dc->acc[dc->nacc++] = ep;
 }
 
-static int family_wanted(const disc_t *dc, int family)
+int disc_family_wanted(const disc_t *dc, int family)
 {
     if (dc->ip == IP_V4_ONLY)
         return family == AF_INET;
@@ -123,114 +72,26 @@ static int family_wanted(const disc_t *dc, int family)
     return 1;
 }
 
-static void note_result(disc_t *dc, enum dns_result r)
-{
-    if (r == DNS_CANCELLED)
-        return;
-    stat_inc(&dc->c->dns_answers[r]);
-    if (r == DNS_NXDOMAIN)
-        dc->saw_nxdomain = 1;
-    else if (r != DNS_OK && r != DNS_NODATA)
-        dc->saw_failure = 1;
-}
-
-static void finish_round(disc_t *dc);
-static void on_address(void *arg, enum dns_result r, const dns_answer_t *a);
-
-static void query(disc_t *dc, const char *name, int type, dns_cb cb, uint16_t port, uint16_t prio,
-                  uint16_t weight)
-{
-    query_ctx_t *q = malloc(sizeof *q);
-    if (!q)
-        return;
-    *q = (query_ctx_t){dc, port, prio, weight, ""};
-    snprintf(q->owner, sizeof q->owner, "%s", name);
-    dc->outstanding++;
-    dns_query(dc->d->dns, name, type, cb, q);
-}
-
-/* A and/or AAAA for `name`, per ipPreference. */
-static void query_addresses(disc_t *dc, const char *name, uint16_t port, uint16_t prio,
-                            uint16_t weight)
-{
-    if (family_wanted(dc, AF_INET))
-        query(dc, name, T_A, on_address, port, prio, weight);
-    if (family_wanted(dc, AF_INET6))
-        query(dc, name, T_AAAA, on_address, port, prio, weight);
-}
-
-static void query_done(disc_t *dc, query_ctx_t *q)
-{
-    free(q);
-    if (--dc->outstanding == 0)
-        finish_round(dc);
-}
-
-/* The query's cluster, with the result counted; NULL (and the query freed) when the channel
- * was closed under it. */
-static disc_t *answered(query_ctx_t *q, enum dns_result r)
-{
-    if (r == DNS_CANCELLED) {
-        free(q);
-        return NULL;
-    }
-    note_result(q->dc, r);
-    return q->dc;
-}
-
-static void on_address(void *arg, enum dns_result r, const dns_answer_t *a)
-{
-    query_ctx_t *q = arg;
-    disc_t *dc = answered(q, r);
-    if (!dc)
-        return;
-    for (unsigned i = 0; r == DNS_OK && i < a->naddrs; i++)
-        if (family_wanted(dc, a->addrs[i].family))
-            add_endpoint(dc, a->addrs[i].family, &a->addrs[i].addr, q->port, q->priority, q->weight,
-                         a->addrs[i].ttl);
-    query_done(dc, q);
-}
-
-static void on_srv(void *arg, enum dns_result r, const dns_answer_t *a)
-{
-    query_ctx_t *q = arg;
-    disc_t *dc = answered(q, r);
-    if (!dc)
-        return;
-    if ((r == DNS_OK && a->nsrv == 0) || r == DNS_NODATA) {
-        /* No SRV records at the name: its A/AAAA with the listener port. */
-        query_addresses(dc, dc->name, dc->c->port, 0, 1);
-    }
-    for (unsigned i = 0; r == DNS_OK && i < a->nsrv; i++) {
-        const dns_srv_t *s = &a->srv[i];
-        if (!s->target[0] || strcmp(s->target, ".") == 0)
-            continue; /* RFC 2782: "." means the service is not available */
-        int found = 0;
-        for (unsigned k = 0; k < a->naddrs; k++) {
-            if (strcasecmp(a->addrs[k].name, s->target) != 0 ||
-                !family_wanted(dc, a->addrs[k].family))
-                continue;
-            uint32_t ttl = a->addrs[k].ttl < s->ttl ? a->addrs[k].ttl : s->ttl;
-            add_endpoint(dc, a->addrs[k].family, &a->addrs[k].addr, s->port, s->priority, s->weight,
-                         ttl);
-            found = 1;
-        }
-        if (!found)
-            query_addresses(dc, s->target, s->port, s->priority, s->weight);
-        else if (s->ttl < dc->ttl)
-            dc->ttl = s->ttl;
-    }
-    query_done(dc, q);
-}
-
 /* ---- the round's outcome ---- */
 
 static void on_timer(uv_timer_t *t);
 
-static void schedule(disc_t *dc, uint64_t ms)
+/* The shortest wait between rounds: a second for DNS (TTLs are in seconds), the poll interval
+ * for the API. */
+static uint64_t min_wait(const disc_t *dc)
 {
-    uv_timer_start(&dc->timer, on_timer,
-                   ms < DISCOVERY_MIN_REFRESH_MS ? DISCOVERY_MIN_REFRESH_MS : ms, 0);
+    return dc->kind == SRC_API ? dc->d->set.cloudmap_poll_ms : DISCOVERY_MIN_REFRESH_MS;
+}
+
+void disc_schedule(disc_t *dc, uint64_t ms)
+{
+    uint64_t floor = min_wait(dc);
+    uv_timer_start(&dc->timer, on_timer, ms < floor ? floor : ms, 0);
+}
+
+void disc_retry(disc_t *dc, uint64_t ms)
+{
+    uv_timer_start(&dc->timer, on_timer, ms, 0);
 }
 
 static void remember(disc_t *dc, uint64_t now, int partial)
@@ -241,7 +102,7 @@ static void remember(disc_t *dc, uint64_t now, int partial)
         int listed = 0;
         for (unsigned k = 0; k < dc->nacc && !listed; k++)
             listed = endpoint_same_addr(&dc->acc[k], &dc->seen[i].ep);
-        if (!listed && (!partial || now - dc->seen[i].last_ms >= dc->d->hold_ms))
+        if (!listed && (!partial || now - dc->seen[i].last_ms >= dc->d->set.hold_ms))
             continue;
         dc->seen[kept++] = dc->seen[i];
     }
@@ -274,43 +135,52 @@ static int unchanged(const cluster_t *c, const endpoint_t *eps, unsigned n)
     return 1;
 }
 
-static void publish_seen(disc_t *dc)
+/* Publish what is remembered; returns 0 when that is what the cluster already holds. */
+static int publish_seen(disc_t *dc)
 {
     endpoint_t *eps = malloc((dc->nseen + 1) * sizeof *eps);
     if (!eps)
-        return;
+        return 0;
     for (unsigned i = 0; i < dc->nseen; i++)
         eps[i] = dc->seen[i].ep;
     unsigned n = dc->nseen;
     if (dc->kind == SRC_DNS && dc->rtype == DNS_LOADBALANCER && n > 1)
         n = 1; /* LOADBALANCER: the name stands for one endpoint, as Envoy's LOGICAL_DNS */
-    if (!unchanged(dc->c, eps, n))
+    int changed = !unchanged(dc->c, eps, n);
+    if (changed)
         publish(dc, eps, n);
     free(eps);
+    return changed;
 }
 
-static void finish_round(disc_t *dc)
+void disc_finish_round(disc_t *dc)
 {
     uint64_t now = uv_now(dc->d->loop);
+    cluster_stats_t *st = &dc->c->stats;
     if (dc->got_records) {
-        remember(dc, now, dc->records == ROUTE53_MULTIVALUE_CAP);
-        publish_seen(dc);
+        /* Route 53 answers at most 8 of many; the API answers all (up to 1,000). */
+        remember(dc, now, dc->kind != SRC_API && dc->records == ROUTE53_MULTIVALUE_CAP);
+        stat_inc(&st->update_success);
+        if (!publish_seen(dc))
+            stat_inc(&st->update_no_rebuild);
         dc->have_good = 1;
         dc->last_good_ms = now;
         dc->failures = 0;
-        schedule(dc, (uint64_t)dc->ttl * 1000);
+        disc_schedule(dc, dc->kind == SRC_API ? min_wait(dc) : (uint64_t)dc->ttl * 1000);
     } else if (dc->saw_failure) {
+        stat_inc(&st->update_failure);
         /* SERVFAIL, timeout, refusal, garbage: keep serving the last good set. */
         dc->failures++;
         uint64_t backoff = (uint64_t)DISCOVERY_MIN_REFRESH_MS
                            << (dc->failures < 5 ? dc->failures - 1 : 4);
         log_warn("discovery: %s: lookup failed (%u in a row); keeping %u endpoint(s)", dc->name,
                  dc->failures, cluster_size(dc->c));
-        schedule(dc, backoff < DISCOVERY_MAX_BACKOFF_MS ? backoff : DISCOVERY_MAX_BACKOFF_MS);
+        disc_schedule(dc, backoff < DISCOVERY_MAX_BACKOFF_MS ? backoff : DISCOVERY_MAX_BACKOFF_MS);
     } else {
-        /* NXDOMAIN or NODATA: no instances, once the hold has passed. */
+        /* NXDOMAIN, NODATA, no such service, no instances: empty, once the hold has passed. */
+        stat_inc(&st->update_empty);
         uint64_t since = now - dc->last_good_ms;
-        if (!dc->have_good || since >= dc->d->hold_ms) {
+        if (!dc->have_good || since >= dc->d->set.hold_ms) {
             if (dc->nseen || cluster_size(dc->c)) {
                 log_warn("discovery: %s: %s; no endpoints", dc->name,
                          dc->saw_nxdomain ? "NXDOMAIN" : "no records");
@@ -318,11 +188,10 @@ static void finish_round(disc_t *dc)
                 publish(dc, NULL, 0);
             }
             dc->have_good = 0;
-            schedule(dc, DISCOVERY_MIN_REFRESH_MS);
+            disc_schedule(dc, min_wait(dc));
         } else {
-            schedule(dc, dc->d->hold_ms - since < DISCOVERY_MIN_REFRESH_MS
-                             ? dc->d->hold_ms - since
-                             : DISCOVERY_MIN_REFRESH_MS);
+            uint64_t left = dc->d->set.hold_ms - since;
+            disc_schedule(dc, left < min_wait(dc) ? left : min_wait(dc));
         }
     }
     mark_answered(dc);
@@ -330,15 +199,16 @@ static void finish_round(disc_t *dc)
 
 static void start_round(disc_t *dc)
 {
-    if (dc->outstanding)
+    if (dc->outstanding || dc->call)
         return;
     dc->nacc = dc->records = 0;
     dc->ttl = UINT32_MAX;
     dc->got_records = dc->saw_failure = dc->saw_nxdomain = 0;
-    if (dc->kind == SRC_SRV)
-        query(dc, dc->name, T_SRV, on_srv, 0, 0, 1);
+    stat_inc(&dc->c->stats.update_attempt);
+    if (dc->kind == SRC_API)
+        disc_api_round(dc);
     else
-        query_addresses(dc, dc->name, dc->c->port, 0, 1);
+        disc_dns_round(dc);
 }
 
 static void on_timer(uv_timer_t *t)
@@ -355,7 +225,7 @@ static unsigned literal(disc_t *dc, endpoint_t out[2])
     unsigned n = 0;
     struct sockaddr_storage ss;
     if (strcasecmp(name, "localhost") == 0) {
-        if (family_wanted(dc, AF_INET) &&
+        if (disc_family_wanted(dc, AF_INET) &&
             uv_ip4_addr("127.0.0.1", dc->c->port, (struct sockaddr_in *)&ss) == 0)
             endpoint_set(&out[n++], (struct sockaddr *)&ss);
         return n;
@@ -374,19 +244,46 @@ static const cfg_listener_t *target_listener(const cfg_node_t *n, uint16_t port)
     return n->nlisteners ? &n->listeners[0] : NULL;
 }
 
+/* Cloud Map nodes go to the API when they filter by attributes (DNS cannot), or always, or
+ * never, as proxy.cloudMap.discovery says. */
+static enum source source_of(const discovery_t *d, const cfg_node_t *n)
+{
+    if (n->discovery == DISCOVERY_DNS)
+        return SRC_DNS;
+    if (n->discovery != DISCOVERY_CLOUD_MAP)
+        return SRC_STATIC;
+    int use = d->set.cloudmap_use;
+    int api = use == CLOUDMAP_API_ALWAYS || (use == CLOUDMAP_API_ATTRIBUTES && n->nattributes);
+    return api ? SRC_API : SRC_SRV;
+}
+
+/* What /clusters shows as the cluster's source. */
+static void show_source(cluster_t *c, enum source kind, const char *name)
+{
+    static const char *const names[] = {"static", "dns", "dns_srv", "cloudmap_api"};
+    c->discovery_source = names[kind];
+    snprintf(c->discovery_name, sizeof c->discovery_name, "%s", name);
+}
+
 static void configure(disc_t *dc, const cfg_node_t *n)
 {
     char name[DNS_NAME_MAX] = "";
-    enum source kind = SRC_STATIC;
-    if (n->discovery == DISCOVERY_DNS) {
-        kind = SRC_DNS;
+    enum source kind = source_of(dc->d, n);
+    if (kind == SRC_DNS)
         snprintf(name, sizeof name, "%s", n->hostname);
-    } else if (n->discovery == DISCOVERY_CLOUD_MAP) {
-        kind = SRC_SRV;
+    else if (kind == SRC_SRV)
         snprintf(name, sizeof name, "%s.%s", n->service_name, n->namespace_name);
-    }
+    else if (kind == SRC_API)
+        snprintf(name, sizeof name, "%s/%s", n->namespace_name, n->service_name);
     int changed = kind != dc->kind || strcmp(name, dc->name) != 0 || n->ip_preference != dc->ip ||
                   n->response_type != dc->rtype;
+    if (kind == SRC_API)
+        changed |= disc_api_configure(dc, n);
+    else if (dc->kind == SRC_API)
+        disc_api_stop(dc);
+    if (changed && kind == SRC_API)
+        disc_api_restart(dc);
+    show_source(dc->c, kind, name);
     dc->kind = kind;
     memcpy(dc->name, name, sizeof name);
     dc->ip = n->ip_preference;
@@ -415,18 +312,18 @@ static void configure(disc_t *dc, const cfg_node_t *n)
     start_round(dc);
 }
 
-int discovery_open(discovery_t **out, uv_loop_t *loop, const char *dns_servers, uint64_t hold_ms,
+int discovery_open(discovery_t **out, uv_loop_t *loop, const discovery_settings_t *set,
                    qsbr_t *qsbr, discovery_event_cb cb, void *arg)
 {
     discovery_t *d = calloc(1, sizeof *d);
     if (!d)
         return UV_ENOMEM;
-    int err = dns_open(&d->dns, loop, dns_servers);
+    int err = dns_open(&d->dns, loop, set->dns_servers);
     if (err) {
         free(d);
         return err;
     }
-    *d = (discovery_t){loop, d->dns, qsbr, hold_ms, cb, arg, NULL};
+    *d = (discovery_t){loop, d->dns, qsbr, *set, cb, arg, NULL, NULL};
     *out = d;
     return 0;
 }
@@ -458,6 +355,7 @@ void discovery_sync(discovery_t *d, cluster_t *clusters, const config_t *cfg)
 static void on_disc_timer_closed(uv_handle_t *h)
 {
     disc_t *dc = h->data;
+    disc_api_stop(dc);
     free(dc->acc);
     free(dc->seen);
     free(dc);
@@ -473,7 +371,9 @@ void discovery_close(discovery_t *d)
         d->all = dc->next;
         dc->c->discovery = NULL;
         health_stop(dc->health);
+        disc_api_stop(dc); /* before the API client goes */
         uv_close((uv_handle_t *)&dc->timer, on_disc_timer_closed);
     }
+    cloudmap_close(d->cloudmap);
     free(d);
 }

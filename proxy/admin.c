@@ -12,7 +12,7 @@
 #include "base/text.h"
 #include "http/h1_parse.h"
 #include "proxy/metrics.h"
-#include "proxy/version.h"
+#include "base/version.h"
 
 #define ADMIN_MAX_REQUEST 8192
 
@@ -177,6 +177,9 @@ static void clusters_text(server_t *s, text_t *body)
         text_printf(body, "%s::observability_name::%s\n", c->name, c->name);
         text_printf(body, "%s::membership_total::%u\n", c->name, cluster_size(c));
         text_printf(body, "%s::membership_healthy::%u\n", c->name, cluster_healthy(c, now));
+        if (c->discovery_source)
+            text_printf(body, "%s::discovery_source::%s\n%s::discovery_name::%s\n", c->name,
+                        c->discovery_source, c->name, c->discovery_name);
         const endpoint_set_t *set = atomic_load(&c->set);
         for (unsigned i = 0; set && i < set->n; i++) {
             const endpoint_t *e = &set->eps[i];
@@ -193,6 +196,18 @@ static void clusters_text(server_t *s, text_t *body)
                         atomic_load(&st->times_ejected));
         }
     }
+}
+
+/* Where the cluster's endpoints come from (remora's own field beside Envoy's). */
+static void discovery_json(const cluster_t *c, text_t *body)
+{
+    if (!c->discovery_source)
+        return;
+    text_printf(body, ",\"discovery\":{\"source\":\"%s\",\"name\":", c->discovery_source);
+    text_json_string(body, c->discovery_name);
+    if (!strcmp(c->discovery_source, "cloudmap_api"))
+        text_printf(body, ",\"revision\":%lld", (long long)atomic_load(&c->cloudmap_revision));
+    text_printf(body, "}");
 }
 
 static void clusters_json(server_t *s, text_t *body)
@@ -227,7 +242,9 @@ static void clusters_json(server_t *s, text_t *body)
                                                           : "",
                 e->weight, e->priority);
         }
-        text_printf(body, "]}");
+        text_printf(body, "]");
+        discovery_json(c, body);
+        text_printf(body, "}");
     }
     text_printf(body, "]}\n");
 }

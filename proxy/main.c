@@ -13,7 +13,7 @@
 #include "proxy/redirect.h"
 #include "proxy/server.h"
 #include "proxy/settings.h"
-#include "proxy/version.h"
+#include "base/version.h"
 #include "routing/route.h"
 
 static const char usage[] =
@@ -113,14 +113,26 @@ static const char *provider_kind(enum provider_kind k)
     return k == PROVIDER_NODE ? "virtual node" : k == PROVIDER_ROUTER ? "virtual router" : "none";
 }
 
-static void print_discovery(const cfg_node_t *n)
+/* How the node's endpoints are found: `use` is proxy.cloudMap.discovery (enum cloudmap_use). */
+static void print_discovery(const cfg_node_t *n, int use)
 {
+    int api = n->discovery == DISCOVERY_CLOUD_MAP &&
+              (use == CLOUDMAP_API_ALWAYS || (use == CLOUDMAP_API_ATTRIBUTES && n->nattributes));
     if (n->discovery == DISCOVERY_DNS)
         printf("dns %s", n->hostname);
+    else if (api)
+        printf("cloud map API %s/%s", n->namespace_name, n->service_name);
     else if (n->discovery == DISCOVERY_CLOUD_MAP)
-        printf("cloud map %s.%s", n->service_name, n->namespace_name);
+        printf("cloud map DNS %s.%s", n->service_name, n->namespace_name);
     else
         printf("none");
+    for (unsigned i = 0; api && i < n->nattributes; i++)
+        printf("%s%s=%s", i ? ", " : " where ", n->attributes[i].key, n->attributes[i].value);
+    printf("\n");
+    if (n->nattributes && !api)
+        printf("    note: proxy.cloudMap.discovery is \"dns\": %u attribute filter(s) cannot be "
+               "applied through DNS; every instance of the service is used\n",
+               n->nattributes);
 }
 
 static void print_routes(const config_t *cfg, const char *router)
@@ -198,7 +210,7 @@ static void print_client_tls(const cfg_client_tls_t *t, int from_defaults)
 }
 
 /* The one-screen summary of what this node's sidecar will do. */
-static void print_summary(const config_t *cfg, const cfg_node_t *node)
+static void print_summary(const config_t *cfg, const cfg_node_t *node, int cloudmap_use)
 {
     printf("%s: ok\nmesh %s, node %s, egress filter %s\n", cfg->source, cfg->mesh_name, node->name,
            cfg->egress_filter == EGRESS_ALLOW_ALL ? "ALLOW_ALL" : "DROP_ALL");
@@ -221,12 +233,7 @@ static void print_summary(const config_t *cfg, const cfg_node_t *node)
     for (unsigned i = 0; i < cfg->nnodes; i++) {
         const cfg_node_t *n = &cfg->nodes[i];
         printf("  node %s: discovery ", n->name);
-        print_discovery(n);
-        printf("\n");
-        if (n->nattributes)
-            printf("    note: %u Cloud Map attribute filter(s) cannot be applied through DNS; "
-                   "every instance of the service is used\n",
-                   n->nattributes);
+        print_discovery(n, cloudmap_use);
     }
     printf("%u virtual nodes, %u virtual services, %u routers, %u routes\n", cfg->nnodes,
            cfg->nservices, cfg->nrouters, cfg->nroutes);
@@ -250,7 +257,7 @@ static int cmd_check(const cli_opts_t *cli)
         registry_free(&reg);
         return 1;
     }
-    print_summary(route_table_config(rt), route_table_node(rt));
+    print_summary(route_table_config(rt), route_table_node(rt), set.cloudmap_use);
     route_table_unref(rt);
     registry_free(&reg);
     diag_free(&d);
@@ -268,15 +275,20 @@ static void raise_fd_limit(void)
     }
 }
 
-static int cmd_run(const cli_opts_t *cli)
+static int cmd_run(const cli_opts_t *given)
 {
     diag_t d = {0};
     settings_t set;
+    cli_opts_t run = *given, *cli = &run;
+    config_url_validators_t seen = {0};
+    run.wait_for_config = 1;
+    run.url_seen = &seen;
     config_t *cfg = load(cli, &set, &d);
     if (!cfg) {
+        int stopped = d.n == 0; /* SIGTERM while waiting for REMORA_CONFIG_URL: a clean stop */
         print_diag(&d, stderr);
         diag_free(&d);
-        return 1;
+        return stopped ? 0 : 1;
     }
     diag_free(&d);
     log_set_level(set.log_level);

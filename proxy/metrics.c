@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "base/text.h"
+#include "discovery/cloudmap.h"
 #include "discovery/dns.h"
 #include "proxy/server.h"
 
@@ -37,6 +38,17 @@ static void emit(walk_t *w, enum metric_kind kind, uint64_t value, stat_t *count
     va_list ap;
     va_start(ap, fmt);
     visit(w, &m, fmt, ap);
+    va_end(ap);
+}
+
+/* A metric the caller filled in (a gauge in its own family, say), named by fmt. */
+static void visit_named(walk_t *w, metric_t *m, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void visit_named(walk_t *w, metric_t *m, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    visit(w, m, fmt, ap);
     va_end(ap);
 }
 
@@ -96,6 +108,28 @@ static void limits_of(server_t *s, const cluster_t *c, uint32_t *max_rq, uint32_
     }
 }
 
+/* The Cloud Map API's calls and revision, for the clusters that use it. */
+static void walk_cloudmap(walk_t *w, cluster_t *c)
+{
+    const char *n = c->name;
+    char labels[400];
+    for (int op = 0; op < CM_OPS; op++)
+        for (int r = 0; r < CM_RESULTS; r++) {
+            const char *opn = cloudmap_op_name((enum cm_op)op);
+            const char *res = cloudmap_result_name((enum cm_result)r);
+            snprintf(labels, sizeof labels,
+                     "envoy_cluster_name=\"%s\",operation=\"%s\",result=\"%s\"", n, opn, res);
+            emit_own(w, &c->cloudmap_calls[op][r], "remora_cloudmap_requests_total", labels,
+                     "remora.cloudmap.%s.%s.%s", n, opn, res);
+        }
+    snprintf(labels, sizeof labels, "envoy_cluster_name=\"%s\"", n);
+    metric_t m = {.kind = METRIC_GAUGE,
+                  .value = (uint64_t)atomic_load(&c->cloudmap_revision),
+                  .family = "remora_cloudmap_revision",
+                  .labels = labels};
+    visit_named(w, &m, "remora.cloudmap.%s.revision", n);
+}
+
 static void walk_cluster(server_t *s, walk_t *w, cluster_t *c)
 {
     const char *n = c->name;
@@ -139,6 +173,8 @@ static void walk_cluster(server_t *s, walk_t *w, cluster_t *c)
         emit_own(w, &c->dns_answers[r], "remora_dns_answers_total", labels, "remora.dns.%s.%s", n,
                  res);
     }
+    if (c->discovery_source && !strcmp(c->discovery_source, "cloudmap_api"))
+        walk_cloudmap(w, c);
 }
 
 static void walk_http(walk_t *w, const char *prefix, const char *listener, http_stats_t *st)
@@ -196,6 +232,17 @@ static void walk_own(server_t *s, walk_t *w)
              "remora.tls.reload_ok");
     emit_own(w, &s->tls_reloads_failed, "remora_tls_reloads_total", "result=\"failure\"",
              "remora.tls.reload_failed");
+    emit_own(w, &s->aws_creds_ok, "remora_aws_credentials_total", "result=\"success\"",
+             "remora.aws.credentials.success");
+    emit_own(w, &s->aws_creds_failed, "remora_aws_credentials_total", "result=\"failure\"",
+             "remora.aws.credentials.failure");
+    static const char *const url_results[] = {"changed", "not_modified", "invalid", "error"};
+    for (int i = 0; i < CONFIG_URL_RESULTS; i++) {
+        char labels[64];
+        snprintf(labels, sizeof labels, "result=\"%s\"", url_results[i]);
+        emit_own(w, &s->config_url_fetches[i], "remora_config_url_fetches_total", labels,
+                 "remora.config_url.%s", url_results[i]);
+    }
     access_log_stats_t *al = &s->alog_stats;
     emit_own(w, &al->dropped, "remora_access_log_dropped_total", "", "remora.access_log.dropped");
     emit_own(w, &al->write_errors, "remora_access_log_write_errors_total", "",

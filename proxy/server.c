@@ -168,10 +168,35 @@ static void close_tls_watches(server_t *s)
     uv_close((uv_handle_t *)&s->tls_debounce, NULL);
 }
 
+/* Put `cfg` (owned from here; NULL: loading failed, `d` says why) in force, or reject it. */
+static int apply(server_t *s, config_t *cfg, diag_t *d);
+
 int server_reload(server_t *s)
 {
     diag_t d = {0};
-    config_t *cfg = settings_load_config(&s->cli, &d);
+    if (!s->config_url)
+        return apply(s, settings_load_config(&s->cli, &d), &d);
+    /* From a URL: the document in force is parsed again (its certificate files may have
+     * changed), and the URL is polled at once. */
+    const config_t *now = route_table_config(s->routes);
+    config_url_poll_now(s->config_url);
+    return apply(s, config_parse(now->raw, strlen(now->raw), now->source, &d), &d);
+}
+
+static enum config_url_result apply_url_document(void *arg, const char *doc, size_t len)
+{
+    server_t *s = arg;
+    const config_t *now = route_table_config(s->routes);
+    if (strlen(now->raw) == len && memcmp(now->raw, doc, len) == 0)
+        return CONFIG_URL_NOT_MODIFIED;
+    diag_t d = {0};
+    config_t *cfg = config_parse(doc, len, s->set.config_url, &d);
+    return apply(s, cfg, &d) == 0 ? CONFIG_URL_CHANGED : CONFIG_URL_INVALID;
+}
+
+static int apply(server_t *s, config_t *cfg, diag_t *dp)
+{
+    diag_t d = *dp;
     route_table_t *rt = cfg ? route_table_build(cfg, s->set.node, &s->reg, &d) : NULL;
     access_log_t *alog = NULL;
     if (rt && build_access_log(s, rt, &alog, &d) != 0) {
@@ -268,6 +293,14 @@ static void on_config_changed(uv_fs_poll_t *h, int status, const uv_stat_t *prev
  * rename-over and a mounted ConfigMap's symlink swap are both seen. */
 static void watch_config(server_t *s)
 {
+    if (s->set.config_url[0]) {
+        aws_credentials_stats_t creds = {&s->aws_creds_ok, &s->aws_creds_failed};
+        if (config_url_open(&s->config_url, s->loop, s->set.config_url, s->set.config_poll_ms,
+                            s->cli.url_seen, s->config_url_fetches, creds, apply_url_document,
+                            s) != 0)
+            log_error("config: cannot poll %s; the config in force stays", s->set.config_url);
+        return;
+    }
     const char *path = s->cli.config ? s->cli.config : getenv("REMORA_CONFIG");
     const char *inline_json = getenv("REMORA_CONFIG_JSON");
     if (!s->cli.config && inline_json && *inline_json)
@@ -339,6 +372,8 @@ static void on_worker_exited(uv_async_t *h)
     s->statsd = NULL;
     discovery_close(s->discovery);
     s->discovery = NULL;
+    config_url_close(s->config_url);
+    s->config_url = NULL;
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -357,9 +392,15 @@ int server_run(server_t *s)
     uv_signal_start(&s->sigint, on_signal, SIGINT);
     uv_timer_init(s->loop, &s->reclaim_timer);
     s->reclaim_timer.data = s;
-    int derr =
-        discovery_open(&s->discovery, s->loop, s->set.dns_servers[0] ? s->set.dns_servers : NULL,
-                       s->set.dns_hold_ms, &s->qsbr, on_discovery, s);
+    discovery_settings_t ds = {s->set.dns_servers[0] ? s->set.dns_servers : NULL,
+                               s->set.dns_hold_ms,
+                               s->set.cloudmap_use,
+                               s->set.cloudmap_health,
+                               s->set.cloudmap_poll_ms,
+                               s->set.cloudmap_refresh_ms,
+                               &s->aws_creds_ok,
+                               &s->aws_creds_failed};
+    int derr = discovery_open(&s->discovery, s->loop, &ds, &s->qsbr, on_discovery, s);
     if (derr) {
         log_error("discovery: cannot use DNS servers \"%s\"", s->set.dns_servers);
         return derr;

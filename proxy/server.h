@@ -9,6 +9,7 @@
 
 #include "config/config.h"
 #include "proxy/access_log.h"
+#include "proxy/config_url.h"
 #include "discovery/discovery.h"
 #include "base/qsbr.h"
 #include "tracing/xray.h"
@@ -44,6 +45,7 @@ typedef struct server {
     uv_signal_t sigusr1; /* reopen the access log (logrotate) */
     uv_fs_poll_t config_watch;
     int watching_config;
+    struct config_url *config_url; /* REMORA_CONFIG_URL: the poller, instead of the watch */
     struct tls_watch *tls_watches; /* the certificate, key and trust files in use */
     uv_timer_t tls_debounce;
     uv_timer_t drain_timer;
@@ -54,7 +56,9 @@ typedef struct server {
     http_stats_t ingress_stats, egress_stats;
     ssl_stats_t ingress_ssl; /* the ingress listener's TLS (listener.ADDR.ssl.*) */
     listener_stats_t ingress_listener, egress_listener; /* every connection, HTTP or TCP */
-    stat_t tls_reloads_ok, tls_reloads_failed; /* reloads a certificate file change caused */
+    stat_t tls_reloads_ok, tls_reloads_failed;     /* reloads a certificate file change caused */
+    stat_t aws_creds_ok, aws_creds_failed;         /* container credentials fetches */
+    stat_t config_url_fetches[CONFIG_URL_RESULTS]; /* by enum config_url_result */
     worker_t *workers;
     unsigned nworkers;
 } server_t;

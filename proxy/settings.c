@@ -9,9 +9,13 @@
 
 #include "discovery/discovery.h"
 #include "base/err.h"
+#include "proxy/config_url.h"
 
 config_t *settings_load_config(const cli_opts_t *cli, diag_t *d)
 {
+    const char *url = getenv("REMORA_CONFIG_URL");
+    if (url && *url && !cli->config)
+        return config_url_load(url, cli->wait_for_config, cli->url_seen, d);
     const char *inline_json = getenv("REMORA_CONFIG_JSON");
     if (inline_json && *inline_json && !cli->config)
         return config_parse(inline_json, strlen(inline_json), "REMORA_CONFIG_JSON", d);
@@ -231,8 +235,8 @@ static uint64_t interval(const char *var, uint64_t cfg_ms, uint64_t dflt, diag_t
     const char *v = env(var);
     long ms = v ? parse_long(v, MIN_POLL_MS, 86400000L) : -1;
     if (v && ms < 0)
-        diag_add(d, "settings", var, "must be %d..86400000 (milliseconds), got \"%s\"",
-                 MIN_POLL_MS, v);
+        diag_add(d, "settings", var, "must be %d..86400000 (milliseconds), got \"%s\"", MIN_POLL_MS,
+                 v);
     if (ms >= 0)
         return (uint64_t)ms;
     if (cfg_ms != DURATION_UNSET)
@@ -243,7 +247,7 @@ static uint64_t interval(const char *var, uint64_t cfg_ms, uint64_t dflt, diag_t
 /* Cloud Map API discovery: REMORA_CLOUDMAP_DISCOVERY (attributes | api | dns),
  * REMORA_CLOUDMAP_POLL_MS, REMORA_CLOUDMAP_REFRESH_MS; then proxy.cloudMap. The config URL:
  * REMORA_CONFIG_URL and REMORA_CONFIG_POLL_MS. */
-static void resolve_polling(settings_t *s, const config_t *cfg, diag_t *d)
+static void resolve_polling(settings_t *s, const char *cli_config, const config_t *cfg, diag_t *d)
 {
     static const char *const uses[] = {"attributes", "api", "dns"};
     const cfg_proxy_t *px = &cfg->proxy;
@@ -261,17 +265,18 @@ static void resolve_polling(settings_t *s, const config_t *cfg, diag_t *d)
             s->cloudmap_use = found;
     }
     s->cloudmap_health = px->cloudmap_health >= 0 ? px->cloudmap_health : CM_HEALTHY_OR_ELSE_ALL;
-    s->cloudmap_poll_ms = interval("REMORA_CLOUDMAP_POLL_MS", px->cloudmap_poll_ms,
-                                   DEFAULT_CLOUDMAP_POLL_MS, d);
+    s->cloudmap_poll_ms =
+        interval("REMORA_CLOUDMAP_POLL_MS", px->cloudmap_poll_ms, DEFAULT_CLOUDMAP_POLL_MS, d);
     s->cloudmap_refresh_ms = interval("REMORA_CLOUDMAP_REFRESH_MS", px->cloudmap_refresh_ms,
                                       DEFAULT_CLOUDMAP_REFRESH_MS, d);
-    const char *url = env("REMORA_CONFIG_URL");
+    const char *url = cli_config ? NULL : env("REMORA_CONFIG_URL");
     if (url && strlen(url) >= sizeof s->config_url)
         diag_add(d, "settings", "REMORA_CONFIG_URL", "longer than %zu bytes",
                  sizeof s->config_url - 1);
     else if (url)
         snprintf(s->config_url, sizeof s->config_url, "%s", url);
-    s->config_poll_ms = interval("REMORA_CONFIG_POLL_MS", DURATION_UNSET, DEFAULT_CONFIG_POLL_MS, d);
+    s->config_poll_ms =
+        interval("REMORA_CONFIG_POLL_MS", DURATION_UNSET, DEFAULT_CONFIG_POLL_MS, d);
 }
 
 int settings_resolve(settings_t *s, const cli_opts_t *cli, const config_t *cfg, diag_t *d)
@@ -307,6 +312,6 @@ int settings_resolve(settings_t *s, const cli_opts_t *cli, const config_t *cfg, 
                                       : "");
     s->dns_hold_ms = cfg->proxy.dns_hold_ms != DURATION_UNSET ? cfg->proxy.dns_hold_ms
                                                               : DISCOVERY_DEFAULT_HOLD_MS;
-    resolve_polling(s, cfg, d);
+    resolve_polling(s, cli->config, cfg, d);
     return d->n > before ? ERR_CONFIG : 0;
 }

@@ -10,12 +10,12 @@
 #include "base/log.h"
 #include "tracing/xray.h"
 
-#define DEFAULT_CONFIG_PATH       "/etc/remora/mesh.json"
-#define DEFAULT_INGRESS_PORT      15000
-#define DEFAULT_EGRESS_PORT       15001
-#define DEFAULT_ADMIN_PORT        9901
-#define DEFAULT_HEADER_TIMEOUT_MS 10000
-#define DEFAULT_DRAIN_TIMEOUT_MS  20000
+#define DEFAULT_CONFIG_PATH         "/etc/remora/mesh.json"
+#define DEFAULT_INGRESS_PORT        15000
+#define DEFAULT_EGRESS_PORT         15001
+#define DEFAULT_ADMIN_PORT          9901
+#define DEFAULT_HEADER_TIMEOUT_MS   10000
+#define DEFAULT_DRAIN_TIMEOUT_MS    20000
 #define DEFAULT_CLOUDMAP_POLL_MS    5000  /* DiscoverInstancesRevision */
 #define DEFAULT_CLOUDMAP_REFRESH_MS 30000 /* DiscoverInstances even if the revision stands */
 #define DEFAULT_CONFIG_POLL_MS      10000
@@ -28,6 +28,8 @@ typedef struct cli_opts {
     const char *admin;
     const char *log_level;
     int ingress_port, egress_port, workers;
+    int wait_for_config; /* REMORA_CONFIG_URL: retry until a valid document (run, not check) */
+    struct config_url_validators *url_seen; /* where the document's validators go, or NULL */
 } cli_opts_t;
 
 typedef struct settings {
@@ -54,8 +56,9 @@ typedef struct settings {
     uint64_t config_poll_ms;
 } settings_t;
 
-/* Where the config comes from: REMORA_CONFIG_JSON inline, else --config, REMORA_CONFIG, the
- * default path. Returns the loaded config or NULL with diagnostics. */
+/* Where the config comes from: --config, else REMORA_CONFIG_URL (fetched: see
+ * proxy/config_url.h), REMORA_CONFIG_JSON inline, REMORA_CONFIG, the default path. Returns the
+ * loaded config or NULL with diagnostics. */
 config_t *settings_load_config(const cli_opts_t *cli, diag_t *d);
 /* Resolve every setting; problems go to `d` (source "settings"). Returns 0 or ERR_CONFIG. */
 int settings_resolve(settings_t *s, const cli_opts_t *cli, const config_t *cfg, diag_t *d);

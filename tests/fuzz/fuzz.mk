@@ -18,7 +18,7 @@ FUZZ_CFLAGS        := -std=c11 -O1 -g -fno-omit-frame-pointer -pthread $(FUZZ_SA
 FUZZ_ALL           := dns_parse trace_header config sampling_rules \
                       h1_parse \
                       $(if $(wildcard proxy/h1_server.c),h1_server h1_client) \
-                      $(if $(wildcard proxy/transport_tls.c),tls_server)
+                      $(if $(wildcard proxy/transport_tls.c),tls_server) control
 FUZZ_TARGETS       ?= $(FUZZ_ALL)
 
 # What each target links, beside its own tests/fuzz/fuzz_<name>.c. A source that moves makes
@@ -47,6 +47,12 @@ fuzz_tls_server_SRCS     := proxy/transport_tls.c proxy/transport_tcp.c proxy/co
                             proxy/loop.c tls/tls.c config/diag.c base/buf.c base/log.c \
                             base/text.c
 fuzz_tls_server_LIBS     := -luv -lssl -lcrypto
+
+# The control plane's reply, URL and time parsers; aws.c and cloudmap.c are included by the
+# target (their parsers are static), the rest is what they call.
+fuzz_control_SRCS        := http/client.c http/h1_parse.c http/head.c aws/sigv4.c base/http.c \
+                            base/err.c base/log.c
+fuzz_control_LIBS        := -luv -lssl -lcrypto -lcjson
 
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
 
