@@ -83,10 +83,21 @@ static uint64_t min_wait(const disc_t *dc)
     return dc->kind == SRC_API ? dc->d->set.cloudmap_poll_ms : DISCOVERY_MIN_REFRESH_MS;
 }
 
+/* A tenth either way, so that clusters configured together do not poll the API in step. */
+static uint64_t jitter(discovery_t *d, uint64_t ms)
+{
+    d->rng ^= d->rng << 13;
+    d->rng ^= d->rng >> 7;
+    d->rng ^= d->rng << 17;
+    uint64_t span = ms / 5;
+    return span ? ms - span / 2 + d->rng % (span + 1) : ms;
+}
+
 void disc_schedule(disc_t *dc, uint64_t ms)
 {
     uint64_t floor = min_wait(dc);
-    uv_timer_start(&dc->timer, on_timer, ms < floor ? floor : ms, 0);
+    ms = ms < floor ? floor : ms;
+    uv_timer_start(&dc->timer, on_timer, dc->kind == SRC_API ? jitter(dc->d, ms) : ms, 0);
 }
 
 void disc_retry(disc_t *dc, uint64_t ms)
@@ -323,7 +334,7 @@ int discovery_open(discovery_t **out, uv_loop_t *loop, const discovery_settings_
         free(d);
         return err;
     }
-    *d = (discovery_t){loop, d->dns, qsbr, *set, cb, arg, NULL, NULL};
+    *d = (discovery_t){loop, d->dns, qsbr, *set, cb, arg, NULL, NULL, uv_hrtime() | 1};
     *out = d;
     return 0;
 }

@@ -67,6 +67,7 @@ struct discovery {
     void *arg;
     disc_t *all;
     cloudmap_t *cloudmap; /* made for the first SRC_API cluster */
+    uint64_t rng;         /* for jitter */
 };
 
 /* Whether ipPreference lets addresses of `family` in. */

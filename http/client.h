@@ -2,8 +2,8 @@
  * endpoint, the config URL. Main loop only; not on the request path.
  *
  * One request at a time per connection, connections kept alive and reused per origin (scheme,
- * host, port) up to HTTP_IDLE_MAX idle ones for HTTP_IDLE_MS, so a poller pays one TCP and TLS
- * handshake, not one per poll. A reused connection that fails before any byte of the response
+ * host, port) up to HTTP_IDLE_MAX idle ones in all for HTTP_IDLE_MS, so a poller pays one TCP and
+ * TLS handshake, not one per poll. A reused connection that fails before any byte of the response
  * (the server closed it while idle) is retried once on a new one; the requests made here are
  * all safe to repeat.
  *
@@ -22,7 +22,7 @@
 
 #include "http/head.h"
 
-#define HTTP_IDLE_MAX 8
+#define HTTP_IDLE_MAX 32 /* Cloud Map clusters polling at once */
 #define HTTP_IDLE_MS  30000
 
 typedef struct http_url {
