@@ -2,14 +2,20 @@
 
 #include <errno.h>
 #include <limits.h>
-#include "base/http.h"
+#include <openssl/sha.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <uv.h>
 
+#include "base/http.h"
+#include "config/config_impl.h"
 #include "config/config_tls.h"
+#include "config/index.h"
 #include "config/json.h"
+#include "base/err.h"
 
 #define NAME_MAX_LEN 255
 
@@ -364,7 +370,8 @@ static void parse_router(jctx_t *j, const cJSON *o, const char *path, void *out)
     r->nports = (unsigned)cJSON_GetArraySize(ls);
     r->ports = calloc(r->nports ? r->nports : 1, sizeof *r->ports);
     r->tcp = calloc(r->nports ? r->nports : 1, sizeof *r->tcp);
-    for (unsigned i = 0; i < r->nports && r->tcp; i++) {
+    r->protocol = calloc(r->nports ? r->nports : 1, sizeof *r->protocol);
+    for (unsigned i = 0; i < r->nports && r->tcp && r->protocol; i++) {
         jpath_index(q, p, "listeners", (int)i);
         const cJSON *l = cJSON_GetArrayItem(ls, (int)i);
         j_only(j, l, q, l_fields);
@@ -372,7 +379,8 @@ static void parse_router(jctx_t *j, const cJSON *o, const char *path, void *out)
         jpath(q, q, "portMapping");
         j_only(j, pm, q, pm_fields);
         r->ports[i] = (uint16_t)j_int(j, pm, q, "port", 1, 65535, 0, J_REQUIRED);
-        r->tcp[i] = j_enum(j, pm, q, "protocol", listener_protocols, J_REQUIRED, 0) == 1;
+        r->protocol[i] = (uint8_t)j_enum(j, pm, q, "protocol", listener_protocols, J_REQUIRED, 0);
+        r->tcp[i] = r->protocol[i] == PROTO_TCP;
     }
 }
 
@@ -429,16 +437,38 @@ static const char *const methods[] = {"GET",     "HEAD",    "POST",  "PUT",   "D
 static const int method_ids[] = {HTTP_GET,     HTTP_HEAD,    HTTP_POST,  HTTP_PUT,  HTTP_DELETE,
                                  HTTP_CONNECT, HTTP_OPTIONS, HTTP_TRACE, HTTP_PATCH};
 
+/* Header and gRPC metadata matchers: `key` is "headers" or "metadata". */
+static void parse_header_list(jctx_t *j, const cJSON *o, const char *path, const char *key,
+                              cfg_route_t *r)
+{
+    char p[JPATH_MAX];
+    const cJSON *hs = j_array(j, o, path, key, J_OPTIONAL, 1, 10);
+    r->nheaders = (unsigned)cJSON_GetArraySize(hs);
+    r->headers = calloc(r->nheaders ? r->nheaders : 1, sizeof *r->headers);
+    for (unsigned i = 0; i < r->nheaders && r->headers; i++) {
+        jpath_index(p, path, key, (int)i);
+        parse_header_match(j, cJSON_GetArrayItem(hs, (int)i), p, &r->headers[i]);
+    }
+}
+
+/* httpRoute and http2Route match. Every member is optional, as in the API: a match with
+ * neither prefix nor path (port, headers, method only: App Mesh's howto-multiple-listeners)
+ * takes every path. `scheme` exists for http2Route alone. */
 static void parse_match(jctx_t *j, const cJSON *o, const char *path, cfg_route_t *r)
 {
     static const char *const fields[] = {"prefix",          "path", "method", "port", "headers",
                                          "queryParameters", NULL};
+    static const char *const h2_fields[] = {
+        "prefix", "path", "method", "port", "headers", "queryParameters", "scheme", NULL};
     static const char *const path_kinds[] = {"exact", "regex", NULL};
+    static const char *const schemes[] = {"http", "https", NULL};
     char p[JPATH_MAX];
-    j_only(j, o, path, fields);
+    j_only(j, o, path, r->kind == ROUTE_HTTP2 ? h2_fields : fields);
+    if (r->kind == ROUTE_HTTP2)
+        j_enum(j, o, path, "scheme", schemes, J_OPTIONAL, -1);
     static const char *const where[] = {"prefix", "path", NULL};
     const cJSON *v = NULL;
-    int which = j_union(j, o, path, where, J_REQUIRED, &v);
+    int which = j_union(j, o, path, where, J_OPTIONAL, &v);
     if (which == 0) {
         r->path_kind = PATH_PREFIX;
         r->path = j_string(j, o, path, "prefix", J_REQUIRED, 1, 255);
@@ -456,16 +486,12 @@ static void parse_match(jctx_t *j, const cJSON *o, const char *path, cfg_route_t
     int m = j_enum(j, o, path, "method", methods, J_OPTIONAL, -1);
     r->method = m >= 0 ? method_ids[m] : -1;
     r->port = (uint16_t)j_int(j, o, path, "port", 1, 65535, 0, J_OPTIONAL);
-    const cJSON *hs = j_array(j, o, path, "headers", J_OPTIONAL, 1, 10);
-    r->nheaders = (unsigned)cJSON_GetArraySize(hs);
-    r->headers = calloc(r->nheaders ? r->nheaders : 1, sizeof *r->headers);
-    for (unsigned i = 0; i < r->nheaders; i++) {
-        jpath_index(p, path, "headers", (int)i);
-        parse_header_match(j, cJSON_GetArrayItem(hs, (int)i), p, &r->headers[i]);
-    }
+    parse_header_list(j, o, path, "headers", r);
     const cJSON *qs = j_array(j, o, path, "queryParameters", J_OPTIONAL, 1, 10);
     r->nquery = (unsigned)cJSON_GetArraySize(qs);
-    r->query = calloc(r->nquery ? r->nquery : 1, sizeof *r->query);
+    r->query = r->nquery ? calloc(r->nquery, sizeof *r->query) : NULL;
+    if (!r->query)
+        r->nquery = 0;
     for (unsigned i = 0; i < r->nquery; i++) {
         jpath_index(p, path, "queryParameters", (int)i);
         parse_query_match(j, cJSON_GetArrayItem(qs, (int)i), p, &r->query[i]);
@@ -495,11 +521,17 @@ static void parse_retry(jctx_t *j, const cJSON *o, const char *path, cfg_route_t
 {
     static const char *const fields[] = {"maxRetries", "perRetryTimeout", "httpRetryEvents",
                                          "tcpRetryEvents", NULL};
+    static const char *const grpc_fields[] = {"maxRetries",      "perRetryTimeout",
+                                              "httpRetryEvents", "tcpRetryEvents",
+                                              "grpcRetryEvents", NULL};
+    static const char *const grpc_events[] = {"cancelled",          "deadline-exceeded", "internal",
+                                              "resource-exhausted", "unavailable",       NULL};
     static const char *const http_events[] = {"server-error", "gateway-error", "client-error",
                                               "stream-error", NULL};
     static const char *const tcp_events[] = {"connection-error", NULL};
     char p[JPATH_MAX];
-    j_only(j, o, path, fields);
+    int grpc = r->kind == ROUTE_GRPC;
+    j_only(j, o, path, grpc ? grpc_fields : fields);
     r->has_retry = 1;
     r->max_retries = (unsigned)j_int(j, o, path, "maxRetries", 0, 1000, 0, J_REQUIRED);
     r->per_retry_ms = j_duration(j, o, path, "perRetryTimeout", J_REQUIRED);
@@ -519,8 +551,16 @@ static void parse_retry(jctx_t *j, const cJSON *o, const char *path, cfg_route_t
         else
             jerr(j, p, NULL, "must be \"connection-error\"");
     }
-    if (!he && !te)
-        jerr(j, path, NULL, "needs httpRetryEvents or tcpRetryEvents");
+    const cJSON *ge = grpc ? j_array(j, o, path, "grpcRetryEvents", J_OPTIONAL, 1, 5) : NULL;
+    for (int i = 0; i < cJSON_GetArraySize(ge); i++) {
+        jpath_index(p, path, "grpcRetryEvents", i);
+        int e = j_enum_value(j, cJSON_GetArrayItem(ge, i), p, grpc_events, -1);
+        if (e >= 0)
+            r->grpc_retry_events |= 1u << e;
+    }
+    if (!he && !te && !ge)
+        jerr(j, path, NULL, "needs httpRetryEvents or tcpRetryEvents%s",
+             grpc ? " or grpcRetryEvents" : "");
 }
 
 /* tcpRoute {action, match {port}, timeout {idle}}: targets per connection, no retry policy
@@ -550,10 +590,55 @@ static void parse_tcp_route(jctx_t *j, const cJSON *tcp, const char *path, cfg_r
     }
 }
 
+/* The retryPolicy and timeout {perRequest, idle} of an http, http2 or grpc route. */
+static void parse_policies(jctx_t *j, const cJSON *o, const char *p, cfg_route_t *r)
+{
+    static const char *const timeout_fields[] = {"perRequest", "idle", NULL};
+    char q[JPATH_MAX];
+    const cJSON *v;
+    if ((v = j_object(j, o, p, "retryPolicy", J_OPTIONAL))) {
+        jpath(q, p, "retryPolicy");
+        parse_retry(j, v, q, r);
+    }
+    if ((v = j_object(j, o, p, "timeout", J_OPTIONAL))) {
+        jpath(q, p, "timeout");
+        j_only(j, v, q, timeout_fields);
+        r->per_request_ms = j_duration(j, v, q, "perRequest", J_OPTIONAL);
+        r->idle_ms = j_duration(j, v, q, "idle", J_OPTIONAL);
+    }
+}
+
+/* grpcRoute {match {serviceName, methodName, metadata, port}, action, retryPolicy, timeout}:
+ * parsed and checked so that a mesh holding gRPC services is validated whole, but served by
+ * no sidecar yet (config_prune refuses it where a node reaches it). */
+static void parse_grpc_route(jctx_t *j, const cJSON *g, const char *p, cfg_route_t *r)
+{
+    static const char *const fields[] = {"match", "action", "retryPolicy", "timeout", NULL};
+    static const char *const match_fields[] = {"serviceName", "methodName", "metadata", "port",
+                                               NULL};
+    char q[JPATH_MAX];
+    j_only(j, g, p, fields);
+    const cJSON *v;
+    if ((v = j_object(j, g, p, "match", J_REQUIRED))) {
+        jpath(q, p, "match");
+        j_only(j, v, q, match_fields);
+        r->grpc_service = j_string(j, v, q, "serviceName", J_OPTIONAL, 1, 1024);
+        r->grpc_method = j_string(j, v, q, "methodName", J_OPTIONAL, 1, 50);
+        if (r->grpc_method && !r->grpc_service)
+            jerr(j, q, "methodName", "needs serviceName");
+        r->port = (uint16_t)j_int(j, v, q, "port", 1, 65535, 0, J_OPTIONAL);
+        parse_header_list(j, v, q, "metadata", r);
+    }
+    if ((v = j_object(j, g, p, "action", J_REQUIRED))) {
+        jpath(q, p, "action");
+        parse_targets(j, v, q, r);
+    }
+    parse_policies(j, g, p, r);
+}
+
 static void parse_http_route(jctx_t *j, const cJSON *http, const char *p, cfg_route_t *r)
 {
     static const char *const http_fields[] = {"match", "action", "retryPolicy", "timeout", NULL};
-    static const char *const timeout_fields[] = {"perRequest", "idle", NULL};
     char q[JPATH_MAX];
     j_only(j, http, p, http_fields);
     const cJSON *v;
@@ -565,16 +650,7 @@ static void parse_http_route(jctx_t *j, const cJSON *http, const char *p, cfg_ro
         jpath(q, p, "action");
         parse_targets(j, v, q, r);
     }
-    if ((v = j_object(j, http, p, "retryPolicy", J_OPTIONAL))) {
-        jpath(q, p, "retryPolicy");
-        parse_retry(j, v, q, r);
-    }
-    if ((v = j_object(j, http, p, "timeout", J_OPTIONAL))) {
-        jpath(q, p, "timeout");
-        j_only(j, v, q, timeout_fields);
-        r->per_request_ms = j_duration(j, v, q, "perRequest", J_OPTIONAL);
-        r->idle_ms = j_duration(j, v, q, "idle", J_OPTIONAL);
-    }
+    parse_policies(j, http, p, r);
 }
 
 static void parse_route(jctx_t *j, const cJSON *o, const char *path, void *out)
@@ -594,15 +670,15 @@ static void parse_route(jctx_t *j, const cJSON *o, const char *path, void *out)
     r->priority = (int)j_int(j, spec, p, "priority", 0, 1000, -1, J_OPTIONAL);
     const cJSON *m = NULL;
     int which = spec ? j_union(j, spec, p, kinds, J_REQUIRED, &m) : -1;
-    if (which == 1 || which == 2) {
-        jerr(j, p, kinds[which], "is not supported yet: remora routes HTTP/1.1 and TCP");
-        return;
-    }
     if (which < 0)
         return;
+    static const enum route_kind route_kinds[] = {ROUTE_HTTP, ROUTE_HTTP2, ROUTE_GRPC, ROUTE_TCP};
+    r->kind = route_kinds[which];
     jpath(p, p, kinds[which]);
-    if (which == 3)
+    if (r->kind == ROUTE_TCP)
         parse_tcp_route(j, m, p, r);
+    else if (r->kind == ROUTE_GRPC)
+        parse_grpc_route(j, m, p, r);
     else
         parse_http_route(j, m, p, r);
 }
@@ -688,11 +764,13 @@ static void parse_proxy(jctx_t *j, const cJSON *root, cfg_proxy_t *px)
                                          "dns",
                                          "xray",
                                          "cloudMap",
+                                         "defaultRetryPolicy",
                                          NULL};
     px->ingress_port = px->egress_port = px->workers = -1;
     px->cloudmap_use = px->cloudmap_health = -1;
     px->request_header_timeout_ms = px->drain_timeout_ms = px->dns_hold_ms = DURATION_UNSET;
     px->cloudmap_poll_ms = px->cloudmap_refresh_ms = DURATION_UNSET;
+    px->default_retry_policy = -1;
     const cJSON *o = j_object(j, root, "", "proxy", J_OPTIONAL);
     if (!o)
         return;
@@ -708,11 +786,16 @@ static void parse_proxy(jctx_t *j, const cJSON *root, cfg_proxy_t *px)
     parse_dns(j, o, px);
     parse_xray(j, o, px);
     parse_cloudmap(j, o, px);
+    px->default_retry_policy = j_bool(j, o, "proxy", "defaultRetryPolicy", -1);
 }
 
+/* mesh.spec: egressFilter, and serviceDiscovery.ipPreference, which every node that does not
+ * set its own takes (MeshServiceDiscovery; the node's "only overrides the IP preference set
+ * for the mesh on this specific node"). */
 static void parse_mesh(jctx_t *j, const cJSON *root, config_t *c)
 {
     static const char *const spec_fields[] = {"egressFilter", "serviceDiscovery", NULL};
+    static const char *const sd_fields[] = {"ipPreference", NULL};
     static const char *const filters[] = {"DROP_ALL", "ALLOW_ALL", NULL};
     c->egress_filter = EGRESS_DROP_ALL; /* App Mesh's default */
     const cJSON *mesh = j_object(j, root, "", "mesh", J_OPTIONAL);
@@ -724,26 +807,42 @@ static void parse_mesh(jctx_t *j, const cJSON *root, config_t *c)
     if (ef)
         c->egress_filter = (enum egress_filter)j_enum(j, ef, "mesh.spec.egressFilter", "type",
                                                       filters, J_REQUIRED, EGRESS_DROP_ALL);
+    const cJSON *sd = spec ? j_object(j, spec, "mesh.spec", "serviceDiscovery", J_OPTIONAL) : NULL;
+    j_only(j, sd, "mesh.spec.serviceDiscovery", sd_fields);
+    if (sd)
+        c->ip_preference =
+            (enum ip_preference)j_enum(j, sd, "mesh.spec.serviceDiscovery", "ipPreference",
+                                       ip_preferences, J_OPTIONAL, IP_DEFAULT);
 }
 
-/* Parses root[key] as an array of `size`-byte elements with `each`; returns the count. */
-static unsigned parse_list(jctx_t *j, const cJSON *root, const char *key, size_t size, void **out,
+/* Parses root[key] as an array of `size`-byte elements with `each`, and stores each one's
+ * position at byte `index_at` of it; returns the count. The array is walked as the list it is
+ * (cJSON_GetArrayItem would walk it from the start for every element). */
+static unsigned parse_list(jctx_t *j, const cJSON *root, const char *key, size_t size,
+                           size_t index_at, void **out,
                            void (*each)(jctx_t *, const cJSON *, const char *, void *))
 {
     const cJSON *arr = j_array(j, root, "", key, J_OPTIONAL, 0, 10000);
     unsigned n = (unsigned)cJSON_GetArraySize(arr);
     char *items = calloc(n ? n : 1, size);
     *out = items;
-    for (unsigned i = 0; i < n && items; i++) {
+    unsigned i = 0;
+    for (const cJSON *item = arr ? arr->child : NULL; item && items; item = item->next, i++) {
         char path[JPATH_MAX];
-        const cJSON *item = cJSON_GetArrayItem(arr, (int)i);
         jpath_index(path, "", key, (int)i);
+        memcpy(items + i * size + index_at, &i, sizeof i);
         if (!cJSON_IsObject(item))
             jerr(j, path, NULL, "must be an object");
         else
             each(j, item, path, items + i * size);
     }
     return n;
+}
+
+/* About 2 ms for App Mesh's largest documents (3 MB). */
+void config_digest(const char *doc, size_t len, unsigned char out[CONFIG_DIGEST_LEN])
+{
+    SHA256((const unsigned char *)doc, len, out);
 }
 
 config_t *config_parse(const char *json, size_t len, const char *source, diag_t *d)
@@ -755,6 +854,9 @@ config_t *config_parse(const char *json, size_t len, const char *source, diag_t 
         return NULL;
     c->source = strdup(source);
     c->raw = strndup(json, len);
+    c->raw_len = c->raw ? strlen(c->raw) : 0;
+    c->doc_len = len;
+    config_digest(json, len, c->doc_digest);
     jctx_t j = {.d = d, .source = source};
     size_t before = d->n;
     cJSON *root = cJSON_ParseWithLength(json, len);
@@ -771,16 +873,22 @@ config_t *config_parse(const char *json, size_t len, const char *source, diag_t 
     }
     j_only(&j, root, "", top);
     parse_mesh(&j, root, c);
-    c->nnodes =
-        parse_list(&j, root, "virtualNodes", sizeof(cfg_node_t), (void **)&c->nodes, parse_node);
+    c->nnodes = parse_list(&j, root, "virtualNodes", sizeof(cfg_node_t),
+                           offsetof(cfg_node_t, index), (void **)&c->nodes, parse_node);
     c->nservices = parse_list(&j, root, "virtualServices", sizeof(cfg_service_t),
-                              (void **)&c->services, parse_service);
-    c->nrouters = parse_list(&j, root, "virtualRouters", sizeof(cfg_router_t), (void **)&c->routers,
-                             parse_router);
-    c->nroutes =
-        parse_list(&j, root, "routes", sizeof(cfg_route_t), (void **)&c->routes, parse_route);
+                              offsetof(cfg_service_t, index), (void **)&c->services, parse_service);
+    c->nrouters = parse_list(&j, root, "virtualRouters", sizeof(cfg_router_t),
+                             offsetof(cfg_router_t, index), (void **)&c->routers, parse_router);
+    c->nroutes = parse_list(&j, root, "routes", sizeof(cfg_route_t), offsetof(cfg_route_t, index),
+                            (void **)&c->routes, parse_route);
     parse_proxy(&j, root, &c->proxy);
     cJSON_Delete(root);
+    c->document = (cfg_counts_t){c->nnodes, c->nservices, c->nrouters, c->nroutes};
+    for (unsigned i = 0; i < c->nnodes; i++)
+        if (c->nodes[i].ip_preference == IP_DEFAULT)
+            c->nodes[i].ip_preference = c->ip_preference;
+    if (config_index_build(c) != 0)
+        diag_add(d, source, "$", "out of memory indexing the config");
     if (d->n == before)
         config_validate(c, d);
     if (d->n > before) {
@@ -810,7 +918,7 @@ static void free_strings(char **v, unsigned n)
     free(v);
 }
 
-static void free_node(cfg_node_t *n)
+void cfg_free_node(cfg_node_t *n)
 {
     for (unsigned k = 0; k < n->nlisteners; k++) {
         cfg_listener_t *l = &n->listeners[k];
@@ -845,16 +953,23 @@ static void free_node(cfg_node_t *n)
     free(al->text);
 }
 
-static void free_router(cfg_router_t *r)
+void cfg_free_service(cfg_service_t *s)
+{
+    free(s->name);
+    free(s->provider_name);
+}
+
+void cfg_free_router(cfg_router_t *r)
 {
     free(r->name);
     free(r->ports);
     free(r->tcp);
+    free(r->protocol);
 }
 
-static void free_route(cfg_route_t *r)
+void cfg_free_route(cfg_route_t *r)
 {
-    for (unsigned k = 0; k < r->ntargets; k++)
+    for (unsigned k = 0; k < r->ntargets && !r->shared_names; k++)
         free(r->targets[k].node);
     for (unsigned k = 0; k < r->nheaders; k++) {
         free(r->headers[k].name);
@@ -867,9 +982,12 @@ static void free_route(cfg_route_t *r)
     free(r->headers);
     free(r->query);
     free(r->targets);
-    free(r->router);
+    if (!r->shared_names)
+        free(r->router);
     free(r->name);
     free(r->path);
+    free(r->grpc_service);
+    free(r->grpc_method);
 }
 
 void config_free(config_t *c)
@@ -877,15 +995,14 @@ void config_free(config_t *c)
     if (!c)
         return;
     for (unsigned i = 0; i < c->nnodes; i++)
-        free_node(&c->nodes[i]);
-    for (unsigned i = 0; i < c->nservices; i++) {
-        free(c->services[i].name);
-        free(c->services[i].provider_name);
-    }
+        cfg_free_node(&c->nodes[i]);
+    for (unsigned i = 0; i < c->nservices; i++)
+        cfg_free_service(&c->services[i]);
     for (unsigned i = 0; i < c->nrouters; i++)
-        free_router(&c->routers[i]);
+        cfg_free_router(&c->routers[i]);
     for (unsigned i = 0; i < c->nroutes; i++)
-        free_route(&c->routes[i]);
+        cfg_free_route(&c->routes[i]);
+    config_index_free(c);
     free(c->nodes);
     free(c->services);
     free(c->routers);
@@ -900,29 +1017,63 @@ void config_free(config_t *c)
     free(c->mesh_name);
     free(c->source);
     free(c->raw);
+    free(c->pruned_for);
     free(c);
+}
+
+/* ---- lookups by name ---- */
+
+struct config_index {
+    name_index_t nodes, services, routers;
+};
+
+void config_index_free(config_t *c)
+{
+    if (!c->index)
+        return;
+    name_index_free(&c->index->nodes);
+    name_index_free(&c->index->services);
+    name_index_free(&c->index->routers);
+    free(c->index);
+    c->index = NULL;
+}
+
+/* Names that repeat keep their first position, as a scan from the start would find. */
+int config_index_build(config_t *c)
+{
+    config_index_free(c);
+    struct config_index *ix = calloc(1, sizeof *ix);
+    if (!ix || name_index_init(&ix->nodes, c->nnodes, 0) != 0 ||
+        name_index_init(&ix->services, c->nservices, 1) != 0 ||
+        name_index_init(&ix->routers, c->nrouters, 0) != 0) {
+        c->index = ix;
+        config_index_free(c);
+        return UV_ENOMEM;
+    }
+    for (unsigned i = 0; i < c->nnodes; i++)
+        name_index_add(&ix->nodes, c->nodes[i].name, NULL, i);
+    for (unsigned i = 0; i < c->nservices; i++)
+        name_index_add(&ix->services, c->services[i].name, NULL, i);
+    for (unsigned i = 0; i < c->nrouters; i++)
+        name_index_add(&ix->routers, c->routers[i].name, NULL, i);
+    c->index = ix;
+    return 0;
 }
 
 const cfg_node_t *config_node(const config_t *c, const char *name)
 {
-    for (unsigned i = 0; i < c->nnodes; i++)
-        if (c->nodes[i].name && strcmp(c->nodes[i].name, name) == 0)
-            return &c->nodes[i];
-    return NULL;
+    long i = c->index && name ? name_index_find(&c->index->nodes, name, NULL) : -1;
+    return i >= 0 ? &c->nodes[i] : NULL;
 }
 
 const cfg_service_t *config_service(const config_t *c, const char *name)
 {
-    for (unsigned i = 0; i < c->nservices; i++)
-        if (c->services[i].name && strcasecmp(c->services[i].name, name) == 0)
-            return &c->services[i];
-    return NULL;
+    long i = c->index && name ? name_index_find(&c->index->services, name, NULL) : -1;
+    return i >= 0 ? &c->services[i] : NULL;
 }
 
 const cfg_router_t *config_router(const config_t *c, const char *name)
 {
-    for (unsigned i = 0; i < c->nrouters; i++)
-        if (c->routers[i].name && strcmp(c->routers[i].name, name) == 0)
-            return &c->routers[i];
-    return NULL;
+    long i = c->index && name ? name_index_find(&c->index->routers, name, NULL) : -1;
+    return i >= 0 ? &c->routers[i] : NULL;
 }

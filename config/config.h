@@ -3,8 +3,10 @@
  * object. Nothing outside config/ sees cJSON.
  *
  * config_parse() validates everything App Mesh validates, and the references between
- * resources, and reports every problem at once as "SOURCE: json.path: message". A config_t is
- * immutable once returned and owns every string in it. */
+ * resources, and reports every problem at once as "SOURCE: json.path: message". It holds the
+ * whole document; config_prune() then keeps only what one node reaches (a fleet's document
+ * holds the whole mesh, a sidecar needs a few percent of it), which is what a route table owns.
+ * A config_t owns every string in it and is immutable once it is in a route table. */
 #ifndef REMORA_CONFIG_H
 #define REMORA_CONFIG_H
 
@@ -17,10 +19,15 @@ enum discovery_kind { DISCOVERY_NONE, DISCOVERY_DNS, DISCOVERY_CLOUD_MAP };
 enum provider_kind { PROVIDER_NONE, PROVIDER_NODE, PROVIDER_ROUTER };
 enum ip_preference { IP_DEFAULT, IP_V4_PREFERRED, IP_V6_PREFERRED, IP_V4_ONLY, IP_V6_ONLY };
 enum dns_response { DNS_LOADBALANCER, DNS_ENDPOINTS };
-enum path_match { PATH_PREFIX, PATH_EXACT, PATH_REGEX };
+enum path_match { PATH_PREFIX, PATH_EXACT, PATH_REGEX }; /* PATH_PREFIX with path NULL: any */
 enum header_match { HM_PRESENT, HM_EXACT, HM_PREFIX, HM_SUFFIX, HM_REGEX, HM_RANGE };
+/* A portMapping's protocol, in the API's order. */
+enum port_protocol { PROTO_HTTP, PROTO_TCP, PROTO_HTTP2, PROTO_GRPC };
+/* A route's kind: the spec member it was given as. */
+enum route_kind { ROUTE_HTTP, ROUTE_HTTP2, ROUTE_GRPC, ROUTE_TCP };
 
-#define DURATION_UNSET UINT64_MAX
+#define DURATION_UNSET    UINT64_MAX
+#define CONFIG_DIGEST_LEN 32
 
 /* App Mesh's HTTP retry events, as a bit set. */
 #define RETRY_SERVER_ERROR     (1u << 0) /* 500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511 */
@@ -28,6 +35,21 @@ enum header_match { HM_PRESENT, HM_EXACT, HM_PREFIX, HM_SUFFIX, HM_REGEX, HM_RAN
 #define RETRY_CLIENT_ERROR     (1u << 2) /* 409 */
 #define RETRY_STREAM_ERROR     (1u << 3) /* reset or closed before the response head */
 #define RETRY_CONNECTION_ERROR (1u << 4) /* tcpRetryEvents: connect failure */
+#define RETRY_HTTP_503         (1u << 5) /* 503 alone: App Mesh's default policy, not an event */
+
+/* App Mesh's default retry policy (shared/reference/appmesh.md, "Default retry policy"): what a
+ * route without a retryPolicy, and a virtual node provider, get unless it is turned off. Envoy
+ * has no per-try timeout there, so none: the route's per-request timeout bounds every attempt.
+ * gRPC's UNAVAILABLE joins the events when gRPC routes are served. */
+#define DEFAULT_RETRY_MAX    2
+#define DEFAULT_RETRY_EVENTS (RETRY_HTTP_503 | RETRY_STREAM_ERROR | RETRY_CONNECTION_ERROR)
+
+/* grpcRetryEvents, as a bit set (kept for when gRPC routes are served). */
+#define GRPC_RETRY_CANCELLED          (1u << 0)
+#define GRPC_RETRY_DEADLINE_EXCEEDED  (1u << 1)
+#define GRPC_RETRY_INTERNAL           (1u << 2)
+#define GRPC_RETRY_RESOURCE_EXHAUSTED (1u << 3)
+#define GRPC_RETRY_UNAVAILABLE        (1u << 4)
 
 typedef struct cfg_health_check {
     int present;
@@ -110,6 +132,7 @@ typedef struct cfg_attribute {
 
 typedef struct cfg_node {
     char *name;
+    unsigned index; /* position in the document's virtualNodes, for messages */
     cfg_listener_t *listeners;
     unsigned nlisteners;
     enum discovery_kind discovery;
@@ -119,9 +142,9 @@ typedef struct cfg_node {
     char *service_name;
     cfg_attribute_t *attributes; /* awsCloudMap.attributes: instances must match all */
     unsigned nattributes;
-    enum ip_preference ip_preference;
-    char **backends;               /* virtual service names */
-    cfg_client_tls_t *backend_tls; /* per backend, parallel to `backends` (present = 0: none) */
+    enum ip_preference ip_preference; /* the node's own, else the mesh's serviceDiscovery's */
+    char **backends;                  /* virtual service names */
+    cfg_client_tls_t *backend_tls;    /* per backend, parallel to `backends` (present = 0: none) */
     unsigned nbackends;
     cfg_client_tls_t default_tls; /* backendDefaults.clientPolicy.tls */
     cfg_access_log_t access_log;  /* logging.accessLog */
@@ -129,14 +152,17 @@ typedef struct cfg_node {
 
 typedef struct cfg_service {
     char *name;
+    unsigned index; /* position in the document's virtualServices */
     enum provider_kind provider;
     char *provider_name;
 } cfg_service_t;
 
 typedef struct cfg_router {
     char *name;
+    unsigned index; /* position in the document's virtualRouters */
     uint16_t *ports;
-    uint8_t *tcp; /* per listener, parallel to ports: its protocol is tcp */
+    uint8_t *tcp;      /* per listener, parallel to ports: its protocol is tcp */
+    uint8_t *protocol; /* per listener, parallel to ports: enum port_protocol */
     unsigned nports;
 } cfg_router_t;
 
@@ -162,14 +188,20 @@ typedef struct cfg_query_match {
 typedef struct cfg_route {
     char *router;
     char *name;
-    int tcp;      /* a tcpRoute: only port, targets and idle apply */
+    unsigned index;       /* position in the document's routes, for messages */
+    enum route_kind kind; /* http2Route and grpcRoute are parsed, not served yet */
+    int tcp;              /* a tcpRoute: only port, targets and idle apply */
+    /* `router` and every targets[].node point at the kept router's and nodes' own names
+     * (config_prune shares them: 2,500 routes need not hold 7,500 copies), not owned. */
+    int shared_names;
     int priority; /* -1 when not given */
     enum path_match path_kind;
-    char *path; /* prefix, exact path or regex */
+    char *path; /* prefix, exact path or regex; NULL: no prefix nor path, so every path */
     int method; /* enum http_method, -1 for any */
     uint16_t port;
-    cfg_header_match_t *headers;
+    cfg_header_match_t *headers; /* grpcRoute: its metadata matchers */
     unsigned nheaders;
+    char *grpc_service, *grpc_method; /* grpcRoute match.serviceName, methodName */
     cfg_query_match_t *query;
     unsigned nquery;
     cfg_target_t *targets;
@@ -177,8 +209,9 @@ typedef struct cfg_route {
     int has_retry;
     unsigned max_retries;
     uint64_t per_retry_ms;
-    unsigned retry_events;   /* RETRY_* bits */
-    uint64_t per_request_ms; /* DURATION_UNSET when not given */
+    unsigned retry_events;      /* RETRY_* bits */
+    unsigned grpc_retry_events; /* GRPC_RETRY_* bits */
+    uint64_t per_request_ms;    /* DURATION_UNSET when not given */
     uint64_t idle_ms;
 } cfg_route_t;
 
@@ -203,13 +236,33 @@ typedef struct cfg_proxy {
     int cloudmap_use;                               /* enum cloudmap_use; -1 when not given */
     int cloudmap_health;                            /* enum cloudmap_health; -1 when not given */
     uint64_t cloudmap_poll_ms, cloudmap_refresh_ms; /* DURATION_UNSET when not given */
+    /* proxy.defaultRetryPolicy: 1, 0, or -1 when not given. route_table_build() settles it in
+     * the config it owns to 0 or 1 (REMORA_DEFAULT_RETRY_POLICY wins; on by default). */
+    int default_retry_policy;
 } cfg_proxy_t;
+
+/* How many of each resource list. */
+typedef struct cfg_counts {
+    unsigned nodes, services, routers, routes;
+} cfg_counts_t;
+
+struct config_index; /* by-name lookups (config.c) */
 
 typedef struct config {
     char *source; /* file name for diagnostics, or "REMORA_CONFIG_JSON" */
-    char *raw;    /* the document as given, for /config_dump */
+    /* The document as given, for /config_dump. After a config_prune() that left something out:
+     * the document cut to the resources kept, in document order, each as given but without
+     * whitespace between tokens (and a node other than the pruned-for one without its
+     * `backends`); itself a valid document that parses and prunes to the same config. */
+    char *raw;
+    size_t raw_len;
+    /* The document as given, by length and config_digest(), whatever was cut from `raw`: how a
+     * poller tells a document it fetched is the one in force without keeping its text. */
+    size_t doc_len;
+    unsigned char doc_digest[CONFIG_DIGEST_LEN];
     char *mesh_name;
     enum egress_filter egress_filter;
+    enum ip_preference ip_preference; /* mesh.spec.serviceDiscovery.ipPreference */
     cfg_node_t *nodes;
     unsigned nnodes;
     cfg_service_t *services;
@@ -219,19 +272,39 @@ typedef struct config {
     cfg_route_t *routes;
     unsigned nroutes;
     cfg_proxy_t proxy;
+    cfg_counts_t document; /* what the document holds, before any pruning */
+    char *pruned_for;      /* the node config_prune() kept what it reaches for; NULL: the whole */
+    /* Resources left out by config_prune() that use HTTP/2 or gRPC (listeners, routes): not
+     * served yet, refused where a node reaches them, counted for `check`'s note. */
+    unsigned unreached_unsupported;
+    struct config_index *index;
 } config_t;
 
+/* The SHA-256 of a document's bytes: "the same text" without keeping the text. */
+void config_digest(const char *doc, size_t len, unsigned char out[CONFIG_DIGEST_LEN]);
 /* Parse and validate a JSON document. Returns a config, or NULL with every problem in `d`. */
 config_t *config_parse(const char *json, size_t len, const char *source, diag_t *d);
 /* Read, parse and validate a file. */
 config_t *config_load_file(const char *path, diag_t *d);
 void config_free(config_t *c);
 
+/* By name, in constant time (a hash index built by config_parse and config_prune); NULL when
+ * absent. Virtual service names are compared without case. */
 const cfg_node_t *config_node(const config_t *c, const char *name);
 const cfg_service_t *config_service(const config_t *c, const char *name);
 const cfg_router_t *config_router(const config_t *c, const char *name);
 
-/* Cross-resource checks (config/validate.c), run by config_parse. */
+/* Keeps only what `node` reaches, and frees the rest: the node; the virtual services its
+ * backends name; their providers (virtual nodes, and virtual routers with all their routes);
+ * those routes' target nodes. `raw` is cut to the same resources. Resources keep their `index`
+ * (their place in the document), so messages still name the document's paths. What the node
+ * reaches over HTTP/2 or gRPC (its own listeners, reached routers' listeners and routes,
+ * reached nodes' listeners) is refused with a message per place: remora does not serve them
+ * yet. Returns 0, or ERR_CONFIG with the problems in `d` (or UV_ENOMEM). The node must exist. */
+int config_prune(config_t *c, const char *node, diag_t *d);
+
+/* Cross-resource checks (config/validate.c), run by config_parse: references, unique names,
+ * ports, and every regex compiles. */
 void config_validate(const config_t *c, diag_t *d);
 
 #endif

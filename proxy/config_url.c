@@ -41,15 +41,21 @@ static int source_open(source_t *src, uv_loop_t *loop, http_client_t *http, cons
     if (err)
         return err;
     char base[2048];
-    int china = !strncmp(src->region, "cn-", 3);
+    int n, china = !strncmp(src->region, "cn-", 3);
     if (aws_endpoint_override("S3", base, sizeof base)) { /* path style, as the SDKs do then */
         size_t blen = strlen(base);
         while (blen && base[blen - 1] == '/')
             base[--blen] = '\0';
-        snprintf(src->url, sizeof src->url, "%s/%.*s%s", base, (int)(key - bucket), bucket, key);
-    } else
-        snprintf(src->url, sizeof src->url, "https://%.*s.s3.%s.amazonaws.com%s%s",
-                 (int)(key - bucket), bucket, src->region, china ? ".cn" : "", key);
+        n = snprintf(src->url, sizeof src->url, "%s/%.*s%s", base, (int)(key - bucket), bucket,
+                     key);
+    } else {
+        n = snprintf(src->url, sizeof src->url, "https://%.*s.s3.%s.amazonaws.com%s%s",
+                     (int)(key - bucket), bucket, src->region, china ? ".cn" : "", key);
+    }
+    if (n < 0 || (size_t)n >= sizeof src->url) {
+        snprintf(why, whylen, "%s: the object's URL is too long", url);
+        return ERR_BAD_URL;
+    }
     if (http_url_parse(src->url, &src->where) != 0) {
         snprintf(why, whylen, "%s: not a usable S3 object name", url);
         return ERR_BAD_URL;

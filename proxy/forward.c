@@ -374,6 +374,8 @@ static unsigned status_event(int status)
         e |= RETRY_GATEWAY_ERROR;
     if (status >= 500 && status <= 511 && status != 509)
         e |= RETRY_SERVER_ERROR;
+    if (status == 503)
+        e |= RETRY_HTTP_503; /* App Mesh's default policy retries 503 alone */
     return e;
 }
 

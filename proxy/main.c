@@ -113,6 +113,13 @@ static const char *provider_kind(enum provider_kind k)
     return k == PROVIDER_NODE ? "virtual node" : k == PROVIDER_ROUTER ? "virtual router" : "none";
 }
 
+static const char *ip_preference_name(enum ip_preference p)
+{
+    static const char *const names[] = {"", "IPv4_PREFERRED", "IPv6_PREFERRED", "IPv4_ONLY",
+                                        "IPv6_ONLY"};
+    return names[p];
+}
+
 /* How the node's endpoints are found: `use` is proxy.cloudMap.discovery (enum cloudmap_use). */
 static void print_discovery(const cfg_node_t *n, int use)
 {
@@ -126,6 +133,8 @@ static void print_discovery(const cfg_node_t *n, int use)
         printf("cloud map DNS %s.%s", n->service_name, n->namespace_name);
     else
         printf("none");
+    if (n->discovery != DISCOVERY_NONE && n->ip_preference != IP_DEFAULT)
+        printf(", %s", ip_preference_name(n->ip_preference)); /* its own, or the mesh's */
     for (unsigned i = 0; api && i < n->nattributes; i++)
         printf("%s%s=%s", i ? ", " : " where ", n->attributes[i].key, n->attributes[i].value);
     printf("\n");
@@ -135,8 +144,33 @@ static void print_discovery(const cfg_node_t *n, int use)
                n->nattributes);
 }
 
+/* The retry policy in force for an HTTP route (or, `rt` NULL, a virtual node provider): its
+ * own, else App Mesh's default unless turned off. */
+static void print_retry(const config_t *cfg, const cfg_route_t *rt)
+{
+    static const char *const events[] = {"server-error", "gateway-error", "client-error",
+                                         "stream-error", "connection-error"};
+    if (rt && rt->has_retry) {
+        printf(", %u retries (", rt->max_retries);
+        for (unsigned e = 0, n = 0; e < 5; e++)
+            if (rt->retry_events & (1u << e))
+                printf("%s%s", n++ ? ", " : "", events[e]);
+        if (rt->per_retry_ms != DURATION_UNSET)
+            printf("; %llu ms per try", (unsigned long long)rt->per_retry_ms);
+        printf(")");
+    } else if (cfg->proxy.default_retry_policy) {
+        printf(", %u retries (App Mesh's default: 503, reset, connect failure)", DEFAULT_RETRY_MAX);
+    } else {
+        printf(", no retries (the default policy is off)");
+    }
+}
+
 static void print_routes(const config_t *cfg, const char *router)
 {
+    static const char *const methods[] = {
+        [HTTP_GET] = "GET",         [HTTP_HEAD] = "HEAD",     [HTTP_POST] = "POST",
+        [HTTP_PUT] = "PUT",         [HTTP_DELETE] = "DELETE", [HTTP_CONNECT] = "CONNECT",
+        [HTTP_OPTIONS] = "OPTIONS", [HTTP_TRACE] = "TRACE",   [HTTP_PATCH] = "PATCH"};
     for (unsigned r = 0; r < cfg->nroutes; r++) {
         const cfg_route_t *rt = &cfg->routes[r];
         if (strcmp(rt->router, router) != 0)
@@ -145,19 +179,29 @@ static void print_routes(const config_t *cfg, const char *router)
         if (rt->priority >= 0)
             printf(" (priority %d)", rt->priority);
         if (rt->tcp)
-            printf(": tcp ->");
+            printf(": tcp");
         else if (rt->path)
-            printf(": %s %s ->",
+            printf(": %s %s",
                    rt->path_kind == PATH_PREFIX  ? "prefix"
                    : rt->path_kind == PATH_EXACT ? "path"
                                                  : "regex",
                    rt->path);
         else
-            printf(": any path ->");
+            printf(": any path");
+        if (!rt->tcp && rt->port)
+            printf(", port %u", rt->port);
+        if (rt->method >= 0 && (size_t)rt->method < sizeof methods / sizeof *methods &&
+            methods[rt->method])
+            printf(", %s", methods[rt->method]);
+        if (rt->nheaders)
+            printf(", %u header matcher%s", rt->nheaders, rt->nheaders > 1 ? "s" : "");
+        if (rt->nquery)
+            printf(", %u query matcher%s", rt->nquery, rt->nquery > 1 ? "s" : "");
+        printf(" ->");
         for (unsigned t = 0; t < rt->ntargets; t++)
             printf(" %s:%u", rt->targets[t].node, rt->targets[t].weight);
-        if (rt->has_retry)
-            printf(", %u retries", rt->max_retries);
+        if (!rt->tcp)
+            print_retry(cfg, rt);
         printf("\n");
     }
 }
@@ -221,8 +265,11 @@ static void print_summary(const config_t *cfg, const cfg_node_t *node, int cloud
     }
     for (unsigned i = 0; i < node->nbackends; i++) {
         const cfg_service_t *s = config_service(cfg, node->backends[i]);
-        printf("  backend %s -> %s %s\n", s->name, provider_kind(s->provider),
+        printf("  backend %s -> %s %s", s->name, provider_kind(s->provider),
                s->provider_name ? s->provider_name : "");
+        if (s->provider == PROVIDER_NODE)
+            print_retry(cfg, NULL);
+        printf("\n");
         if (node->backend_tls[i].present)
             print_client_tls(&node->backend_tls[i], 0);
         else if (node->default_tls.present)
@@ -235,8 +282,19 @@ static void print_summary(const config_t *cfg, const cfg_node_t *node, int cloud
         printf("  node %s: discovery ", n->name);
         print_discovery(n, cloudmap_use);
     }
-    printf("%u virtual nodes, %u virtual services, %u routers, %u routes\n", cfg->nnodes,
-           cfg->nservices, cfg->nrouters, cfg->nroutes);
+    const cfg_counts_t *doc = &cfg->document;
+    printf("%u virtual nodes, %u virtual services, %u routers, %u routes", doc->nodes,
+           doc->services, doc->routers, doc->routes);
+    if (cfg->nnodes != doc->nodes || cfg->nservices != doc->services ||
+        cfg->nrouters != doc->routers || cfg->nroutes != doc->routes)
+        printf("; node %s reaches %u, %u, %u and %u of them (the sidecar holds only those)",
+               node->name, cfg->nnodes, cfg->nservices, cfg->nrouters, cfg->nroutes);
+    printf("\n");
+    if (cfg->unreached_unsupported)
+        printf("note: %u listener(s) or route(s) this node does not reach use HTTP/2 or gRPC, "
+               "which remora does not serve yet: the sidecars of the nodes that reach them "
+               "refuse to start\n",
+               cfg->unreached_unsupported);
 }
 
 static int cmd_check(const cli_opts_t *cli)

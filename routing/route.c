@@ -34,20 +34,61 @@ cluster_t *route_registry_cluster(registry_t *reg, const char *name, const char 
     return c;
 }
 
+static unsigned target_hash(const char *router, const char *route, const char *target)
+{
+    unsigned h = 2166136261u;
+    const char *parts[] = {router, route, target};
+    for (int i = 0; i < 3; i++) {
+        for (const char *p = parts[i]; *p; p++)
+            h = (h ^ (unsigned char)*p) * 16777619u;
+        h = (h ^ 0xffu) * 16777619u;
+    }
+    return h;
+}
+
+/* Doubles the buckets once there are more entries than buckets. */
+static void grow_targets(registry_t *reg)
+{
+    if (reg->ntargets < reg->nbuckets)
+        return;
+    unsigned n = reg->nbuckets ? reg->nbuckets * 2 : 256;
+    target_stats_entry_t **b = calloc(n, sizeof *b);
+    if (!b)
+        return; /* the chains only get longer */
+    for (target_stats_entry_t *e = reg->targets; e; e = e->next) {
+        unsigned i = target_hash(e->router, e->route, e->target) & (n - 1);
+        e->hnext = b[i];
+        b[i] = e;
+    }
+    free(reg->buckets);
+    reg->buckets = b;
+    reg->nbuckets = n;
+}
+
 static target_stats_t *registry_target(registry_t *reg, const char *router, const char *route,
                                        const char *target)
 {
-    for (target_stats_entry_t *e = reg->targets; e; e = e->next)
+    grow_targets(reg);
+    unsigned h = target_hash(router, route, target);
+    for (target_stats_entry_t *e = reg->nbuckets ? reg->buckets[h & (reg->nbuckets - 1)] : NULL; e;
+         e = e->hnext)
         if (!strcmp(e->router, router) && !strcmp(e->route, route) && !strcmp(e->target, target))
             return &e->stats;
-    target_stats_entry_t *e = calloc(1, sizeof *e);
-    if (!e)
+    /* One allocation: the names follow the entry (thousands of them in a large mesh). */
+    size_t a = strlen(router) + 1, b = strlen(route) + 1, c = strlen(target) + 1;
+    target_stats_entry_t *e = calloc(1, sizeof *e + a + b + c);
+    if (!e || !reg->nbuckets) {
+        free(e);
         return NULL;
-    e->router = strdup(router);
-    e->route = strdup(route);
-    e->target = strdup(target);
+    }
+    e->router = memcpy((char *)(e + 1), router, a);
+    e->route = memcpy(e->router + a, route, b);
+    e->target = memcpy(e->route + b, target, c);
     e->next = reg->targets;
     reg->targets = e;
+    e->hnext = reg->buckets[h & (reg->nbuckets - 1)];
+    reg->buckets[h & (reg->nbuckets - 1)] = e;
+    reg->ntargets++;
     return &e->stats;
 }
 
@@ -61,15 +102,39 @@ void registry_free(registry_t *r)
     while (r->targets) {
         target_stats_entry_t *e = r->targets;
         r->targets = e->next;
-        free(e->router);
-        free(e->route);
-        free(e->target);
-        free(e);
+        free(e); /* and the names that follow it */
     }
+    free(r->buckets);
+    r->buckets = NULL;
+    r->nbuckets = r->ntargets = 0;
     tls_cache_free(&r->tls);
 }
 
 /* ---- weighted schedule ---- */
+
+static unsigned gcd(unsigned a, unsigned b)
+{
+    while (b) {
+        unsigned t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+/* The weights divided by their greatest common divisor, and their sum: 90/10 and 9/1 give the
+ * same smooth sequence (every step scales), so one period of 10 picks serves. */
+static unsigned reduce_weights(const unsigned *weights, unsigned n, unsigned *out)
+{
+    unsigned g = 0, total = 0;
+    for (unsigned i = 0; i < n; i++)
+        g = gcd(g, weights[i]);
+    for (unsigned i = 0; i < n; i++) {
+        out[i] = g ? weights[i] / g : 0;
+        total += out[i];
+    }
+    return total;
+}
 
 unsigned route_schedule(const unsigned *weights, unsigned n, uint8_t *out)
 {
@@ -132,19 +197,30 @@ static int compile(regex_t *re, const char *pattern, const char *source, const c
     return 0;
 }
 
+/* Regexes were checked by config_validate(); compiling them again here cannot fail but for
+ * memory, and is reported the same way if it does. r->clusters, stats and schedule point into
+ * the table's slabs, with room for the route's targets and its reduced schedule. */
 static int build_route(route_table_t *rt, registry_t *reg, route_t *r, diag_t *d)
 {
     const cfg_route_t *c = r->cfg;
     char path[160];
     int ok = 1;
-    if (c->path_kind == PATH_REGEX) {
+    if (c->path && c->path_kind == PATH_REGEX) {
         snprintf(path, sizeof path, "routes[%u].spec.httpRoute.match.path.regex", r->index);
-        r->has_path_re = compile(&r->path_re, c->path, rt->cfg->source, path, d) == 0;
-        ok &= r->has_path_re;
+        r->path_re = malloc(sizeof *r->path_re);
+        if (r->path_re && compile(r->path_re, c->path, rt->cfg->source, path, d) != 0) {
+            free(r->path_re);
+            r->path_re = NULL;
+        }
+        ok &= r->path_re != NULL;
     }
     for (unsigned h = 0; h < c->nheaders; h++) {
         if (c->headers[h].kind != HM_REGEX)
             continue;
+        if (!r->header_re && !(r->header_re = calloc(c->nheaders, sizeof *r->header_re))) {
+            ok = 0;
+            break;
+        }
         snprintf(path, sizeof path, "routes[%u].spec.httpRoute.match.headers[%u].match.regex",
                  r->index, h);
         int good = compile(&r->header_re[h], c->headers[h].value, rt->cfg->source, path, d) == 0;
@@ -152,19 +228,29 @@ static int build_route(route_table_t *rt, registry_t *reg, route_t *r, diag_t *d
             r->header_has_re |= 1u << h;
         ok &= good;
     }
-    unsigned weights[MAX_TARGETS];
+    unsigned weights[MAX_TARGETS], reduced[MAX_TARGETS];
     for (unsigned t = 0; t < c->ntargets; t++) {
         r->clusters[t] = route_egress_cluster(rt, reg, c->targets[t].node, c->targets[t].port);
         r->stats[t] = registry_target(reg, c->router, c->name, c->targets[t].node);
         weights[t] = c->targets[t].weight;
         ok &= r->clusters[t] && r->stats[t];
     }
-    r->schedule_len = route_schedule(weights, c->ntargets, r->schedule);
+    reduce_weights(weights, c->ntargets, reduced);
+    r->schedule_len = route_schedule(reduced, c->ntargets, (uint8_t *)r->schedule);
     r->timeout_ms = route_or_default(c->per_request_ms, ROUTE_DEFAULT_TIMEOUT_MS);
     r->idle_ms = route_or_default(c->idle_ms, ROUTE_DEFAULT_IDLE_MS);
     if (c->has_retry)
         r->retry = (retry_policy_t){c->max_retries, c->per_retry_ms, c->retry_events};
+    else if (!c->tcp)
+        r->retry = rt->default_retry; /* tcpRoutes keep their connect retries (route_tcp.c) */
     return ok ? 0 : -1;
+}
+
+/* How long a route's path match is, for ordering routes without a priority. A match with
+ * neither prefix nor path takes every path, as prefix "/" does, and ranks as it would. */
+static size_t match_length(const cfg_route_t *c)
+{
+    return c->path ? strlen(c->path) : 1;
 }
 
 /* Match order (SPEC §4): routes with a priority first, lowest value first; then the others,
@@ -177,12 +263,17 @@ static int route_order(const void *a, const void *b)
     if (px != py)
         return px < py ? -1 : 1;
     if (x->cfg->priority < 0) {
-        size_t lx = x->cfg->path ? strlen(x->cfg->path) : 0,
-               ly = y->cfg->path ? strlen(y->cfg->path) : 0;
+        size_t lx = match_length(x->cfg), ly = match_length(y->cfg);
         if (lx != ly)
             return lx > ly ? -1 : 1;
     }
     return x->index < y->index ? -1 : x->index > y->index;
+}
+
+/* The table's router for the config's `r` (routers are built in config order). */
+static router_t *router_of(route_table_t *rt, const cfg_router_t *r)
+{
+    return r ? &rt->routers[r - rt->cfg->routers] : NULL;
 }
 
 static int build_routers(route_table_t *rt, registry_t *reg, diag_t *d)
@@ -190,36 +281,59 @@ static int build_routers(route_table_t *rt, registry_t *reg, diag_t *d)
     const config_t *cfg = rt->cfg;
     rt->routes = calloc(cfg->nroutes ? cfg->nroutes : 1, sizeof *rt->routes);
     rt->routers = calloc(cfg->nrouters ? cfg->nrouters : 1, sizeof *rt->routers);
-    if (!rt->routes || !rt->routers)
+    route_t **of = rt->by_router = calloc(cfg->nroutes ? cfg->nroutes : 1, sizeof *of);
+    size_t ntargets = 0, npicks = 0;
+    for (unsigned i = 0; i < cfg->nroutes; i++) {
+        unsigned w[MAX_TARGETS], reduced[MAX_TARGETS], n = cfg->routes[i].ntargets;
+        for (unsigned t = 0; t < n && t < MAX_TARGETS; t++)
+            w[t] = cfg->routes[i].targets[t].weight;
+        ntargets += n;
+        npicks += reduce_weights(w, n < MAX_TARGETS ? n : MAX_TARGETS, reduced);
+    }
+    rt->cluster_slab = calloc(ntargets + 1, sizeof *rt->cluster_slab);
+    rt->stats_slab = calloc(ntargets + 1, sizeof *rt->stats_slab);
+    rt->schedule_slab = malloc(npicks + 1);
+    if (!rt->routes || !rt->routers || !of || !rt->cluster_slab || !rt->stats_slab ||
+        !rt->schedule_slab)
         return -1;
     rt->nroutes = cfg->nroutes;
     rt->nrouters = cfg->nrouters;
     int ok = 1;
+    size_t toff = 0, poff = 0;
     for (unsigned i = 0; i < cfg->nroutes; i++) {
-        rt->routes[i].cfg = &cfg->routes[i];
-        rt->routes[i].index = i;
-        ok &= build_route(rt, reg, &rt->routes[i], d) == 0;
+        route_t *r = &rt->routes[i];
+        r->cfg = &cfg->routes[i];
+        r->index = cfg->routes[i].index;
+        r->clusters = rt->cluster_slab + toff;
+        r->stats = rt->stats_slab + toff;
+        r->schedule = rt->schedule_slab + poff;
+        ok &= build_route(rt, reg, r, d) == 0;
+        toff += r->cfg->ntargets;
+        poff += r->schedule_len;
+        router_t *ro = router_of(rt, config_router(cfg, cfg->routes[i].router));
+        if (ro)
+            ro->nroutes++; /* counted here, filled below */
     }
+    unsigned at = 0;
     for (unsigned i = 0; i < cfg->nrouters; i++) {
         router_t *ro = &rt->routers[i];
         ro->cfg = &cfg->routers[i];
-        ro->routes = calloc(cfg->nroutes ? cfg->nroutes : 1, sizeof *ro->routes);
-        if (!ro->routes)
-            return -1;
-        for (unsigned k = 0; k < cfg->nroutes; k++)
-            if (strcmp(cfg->routes[k].router, ro->cfg->name) == 0)
-                ro->routes[ro->nroutes++] = &rt->routes[k];
+        ro->routes = of + at;
+        at += ro->nroutes;
+        ro->nroutes = 0;
+    }
+    for (unsigned i = 0; i < cfg->nroutes; i++) {
+        router_t *ro = router_of(rt, config_router(cfg, cfg->routes[i].router));
+        if (ro)
+            ro->routes[ro->nroutes++] = &rt->routes[i];
+    }
+    for (unsigned i = 0; i < cfg->nrouters; i++) {
+        router_t *ro = &rt->routers[i];
         qsort(ro->routes, ro->nroutes, sizeof *ro->routes, route_order);
+        for (unsigned k = 0; k < ro->nroutes; k++)
+            ro->routes[k]->pos = k;
     }
     return ok ? 0 : -1;
-}
-
-static router_t *find_router(route_table_t *rt, const char *name)
-{
-    for (unsigned i = 0; i < rt->nrouters; i++)
-        if (strcmp(rt->routers[i].cfg->name, name) == 0)
-            return &rt->routers[i];
-    return NULL;
 }
 
 static int build_backends(route_table_t *rt, registry_t *reg)
@@ -234,8 +348,25 @@ static int build_backends(route_table_t *rt, registry_t *reg)
         if (b->svc->provider == PROVIDER_NODE)
             b->cluster = route_egress_cluster(rt, reg, b->svc->provider_name, 0);
         else if (b->svc->provider == PROVIDER_ROUTER)
-            b->router = find_router(rt, b->svc->provider_name);
+            b->router = router_of(rt, config_router(rt->cfg, b->svc->provider_name));
     }
+    return 0;
+}
+
+/* REMORA_DEFAULT_RETRY_POLICY=0|1 over proxy.defaultRetryPolicy, on when neither says:
+ * App Mesh applies the policy in every account made after July 2020. Settled in the config
+ * here, where every config becomes a table (start, reload, `check`, whatever its source). */
+static int settle_default_retry(config_t *cfg, diag_t *d)
+{
+    const char *v = getenv("REMORA_DEFAULT_RETRY_POLICY");
+    if (v && *v && strcmp(v, "0") != 0 && strcmp(v, "1") != 0) {
+        diag_add(d, "settings", "REMORA_DEFAULT_RETRY_POLICY", "must be 0 or 1, got \"%s\"", v);
+        return -1;
+    }
+    if (v && *v)
+        cfg->proxy.default_retry_policy = v[0] == '1';
+    else if (cfg->proxy.default_retry_policy < 0)
+        cfg->proxy.default_retry_policy = 1;
     return 0;
 }
 
@@ -248,13 +379,21 @@ route_table_t *route_table_build(config_t *cfg, const char *node_name, registry_
     }
     atomic_init(&rt->refs, 1);
     rt->cfg = cfg;
-    rt->node = config_node(cfg, node_name);
-    if (!rt->node) {
+    if (!config_node(cfg, node_name)) {
         diag_add(d, cfg->source, "node", "virtual node \"%s\" is not in the config", node_name);
         route_table_unref(rt);
         return NULL;
     }
     size_t before = d->n;
+    if (settle_default_retry(cfg, d) != 0 || config_prune(cfg, node_name, d) != 0) {
+        if (d->n == before)
+            diag_add(d, cfg->source, "$", "out of memory building the route table");
+        route_table_unref(rt);
+        return NULL;
+    }
+    rt->node = config_node(cfg, node_name); /* the pruned config's */
+    if (cfg->proxy.default_retry_policy)
+        rt->default_retry = (retry_policy_t){DEFAULT_RETRY_MAX, 0, DEFAULT_RETRY_EVENTS};
     route_build_ingress(rt, reg, d);
     if (cfg->egress_filter == EGRESS_ALLOW_ALL) {
         char name[300];
@@ -286,14 +425,18 @@ void route_table_unref(route_table_t *rt)
         return;
     for (unsigned i = 0; i < rt->nroutes; i++) {
         route_t *r = &rt->routes[i];
-        if (r->has_path_re)
-            regfree(&r->path_re);
+        if (r->path_re)
+            regfree(r->path_re);
+        free(r->path_re);
         for (unsigned h = 0; h < 10; h++)
             if (r->header_has_re & (1u << h))
                 regfree(&r->header_re[h]);
+        free(r->header_re);
     }
-    for (unsigned i = 0; i < rt->nrouters; i++)
-        free(rt->routers[i].routes);
+    free(rt->by_router);
+    free(rt->cluster_slab);
+    free(rt->stats_slab);
+    free(rt->schedule_slab);
     for (unsigned i = 0; i < rt->nbackends; i++)
         free(rt->backends[i].route_tls);
     for (unsigned i = 0; i < rt->ntls_held; i++)
@@ -381,22 +524,22 @@ static int query_matches(const cfg_query_match_t *m, const route_request_t *req)
 static int route_matches(const route_t *r, const route_request_t *req, uint16_t port)
 {
     const cfg_route_t *c = r->cfg;
-    if (c->port && c->port != port)
-        return 0;
+    if (c->tcp || (c->port && c->port != port))
+        return 0; /* a tcpRoute never takes an HTTP request, even on a one-listener router */
     if (c->method >= 0 && c->method != req->method)
         return 0;
-    size_t n = strlen(c->path);
-    switch (c->path_kind) {
+    size_t n = c->path ? strlen(c->path) : 0;
+    switch (c->path ? c->path_kind : PATH_PREFIX) {
     case PATH_PREFIX:
-        if (req->path_len < n || memcmp(req->path, c->path, n) != 0)
-            return 0;
+        if (c->path && (req->path_len < n || memcmp(req->path, c->path, n) != 0))
+            return 0; /* no prefix nor path: every path */
         break;
     case PATH_EXACT:
         if (req->path_len != n || memcmp(req->path, c->path, n) != 0)
             return 0;
         break;
     case PATH_REGEX:
-        if (regexec(&r->path_re, req->path, 0, NULL, 0) != 0)
+        if (!r->path_re || regexec(r->path_re, req->path, 0, NULL, 0) != 0)
             return 0;
         break;
     }
@@ -428,7 +571,7 @@ void route_pick(route_t *r, const backend_t *b, route_result_t *out)
     unsigned t = r->schedule[k % r->schedule_len];
     out->cluster = r->clusters[t];
     out->target = r->stats[t];
-    out->tls = b->route_tls ? b->route_tls[r->index * MAX_TARGETS + t] : NULL;
+    out->tls = b->route_tls ? b->route_tls[r->pos * MAX_TARGETS + t] : NULL;
     out->timeout_ms = r->timeout_ms;
     out->idle_ms = r->idle_ms;
     out->retry = r->retry;
@@ -476,6 +619,7 @@ void route_egress(route_table_t *rt, const route_request_t *req, route_result_t 
         } else if (b->cluster) {
             out->cluster = b->cluster;
             out->tls = b->tls;
+            out->retry = rt->default_retry; /* App Mesh gives node providers the default too */
         } else
             no_target(out, 503, "the virtual service has no provider");
         return;

@@ -39,15 +39,19 @@ typedef struct target_stats {
 
 typedef struct target_stats_entry {
     struct target_stats_entry *next;
+    struct target_stats_entry *hnext; /* in its bucket of registry_t.buckets */
     char *router, *route, *target;
     target_stats_t stats;
 } target_stats_entry_t;
 
 /* What outlives a reload: clusters (and so their pools and stats) and per-target counters.
- * Only the main thread adds to it; workers read pointers and bump atomics. */
+ * Only the main thread adds to it; workers read pointers and bump atomics. A zeroed registry
+ * is an empty one. */
 typedef struct registry {
     cluster_t *clusters;
     target_stats_entry_t *targets;
+    target_stats_entry_t **buckets; /* the targets by name: builds stay linear in routes */
+    unsigned nbuckets, ntargets;
     tls_cache_t tls; /* TLS contexts, reused by reloads that leave their settings and files */
     stat_t reloads_ok, reloads_failed;
 } registry_t;
@@ -95,7 +99,11 @@ typedef struct route_result {
 typedef struct route_table route_table_t;
 
 /* Build the table for `node_name`; takes ownership of `cfg` (freed with the table, or at once
- * on failure). Returns NULL with diagnostics (e.g. an invalid regex). */
+ * on failure). Returns NULL with diagnostics (e.g. HTTP/2 or gRPC that the node reaches).
+ * The config is first cut to what the node reaches (config_prune: route_table_config() holds
+ * only those resources), and its proxy.default_retry_policy is settled to 0 or 1: the
+ * environment's REMORA_DEFAULT_RETRY_POLICY (0 or 1) wins over the document, and the policy
+ * is on when neither says. */
 route_table_t *route_table_build(config_t *cfg, const char *node_name, registry_t *reg, diag_t *d);
 route_table_t *route_table_ref(route_table_t *rt);
 void route_table_unref(route_table_t *rt);

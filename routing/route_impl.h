@@ -9,16 +9,19 @@
 
 #define MAX_TARGETS 10
 
+/* One per route the node reaches, about a hundred bytes: a sidecar whose backends lead to 50
+ * routers of 50 routes holds 2,500. What varies in size (targets, schedules) lives in slabs of
+ * the table, one allocation each. */
 typedef struct route {
     const cfg_route_t *cfg;
-    unsigned index; /* position in the config, for diagnostics and stable ordering */
-    regex_t path_re;
-    int has_path_re;
-    regex_t header_re[10];
-    unsigned header_has_re; /* bit per header matcher */
-    cluster_t *clusters[MAX_TARGETS];
-    target_stats_t *stats[MAX_TARGETS];
-    uint8_t schedule[MAX_TARGETS * 100];
+    unsigned index;   /* position in the document (cfg->index), for diagnostics and stable order */
+    unsigned pos;     /* position in its router's match order: backend_t.route_tls is by it */
+    regex_t *path_re; /* match.path.regex, else NULL */
+    regex_t *header_re;      /* one per header matcher when any is a regex, else NULL */
+    unsigned header_has_re;  /* bit per header matcher */
+    cluster_t **clusters;    /* per target (cfg->ntargets), in the table's cluster slab */
+    target_stats_t **stats;  /* per target, in the table's stats slab */
+    const uint8_t *schedule; /* schedule_len picks, in the table's schedule slab */
     unsigned schedule_len;
     _Atomic unsigned cursor;
     retry_policy_t retry;
@@ -37,7 +40,7 @@ typedef struct backend {
     router_t *router;               /* virtual router provider */
     const cfg_client_tls_t *policy; /* its client policy (own or the defaults), or NULL */
     tls_ctx_t *tls;                 /* toward the provider node */
-    tls_ctx_t **route_tls;          /* toward route target t of route r: [r * MAX_TARGETS + t] */
+    tls_ctx_t **route_tls; /* toward target t of route r: [r->pos * MAX_TARGETS + t]; NULL: none */
 } backend_t;
 
 /* An egress port served by TCP: a backend's router listener (its tcpRoute) or node listener. */
@@ -68,6 +71,13 @@ struct route_table {
     unsigned nrouters;
     route_t *routes;
     unsigned nroutes;
+    route_t **by_router; /* every router's routes in match order, one router after another */
+    cluster_t **cluster_slab;
+    target_stats_t **stats_slab;
+    uint8_t *schedule_slab;
+    /* App Mesh's default retry policy, for routes without a retryPolicy and for virtual node
+     * providers; max_retries and events 0 when turned off. */
+    retry_policy_t default_retry;
 };
 
 uint64_t route_or_default(uint64_t v, uint64_t dflt);

@@ -68,13 +68,22 @@ static void build_backend_tls(route_table_t *rt, registry_t *reg, backend_t *b,
     b->tls = route_client_tls(rt, reg, policy, b->cluster, d);
     if (!b->router)
         return;
-    b->route_tls = calloc(rt->nroutes * MAX_TARGETS + 1, sizeof *b->route_tls);
-    for (unsigned i = 0; b->route_tls && i < b->router->nroutes; i++) {
+    /* By position in the router: a backend's share of a table, not the table's size. Most
+     * backends speak plaintext to every target: they keep none. */
+    tls_ctx_t **tls = calloc(b->router->nroutes * MAX_TARGETS + 1, sizeof *tls);
+    int any = 0;
+    for (unsigned i = 0; tls && i < b->router->nroutes; i++) {
         const route_t *r = b->router->routes[i];
-        for (unsigned t = 0; t < r->cfg->ntargets; t++)
-            b->route_tls[r->index * MAX_TARGETS + t] =
-                route_client_tls(rt, reg, policy, r->clusters[t], d);
+        for (unsigned t = 0; t < r->cfg->ntargets; t++) {
+            tls[r->pos * MAX_TARGETS + t] = route_client_tls(rt, reg, policy, r->clusters[t], d);
+            any |= tls[r->pos * MAX_TARGETS + t] != NULL;
+        }
     }
+    if (!any) {
+        free(tls);
+        tls = NULL;
+    }
+    b->route_tls = tls;
 }
 
 void route_build_tls(route_table_t *rt, registry_t *reg, diag_t *d)
@@ -107,11 +116,12 @@ static void each_target(const route_table_t *rt, void (*fn)(cluster_t *c, tls_ct
         const backend_t *b = &rt->backends[i];
         if (b->cluster)
             fn(b->cluster, b->tls);
-        for (unsigned k = 0; b->router && b->route_tls && k < b->router->nroutes; k++) {
+        for (unsigned k = 0; b->router && k < b->router->nroutes; k++) {
             const route_t *r = b->router->routes[k];
             for (unsigned t = 0; t < r->cfg->ntargets; t++)
                 if (r->clusters[t])
-                    fn(r->clusters[t], b->route_tls[r->index * MAX_TARGETS + t]);
+                    fn(r->clusters[t],
+                       b->route_tls ? b->route_tls[r->pos * MAX_TARGETS + t] : NULL);
         }
     }
 }

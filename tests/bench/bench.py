@@ -22,6 +22,9 @@ Measures, for each target (direct = the upstream nginx itself):
   non-HTTP bytes through an echo): keep-alive throughput of 1 MiB and 64 KiB GETs (MiB/s, wrk) with
   the proxy's CPU time per GiB, and new connections per second (wrk, `Connection: close`) with the
   proxy's CPU time per 1,000 connections
+  config scale: a whole mesh in one document (tests/bench/bigmesh.py; App Mesh's quotas are 200
+  nodes, 200 routers of 50 routes, 50 backends per node): time from exec to /ready, RSS once
+  ready, and `remora check` time, for 50 and 10,000 routes (reported, never a pass/fail)
 Every timed figure is the median of its rounds, printed with the smallest and largest round.
 """
 import argparse
@@ -1378,12 +1381,95 @@ def obs_section(b, rounds, secs, instructions=True):
     return rows
 
 
+SCALE_TITLE = "config scale: one document for the whole mesh, the caller with 50 backends"
+SCALE_MESHES = (  # name, bigmesh.mesh() arguments
+    ("50 routes", dict(nodes=2, routers=1, routes=50, backends=1)),
+    ("10,000 routes", dict(nodes=200, routers=200, routes=50, backends=50)),
+)
+
+
+def scale_ready(path, admin_timeout=30):
+    """remora for node `caller` of the document at `path`: (ms from exec to /ready 200, VmRSS
+    KiB once ready). Its nodes' DNS hostname is 127.0.0.1, so discovery answers at once: the
+    time is loading, validating and building."""
+    port, egress, admin = free_ports(3)
+    argv = [REMORA, "--config", path, "--node", "caller", "--ingress-port", str(port),
+            "--egress-port", str(egress), "--admin", f"127.0.0.1:{admin}", "--workers", "1",
+            "--log-level", "error"]
+    t0 = time.monotonic()
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env={"PATH": os.environ["PATH"]}, start_new_session=True)
+    try:
+        end = t0 + admin_timeout
+        while True:
+            if p.poll() is not None:
+                raise SystemExit(f"bench: remora exited with {p.returncode} loading {path}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > end:
+                raise SystemExit(f"bench: remora not ready within {admin_timeout} s on {path}")
+            time.sleep(0.001)
+        ms = (time.monotonic() - t0) * 1000
+        time.sleep(0.2)  # what it holds once settled, not mid-build
+        return ms, rss_kib(p.pid)
+    finally:
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def scale_check(path):
+    t0 = time.monotonic()
+    r = subprocess.run([REMORA, "check", "--config", path, "--node", "caller"], capture_output=True,
+                       text=True, env={"PATH": os.environ["PATH"]})
+    if r.returncode:
+        raise SystemExit(f"bench: remora check refused {path}:\n{r.stdout[-2000:]}")
+    return (time.monotonic() - t0) * 1000
+
+
+def scale_section(b, rounds):
+    """Time to /ready, RSS once ready and `check` time for each mesh of SCALE_MESHES, interleaved
+    round by round (at least 3 rounds: the figures are medians). Reported only."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bigmesh
+    paths, sizes = {}, {}
+    for name, kw in SCALE_MESHES:
+        text = bigmesh.text(**kw)
+        paths[name] = os.path.join(b.dir, f"bigmesh-{kw['routers'] * kw['routes']}.json")
+        sizes[name] = len(text)
+        with open(paths[name], "w") as f:
+            f.write(text)
+    got = {name: {"ready": [], "rss": [], "check": []} for name in paths}
+    for _ in range(max(3, rounds)):
+        for name, path in paths.items():
+            ms, kib = scale_ready(path)
+            got[name]["ready"].append(ms)
+            got[name]["rss"].append(kib / 1024)
+            got[name]["check"].append(scale_check(path))
+    rows = {name: {"document KB": sizes[name] / 1000, "time to /ready ms": Spread(g["ready"], 0),
+                   "RSS MiB": Spread(g["rss"], 1), "check ms": Spread(g["check"], 0)}
+            for name, g in got.items()}
+    b.results[SCALE_TITLE] = rows
+    b.notes.append("config scale: tests/bench/bigmesh.py documents (the 10,000-route one ~2.9 MB); "
+                   "the sidecar is node `caller`, 1 worker; RSS is VmRSS 0.2 s after /ready")
+    print(rows)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="a short pass that never fails on timing")
     ap.add_argument("--tls-only", action="store_true", help="only the TLS measurements")
     ap.add_argument("--tcp-only", action="store_true", help="only the TCP relaying measurements")
     ap.add_argument("--obs-only", action="store_true", help="only the observability-cost measurements")
+    ap.add_argument("--scale-only", action="store_true", help="only the config scale measurements")
     ap.add_argument("--hold-tls", nargs=3, metavar=("PORT", "N", "CA"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.hold_tls:
@@ -1413,6 +1499,12 @@ def main():
     if args.obs_only:
         try:
             obs_section(b, rounds, secs)
+        finally:
+            b.upstream.stop()
+        return finish(b, args)
+    if args.scale_only:
+        try:
+            scale_section(b, rounds)
         finally:
             b.upstream.stop()
         return finish(b, args)
@@ -1466,6 +1558,7 @@ def main():
             p.stop()
         started = []
         b.ready_time(50)
+        scale_section(b, rounds)
         n1, n2 = (500, 1000) if args.smoke else (2000, 6000)
         ins = {}
         rp, rargv, renv = b.remora(1)
@@ -1496,7 +1589,7 @@ def finish(b, args):
     text = report(b, b.rounds)
     os.makedirs(os.path.join(BUILD, "bench"), exist_ok=True)
     name = ("results-tls" if args.tls_only else "results-tcp" if args.tcp_only else
-            "results-obs" if args.obs_only else "results") + \
+            "results-obs" if args.obs_only else "results-scale" if args.scale_only else "results") + \
         ("-smoke" if args.smoke else "")
     out = os.path.join(BUILD, "bench", name + ".md")
     with open(out, "w") as f:

@@ -51,7 +51,7 @@ static void check_config(const config_t *c)
     for (unsigned i = 0; i < c->nroutes; i++) {
         const cfg_route_t *r = &c->routes[i];
         check(r->name && r->router && config_router(c, r->router));
-        check(r->path && r->ntargets >= 1);
+        check(r->ntargets >= 1); /* no path: a tcpRoute, a gRPC route or a match on the rest */
         for (unsigned t = 0; t < r->ntargets; t++)
             check(r->targets[t].node && config_node(c, r->targets[t].node));
         for (unsigned h = 0; h < r->nheaders; h++)

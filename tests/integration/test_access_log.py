@@ -38,6 +38,8 @@ DEFAULT_RE = re.compile(
     r'"(?P<xff>[^"]*)" "(?P<ua>[^"]*)" "(?P<request_id>[^"]*)" "(?P<authority>[^"]*)" '
     r'"(?P<upstream>[^"]*)"$')
 
+NO_DEFAULT_RETRIES = {"defaultRetryPolicy": False}  # App Mesh's default policy off
+
 
 def with_log(cfg, path, text=None, json_format=None):
     """The sidecar's node (web, the first) logs to `path`."""
@@ -283,7 +285,10 @@ def test_per_try_timeouts_exhausted_are_UT_URX(upstream, remora, tmp_path):
 def test_upstream_resets_are_UC_and_bad_responses_UPE(upstream, remora, tmp_path):
     app, backend = upstream("app"), upstream("cart-v1")
     path = str(tmp_path / "access.log")
-    r = remora(with_log(mesh_config(app.port, backend.port), path, text=TEXT))
+    # One attempt each, so each line shows one failure's flags (App Mesh's default policy
+    # would retry the reset: UC,URX).
+    r = remora(with_log(mesh_config(app.port, backend.port, extra_proxy=NO_DEFAULT_RETRIES), path,
+                        text=TEXT))
     assert get(r.egress, "/die-before-response").status == 503
     c = Conn(r.egress)
     c.send(request("GET", "/die-mid-response"))
@@ -303,7 +308,8 @@ def test_upstream_resets_are_UC_and_bad_responses_UPE(upstream, remora, tmp_path
 def test_connect_failures_are_UF_and_URX_once_retries_are_spent(upstream, remora, tmp_path):
     app, gone = upstream("app"), dead_port()
     path = str(tmp_path / "plain.log")
-    r = remora(with_log(mesh_config(app.port, gone), path, text=TEXT))
+    r = remora(with_log(mesh_config(app.port, gone, extra_proxy=NO_DEFAULT_RETRIES), path,
+                        text=TEXT))
     assert get(r.egress, "/echo").status == 503
     (line,) = parsed(path, 1)
     assert (line["code"], line["flags"], line["attempts"]) == ("503", "UF", "1")

@@ -249,7 +249,9 @@ def test_outlier_detection_ejects_a_dead_instance(knot, upstream, remora):
     ups, k = three_instances(knot, upstream)
     outlier = {"maxServerErrors": 2, "interval": {"unit": "s", "value": 1},
                "baseEjectionDuration": {"unit": "s", "value": 30}, "maxEjectionPercent": 50}
-    r = remora(mesh(k, outlier=outlier))
+    cfg = mesh(k, outlier=outlier)
+    cfg["proxy"]["defaultRetryPolicy"] = False  # so that the client sees the failures
+    r = remora(cfg)
     ups[1].stop()
     seen = steady_load(r, 2)
     failures = [t for t, s in seen if s != 200]

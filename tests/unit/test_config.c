@@ -4,11 +4,13 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
 #include "base/http.h"
 
+#include "base/err.h"
 #include "config/config.h"
 
 /* A valid mesh: web -> cart.shop.local (router cart, routes to cart-v1 / cart-v2). */
@@ -169,9 +171,29 @@ static void test_route_errors(void **state)
             "http: it takes httpRoute");
     rejects(ROUTE("{\"tcpRoute\":{" ACTION ",\"match\":{\"port\":80,\"prefix\":\"/\"}}}"),
             "m.json: routes[0].spec.tcpRoute.match.prefix: unknown field");
+    /* gRPC and HTTP/2 routes are checked as the API shapes them (config_prune refuses them
+     * where a node reaches them: test_unsupported_where_reached). */
     rejects(ROUTE("{\"grpcRoute\":{" ACTION "}}"),
-            "m.json: routes[0].spec.grpcRoute: is not supported yet: remora routes HTTP/1.1 and "
-            "TCP");
+            "m.json: routes[0].spec.grpcRoute.match: is required");
+    rejects(ROUTE("{\"grpcRoute\":{\"match\":{\"methodName\":\"Get\"}," ACTION "}}"),
+            "m.json: routes[0].spec.grpcRoute.match.methodName: needs serviceName");
+    rejects(ROUTE("{\"grpcRoute\":{\"match\":{\"serviceName\":\"s\",\"prefix\":\"/\"}," ACTION
+                  "}}"),
+            "m.json: routes[0].spec.grpcRoute.match.prefix: unknown field");
+    rejects(ROUTE("{\"grpcRoute\":{\"match\":{\"serviceName\":\"s\"}," ACTION ",\"retryPolicy\":"
+                  "{\"maxRetries\":1,\"perRetryTimeout\":{\"unit\":\"ms\",\"value\":1},"
+                  "\"grpcRetryEvents\":[\"unavailabel\"]}}}"),
+            "m.json: routes[0].spec.grpcRoute.retryPolicy.grpcRetryEvents[0]: must be one of "
+            "cancelled, deadline-exceeded, internal, resource-exhausted, unavailable, got "
+            "\"unavailabel\"");
+    rejects(ROUTE("{\"http2Route\":{\"match\":{\"prefix\":\"/\",\"scheme\":\"ftp\"}," ACTION "}}"),
+            "m.json: routes[0].spec.http2Route.match.scheme: must be one of http, https, got "
+            "\"ftp\"");
+    rejects(ROUTE("{\"httpRoute\":{\"match\":{\"prefix\":\"/\",\"scheme\":\"http\"}," ACTION "}}"),
+            "m.json: routes[0].spec.httpRoute.match.scheme: unknown field");
+    rejects(ROUTE("{\"httpRoute\":{\"match\":{\"path\":{\"regex\":\"(x\"}}," ACTION "}}"),
+            "m.json: routes[0].spec.httpRoute.match.path.regex: invalid regular expression \"(x\": "
+            "Unmatched ( or \\(");
     rejects(ROUTE("{\"httpRoute\":{\"match\":{\"prefix\":\"/\",\"port\":81}," ACTION "}}"),
             "m.json: routes[0].spec.httpRoute.match.port: router cart has no listener on port 81");
 }
@@ -543,6 +565,265 @@ static void test_tcp_routes(void **state)
     config_free(c);
 }
 
+/* ---- issue 14: App Mesh's defaults, prefix-less matches, mesh ipPreference, pruning ---- */
+
+/* Neither prefix nor path: every path (App Mesh's howto-multiple-listeners matches by port
+ * alone). Both together stay an error. */
+static void test_prefixless_match(void **state)
+{
+    (void)state;
+    config_t *c = parse_ok(ROUTE("{\"httpRoute\":{\"match\":{\"port\":80}," ACTION "}}"));
+    assert_null(c->routes[0].path);
+    assert_int_equal(c->routes[0].path_kind, PATH_PREFIX);
+    assert_int_equal(c->routes[0].port, 80);
+    config_free(c);
+    c = parse_ok(ROUTE("{\"httpRoute\":{\"match\":{\"headers\":[{\"name\":\"x-v\"}],\"method\":"
+                       "\"GET\"}," ACTION "}}"));
+    assert_null(c->routes[0].path);
+    assert_int_equal(c->routes[0].nheaders, 1);
+    config_free(c);
+    c = parse_ok(ROUTE("{\"httpRoute\":{\"match\":{}," ACTION "}}"));
+    assert_null(c->routes[0].path);
+    config_free(c);
+    rejects(ROUTE("{\"httpRoute\":{\"match\":{\"prefix\":\"/\",\"path\":{\"exact\":\"/a\"}}," ACTION
+                  "}}"),
+            "m.json: routes[0].spec.httpRoute.match: must have exactly one of prefix, path");
+}
+
+#define MESH_SD(sd)                                                                                \
+    "{\"mesh\":{\"meshName\":\"m\",\"spec\":{\"serviceDiscovery\":" sd "}},"                       \
+    "\"virtualNodes\":[{\"virtualNodeName\":\"a\",\"spec\":{\"serviceDiscovery\":{\"dns\":"        \
+    "{\"hostname\":\"a.local\"}}}},{\"virtualNodeName\":\"b\",\"spec\":{\"serviceDiscovery\":"     \
+    "{\"dns\":{\"hostname\":\"b.local\",\"ipPreference\":\"IPv4_ONLY\"}}}}]}"
+
+/* mesh.spec.serviceDiscovery.ipPreference is what a node that sets none gets; a node's own
+ * wins. */
+static void test_mesh_ip_preference(void **state)
+{
+    (void)state;
+    config_t *c = parse_ok(MESH_SD("{\"ipPreference\":\"IPv6_ONLY\"}"));
+    assert_int_equal(c->ip_preference, IP_V6_ONLY);
+    assert_int_equal(config_node(c, "a")->ip_preference, IP_V6_ONLY);
+    assert_int_equal(config_node(c, "b")->ip_preference, IP_V4_ONLY);
+    config_free(c);
+    c = parse_ok(MESH_SD("{}"));
+    assert_int_equal(config_node(c, "a")->ip_preference, IP_DEFAULT);
+    config_free(c);
+    rejects(MESH_SD("{\"ipPreference\":\"IPv5\"}"),
+            "m.json: mesh.spec.serviceDiscovery.ipPreference: must be one of , IPv4_PREFERRED, "
+            "IPv6_PREFERRED, IPv4_ONLY, IPv6_ONLY, got \"IPv5\"");
+    rejects(MESH_SD("{\"ipPref\":\"IPv4_ONLY\"}"),
+            "m.json: mesh.spec.serviceDiscovery.ipPref: unknown field");
+}
+
+static void test_default_retry_setting(void **state)
+{
+    (void)state;
+    config_t *c = parse_ok("{\"proxy\":{\"defaultRetryPolicy\":false}}");
+    assert_int_equal(c->proxy.default_retry_policy, 0);
+    config_free(c);
+    c = parse_ok("{\"proxy\":{\"defaultRetryPolicy\":true}}");
+    assert_int_equal(c->proxy.default_retry_policy, 1);
+    config_free(c);
+    c = parse_ok("{\"proxy\":{}}");
+    assert_int_equal(c->proxy.default_retry_policy, -1); /* settled by route_table_build */
+    config_free(c);
+    rejects("{\"proxy\":{\"defaultRetryPolicy\":\"no\"}}",
+            "m.json: proxy.defaultRetryPolicy: must be true or false");
+}
+
+/* web -> a.local (router ra: routes to a1, a2) and b.local (node b); router rz, its routes
+ * and node z (behind z.local) are the rest of the mesh, which web does not reach. a1 has
+ * backends of its own. */
+#define Z_ROUTE(kind, match) "\"" kind "Route\":{\"match\":" match
+#define Z_GRPC                Z_ROUTE("grpc", "{\"serviceName\":\"x\"}")
+#define Z_HTTP2               Z_ROUTE("http2", "{\"prefix\":\"/\"}")
+#define Z_HTTP                Z_ROUTE("http", "{\"prefix\":\"/\"}")
+#define WIDE_MESH(z_listener, z_route, extra_route)                                                \
+    "{\"mesh\":{\"meshName\":\"m\"},\"virtualNodes\":["                                            \
+    "{\"virtualNodeName\":\"z\",\"spec\":{\"listeners\":[{\"portMapping\":{\"port\":90,"           \
+    "\"protocol\":\"" z_listener "\"}}]}},"                                                        \
+    "{\"virtualNodeName\":\"web\",\"spec\":{\"backends\":["                                        \
+    "{\"virtualService\":{\"virtualServiceName\":\"a.local\"}},"                                   \
+    "{\"virtualService\":{\"virtualServiceName\":\"b.local\"}}]}},"                                \
+    "{\"virtualNodeName\":\"a1\",\"spec\":{\"listeners\":[{\"portMapping\":{\"port\":80,"          \
+    "\"protocol\":\"http\"}}],\"backends\":[{\"virtualService\":{\"virtualServiceName\":"          \
+    "\"z.local\"}}]}},"                                                                            \
+    "{\"virtualNodeName\":\"a2\",\"spec\":{\"listeners\":[{\"portMapping\":{\"port\":80,"          \
+    "\"protocol\":\"http\"}}]}},"                                                                  \
+    "{\"virtualNodeName\":\"b\",\"spec\":{\"listeners\":[{\"portMapping\":{\"port\":80,"           \
+    "\"protocol\":\"http\"}}]}}],"                                                                 \
+    "\"virtualServices\":["                                                                        \
+    "{\"virtualServiceName\":\"z.local\",\"spec\":{\"provider\":{\"virtualRouter\":"               \
+    "{\"virtualRouterName\":\"rz\"}}}},"                                                           \
+    "{\"virtualServiceName\":\"a.local\",\"spec\":{\"provider\":{\"virtualRouter\":"               \
+    "{\"virtualRouterName\":\"ra\"}}}},"                                                           \
+    "{\"virtualServiceName\":\"b.local\",\"spec\":{\"provider\":{\"virtualNode\":"                 \
+    "{\"virtualNodeName\":\"b\"}}}}],"                                                             \
+    "\"virtualRouters\":["                                                                         \
+    "{\"virtualRouterName\":\"rz\",\"spec\":{\"listeners\":[{\"portMapping\":{\"port\":90,"        \
+    "\"protocol\":\"" z_listener "\"}}]}},"                                                        \
+    "{\"virtualRouterName\":\"ra\",\"spec\":{\"listeners\":[{\"portMapping\":{\"port\":80,"        \
+    "\"protocol\":\"http\"}}]}}],"                                                                 \
+    "\"routes\":["                                                                                 \
+    "{\"virtualRouterName\":\"rz\",\"routeName\":\"z0\",\"spec\":{" z_route ",\"action\":"          \
+    "{\"weightedTargets\":"                                                                    \
+    "[{\"virtualNode\":\"z\",\"weight\":1}]}}}},"                                                  \
+    "{\"virtualRouterName\":\"ra\",\"routeName\":\"a\",\"spec\":{\"httpRoute\":{\"match\":"        \
+    "{\"prefix\":\"/\"},\"action\":{\"weightedTargets\":[{\"virtualNode\":\"a1\",\"weight\":9},"   \
+    "{\"virtualNode\":\"a2\",\"weight\":1}]}}}}" extra_route "]}"
+
+static void test_prune_keeps_what_the_node_reaches(void **state)
+{
+    (void)state;
+    const char *json = WIDE_MESH("grpc", Z_GRPC, "");
+    config_t *c = parse_ok(json);
+    diag_t d = {0};
+    int err = config_prune(c, "web", &d);
+    for (size_t i = 0; i < d.n; i++)
+        fprintf(stderr, "unexpected: %s\n", d.lines[i]);
+    assert_int_equal(err, 0);
+    assert_string_equal(c->pruned_for, "web");
+    assert_int_equal(c->document.nodes, 5);
+    assert_int_equal(c->document.routes, 2);
+    assert_int_equal(c->nnodes, 4); /* web, a1, a2, b: not z */
+    assert_int_equal(c->nservices, 2);
+    assert_int_equal(c->nrouters, 1);
+    assert_int_equal(c->nroutes, 1);
+    assert_null(config_node(c, "z"));
+    assert_null(config_router(c, "rz"));
+    assert_null(config_service(c, "z.local"));
+    /* Lookups still work, and resources keep their place in the document for messages. */
+    assert_int_equal(config_node(c, "web")->index, 1);
+    assert_int_equal(config_node(c, "b")->index, 4);
+    assert_int_equal(config_router(c, "ra")->index, 1);
+    assert_int_equal(c->routes[0].index, 1);
+    assert_int_equal(config_node(c, "web")->nbackends, 2);
+    assert_int_equal(config_node(c, "a1")->nbackends, 0); /* its sidecar's business */
+    /* The gRPC router and route left out are counted for check's note, not refused. */
+    assert_int_equal(c->unreached_unsupported, 3);
+    /* The raw text holds the same resources, and is a document of its own: parsed again, it
+     * validates and prunes to the same config. */
+    assert_null(strstr(c->raw, "\"rz\""));
+    assert_null(strstr(c->raw, "z.local"));
+    assert_non_null(strstr(c->raw, "\"meshName\":\"m\""));
+    config_t *again = parse_ok(c->raw);
+    assert_int_equal(again->nnodes, 4);
+    assert_int_equal(again->nroutes, 1);
+    assert_int_equal(config_prune(again, "web", &d), 0);
+    assert_int_equal(again->nnodes, 4);
+    assert_string_equal(again->raw, c->raw);
+    config_free(again);
+    config_free(c);
+    /* Another node of the same document reaches other parts of it. */
+    c = parse_ok(WIDE_MESH("http", Z_HTTP, ""));
+    assert_int_equal(config_prune(c, "a1", &d), 0);
+    assert_int_equal(c->nnodes, 2); /* a1, and z through z.local and rz */
+    assert_non_null(config_node(c, "z"));
+    assert_int_equal(c->unreached_unsupported, 0);
+    config_free(c);
+    /* A node that reaches everything keeps the document as given, byte for byte. */
+    const char *small = "{\"virtualNodes\": [ {\"virtualNodeName\": \"solo\", \"spec\": {}} ]}";
+    c = parse_ok(small);
+    assert_int_equal(config_prune(c, "solo", &d), 0);
+    assert_string_equal(c->raw, small);
+    config_free(c);
+    /* A cut document drops the whitespace between tokens (a pretty-printed document's
+     * indentation would be most of it), never inside a string. */
+    const char *pretty = "{\n  \"virtualNodes\" : [\n    {\"virtualNodeName\": \"solo\", \"spec\": {}},\n"
+                         "    {\"virtualNodeName\": \"other\", \"metadata\": {\"note\": \"two  spaces, "
+                         "a \\\" and a \\\\\"}, \"spec\": {}}\n  ],\n  \"proxy\": { \"node\" : \"x\" }\n}\n";
+    c = parse_ok(pretty);
+    assert_int_equal(config_prune(c, "solo", &d), 0);
+    assert_string_equal(c->raw, "{\"virtualNodes\":[{\"virtualNodeName\":\"solo\",\"spec\":{}}],"
+                                "\"proxy\":{\"node\":\"x\"}}");
+    config_free(c);
+    c = parse_ok(pretty);
+    assert_int_equal(config_prune(c, "other", &d), 0);
+    assert_string_equal(c->raw, "{\"virtualNodes\":[{\"virtualNodeName\":\"other\",\"metadata\":"
+                                "{\"note\":\"two  spaces, a \\\" and a \\\\\"},\"spec\":{}}],"
+                                "\"proxy\":{\"node\":\"x\"}}");
+    config_free(c);
+    diag_free(&d);
+}
+
+/* HTTP/2 and gRPC are refused where the node meets them, each place by its path, and nowhere
+ * else (a mesh holding gRPC services is one a plain-HTTP node's sidecar serves). */
+static void test_unsupported_where_reached(void **state)
+{
+    (void)state;
+    diag_t d = {0};
+    config_t *c = parse_ok(WIDE_MESH("grpc", Z_GRPC, ""));
+    assert_int_equal(config_prune(c, "a1", &d), ERR_CONFIG); /* a1 calls z.local */
+    const char *want[] = {
+        "m.json: virtualRouters[0].spec.listeners[0].portMapping.protocol: grpc listeners are "
+        "not supported yet: remora routes HTTP/1.1 and TCP (HTTP/2 and gRPC come later); this "
+        "node reaches the router through its backends",
+        "m.json: routes[0].spec.grpcRoute: is not supported yet: remora routes HTTP/1.1 and TCP "
+        "(HTTP/2 and gRPC come later); this node reaches the route's router through its "
+        "backends",
+    };
+    assert_int_equal(d.n, 2);
+    assert_string_equal(d.lines[0], want[0]);
+    assert_string_equal(d.lines[1], want[1]);
+    diag_free(&d);
+    config_free(c);
+    /* The node's own http2 listener: ingress would speak HTTP/1.1 to it. */
+    c = parse_ok(WIDE_MESH("http2", Z_HTTP2, ""));
+    assert_int_equal(config_prune(c, "z", &d), ERR_CONFIG);
+    assert_int_equal(d.n, 1);
+    assert_string_equal(d.lines[0], "m.json: virtualNodes[0].spec.listeners[0].portMapping."
+                                    "protocol: http2 listeners are not supported yet: remora "
+                                    "serves http and tcp (HTTP/2 and gRPC come later); this is "
+                                    "the node the sidecar serves");
+    diag_free(&d);
+    config_free(c);
+    /* tcp listeners are served. */
+    c = parse_ok("{\"virtualNodes\":[{\"virtualNodeName\":\"t\",\"spec\":{\"listeners\":[{"
+                 "\"portMapping\":{\"port\":6379,\"protocol\":\"tcp\"}}]}}]}");
+    assert_int_equal(config_prune(c, "t", &d), 0);
+    assert_int_equal(d.n, 0);
+    config_free(c);
+}
+
+/* `check` validates the whole document: a bad regex in a route no node of interest reaches is
+ * still an error, from config_parse. */
+static void test_whole_document_is_validated(void **state)
+{
+    (void)state;
+    rejects(WIDE_MESH("http", Z_HTTP, ",{\"virtualRouterName\":\"rz\",\"routeName\":\"bad\",\"spec\":{"
+                              "\"httpRoute\":{\"match\":{\"prefix\":\"/\",\"headers\":[{\"name\":"
+                              "\"x\",\"match\":{\"regex\":\"[a\"}}]},\"action\":{"
+                              "\"weightedTargets\":[{\"virtualNode\":\"z\",\"weight\":1}]}}}}"),
+            "m.json: routes[2].spec.httpRoute.match.headers[0].match.regex: invalid regular "
+            "expression \"[a\": Unmatched [, [^, [:, [., or [=");
+}
+
+/* Duplicate names are found in linear time and named against the first holder. */
+static void test_duplicates_at_scale(void **state)
+{
+    (void)state;
+    enum { N = 3000 };
+    size_t cap = (size_t)N * 200 + 512, len = 0;
+    char *json = malloc(cap);
+    assert_non_null(json);
+    len += (size_t)snprintf(json + len, cap - len,
+                            "{\"virtualNodes\":[{\"virtualNodeName\":\"v\",\"spec\":{\"listeners\":"
+                            "[{\"portMapping\":{\"port\":80,\"protocol\":\"http\"}}]}}],"
+                            "\"virtualRouters\":[{\"virtualRouterName\":\"r\",\"spec\":{"
+                            "\"listeners\":[{\"portMapping\":{\"port\":80,\"protocol\":\"http\"}}]}}],"
+                            "\"routes\":[");
+    for (int i = 0; i < N; i++)
+        len += (size_t)snprintf(json + len, cap - len,
+                                "%s{\"virtualRouterName\":\"r\",\"routeName\":\"x%d\",\"spec\":{"
+                                "\"httpRoute\":{\"match\":{\"prefix\":\"/\"},\"action\":{"
+                                "\"weightedTargets\":[{\"virtualNode\":\"v\",\"weight\":1}]}}}}",
+                                i ? "," : "", i == N - 1 ? 7 : i);
+    snprintf(json + len, cap - len, "]}");
+    rejects(json, "m.json: routes[2999].routeName: \"x7\" is already routes[7] of router r");
+    free(json);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -551,6 +832,12 @@ int main(void)
         cmocka_unit_test(test_listener_tls_errors),       cmocka_unit_test(test_client_tls_errors),
         cmocka_unit_test(test_reports_every_problem),     cmocka_unit_test(test_not_json),
         cmocka_unit_test(test_fuzzer_findings),           cmocka_unit_test(test_tcp_routes),
+        cmocka_unit_test(test_prefixless_match),          cmocka_unit_test(test_mesh_ip_preference),
+        cmocka_unit_test(test_default_retry_setting),
+        cmocka_unit_test(test_prune_keeps_what_the_node_reaches),
+        cmocka_unit_test(test_unsupported_where_reached),
+        cmocka_unit_test(test_whole_document_is_validated),
+        cmocka_unit_test(test_duplicates_at_scale),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -237,6 +238,8 @@ static void test_clusters_and_counters_outlive_reloads(void **state)
     registry_free(&reg);
 }
 
+/* A regex that does not compile is an error of the whole document (config_validate), even in
+ * a router this node does not reach: the route table only holds what the node reaches. */
 static void test_invalid_regex_is_reported(void **state)
 {
     (void)state;
@@ -247,12 +250,262 @@ static void test_invalid_regex_is_reported(void **state)
         ROUTE("x", "", "{\"path\":{\"regex\":\"/a(b\"}}", "v1") "]}";
     diag_t d = {0};
     registry_t reg = {0};
-    config_t *c = config_parse(bad, strlen(bad), "m.json", &d);
-    assert_non_null(c);
-    assert_null(route_table_build(c, "web", &reg, &d));
+    assert_null(config_parse(bad, strlen(bad), "m.json", &d));
     assert_int_equal(d.n, 1);
     assert_non_null(strstr(d.lines[0], "m.json: routes[0].spec.httpRoute.match.path.regex: "
                                        "invalid regular expression \"/a(b\""));
+    diag_free(&d);
+    registry_free(&reg);
+}
+
+/* ---- App Mesh's default retry policy ---- */
+
+/* web -> svc.local (router r: "own" with a retryPolicy, "plain" without, "raw" a tcpRoute on
+ * the tcp listener) and node.local (node v1); `proxy` is the document's proxy object. */
+#define RETRY_MESH(proxy)                                                                          \
+    "{\"virtualNodes\":[{\"virtualNodeName\":\"web\",\"spec\":{\"backends\":["                     \
+    "{\"virtualService\":{\"virtualServiceName\":\"svc.local\"}},"                                 \
+    "{\"virtualService\":{\"virtualServiceName\":\"node.local\"}}]}},"                             \
+    "{\"virtualNodeName\":\"v1\",\"spec\":{\"listeners\":[{\"portMapping\":{\"port\":80,"          \
+    "\"protocol\":\"http\"}}]}},{\"virtualNodeName\":\"db\",\"spec\":{\"listeners\":[{"            \
+    "\"portMapping\":{\"port\":6379,\"protocol\":\"tcp\"}}]}}],"                                   \
+    "\"virtualServices\":[{\"virtualServiceName\":\"svc.local\",\"spec\":{\"provider\":"           \
+    "{\"virtualRouter\":{\"virtualRouterName\":\"r\"}}}},{\"virtualServiceName\":\"node.local\","  \
+    "\"spec\":{\"provider\":{\"virtualNode\":{\"virtualNodeName\":\"v1\"}}}}],"                    \
+    "\"virtualRouters\":[{\"virtualRouterName\":\"r\",\"spec\":{\"listeners\":["                   \
+    "{\"portMapping\":{\"port\":80,\"protocol\":\"http\"}},"                                       \
+    "{\"portMapping\":{\"port\":6379,\"protocol\":\"tcp\"}}]}}],\"routes\":["                      \
+    "{\"virtualRouterName\":\"r\",\"routeName\":\"own\",\"spec\":{\"httpRoute\":{\"match\":"       \
+    "{\"prefix\":\"/own\",\"port\":80},\"action\":{\"weightedTargets\":[{\"virtualNode\":\"v1\","  \
+    "\"weight\":1,\"port\":80}]},\"retryPolicy\":{\"maxRetries\":5,\"perRetryTimeout\":"           \
+    "{\"unit\":\"ms\",\"value\":250},\"httpRetryEvents\":[\"client-error\"]}}}},"                  \
+    "{\"virtualRouterName\":\"r\",\"routeName\":\"plain\",\"spec\":{\"httpRoute\":{\"match\":"     \
+    "{\"prefix\":\"/\",\"port\":80},\"action\":{\"weightedTargets\":[{\"virtualNode\":\"v1\","     \
+    "\"weight\":1,\"port\":80}]}}}},"                                                              \
+    "{\"virtualRouterName\":\"r\",\"routeName\":\"raw\",\"spec\":{\"tcpRoute\":{\"match\":"        \
+    "{\"port\":6379},\"action\":{\"weightedTargets\":[{\"virtualNode\":\"db\",\"weight\":1,"       \
+    "\"port\":6379}]}}}}]" proxy "}"
+
+static route_table_t *build(const char *json, registry_t *reg, diag_t *d)
+{
+    config_t *c = config_parse(json, strlen(json), "m.json", d);
+    assert_non_null(c);
+    return route_table_build(c, "web", reg, d);
+}
+
+static route_result_t egress(route_table_t *rt, const char *host, uint16_t port, const char *path)
+{
+    fake_t none = {{NULL}, {NULL}};
+    route_request_t rr = {.method = HTTP_GET, .host = host, .host_len = strlen(host),
+                          .port = port, .path = path, .path_len = strlen(path),
+                          .header = fake_header, .ctx = &none};
+    route_result_t r;
+    route_egress(rt, &rr, &r);
+    return r;
+}
+
+static void test_default_retry_policy(void **state)
+{
+    (void)state;
+    unsetenv("REMORA_DEFAULT_RETRY_POLICY");
+    registry_t reg = {0};
+    diag_t d = {0};
+    route_table_t *rt = build(RETRY_MESH(""), &reg, &d);
+    assert_non_null(rt);
+    assert_int_equal(route_table_config(rt)->proxy.default_retry_policy, 1);
+    /* No retryPolicy: App Mesh's default (2 retries on 503, reset, connect failure; no per-try
+     * timeout, the route's per-request timeout bounds every attempt). */
+    route_result_t r = egress(rt, "svc.local", 80, "/x");
+    assert_non_null(r.cluster);
+    assert_int_equal(r.retry.max_retries, 2);
+    assert_int_equal(r.retry.per_try_ms, 0);
+    assert_int_equal(r.retry.events, RETRY_HTTP_503 | RETRY_STREAM_ERROR | RETRY_CONNECTION_ERROR);
+    assert_int_equal(r.timeout_ms, ROUTE_DEFAULT_TIMEOUT_MS);
+    /* Its own policy wins, whole. */
+    r = egress(rt, "svc.local", 80, "/own");
+    assert_int_equal(r.retry.max_retries, 5);
+    assert_int_equal(r.retry.per_try_ms, 250);
+    assert_int_equal(r.retry.events, RETRY_CLIENT_ERROR);
+    /* A virtual node provider gets the default too (App Mesh adds it to their routes). */
+    r = egress(rt, "node.local", 80, "/");
+    assert_non_null(r.cluster);
+    assert_int_equal(r.retry.max_retries, 2);
+    /* tcpRoutes keep their connect retries. */
+    assert_int_equal(route_egress_port(rt, 6379, &r), PORT_TCP);
+    assert_int_equal(r.retry.max_retries, ROUTE_TCP_CONNECT_RETRIES);
+    assert_int_equal(r.retry.events, RETRY_CONNECTION_ERROR);
+    route_table_unref(rt);
+
+    /* Off in the document. */
+    rt = build(RETRY_MESH(",\"proxy\":{\"defaultRetryPolicy\":false}"), &reg, &d);
+    assert_non_null(rt);
+    r = egress(rt, "svc.local", 80, "/x");
+    assert_int_equal(r.retry.max_retries, 0);
+    assert_int_equal(r.retry.events, 0);
+    assert_int_equal(egress(rt, "node.local", 80, "/").retry.events, 0);
+    assert_int_equal(egress(rt, "svc.local", 80, "/own").retry.max_retries, 5);
+    route_table_unref(rt);
+
+    /* The environment wins over the document, both ways. */
+    setenv("REMORA_DEFAULT_RETRY_POLICY", "1", 1);
+    rt = build(RETRY_MESH(",\"proxy\":{\"defaultRetryPolicy\":false}"), &reg, &d);
+    assert_int_equal(egress(rt, "svc.local", 80, "/x").retry.max_retries, 2);
+    route_table_unref(rt);
+    setenv("REMORA_DEFAULT_RETRY_POLICY", "0", 1);
+    rt = build(RETRY_MESH(""), &reg, &d);
+    assert_int_equal(route_table_config(rt)->proxy.default_retry_policy, 0);
+    assert_int_equal(egress(rt, "svc.local", 80, "/x").retry.max_retries, 0);
+    route_table_unref(rt);
+    setenv("REMORA_DEFAULT_RETRY_POLICY", "yes", 1);
+    assert_null(build(RETRY_MESH(""), &reg, &d));
+    assert_int_equal(d.n, 1);
+    assert_string_equal(d.lines[0],
+                        "settings: REMORA_DEFAULT_RETRY_POLICY: must be 0 or 1, got \"yes\"");
+    unsetenv("REMORA_DEFAULT_RETRY_POLICY");
+    diag_free(&d);
+    registry_free(&reg);
+}
+
+/* ---- matches with neither prefix nor path ---- */
+
+/* App Mesh's howto-multiple-listeners: a router with two listeners whose routes match by port
+ * alone; a header route without a path; priority first, then longer paths first, where a
+ * match without a path ranks as prefix "/". */
+#define PORTS_MESH                                                                                 \
+    "{\"virtualNodes\":[{\"virtualNodeName\":\"web\",\"spec\":{\"backends\":["                     \
+    "{\"virtualService\":{\"virtualServiceName\":\"svc.local\"}}]}}," NODE("p80") ","              \
+    NODE("p81") "," NODE("hdr") "," NODE("api") "," NODE("tail") "],"                              \
+    "\"virtualServices\":[{\"virtualServiceName\":\"svc.local\",\"spec\":{\"provider\":"           \
+    "{\"virtualRouter\":{\"virtualRouterName\":\"r\"}}}}],"                                        \
+    "\"virtualRouters\":[{\"virtualRouterName\":\"r\",\"spec\":{\"listeners\":["                   \
+    "{\"portMapping\":{\"port\":80,\"protocol\":\"http\"}},"                                       \
+    "{\"portMapping\":{\"port\":81,\"protocol\":\"http\"}}]}}],\"routes\":["                       \
+    PROUTE("tail", "", "{\"port\":80}") "," PROUTE("p81", "", "{\"port\":81}") ","                 \
+    PROUTE("api", "", "{\"prefix\":\"/api\",\"port\":80}") ","                                     \
+    PROUTE("hdr", "\"priority\":1,", "{\"port\":80,\"headers\":[{\"name\":\"x-v\","                \
+           "\"match\":{\"exact\":\"2\"}}]}") ","                                                   \
+    PROUTE("p80", "", "{\"prefix\":\"/\",\"port\":80}") "]}"
+#define PROUTE(name, prio, match)                                                                  \
+    "{\"virtualRouterName\":\"r\",\"routeName\":\"" name "\",\"spec\":{" prio "\"httpRoute\":{"   \
+    "\"match\":" match ",\"action\":{\"weightedTargets\":[{\"virtualNode\":\"" name "\","          \
+    "\"weight\":1,\"port\":80}]}}}}"
+
+static const char *routed(route_table_t *rt, uint16_t port, const char *path, fake_t *h)
+{
+    static char out[64];
+    fake_t none = {{NULL}, {NULL}};
+    route_request_t rr = {.method = HTTP_GET, .host = "svc.local", .host_len = 9, .port = port,
+                          .path = path, .path_len = strlen(path), .header = fake_header,
+                          .ctx = h ? h : &none};
+    route_result_t r;
+    route_egress(rt, &rr, &r);
+    if (!r.cluster) {
+        snprintf(out, sizeof out, "%d", r.status);
+        return out;
+    }
+    const char *node = r.cluster->name + strlen("cds_egress_mesh_");
+    snprintf(out, sizeof out, "%.*s", (int)(strstr(node, "_http_") - node), node);
+    return out;
+}
+
+static void test_prefixless_matches(void **state)
+{
+    (void)state;
+    registry_t reg = {0};
+    diag_t d = {0};
+    route_table_t *rt = build(PORTS_MESH, &reg, &d);
+    for (size_t i = 0; i < d.n; i++)
+        fprintf(stderr, "%s\n", d.lines[i]);
+    assert_non_null(rt);
+    fake_t v2 = {{"x-v"}, {"2"}};
+    assert_string_equal(routed(rt, 81, "/anything", NULL), "p81"); /* by port alone */
+    assert_string_equal(routed(rt, 81, "/api/x", &v2), "p81");
+    assert_string_equal(routed(rt, 80, "/api/x", &v2), "hdr"); /* priority before length */
+    assert_string_equal(routed(rt, 80, "/", &v2), "hdr");
+    assert_string_equal(routed(rt, 80, "/api/x", NULL), "api"); /* longer match first */
+    /* "tail" (no path) and "p80" (prefix /) rank alike: the document's order decides. */
+    assert_string_equal(routed(rt, 80, "/other", NULL), "tail");
+    assert_string_equal(routed(rt, 80, "*", NULL), "tail"); /* every path, even not "/..." */
+    assert_string_equal(routed(rt, 82, "/", NULL), "404"); /* two listeners: the port decides */
+    route_table_unref(rt);
+    diag_free(&d);
+    registry_free(&reg);
+}
+
+/* ---- a table holds what its node reaches ---- */
+
+/* web reaches svc.local (router r, node v1); router far and nodes far1..far3 are the rest of
+ * the mesh. */
+#define FAR_MESH                                                                                   \
+    "{\"virtualNodes\":[{\"virtualNodeName\":\"web\",\"spec\":{\"backends\":["                     \
+    "{\"virtualService\":{\"virtualServiceName\":\"svc.local\"}}]}}," NODE("v1") ","               \
+    NODE("far1") "," NODE("far2") "," NODE("far3") "],"                                            \
+    "\"virtualServices\":[{\"virtualServiceName\":\"svc.local\",\"spec\":{\"provider\":"           \
+    "{\"virtualRouter\":{\"virtualRouterName\":\"r\"}}}},{\"virtualServiceName\":\"far.local\","   \
+    "\"spec\":{\"provider\":{\"virtualRouter\":{\"virtualRouterName\":\"far\"}}}}],"               \
+    "\"virtualRouters\":[{\"virtualRouterName\":\"far\",\"spec\":{\"listeners\":[{"                \
+    "\"portMapping\":{\"port\":80,\"protocol\":\"http\"}}]}},{\"virtualRouterName\":\"r\","        \
+    "\"spec\":{\"listeners\":[{\"portMapping\":{\"port\":80,\"protocol\":\"http\"}}]}}],"          \
+    "\"routes\":[" FROUTE("far", "f1", "far1") "," FROUTE("r", "one", "v1") ","                     \
+    FROUTE("far", "f2", "far2") "," FROUTE("far", "f3", "far3") "]}"
+#define FROUTE(router, name, target)                                                               \
+    "{\"virtualRouterName\":\"" router "\",\"routeName\":\"" name "\",\"spec\":{\"httpRoute\":{"   \
+    "\"match\":{\"prefix\":\"/\"},\"action\":{\"weightedTargets\":[{\"virtualNode\":\"" target     \
+    "\",\"weight\":1}]}}}}"
+
+static void test_table_holds_what_the_node_reaches(void **state)
+{
+    (void)state;
+    registry_t reg = {0};
+    diag_t d = {0};
+    route_table_t *rt = build(FAR_MESH, &reg, &d);
+    assert_non_null(rt);
+    const config_t *c = route_table_config(rt);
+    assert_int_equal(c->document.routes, 4);
+    assert_int_equal(c->nroutes, 1);
+    assert_int_equal(c->nnodes, 2);
+    assert_null(config_node(c, "far1"));
+    assert_string_equal(route_table_node(rt)->name, "web");
+    /* Clusters only for what is reached: nothing discovers the far nodes. */
+    for (cluster_t *cl = reg.clusters; cl; cl = cl->next)
+        assert_null(strstr(cl->name, "far"));
+    assert_string_equal(routed(rt, 80, "/", NULL), "v1");
+    /* Messages still name the document's places. */
+    assert_int_equal(c->routes[0].index, 1);
+    route_table_unref(rt);
+    diag_free(&d);
+    registry_free(&reg);
+}
+
+/* The schedule keeps only one period of the reduced weights: 90/10 is 9/1, and a route's
+ * picks over 100 requests are still exactly 90 and 10, one in every ten. */
+static void test_reduced_schedules_stay_exact(void **state)
+{
+    (void)state;
+    const char *json =
+        "{\"virtualNodes\":[{\"virtualNodeName\":\"web\",\"spec\":{\"backends\":["
+        "{\"virtualService\":{\"virtualServiceName\":\"svc.local\"}}]}}," NODE("v1") "," NODE("v2")
+        "],\"virtualServices\":[{\"virtualServiceName\":\"svc.local\",\"spec\":{\"provider\":"
+        "{\"virtualRouter\":{\"virtualRouterName\":\"r\"}}}}],\"virtualRouters\":["
+        "{\"virtualRouterName\":\"r\",\"spec\":{\"listeners\":[{\"portMapping\":{\"port\":80,"
+        "\"protocol\":\"http\"}}]}}],\"routes\":[{\"virtualRouterName\":\"r\",\"routeName\":"
+        "\"c\",\"spec\":{\"httpRoute\":{\"match\":{\"prefix\":\"/\"},\"action\":{"
+        "\"weightedTargets\":[{\"virtualNode\":\"v1\",\"weight\":90},{\"virtualNode\":\"v2\","
+        "\"weight\":10}]}}}}]}";
+    registry_t reg = {0};
+    diag_t d = {0};
+    route_table_t *rt = build(json, &reg, &d);
+    assert_non_null(rt);
+    unsigned v2 = 0;
+    for (int i = 0; i < 100; i++) {
+        int is_v2 = strcmp(routed(rt, 80, "/", NULL), "v2") == 0;
+        v2 += (unsigned)is_v2;
+        if (i % 10 == 9) {
+            assert_int_equal(v2, (unsigned)(i / 10 + 1)); /* one in every ten */
+        }
+    }
+    assert_int_equal(v2, 10);
+    route_table_unref(rt);
     diag_free(&d);
     registry_free(&reg);
 }
@@ -266,6 +519,10 @@ int main(void)
         cmocka_unit_test(test_no_route_answers),
         cmocka_unit_test(test_clusters_and_counters_outlive_reloads),
         cmocka_unit_test(test_invalid_regex_is_reported),
+        cmocka_unit_test(test_default_retry_policy),
+        cmocka_unit_test(test_prefixless_matches),
+        cmocka_unit_test(test_table_holds_what_the_node_reaches),
+        cmocka_unit_test(test_reduced_schedules_stay_exact),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
