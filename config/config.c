@@ -113,20 +113,24 @@ static void parse_timeout(jctx_t *j, const cJSON *o, const char *path, cfg_liste
     l->idle_ms = j_duration(j, m, p, "idle", J_OPTIONAL);
 }
 
-static void parse_listener(jctx_t *j, const cJSON *o, const char *path, cfg_listener_t *l)
+void cfg_parse_listener(jctx_t *j, const cJSON *o, const char *path, cfg_listener_t *l, int gateway)
 {
     static const char *const fields[] = {
         "portMapping", "healthCheck", "outlierDetection", "connectionPool", "timeout", "tls", NULL};
+    static const char *const gw_fields[] = {"portMapping", "healthCheck", "connectionPool", "tls",
+                                            NULL};
+    static const char *const gw_protocols[] = {"http", "http2", "grpc", NULL};
     static const char *const pm_fields[] = {"port", "protocol", NULL};
     char p[JPATH_MAX];
-    j_only(j, o, path, fields);
+    j_only(j, o, path, gateway ? gw_fields : fields);
     l->per_request_ms = l->idle_ms = DURATION_UNSET;
     const cJSON *pm = j_object(j, o, path, "portMapping", J_REQUIRED);
     jpath(p, path, "portMapping");
     j_only(j, pm, p, pm_fields);
     l->port = (uint16_t)j_int(j, pm, p, "port", 1, 65535, 0, J_REQUIRED);
-    int proto = j_enum(j, pm, p, "protocol", listener_protocols, J_REQUIRED, -1);
-    l->protocol = proto >= 0 ? strdup(listener_protocols[proto]) : NULL;
+    const char *const *protocols = gateway ? gw_protocols : listener_protocols;
+    int proto = j_enum(j, pm, p, "protocol", protocols, J_REQUIRED, -1);
+    l->protocol = proto >= 0 ? strdup(protocols[proto]) : NULL;
     const cJSON *v;
     if ((v = j_object(j, o, path, "healthCheck", J_OPTIONAL))) {
         jpath(p, path, "healthCheck");
@@ -264,7 +268,7 @@ static void parse_json_format(jctx_t *j, const cJSON *fmt, const char *path, cfg
 
 /* logging: {accessLog: {file: {path, format?: {text} | {json}}}}; both unions have to name one
  * member. The format's operators are checked when the access log is built (access_log.c). */
-static void parse_logging(jctx_t *j, const cJSON *o, const char *path, cfg_access_log_t *al)
+void cfg_parse_logging(jctx_t *j, const cJSON *o, const char *path, cfg_access_log_t *al)
 {
     static const char *const fields[] = {"accessLog", NULL};
     static const char *const sinks[] = {"file", NULL};
@@ -314,7 +318,7 @@ static void parse_node(jctx_t *j, const cJSON *o, const char *path, void *out)
     n->listeners = calloc(n->nlisteners ? n->nlisteners : 1, sizeof *n->listeners);
     for (unsigned i = 0; i < n->nlisteners; i++) {
         jpath_index(q, p, "listeners", (int)i);
-        parse_listener(j, cJSON_GetArrayItem(ls, (int)i), q, &n->listeners[i]);
+        cfg_parse_listener(j, cJSON_GetArrayItem(ls, (int)i), q, &n->listeners[i], 0);
     }
     const cJSON *sd = j_object(j, spec, p, "serviceDiscovery", J_OPTIONAL);
     jpath(q, p, "serviceDiscovery");
@@ -324,7 +328,7 @@ static void parse_node(jctx_t *j, const cJSON *o, const char *path, void *out)
     const cJSON *lg = j_object(j, spec, p, "logging", J_OPTIONAL);
     jpath(q, p, "logging");
     if (lg)
-        parse_logging(j, lg, q, &n->access_log);
+        cfg_parse_logging(j, lg, q, &n->access_log);
 }
 
 /* ---- services and routers ---- */
@@ -438,8 +442,8 @@ static const int method_ids[] = {HTTP_GET,     HTTP_HEAD,    HTTP_POST,  HTTP_PU
                                  HTTP_CONNECT, HTTP_OPTIONS, HTTP_TRACE, HTTP_PATCH};
 
 /* Header and gRPC metadata matchers: `key` is "headers" or "metadata". */
-static void parse_header_list(jctx_t *j, const cJSON *o, const char *path, const char *key,
-                              cfg_route_t *r)
+void cfg_parse_header_list(jctx_t *j, const cJSON *o, const char *path, const char *key,
+                           cfg_route_t *r)
 {
     char p[JPATH_MAX];
     const cJSON *hs = j_array(j, o, path, key, J_OPTIONAL, 1, 10);
@@ -454,17 +458,19 @@ static void parse_header_list(jctx_t *j, const cJSON *o, const char *path, const
 /* httpRoute and http2Route match. Every member is optional, as in the API: a match with
  * neither prefix nor path (port, headers, method only: App Mesh's howto-multiple-listeners)
  * takes every path. `scheme` exists for http2Route alone. */
-static void parse_match(jctx_t *j, const cJSON *o, const char *path, cfg_route_t *r)
+void cfg_parse_match(jctx_t *j, const cJSON *o, const char *path, cfg_route_t *r, int gateway)
 {
     static const char *const fields[] = {"prefix",          "path", "method", "port", "headers",
                                          "queryParameters", NULL};
+    static const char *const gw_fields[] = {
+        "prefix", "path", "method", "port", "headers", "queryParameters", "hostname", NULL};
     static const char *const h2_fields[] = {
         "prefix", "path", "method", "port", "headers", "queryParameters", "scheme", NULL};
     static const char *const path_kinds[] = {"exact", "regex", NULL};
     static const char *const schemes[] = {"http", "https", NULL};
     char p[JPATH_MAX];
-    j_only(j, o, path, r->kind == ROUTE_HTTP2 ? h2_fields : fields);
-    if (r->kind == ROUTE_HTTP2)
+    j_only(j, o, path, gateway ? gw_fields : r->kind == ROUTE_HTTP2 ? h2_fields : fields);
+    if (r->kind == ROUTE_HTTP2 && !gateway)
         j_enum(j, o, path, "scheme", schemes, J_OPTIONAL, -1);
     static const char *const where[] = {"prefix", "path", NULL};
     const cJSON *v = NULL;
@@ -486,7 +492,7 @@ static void parse_match(jctx_t *j, const cJSON *o, const char *path, cfg_route_t
     int m = j_enum(j, o, path, "method", methods, J_OPTIONAL, -1);
     r->method = m >= 0 ? method_ids[m] : -1;
     r->port = (uint16_t)j_int(j, o, path, "port", 1, 65535, 0, J_OPTIONAL);
-    parse_header_list(j, o, path, "headers", r);
+    cfg_parse_header_list(j, o, path, "headers", r);
     const cJSON *qs = j_array(j, o, path, "queryParameters", J_OPTIONAL, 1, 10);
     r->nquery = (unsigned)cJSON_GetArraySize(qs);
     r->query = r->nquery ? calloc(r->nquery, sizeof *r->query) : NULL;
@@ -627,7 +633,7 @@ static void parse_grpc_route(jctx_t *j, const cJSON *g, const char *p, cfg_route
         if (r->grpc_method && !r->grpc_service)
             jerr(j, q, "methodName", "needs serviceName");
         r->port = (uint16_t)j_int(j, v, q, "port", 1, 65535, 0, J_OPTIONAL);
-        parse_header_list(j, v, q, "metadata", r);
+        cfg_parse_header_list(j, v, q, "metadata", r);
     }
     if ((v = j_object(j, g, p, "action", J_REQUIRED))) {
         jpath(q, p, "action");
@@ -644,7 +650,7 @@ static void parse_http_route(jctx_t *j, const cJSON *http, const char *p, cfg_ro
     const cJSON *v;
     if ((v = j_object(j, http, p, "match", J_REQUIRED))) {
         jpath(q, p, "match");
-        parse_match(j, v, q, r);
+        cfg_parse_match(j, v, q, r, 0);
     }
     if ((v = j_object(j, http, p, "action", J_REQUIRED))) {
         jpath(q, p, "action");
@@ -753,19 +759,10 @@ static void parse_cloudmap(jctx_t *j, const cJSON *proxy, cfg_proxy_t *px)
 
 static void parse_proxy(jctx_t *j, const cJSON *root, cfg_proxy_t *px)
 {
-    static const char *const fields[] = {"node",
-                                         "ingressPort",
-                                         "egressPort",
-                                         "workers",
-                                         "admin",
-                                         "logLevel",
-                                         "requestHeaderTimeout",
-                                         "drainTimeout",
-                                         "dns",
-                                         "xray",
-                                         "cloudMap",
-                                         "defaultRetryPolicy",
-                                         NULL};
+    static const char *const fields[] = {
+        "node",     "ingressPort",          "egressPort",   "workers", "admin",
+        "logLevel", "requestHeaderTimeout", "drainTimeout", "dns",     "xray",
+        "cloudMap", "defaultRetryPolicy",   "gateway",      NULL};
     px->ingress_port = px->egress_port = px->workers = -1;
     px->cloudmap_use = px->cloudmap_health = -1;
     px->request_header_timeout_ms = px->drain_timeout_ms = px->dns_hold_ms = DURATION_UNSET;
@@ -776,6 +773,7 @@ static void parse_proxy(jctx_t *j, const cJSON *root, cfg_proxy_t *px)
         return;
     j_only(j, o, "proxy", fields);
     px->node = j_string(j, o, "proxy", "node", J_OPTIONAL, 1, NAME_MAX_LEN);
+    px->gateway = j_string(j, o, "proxy", "gateway", J_OPTIONAL, 1, NAME_MAX_LEN);
     px->ingress_port = (int)j_int(j, o, "proxy", "ingressPort", 1, 65535, -1, J_OPTIONAL);
     px->egress_port = (int)j_int(j, o, "proxy", "egressPort", 1, 65535, -1, J_OPTIONAL);
     px->workers = (int)j_int(j, o, "proxy", "workers", 1, 256, -1, J_OPTIONAL);
@@ -847,8 +845,9 @@ void config_digest(const char *doc, size_t len, unsigned char out[CONFIG_DIGEST_
 
 config_t *config_parse(const char *json, size_t len, const char *source, diag_t *d)
 {
-    static const char *const top[] = {
-        "mesh", "virtualNodes", "virtualServices", "virtualRouters", "routes", "proxy", NULL};
+    static const char *const top[] = {"mesh",           "virtualNodes", "virtualServices",
+                                      "virtualRouters", "routes",       "virtualGateways",
+                                      "gatewayRoutes",  "proxy",        NULL};
     config_t *c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
@@ -881,6 +880,7 @@ config_t *config_parse(const char *json, size_t len, const char *source, diag_t 
                              offsetof(cfg_router_t, index), (void **)&c->routers, parse_router);
     c->nroutes = parse_list(&j, root, "routes", sizeof(cfg_route_t), offsetof(cfg_route_t, index),
                             (void **)&c->routes, parse_route);
+    config_parse_gateways(&j, root, c);
     parse_proxy(&j, root, &c->proxy);
     cJSON_Delete(root);
     c->document = (cfg_counts_t){c->nnodes, c->nservices, c->nrouters, c->nroutes};
@@ -918,15 +918,30 @@ static void free_strings(char **v, unsigned n)
     free(v);
 }
 
+void cfg_free_listener(cfg_listener_t *l)
+{
+    free(l->protocol);
+    free(l->health.protocol);
+    free(l->health.path);
+    config_free_listener_tls(&l->tls);
+}
+
+void cfg_free_access_log(cfg_access_log_t *al)
+{
+    for (unsigned k = 0; k < al->njson; k++) {
+        free(al->json[k].key);
+        free(al->json[k].value);
+    }
+    free(al->json);
+    free(al->path);
+    free(al->where);
+    free(al->text);
+}
+
 void cfg_free_node(cfg_node_t *n)
 {
-    for (unsigned k = 0; k < n->nlisteners; k++) {
-        cfg_listener_t *l = &n->listeners[k];
-        free(l->protocol);
-        free(l->health.protocol);
-        free(l->health.path);
-        config_free_listener_tls(&l->tls);
-    }
+    for (unsigned k = 0; k < n->nlisteners; k++)
+        cfg_free_listener(&n->listeners[k]);
     free(n->listeners);
     free(n->name);
     free(n->hostname);
@@ -942,15 +957,7 @@ void cfg_free_node(cfg_node_t *n)
         config_free_client_tls(&n->backend_tls[k]);
     free(n->backend_tls);
     config_free_client_tls(&n->default_tls);
-    cfg_access_log_t *al = &n->access_log;
-    for (unsigned k = 0; k < al->njson; k++) {
-        free(al->json[k].key);
-        free(al->json[k].value);
-    }
-    free(al->json);
-    free(al->path);
-    free(al->where);
-    free(al->text);
+    cfg_free_access_log(&n->access_log);
 }
 
 void cfg_free_service(cfg_service_t *s)
@@ -1003,11 +1010,13 @@ void config_free(config_t *c)
     for (unsigned i = 0; i < c->nroutes; i++)
         cfg_free_route(&c->routes[i]);
     config_index_free(c);
+    config_free_gateways(c);
     free(c->nodes);
     free(c->services);
     free(c->routers);
     free(c->routes);
     free(c->proxy.node);
+    free(c->proxy.gateway);
     free(c->proxy.admin);
     free(c->proxy.log_level);
     free(c->proxy.dns_servers);

@@ -215,6 +215,38 @@ typedef struct cfg_route {
     uint64_t idle_ms;
 } cfg_route_t;
 
+/* A virtual gateway (VirtualGatewaySpec): listeners (portMapping, healthCheck, connectionPool,
+ * tls, as a node listener's but http, http2 or grpc), the client policy toward the mesh
+ * (backendDefaults.clientPolicy), logging. */
+typedef struct cfg_gateway {
+    char *name;
+    unsigned index; /* position in the document's virtualGateways */
+    cfg_listener_t *listeners;
+    unsigned nlisteners;
+    cfg_client_tls_t default_tls;
+    cfg_access_log_t access_log;
+} cfg_gateway_t;
+
+enum gw_host { GW_HOST_ANY, GW_HOST_EXACT, GW_HOST_SUFFIX };
+
+/* A gateway route (GatewayRouteSpec), with App Mesh's defaults settled: a prefix match
+ * rewrites the prefix to "/" and Host to the target virtual service unless told otherwise. */
+typedef struct cfg_gateway_route {
+    char *gateway, *name;
+    unsigned index; /* position in the document's gatewayRoutes */
+    /* The match in a route's shape: kind, priority, path (prefix, exact, regex; NULL: any),
+     * method, port, headers (gRPC: metadata), query, grpc_service. No targets. */
+    cfg_route_t match;
+    enum gw_host host_kind; /* match.hostname */
+    char *host;
+    char *service;         /* action.target.virtualService.virtualServiceName */
+    uint16_t service_port; /* action.target.port; 0 when not given */
+    int rewrite_host;      /* rewrite.hostname.defaultTargetHostname: 1 ENABLED (default), 0 */
+    int rewrite_prefix;    /* rewrite.prefix.defaultPrefix: 1 ENABLED (default), 0 */
+    char *prefix_value;    /* rewrite.prefix.value: the matched prefix becomes this */
+    char *path_exact;      /* rewrite.path.exact: the path becomes this */
+} cfg_gateway_route_t;
+
 /* Which awsCloudMap nodes are discovered through the Cloud Map API rather than DNS. */
 enum cloudmap_use { CLOUDMAP_API_ATTRIBUTES, CLOUDMAP_API_ALWAYS, CLOUDMAP_API_NEVER };
 /* DiscoverInstances' HealthStatus filter. */
@@ -223,6 +255,7 @@ enum cloudmap_health { CM_HEALTHY_OR_ELSE_ALL, CM_HEALTHY, CM_UNHEALTHY, CM_ALL 
 /* remora's own settings from the config file; CLI flags and env vars override them. */
 typedef struct cfg_proxy {
     char *node;
+    char *gateway;                          /* proxy.gateway: serve this virtual gateway */
     int ingress_port, egress_port, workers; /* -1 when not given */
     char *admin;                            /* "addr:port" */
     char *log_level;
@@ -271,6 +304,12 @@ typedef struct config {
     unsigned nrouters;
     cfg_route_t *routes;
     unsigned nroutes;
+    cfg_gateway_t *gateways;
+    unsigned ngateways;
+    cfg_gateway_route_t *gateway_routes;
+    unsigned ngateway_routes;
+    /* The gateway a table was built for (config_gateway_node): its node stands for it. */
+    const cfg_gateway_t *serving_gateway;
     cfg_proxy_t proxy;
     cfg_counts_t document; /* what the document holds, before any pruning */
     char *pruned_for;      /* the node config_prune() kept what it reaches for; NULL: the whole */
@@ -293,6 +332,13 @@ void config_free(config_t *c);
 const cfg_node_t *config_node(const config_t *c, const char *name);
 const cfg_service_t *config_service(const config_t *c, const char *name);
 const cfg_router_t *config_router(const config_t *c, const char *name);
+const cfg_gateway_t *config_gateway(const config_t *c, const char *name);
+
+/* The gateway named `name` served through a virtual node of the same name that stands for it
+ * (added to c->nodes): its backends are the virtual services its gateway routes target, its
+ * client policy and logging the gateway's. Then routing builds the gateway as it builds a
+ * sidecar's egress. Returns that node's name (owned by c) or NULL with diagnostics. */
+const char *config_gateway_node(config_t *c, const char *name, diag_t *d);
 
 /* Keeps only what `node` reaches, and frees the rest: the node; the virtual services its
  * backends name; their providers (virtual nodes, and virtual routers with all their routes);

@@ -2,7 +2,27 @@
 #ifndef REMORA_CONFIG_IMPL_H
 #define REMORA_CONFIG_IMPL_H
 
+#include <cjson/cJSON.h>
+
 #include "config/config.h"
+#include "config/json.h"
+
+/* Parsers config_gateway.c shares: a listener (`gateway`: a virtual gateway's, which has no
+ * outlierDetection or timeout and speaks http, http2 or grpc), an HTTP match (`gateway`: a
+ * gateway route's, which may also match `hostname`, parsed by the caller), header or metadata
+ * matchers, logging. */
+void cfg_parse_listener(jctx_t *j, const cJSON *o, const char *path, cfg_listener_t *l,
+                        int gateway);
+void cfg_parse_match(jctx_t *j, const cJSON *o, const char *path, cfg_route_t *r, int gateway);
+void cfg_parse_header_list(jctx_t *j, const cJSON *o, const char *path, const char *key,
+                           cfg_route_t *r);
+void cfg_parse_logging(jctx_t *j, const cJSON *o, const char *path, cfg_access_log_t *al);
+void cfg_free_listener(cfg_listener_t *l);
+void cfg_free_access_log(cfg_access_log_t *al);
+/* Parse the document's virtualGateways and gatewayRoutes (config_gateway.c). */
+void config_parse_gateways(jctx_t *j, const cJSON *root, config_t *c);
+void config_validate_gateways(const config_t *c, diag_t *d);
+void config_free_gateways(config_t *c);
 
 /* Each frees what the resource owns, not the resource itself. */
 void cfg_free_node(cfg_node_t *n);

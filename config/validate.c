@@ -10,6 +10,8 @@
 #include <strings.h>
 
 #include "config/config.h"
+
+#include "config/config_impl.h"
 #include "config/index.h"
 
 static int has_port(const cfg_node_t *n, uint16_t port)
@@ -233,4 +235,5 @@ void config_validate(const config_t *c, diag_t *d)
     check_nodes(c, d);
     check_services(c, d);
     check_routes(c, d);
+    config_validate_gateways(c, d);
 }

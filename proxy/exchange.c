@@ -12,7 +12,7 @@
 http_stats_t *exchange_http_stats(exchange_t *ex)
 {
     server_t *s = ex->w->srv;
-    return ex->listener->kind == LISTENER_INGRESS ? &s->ingress_stats : &s->egress_stats;
+    return ex->listener->kind != LISTENER_EGRESS ? &s->ingress_stats : &s->egress_stats;
 }
 
 /* ---- events from the client's side ---- */

@@ -438,6 +438,41 @@ static void request_id(exchange_t *ex)
     ex->request_id = id ? id : "";
 }
 
+/* A virtual gateway's request: the first gateway route that takes it rewrites it (path, Host)
+ * and sends it to its virtual service, under the gateway listener's connection pool. Returns
+ * -1 when it has answered instead: no gateway route, 404 naming the host and path. */
+static int gateway_route(exchange_t *ex, const route_request_t *rr)
+{
+    uint16_t port = ex->w->srv->set.ingress_port; /* the gateway's listener */
+    size_t cap = ex->target_len + ROUTE_REWRITE_SLACK;
+    route_rewrite_t rw = {.target = arena_alloc(&ex->arena, cap), .cap = cap};
+    if (!rw.target) {
+        exchange_flag(ex, 0, "out_of_memory");
+        local_reply(ex, 503, "out of memory\n");
+        return -1;
+    }
+    if (!route_gateway(ex->rt, port, rr, &rw, &ex->route)) {
+        char body[700];
+        exchange_flag(ex, RF_NR, "route_not_found");
+        snprintf(body, sizeof body, "no gateway route for host \"%.*s\" and path \"%.*s\"\n",
+                 (int)(rr->host_len > 300 ? 300 : rr->host_len), rr->host ? rr->host : "",
+                 (int)(ex->path_len > 300 ? 300 : ex->path_len), ex->target);
+        local_reply(ex, 404, body);
+        return -1;
+    }
+    ex->target = rw.target;
+    ex->target_len = rw.target_len;
+    ex->path_len = rw.path_len;
+    if (rw.host) { /* becomes the Host upstream (headers.c) */
+        ex->authority = rw.host;
+        ex->authority_len = strlen(rw.host);
+    }
+    const route_listener_t *gl = route_ingress(ex->rt, port);
+    ex->route.max_requests = gl->r.max_requests;
+    ex->route.max_pending = gl->r.max_pending;
+    return 0;
+}
+
 /* Tracing on: the incoming X-Amzn-Trace-Id is read, a decision made, and ours goes upstream. */
 static void begin_trace(exchange_t *ex, const route_request_t *rr)
 {
@@ -512,7 +547,10 @@ void fwd_request_head(exchange_t *ex, head_t *h, unsigned msg)
     begin_trace(ex, &rr);
     if (ex->listener->kind == LISTENER_INGRESS)
         ex->route = route_ingress(ex->rt, orig_port(ex))->r;
-    else
+    else if (ex->listener->kind == LISTENER_GATEWAY) {
+        if (gateway_route(ex, &rr) != 0)
+            return;
+    } else
         route_egress(ex->rt, &rr, &ex->route);
     if (!ex->route.cluster) {
         no_route_reply(ex, &rr);

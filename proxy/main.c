@@ -254,10 +254,59 @@ static void print_client_tls(const cfg_client_tls_t *t, int from_defaults)
 }
 
 /* The one-screen summary of what this node's sidecar will do. */
+/* One gateway route: its match, where it sends, how it rewrites. */
+static void print_gateway_route(const cfg_gateway_route_t *r)
+{
+    static const char *const kinds[] = {"prefix", "path", "regex"};
+    const cfg_route_t *m = &r->match;
+    printf("  gateway route %s", r->name);
+    if (m->priority >= 0)
+        printf(" (priority %d)", m->priority);
+    printf(": %s %s", m->path ? kinds[m->path_kind] : "any path", m->path ? m->path : "");
+    if (r->host_kind != GW_HOST_ANY)
+        printf(", host %s%s", r->host_kind == GW_HOST_SUFFIX ? "*" : "", r->host);
+    if (m->method >= 0)
+        printf(", method %s", http_method_name((enum http_method)m->method));
+    if (m->nheaders || m->nquery)
+        printf(", %u header and %u query matcher(s)", m->nheaders, m->nquery);
+    printf(" -> %s", r->service);
+    if (r->service_port)
+        printf(":%u", r->service_port);
+    if (r->path_exact)
+        printf(", path becomes %s", r->path_exact);
+    else if (m->path && m->path_kind == PATH_PREFIX)
+        printf(", prefix becomes %s", !r->rewrite_prefix ? "itself (kept)"
+                                      : r->prefix_value  ? r->prefix_value
+                                                         : "/");
+    printf(", Host %s\n", r->rewrite_host ? "the virtual service's name" : "kept");
+}
+
+/* A virtual gateway's listeners and routes, in match order as they are written. */
+static void print_gateway(const config_t *cfg, const cfg_gateway_t *g)
+{
+    printf("gateway %s (no egress listener)\n", g->name);
+    for (unsigned i = 0; i < g->nlisteners; i++) {
+        printf("  listener %s:%u -> gateway routes\n", g->listeners[i].protocol,
+               g->listeners[i].port);
+        print_listener_tls(&g->listeners[i].tls);
+    }
+    unsigned n = 0;
+    for (unsigned i = 0; i < cfg->ngateway_routes; i++)
+        if (!strcmp(cfg->gateway_routes[i].gateway, g->name)) {
+            print_gateway_route(&cfg->gateway_routes[i]);
+            n++;
+        }
+    if (!n)
+        printf("  no gateway routes: every request is answered 404\n");
+}
+
 static void print_summary(const config_t *cfg, const cfg_node_t *node, int cloudmap_use)
 {
-    printf("%s: ok\nmesh %s, node %s, egress filter %s\n", cfg->source, cfg->mesh_name, node->name,
+    printf("%s: ok\nmesh %s, %s %s, egress filter %s\n", cfg->source, cfg->mesh_name,
+           cfg->serving_gateway ? "virtual gateway" : "node", node->name,
            cfg->egress_filter == EGRESS_ALLOW_ALL ? "ALLOW_ALL" : "DROP_ALL");
+    if (cfg->serving_gateway)
+        print_gateway(cfg, cfg->serving_gateway);
     for (unsigned i = 0; i < node->nlisteners; i++) {
         printf("  listener %s:%u -> local app 127.0.0.1:%u\n", node->listeners[i].protocol,
                node->listeners[i].port, node->listeners[i].port);
@@ -279,6 +328,8 @@ static void print_summary(const config_t *cfg, const cfg_node_t *node, int cloud
     }
     for (unsigned i = 0; i < cfg->nnodes; i++) {
         const cfg_node_t *n = &cfg->nodes[i];
+        if (cfg->serving_gateway && n == node)
+            continue; /* the node that stands for the gateway */
         printf("  node %s: discovery ", n->name);
         print_discovery(n, cloudmap_use);
     }
@@ -287,8 +338,10 @@ static void print_summary(const config_t *cfg, const cfg_node_t *node, int cloud
            doc->services, doc->routers, doc->routes);
     if (cfg->nnodes != doc->nodes || cfg->nservices != doc->services ||
         cfg->nrouters != doc->routers || cfg->nroutes != doc->routes)
-        printf("; node %s reaches %u, %u, %u and %u of them (the sidecar holds only those)",
-               node->name, cfg->nnodes, cfg->nservices, cfg->nrouters, cfg->nroutes);
+        printf("; %s %s reaches %u, %u, %u and %u of them (the proxy holds only those)",
+               cfg->serving_gateway ? "gateway" : "node", node->name,
+               cfg->nnodes - (cfg->serving_gateway != NULL), cfg->nservices, cfg->nrouters,
+               cfg->nroutes);
     printf("\n");
     if (cfg->unreached_unsupported)
         printf("note: %u listener(s) or route(s) this node does not reach use HTTP/2 or gRPC, "
@@ -303,7 +356,7 @@ static int cmd_check(const cli_opts_t *cli)
     settings_t set;
     config_t *cfg = load(cli, &set, &d);
     registry_t reg = {0};
-    route_table_t *rt = cfg ? route_table_build(cfg, set.node, &reg, &d) : NULL;
+    route_table_t *rt = cfg ? route_table_build(cfg, set.table_name, &reg, &d) : NULL;
     const cfg_access_log_t *alog = rt ? &route_table_node(rt)->access_log : NULL;
     if (rt && alog->path && access_log_check(alog, route_table_config(rt)->source, &d) != 0) {
         route_table_unref(rt);

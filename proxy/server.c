@@ -58,7 +58,7 @@ int server_init(server_t *s, const settings_t *set, const cli_opts_t *cli, confi
     s->loop = loop;
     s->started_ms = uv_hrtime() / 1000000;
     diag_t d = {0};
-    s->routes = route_table_build(cfg, set->node, &s->reg, &d);
+    s->routes = route_table_build(cfg, set->table_name, &s->reg, &d);
     if (!s->routes || build_access_log(s, s->routes, &s->alog, &d) != 0) {
         for (size_t i = 0; i < d.n; i++)
             log_error("%s", d.lines[i]);
@@ -199,7 +199,7 @@ static enum config_url_result apply_url_document(void *arg, const char *doc, siz
 static int apply(server_t *s, config_t *cfg, diag_t *dp)
 {
     diag_t d = *dp;
-    route_table_t *rt = cfg ? route_table_build(cfg, s->set.node, &s->reg, &d) : NULL;
+    route_table_t *rt = cfg ? route_table_build(cfg, s->set.table_name, &s->reg, &d) : NULL;
     access_log_t *alog = NULL;
     if (rt && build_access_log(s, rt, &alog, &d) != 0) {
         route_table_unref(rt);

@@ -10,6 +10,7 @@
 #include "discovery/discovery.h"
 #include "base/err.h"
 #include "proxy/config_url.h"
+#include "routing/route.h"
 
 config_t *settings_load_config(const cli_opts_t *cli, diag_t *d)
 {
@@ -29,6 +30,18 @@ config_t *settings_load_config(const cli_opts_t *cli, diag_t *d)
                  "path, or REMORA_CONFIG_JSON to the whole document%s",
                  DEFAULT_CONFIG_PATH, inline_json ? " (REMORA_CONFIG_JSON is set but empty)" : "");
     return c;
+}
+
+const char *settings_gateway_from_arn(const char *v)
+{
+    const char *m = strstr(v, "mesh/");
+    if (!m || (m != v && m[-1] != ':'))
+        return NULL;
+    const char *gw = strstr(m + 5, "/virtualGateway/");
+    if (!gw || gw == m + 5)
+        return NULL;
+    const char *name = gw + strlen("/virtualGateway/");
+    return *name && !strchr(name, '/') ? name : NULL;
 }
 
 const char *settings_node_from_arn(const char *v)
@@ -100,19 +113,39 @@ static unsigned affinity_cpus(void)
     return (unsigned)CPU_COUNT(&set);
 }
 
+/* A virtual gateway to serve: its listeners, no egress (SPEC §3). */
+static int resolve_gateway(settings_t *s, const config_t *cfg, const char *gw, diag_t *d)
+{
+    const cfg_gateway_t *g = config_gateway(cfg, gw);
+    if (!g) {
+        diag_add(d, "settings", "gateway", "virtual gateway \"%s\" is not in the config", gw);
+        return ERR_CONFIG;
+    }
+    snprintf(s->node, sizeof s->node, "%s", gw);
+    snprintf(s->table_name, sizeof s->table_name, ROUTE_GATEWAY_PREFIX "%s", gw);
+    s->gateway = 1;
+    s->ingress_port = g->nlisteners ? g->listeners[0].port : 0; /* what stats are named by */
+    return 0;
+}
+
 static int resolve_node(settings_t *s, const cli_opts_t *cli, const config_t *cfg, diag_t *d)
 {
-    const char *node = cli->node;
+    const char *node = cli->node, *gw = NULL;
     const char *arn = getenv("APPMESH_RESOURCE_ARN");
     const char *old = getenv("APPMESH_VIRTUAL_NODE_NAME");
     if (!node && arn && *arn) {
         node = settings_node_from_arn(arn);
-        if (!node)
-            diag_add(
-                d, "settings", "APPMESH_RESOURCE_ARN",
-                "expected arn:aws:appmesh:REGION:ACCOUNT:mesh/MESH/virtualNode/NODE, got \"%s\"",
-                arn);
+        gw = node ? NULL : settings_gateway_from_arn(arn);
+        if (!node && !gw)
+            diag_add(d, "settings", "APPMESH_RESOURCE_ARN",
+                     "expected arn:aws:appmesh:REGION:ACCOUNT:mesh/MESH/virtualNode/NODE (or "
+                     "virtualGateway/NAME), got \"%s\"",
+                     arn);
     }
+    if (!node && !gw && !(arn && *arn) && cfg->proxy.gateway)
+        gw = cfg->proxy.gateway;
+    if (gw)
+        return resolve_gateway(s, cfg, gw, d);
     if (!node && old && *old) {
         node = settings_node_from_arn(old);
         if (!node)
@@ -133,6 +166,7 @@ static int resolve_node(settings_t *s, const cli_opts_t *cli, const config_t *cf
         return ERR_CONFIG;
     }
     snprintf(s->node, sizeof s->node, "%s", node);
+    snprintf(s->table_name, sizeof s->table_name, "%s", node);
     return 0;
 }
 
@@ -289,8 +323,12 @@ int settings_resolve(settings_t *s, const cli_opts_t *cli, const config_t *cfg, 
     resolve_workers(s, cli, cfg, d);
     int in = cli->ingress_port > 0 ? cli->ingress_port : cfg->proxy.ingress_port;
     int eg = cli->egress_port > 0 ? cli->egress_port : cfg->proxy.egress_port;
-    s->ingress_port = (uint16_t)(in > 0 ? in : DEFAULT_INGRESS_PORT);
-    s->egress_port = (uint16_t)(eg > 0 ? eg : DEFAULT_EGRESS_PORT);
+    if (s->gateway) { /* the gateway's listeners are its ports; there is no egress */
+        s->egress_port = 0;
+    } else {
+        s->ingress_port = (uint16_t)(in > 0 ? in : DEFAULT_INGRESS_PORT);
+        s->egress_port = (uint16_t)(eg > 0 ? eg : DEFAULT_EGRESS_PORT);
+    }
     s->header_timeout_ms = cfg->proxy.request_header_timeout_ms != DURATION_UNSET
                                ? cfg->proxy.request_header_timeout_ms
                                : DEFAULT_HEADER_TIMEOUT_MS;

@@ -33,7 +33,9 @@ typedef struct cli_opts {
 } cli_opts_t;
 
 typedef struct settings {
-    char node[256];
+    char node[256];       /* the virtual node, or the virtual gateway, this proxy serves */
+    char table_name[300]; /* what route_table_build takes: node, or "virtualGateway/NAME" */
+    int gateway;          /* serving a virtual gateway: its listeners, no egress */
     uint16_t ingress_port, egress_port;
     char admin_host[64];
     uint16_t admin_port;
@@ -65,6 +67,8 @@ int settings_resolve(settings_t *s, const cli_opts_t *cli, const config_t *cfg, 
 /* The node name inside an App Mesh ARN (…:mesh/M/virtualNode/N) or the older
  * "mesh/M/virtualNode/N" form; NULL when `v` is neither. Points into `v`. */
 const char *settings_node_from_arn(const char *v);
+/* The same for a virtual gateway (…:mesh/M/virtualGateway/G or "mesh/M/virtualGateway/G"). */
+const char *settings_gateway_from_arn(const char *v);
 /* CPUs this process may use: the cgroup CPU quota (v2 cpu.max or v1 cfs) rounded up, bounded by
  * the affinity mask. `cpu_max` is the text of cpu.max (or NULL to read the system's). */
 unsigned settings_cpu_limit(const char *cpu_max, unsigned affinity);

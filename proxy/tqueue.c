@@ -87,6 +87,7 @@ void tq_set_ms(tqueue_t *q, uint64_t ms)
 
 void tq_close(tqueue_t *q)
 {
-    if (!uv_is_closing((uv_handle_t *)&q->timer))
+    /* A queue never initialized (the listener a virtual gateway does not open) has no timer. */
+    if (q->loop && !uv_is_closing((uv_handle_t *)&q->timer))
         uv_close((uv_handle_t *)&q->timer, NULL);
 }

@@ -134,7 +134,7 @@ static void on_connection(uv_stream_t *server, int status)
     listener_t *l = server->data;
     worker_t *w = l->w;
     if (status < 0) {
-        log_warn("accept on %s listener: %s", l->kind == LISTENER_INGRESS ? "ingress" : "egress",
+        log_warn("accept on %s listener: %s", l->kind == LISTENER_EGRESS ? "egress" : "ingress",
                  uv_strerror(status));
         return;
     }
@@ -146,14 +146,14 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     listener_stats_t *ls =
-        l->kind == LISTENER_INGRESS ? &w->srv->ingress_listener : &w->srv->egress_listener;
+        l->kind != LISTENER_EGRESS ? &w->srv->ingress_listener : &w->srv->egress_listener;
     stat_inc(&ls->downstream_cx_total);
     stat_inc(&ls->downstream_cx_active);
     c->accepted_by = ls;
     struct sockaddr_storage dst;
-    uint16_t own = l->kind == LISTENER_INGRESS ? w->srv->set.ingress_port : w->srv->set.egress_port;
+    uint16_t own = l->kind != LISTENER_EGRESS ? w->srv->set.ingress_port : w->srv->set.egress_port;
     int redirected = original_destination(c, own, &dst);
-    if (l->kind == LISTENER_INGRESS)
+    if (l->kind != LISTENER_EGRESS) /* a gateway's listener is served as ingress is */
         serve_ingress(w, l, c, redirected ? &dst : NULL);
     else
         serve_egress(w, l, c, redirected ? &dst : NULL);
@@ -228,7 +228,7 @@ static int listener_open(worker_t *w, listener_t *l, enum listener_kind kind, ui
         .loop = &w->loop,
         .handler = &exchange_handler,
         .owner = l,
-        .stats = kind == LISTENER_INGRESS ? &s->ingress_stats : &s->egress_stats,
+        .stats = kind != LISTENER_EGRESS ? &s->ingress_stats : &s->egress_stats,
         .on_closed = on_conn_closed,
     };
     h1_server_config_init(&l->h1, s->set.header_timeout_ms,
@@ -439,6 +439,8 @@ int worker_init(worker_t *w, server_t *srv, unsigned id)
     uv_timer_init(&w->loop.uv, &w->housekeeping);
     w->housekeeping.data = w;
     uv_timer_start(&w->housekeeping, on_housekeeping, 1000, 1000);
+    if (srv->set.gateway) /* a virtual gateway: its listener, no egress */
+        return listener_open(w, &w->ingress, LISTENER_GATEWAY, srv->set.ingress_port);
     err = listener_open(w, &w->ingress, LISTENER_INGRESS, srv->set.ingress_port);
     if (err == 0)
         err = listener_open(w, &w->egress, LISTENER_EGRESS, srv->set.egress_port);

@@ -17,7 +17,8 @@
 struct server;
 struct exchange;
 
-enum listener_kind { LISTENER_INGRESS, LISTENER_EGRESS };
+/* A gateway's listener takes the ingress slot (its stats are ingress's). */
+enum listener_kind { LISTENER_INGRESS, LISTENER_EGRESS, LISTENER_GATEWAY };
 
 typedef struct listener {
     uv_tcp_t tcp;  /* 0.0.0.0:port */

@@ -198,17 +198,16 @@ static int compile(regex_t *re, const char *pattern, const char *source, const c
 }
 
 /* Regexes were checked by config_validate(); compiling them again here cannot fail but for
- * memory, and is reported the same way if it does. r->clusters, stats and schedule point into
- * the table's slabs, with room for the route's targets and its reduced schedule. */
-static int build_route(route_table_t *rt, registry_t *reg, route_t *r, diag_t *d)
+ * memory, and is reported the same way if it does. */
+int route_compile_match(route_t *r, const char *source, const char *where, diag_t *d)
 {
     const cfg_route_t *c = r->cfg;
-    char path[160];
+    char path[320];
     int ok = 1;
     if (c->path && c->path_kind == PATH_REGEX) {
-        snprintf(path, sizeof path, "routes[%u].spec.httpRoute.match.path.regex", r->index);
+        snprintf(path, sizeof path, "%s.match.path.regex", where);
         r->path_re = malloc(sizeof *r->path_re);
-        if (r->path_re && compile(r->path_re, c->path, rt->cfg->source, path, d) != 0) {
+        if (r->path_re && compile(r->path_re, c->path, source, path, d) != 0) {
             free(r->path_re);
             r->path_re = NULL;
         }
@@ -221,13 +220,23 @@ static int build_route(route_table_t *rt, registry_t *reg, route_t *r, diag_t *d
             ok = 0;
             break;
         }
-        snprintf(path, sizeof path, "routes[%u].spec.httpRoute.match.headers[%u].match.regex",
-                 r->index, h);
-        int good = compile(&r->header_re[h], c->headers[h].value, rt->cfg->source, path, d) == 0;
+        snprintf(path, sizeof path, "%s.match.headers[%u].match.regex", where, h);
+        int good = compile(&r->header_re[h], c->headers[h].value, source, path, d) == 0;
         if (good)
             r->header_has_re |= 1u << h;
         ok &= good;
     }
+    return ok ? 0 : -1;
+}
+
+/* r->clusters, stats and schedule point into the table's slabs, with room for the route's
+ * targets and its reduced schedule. */
+static int build_route(route_table_t *rt, registry_t *reg, route_t *r, diag_t *d)
+{
+    const cfg_route_t *c = r->cfg;
+    char where[64];
+    snprintf(where, sizeof where, "routes[%u].spec.httpRoute", r->index);
+    int ok = route_compile_match(r, rt->cfg->source, where, d) == 0;
     unsigned weights[MAX_TARGETS], reduced[MAX_TARGETS];
     for (unsigned t = 0; t < c->ntargets; t++) {
         r->clusters[t] = route_egress_cluster(rt, reg, c->targets[t].node, c->targets[t].port);
@@ -255,7 +264,7 @@ static size_t match_length(const cfg_route_t *c)
 
 /* Match order (SPEC §4): routes with a priority first, lowest value first; then the others,
  * longer match first; config order breaks ties. */
-static int route_order(const void *a, const void *b)
+int route_order(const void *a, const void *b)
 {
     const route_t *x = *(route_t *const *)a, *y = *(route_t *const *)b;
     long px = x->cfg->priority < 0 ? 100000 : x->cfg->priority;
@@ -379,6 +388,11 @@ route_table_t *route_table_build(config_t *cfg, const char *node_name, registry_
     }
     atomic_init(&rt->refs, 1);
     rt->cfg = cfg;
+    if (!strncmp(node_name, ROUTE_GATEWAY_PREFIX, strlen(ROUTE_GATEWAY_PREFIX)) &&
+        !(node_name = config_gateway_node(cfg, node_name + strlen(ROUTE_GATEWAY_PREFIX), d))) {
+        route_table_unref(rt);
+        return NULL;
+    }
     if (!config_node(cfg, node_name)) {
         diag_add(d, cfg->source, "node", "virtual node \"%s\" is not in the config", node_name);
         route_table_unref(rt);
@@ -403,6 +417,7 @@ route_table_t *route_table_build(config_t *cfg, const char *node_name, registry_
     if (build_routers(rt, reg, d) == 0 && build_backends(rt, reg) == 0) {
         route_build_tls(rt, reg, d);
         route_build_ports(rt, reg, d);
+        route_build_gateway(rt, d);
     }
     if (!rt->backends || !rt->ingress || d->n > before) {
         if (d->n == before)
@@ -419,20 +434,24 @@ route_table_t *route_table_ref(route_table_t *rt)
     return rt;
 }
 
+void route_free_route(route_t *r)
+{
+    if (r->path_re)
+        regfree(r->path_re);
+    free(r->path_re);
+    for (unsigned h = 0; h < 10; h++)
+        if (r->header_has_re & (1u << h))
+            regfree(&r->header_re[h]);
+    free(r->header_re);
+}
+
 void route_table_unref(route_table_t *rt)
 {
     if (!rt || atomic_fetch_sub_explicit(&rt->refs, 1, memory_order_acq_rel) != 1)
         return;
-    for (unsigned i = 0; i < rt->nroutes; i++) {
-        route_t *r = &rt->routes[i];
-        if (r->path_re)
-            regfree(r->path_re);
-        free(r->path_re);
-        for (unsigned h = 0; h < 10; h++)
-            if (r->header_has_re & (1u << h))
-                regfree(&r->header_re[h]);
-        free(r->header_re);
-    }
+    for (unsigned i = 0; i < rt->nroutes; i++)
+        route_free_route(&rt->routes[i]);
+    route_free_gateway(rt);
     free(rt->by_router);
     free(rt->cluster_slab);
     free(rt->stats_slab);
@@ -521,7 +540,7 @@ static int query_matches(const cfg_query_match_t *m, const route_request_t *req)
     return 0;
 }
 
-static int route_matches(const route_t *r, const route_request_t *req, uint16_t port)
+int route_match(const route_t *r, const route_request_t *req, uint16_t port)
 {
     const cfg_route_t *c = r->cfg;
     if (c->tcp || (c->port && c->port != port))
@@ -554,7 +573,7 @@ static int route_matches(const route_t *r, const route_request_t *req, uint16_t 
 
 /* ---- lookups ---- */
 
-static void no_target(route_result_t *out, int status, const char *reason)
+void route_no_target(route_result_t *out, int status, const char *reason)
 {
     out->cluster = NULL;
     out->status = status;
@@ -564,7 +583,7 @@ static void no_target(route_result_t *out, int status, const char *reason)
 void route_pick(route_t *r, const backend_t *b, route_result_t *out)
 {
     if (r->schedule_len == 0) {
-        no_target(out, 503, "every weighted target of the matching route has weight 0");
+        route_no_target(out, 503, "every weighted target of the matching route has weight 0");
         return;
     }
     unsigned k = atomic_fetch_add_explicit(&r->cursor, 1, memory_order_relaxed);
@@ -587,41 +606,60 @@ static void route_router(const backend_t *b, const route_request_t *req, route_r
         listens |= ro->cfg->ports[i] == port;
     if (!port || !listens) {
         if (port && ro->cfg->nports > 1) {
-            no_target(out, 404, "the virtual router has no listener on that port");
+            route_no_target(out, 404, "the virtual router has no listener on that port");
             return;
         }
         port = ro->cfg->ports[0]; /* one listener: it takes the request whatever the port */
     }
     for (unsigned i = 0; i < ro->nroutes; i++) {
-        if (route_matches(ro->routes[i], req, port)) {
+        if (route_match(ro->routes[i], req, port)) {
             route_pick(ro->routes[i], b, out);
             return;
         }
     }
-    no_target(out, 404, "no route matches the request");
+    route_no_target(out, 404, "no route matches the request");
 }
 
-void route_egress(route_table_t *rt, const route_request_t *req, route_result_t *out)
+void route_result_init(route_result_t *out)
 {
     memset(out, 0, sizeof *out);
     out->timeout_ms = ROUTE_DEFAULT_TIMEOUT_MS;
     out->idle_ms = ROUTE_DEFAULT_IDLE_MS;
-    size_t len = req->host_len;
-    if (len > 0 && req->host[len - 1] == '.') /* a fully qualified name matches too */
+}
+
+const backend_t *route_backend(const route_table_t *rt, const char *name, size_t len)
+{
+    if (len > 0 && name[len - 1] == '.') /* a fully qualified name matches too */
         len--;
     for (unsigned i = 0; i < rt->nbackends; i++) {
-        backend_t *b = &rt->backends[i];
-        if (strlen(b->svc->name) != len || strncasecmp(b->svc->name, req->host, len) != 0)
-            continue;
-        out->service = b->svc->name;
-        if (b->router) {
-            route_router(b, req, out);
-        } else if (b->cluster) {
-            out->cluster = b->cluster;
-            out->tls = b->tls;
-            out->retry = rt->default_retry; /* App Mesh gives node providers the default too */
-        } else
-            no_target(out, 503, "the virtual service has no provider");
+        const backend_t *b = &rt->backends[i];
+        if (strlen(b->svc->name) == len && strncasecmp(b->svc->name, name, len) == 0)
+            return b;
+    }
+    return NULL;
+}
+
+void route_to_backend(const route_table_t *rt, const backend_t *b, const route_request_t *req,
+                      route_result_t *out)
+{
+    out->service = b->svc->name;
+    if (b->router) {
+        route_router(b, req, out);
+    } else if (b->cluster) {
+        out->cluster = b->cluster;
+        out->tls = b->tls;
+        out->retry = rt->default_retry; /* App Mesh gives node providers the default too */
+    } else {
+        route_no_target(out, 503, "the virtual service has no provider");
+    }
+}
+
+void route_egress(route_table_t *rt, const route_request_t *req, route_result_t *out)
+{
+    route_result_init(out);
+    const backend_t *b = route_backend(rt, req->host, req->host_len);
+    if (b) {
+        route_to_backend(rt, b, req, out);
         return;
     }
     if (rt->passthrough) {
@@ -629,5 +667,5 @@ void route_egress(route_table_t *rt, const route_request_t *req, route_result_t 
         out->passthrough = 1;
         return;
     }
-    no_target(out, 404, NULL);
+    route_no_target(out, 404, NULL);
 }

@@ -105,6 +105,9 @@ typedef struct route_table route_table_t;
  * environment's REMORA_DEFAULT_RETRY_POLICY (0 or 1) wins over the document, and the policy
  * is on when neither says. */
 route_table_t *route_table_build(config_t *cfg, const char *node_name, registry_t *reg, diag_t *d);
+/* `node_name` ROUTE_GATEWAY_PREFIX "NAME": the table of virtual gateway NAME (its listeners as
+ * ingress, its gateway routes; config_gateway_node). */
+#define ROUTE_GATEWAY_PREFIX "virtualGateway/"
 route_table_t *route_table_ref(route_table_t *rt);
 void route_table_unref(route_table_t *rt);
 
@@ -144,6 +147,26 @@ void route_table_tls_files(const route_table_t *rt, void (*fn)(void *arg, const 
                            void *arg);
 /* Fills *out: a cluster to send to, or (cluster NULL) a status and reason to answer with. */
 void route_egress(route_table_t *rt, const route_request_t *req, route_result_t *out);
+
+/* A gateway route's rewrite of the request. The caller gives `target` room for `cap` bytes
+ * (the request's path and query plus ROUTE_REWRITE_SLACK); route_gateway writes the new
+ * path?query there. */
+#define ROUTE_REWRITE_SLACK 260
+typedef struct route_rewrite {
+    char *target;
+    size_t cap;
+    size_t target_len, path_len; /* of the rewritten target, and of its path */
+    const char *host;            /* the new Host (the target virtual service), or NULL: kept */
+    const char *route;           /* the gateway route's name */
+} route_rewrite_t;
+
+/* A request to the virtual gateway on its listener `port`: the first gateway route in match
+ * order that takes it (priority, then longer prefix, then document order) is applied: *rw
+ * says how the request changes, and *out is where it goes, routed as egress routes a request
+ * to the target virtual service, with the rewritten path and Host. Returns 0 when no gateway
+ * route matches (out says 404). `req.path` must be normalized (no query). */
+int route_gateway(route_table_t *rt, uint16_t port, const route_request_t *req, route_rewrite_t *rw,
+                  route_result_t *out);
 
 /* The weighted schedule (smooth weighted round-robin): for weights w, an order of
  * sum(w) picks in which target i appears exactly w[i] times, spread evenly. Returns the length

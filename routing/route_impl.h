@@ -78,9 +78,31 @@ struct route_table {
     /* App Mesh's default retry policy, for routes without a retryPolicy and for virtual node
      * providers; max_retries and events 0 when turned off. */
     retry_policy_t default_retry;
+    /* A virtual gateway's table (route_gateway.c): its routes in match order. */
+    struct gw_route *gw_routes;
+    unsigned ngw_routes;
 };
 
 uint64_t route_or_default(uint64_t v, uint64_t dflt);
+/* Regexes of a match (path, headers) compiled; `where` is its JSON path ("routes[3].spec.
+ * httpRoute") for diagnostics. */
+int route_compile_match(route_t *r, const char *source, const char *where, diag_t *d);
+/* Whether `r`'s match takes the request arriving on `port`. */
+int route_match(const route_t *r, const route_request_t *req, uint16_t port);
+/* Matching route order: priority, then longer match, then document order. */
+int route_order(const void *a, const void *b);
+/* Route to a backend (its provider): fills *out. */
+void route_to_backend(const route_table_t *rt, const backend_t *b, const route_request_t *req,
+                      route_result_t *out);
+/* The backend for a virtual service name (case-insensitive, n bytes), or NULL. */
+const backend_t *route_backend(const route_table_t *rt, const char *name, size_t n);
+void route_result_init(route_result_t *out);
+void route_no_target(route_result_t *out, int status, const char *reason);
+void route_free_route(route_t *r);
+
+/* route_gateway.c */
+void route_build_gateway(route_table_t *rt, diag_t *d);
+void route_free_gateway(route_table_t *rt);
 /* The cluster named `name`, made on first use (route.c). */
 cluster_t *route_registry_cluster(registry_t *reg, const char *name, const char *node,
                                   uint16_t port, int local);

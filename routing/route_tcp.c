@@ -19,7 +19,8 @@ static void build_listener(route_table_t *rt, registry_t *reg, const cfg_listene
              l ? l->protocol : "http", port);
     out->port = port;
     out->tcp = l && strcmp(l->protocol, "tcp") == 0;
-    out->r.cluster = route_registry_cluster(reg, name, NULL, port, 1);
+    if (!rt->cfg->serving_gateway) /* a gateway has no local app */
+        out->r.cluster = route_registry_cluster(reg, name, NULL, port, 1);
     out->r.timeout_ms = l && !out->tcp
                             ? route_or_default(l->per_request_ms, ROUTE_DEFAULT_TIMEOUT_MS)
                             : (out->tcp ? 0 : ROUTE_DEFAULT_TIMEOUT_MS);
@@ -33,23 +34,29 @@ static void build_listener(route_table_t *rt, registry_t *reg, const cfg_listene
         out->r.status = 503;
         out->r.reason = "no local app listener";
     }
+    if (rt->cfg->serving_gateway && l)
+        out->r.timeout_ms = ROUTE_DEFAULT_TIMEOUT_MS; /* a route's, once one is chosen */
     if (l && l->tls.mode != TLS_DISABLED) {
         out->tls_mode = l->tls.mode;
         out->tls = route_hold_tls(rt, tls_server_ctx(&reg->tls, &l->tls, rt->cfg->source, d));
     }
 }
 
+/* A sidecar's node listeners, or a gateway's listeners (their TLS and connection pools; the
+ * gateway's routes decide where requests go). */
 void route_build_ingress(route_table_t *rt, registry_t *reg, diag_t *d)
 {
-    const cfg_node_t *node = rt->node;
-    rt->ningress = node->nlisteners ? node->nlisteners : 1;
+    const cfg_gateway_t *g = rt->cfg->serving_gateway;
+    const cfg_listener_t *ls = g ? g->listeners : rt->node->listeners;
+    unsigned n = g ? g->nlisteners : rt->node->nlisteners;
+    rt->ningress = n ? n : 1;
     rt->ingress = calloc(rt->ningress, sizeof *rt->ingress);
     if (!rt->ingress) {
         rt->ningress = 0;
         return;
     }
     for (unsigned i = 0; i < rt->ningress; i++)
-        build_listener(rt, reg, node->nlisteners ? &node->listeners[i] : NULL, &rt->ingress[i], d);
+        build_listener(rt, reg, n ? &ls[i] : NULL, &rt->ingress[i], d);
 }
 
 const route_listener_t *route_ingress(const route_table_t *rt, uint16_t port)

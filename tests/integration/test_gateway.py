@@ -1,0 +1,289 @@
+"""remora as the mesh's virtual gateway (issue 16): the gateway's listener, gateway routes in
+front of two services (cart with a 90/10 canary, catalog), every match and rewrite rule with
+App Mesh's defaults, priority order, TLS termination, a reload under load, and configs refused
+with their JSON path. Real upstreams (upstream.py echoes the target and headers it got) and the
+real binary; requests are raw HTTP/1.1 so that Host and paths are exactly what a client sends."""
+import copy
+import http.client
+import json
+import ssl
+import subprocess
+import threading
+
+import pytest
+
+from certs import CA
+from conftest import REMORA, free_port, wait_until
+from rawhttp import Conn, request
+
+CART, CATALOG = "cart.shop.local", "catalog.shop.local"
+
+
+def mesh(ports, gw_port, routes, listener=None, gateway_extra=None):
+    """cart.shop.local -> router cart (90 cart-v1 / 10 cart-v2), catalog.shop.local -> node
+    catalog; the gateway `edge` on gw_port with `routes` (gateway route specs by name)."""
+    node = lambda name: {"virtualNodeName": name, "spec": {
+        "listeners": [{"portMapping": {"port": ports[name], "protocol": "http"}}],
+        "serviceDiscovery": {"dns": {"hostname": "127.0.0.1"}}}}
+    gw = {"virtualGatewayName": "edge", "spec": {
+        "listeners": [listener or {"portMapping": {"port": gw_port, "protocol": "http"}}]}}
+    gw["spec"].update(gateway_extra or {})
+    return {
+        "mesh": {"meshName": "shop"},
+        "virtualNodes": [node("cart-v1"), node("cart-v2"), node("catalog")],
+        "virtualServices": [
+            {"virtualServiceName": CART, "spec": {"provider": {"virtualRouter": {"virtualRouterName": "cart"}}}},
+            {"virtualServiceName": CATALOG, "spec": {"provider": {"virtualNode": {"virtualNodeName": "catalog"}}}}],
+        "virtualRouters": [{"virtualRouterName": "cart", "spec": {
+            "listeners": [{"portMapping": {"port": 80, "protocol": "http"}}]}}],
+        "routes": [{"virtualRouterName": "cart", "routeName": "canary", "spec": {"httpRoute": {
+            "match": {"prefix": "/"},
+            "action": {"weightedTargets": [{"virtualNode": "cart-v1", "weight": 90},
+                                           {"virtualNode": "cart-v2", "weight": 10}]}}}}],
+        "virtualGateways": [gw],
+        "gatewayRoutes": [{"virtualGatewayName": "edge", "gatewayRouteName": name, "spec": spec}
+                          for name, spec in routes.items()],
+        "proxy": {"gateway": "edge"},
+    }
+
+
+def http_route(match, service=CART, rewrite=None, priority=None):
+    action = {"target": {"virtualService": {"virtualServiceName": service}}}
+    if rewrite:
+        action["rewrite"] = rewrite
+    spec = {"httpRoute": {"match": match, "action": action}}
+    if priority is not None:
+        spec["priority"] = priority
+    return spec
+
+
+class Gateway:
+    def __init__(self, upstream, remora):
+        self.ups = {n: upstream(n) for n in ("cart-v1", "cart-v2", "catalog")}
+        self.ports = {n: u.port for n, u in self.ups.items()}
+        self.port = free_port()
+        self.remora = remora
+
+    def start(self, routes, **kw):
+        self.cfg = mesh(self.ports, self.port, routes, **kw)
+        self.r = self.remora(self.cfg)
+        return self.r
+
+    def send(self, path, host="shop.example.com", headers=(), method="GET", conn=None):
+        c = conn or Conn(self.port)
+        c.send(request(method, path, host=host, headers=headers))
+        resp = c.read_response()
+        body = json.loads(resp.body) if resp.status == 200 else None
+        return resp, body
+
+
+def seen_host(body):
+    return next(v for k, v in body["headers"] if k.lower() == "host")
+
+
+@pytest.fixture
+def gw(upstream, remora):
+    return Gateway(upstream, remora)
+
+
+def test_prefix_routes_to_the_service_with_app_meshs_default_rewrites(gw):
+    gw.start({"cart": http_route({"prefix": "/cart"}),
+              "catalog": http_route({"prefix": "/catalog/"}, service=CATALOG)})
+    resp, body = gw.send("/catalog/items?page=2")
+    assert resp.status == 200 and body["server"] == "catalog"
+    assert body["target"] == "/items?page=2"          # the matched prefix becomes "/"
+    assert seen_host(body) == CATALOG                   # Host: the target virtual service
+    resp, body = gw.send("/cart")
+    assert body["server"].startswith("cart-") and body["target"] == "/"
+    resp, body = gw.send("/cart/checkout")
+    assert body["target"] == "/checkout"                # no "//"
+    resp, _ = gw.send("/cartoon")  # a prefix matches whole segments only? App Mesh: plain prefix
+    assert resp.status == 200
+
+
+def test_prefix_rewrite_disabled_and_value(gw):
+    gw.start({"keep": http_route({"prefix": "/red/"}, rewrite={"prefix": {"defaultPrefix": "DISABLED"}}),
+              "swap": http_route({"prefix": "/maroon/"}, rewrite={"prefix": {"value": "/red/"}})})
+    _, body = gw.send("/red/tell")
+    assert body["target"] == "/red/tell"
+    _, body = gw.send("/maroon/tell")
+    assert body["target"] == "/red/tell"
+
+
+def test_exact_and_regex_paths_with_a_path_rewrite(gw):
+    gw.start({"exact": http_route({"path": {"exact": "/old"}}, rewrite={"path": {"exact": "/new"}}),
+              "regex": http_route({"path": {"regex": "/items/[0-9]+"}}, service=CATALOG)})
+    _, body = gw.send("/old")
+    assert body["target"] == "/new"
+    resp, _ = gw.send("/old/more")
+    assert resp.status == 404                           # exact means exact
+    _, body = gw.send("/items/42")
+    assert body["server"] == "catalog" and body["target"] == "/items/42"  # no default rewrite
+    resp, _ = gw.send("/items/4x")
+    assert resp.status == 404
+
+
+def test_hostname_matches_and_the_hostname_rewrite(gw):
+    gw.start({"exact": http_route({"prefix": "/", "hostname": {"exact": "cart.example.com"}}),
+              "suffix": http_route({"prefix": "/", "hostname": {"suffix": ".catalog.example.com"}},
+                                   service=CATALOG,
+                                   rewrite={"hostname": {"defaultTargetHostname": "DISABLED"}})})
+    _, body = gw.send("/x", host="cart.example.com:8443")   # the port is not part of the name
+    assert body["server"].startswith("cart-") and seen_host(body) == CART
+    _, body = gw.send("/x", host="eu.catalog.example.com")
+    assert body["server"] == "catalog"
+    assert seen_host(body) == "eu.catalog.example.com"     # DISABLED keeps the client's Host
+    resp, body = gw.send("/x", host="other.example.com")
+    assert resp.status == 404
+    assert b"other.example.com" in resp.body and b"/x" in resp.body
+
+
+def test_priority_first_then_the_longest_prefix(gw):
+    gw.start({"broad": http_route({"prefix": "/"}, service=CATALOG),
+              "narrow": http_route({"prefix": "/cart"}),
+              "first": http_route({"prefix": "/cart/special"}, service=CATALOG, priority=0),
+              "second": http_route({"prefix": "/cart/special"}, priority=5)})
+    assert gw.send("/cart/x")[1]["server"].startswith("cart-")    # longer prefix than "/"
+    assert gw.send("/elsewhere")[1]["server"] == "catalog"
+    assert gw.send("/cart/special/1")[1]["server"] == "catalog"  # priority 0 before 5
+
+
+def test_header_query_and_method_matches(gw):
+    gw.start({"beta": http_route({"prefix": "/", "headers": [
+                  {"name": "x-canary", "match": {"exact": "yes"}},
+                  {"name": "x-debug", "invert": True, "match": {"prefix": "1"}}],
+                  "queryParameters": [{"name": "beta"}]}, service=CATALOG, priority=1),
+              "post": http_route({"prefix": "/", "method": "POST"}, service=CATALOG, priority=2),
+              "rest": http_route({"prefix": "/"}, priority=3)})
+    assert gw.send("/a?beta", headers=[("X-Canary", "yes")])[1]["server"] == "catalog"
+    assert gw.send("/a?beta=1", headers=[("X-Canary", "yes"), ("X-Debug", "0")])[1]["server"] == "catalog"
+    assert gw.send("/a?beta", headers=[("X-Canary", "yes"), ("X-Debug", "12")])[1]["server"].startswith("cart-")
+    assert gw.send("/a", headers=[("X-Canary", "yes")])[1]["server"].startswith("cart-")
+    assert gw.send("/a", method="POST")[1]["server"] == "catalog"
+
+
+def test_the_target_service_keeps_its_canary_split(gw):
+    gw.start({"cart": http_route({"prefix": "/"})})
+    counts, c = {}, Conn(gw.port)
+    for _ in range(100):
+        _, body = gw.send("/", conn=c)
+        counts[body["server"]] = counts.get(body["server"], 0) + 1
+    assert counts == {"cart-v1": 90, "cart-v2": 10}
+    stats = gw.r.stats()
+    assert stats["cluster.cds_egress_shop_cart-v1_http_%d.upstream_rq_total" % gw.ports["cart-v1"]] == 90
+
+
+def test_tls_is_terminated_at_the_gateway(gw, tmp_path):
+    ca = CA(str(tmp_path / "ca"), "gateway CA")
+    leaf = ca.issue(str(tmp_path / "leaves"), "edge", [("DNS", "shop.example.com")])
+    listener = {"portMapping": {"port": gw.port, "protocol": "http"},
+                "tls": {"mode": "STRICT", "certificate": {"file": {
+                    "certificateChain": leaf.cert, "privateKey": leaf.key}}}}
+    gw.start({"cart": http_route({"prefix": "/"})}, listener=listener)
+    ctx = ssl.create_default_context(cafile=ca.cert)
+    ctx.check_hostname = False  # the certificate names shop.example.com, we dial 127.0.0.1
+    h = http.client.HTTPSConnection("127.0.0.1", gw.port, context=ctx, timeout=5)
+    h.request("GET", "/over-tls", headers={"Host": "shop.example.com"})
+    r = h.getresponse()
+    body = json.loads(r.read())
+    assert r.status == 200 and body["target"] == "/over-tls"
+    assert ("X-Forwarded-Proto", "https") in [tuple(x) for x in body["headers"]]
+    with pytest.raises((EOFError, ConnectionError)):  # plaintext to STRICT: no HTTP answer
+        gw.send("/")
+
+
+def test_a_reload_of_gateway_routes_under_load_fails_no_request(gw):
+    r = gw.start({"cart": http_route({"prefix": "/"})})
+    failures, stop = [], threading.Event()
+    served = {"n": 0}
+
+    def load():
+        c = Conn(gw.port)
+        while not stop.is_set():
+            try:
+                resp, _ = gw.send("/shop", conn=c)
+                served["n"] += 1
+                if resp.status != 200:
+                    failures.append(resp.status)
+            except Exception as e:  # a connection reset is a failed request too
+                failures.append(repr(e))
+                c = Conn(gw.port)
+
+    t = threading.Thread(target=load)
+    t.start()
+    before = r.stats().get("remora.config.reload_ok", 0)
+    try:
+        for i in range(6):
+            cfg = copy.deepcopy(gw.cfg)
+            service = CATALOG if i % 2 == 0 else CART
+            cfg["gatewayRoutes"][0]["spec"] = http_route({"prefix": "/"}, service=service)
+            with open(r.config_path, "w") as f:
+                json.dump(cfg, f)
+            wait_until(lambda: r.stats().get("remora.config.reload_ok", 0) >= before + i + 1,
+                       timeout=10, what=f"reload {i + 1}")
+            want = "catalog" if service == CATALOG else "cart-"
+            wait_until(lambda: gw.send("/probe")[1]["server"].startswith(want), timeout=5,
+                       what=f"reload {i + 1} in force")
+    finally:
+        stop.set()
+        t.join()
+    assert served["n"] > 50 and failures == []
+
+
+def check(tmp_path, cfg):
+    path = tmp_path / "gw.json"
+    path.write_text(json.dumps(cfg))
+    p = subprocess.run([REMORA, "check", "--config", str(path)], capture_output=True, text=True,
+                       timeout=30)
+    return p.returncode, p.stdout + p.stderr
+
+
+def test_check_refuses_a_route_to_an_unknown_service_with_its_path(tmp_path):
+    cfg = mesh({"cart-v1": 1, "cart-v2": 2, "catalog": 3}, 9080,
+               {"bad": http_route({"prefix": "/"}, service="nowhere.shop.local")})
+    code, out = check(tmp_path, cfg)
+    assert code == 1
+    assert "gatewayRoutes[0].spec.httpRoute.action.target.virtualService.virtualServiceName" in out
+    assert "nowhere.shop.local" in out
+
+
+@pytest.mark.parametrize("spec,where", [
+    ({"httpRoute": {"match": {"prefix": "cart"}, "action": {"target": {"virtualService": {"virtualServiceName": CART}}}}},
+     "gatewayRoutes[0].spec.httpRoute.match.prefix"),
+    ({"httpRoute": {"match": {"prefix": "/aws-appmesh/x"}, "action": {"target": {"virtualService": {"virtualServiceName": CART}}}}},
+     "gatewayRoutes[0].spec.httpRoute.match.prefix"),
+    ({"httpRoute": {"match": {"path": {"exact": "/a"}}, "action": {"target": {"virtualService": {"virtualServiceName": CART}},
+                                                                   "rewrite": {"prefix": {"value": "/b/"}}}}},
+     "gatewayRoutes[0].spec.httpRoute.action.rewrite.prefix"),
+    ({"httpRoute": {"match": {"prefix": "/"}, "action": {"target": {"virtualService": {"virtualServiceName": CART}}}},
+      "priority": 1001}, "gatewayRoutes[0].spec.priority"),
+    ({"grpcRoute": {"match": {"serviceName": "shop.Cart"}, "action": {"target": {"virtualService": {"virtualServiceName": CART}}}}},
+     "gatewayRoutes[0].spec.grpcRoute"),
+])
+def test_check_refuses_invalid_gateway_routes(tmp_path, spec, where):
+    cfg = mesh({"cart-v1": 1, "cart-v2": 2, "catalog": 3}, 9080, {})
+    cfg["gatewayRoutes"] = [{"virtualGatewayName": "edge", "gatewayRouteName": "r", "spec": spec}]
+    code, out = check(tmp_path, cfg)
+    assert code == 1 and where in out, out
+
+
+def test_check_summarises_the_gateway(tmp_path):
+    cfg = mesh({"cart-v1": 1, "cart-v2": 2, "catalog": 3}, 9080,
+               {"cart": http_route({"prefix": "/cart"}),
+                "catalog": http_route({"prefix": "/", "hostname": {"suffix": ".example.com"}},
+                                      service=CATALOG, priority=3)})
+    code, out = check(tmp_path, cfg)
+    assert code == 0, out
+    assert "gateway edge" in out and ":9080" in out
+    assert "/cart" in out and CART in out and CATALOG in out and ".example.com" in out
+
+
+def test_the_gateway_is_chosen_by_its_app_mesh_arn(gw, upstream, remora):
+    cfg = mesh(gw.ports, gw.port, {"cart": http_route({"prefix": "/"})})
+    del cfg["proxy"]
+    r = remora(cfg, env={"APPMESH_RESOURCE_ARN":
+                         "arn:aws:appmesh:us-east-1:111122223333:mesh/shop/virtualGateway/edge"})
+    _, body = gw.send("/hello")
+    assert body["server"].startswith("cart-")
+    status, text = r.admin("/server_info")
+    assert status == 200 and '"LIVE"' in text
