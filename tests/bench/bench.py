@@ -1561,6 +1561,8 @@ def main():
         scale_section(b, rounds)
         import bench_cloudmap  # here: it imports this file for its helpers
         bench_cloudmap.discovery_section(b, rounds, secs)
+        import bench_gateway
+        bench_gateway.gateway_section(b, rounds, secs)
         n1, n2 = (500, 1000) if args.smoke else (2000, 6000)
         ins = {}
         rp, rargv, renv = b.remora(1)
