@@ -30,7 +30,11 @@ static void parse_gateway(jctx_t *j, const cJSON *o, const char *path, cfg_gatew
         jpath_index(q, p, "listeners", (int)i);
         cfg_parse_listener(j, cJSON_GetArrayItem(ls, (int)i), q, &g->listeners[i], 1);
     }
-    config_parse_client_policy(j, spec, p, &g->default_tls);
+    static const char *const defaults_fields[] = {"clientPolicy", NULL};
+    const cJSON *defaults = j_object(j, spec, p, "backendDefaults", J_OPTIONAL);
+    jpath(q, p, "backendDefaults");
+    j_only(j, defaults, q, defaults_fields);
+    config_parse_client_policy(j, defaults, q, &g->default_tls);
     const cJSON *lg = j_object(j, spec, p, "logging", J_OPTIONAL);
     jpath(q, p, "logging");
     if (lg)

@@ -45,6 +45,10 @@ struct exchange {
     struct exchange *next_free;
     const char *target; /* normalized path plus ?query, sent upstream */
     size_t target_len;
+    /* What the client asked for, when a gateway route rewrote `target` (else NULL): the trace
+     * shows the client's URL. */
+    const char *client_target;
+    size_t client_target_len, client_path_len;
     size_t path_len;       /* of target, without the query */
     const char *authority; /* absolute-form authority, or NULL */
     size_t authority_len;

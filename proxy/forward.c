@@ -460,6 +460,9 @@ static int gateway_route(exchange_t *ex, const route_request_t *rr)
         local_reply(ex, 404, body);
         return -1;
     }
+    ex->client_target = ex->target;
+    ex->client_target_len = ex->target_len;
+    ex->client_path_len = ex->path_len;
     ex->target = rw.target;
     ex->target_len = rw.target_len;
     ex->path_len = rw.path_len;
@@ -941,6 +944,9 @@ void fwd_finish(exchange_t *ex)
     if (!ex->trace)
         return;
     const head_t *h = ex->req;
+    const char *url = ex->client_target ? ex->client_target : ex->target;
+    size_t url_len = ex->client_target ? ex->client_target_len : ex->target_len;
+    size_t url_path_len = ex->client_target ? ex->client_path_len : ex->path_len;
     int i = head_find_id(h, F_HOST, 0), ua = head_find_id(h, F_USER_AGENT, 0);
     int xff = head_find_id(h, F_X_FORWARDED_FOR, 0);
     size_t ip_len = 0;
@@ -955,10 +961,10 @@ void fwd_finish(exchange_t *ex)
         .method = http_method_name(h->method),
         .host = i >= 0 ? field_value(h, (unsigned)i) : "",
         .host_len = i >= 0 ? h->fields[i].value_len : 0,
-        .path = ex->target ? ex->target : "",
-        .path_len = ex->target ? ex->path_len : 0,
-        .query = ex->target && ex->target_len > ex->path_len ? ex->target + ex->path_len + 1 : NULL,
-        .query_len = ex->target_len > ex->path_len ? ex->target_len - ex->path_len - 1 : 0,
+        .path = url ? url : "",
+        .path_len = url ? url_path_len : 0,
+        .query = url && url_len > url_path_len ? url + url_path_len + 1 : NULL,
+        .query_len = url_len > url_path_len ? url_len - url_path_len - 1 : 0,
         .user_agent = ua >= 0 ? field_value(h, (unsigned)ua) : NULL,
         .user_agent_len = ua >= 0 ? h->fields[ua].value_len : 0,
         .client_ip = xff >= 0 && ip_len ? ip : ex->peer,

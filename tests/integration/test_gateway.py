@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from certs import CA
-from conftest import REMORA, free_port, wait_until
+from conftest import REMORA, free_port, port_open, wait_until
 from rawhttp import Conn, request
 
 CART, CATALOG = "cart.shop.local", "catalog.shop.local"
@@ -287,3 +287,69 @@ def test_the_gateway_is_chosen_by_its_app_mesh_arn(gw, upstream, remora):
     assert body["server"].startswith("cart-")
     status, text = r.admin("/server_info")
     assert status == 200 and '"LIVE"' in text
+
+
+def test_the_gateways_log_and_its_trace_segment(gw, tmp_path):
+    """logging.accessLog as a node's (here JSON); the gateway is the trace's first segment,
+    named MESH/GATEWAY, and the request goes upstream with a trace header under it."""
+    from test_tracing import Collector
+    col = Collector()
+    try:
+        log = tmp_path / "gw.log"
+        cfg = mesh(gw.ports, gw.port, {"cart": http_route({"prefix": "/cart"})},
+                   gateway_extra={"logging": {"accessLog": {"file": {"path": str(log), "format": {
+                       "json": [{"key": "path", "value": "%REQ(:PATH)%"},
+                                {"key": "code", "value": "%RESPONSE_CODE%"},
+                                {"key": "host", "value": "%REQ(:AUTHORITY)%"}]}}}}})
+        gw.cfg = cfg
+        gw.r = gw.remora(cfg, env={"ENABLE_ENVOY_XRAY_TRACING": "1", "XRAY_SAMPLING_RATE": "1",
+                                   "XRAY_DAEMON_PORT": str(col.port)})
+        _, body = gw.send("/cart/a")
+        resp, _ = gw.send("/nothing")
+        assert resp.status == 404
+        wait_until(lambda: len(log.read_text().splitlines()) >= 2, timeout=5, what="two log lines")
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+        # :PATH is the path sent upstream (Envoy logs the rewritten one too)
+        assert [(x["path"], x["code"]) for x in lines] == [("/a", 200), ("/nothing", 404)]
+        wait_until(lambda: any(d.get("name") == "shop/edge" for d in col.documents()), timeout=5,
+                   what="the gateway's segment")
+        seg = next(d for d in col.documents() if d.get("name") == "shop/edge")
+        assert "parent_id" not in seg and seg["http"]["request"]["url"].endswith("/cart/a")
+        trace = next(v for k, v in body["headers"] if k.lower() == "x-amzn-trace-id")
+        assert f"Root={seg['trace_id']}" in trace and f"Parent={seg['id']}" in trace
+    finally:
+        col.stop()
+
+
+def test_tls_to_the_mesh_from_backend_defaults(gw, remora, tmp_path):
+    """backendDefaults.clientPolicy.tls: the gateway verifies the target's certificate against
+    the trust it names, as a sidecar does. The target is `openssl s_server -www` standing in
+    for a sidecar's STRICT listener; a certificate from another CA is refused with 503."""
+    ca, other = CA(str(tmp_path / "ca"), "mesh CA"), CA(str(tmp_path / "ca2"), "other CA")
+    good = ca.issue(str(tmp_path / "l"), "cat", [("DNS", "catalog.apps.local")])
+    bad = other.issue(str(tmp_path / "l2"), "cat2", [("DNS", "catalog.apps.local")])
+    for cert, want in ((good, 200), (bad, 503)):
+        port = free_port()
+        srv = subprocess.Popen(["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert",
+                                cert.cert, "-key", cert.key, "-www", "-quiet"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: port_open(port), what="openssl s_server")
+            ports = dict(gw.ports, catalog=port)
+            gw.port = free_port()
+            cfg = mesh(ports, gw.port, {"catalog": http_route({"prefix": "/"}, service=CATALOG)},
+                       gateway_extra={"backendDefaults": {"clientPolicy": {"tls": {
+                           "validation": {"trust": {"file": {"certificateChain": ca.cert}},
+                                          "subjectAlternativeNames": {"match": {
+                                              "exact": ["catalog.apps.local"]}}}}}}})
+            remora(cfg)
+            c = Conn(gw.port)
+            c.send(request("GET", "/x", host="shop.example.com"))
+            r = c.read_response()
+            assert r.status == want, (want, r.status, r.body)
+            if want == 200:
+                assert b"s_server" in r.body  # the page openssl s_server -www answers with
+        finally:
+            srv.terminate()
+            srv.wait(5)
