@@ -303,6 +303,23 @@ void cfg_parse_logging(jctx_t *j, const cJSON *o, const char *path, cfg_access_l
     }
 }
 
+cfg_listener_t *cfg_parse_listeners(jctx_t *j, const cJSON *spec, const char *path, int gateway,
+                                    unsigned *n)
+{
+    char p[JPATH_MAX];
+    const cJSON *ls =
+        j_array(j, spec, path, "listeners", gateway ? J_REQUIRED : J_OPTIONAL, gateway ? 1 : 0, 50);
+    *n = (unsigned)cJSON_GetArraySize(ls);
+    cfg_listener_t *out = calloc(*n ? *n : 1, sizeof *out);
+    if (!out)
+        *n = 0;
+    for (unsigned i = 0; i < *n; i++) {
+        jpath_index(p, path, "listeners", (int)i);
+        cfg_parse_listener(j, cJSON_GetArrayItem(ls, (int)i), p, &out[i], gateway);
+    }
+    return out;
+}
+
 static void parse_node(jctx_t *j, const cJSON *o, const char *path, void *out)
 {
     static const char *const fields[] = {"listeners",       "serviceDiscovery", "backends",
@@ -313,13 +330,7 @@ static void parse_node(jctx_t *j, const cJSON *o, const char *path, void *out)
     const cJSON *spec = j_object(j, o, path, "spec", J_REQUIRED);
     jpath(p, path, "spec");
     j_only(j, spec, p, fields);
-    const cJSON *ls = j_array(j, spec, p, "listeners", J_OPTIONAL, 0, 50);
-    n->nlisteners = (unsigned)cJSON_GetArraySize(ls);
-    n->listeners = calloc(n->nlisteners ? n->nlisteners : 1, sizeof *n->listeners);
-    for (unsigned i = 0; i < n->nlisteners; i++) {
-        jpath_index(q, p, "listeners", (int)i);
-        cfg_parse_listener(j, cJSON_GetArrayItem(ls, (int)i), q, &n->listeners[i], 0);
-    }
+    n->listeners = cfg_parse_listeners(j, spec, p, 0, &n->nlisteners);
     const cJSON *sd = j_object(j, spec, p, "serviceDiscovery", J_OPTIONAL);
     jpath(q, p, "serviceDiscovery");
     if (sd)

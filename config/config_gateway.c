@@ -23,13 +23,7 @@ static void parse_gateway(jctx_t *j, const cJSON *o, const char *path, cfg_gatew
     const cJSON *spec = j_object(j, o, path, "spec", J_REQUIRED);
     jpath(p, path, "spec");
     j_only(j, spec, p, fields);
-    const cJSON *ls = j_array(j, spec, p, "listeners", J_REQUIRED, 1, 50);
-    g->nlisteners = (unsigned)cJSON_GetArraySize(ls);
-    g->listeners = calloc(g->nlisteners ? g->nlisteners : 1, sizeof *g->listeners);
-    for (unsigned i = 0; g->listeners && i < g->nlisteners; i++) {
-        jpath_index(q, p, "listeners", (int)i);
-        cfg_parse_listener(j, cJSON_GetArrayItem(ls, (int)i), q, &g->listeners[i], 1);
-    }
+    g->listeners = cfg_parse_listeners(j, spec, p, 1, &g->nlisteners);
     static const char *const defaults_fields[] = {"clientPolicy", NULL};
     const cJSON *defaults = j_object(j, spec, p, "backendDefaults", J_OPTIONAL);
     jpath(q, p, "backendDefaults");

@@ -13,6 +13,9 @@
  * matchers, logging. */
 void cfg_parse_listener(jctx_t *j, const cJSON *o, const char *path, cfg_listener_t *l,
                         int gateway);
+/* spec.listeners parsed into a new array (a gateway's: 1..50 required; a node's: 0..50). */
+cfg_listener_t *cfg_parse_listeners(jctx_t *j, const cJSON *spec, const char *path, int gateway,
+                                    unsigned *n);
 void cfg_parse_match(jctx_t *j, const cJSON *o, const char *path, cfg_route_t *r, int gateway);
 void cfg_parse_header_list(jctx_t *j, const cJSON *o, const char *path, const char *key,
                            cfg_route_t *r);

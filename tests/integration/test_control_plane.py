@@ -17,32 +17,14 @@ import pytest
 from certs import CA
 from conftest import REMORA, free_port, free_ports, port_open, wait_until
 from rawhttp import Conn, request
+from test_config_url import mesh_doc as config_url_mesh
 
 PY311 = "/root/.pyenv/shims/python3"
 
 
 def mesh_doc(ports, weights):
-    """web -> cart.shop.local -> router cart -> cart-v1 / cart-v2 with `weights`."""
-    nodes = [{"virtualNodeName": "web", "spec": {
-        "listeners": [{"portMapping": {"port": 1, "protocol": "http"}}],
-        "backends": [{"virtualService": {"virtualServiceName": "cart.shop.local"}}]}}]
-    for name, port in ports.items():
-        nodes.append({"virtualNodeName": name, "spec": {
-            "listeners": [{"portMapping": {"port": port, "protocol": "http"}}],
-            "serviceDiscovery": {"dns": {"hostname": "127.0.0.1"}}}})
-    return json.dumps({
-        "mesh": {"meshName": "shop"},
-        "virtualNodes": nodes,
-        "virtualServices": [{"virtualServiceName": "cart.shop.local", "spec": {
-            "provider": {"virtualRouter": {"virtualRouterName": "cart"}}}}],
-        "virtualRouters": [{"virtualRouterName": "cart", "spec": {
-            "listeners": [{"portMapping": {"port": 80, "protocol": "http"}}]}}],
-        "routes": [{"virtualRouterName": "cart", "routeName": "split", "spec": {"httpRoute": {
-            "match": {"prefix": "/"},
-            "action": {"weightedTargets": [{"virtualNode": n, "weight": w}
-                                           for n, w in zip(ports, weights)]}}}}],
-        "proxy": {"node": "web"},
-    }).encode()
+    """test_config_url's two-version mesh, as the bytes a server sends."""
+    return json.dumps(config_url_mesh(ports, weights)).encode()
 
 
 class DocServer:
