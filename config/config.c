@@ -2,7 +2,6 @@
 
 #include <errno.h>
 #include <limits.h>
-#include <openssl/sha.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -848,12 +847,6 @@ static unsigned parse_list(jctx_t *j, const cJSON *root, const char *key, size_t
     return n;
 }
 
-/* About 2 ms for App Mesh's largest documents (3 MB). */
-void config_digest(const char *doc, size_t len, unsigned char out[CONFIG_DIGEST_LEN])
-{
-    SHA256((const unsigned char *)doc, len, out);
-}
-
 config_t *config_parse(const char *json, size_t len, const char *source, diag_t *d)
 {
     static const char *const top[] = {"mesh",           "virtualNodes", "virtualServices",
@@ -865,8 +858,6 @@ config_t *config_parse(const char *json, size_t len, const char *source, diag_t 
     c->source = strdup(source);
     c->raw = strndup(json, len);
     c->raw_len = c->raw ? strlen(c->raw) : 0;
-    c->doc_len = len;
-    config_digest(json, len, c->doc_digest);
     jctx_t j = {.d = d, .source = source};
     size_t before = d->n;
     cJSON *root = cJSON_ParseWithLength(json, len);

@@ -26,8 +26,7 @@ enum port_protocol { PROTO_HTTP, PROTO_TCP, PROTO_HTTP2, PROTO_GRPC };
 /* A route's kind: the spec member it was given as. */
 enum route_kind { ROUTE_HTTP, ROUTE_HTTP2, ROUTE_GRPC, ROUTE_TCP };
 
-#define DURATION_UNSET    UINT64_MAX
-#define CONFIG_DIGEST_LEN 32
+#define DURATION_UNSET UINT64_MAX
 
 /* App Mesh's HTTP retry events, as a bit set. */
 #define RETRY_SERVER_ERROR     (1u << 0) /* 500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511 */
@@ -289,10 +288,6 @@ typedef struct config {
      * `backends`); itself a valid document that parses and prunes to the same config. */
     char *raw;
     size_t raw_len;
-    /* The document as given, by length and config_digest(), whatever was cut from `raw`: how a
-     * poller tells a document it fetched is the one in force without keeping its text. */
-    size_t doc_len;
-    unsigned char doc_digest[CONFIG_DIGEST_LEN];
     char *mesh_name;
     enum egress_filter egress_filter;
     enum ip_preference ip_preference; /* mesh.spec.serviceDiscovery.ipPreference */
@@ -319,8 +314,6 @@ typedef struct config {
     struct config_index *index;
 } config_t;
 
-/* The SHA-256 of a document's bytes: "the same text" without keeping the text. */
-void config_digest(const char *doc, size_t len, unsigned char out[CONFIG_DIGEST_LEN]);
 /* Parse and validate a JSON document. Returns a config, or NULL with every problem in `d`. */
 config_t *config_parse(const char *json, size_t len, const char *source, diag_t *d);
 /* Read, parse and validate a file. */

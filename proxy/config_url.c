@@ -1,5 +1,6 @@
 #include "proxy/config_url.h"
 
+#include <openssl/sha.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -146,21 +147,36 @@ static void schedule(config_url_t *u, int failed)
     uv_timer_start(&u->timer, on_timer, jittered(u, ms), 0);
 }
 
-static void keep_validators(const http_response_t *r, config_url_validators_t *v)
+static void digest(const http_response_t *r, unsigned char out[32])
+{
+    SHA256((const unsigned char *)(r->body ? r->body : ""), r->body_len, out);
+}
+
+/* The validators of the response; its digest too when its body is what is now in force. */
+static void keep_validators(const http_response_t *r, config_url_validators_t *v, int applied)
 {
     keep_field(r, "etag", v->etag);
     keep_field(r, "last-modified", v->last_modified);
     keep_field(r, "configuration-version", v->version);
+    if (applied) {
+        digest(r, v->digest);
+        v->has_digest = 1;
+    }
 }
 
 static enum config_url_result take_document(config_url_t *u, const http_response_t *r)
 {
     const char *version = http_field(r, "configuration-version");
-    enum config_url_result res = version && !strcmp(version, u->seen.version)
-                                     ? CONFIG_URL_NOT_MODIFIED
-                                     : u->apply(u->arg, r->body ? r->body : "", r->body_len);
+    unsigned char d[32];
+    digest(r, d);
+    enum config_url_result res;
+    if ((version && !strcmp(version, u->seen.version)) ||
+        (u->seen.has_digest && memcmp(d, u->seen.digest, sizeof d) == 0))
+        res = CONFIG_URL_NOT_MODIFIED;
+    else
+        res = u->apply(u->arg, r->body ? r->body : "", r->body_len);
     if (res != CONFIG_URL_INVALID)
-        keep_validators(r, &u->seen);
+        keep_validators(r, &u->seen, res == CONFIG_URL_CHANGED);
     return res;
 }
 
@@ -336,7 +352,7 @@ static void on_loader_reply(void *arg, const http_response_t *r)
         diag_add(d, l->url, "$", "cannot fetch: HTTP %d", r->status);
     else if ((l->cfg = config_parse(r->body ? r->body : "", r->body_len, l->url, d)) != NULL) {
         if (l->seen)
-            keep_validators(r, l->seen);
+            keep_validators(r, l->seen, 1);
         loader_finish(l);
         return;
     }

@@ -5,7 +5,8 @@
  *
  * Polls are conditional: If-None-Match with the stored ETag, else If-Modified-Since with the
  * stored Last-Modified (RFC 9110 §13.1). 304, a 200 whose Configuration-Version (AppConfig)
- * is the one applied, or a body identical to the document in force change nothing. Any other
+ * is the one applied, or a body identical to the document in force (by SHA-256) change
+ * nothing. Any other
  * 200 is parsed and validated like a file reload; only once it is applied are its validators
  * stored, so a broken document is fetched again at the next poll and the last good config
  * stays. Errors back off (doubling up to CONFIG_URL_MAX_BACKOFF_MS); intervals are jittered by
@@ -52,6 +53,10 @@ typedef struct config_url_validators {
     char etag[CONFIG_URL_VALIDATOR_MAX];
     char last_modified[CONFIG_URL_VALIDATOR_MAX];
     char version[CONFIG_URL_VALIDATOR_MAX]; /* AppConfig's Configuration-Version */
+    /* The SHA-256 of its bytes: a 200 with the same ones changes nothing (computed here, so
+     * that a sidecar configured from a file never loads OpenSSL's digests for it) */
+    unsigned char digest[32];
+    int has_digest;
 } config_url_validators_t;
 
 /* Start polling `url` every `poll_ms`, the document in force being the one `seen` describes

@@ -186,11 +186,6 @@ int server_reload(server_t *s)
 static enum config_url_result apply_url_document(void *arg, const char *doc, size_t len)
 {
     server_t *s = arg;
-    const config_t *now = route_table_config(s->routes);
-    unsigned char digest[CONFIG_DIGEST_LEN];
-    config_digest(doc, len, digest);
-    if (now->doc_len == len && memcmp(now->doc_digest, digest, sizeof digest) == 0)
-        return CONFIG_URL_NOT_MODIFIED; /* the document in force (its text may have been cut) */
     diag_t d = {0};
     config_t *cfg = config_parse(doc, len, s->set.config_url, &d);
     return apply(s, cfg, &d) == 0 ? CONFIG_URL_CHANGED : CONFIG_URL_INVALID;
