@@ -31,7 +31,7 @@ BENCH_BINS := $(BUILD)/bench/openloop
 DEB_PKGS  := build-essential pkg-config libuv1-dev libc-ares-dev libcjson-dev libssl-dev \
              libcmocka-dev python3 python3-pytest curl knot knot-dnsutils procps clang-format nodejs \
              clang-14 libclang-rt-14-dev openssl iproute2 iptables redis-server redis-tools util-linux \
-             prometheus
+             prometheus chromium
 BENCH_PKGS := wrk haproxy nginx-light libnginx-mod-stream valgrind strace node-llhttp apache2-utils openssl
 
 .PHONY: all deps test unit integration run lint format clean bench bench-smoke bench-deps fuzz fuzz-smoke

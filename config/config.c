@@ -849,9 +849,16 @@ static unsigned parse_list(jctx_t *j, const cJSON *root, const char *key, size_t
 
 config_t *config_parse(const char *json, size_t len, const char *source, diag_t *d)
 {
-    static const char *const top[] = {"mesh",           "virtualNodes", "virtualServices",
-                                      "virtualRouters", "routes",       "virtualGateways",
-                                      "gatewayRoutes",  "proxy",        NULL};
+    static const char *const top[] = {"mesh",
+                                      "virtualNodes",
+                                      "virtualServices",
+                                      "virtualRouters",
+                                      "routes",
+                                      "virtualGateways",
+                                      "gatewayRoutes",
+                                      "proxy",
+                                      "rollouts",
+                                      NULL};
     config_t *c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
@@ -883,6 +890,7 @@ config_t *config_parse(const char *json, size_t len, const char *source, diag_t 
     c->nroutes = parse_list(&j, root, "routes", sizeof(cfg_route_t), offsetof(cfg_route_t, index),
                             (void **)&c->routes, parse_route);
     config_parse_gateways(&j, root, c);
+    config_parse_rollouts(&j, root, c);
     parse_proxy(&j, root, &c->proxy);
     cJSON_Delete(root);
     c->document = (cfg_counts_t){c->nnodes, c->nservices, c->nrouters, c->nroutes};
@@ -1013,6 +1021,7 @@ void config_free(config_t *c)
         cfg_free_route(&c->routes[i]);
     config_index_free(c);
     config_free_gateways(c);
+    config_free_rollouts(c);
     free(c->nodes);
     free(c->services);
     free(c->routers);

@@ -246,6 +246,29 @@ typedef struct cfg_gateway_route {
     char *path_exact;      /* rewrite.path.exact: the path becomes this */
 } cfg_gateway_route_t;
 
+/* A rollout (remora's own `rollouts` list, docs/rollouts.md): drives one httpRoute's weights
+ * from its baseline target to its canary target, step by step, judged by an analysis of each
+ * interval's requests. Durations in milliseconds. */
+typedef struct cfg_rollout_step {
+    unsigned weight;  /* the canary's share, 0..100 */
+    uint64_t hold_ms; /* DURATION_UNSET on the last step (reaching it is promotion) */
+} cfg_rollout_step_t;
+
+typedef struct cfg_rollout {
+    char *name;
+    unsigned index; /* position in the document's rollouts */
+    char *router, *route, *baseline, *canary;
+    int64_t start_ms; /* startTime, Unix ms; -1: when the rollout was first loaded */
+    cfg_rollout_step_t *steps;
+    unsigned nsteps;
+    uint64_t interval_ms;
+    unsigned min_requests; /* canary requests an interval needs to be judged (>= 1) */
+    double max_error_rate, max_error_rate_increase, confidence;
+    uint64_t max_p99_ms; /* DURATION_UNSET: no latency gate */
+    unsigned failure_limit;
+    uint64_t digest; /* of the element's text: a changed spec starts the rollout over */
+} cfg_rollout_t;
+
 /* Which awsCloudMap nodes are discovered through the Cloud Map API rather than DNS. */
 enum cloudmap_use { CLOUDMAP_API_ATTRIBUTES, CLOUDMAP_API_ALWAYS, CLOUDMAP_API_NEVER };
 /* DiscoverInstances' HealthStatus filter. */
@@ -303,6 +326,8 @@ typedef struct config {
     unsigned ngateways;
     cfg_gateway_route_t *gateway_routes;
     unsigned ngateway_routes;
+    cfg_rollout_t *rollouts; /* remora's own `rollouts` */
+    unsigned nrollouts;
     /* The gateway a table was built for (config_gateway_node): its node stands for it. */
     const cfg_gateway_t *serving_gateway;
     cfg_proxy_t proxy;
@@ -345,5 +370,10 @@ int config_prune(config_t *c, const char *node, diag_t *d);
 /* Cross-resource checks (config/validate.c), run by config_parse: references, unique names,
  * ports, and every regex compiles. */
 void config_validate(const config_t *c, diag_t *d);
+
+/* A deep copy of a rollout (its owner outlives the config it came from). Returns 0 or
+ * UV_ENOMEM (dst then holds nothing to free). */
+int config_rollout_copy(cfg_rollout_t *dst, const cfg_rollout_t *src);
+void config_rollout_free(cfg_rollout_t *r); /* what it owns, not r itself */
 
 #endif

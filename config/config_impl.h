@@ -26,6 +26,10 @@ void cfg_free_access_log(cfg_access_log_t *al);
 void config_parse_gateways(jctx_t *j, const cJSON *root, config_t *c);
 void config_validate_gateways(const config_t *c, diag_t *d);
 void config_free_gateways(config_t *c);
+/* Parse and check the document's rollouts (config_rollout.c), after the routes are parsed:
+ * their routers, routes and targets must exist in `c`. */
+void config_parse_rollouts(jctx_t *j, const cJSON *root, config_t *c);
+void config_free_rollouts(config_t *c);
 
 /* Each frees what the resource owns, not the resource itself. */
 void cfg_free_node(cfg_node_t *n);

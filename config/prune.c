@@ -17,7 +17,8 @@
 
 typedef struct keep {
     uint8_t *nodes, *services, *routers, *routes;
-    uint8_t *refused; /* per node: its HTTP/2 or gRPC listeners were reported (once is enough) */
+    uint8_t *refused;  /* per node: its HTTP/2 or gRPC listeners were reported (once is enough) */
+    uint8_t *rollouts; /* those of a kept router's routes */
 } keep_t;
 
 static const char *const protocols[] = {"http", "tcp", "http2", "grpc"};
@@ -162,6 +163,10 @@ static void mark(const config_t *c, const cfg_node_t *self, keep_t *k, diag_t *d
             keep_node(c, k, r->targets[t].node);
         }
     }
+    for (unsigned i = 0; i < c->nrollouts; i++) {
+        const cfg_router_t *rt = config_router(c, c->rollouts[i].router);
+        k->rollouts[i] = rt && k->routers[rt - c->routers];
+    }
 }
 
 /* Moves the kept elements of an array of `n` `size`-byte items to its front, in order, freeing
@@ -213,6 +218,10 @@ static void drop_router(void *p)
 static void drop_route(void *p)
 {
     cfg_free_route(p);
+}
+static void drop_rollout(void *p)
+{
+    config_rollout_free(p);
 }
 
 /* Each kept route's router and target names become the router's and nodes' own strings. */
@@ -441,20 +450,20 @@ static const char *cut_array(const char *p, const char *end, const uint8_t *keep
 static char *cut_raw(const config_t *c, const keep_t *k, unsigned self, size_t *len)
 {
     static const char *const lists[] = {"\"virtualNodes\"", "\"virtualServices\"",
-                                        "\"virtualRouters\"", "\"routes\""};
-    const uint8_t *keeps[] = {k->nodes, k->services, k->routers, k->routes};
-    const unsigned counts[] = {c->nnodes, c->nservices, c->nrouters, c->nroutes};
+                                        "\"virtualRouters\"", "\"routes\"", "\"rollouts\""};
+    const uint8_t *keeps[] = {k->nodes, k->services, k->routers, k->routes, k->rollouts};
+    const unsigned counts[] = {c->nnodes, c->nservices, c->nrouters, c->nroutes, c->nrollouts};
     const char *p = c->raw, *end = c->raw + c->raw_len;
     if (end - p >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0) /* cJSON skips a UTF-8 BOM too */
         p += 3;
     p = skip_ws(p, end);
     out_t o = {0};
     member_t m;
-    int seen[4] = {0}, first = 1, r = -1;
+    int seen[5] = {0}, first = 1, r = -1;
     int err = p >= end || *p != '{' || put(&o, "{", 1) != 0;
     for (p = p < end ? p + 1 : p; !err && (r = next_member(&p, end, &m)) == 1;) {
         int list = -1;
-        for (int i = 0; i < 4; i++)
+        for (int i = 0; i < 5; i++)
             if (is_key(&m, lists[i]))
                 list = i;
         if (list < 0 || *m.value != '[') {
@@ -497,11 +506,12 @@ int config_prune(config_t *c, const char *node, diag_t *d)
         return ERR_CONFIG;
     }
     size_t before = d->n, doc_len = c->raw_len;
-    keep_t k = {calloc(c->nnodes + 1, 1), calloc(c->nservices + 1, 1), calloc(c->nrouters + 1, 1),
-                calloc(c->nroutes + 1, 1), calloc(c->nnodes + 1, 1)};
+    keep_t k = {calloc(c->nnodes + 1, 1),   calloc(c->nservices + 1, 1),
+                calloc(c->nrouters + 1, 1), calloc(c->nroutes + 1, 1),
+                calloc(c->nnodes + 1, 1),   calloc(c->nrollouts + 1, 1)};
     char *name = strdup(node);
     int err = 0;
-    if (!k.nodes || !k.services || !k.routers || !k.routes || !k.refused || !name) {
+    if (!k.nodes || !k.services || !k.routers || !k.routes || !k.refused || !k.rollouts || !name) {
         err = UV_ENOMEM;
         goto done;
     }
@@ -512,7 +522,8 @@ int config_prune(config_t *c, const char *node, diag_t *d)
     }
     c->unreached_unsupported = count_unreached(c, &k);
     int whole = all_kept(k.nodes, c->nnodes) && all_kept(k.services, c->nservices) &&
-                all_kept(k.routers, c->nrouters) && all_kept(k.routes, c->nroutes);
+                all_kept(k.routers, c->nrouters) && all_kept(k.routes, c->nroutes) &&
+                all_kept(k.rollouts, c->nrollouts);
     if (!whole) {
         size_t len = 0;
         char *raw = cut_raw(c, &k, self->index, &len);
@@ -529,6 +540,8 @@ int config_prune(config_t *c, const char *node, diag_t *d)
             compact(c->services, c->nservices, sizeof *c->services, k.services, drop_service);
         c->nrouters = compact(c->routers, c->nrouters, sizeof *c->routers, k.routers, drop_router);
         c->nroutes = compact(c->routes, c->nroutes, sizeof *c->routes, k.routes, drop_route);
+        c->nrollouts =
+            compact(c->rollouts, c->nrollouts, sizeof *c->rollouts, k.rollouts, drop_rollout);
         c->nodes = shrink(c->nodes, c->nnodes, sizeof *c->nodes);
         c->services = shrink(c->services, c->nservices, sizeof *c->services);
         c->routers = shrink(c->routers, c->nrouters, sizeof *c->routers);
@@ -546,6 +559,7 @@ done:
     free(k.routers);
     free(k.routes);
     free(k.refused);
+    free(k.rollouts);
     /* The parse tree and what is left out are free now, but glibc keeps freed heap pages
      * mapped: give them back, so that a sidecar's RSS is what it uses, not what it read. */
     if (doc_len >= PRUNE_TRIM_BYTES)

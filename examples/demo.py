@@ -7,9 +7,13 @@ Starts, all on 127.0.0.1:
     servers;
   - an X-Ray daemon stand-in on UDP :2000 that counts the segments it receives;
   - remora in front: ingress :15000, egress :15001 (a 90/10 canary route plus a header route
-    to v2, retries), admin :9901.
-Then it sends a trickle of requests and shows, live, the requests per version, each endpoint's
-health and the traces received, until Ctrl-C, which stops everything it started."""
+    to v2, retries), admin :9901, and the rollout `cart-v2` of examples/mesh.json, which moves
+    v2 from 10 % to 100 % in steps while its analysis passes.
+Then it sends a steady stream of requests and shows, live, the requests per version, each
+endpoint's health, the rollout and the traces received, until Ctrl-C, which stops everything
+it started. The page http://127.0.0.1:9901/ui shows the same live. `touch FAIL_FILE`
+(/tmp/remora-demo/fail-v2) makes v2 answer 500 to one request in five: the rollout rolls back
+by itself within two analysis intervals."""
 import argparse
 import json
 import os
@@ -26,6 +30,10 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 UPSTREAM = os.path.join(ROOT, "tests", "integration", "upstream.py")
+# A version with a switchable error rate (the cart versions).
+VERSION = os.path.join(ROOT, "tests", "integration", "rollout_upstream.py")
+DEMO_DIR = "/tmp/remora-demo"
+FAIL_FILE = os.path.join(DEMO_DIR, "fail-v2")
 DNS_PORT = 5353
 
 
@@ -114,6 +122,19 @@ def health(admin):
     return ", ".join(out)
 
 
+def rollout_line(admin):
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/rollouts", timeout=2) as r:
+        out = []
+        for ro in json.loads(r.read()):
+            last = ro["lastDecision"]
+            out.append(f"rollout {ro['rolloutName']}: {ro['state']} step {ro['step']} "
+                       f"weight {ro['canaryWeight']}%" +
+                       (f" (last interval: {last['result']}, canary "
+                        f"{last['canary']['errors']}/{last['canary']['requests']} errors)"
+                        if last else ""))
+        return "; ".join(out) or "no rollout"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--remora", default=os.path.join(ROOT, "build", "remora"))
@@ -128,9 +149,16 @@ def main():
     traces = None
     try:
         procs.append(start_knot(workdir, {n: p for n, p in ports.items() if n.startswith("cart")}))
+        os.makedirs(DEMO_DIR, exist_ok=True)
+        if os.path.exists(FAIL_FILE):
+            os.unlink(FAIL_FILE)  # v2 starts healthy
         for name, port in ports.items():
-            procs.append(subprocess.Popen([sys.executable, UPSTREAM, "--port", str(port),
-                                           "--name", name], stdout=subprocess.DEVNULL))
+            cmd = [sys.executable, UPSTREAM, "--port", str(port), "--name", name]
+            if name.startswith("cart"):
+                cmd = [sys.executable, VERSION, "--port", str(port), "--name", name]
+                if name == "cart-v2":
+                    cmd += ["--fail-every", "5", "--fail-file", FAIL_FILE]
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
         for port in ports.values():
             wait_http(f"http://127.0.0.1:{port}/_stats")
         traces = Traces()
@@ -147,15 +175,20 @@ def main():
                 who = "served by " + json.loads(body)["server"]
             except ValueError:
                 who = body.decode().strip()
+                who = "served by " + who if who.startswith("cart") else who
             extra = " x-canary: true" if headers else ""
             print(f"  {listener:7} Host: {host:20}{extra:16} -> {status} {who}")
         print("\ntry: curl -H 'Host: cart.shop.local' localhost:15001/echo   |   "
-              "curl localhost:9901/clusters\nedit examples/mesh.json's weights and watch the "
-              "split follow. Ctrl-C stops the demo.\n")
+              "curl localhost:9901/clusters   |   curl localhost:9901/rollouts\n"
+              "open http://127.0.0.1:9901/ui to watch the rollout of cart-v2 live.\n"
+              f"touch {FAIL_FILE} makes v2 fail (1 request in 5): the rollout rolls back by "
+              "itself.\nchange the rollout in examples/mesh.json (a weight, say) to start it "
+              "over. Ctrl-C stops the demo.\n")
         while True:
-            for _ in range(100):
-                get("http://127.0.0.1:15001/echo", "cart.shop.local")
-            time.sleep(2)
+            for _ in range(10):  # about 100 requests a second
+                for _ in range(20):
+                    get("http://127.0.0.1:15001/echo", "cart.shop.local")
+                time.sleep(0.2)
             with urllib.request.urlopen("http://127.0.0.1:9901/stats", timeout=2) as r:
                 stats = dict(line.rsplit(": ", 1) for line in r.read().decode().splitlines())
             picks = {k.split(".")[4]: v for k, v in stats.items()
@@ -166,6 +199,9 @@ def main():
                 ", ".join(f"{k} {v}" for k, v in sorted(picks.items())), health(9901), traces.count,
                 last.get("name", "-"), sub.get("name", "-"), len(sub.get("subsegments", []))),
                 flush=True)
+            print("  " + rollout_line(9901) +
+                  (" | v2 failing (rm " + FAIL_FILE + " to stop)" if os.path.exists(FAIL_FILE)
+                   else ""), flush=True)
     except KeyboardInterrupt:
         print("\nstopping")
     finally:

@@ -12,6 +12,8 @@
 #include "base/text.h"
 #include "http/h1_parse.h"
 #include "proxy/metrics.h"
+#include "proxy/rollouts.h"
+#include "proxy/ui_page.h"
 #include "base/version.h"
 
 #define ADMIN_MAX_REQUEST 8192
@@ -379,6 +381,25 @@ static int h_hc_ok(request_t *rq, text_t *body)
     return 200;
 }
 
+static int h_rollouts(request_t *rq, text_t *body)
+{
+    rollouts_json(rq->s->rollouts, body);
+    return 200;
+}
+
+static int h_ui(request_t *rq, text_t *body)
+{
+    (void)rq;
+    text_printf(body, "%s", ui_page_html);
+    return 200;
+}
+
+static int h_ui_state(request_t *rq, text_t *body)
+{
+    ui_state_json(rq->s, body);
+    return 200;
+}
+
 static int h_help(request_t *rq, text_t *body);
 
 typedef struct route_entry {
@@ -402,6 +423,9 @@ static const route_entry_t routes[] = {
     {"/certs", 0, h_certs, "application/json", "loaded certificates"},
     {"/memory", 0, h_memory, "application/json", "heap statistics"},
     {"/runtime", 0, h_runtime, "application/json", "runtime values (none)"},
+    {"/rollouts", 0, h_rollouts, "application/json", "rollouts: state, step, weight, decisions"},
+    {"/ui", 0, h_ui, "text/html; charset=utf-8", "a live page of routes, weights and rollouts"},
+    {"/ui/state", 0, h_ui_state, "application/json", "what /ui shows, as JSON"},
     {"/help", 0, h_help, "text/plain", "this list"},
     {"/logging", 1, h_logging, "text/plain", "log level; level=trace..off"},
     {"/reset_counters", 1, h_reset_counters, "text/plain", "zero every counter"},

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 
 #include "config/config.h"
 #include "base/err.h"
@@ -300,6 +301,45 @@ static void print_gateway(const config_t *cfg, const cfg_gateway_t *g)
         printf("  no gateway routes: every request is answered 404\n");
 }
 
+/* Each rollout's schedule, as the sidecar will follow it (docs/rollouts.md). */
+static void print_rollouts(const config_t *cfg)
+{
+    for (unsigned i = 0; i < cfg->nrollouts; i++) {
+        const cfg_rollout_t *r = &cfg->rollouts[i];
+        printf("  rollout %s: route %s/%s, %s -> %s, from ", r->name, r->router, r->route,
+               r->baseline, r->canary);
+        if (r->start_ms < 0) {
+            printf("when first loaded");
+        } else {
+            char when[40];
+            time_t t = (time_t)(r->start_ms / 1000);
+            struct tm tm;
+            gmtime_r(&t, &tm);
+            strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+            printf("%s", when);
+        }
+        printf(":");
+        uint64_t at = 0;
+        for (unsigned k = 0; k < r->nsteps; k++) {
+            if (r->steps[k].hold_ms == DURATION_UNSET) {
+                printf(" then %u%% (promotion, at +%llu s at the earliest)\n", r->steps[k].weight,
+                       (unsigned long long)(at / 1000));
+                break;
+            }
+            printf(" %u%% for %llu s,", r->steps[k].weight,
+                   (unsigned long long)(r->steps[k].hold_ms / 1000));
+            at += r->steps[k].hold_ms;
+        }
+        printf("    analysis every %llu ms: at least %u canary requests, error rate not above "
+               "%g, nor above the baseline's by %g, at %g confidence",
+               (unsigned long long)r->interval_ms, r->min_requests, r->max_error_rate,
+               r->max_error_rate_increase, r->confidence);
+        if (r->max_p99_ms != DURATION_UNSET)
+            printf(", p99 not above %llu ms", (unsigned long long)r->max_p99_ms);
+        printf("; %u failed in a row roll back\n", r->failure_limit);
+    }
+}
+
 static void print_summary(const config_t *cfg, const cfg_node_t *node, int cloudmap_use)
 {
     printf("%s: ok\nmesh %s, %s %s, egress filter %s\n", cfg->source, cfg->mesh_name,
@@ -333,6 +373,7 @@ static void print_summary(const config_t *cfg, const cfg_node_t *node, int cloud
         printf("  node %s: discovery ", n->name);
         print_discovery(n, cloudmap_use);
     }
+    print_rollouts(cfg);
     const cfg_counts_t *doc = &cfg->document;
     printf("%u virtual nodes, %u virtual services, %u routers, %u routes", doc->nodes,
            doc->services, doc->routers, doc->routes);

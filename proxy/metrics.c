@@ -11,6 +11,7 @@
 #include "base/text.h"
 #include "discovery/cloudmap.h"
 #include "discovery/dns.h"
+#include "proxy/rollouts.h"
 #include "proxy/server.h"
 
 /* ---- the list ---- */
@@ -222,8 +223,47 @@ static void walk_targets(walk_t *w, registry_t *reg)
     }
 }
 
+/* remora_rollout_*: the canary weight, a 1 for the current state (0 for the others), and the
+ * decisions by result. */
+static void walk_rollout(void *ctx, const rollout_view_t *v)
+{
+    walk_t *w = ctx;
+    char labels[320];
+    snprintf(labels, sizeof labels, "rollout=\"%s\"", v->name);
+    metric_t m = {.kind = METRIC_GAUGE,
+                  .value = v->run->weight,
+                  .family = "remora_rollout_canary_weight",
+                  .labels = labels};
+    visit_named(w, &m, "remora.rollout.%s.canary_weight", v->name);
+    for (int st = 0; st < ROLLOUT_STATES; st++) {
+        char with[400];
+        const char *name = rollout_state_name((enum rollout_state)st);
+        snprintf(with, sizeof with, "%s,state=\"%s\"", labels, name);
+        metric_t g = {.kind = METRIC_GAUGE,
+                      .value = v->run->state == (enum rollout_state)st,
+                      .family = "remora_rollout_state",
+                      .labels = with};
+        visit_named(w, &g, "remora.rollout.%s.state.%s", v->name, name);
+    }
+    for (int r = 0; r < ROLLOUT_RESULTS; r++) {
+        char with[400];
+        const char *name = rollout_result_name((enum rollout_result)r);
+        snprintf(with, sizeof with, "%s,result=\"%s\"", labels, name);
+        emit_own(w, &v->decisions[r], "remora_rollout_decisions_total", with,
+                 "remora.rollout.%s.decisions.%s", v->name, name);
+    }
+    if (v->run->step < 0)
+        return; /* before startTime: no step yet */
+    metric_t st = {.kind = METRIC_GAUGE,
+                   .value = (uint64_t)v->run->step,
+                   .family = "remora_rollout_step",
+                   .labels = labels};
+    visit_named(w, &st, "remora.rollout.%s.step", v->name);
+}
+
 static void walk_own(server_t *s, walk_t *w)
 {
+    rollouts_each(s->rollouts, walk_rollout, w);
     emit_own(w, &s->reg.reloads_ok, "remora_config_reloads_total", "result=\"success\"",
              "remora.config.reload_ok");
     emit_own(w, &s->reg.reloads_failed, "remora_config_reloads_total", "result=\"failure\"",

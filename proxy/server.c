@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "proxy/admin.h"
+#include "proxy/rollouts.h"
 #include "proxy/statsd.h"
 #include "base/err.h"
 #include "base/log.h"
@@ -58,7 +59,11 @@ int server_init(server_t *s, const settings_t *set, const cli_opts_t *cli, confi
     s->loop = loop;
     s->started_ms = uv_hrtime() / 1000000;
     diag_t d = {0};
+    s->rollouts = rollouts_new(s);
+    rollouts_prepare(s->rollouts, cfg);
     s->routes = route_table_build(cfg, set->table_name, &s->reg, &d);
+    if (s->routes)
+        rollouts_adopt(s->rollouts, route_table_config(s->routes));
     if (!s->routes || build_access_log(s, s->routes, &s->alog, &d) != 0) {
         for (size_t i = 0; i < d.n; i++)
             log_error("%s", d.lines[i]);
@@ -183,6 +188,13 @@ int server_reload(server_t *s)
     return apply(s, config_parse(now->raw, strlen(now->raw), now->source, &d), &d);
 }
 
+int server_rebuild(server_t *s)
+{
+    diag_t d = {0};
+    const config_t *now = route_table_config(s->routes);
+    return apply(s, config_parse(now->raw, strlen(now->raw), now->source, &d), &d);
+}
+
 static enum config_url_result apply_url_document(void *arg, const char *doc, size_t len)
 {
     server_t *s = arg;
@@ -194,6 +206,8 @@ static enum config_url_result apply_url_document(void *arg, const char *doc, siz
 static int apply(server_t *s, config_t *cfg, diag_t *dp)
 {
     diag_t d = *dp;
+    if (cfg)
+        rollouts_prepare(s->rollouts, cfg);
     route_table_t *rt = cfg ? route_table_build(cfg, s->set.table_name, &s->reg, &d) : NULL;
     access_log_t *alog = NULL;
     if (rt && build_access_log(s, rt, &alog, &d) != 0) {
@@ -215,6 +229,7 @@ static int apply(server_t *s, config_t *cfg, diag_t *dp)
     }
     route_table_unref(s->routes);
     s->routes = rt;
+    rollouts_adopt(s->rollouts, route_table_config(rt));
     access_log_unref(s->alog);
     s->alog = alog;
     route_table_set_health_tls(rt);
@@ -355,6 +370,7 @@ static void on_worker_exited(uv_async_t *h)
         return;
     /* Every worker is done: close the main loop's handles so that uv_run returns. */
     admin_stop(s);
+    rollouts_stop(s->rollouts);
     uv_close((uv_handle_t *)&s->sigterm, NULL);
     uv_close((uv_handle_t *)&s->sigint, NULL);
     uv_close((uv_handle_t *)&s->sighup, NULL);
@@ -420,6 +436,7 @@ int server_run(server_t *s)
     int err = admin_start(s);
     if (err < 0)
         return err;
+    rollouts_start(s->rollouts);
     s->statsd = statsd_start(s, s->loop);
     for (unsigned i = 0; i < s->nworkers; i++) {
         err = worker_start(&s->workers[i]);
@@ -449,5 +466,6 @@ void server_free(server_t *s)
     xray_free(s->xray);
     route_table_unref(s->routes);
     access_log_unref(s->alog);
+    rollouts_free(s->rollouts);
     registry_free(&s->reg);
 }

@@ -61,6 +61,7 @@ typedef struct server {
     stat_t config_url_fetches[CONFIG_URL_RESULTS]; /* by enum config_url_result */
     worker_t *workers;
     unsigned nworkers;
+    struct rollouts *rollouts; /* proxy/rollouts.c: the rollouts' state and timers */
 } server_t;
 
 /* Takes ownership of `cfg`. Returns 0 or an error (logged). */
@@ -69,6 +70,10 @@ int server_init(server_t *s, const settings_t *set, const cli_opts_t *cli, confi
 /* Load the config again; a valid one replaces the snapshot in force for new requests, an
  * invalid one is logged and counted and changes nothing. Returns 0 or ERR_CONFIG. */
 int server_reload(server_t *s);
+/* Build the route table again from the document in force (its text, parsed again) and put it
+ * in force as a reload does: how a rollout's new weight takes effect (rollouts_prepare sets
+ * it in the fresh config). Returns 0 or ERR_CONFIG. Main thread. */
+int server_rebuild(server_t *s);
 /* Start workers and the admin API; runs the main loop until the server has stopped. */
 int server_run(server_t *s);
 /* Stop accepting and finish in-flight requests (SIGTERM, /quitquitquit, /drain_listeners). */
