@@ -958,6 +958,8 @@ void fwd_finish(exchange_t *ex)
         snprintf(ip, sizeof ip, "%.*s", (int)ip_len, t);
     }
     xray_request_t r = {
+        .rollout = ex->route.rollout,
+        .rollout_weight = ex->route.rollout_weight,
         .method = http_method_name(h->method),
         .host = i >= 0 ? field_value(h, (unsigned)i) : "",
         .host_len = i >= 0 ? h->fields[i].value_len : 0,

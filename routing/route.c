@@ -229,6 +229,23 @@ int route_compile_match(route_t *r, const char *source, const char *where, diag_
     return ok ? 0 : -1;
 }
 
+/* The rollout of the document that drives route `c`'s weights, if any: r->rollout and the
+ * canary's weight in this table (rollouts_prepare set it in the config). */
+static void find_rollout(const config_t *cfg, route_t *r)
+{
+    const cfg_route_t *c = r->cfg;
+    for (unsigned i = 0; i < cfg->nrollouts; i++) {
+        const cfg_rollout_t *ro = &cfg->rollouts[i];
+        if (strcmp(ro->router, c->router) != 0 || strcmp(ro->route, c->name) != 0)
+            continue;
+        r->rollout = ro->name;
+        for (unsigned t = 0; t < c->ntargets; t++)
+            if (!strcmp(c->targets[t].node, ro->canary))
+                r->rollout_weight = c->targets[t].weight;
+        return;
+    }
+}
+
 /* r->clusters, stats and schedule point into the table's slabs, with room for the route's
  * targets and its reduced schedule. */
 static int build_route(route_table_t *rt, registry_t *reg, route_t *r, diag_t *d)
@@ -237,6 +254,7 @@ static int build_route(route_table_t *rt, registry_t *reg, route_t *r, diag_t *d
     char where[64];
     snprintf(where, sizeof where, "routes[%u].spec.httpRoute", r->index);
     int ok = route_compile_match(r, rt->cfg->source, where, d) == 0;
+    find_rollout(rt->cfg, r);
     unsigned weights[MAX_TARGETS], reduced[MAX_TARGETS];
     for (unsigned t = 0; t < c->ntargets; t++) {
         r->clusters[t] = route_egress_cluster(rt, reg, c->targets[t].node, c->targets[t].port);
@@ -594,6 +612,8 @@ void route_pick(route_t *r, const backend_t *b, route_result_t *out)
     out->timeout_ms = r->timeout_ms;
     out->idle_ms = r->idle_ms;
     out->retry = r->retry;
+    out->rollout = r->rollout;
+    out->rollout_weight = r->rollout_weight;
     stat_inc(&r->stats[t]->picks);
 }
 

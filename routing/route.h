@@ -94,6 +94,10 @@ typedef struct route_result {
     /* Egress: originate TLS with this context (the client policy, or App Mesh's unchecked
      * TLS toward a node whose listener has it); NULL: plaintext. Held by the snapshot. */
     tls_ctx_t *tls;
+    /* The rollout driving the matched route's weights (for the trace), or NULL; its canary's
+     * weight in this snapshot. Held by the snapshot. */
+    const char *rollout;
+    unsigned rollout_weight;
 } route_result_t;
 
 typedef struct route_table route_table_t;

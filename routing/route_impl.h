@@ -26,6 +26,8 @@ typedef struct route {
     _Atomic unsigned cursor;
     retry_policy_t retry;
     uint64_t timeout_ms, idle_ms;
+    const char *rollout;     /* the rollout driving this route's weights, or NULL */
+    unsigned rollout_weight; /* its canary's weight in this table */
 } route_t;
 
 typedef struct router {

@@ -528,7 +528,13 @@ static void egress_subsegment(jw_t *w, xray_ctx_t *c, const xray_request_t *r, i
     jw_response(w, r);
     JW(w, "}");
     jw_flags(w, r->status);
-    jw_fmt(w, ",\"annotations\":{\"direction\":\"egress\",\"attempts\":%u}", c->nattempts);
+    jw_fmt(w, ",\"annotations\":{\"direction\":\"egress\",\"attempts\":%u", c->nattempts);
+    if (r->rollout) { /* X-Ray annotation values: strings, numbers, booleans */
+        JW(w, ",\"rollout\":");
+        jw_cstr(w, r->rollout);
+        jw_fmt(w, ",\"rollout_canary_weight\":%u", r->rollout_weight);
+    }
+    JW(w, "}");
     if (children && c->nattempts) {
         JW(w, ",\"subsegments\":[");
         for (unsigned i = 0; i < c->nattempts; i++) {

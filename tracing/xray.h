@@ -76,10 +76,12 @@ typedef struct xray_request {
     size_t user_agent_len;
     const char *client_ip;
     int client_ip_from_xff;
-    const char *service;    /* egress: the virtual service */
-    int secure;             /* the client came over TLS: an https URL */
-    int status;             /* what the client got; 0 if nothing */
-    int64_t content_length; /* -1 unknown */
+    const char *service;     /* egress: the virtual service */
+    const char *rollout;     /* egress: the rollout driving the route's weights, or NULL */
+    unsigned rollout_weight; /* its canary's weight when the request was routed */
+    int secure;              /* the client came over TLS: an https URL */
+    int status;              /* what the client got; 0 if nothing */
+    int64_t content_length;  /* -1 unknown */
 } xray_request_t;
 
 /* NULL with diagnostics when the manifest or daemon address is bad. */

@@ -1563,6 +1563,8 @@ def main():
         bench_cloudmap.discovery_section(b, rounds, secs)
         import bench_gateway
         bench_gateway.gateway_section(b, rounds, secs)
+        import bench_rollout
+        bench_rollout.rollout_section(b, rounds, secs)
         n1, n2 = (500, 1000) if args.smoke else (2000, 6000)
         ins = {}
         rp, rargv, renv = b.remora(1)

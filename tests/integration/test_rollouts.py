@@ -410,3 +410,29 @@ def test_ui_page_in_headless_chromium(version, remora, load, tmp_path):
         assert b.errors == [], b.errors
     finally:
         b.close()
+
+
+def test_traces_of_affected_requests_name_the_rollout(version, remora):
+    """The egress subsegment of a request routed by a route under a rollout carries the
+    rollout's name and the canary weight it was routed with (X-Ray annotations)."""
+    from rawhttp import Conn, request
+    from test_tracing import Collector
+    v1, v2 = version("cart-v1"), version("cart-v2")
+    col = Collector()
+    try:
+        cfg = mesh(v1, v2, rollout([(25, 600000), (100, 0)], start=time.time() - 1))
+        r = remora(cfg, env={"ENABLE_ENVOY_XRAY_TRACING": "1", "XRAY_SAMPLING_RATE": "1",
+                             "XRAY_DAEMON_PORT": str(col.port)})
+        c = Conn(r.egress)
+        c.send(request("GET", "/x"))
+        assert c.read_response().status == 200
+
+        def egress():  # a subsegment sent alone, or inside the segment of a new trace
+            docs = col.documents()
+            docs += [sub for d in docs for sub in d.get("subsegments", [])]
+            return [d for d in docs if d.get("annotations", {}).get("direction") == "egress"]
+        wait_until(lambda: egress(), timeout=5, what="the egress subsegment")
+        ann = egress()[0]["annotations"]
+        assert ann["rollout"] == "cart-v2" and ann["rollout_canary_weight"] == 25
+    finally:
+        col.stop()
