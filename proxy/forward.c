@@ -900,6 +900,23 @@ static int64_t since_start(const exchange_t *ex, uint64_t t)
     return t ? (int64_t)((t - ex->start_ns) / 1000000) : -1;
 }
 
+/* A sampled request, for /ui's recent traces. */
+static void remember_trace(exchange_t *ex, const xray_request_t *r)
+{
+    recent_trace_t t = {.status = ex->status,
+                        .duration_ms = (unsigned)since_start(ex, uv_hrtime()),
+                        .egress = ex->trace->egress};
+    uv_timeval64_t tv;
+    uv_gettimeofday(&tv);
+    t.time_ms = (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+    snprintf(t.trace_id, sizeof t.trace_id, "%s", ex->trace->trace_id);
+    snprintf(t.method, sizeof t.method, "%s", r->method);
+    snprintf(t.host, sizeof t.host, "%.*s", (int)r->host_len, r->host);
+    snprintf(t.path, sizeof t.path, "%.*s", (int)r->path_len, r->path);
+    snprintf(t.service, sizeof t.service, "%s", r->service ? r->service : "");
+    recent_add(&ex->w->srv->recent, &t);
+}
+
 /* One line for this exchange, into the worker's buffer of the log; the reference goes. */
 static void log_exchange(exchange_t *ex)
 {
@@ -976,6 +993,8 @@ void fwd_finish(exchange_t *ex)
         .status = ex->status,
         .content_length = ex->resp_state == RESP_DONE ? (int64_t)ex->resp_bytes : -1,
     };
+    if (ex->trace->sampled)
+        remember_trace(ex, &r);
     xray_finish(ex->w->srv->xray, &ex->w->xray, ex->trace, &r);
     ex->trace = NULL;
 }

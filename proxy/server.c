@@ -60,6 +60,8 @@ int server_init(server_t *s, const settings_t *set, const cli_opts_t *cli, confi
     s->started_ms = uv_hrtime() / 1000000;
     diag_t d = {0};
     s->rollouts = rollouts_new(s);
+    if (recent_init(&s->recent) != 0)
+        return UV_ENOMEM;
     rollouts_prepare(s->rollouts, cfg);
     s->routes = route_table_build(cfg, set->table_name, &s->reg, &d);
     if (s->routes)
@@ -467,5 +469,6 @@ void server_free(server_t *s)
     route_table_unref(s->routes);
     access_log_unref(s->alog);
     rollouts_free(s->rollouts);
+    recent_free(&s->recent);
     registry_free(&s->reg);
 }

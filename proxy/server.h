@@ -10,6 +10,7 @@
 #include "config/config.h"
 #include "proxy/access_log.h"
 #include "proxy/config_url.h"
+#include "proxy/recent.h"
 #include "discovery/discovery.h"
 #include "base/qsbr.h"
 #include "tracing/xray.h"
@@ -62,6 +63,7 @@ typedef struct server {
     worker_t *workers;
     unsigned nworkers;
     struct rollouts *rollouts; /* proxy/rollouts.c: the rollouts' state and timers */
+    recent_traces_t recent;    /* the last sampled requests, for /ui */
 } server_t;
 
 /* Takes ownership of `cfg`. Returns 0 or an error (logged). */

@@ -39,6 +39,10 @@ const char ui_page_html[] =
     "<table id=\"routes\"><thead><tr><th>route / target</th><th>weight</th><th>requests</th>"
     "<th>req/s</th><th>errors/s</th><th>error %</th><th>p50 ms</th><th>p99 ms</th>"
     "<th>endpoints healthy</th></tr></thead><tbody></tbody></table>\n"
+    "<h2>Recent traces (sampled)</h2>\n"
+    "<table id=\"traces\"><thead><tr><th>X-Ray trace id</th><th>time</th><th>direction</th>"
+    "<th>request</th><th>virtual service</th><th>status</th><th>ms</th></tr></thead>"
+    "<tbody></tbody></table>\n"
     "<script>\n"
     "'use strict';\n"
     "let prev = null;\n"
@@ -136,6 +140,13 @@ const char ui_page_html[] =
     "  }\n"
     "  document.getElementById('rollouts').innerHTML = out.join('');\n"
     "}\n"
+    "function renderTraces(list) {\n"
+    "  document.querySelector('#traces tbody').innerHTML = list.map(t =>\n"
+    "    '<tr class=\"trace\"><td class=\"trace-id\">' + esc(t.traceId) + '</td><td>' +\n"
+    "    esc(new Date(t.timeMs).toISOString().slice(11, 23)) + '</td><td>' + esc(t.direction) +\n"
+    "    '</td><td>' + esc(t.method + ' ' + t.host + t.path) + '</td><td>' + esc(t.service) +\n"
+    "    '</td><td>' + t.status + '</td><td>' + t.durationMs + '</td></tr>').join('');\n"
+    "}\n"
     "async function poll() {\n"
     "  try {\n"
     "    const res = await fetch('/ui/state', {cache: 'no-store'});\n"
@@ -144,6 +155,7 @@ const char ui_page_html[] =
     "    document.getElementById('node').textContent = st.node;\n"
     "    renderRoutes(st);\n"
     "    renderRollouts(st.rollouts);\n"
+    "    renderTraces(st.traces);\n"
     "    prev = st;\n"
     "    const s = document.getElementById('status');\n"
     "    s.textContent = 'updated ' + new Date(st.timeMs).toISOString();\n"
@@ -231,5 +243,7 @@ void ui_state_json(server_t *s, text_t *out)
     }
     text_printf(out, "], \"rollouts\": ");
     rollouts_json(s->rollouts, out);
+    text_printf(out, ", \"traces\": ");
+    recent_json(&s->recent, out);
     text_printf(out, "}\n");
 }

@@ -412,7 +412,7 @@ def test_ui_page_in_headless_chromium(version, remora, load, tmp_path):
         b.close()
 
 
-def test_traces_of_affected_requests_name_the_rollout(version, remora):
+def test_traces_of_affected_requests_name_the_rollout(version, remora, tmp_path):
     """The egress subsegment of a request routed by a route under a rollout carries the
     rollout's name and the canary weight it was routed with (X-Ray annotations)."""
     from rawhttp import Conn, request
@@ -427,12 +427,32 @@ def test_traces_of_affected_requests_name_the_rollout(version, remora):
         c.send(request("GET", "/x"))
         assert c.read_response().status == 200
 
-        def egress():  # a subsegment sent alone, or inside the segment of a new trace
-            docs = col.documents()
-            docs += [sub for d in docs for sub in d.get("subsegments", [])]
-            return [d for d in docs if d.get("annotations", {}).get("direction") == "egress"]
+        def egress():  # (trace id, subsegment): sent alone, or inside the segment of a new trace
+            docs = [(d["trace_id"], d) for d in col.documents()]
+            docs += [(t, sub) for t, d in docs for sub in d.get("subsegments", [])]
+            return [(t, d) for t, d in docs
+                    if d.get("annotations", {}).get("direction") == "egress"]
         wait_until(lambda: egress(), timeout=5, what="the egress subsegment")
-        ann = egress()[0]["annotations"]
+        trace_id, sub = egress()[0]
+        ann = sub["annotations"]
         assert ann["rollout"] == "cart-v2" and ann["rollout_canary_weight"] == 25
+        # /ui lists it among the recent traces, by the id the daemon got.
+        _, body = r.admin("/ui/state")
+        (t,) = json.loads(body)["traces"]
+        assert (t["traceId"], t["method"], t["path"], t["status"], t["service"],
+                t["direction"]) == (trace_id, "GET", "/x", 200, "cart.shop.local", "egress")
+        from rollout_browser import CHROMIUM, Browser
+        if CHROMIUM:
+            b = Browser(str(tmp_path / "chromium"))
+            try:
+                b.open(f"http://127.0.0.1:{r.admin_port}/ui")
+                shown = wait_until(lambda: b.eval(
+                    "Array.from(document.querySelectorAll('#traces .trace-id'))"
+                    ".map(e => e.textContent).join(',')") or None, timeout=15,
+                    what="the page's recent traces")
+                assert shown == trace_id
+                assert b.errors == [], b.errors
+            finally:
+                b.close()
     finally:
         col.stop()
