@@ -6,6 +6,7 @@
 #include <time.h>
 #include <uv.h>
 
+#include "base/iso8601.h"
 #include "config/config_impl.h"
 
 #define NAME_MAX_LEN             255
@@ -26,39 +27,6 @@ static double j_number(jctx_t *j, const cJSON *obj, const char *base, const char
         return dflt;
     }
     return v->valuedouble;
-}
-
-/* ISO-8601 in UTC: YYYY-MM-DDTHH:MM:SS[.fff]Z. Returns Unix ms, or -1. */
-static int64_t parse_utc(const char *s)
-{
-    int y, mo, d, h, mi, sec, n = 0;
-    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &n) != 6 || n != 19)
-        return -1;
-    const char *p = s + n;
-    int64_t ms = 0;
-    if (*p == '.') {
-        int digits = 0;
-        for (p++; *p >= '0' && *p <= '9'; p++, digits++)
-            if (digits < 3)
-                ms = ms * 10 + (*p - '0');
-        if (digits == 0)
-            return -1;
-        for (; digits < 3; digits++)
-            ms *= 10;
-    }
-    if (strcmp(p, "Z") != 0 || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 ||
-        sec > 60 || y < 1970)
-        return -1;
-    struct tm tm = {.tm_year = y - 1900,
-                    .tm_mon = mo - 1,
-                    .tm_mday = d,
-                    .tm_hour = h,
-                    .tm_min = mi,
-                    .tm_sec = sec};
-    time_t t = timegm(&tm);
-    if (t == (time_t)-1 || tm.tm_mday != d) /* timegm normalizes Feb 30 into March */
-        return -1;
-    return (int64_t)t * 1000 + ms;
 }
 
 static uint64_t fnv1a(const char *s)
@@ -143,7 +111,7 @@ static void parse_rollout(jctx_t *j, const cJSON *o, const char *path, void *out
     r->canary = j_string(j, o, path, "canary", J_REQUIRED, 1, NAME_MAX_LEN);
     char *start = j_string(j, o, path, "startTime", J_OPTIONAL, 1, 64);
     r->start_ms = -1;
-    if (start && (r->start_ms = parse_utc(start)) < 0)
+    if (start && (r->start_ms = iso8601_ms(start)) < 0)
         jerr(j, path, "startTime",
              "must be an ISO-8601 UTC time like 2026-12-01T10:00:00Z, got "
              "\"%s\"",

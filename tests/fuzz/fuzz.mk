@@ -26,7 +26,7 @@ FUZZ_TARGETS       ?= $(FUZZ_ALL)
 fuzz_dns_parse_SRCS      := discovery/dns_parse.c
 fuzz_dns_parse_LIBS      := -lcares
 fuzz_trace_header_SRCS   := tracing/trace.c
-fuzz_config_SRCS         := $(filter-out config/sampling_rules.c,$(filter config/%,$(LIB_SRCS)))
+fuzz_config_SRCS         := $(filter-out config/sampling_rules.c,$(filter config/%,$(LIB_SRCS))) base/iso8601.c
 fuzz_config_LIBS         := -lcjson -lcrypto
 fuzz_sampling_rules_SRCS := config/sampling_rules.c config/json.c config/diag.c
 fuzz_sampling_rules_LIBS := -lcjson
@@ -51,7 +51,7 @@ fuzz_tls_server_LIBS     := -luv -lssl -lcrypto
 # The control plane's reply, URL and time parsers; aws.c and cloudmap.c are included by the
 # target (their parsers are static), the rest is what they call.
 fuzz_control_SRCS        := http/client.c http/h1_parse.c http/head.c aws/sigv4.c base/http.c \
-                            base/err.c base/log.c
+                            base/err.c base/log.c base/iso8601.c
 fuzz_control_LIBS        := -luv -lssl -lcrypto -lcjson
 
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
