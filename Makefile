@@ -15,7 +15,7 @@ ifneq ($(SANITIZER),)
 OPT       := -O1 -g -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all
 endif
 CFLAGS    := -std=c11 $(OPT) -pthread
-LDLIBS    := -luv -lcares -lcjson -lssl -lcrypto -lpthread -lm
+LDLIBS    := -luv -lcares -lcjson -lssl -lcrypto -lnghttp2 -lpthread -lm
 
 SRCS      := $(wildcard base/*.c http/*.c aws/*.c proxy/*.c config/*.c routing/*.c discovery/*.c tracing/*.c tls/*.c)
 LIB_SRCS  := $(filter-out proxy/main.c,$(SRCS))
@@ -31,8 +31,9 @@ BENCH_BINS := $(BUILD)/bench/openloop
 DEB_PKGS  := build-essential pkg-config libuv1-dev libc-ares-dev libcjson-dev libssl-dev \
              libcmocka-dev python3 python3-pytest curl knot knot-dnsutils procps clang-format nodejs \
              clang-14 libclang-rt-14-dev openssl iproute2 iptables redis-server redis-tools util-linux \
-             prometheus chromium
-BENCH_PKGS := wrk haproxy nginx-light libnginx-mod-stream valgrind strace node-llhttp apache2-utils openssl
+             prometheus chromium libnghttp2-dev python3-h2 nghttp2-client
+BENCH_PKGS := wrk haproxy nginx-light libnginx-mod-stream valgrind strace node-llhttp apache2-utils openssl \
+              nghttp2-client
 
 .PHONY: all deps test unit integration run lint format clean bench bench-smoke bench-deps fuzz fuzz-smoke
 

@@ -70,7 +70,27 @@ static inline void hist_record_us(histogram_t *h, uint64_t us)
     X(downstream_rq_5xx, 0)                                                                        \
     X(downstream_rq_timeout, 0)                                                                    \
     X(downstream_rq_rx_reset, 0)                                                                   \
-    X(downstream_rq_header_too_large, 0)
+    X(downstream_rq_header_too_large, 0)                                                           \
+    X(downstream_cx_http2_total, 0)                                                                \
+    X(downstream_cx_http2_active, 1)                                                               \
+    X(downstream_rq_too_many_premature_resets, 0)
+
+/* The HTTP/2 codec's own, Envoy's `http2.` names (h2_server.c, docs/http2.md): kept per
+ * listener beside its HTTP stats. */
+#define H2_STATS(X)                                                                                \
+    X(header_overflow, 0)                                                                          \
+    X(too_many_headers, 0)                                                                         \
+    X(inbound_empty_frames_flood, 0)                                                               \
+    X(inbound_priority_frames_flood, 0)                                                            \
+    X(inbound_window_update_frames_flood, 0)                                                       \
+    X(outbound_control_flood, 0)                                                                   \
+    X(outbound_flood, 0)                                                                           \
+    X(rx_messaging_error, 0)                                                                       \
+    X(rx_reset, 0)                                                                                 \
+    X(tx_reset, 0)                                                                                 \
+    X(goaway_sent, 0)                                                                              \
+    X(trailers, 0)                                                                                 \
+    X(streams_active, 1)
 
 #define CLUSTER_STATS(X)                                                                           \
     X(upstream_cx_total, 0)                                                                        \
@@ -133,9 +153,13 @@ typedef struct listener_stats {
 typedef struct ssl_stats {
     SSL_STATS(STAT_FIELD)
 } ssl_stats_t;
+typedef struct h2_stats {
+    H2_STATS(STAT_FIELD)
+} h2_stats_t;
 typedef struct http_stats {
     HTTP_STATS(STAT_FIELD)
     histogram_t rq_time; /* the request's first byte to the response's last */
+    h2_stats_t http2;
 } http_stats_t;
 typedef struct cluster_stats {
     CLUSTER_STATS(STAT_FIELD)

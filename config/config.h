@@ -217,6 +217,8 @@ typedef struct cfg_route {
 /* A virtual gateway (VirtualGatewaySpec): listeners (portMapping, healthCheck, connectionPool,
  * tls, as a node listener's but http, http2 or grpc), the client policy toward the mesh
  * (backendDefaults.clientPolicy), logging. */
+#define GATEWAY_MAX_LISTENERS 8
+
 typedef struct cfg_gateway {
     char *name;
     unsigned index; /* position in the document's virtualGateways */

@@ -232,9 +232,15 @@ static void check_gateway(const config_t *c, const cfg_gateway_t *g, diag_t *d)
         if (c->gateways[k].name && g->name && !strcmp(c->gateways[k].name, g->name))
             report(c, d, where, "virtualGatewayName", "\"%s\" repeats virtualGateways[%u]", g->name,
                    k);
-    if (g->nlisteners > 1)
-        report(c, d, where, "spec.listeners", "remora's gateway serves one listener yet, got %u",
+    if (g->nlisteners > GATEWAY_MAX_LISTENERS)
+        report(c, d, where, "spec.listeners", "at most %d listeners, got %u", GATEWAY_MAX_LISTENERS,
                g->nlisteners);
+    for (unsigned i = 0; i < g->nlisteners; i++)
+        for (unsigned k = 0; k < i; k++)
+            if (g->listeners[k].port == g->listeners[i].port) {
+                snprintf(sub, sizeof sub, "spec.listeners[%u].portMapping.port", i);
+                report(c, d, where, sub, "%u is also listeners[%u]'s", g->listeners[i].port, k);
+            }
     for (unsigned i = 0; i < g->nlisteners; i++) {
         const cfg_listener_t *l = &g->listeners[i];
         snprintf(sub, sizeof sub, "spec.listeners[%u].portMapping.protocol", i);

@@ -443,7 +443,7 @@ static void request_id(exchange_t *ex)
  * -1 when it has answered instead: no gateway route, 404 naming the host and path. */
 static int gateway_route(exchange_t *ex, const route_request_t *rr)
 {
-    uint16_t port = ex->w->srv->set.ingress_port; /* the gateway's listener */
+    uint16_t port = ex->listener->port; /* the gateway's listener it came to */
     size_t cap = ex->target_len + ROUTE_REWRITE_SLACK;
     route_rewrite_t rw = {.target = arena_alloc(&ex->arena, cap), .cap = cap};
     if (!rw.target) {

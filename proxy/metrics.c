@@ -185,6 +185,11 @@ static void walk_http(walk_t *w, const char *prefix, const char *listener, http_
          "http.%s.%s", prefix, #stat);
     HTTP_STATS(STAT)
 #undef STAT
+#define H2(stat, gauge)                                                                            \
+    emit(w, gauge ? METRIC_GAUGE : METRIC_COUNTER, stat_get(&st->http2.stat),                      \
+         gauge ? NULL : &st->http2.stat, "http.%s.http2.%s", prefix, #stat);
+    H2_STATS(H2)
+#undef H2
     emit_hist(w, &st->rq_time, "http.%s.downstream_rq_time", prefix);
     stat_t *cls = &st->downstream_rq_1xx; /* the same counts under the listener's scope */
     for (int i = 0; i < 5; i++)
@@ -336,6 +341,13 @@ void metrics_each(server_t *s, metric_fn fn, void *ctx)
         walk_cluster(s, &w, c);
     walk_http(&w, "egress", eg, &s->egress_stats);
     walk_http(&w, "ingress", in, &s->ingress_stats);
+    /* Envoy's root http2.* names: both listeners' counts. */
+#define H2(stat, gauge)                                                                            \
+    emit(&w, gauge ? METRIC_GAUGE : METRIC_COUNTER,                                                \
+         stat_get(&s->ingress_stats.http2.stat) + stat_get(&s->egress_stats.http2.stat), NULL,     \
+         "http2.%s", #stat);
+    H2_STATS(H2)
+#undef H2
     walk_listener(&w, eg, &s->egress_listener);
     walk_listener(&w, in, &s->ingress_listener);
 #define SSL(stat, gauge)                                                                           \

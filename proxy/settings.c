@@ -125,6 +125,8 @@ static int resolve_gateway(settings_t *s, const config_t *cfg, const char *gw, d
     snprintf(s->table_name, sizeof s->table_name, ROUTE_GATEWAY_PREFIX "%s", gw);
     s->gateway = 1;
     s->ingress_port = g->nlisteners ? g->listeners[0].port : 0; /* what stats are named by */
+    for (unsigned i = 0; i < g->nlisteners && i < GATEWAY_MAX_LISTENERS; i++)
+        s->gateway_ports[s->ngateway_ports++] = g->listeners[i].port;
     return 0;
 }
 

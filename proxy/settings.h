@@ -36,6 +36,8 @@ typedef struct settings {
     char node[256];       /* the virtual node, or the virtual gateway, this proxy serves */
     char table_name[300]; /* what route_table_build takes: node, or "virtualGateway/NAME" */
     int gateway;          /* serving a virtual gateway: its listeners, no egress */
+    uint16_t gateway_ports[GATEWAY_MAX_LISTENERS];
+    unsigned ngateway_ports;
     uint16_t ingress_port, egress_port;
     char admin_host[64];
     uint16_t admin_port;

@@ -659,3 +659,12 @@ int transport_tls_client(conn_t *c, tls_ctx_t *ctx, ssl_stats_t *stats, const st
     }
     return err;
 }
+
+const unsigned char *transport_tls_alpn(const conn_t *c, unsigned *len)
+{
+    const unsigned char *p = NULL;
+    *len = 0;
+    if (c->tls && c->tls->state == TS_OPEN)
+        SSL_get0_alpn_selected(c->tls->ssl, &p, len);
+    return *len ? p : NULL;
+}

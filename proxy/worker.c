@@ -102,7 +102,9 @@ static uint16_t port_of(const struct sockaddr_storage *ss)
  * TLS or not, HTTP or bytes. */
 static void serve_ingress(worker_t *w, listener_t *l, conn_t *c, const struct sockaddr_storage *dst)
 {
-    const route_listener_t *rl = route_ingress(w->routes, dst ? port_of(dst) : 0);
+    /* A gateway's listener is its own port; ingress is one port for every node listener. */
+    uint16_t port = l->kind == LISTENER_GATEWAY ? l->port : dst ? port_of(dst) : 0;
+    const route_listener_t *rl = route_ingress(w->routes, port);
     if (rl->tls && transport_tls_server(c, rl->tls, &w->srv->ingress_ssl,
                                         rl->tls_mode == TLS_PERMISSIVE) != 0) {
         conn_close(c);
@@ -111,7 +113,7 @@ static void serve_ingress(worker_t *w, listener_t *l, conn_t *c, const struct so
     if (rl->tcp)
         tcp_proxy_start(w, c, &rl->r, w->routes, NULL);
     else
-        h1_server_start(&l->h1, c, (const struct sockaddr *)dst);
+        h2_server_accept(&l->h2, c, (const struct sockaddr *)dst); /* HTTP/2 or HTTP/1.1 */
 }
 
 /* Egress: a redirected connection is routed by its original destination port first (TCP
@@ -126,7 +128,7 @@ static void serve_egress(worker_t *w, listener_t *l, conn_t *c, const struct soc
     if (kind == PORT_TCP)
         tcp_proxy_start(w, c, &r, w->routes, (const struct sockaddr *)dst);
     else
-        h1_server_start(&l->h1, c, (const struct sockaddr *)dst);
+        h2_server_accept(&l->h2, c, (const struct sockaddr *)dst); /* HTTP/2 or HTTP/1.1 */
 }
 
 static void on_connection(uv_stream_t *server, int status)
@@ -151,8 +153,7 @@ static void on_connection(uv_stream_t *server, int status)
     stat_inc(&ls->downstream_cx_active);
     c->accepted_by = ls;
     struct sockaddr_storage dst;
-    uint16_t own = l->kind != LISTENER_EGRESS ? w->srv->set.ingress_port : w->srv->set.egress_port;
-    int redirected = original_destination(c, own, &dst);
+    int redirected = original_destination(c, l->port, &dst);
     if (l->kind != LISTENER_EGRESS) /* a gateway's listener is served as ingress is */
         serve_ingress(w, l, c, redirected ? &dst : NULL);
     else
@@ -163,13 +164,20 @@ int worker_is_own_listener(worker_t *w, const endpoint_t *ep)
 {
     uint16_t port = endpoint_port(ep);
     const settings_t *set = &w->srv->set;
-    return endpoint_is_local(ep) &&
-           (port == set->ingress_port || port == set->egress_port || port == set->admin_port);
+    if (!endpoint_is_local(ep))
+        return 0;
+    for (unsigned i = 0; i < w->nlisteners; i++)
+        if (port == w->listeners[i].port)
+            return 1;
+    return port == set->admin_port;
 }
 
-static uint64_t ingress_idle_ms(worker_t *w)
+_Static_assert(WORKER_MAX_LISTENERS >= GATEWAY_MAX_LISTENERS, "a gateway's listeners must fit");
+
+static uint64_t idle_ms(worker_t *w, const listener_t *l)
 {
-    return route_ingress(w->routes, 0)->r.idle_ms;
+    return l->kind == LISTENER_EGRESS ? ROUTE_DEFAULT_IDLE_MS
+                                      : route_ingress(w->routes, l->port)->r.idle_ms;
 }
 
 static void maybe_finish(worker_t *w);
@@ -224,6 +232,7 @@ static int listener_open(worker_t *w, listener_t *l, enum listener_kind kind, ui
     server_t *s = w->srv;
     l->w = w;
     l->kind = kind;
+    l->port = port;
     l->h1 = (h1_server_config_t){
         .loop = &w->loop,
         .handler = &exchange_handler,
@@ -231,8 +240,16 @@ static int listener_open(worker_t *w, listener_t *l, enum listener_kind kind, ui
         .stats = kind != LISTENER_EGRESS ? &s->ingress_stats : &s->egress_stats,
         .on_closed = on_conn_closed,
     };
-    h1_server_config_init(&l->h1, s->set.header_timeout_ms,
-                          kind == LISTENER_INGRESS ? ingress_idle_ms(w) : ROUTE_DEFAULT_IDLE_MS);
+    h1_server_config_init(&l->h1, s->set.header_timeout_ms, idle_ms(w, l));
+    l->h2 = (h2_server_config_t){
+        .loop = &w->loop,
+        .handler = &exchange_handler,
+        .owner = l,
+        .stats = l->h1.stats,
+        .h1 = &l->h1,
+        .on_closed = on_conn_closed,
+    };
+    h2_server_config_init(&l->h2, s->set.header_timeout_ms, idle_ms(w, l));
     int err = listen_socket(&w->loop.uv, &l->tcp, l, AF_INET, port);
     if (err < 0)
         return err;
@@ -313,9 +330,11 @@ void worker_maybe_finish(worker_t *w)
  * the loop end. */
 static void maybe_finish(worker_t *w)
 {
-    if (!w->draining || w->ingress.h1.nconns > 0 || w->egress.h1.nconns > 0 || w->ntunnels > 0 ||
-        w->nconnecting > 0)
+    if (!w->draining || w->ntunnels > 0 || w->nconnecting > 0)
         return;
+    for (unsigned i = 0; i < w->nlisteners; i++)
+        if (w->listeners[i].h1.nconns > 0 || w->listeners[i].h2.nconns > 0)
+            return;
     loop_pass(&w->loop); /* exchanges still queued for release go first */
     pool_close_idle(&w->pools);
     if (uv_is_closing((uv_handle_t *)&w->wake))
@@ -325,8 +344,10 @@ static void maybe_finish(worker_t *w)
     pool_table_close(&w->pools);
     tq_close(&w->tcp_connect_q);
     access_log_worker_close(&w->alog_w); /* what is left is written as the loop ends */
-    h1_server_config_close(&w->ingress.h1);
-    h1_server_config_close(&w->egress.h1);
+    for (unsigned i = 0; i < w->nlisteners; i++) {
+        h1_server_config_close(&w->listeners[i].h1);
+        h2_server_config_close(&w->listeners[i].h2);
+    }
     uv_close((uv_handle_t *)&w->wake, NULL);
     uv_close((uv_handle_t *)&w->prepare, NULL);
     uv_close((uv_handle_t *)&w->check, NULL);
@@ -346,7 +367,11 @@ static void adopt_routes(worker_t *w)
         access_log_unref(w->alog); /* exchanges and unwritten lines keep their own */
         w->alog = (access_log_t *)(log & ~(uintptr_t)1);
     }
-    tq_set_ms(&w->ingress.h1.idle_q, ingress_idle_ms(w));
+    for (unsigned i = 0; i < w->nlisteners; i++) {
+        listener_t *l = &w->listeners[i];
+        tq_set_ms(&l->h1.idle_q, idle_ms(w, l));
+        tq_set_ms(&l->h2.idle_q, idle_ms(w, l));
+    }
 }
 
 void worker_publish_log(worker_t *w, access_log_t *log)
@@ -369,24 +394,22 @@ static void on_wake(uv_async_t *h)
     pool_close_departed(&w->pools);
     pool_admit_waiting(&w->pools); /* a slot freed: waiting exchanges may go on */
     enum server_state st = server_state(w->srv);
-    if (atomic_load(&w->srv->listeners_drained)) {
-        listener_close(&w->ingress);
-        listener_close(&w->egress);
-    }
-    if (st == SERVER_DRAINING || st == SERVER_STOPPED) {
-        if (!w->draining) {
-            w->draining = 1;
-            listener_close(&w->ingress);
-            listener_close(&w->egress);
+    int draining = st == SERVER_DRAINING || st == SERVER_STOPPED;
+    if (atomic_load(&w->srv->listeners_drained) || (draining && !w->draining))
+        for (unsigned i = 0; i < w->nlisteners; i++)
+            listener_close(&w->listeners[i]);
+    if (draining) {
+        w->draining = 1;
+        for (unsigned i = 0; i < w->nlisteners; i++) {
+            h1_server_drain(&w->listeners[i].h1);
+            h2_server_drain(&w->listeners[i].h2);
+            if (st == SERVER_STOPPED) {
+                h1_server_abort_all(&w->listeners[i].h1);
+                h2_server_abort_all(&w->listeners[i].h2);
+            }
         }
-        h1_server_drain(&w->ingress.h1);
-        h1_server_drain(&w->egress.h1);
-        if (st == SERVER_STOPPED) {
-            h1_server_abort_all(&w->ingress.h1);
-            h1_server_abort_all(&w->egress.h1);
-            for (tunnel_t *t = w->tunnels; t; t = t->next)
-                relay_abort(t->relay);
-        }
+        for (tunnel_t *t = w->tunnels; st == SERVER_STOPPED && t; t = t->next)
+            relay_abort(t->relay);
     }
     maybe_finish(w);
 }
@@ -439,11 +462,18 @@ int worker_init(worker_t *w, server_t *srv, unsigned id)
     uv_timer_init(&w->loop.uv, &w->housekeeping);
     w->housekeeping.data = w;
     uv_timer_start(&w->housekeeping, on_housekeeping, 1000, 1000);
-    if (srv->set.gateway) /* a virtual gateway: its listener, no egress */
-        return listener_open(w, &w->ingress, LISTENER_GATEWAY, srv->set.ingress_port);
-    err = listener_open(w, &w->ingress, LISTENER_INGRESS, srv->set.ingress_port);
-    if (err == 0)
-        err = listener_open(w, &w->egress, LISTENER_EGRESS, srv->set.egress_port);
+    const settings_t *set = &srv->set;
+    if (set->gateway) { /* a virtual gateway: its listeners, no egress */
+        for (unsigned i = 0; err == 0 && i < set->ngateway_ports; i++, w->nlisteners++)
+            err = listener_open(w, &w->listeners[i], LISTENER_GATEWAY, set->gateway_ports[i]);
+        return err;
+    }
+    err = listener_open(w, &w->listeners[WORKER_INGRESS], LISTENER_INGRESS, set->ingress_port);
+    w->nlisteners = 1;
+    if (err == 0) {
+        err = listener_open(w, &w->listeners[WORKER_EGRESS], LISTENER_EGRESS, set->egress_port);
+        w->nlisteners = 2;
+    }
     return err;
 }
 

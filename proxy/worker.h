@@ -8,6 +8,7 @@
 
 #include "proxy/access_log.h"
 #include "proxy/h1_server.h"
+#include "proxy/h2_server.h"
 #include "proxy/loop.h"
 #include "proxy/pool.h"
 #include "proxy/relay.h"
@@ -20,13 +21,19 @@ struct exchange;
 /* A gateway's listener takes the ingress slot (its stats are ingress's). */
 enum listener_kind { LISTENER_INGRESS, LISTENER_EGRESS, LISTENER_GATEWAY };
 
+#define WORKER_MAX_LISTENERS 8
+#define WORKER_INGRESS       0
+#define WORKER_EGRESS        1
+
 typedef struct listener {
     uv_tcp_t tcp;  /* 0.0.0.0:port */
     uv_tcp_t tcp6; /* [::]:port, IPv6 only (where the host has IPv6) */
     struct worker *w;
     enum listener_kind kind;
+    uint16_t port;
     int open, open6;
     h1_server_config_t h1; /* its HTTP/1.1 connections */
+    h2_server_config_t h2; /* its HTTP/2 ones, and those whose protocol is not known yet */
 } listener_t;
 
 typedef struct tunnel {
@@ -55,7 +62,10 @@ typedef struct worker {
     uv_check_t check;        /* the same after each I/O pass */
     uv_timer_t housekeeping; /* gives freed memory back after a burst of connections */
     unsigned live_exchanges, peak_exchanges; /* requests in flight, and their recent peak */
-    listener_t ingress, egress;
+    /* A sidecar's ingress ([WORKER_INGRESS]) and egress ([WORKER_EGRESS]); a virtual
+     * gateway's listeners, in its spec's order. */
+    listener_t listeners[WORKER_MAX_LISTENERS];
+    unsigned nlisteners;
     xray_emitter_t xray; /* when tracing is on */
     pool_table_t pools;
     tunnel_t *tunnels; /* open Upgrade tunnels and TCP relays, for draining */

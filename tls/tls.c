@@ -19,8 +19,9 @@
     "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 #define TLS_GROUPS "X25519:P-256:P-384"
 
-/* What the server selects by ALPN, in its order of preference (HTTP/2 joins with its codec). */
-static const unsigned char alpn_server[] = "\x08http/1.1";
+/* What the server selects by ALPN, in its order of preference: HTTP/2 first (h2_server.c picks
+ * the codec from the result); clients still offer HTTP/1.1 only, until an HTTP/2 client codec. */
+static const unsigned char alpn_server[] = "\x02h2\x08http/1.1";
 static const unsigned char alpn_client[] = "\x08http/1.1";
 
 /* ---- files ---- */

@@ -18,6 +18,7 @@ FUZZ_CFLAGS        := -std=c11 -O1 -g -fno-omit-frame-pointer -pthread $(FUZZ_SA
 FUZZ_ALL           := dns_parse trace_header config sampling_rules \
                       h1_parse \
                       $(if $(wildcard proxy/h1_server.c),h1_server h1_client) \
+                      $(if $(wildcard proxy/h2_server.c),h2_server) \
                       $(if $(wildcard proxy/transport_tls.c),tls_server) control
 FUZZ_TARGETS       ?= $(FUZZ_ALL)
 
@@ -40,6 +41,9 @@ fuzz_h1_server_SRCS      := proxy/h1_server.c $(fuzz_h1_codec_SRCS)
 fuzz_h1_server_LIBS      := -luv
 fuzz_h1_client_SRCS      := proxy/h1_client.c $(fuzz_h1_codec_SRCS)
 fuzz_h1_client_LIBS      := -luv
+# The HTTP/2 codec over nghttp2, with h1_server for what its sniffer hands over.
+fuzz_h2_server_SRCS      := proxy/h2_server.c proxy/h1_server.c $(fuzz_h1_codec_SRCS)
+fuzz_h2_server_LIBS      := -luv -lnghttp2
 # The TLS transport over a real socketpair, with conn.c above it and an OpenSSL client in the
 # target; tls.c builds the listener's context (config/diag.c for its diagnostics, base/text.c
 # for /certs).

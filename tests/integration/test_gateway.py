@@ -353,3 +353,27 @@ def test_tls_to_the_mesh_from_backend_defaults(gw, remora, tmp_path):
         finally:
             srv.terminate()
             srv.wait(5)
+
+
+def test_a_gateway_with_two_listeners_routes_by_port(gw, remora):
+    """Each listener is bound; match.port picks the routes of one (required with several)."""
+    second = free_port()
+    cfg = mesh(gw.ports, gw.port, {
+        "first": http_route({"prefix": "/", "port": gw.port}),
+        "second": http_route({"prefix": "/", "port": second}, service=CATALOG)})
+    cfg["virtualGateways"][0]["spec"]["listeners"].append(
+        {"portMapping": {"port": second, "protocol": "http"}})
+    remora(cfg)
+    assert gw.send("/a")[1]["server"].startswith("cart-")
+    c = Conn(second)
+    c.send(request("GET", "/a", host="shop.example.com"))
+    r = c.read_response()
+    assert r.status == 200 and json.loads(r.body)["server"] == "catalog"
+
+
+def test_check_wants_match_port_with_two_listeners(tmp_path):
+    cfg = mesh({"cart-v1": 1, "cart-v2": 2, "catalog": 3}, 9080, {"r": http_route({"prefix": "/"})})
+    cfg["virtualGateways"][0]["spec"]["listeners"].append(
+        {"portMapping": {"port": 9081, "protocol": "http"}})
+    code, out = check(tmp_path, cfg)
+    assert code == 1 and "gatewayRoutes[0].spec.httpRoute.match.port: required" in out, out

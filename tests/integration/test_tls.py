@@ -679,13 +679,16 @@ def test_server_side_session_resumption(pki, remora, upstream, tmp_path, version
         handshake=2, session_reused=1, no_certificate=0 if mtls else 2)
 
 
-def test_alpn_selects_http11(pki, remora, upstream):
+def test_alpn_selects_h2_else_http11(pki, remora, upstream):
+    """The listener prefers h2 (served by the HTTP/2 codec, test_h2.py), else http/1.1."""
     r, app = start_b(remora, upstream, listener_tls("STRICT", pki.b))
-    out = s_client(r.ingress, "-alpn", "h2,http/1.1", "-CAfile", pki.ca.cert, stdin=CLOSE_REQUEST)
+    out = s_client(r.ingress, "-alpn", "h2,http/1.1", "-CAfile", pki.ca.cert)
+    assert "ALPN protocol: h2" in out, out
+    out = s_client(r.ingress, "-alpn", "http/1.1", "-CAfile", pki.ca.cert, stdin=CLOSE_REQUEST)
     assert "ALPN protocol: http/1.1" in out and "HTTP/1.1 200" in out, out
     out = s_client(r.ingress, "-CAfile", pki.ca.cert, stdin=CLOSE_REQUEST)
     assert "No ALPN negotiated" in out and "HTTP/1.1 200" in out, out
-    c = TLSConn(r.ingress, client_ctx(pki.ca.cert, alpn=["h2", "http/1.1"]))
+    c = TLSConn(r.ingress, client_ctx(pki.ca.cert, alpn=["http/1.1"]))
     assert c.sock.selected_alpn_protocol() == "http/1.1"
     assert get(c).status == 200
     assert app.stats()["requests"] == 3

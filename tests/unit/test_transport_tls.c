@@ -658,12 +658,16 @@ static void test_server_handshake_and_echo(void **state)
     assert_int_equal(F.o.eofs, 0);
     assert_int_equal(conn_is_tls(F.c), 1);
     assert_stats(1, 1, 0);
-    /* ALPN: the listener selects http/1.1 from what is offered. */
+    /* ALPN: the listener prefers h2 among what is offered, and tells the codec so. */
     const unsigned char *alpn;
     unsigned alpn_len;
     SSL_get0_alpn_selected(F.p.ssl, &alpn, &alpn_len);
-    assert_int_equal(alpn_len, 8);
-    assert_memory_equal(alpn, "http/1.1", 8);
+    assert_int_equal(alpn_len, 2);
+    assert_memory_equal(alpn, "h2", 2);
+    alpn = transport_tls_alpn(F.c, &alpn_len);
+    assert_non_null(alpn);
+    assert_int_equal(alpn_len, 2);
+    assert_memory_equal(alpn, "h2", 2);
 
     conn_write_copy(F.c, "world!", 6);
     RUN_UNTIL(F.p.got.n >= 6);
@@ -946,12 +950,13 @@ static void test_permissive_tls(void **state)
     server_conn(1);
     conn_write_copy(F.c, "early", 5);
     client_peer(0);
-    assert_int_equal(SSL_set_alpn_protos(F.p.ssl, (const unsigned char *)"\x02h2", 3), 0);
+    assert_int_equal(SSL_set_alpn_protos(F.p.ssl, (const unsigned char *)"\x06spdy/3", 7), 0);
     RUN_UNTIL(F.p.hs_done);
     const unsigned char *alpn;
     unsigned alpn_len;
     SSL_get0_alpn_selected(F.p.ssl, &alpn, &alpn_len);
     assert_int_equal(alpn_len, 0); /* nothing in common: no ALPN, HTTP/1.1 */
+    assert_null(transport_tls_alpn(F.c, &alpn_len));
     peer_send(&F.p, "hello", 5);
     RUN_UNTIL(F.o.got.n >= 5);
     assert_true(has(&F.o.got, "hello"));

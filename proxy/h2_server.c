@@ -1,0 +1,1894 @@
+/* The HTTP/2 server codec (h2_server.h; docs/http2.md). Two objects: a sniffer while a
+ * connection's protocol is not known, then one h2_server_t per HTTP/2 connection holding an
+ * nghttp2 session and its streams (h2_stream_t, each a server_stream_t).
+ *
+ * Calling discipline. nghttp2 runs its callbacks only from inside nghttp2_session_mem_recv
+ * (from on_read) and nghttp2_session_send (flush, from on_read or the loop's deferred list),
+ * never from inside an op the exchange calls: ops only queue (nghttp2_submit_*,
+ * nghttp2_session_resume_data) and defer a flush. So every event reaches an exchange from a
+ * read, a flush, a timer or a close, as stream.h asks. Stream objects are freed from the
+ * deferred list, once nghttp2 has closed the stream and the exchange has released it.
+ *
+ * Ownership: the connection object owns its streams and outlives them (their peer and
+ * orig_dst point into it); it is freed once its conn is closed and its last stream is gone. */
+#include "proxy/h2_server.h"
+
+#include <netinet/in.h>
+#include <nghttp2/nghttp2.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/err.h"
+#include "base/log.h"
+#include "proxy/transport_tls.h"
+
+#define PREFACE     "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#define PREFACE_LEN 24
+
+/* Abuse budgets (docs/http2.md has the reasons and Envoy's names for them). */
+#define PREMATURE_MS            1000  /* a stream reset younger than this is a premature reset */
+#define PREMATURE_STREAMS       500   /* streams closed before the ratio is judged (Envoy's) */
+#define MAX_EMPTY_FRAMES        1     /* consecutive frames with no payload and no END_STREAM */
+#define PRIORITY_PER_STREAM     100   /* PRIORITY frames per stream opened */
+#define WINDOW_UPDATES_PER_DATA 10    /* WINDOW_UPDATE frames per DATA frame sent */
+#define MAX_OUTBOUND_FRAMES     10000 /* frames nghttp2 may hold for a client that does not read */
+#define MAX_OUTBOUND_ACKS       1000  /* PING and SETTINGS acknowledgements held (nghttp2's) */
+#define MAX_CONTINUATIONS       8     /* CONTINUATION frames per header block (Debian's nghttp2) */
+
+enum phase { PH_NONE, PH_HEADERS, PH_IDLE, PH_LINGER };
+
+/* What waits in the listener's queues: a sniffer or a connection, told apart on expiry. */
+typedef struct timed {
+    tq_node_t node;
+    unsigned sniff : 1;
+} timed_t;
+
+struct h2_sniff {
+    timed_t t; /* first */
+    h2_server_config_t *cfg;
+    conn_t *c;
+    h2_sniff_t *next, *prev;
+    deferred_t free_d;
+    struct sockaddr_storage dst;
+    unsigned has_dst : 1, listed : 1;
+    unsigned n; /* preface bytes matched so far */
+    char got[PREFACE_LEN];
+};
+
+/* A piece of response body waiting for its DATA frame: a reference into a buffer (or static
+ * bytes, b NULL). `charge` is the memory it pins, counted once per buffer run. */
+typedef struct seg {
+    buf_t *b;
+    const char *p;
+    size_t n, charge;
+} seg_t;
+
+typedef struct h2_stream h2_stream_t;
+
+struct h2_stream {
+    server_stream_t s; /* first: the exchange's handle */
+    h2_server_t *h;
+    h2_stream_t *next, *prev;
+    int32_t id;
+    const stream_events_t *ev; /* the exchange, once accepted */
+    void *ctx;
+    head_t *head;         /* the request head while its fields arrive */
+    head_t *trailers;     /* request trailers while they arrive */
+    head_t *end_trailers; /* ... received, waiting for on_end (the stream is paused) */
+    char *cookie;         /* Cookie crumbs, joined with "; " (RFC 9113 §8.2.3) */
+    size_t cookie_len, cookie_cap;
+    size_t hdr_bytes; /* this header block, as RFC 7541 §4.1 counts it */
+    unsigned hdr_fields, fields;
+    uint64_t start_ms;
+    buf_t *held;       /* request body that came while paused (copied: at most a window) */
+    size_t unconsumed; /* bytes not yet credited to the stream's window */
+    seg_t *out;        /* response body queued for DATA frames: out[out_head..nout) */
+    unsigned nout, out_head, out_cap;
+    size_t out_bytes, out_reserved, out_pinned;
+    buf_t *tail; /* small pieces are copied here */
+    head_t *resp_trailers;
+    deferred_t later; /* delivery resumed, or the object freed */
+    unsigned accepted : 1, released : 1, closed : 1, failed : 1;
+    unsigned refused : 1;     /* answered or reset by the codec: no exchange */
+    unsigned req_ended : 1;   /* END_STREAM received */
+    unsigned req_done : 1;    /* ... and told the exchange (MSG_END or on_end) */
+    unsigned end_pending : 1; /* received, waiting for the pause to end */
+    unsigned paused : 1;
+    unsigned in_trailers : 1;
+    unsigned too_large : 1, too_many : 1;
+    unsigned has_authority : 1, has_length : 1, expect_continue : 1, head_request : 1;
+    unsigned resp_sent : 1, resp_done : 1, no_body : 1, deferred : 1, continued : 1;
+    unsigned eos_sent : 1, rst_sent : 1, rx_reset : 1, above : 1;
+};
+
+struct h2_server {
+    timed_t t; /* first */
+    h2_server_config_t *cfg;
+    conn_t *c;
+    nghttp2_session *sess;
+    enum phase phase;
+    h2_server_t *next, *prev;
+    h2_stream_t *streams;
+    unsigned nstreams; /* objects, open or held by an exchange */
+    unsigned nopen;    /* request streams nghttp2 has open */
+    unsigned nabove;   /* streams told they are over the high-water mark */
+    size_t queued;     /* response body pinned by every stream */
+    buf_t *rbuf;       /* the read being parsed (DATA is referenced in it) */
+    buf_t *obuf;       /* frame bytes staged for conn_write during one flush */
+    deferred_t flush_d, free_d;
+    char peer[48];
+    struct sockaddr_storage dst;
+    uint64_t streams_total, closed_streams, premature;
+    uint64_t priority_frames, window_updates, data_frames_sent;
+    unsigned empty_frames;
+    uint32_t fail_code; /* the GOAWAY a failing callback asked for */
+    const char *fail_why;
+    unsigned got_preface : 1; /* the client's SETTINGS arrived */
+    unsigned hdr_pending : 1; /* a header block has begun and not ended */
+    unsigned terminating : 1; /* an error GOAWAY is queued: written past the watermarks */
+    unsigned closing : 1;     /* FIN sent (or owed), lingering */
+    unsigned peer_eof : 1;
+    unsigned retired : 1; /* the conn is gone */
+    unsigned drain_notice : 1, drain_final : 1;
+    unsigned in_recv : 1;
+    unsigned error_counted : 1;
+    unsigned premature_hit : 1;
+};
+
+static const server_stream_ops_t stream_ops;
+static const conn_events_t conn_events, sniff_events;
+static void flush(h2_server_t *h);
+static void schedule(h2_server_t *h);
+static void finish(h2_server_t *h);
+static void close_now(h2_server_t *h);
+static void terminate(h2_server_t *h, uint32_t code, const char *why);
+static void update_phase(h2_server_t *h);
+static void maybe_free(h2_stream_t *st);
+
+static h2_stats_t *h2st(h2_server_t *h)
+{
+    return &h->cfg->stats->http2;
+}
+
+static int usable(const h2_stream_t *st)
+{
+    return !st->closed && st->h->sess && !st->h->retired;
+}
+
+/* ---- output: frames into conn.c ---- */
+
+/* Frame bytes nghttp2 made: short ones copied into the write, longer ones staged in one
+ * buffer per flush and referenced. */
+static void out_copy(h2_server_t *h, const void *p, size_t n)
+{
+    if (n <= 256) {
+        conn_write_copy(h->c, p, n);
+        return;
+    }
+    if (!h->obuf || h->obuf->cap - h->obuf->len < n) {
+        if (h->obuf)
+            buf_unref(h->obuf);
+        h->obuf = buf_new(&h->cfg->loop->bufs, n);
+        if (!h->obuf) {
+            close_now(h); /* a frame cannot be dropped from the middle of the stream */
+            return;
+        }
+    }
+    char *dst = h->obuf->data + h->obuf->len;
+    memcpy(dst, p, n);
+    h->obuf->len += (uint32_t)n;
+    conn_write(h->c, h->obuf, dst, n);
+}
+
+/* Writes stop at the high-water mark (nghttp2 keeps the frame and asks again after on_drain),
+ * except for a connection being torn down: its last frames are few and must go. */
+static int blocked(h2_server_t *h)
+{
+    return !h->c || h->c->closing || (!h->terminating && conn_over_high_water(h->c));
+}
+
+static ssize_t send_cb(nghttp2_session *sess, const uint8_t *data, size_t len, int flags, void *ud)
+{
+    (void)sess;
+    (void)flags;
+    h2_server_t *h = ud;
+    if (blocked(h))
+        return NGHTTP2_ERR_WOULDBLOCK;
+    out_copy(h, data, len);
+    return (ssize_t)len;
+}
+
+static void seg_drop(h2_stream_t *st, seg_t *sg)
+{
+    if (sg->b)
+        buf_unref(sg->b);
+    st->out_pinned -= sg->charge;
+    st->h->queued -= sg->charge;
+}
+
+static void drop_output(h2_stream_t *st)
+{
+    for (unsigned i = st->out_head; i < st->nout; i++)
+        seg_drop(st, &st->out[i]);
+    st->nout = st->out_head = 0;
+    st->out_bytes = st->out_reserved = 0;
+    if (st->tail)
+        buf_unref(st->tail);
+    st->tail = NULL;
+}
+
+/* DATA with NGHTTP2_DATA_FLAG_NO_COPY: the header, then the queued pieces by reference. */
+static int send_data_cb(nghttp2_session *sess, nghttp2_frame *frame, const uint8_t *framehd,
+                        size_t length, nghttp2_data_source *src, void *ud)
+{
+    (void)sess;
+    h2_server_t *h = ud;
+    h2_stream_t *st = src->ptr;
+    if (blocked(h))
+        return NGHTTP2_ERR_WOULDBLOCK;
+    conn_write_copy(h->c, framehd, 9);
+    size_t pad = frame->data.padlen;
+    if (pad > 0) {
+        uint8_t pl = (uint8_t)(pad - 1);
+        conn_write_copy(h->c, &pl, 1);
+    }
+    size_t left = length;
+    while (left > 0 && st->out_head < st->nout) {
+        seg_t *sg = &st->out[st->out_head];
+        size_t k = sg->n < left ? sg->n : left;
+        conn_write(h->c, sg->b, sg->p, k);
+        sg->p += k;
+        sg->n -= k;
+        left -= k;
+        st->out_bytes -= k;
+        if (sg->n == 0) {
+            seg_drop(st, sg);
+            st->out_head++;
+        }
+    }
+    if (st->out_head == st->nout)
+        st->nout = st->out_head = 0;
+    st->out_reserved -= length - left;
+    static const char zeros[256];
+    for (size_t z = pad > 1 ? pad - 1 : 0; z > 0;) {
+        size_t k = z < sizeof zeros ? z : sizeof zeros;
+        conn_write_copy(h->c, zeros, k);
+        z -= k;
+    }
+    h->data_frames_sent++;
+    return 0;
+}
+
+/* Response trailers as nghttp2 fields (names lower-cased into `names`, values by pointer). */
+static size_t trailer_nva(const head_t *t, nghttp2_nv *nv, char *names)
+{
+    size_t n = 0, at = 0;
+    for (unsigned i = 0; i < t->nfields; i++) {
+        const field_t *f = &t->fields[i];
+        for (uint32_t k = 0; k < f->name_len; k++) {
+            char ch = field_name(t, i)[k];
+            names[at + k] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+        }
+        nv[n++] = (nghttp2_nv){(uint8_t *)names + at, (uint8_t *)field_value(t, i), f->name_len,
+                               f->value_len, NGHTTP2_NV_FLAG_NONE};
+        at += f->name_len;
+    }
+    return n;
+}
+
+/* The response body's source: what is queued, by length only (NO_COPY); EOF once the
+ * exchange sent its end and every byte is framed; trailers go as a final HEADERS. */
+static ssize_t read_body(nghttp2_session *sess, int32_t id, uint8_t *buf, size_t length,
+                         uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+    (void)buf;
+    (void)ud;
+    h2_stream_t *st = src->ptr;
+    size_t avail = st->out_bytes - st->out_reserved;
+    size_t n = avail < length ? avail : length;
+    if (n == 0 && !st->resp_done) {
+        st->deferred = 1;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    st->out_reserved += n;
+    if (n == avail && st->resp_done) {
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+        head_t *t = st->resp_trailers;
+        st->resp_trailers = NULL;
+        if (t && t->nfields > 0) {
+            nghttp2_nv nv[HEAD_STORE_FIELDS];
+            char *names = malloc(t->len + 1);
+            if (names && nghttp2_submit_trailer(sess, id, nv, trailer_nva(t, nv, names)) == 0)
+                *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            free(names);
+        }
+        head_give(st->h->cfg->loop, t);
+    }
+    return (ssize_t)n;
+}
+
+/* ---- stream objects ---- */
+
+static void stream_later(deferred_t *d);
+
+static h2_stream_t *new_stream(h2_server_t *h, int32_t id)
+{
+    h2_stream_t *st = calloc(1, sizeof *st);
+    if (!st)
+        return NULL;
+    if (!(st->head = head_take(h->cfg->loop))) {
+        free(st);
+        return NULL;
+    }
+    st->h = h;
+    st->id = id;
+    st->s.ops = &stream_ops;
+    st->s.peer = h->peer;
+    st->s.orig_dst = h->dst.ss_family ? (const struct sockaddr *)&h->dst : NULL;
+    st->s.secure = h->c && conn_is_tls(h->c) ? 1 : 0;
+    st->start_ms = loop_now(h->cfg->loop);
+    st->later.fn = stream_later;
+    st->next = h->streams;
+    if (h->streams)
+        h->streams->prev = st;
+    h->streams = st;
+    h->nstreams++;
+    return st;
+}
+
+static void free_conn(h2_server_t *h);
+
+static void free_stream(h2_stream_t *st)
+{
+    h2_server_t *h = st->h;
+    loop_t *l = h->cfg->loop;
+    drop_output(st);
+    free(st->out);
+    if (st->held)
+        buf_unref(st->held);
+    head_give(l, st->head);
+    head_give(l, st->trailers);
+    head_give(l, st->end_trailers);
+    head_give(l, st->resp_trailers);
+    free(st->cookie);
+    if (st->above)
+        h->nabove--;
+    if (st->prev)
+        st->prev->next = st->next;
+    else
+        h->streams = st->next;
+    if (st->next)
+        st->next->prev = st->prev;
+    loop_cancel(l, &st->later);
+    free(st);
+    if (--h->nstreams == 0 && h->retired)
+        free_conn(h);
+}
+
+static int freeable(const h2_stream_t *st)
+{
+    return st->closed && (st->released || !st->accepted);
+}
+
+static void maybe_free(h2_stream_t *st)
+{
+    if (freeable(st))
+        loop_defer(st->h->cfg->loop, &st->later); /* never inside the chain that closed it */
+}
+
+static void reset_stream(h2_stream_t *st, uint32_t code)
+{
+    if (!usable(st) || st->rst_sent)
+        return;
+    st->rst_sent = 1;
+    nghttp2_submit_rst_stream(st->h->sess, NGHTTP2_FLAG_NONE, st->id, code);
+    schedule(st->h);
+}
+
+/* The stream failed for the exchange: it hears on_error once, and nothing after. */
+static void fail_stream(h2_stream_t *st, int err)
+{
+    if (!st->accepted || st->released || st->failed)
+        return;
+    st->failed = 1;
+    st->ev->on_error(st->ctx, err);
+}
+
+/* ---- the codec's own answers ---- */
+
+static void queue_piece(h2_stream_t *st, buf_t *b, const char *p, size_t n);
+
+/* An answer no exchange saw the request for (431, 501, 503): a short plain-text body. */
+static void local_reply(h2_stream_t *st, int status, const char *body)
+{
+    st->refused = 1;
+    if (!usable(st))
+        return;
+    char code[4] = {(char)('0' + status / 100), (char)('0' + status / 10 % 10),
+                    (char)('0' + status % 10), 0};
+    size_t n = st->head_request ? 0 : strlen(body);
+    char len[24];
+    int ln = snprintf(len, sizeof len, "%zu", strlen(body));
+    nghttp2_nv nv[] = {
+        {(uint8_t *)":status", (uint8_t *)code, 7, 3, NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)"content-type", (uint8_t *)"text/plain", 12, 10, NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)"content-length", (uint8_t *)len, 14, (size_t)ln, NGHTTP2_NV_FLAG_NONE},
+    };
+    nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_body};
+    st->resp_sent = 1;
+    st->resp_done = 1;
+    if (n)
+        queue_piece(st, NULL, body, n);
+    if (nghttp2_submit_response(st->h->sess, st->id, nv, 3, n ? &dp : NULL) != 0)
+        reset_stream(st, NGHTTP2_INTERNAL_ERROR);
+    schedule(st->h);
+}
+
+/* ---- requests: nghttp2's callbacks ---- */
+
+static h2_stream_t *stream_of(nghttp2_session *sess, int32_t id)
+{
+    return id ? nghttp2_session_get_stream_user_data(sess, id) : NULL;
+}
+
+static int fail_cb(h2_server_t *h, uint32_t code, const char *why)
+{
+    h->fail_code = code;
+    h->fail_why = why;
+    return NGHTTP2_ERR_CALLBACK_FAILURE;
+}
+
+static int on_begin_frame(nghttp2_session *sess, const nghttp2_frame_hd *hd, void *ud)
+{
+    (void)sess;
+    h2_server_t *h = ud;
+    switch (hd->type) {
+    case NGHTTP2_HEADERS:
+    case NGHTTP2_CONTINUATION:
+        h->hdr_pending = 1; /* until the block's HEADERS is received, or another frame begins */
+        /* CVE-2019-9518: frames that carry nothing and end nothing cost work for free. */
+        if (hd->length == 0 && !(hd->flags & NGHTTP2_FLAG_END_STREAM)) {
+            if (++h->empty_frames > MAX_EMPTY_FRAMES) {
+                stat_inc(&h2st(h)->inbound_empty_frames_flood);
+                return fail_cb(h, NGHTTP2_ENHANCE_YOUR_CALM, "empty frames flood");
+            }
+        } else {
+            h->empty_frames = 0;
+        }
+        return 0;
+    case NGHTTP2_PRIORITY:
+        h->hdr_pending = 0;
+        /* nghttp2 skips PRIORITY frames whole without RFC 7540 priorities; RFC 9113 §6.3
+         * still makes one on stream 0 a connection error. */
+        if (hd->stream_id == 0)
+            return fail_cb(h, NGHTTP2_PROTOCOL_ERROR, "PRIORITY on stream 0");
+        if (++h->priority_frames > PRIORITY_PER_STREAM * (1 + h->streams_total)) {
+            stat_inc(&h2st(h)->inbound_priority_frames_flood);
+            return fail_cb(h, NGHTTP2_ENHANCE_YOUR_CALM, "PRIORITY flood");
+        }
+        return 0;
+    case NGHTTP2_WINDOW_UPDATE:
+        h->hdr_pending = 0;
+        if (++h->window_updates >
+            5 + 2 * (h->streams_total + WINDOW_UPDATES_PER_DATA * h->data_frames_sent)) {
+            stat_inc(&h2st(h)->inbound_window_update_frames_flood);
+            return fail_cb(h, NGHTTP2_ENHANCE_YOUR_CALM, "WINDOW_UPDATE flood");
+        }
+        return 0;
+    default:
+        h->hdr_pending = 0;
+        return 0;
+    }
+}
+
+static int on_begin_headers(nghttp2_session *sess, const nghttp2_frame *f, void *ud)
+{
+    h2_server_t *h = ud;
+    if (f->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    if (f->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        h->streams_total++;
+        h2_stream_t *st = new_stream(h, f->hd.stream_id);
+        if (!st) { /* out of memory: refused, so the client may try again (RFC 9113 §8.7) */
+            nghttp2_submit_rst_stream(sess, NGHTTP2_FLAG_NONE, f->hd.stream_id,
+                                      NGHTTP2_REFUSED_STREAM);
+            return 0;
+        }
+        nghttp2_session_set_stream_user_data(sess, f->hd.stream_id, st);
+        h->nopen++;
+        stat_inc(&h2st(h)->streams_active);
+        return 0;
+    }
+    h2_stream_t *st = stream_of(sess, f->hd.stream_id); /* trailers */
+    if (!st)
+        return 0;
+    st->in_trailers = 1;
+    st->hdr_bytes = 0;
+    st->hdr_fields = 0;
+    if (!st->trailers && st->accepted && !st->released)
+        st->trailers = head_take(h->cfg->loop); /* NULL: they are dropped */
+    return 0;
+}
+
+static int is(const uint8_t *p, size_t n, const char *lit)
+{
+    size_t k = strlen(lit);
+    return n == k && memcmp(p, lit, k) == 0;
+}
+
+static void pseudo(h2_stream_t *st, const uint8_t *name, size_t nlen, const uint8_t *value,
+                   size_t vlen)
+{
+    head_t *hd = st->head;
+    const char *v = (const char *)value;
+    if (is(name, nlen, ":method")) {
+        int64_t off = head_store(hd, v, vlen);
+        if (off < 0) {
+            st->too_large = 1;
+            return;
+        }
+        hd->method = (uint8_t)http_method_of(v, vlen);
+        hd->method_text = (uint32_t)off;
+        hd->method_len = (uint32_t)vlen;
+        st->head_request = hd->method == HTTP_HEAD;
+    } else if (is(name, nlen, ":path")) {
+        int64_t off = head_store(hd, v, vlen);
+        if (off < 0) {
+            st->too_large = 1;
+            return;
+        }
+        hd->target = (uint32_t)off;
+        hd->target_len = (uint32_t)vlen;
+    } else if (is(name, nlen, ":authority")) {
+        /* Host for the rest of the way (RFC 9113 §8.3.1: an intermediary forwarding to
+         * HTTP/1.1 makes Host from :authority). */
+        if (head_add_field(hd, "host", 4, v, vlen) != 0)
+            st->too_large = 1;
+        st->has_authority = 1;
+    } /* :scheme: the connection says http or https (X-Forwarded-Proto) */
+}
+
+static int add_cookie(h2_stream_t *st, const uint8_t *v, size_t n)
+{
+    if (n == 0)
+        return 0; /* an empty crumb adds nothing to the joined field */
+    size_t need = st->cookie_len + (st->cookie_len ? 2 : 0) + n;
+    if (need > st->cookie_cap) {
+        size_t cap = st->cookie_cap ? st->cookie_cap * 2 : 256;
+        while (cap < need)
+            cap *= 2;
+        char *p = realloc(st->cookie, cap);
+        if (!p)
+            return UV_ENOMEM;
+        st->cookie = p;
+        st->cookie_cap = cap;
+    }
+    if (st->cookie_len) {
+        memcpy(st->cookie + st->cookie_len, "; ", 2);
+        st->cookie_len += 2;
+    }
+    memcpy(st->cookie + st->cookie_len, v, n);
+    st->cookie_len += n;
+    return 0;
+}
+
+static void field(h2_stream_t *st, const uint8_t *name, size_t nlen, const uint8_t *value,
+                  size_t vlen)
+{
+    head_t *hd = st->head;
+    const char *v = (const char *)value;
+    if (++st->fields > HEAD_MAX_FIELDS) {
+        if (!st->too_many)
+            stat_inc(&h2st(st->h)->too_many_headers);
+        st->too_many = 1;
+        return;
+    }
+    if (is(name, nlen, "host") && st->has_authority) {
+        int i = head_find_id(hd, F_HOST, 0);
+        if (i >= 0 && hd->fields[i].value_len == vlen &&
+            memcmp(field_value(hd, (unsigned)i), v, vlen) == 0)
+            return; /* the same as :authority: kept once */
+        /* RFC 9113 §8.3.1: a Host that names another entity than :authority is malformed. */
+        stat_inc(&h2st(st->h)->rx_messaging_error);
+        st->refused = 1;
+        reset_stream(st, NGHTTP2_PROTOCOL_ERROR);
+        return;
+    }
+    if (is(name, nlen, "cookie")) {
+        if (add_cookie(st, value, vlen) != 0)
+            st->too_large = 1;
+        return;
+    }
+    if (is(name, nlen, "content-length"))
+        st->has_length = 1;
+    else if (is(name, nlen, "expect") && list_has(v, vlen, "100-continue", 12))
+        st->expect_continue = 1;
+    if (head_add_field(hd, (const char *)name, nlen, v, vlen) != 0)
+        st->too_large = 1;
+}
+
+static int on_header(nghttp2_session *sess, const nghttp2_frame *f, const uint8_t *name,
+                     size_t nlen, const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
+{
+    (void)flags;
+    h2_server_t *h = ud;
+    h2_stream_t *st = f->hd.type == NGHTTP2_HEADERS ? stream_of(sess, f->hd.stream_id) : NULL;
+    if (!st)
+        return 0;
+    /* RFC 7541 §4.1 sizes. Past the advertised limit the request is answered 431 (as h1
+     * does); far past it, the block decodes to much more than it weighed on the wire: an
+     * HPACK bomb, a connection error. */
+    st->hdr_bytes += nlen + vlen + 32;
+    if (st->hdr_bytes > H2_HEADER_LIST_ABUSE || ++st->hdr_fields > 4 * HEAD_MAX_FIELDS) {
+        stat_inc(st->hdr_bytes > H2_HEADER_LIST_ABUSE ? &h2st(h)->header_overflow
+                                                      : &h2st(h)->too_many_headers);
+        return fail_cb(h, NGHTTP2_ENHANCE_YOUR_CALM, "header list far past its limit");
+    }
+    if (st->refused || st->too_large || st->too_many)
+        return 0;
+    if (st->hdr_bytes > H2_HEADER_LIST_MAX) {
+        stat_inc(&h2st(h)->header_overflow);
+        st->too_large = 1;
+        return 0;
+    }
+    if (st->in_trailers) {
+        if (st->trailers && head_add_field(st->trailers, (const char *)name, nlen,
+                                           (const char *)value, vlen) != 0) {
+            head_give(h->cfg->loop, st->trailers); /* too many: all are dropped, as h1 does */
+            st->trailers = NULL;
+        }
+        return 0;
+    }
+    if (nlen > 0 && name[0] == ':')
+        pseudo(st, name, nlen, value, vlen);
+    else
+        field(st, name, nlen, value, vlen);
+    return 0;
+}
+
+static void deliver_end(h2_stream_t *st)
+{
+    head_t *t = st->end_trailers;
+    st->end_trailers = NULL;
+    st->end_pending = 0;
+    if (!st->accepted || st->released || st->failed) {
+        head_give(st->h->cfg->loop, t);
+        return;
+    }
+    st->req_done = 1;
+    st->ev->on_end(st->ctx, t); /* the exchange owns the trailers now */
+}
+
+static void request_ended(h2_stream_t *st, head_t *trailers)
+{
+    st->req_ended = 1;
+    st->end_trailers = trailers;
+    if (st->req_done || !st->accepted || st->released || st->failed) {
+        head_give(st->h->cfg->loop, st->end_trailers);
+        st->end_trailers = NULL;
+        return;
+    }
+    if (st->paused || (st->held && st->held->len)) {
+        st->end_pending = 1; /* after the body held, once the pause ends */
+        return;
+    }
+    deliver_end(st);
+}
+
+/* A request head is complete: to the exchange, or answered here. */
+static void request_head(h2_server_t *h, h2_stream_t *st, int end_stream)
+{
+    if (st->refused)
+        return;
+    head_t *hd = st->head;
+    if (!st->too_large && !st->too_many && st->cookie_len &&
+        head_add_field(hd, "cookie", 6, st->cookie, st->cookie_len) != 0)
+        st->too_large = 1;
+    if (st->too_large || st->too_many) {
+        stat_inc(&h->cfg->stats->downstream_rq_header_too_large);
+        log_debug("downstream %s: stream %d: request headers too large, answering 431", h->peer,
+                  st->id);
+        local_reply(st, 431, "request headers too large\n");
+        return;
+    }
+    if (hd->method == HTTP_CONNECT) {
+        /* RFC 9113 §8.5 tunnels over one stream; remora does not (docs/http2.md). */
+        local_reply(st, 501, "CONNECT is not supported over HTTP/2\n");
+        return;
+    }
+    hd->major = 2;
+    hd->minor = 0;
+    unsigned msg = 0;
+    if (end_stream) {
+        msg = MSG_END;
+        st->req_ended = st->req_done = 1;
+    } else {
+        msg |= st->has_length ? 0 : MSG_CHUNKED;
+        msg |= st->expect_continue ? MSG_CONTINUE : 0;
+    }
+    stat_inc(&h->cfg->stats->downstream_rq_total);
+    st->ev = h->cfg->handler->accept(h->cfg->owner, &st->s, &st->ctx);
+    if (!st->ev) {
+        local_reply(st, 503, "out of memory\n");
+        return;
+    }
+    st->accepted = 1;
+    st->head = NULL;
+    st->ev->on_head(st->ctx, hd, msg);
+}
+
+/* Request body bytes that came while the exchange held the stream: copied (one window at
+ * most, flow control sees to that), delivered when it resumes. */
+static int hold(h2_stream_t *st, const uint8_t *p, size_t n)
+{
+    if (!st->held && !(st->held = buf_new(&st->h->cfg->loop->bufs, H2_STREAM_WINDOW)))
+        return UV_ENOMEM;
+    if (st->held->cap - st->held->len < n)
+        return ERR_TOO_LARGE;
+    memcpy(st->held->data + st->held->len, p, n);
+    st->held->len += (uint32_t)n;
+    return 0;
+}
+
+static int on_data_chunk(nghttp2_session *sess, uint8_t flags, int32_t id, const uint8_t *data,
+                         size_t len, void *ud)
+{
+    (void)flags;
+    h2_server_t *h = ud;
+    /* The connection window is credited at once: only a stream's own window holds back. */
+    nghttp2_session_consume_connection(sess, len);
+    h2_stream_t *st = stream_of(sess, id);
+    if (!st || !st->accepted || st->released || st->failed || st->req_done) {
+        nghttp2_session_consume_stream(sess, id, len);
+        return 0;
+    }
+    st->unconsumed += len;
+    if (st->paused || (st->held && st->held->len)) {
+        if (hold(st, data, len) != 0) {
+            reset_stream(st, NGHTTP2_INTERNAL_ERROR);
+            fail_stream(st, UV_ENOMEM);
+        }
+        return 0;
+    }
+    st->ev->on_data(st->ctx, h->rbuf, (const char *)data, len);
+    if (!st->paused || st->released || st->failed) { /* else credited when the exchange resumes */
+        nghttp2_session_consume_stream(sess, id, st->unconsumed);
+        st->unconsumed = 0;
+    }
+    return 0;
+}
+
+static int peer_error(uint32_t code)
+{
+    return code == NGHTTP2_PROTOCOL_ERROR || code == NGHTTP2_FLOW_CONTROL_ERROR ||
+           code == NGHTTP2_STREAM_CLOSED || code == NGHTTP2_FRAME_SIZE_ERROR ||
+           code == NGHTTP2_REFUSED_STREAM || code == NGHTTP2_COMPRESSION_ERROR;
+}
+
+/* Rapid reset (CVE-2023-44487, and the server-provoked kind, CVE-2025-8671), as Envoy judges
+ * it: once half of the streams closed (or 250 within the first 500) were reset within a
+ * second of opening, by the client or for its errors, the connection goes. */
+static void count_premature(h2_server_t *h)
+{
+    h->premature++;
+    uint64_t closed = h->closed_streams;
+    int over = closed < PREMATURE_STREAMS ? h->premature * 2 >= PREMATURE_STREAMS
+                                          : h->premature * 2 >= closed;
+    if (over && !h->premature_hit) {
+        h->premature_hit = 1; /* acted on once mem_recv or send returns */
+        stat_inc(&h->cfg->stats->downstream_rq_too_many_premature_resets);
+    }
+}
+
+static int on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void *ud)
+{
+    h2_server_t *h = ud;
+    h2_stream_t *st = stream_of(sess, f->hd.stream_id);
+    switch (f->hd.type) {
+    case NGHTTP2_DATA:
+        if (f->hd.length - f->data.padlen == 0 && !(f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+            if (++h->empty_frames > MAX_EMPTY_FRAMES) {
+                stat_inc(&h2st(h)->inbound_empty_frames_flood);
+                return fail_cb(h, NGHTTP2_ENHANCE_YOUR_CALM, "empty frames flood");
+            }
+        } else {
+            h->empty_frames = 0;
+        }
+        if (st && (f->hd.flags & NGHTTP2_FLAG_END_STREAM))
+            request_ended(st, NULL);
+        break;
+    case NGHTTP2_HEADERS:
+        h->hdr_pending = 0;
+        if (!st)
+            break;
+        if (f->headers.cat == NGHTTP2_HCAT_REQUEST) {
+            if (f->hd.flags & NGHTTP2_FLAG_END_STREAM)
+                st->req_ended = 1;
+            request_head(h, st, f->hd.flags & NGHTTP2_FLAG_END_STREAM);
+        } else if (st->in_trailers) {
+            st->in_trailers = 0;
+            stat_inc(&h2st(h)->trailers);
+            head_t *t = st->trailers;
+            st->trailers = NULL;
+            if (t && t->nfields == 0) {
+                head_give(h->cfg->loop, t);
+                t = NULL;
+            }
+            request_ended(st, t);
+        }
+        break;
+    case NGHTTP2_SETTINGS:
+        if (!(f->hd.flags & NGHTTP2_FLAG_ACK))
+            h->got_preface = 1;
+        break;
+    case NGHTTP2_RST_STREAM:
+        stat_inc(&h2st(h)->rx_reset);
+        if (st)
+            st->rx_reset = 1;
+        break;
+    case NGHTTP2_PING:
+        /* The drain's round trip: the client has seen the notice, so every stream it opened
+         * before it is known; the real GOAWAY names the last (RFC 9113 §6.8). */
+        if ((f->hd.flags & NGHTTP2_FLAG_ACK) && h->drain_notice && !h->drain_final) {
+            h->drain_final = 1;
+            nghttp2_submit_goaway(sess, NGHTTP2_FLAG_NONE,
+                                  nghttp2_session_get_last_proc_stream_id(sess), NGHTTP2_NO_ERROR,
+                                  NULL, 0);
+        }
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+static int on_invalid_frame(nghttp2_session *sess, const nghttp2_frame *f, int lib_error, void *ud)
+{
+    (void)sess;
+    h2_server_t *h = ud;
+    if (lib_error == NGHTTP2_ERR_HTTP_HEADER || lib_error == NGHTTP2_ERR_HTTP_MESSAGING)
+        stat_inc(&h2st(h)->rx_messaging_error);
+    log_debug("downstream %s: invalid frame (type %u, stream %d): %s", h->peer, f->hd.type,
+              f->hd.stream_id, nghttp2_strerror(lib_error));
+    return 0;
+}
+
+static int on_frame_send(nghttp2_session *sess, const nghttp2_frame *f, void *ud)
+{
+    h2_server_t *h = ud;
+    h2_stream_t *st = stream_of(sess, f->hd.stream_id);
+    switch (f->hd.type) {
+    case NGHTTP2_RST_STREAM:
+        stat_inc(&h2st(h)->tx_reset);
+        if (!st && peer_error(f->rst_stream.error_code)) { /* a stream nghttp2 never opened */
+            h->closed_streams++;
+            count_premature(h);
+        }
+        break;
+    case NGHTTP2_GOAWAY:
+        stat_inc(&h2st(h)->goaway_sent);
+        if (f->goaway.error_code != NGHTTP2_NO_ERROR && !h->error_counted) {
+            h->error_counted = 1;
+            stat_inc(&h->cfg->stats->downstream_cx_protocol_error);
+        }
+        break;
+    case NGHTTP2_HEADERS:
+    case NGHTTP2_DATA:
+        if (st && (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+            st->eos_sent = 1;
+            /* A complete response before the complete request: the rest is not wanted
+             * (RFC 9113 §8.1). */
+            if (!st->req_ended)
+                reset_stream(st, NGHTTP2_NO_ERROR);
+        }
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+static int on_frame_not_send(nghttp2_session *sess, const nghttp2_frame *f, int lib_error, void *ud)
+{
+    h2_server_t *h = ud;
+    h2_stream_t *st = stream_of(sess, f->hd.stream_id);
+    log_debug("downstream %s: frame (type %u, stream %d) not sent: %s", h->peer, f->hd.type,
+              f->hd.stream_id, nghttp2_strerror(lib_error));
+    if (st && f->hd.type == NGHTTP2_HEADERS)
+        reset_stream(st, NGHTTP2_INTERNAL_ERROR);
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *sess, int32_t id, uint32_t code, void *ud)
+{
+    h2_server_t *h = ud;
+    h2_stream_t *st = stream_of(sess, id);
+    if (!st)
+        return 0;
+    nghttp2_session_set_stream_user_data(sess, id, NULL);
+    st->closed = 1;
+    h->nopen--;
+    h->closed_streams++;
+    stat_dec(&h2st(h)->streams_active);
+    drop_output(st);
+    int by_peer = st->rx_reset || peer_error(code);
+    if (code != NGHTTP2_NO_ERROR && by_peer && !st->eos_sent &&
+        loop_now(h->cfg->loop) - st->start_ms < PREMATURE_MS)
+        count_premature(h);
+    if (st->accepted && !st->released && !st->failed && !(st->req_done && st->resp_done)) {
+        if (st->rx_reset)
+            stat_inc(&h->cfg->stats->downstream_rq_rx_reset);
+        fail_stream(st, !st->rx_reset && peer_error(code) ? ERR_BAD_REQUEST : ERR_CLIENT_GONE);
+    }
+    maybe_free(st);
+    return 0;
+}
+
+static int on_error(nghttp2_session *sess, int lib_error, const char *msg, size_t len, void *ud)
+{
+    (void)sess;
+    (void)lib_error;
+    h2_server_t *h = ud;
+    log_debug("downstream %s: http2: %.*s", h->peer, (int)len, msg);
+    return 0;
+}
+
+/* ---- the session ---- */
+
+static nghttp2_session_callbacks *callbacks;
+static nghttp2_option *options;
+
+static void make_session_setup(void)
+{
+    nghttp2_session_callbacks *cb;
+    if (nghttp2_session_callbacks_new(&cb) != 0)
+        return;
+    nghttp2_session_callbacks_set_send_callback(cb, send_cb);
+    nghttp2_session_callbacks_set_send_data_callback(cb, send_data_cb);
+    nghttp2_session_callbacks_set_on_begin_frame_callback(cb, on_begin_frame);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
+    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
+    nghttp2_session_callbacks_set_on_frame_not_send_callback(cb, on_frame_not_send);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_session_callbacks_set_error_callback2(cb, on_error);
+    nghttp2_option *opt;
+    if (nghttp2_option_new(&opt) != 0) {
+        nghttp2_session_callbacks_del(cb);
+        return;
+    }
+    nghttp2_option_set_no_auto_window_update(opt, 1); /* windows are backpressure */
+    nghttp2_option_set_no_closed_streams(opt, 1);
+    nghttp2_option_set_max_outbound_ack(opt, MAX_OUTBOUND_ACKS);
+    nghttp2_option_set_max_settings(opt, 32);
+    nghttp2_option_set_max_continuations(opt, MAX_CONTINUATIONS);
+    callbacks = cb;
+    options = opt;
+}
+
+static int new_session(h2_server_t *h)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, make_session_setup);
+    if (!callbacks || nghttp2_session_server_new2(&h->sess, callbacks, h, options) != 0)
+        return UV_ENOMEM;
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, H2_MAX_STREAMS},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2_STREAM_WINDOW},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, H2_HEADER_LIST_MAX},
+        {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1}, /* no priority tree to churn (9513) */
+    };
+    if (nghttp2_submit_settings(h->sess, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof *iv) != 0 ||
+        nghttp2_session_set_local_window_size(h->sess, NGHTTP2_FLAG_NONE, 0, H2_CONN_WINDOW) != 0) {
+        nghttp2_session_del(h->sess);
+        h->sess = NULL;
+        return UV_ENOMEM;
+    }
+    return 0;
+}
+
+/* ---- the connection ---- */
+
+static void set_phase(h2_server_t *h, enum phase ph)
+{
+    if (ph == h->phase)
+        return;
+    h->phase = ph;
+    h2_server_config_t *cfg = h->cfg;
+    switch (ph) {
+    case PH_HEADERS:
+        tq_add(&cfg->headers_q, &h->t.node);
+        break;
+    case PH_IDLE:
+        tq_add(&cfg->idle_q, &h->t.node);
+        break;
+    case PH_LINGER:
+        tq_add(&cfg->linger_q, &h->t.node);
+        break;
+    case PH_NONE:
+        tq_del(&h->t.node);
+        break;
+    }
+}
+
+static void update_phase(h2_server_t *h)
+{
+    if (h->retired)
+        return;
+    set_phase(h, h->closing                          ? PH_LINGER
+                 : !h->got_preface || h->hdr_pending ? PH_HEADERS
+                 : h->nopen == 0                     ? PH_IDLE
+                                                     : PH_NONE);
+}
+
+static void update_reading(h2_server_t *h)
+{
+    if (!h->c || h->c->closing)
+        return;
+    int want = !h->peer_eof && (h->closing || (h->sess && nghttp2_session_want_read(h->sess)));
+    conn_read(h->c, want);
+}
+
+static void close_now(h2_server_t *h)
+{
+    if (!h->c || h->c->closing)
+        return;
+    tq_del(&h->t.node);
+    conn_close(h->c);
+}
+
+/* Every stream an exchange still holds fails (the connection is going). */
+static void fail_all(h2_server_t *h, int err)
+{
+    h2_stream_t *next;
+    for (h2_stream_t *st = h->streams; st; st = next) {
+        next = st->next; /* streams are freed from the loop, never here */
+        fail_stream(st, err);
+    }
+}
+
+/* Send what is queued, FIN, then read and discard until the client closes or the linger time
+ * passes, so that a reset does not destroy the last frames (the GOAWAY) in flight. */
+static void finish(h2_server_t *h)
+{
+    if (h->closing || !h->c || h->c->closing)
+        return;
+    h->closing = 1;
+    fail_all(h, ERR_CLIENT_GONE); /* after a connection error nghttp2 found: none is answered */
+    set_phase(h, PH_LINGER);
+    conn_shutdown(h->c);
+    if (h->peer_eof)
+        conn_notify_empty(h->c);
+    update_reading(h);
+}
+
+/* A connection error, or remora ending the connection: GOAWAY with `code`, the streams fail,
+ * and the connection closes once the GOAWAY is out. */
+static void terminate(h2_server_t *h, uint32_t code, const char *why)
+{
+    if (!h->sess || h->terminating || h->closing)
+        return;
+    if (code != NGHTTP2_NO_ERROR)
+        log_debug("downstream %s: GOAWAY %s: %s", h->peer, nghttp2_http2_strerror(code), why);
+    h->terminating = 1;
+    nghttp2_session_terminate_session(h->sess, code);
+    fail_all(h, ERR_CLIENT_GONE);
+    schedule(h);
+}
+
+static uint32_t fatal_code(h2_server_t *h, int rv, const char **why)
+{
+    switch (rv) {
+    case NGHTTP2_ERR_FLOODED: /* PING or SETTINGS acknowledgements pile up (9512, 9515) */
+        stat_inc(&h2st(h)->outbound_control_flood);
+        *why = "PING or SETTINGS flood";
+        return NGHTTP2_ENHANCE_YOUR_CALM;
+    case NGHTTP2_ERR_TOO_MANY_CONTINUATIONS: /* CVE-2024-28182 */
+        stat_inc(&h2st(h)->header_overflow);
+        *why = "CONTINUATION flood";
+        return NGHTTP2_ENHANCE_YOUR_CALM;
+    case NGHTTP2_ERR_BAD_CLIENT_MAGIC:
+        *why = "not the HTTP/2 connection preface";
+        return NGHTTP2_PROTOCOL_ERROR;
+    case NGHTTP2_ERR_CALLBACK_FAILURE:
+        *why = h->fail_why ? h->fail_why : "out of memory";
+        return h->fail_code ? h->fail_code : NGHTTP2_INTERNAL_ERROR;
+    default:
+        *why = nghttp2_strerror(rv);
+        return NGHTTP2_INTERNAL_ERROR;
+    }
+}
+
+/* Budgets judged between calls into nghttp2, never inside one. */
+static void check_budgets(h2_server_t *h)
+{
+    if (h->premature_hit && !h->terminating) {
+        terminate(h, NGHTTP2_ENHANCE_YOUR_CALM, "too many premature stream resets");
+        return;
+    }
+    if (h->sess && !h->terminating &&
+        nghttp2_session_get_outbound_queue_size(h->sess) > MAX_OUTBOUND_FRAMES) {
+        stat_inc(&h2st(h)->outbound_flood);
+        terminate(h, NGHTTP2_ENHANCE_YOUR_CALM, "frames pile up for a client that does not read");
+    }
+}
+
+static void feed(h2_server_t *h, buf_t *b, const char *p, size_t n)
+{
+    h->rbuf = b;
+    h->in_recv = 1;
+    ssize_t rv = nghttp2_session_mem_recv(h->sess, (const uint8_t *)p, n);
+    h->in_recv = 0;
+    h->rbuf = NULL;
+    if (rv < 0) {
+        const char *why;
+        uint32_t code = fatal_code(h, (int)rv, &why);
+        terminate(h, code, why);
+    }
+    check_budgets(h);
+}
+
+static void tell_drained(h2_server_t *h)
+{
+    if (h->nabove == 0 || h->queued >= H2_CONN_QUEUE_LOW)
+        return;
+    h2_stream_t *next;
+    for (h2_stream_t *st = h->streams; st && h->nabove; st = next) {
+        next = st->next;
+        if (!st->above || st->out_pinned >= H2_STREAM_LOW_WATER)
+            continue;
+        st->above = 0;
+        h->nabove--;
+        if (st->accepted && !st->released && !st->failed)
+            st->ev->on_drain(st->ctx);
+    }
+}
+
+/* Hand nghttp2's frames to the connection, then see whether the connection is done. */
+static void flush(h2_server_t *h)
+{
+    loop_cancel(h->cfg->loop, &h->flush_d);
+    if (!h->sess || !h->c || h->c->closing || h->closing)
+        return;
+    int rv = nghttp2_session_send(h->sess);
+    if (h->obuf) {
+        buf_unref(h->obuf);
+        h->obuf = NULL;
+    }
+    if (rv != 0) {
+        log_debug("downstream %s: http2 send failed: %s", h->peer, nghttp2_strerror(rv));
+        fail_all(h, ERR_CLIENT_GONE);
+        close_now(h);
+        return;
+    }
+    check_budgets(h);
+    if (h->terminating && nghttp2_session_want_write(h->sess)) {
+        schedule(h); /* the budget just tripped: its GOAWAY goes on the next pass */
+        return;
+    }
+    tell_drained(h);
+    if (h->drain_notice && !h->drain_final && h->nopen == 0) {
+        /* No PING ACK yet, but nothing is left to finish: the real GOAWAY now. */
+        h->drain_final = 1;
+        nghttp2_submit_goaway(h->sess, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(h->sess), NGHTTP2_NO_ERROR,
+                              NULL, 0);
+        schedule(h);
+        return;
+    }
+    if (!nghttp2_session_want_read(h->sess) && !nghttp2_session_want_write(h->sess)) {
+        finish(h); /* GOAWAY sent or received, and no stream left */
+        return;
+    }
+    if (h->peer_eof && h->nopen == 0 && !nghttp2_session_want_write(h->sess)) {
+        finish(h);
+        return;
+    }
+    update_phase(h);
+    update_reading(h);
+}
+
+static void on_flush(deferred_t *d)
+{
+    h2_server_t *h = (h2_server_t *)(void *)((char *)d - offsetof(h2_server_t, flush_d));
+    flush(h);
+}
+
+static void schedule(h2_server_t *h)
+{
+    if (h->sess && !h->in_recv)
+        loop_defer(h->cfg->loop, &h->flush_d);
+}
+
+static void on_read(void *owner, buf_t *b)
+{
+    h2_server_t *h = owner;
+    if (h->closing || h->terminating || !h->sess)
+        return; /* lingering: discarded */
+    feed(h, b, b->data, b->len);
+    flush(h);
+}
+
+static void on_eof(void *owner, int err)
+{
+    h2_server_t *h = owner;
+    h->peer_eof = 1;
+    if (h->closing) {
+        if (h->c && conn_pinned(h->c) > 0)
+            conn_notify_empty(h->c); /* the last frames are still going out */
+        else
+            close_now(h);
+        return;
+    }
+    if (err != UV_EOF || !h->sess) {
+        fail_all(h, ERR_CLIENT_GONE);
+        close_now(h);
+        return;
+    }
+    /* A half-close: requests already complete are still answered; the others cannot be. */
+    h2_stream_t *next;
+    for (h2_stream_t *st = h->streams; st; st = next) {
+        next = st->next;
+        if (st->closed || st->req_ended)
+            continue;
+        reset_stream(st, NGHTTP2_CANCEL);
+        if (st->accepted && !st->released && !st->failed)
+            stat_inc(&h->cfg->stats->downstream_rq_rx_reset);
+        fail_stream(st, ERR_CLIENT_GONE);
+    }
+    nghttp2_submit_goaway(h->sess, NGHTTP2_FLAG_NONE,
+                          nghttp2_session_get_last_proc_stream_id(h->sess), NGHTTP2_NO_ERROR, NULL,
+                          0);
+    flush(h);
+}
+
+static void on_drain(void *owner)
+{
+    h2_server_t *h = owner;
+    if (h->closing) {
+        if (h->peer_eof)
+            close_now(h); /* both sides are done and the last byte is out */
+        return;
+    }
+    flush(h); /* frames held at the high-water mark */
+}
+
+static void on_write_error(void *owner, int err)
+{
+    h2_server_t *h = owner;
+    log_debug("downstream %s: write failed: %s", h->peer, uv_strerror(err));
+    fail_all(h, ERR_CLIENT_GONE);
+    close_now(h);
+}
+
+static void free_later(deferred_t *d)
+{
+    h2_server_t *h = (h2_server_t *)(void *)((char *)d - offsetof(h2_server_t, free_d));
+    h2_server_config_t *cfg = h->cfg;
+    free(h);
+    if (cfg->on_closed)
+        cfg->on_closed(cfg->owner);
+}
+
+static void free_conn(h2_server_t *h)
+{
+    h->free_d.fn = free_later;
+    loop_defer(h->cfg->loop, &h->free_d);
+}
+
+/* The conn is closed: the session goes, streams the exchanges hold stay until released. */
+static void on_conn_closed(void *owner)
+{
+    h2_server_t *h = owner;
+    h2_server_config_t *cfg = h->cfg;
+    h->c = NULL;
+    fail_all(h, ERR_CLIENT_GONE);
+    loop_cancel(cfg->loop, &h->flush_d);
+    tq_del(&h->t.node);
+    h->retired = 1;
+    nghttp2_session_del(h->sess);
+    h->sess = NULL;
+    if (h->obuf)
+        buf_unref(h->obuf);
+    h->obuf = NULL;
+    if (h->prev)
+        h->prev->next = h->next;
+    else
+        cfg->conns = h->next;
+    if (h->next)
+        h->next->prev = h->prev;
+    cfg->nconns--;
+    stat_dec(&cfg->stats->downstream_cx_active);
+    stat_dec(&cfg->stats->downstream_cx_http2_active);
+    for (h2_stream_t *st = h->streams; st; st = st->next) {
+        if (!st->closed) {
+            st->closed = 1;
+            stat_dec(&h2st(h)->streams_active);
+        }
+        if (freeable(st))
+            loop_defer(cfg->loop, &st->later);
+    }
+    if (h->nstreams == 0)
+        free_conn(h);
+}
+
+static const conn_events_t conn_events = {
+    .on_read = on_read,
+    .on_eof = on_eof,
+    .on_drain = on_drain,
+    .on_write_error = on_write_error,
+    .on_closed = on_conn_closed,
+};
+
+/* ---- the stream, as the exchange drives it ---- */
+
+static h2_stream_t *of(server_stream_t *s)
+{
+    return (h2_stream_t *)s;
+}
+
+static void stream_later(deferred_t *d)
+{
+    h2_stream_t *st = (h2_stream_t *)(void *)((char *)d - offsetof(h2_stream_t, later));
+    if (freeable(st)) {
+        free_stream(st);
+        return;
+    }
+    /* The pause ended: what was held goes up, then the window opens again. */
+    if (st->paused || !st->accepted || st->released || st->failed)
+        return;
+    if (st->held && st->held->len) {
+        buf_t *b = st->held;
+        st->held = NULL;
+        st->ev->on_data(st->ctx, b, b->data, b->len);
+        buf_unref(b);
+        if (st->paused && !st->released && !st->failed)
+            return; /* held again: the window stays closed for those bytes */
+    }
+    if (st->unconsumed && usable(st)) {
+        nghttp2_session_consume_stream(st->h->sess, st->id, st->unconsumed);
+        schedule(st->h); /* the WINDOW_UPDATE */
+    }
+    st->unconsumed = 0;
+    if (st->end_pending && !st->released && !st->failed)
+        deliver_end(st);
+}
+
+static int is_lower(const head_t *h, unsigned i)
+{
+    const char *n = field_name(h, i);
+    for (uint32_t k = 0; k < h->fields[i].name_len; k++)
+        if (n[k] >= 'A' && n[k] <= 'Z')
+            return 0;
+    return 1;
+}
+
+static void send_head(server_stream_t *s, const head_t *resp, int64_t len, unsigned msg)
+{
+    (void)msg; /* MSG_CLOSE is about an HTTP/1.1 connection; a 101 never comes (no Upgrade) */
+    h2_stream_t *st = of(s);
+    h2_server_t *h = st->h;
+    int status = resp->status;
+    if (status >= 100 && status < 200 && status != 101) { /* interim: 103 Early Hints */
+        if (!usable(st) || st->resp_sent)
+            return;
+        char code[4] = {'1', (char)('0' + status / 10 % 10), (char)('0' + status % 10), 0};
+        nghttp2_nv nv = {(uint8_t *)":status", (uint8_t *)code, 7, 3, NGHTTP2_NV_FLAG_NONE};
+        nghttp2_submit_headers(h->sess, NGHTTP2_FLAG_NONE, st->id, NULL, &nv, 1, NULL);
+        schedule(h);
+        return;
+    }
+    if (st->resp_sent)
+        return;
+    st->resp_sent = 1;
+    if (!usable(st))
+        return;
+    if (status < 200 || status > 999) { /* a 101: HTTP/2 has no protocol switch (§8.6) */
+        reset_stream(st, NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
+    int keep_length = st->head_request || status == 304;
+    st->no_body = st->head_request || status == 204 || status == 304 || len == 0;
+    nghttp2_nv nv[HEAD_STORE_FIELDS + 2];
+    size_t n = 0, names = 0;
+    for (unsigned i = 0; i < resp->nfields; i++)
+        names += resp->fields[i].name_len;
+    char stack[4096], *low = names <= sizeof stack ? stack : malloc(names);
+    if (!low) {
+        reset_stream(st, NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
+    char code[4] = {(char)('0' + status / 100 % 10), (char)('0' + status / 10 % 10),
+                    (char)('0' + status % 10), 0};
+    nv[n++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)code, 7, 3, NGHTTP2_NV_FLAG_NONE};
+    size_t at = 0;
+    for (unsigned i = 0; i < resp->nfields && n < HEAD_STORE_FIELDS + 1; i++) {
+        const field_t *f = &resp->fields[i];
+        /* Hop-by-hop and connection-specific fields are not HTTP/2's (RFC 9113 §8.2.2);
+         * framing is restated. */
+        if (f->hop || f->id == F_CONNECTION || f->id == F_KEEP_ALIVE ||
+            f->id == F_PROXY_CONNECTION || f->id == F_TRANSFER_ENCODING || f->id == F_UPGRADE ||
+            f->id == F_HOST || (f->id == F_CONTENT_LENGTH && !keep_length) || f->name_len == 0)
+            continue;
+        const char *name = field_name(resp, i);
+        if (!is_lower(resp, i)) {
+            for (uint32_t k = 0; k < f->name_len; k++)
+                low[at + k] = (char)(name[k] >= 'A' && name[k] <= 'Z' ? name[k] + 32 : name[k]);
+            name = low + at;
+            at += f->name_len;
+        }
+        nv[n++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)field_value(resp, i), f->name_len,
+                               f->value_len, NGHTTP2_NV_FLAG_NONE};
+    }
+    char length[24];
+    if (len >= 0 && !keep_length && status != 204) {
+        int ln = snprintf(length, sizeof length, "%lld", (long long)len);
+        nv[n++] = (nghttp2_nv){(uint8_t *)"content-length", (uint8_t *)length, 14, (size_t)ln,
+                               NGHTTP2_NV_FLAG_NONE};
+    }
+    nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_body};
+    int rv = nghttp2_submit_response(h->sess, st->id, nv, n, st->no_body ? NULL : &dp);
+    if (low != stack)
+        free(low);
+    if (rv != 0)
+        reset_stream(st, NGHTTP2_INTERNAL_ERROR);
+    schedule(h);
+}
+
+static int grow_out(h2_stream_t *st)
+{
+    if (st->out_head > 0 && st->out_head == st->nout)
+        st->nout = st->out_head = 0;
+    if (st->nout < st->out_cap)
+        return 0;
+    if (st->out_head > 0) { /* slide the live pieces down */
+        memmove(st->out, st->out + st->out_head, (st->nout - st->out_head) * sizeof *st->out);
+        st->nout -= st->out_head;
+        st->out_head = 0;
+        return 0;
+    }
+    unsigned cap = st->out_cap ? st->out_cap * 2 : 8;
+    seg_t *p = realloc(st->out, cap * sizeof *p);
+    if (!p)
+        return UV_ENOMEM;
+    st->out = p;
+    st->out_cap = cap;
+    return 0;
+}
+
+/* Queue response body: big pieces by reference, small ones copied together into one buffer
+ * (so that 1-byte chunks neither pin a read buffer each nor make a piece each). */
+static void queue_piece(h2_stream_t *st, buf_t *b, const char *p, size_t n)
+{
+    h2_server_t *h = st->h;
+    seg_t *last = st->nout > st->out_head ? &st->out[st->nout - 1] : NULL;
+    if (b && n <= SMALL_COPY) {
+        if (!st->tail || st->tail->cap - st->tail->len < n) {
+            if (st->tail)
+                buf_unref(st->tail);
+            st->tail = buf_new(&h->cfg->loop->bufs, BUF_READ_SIZE);
+            if (!st->tail) {
+                reset_stream(st, NGHTTP2_INTERNAL_ERROR);
+                return;
+            }
+        }
+        char *dst = st->tail->data + st->tail->len;
+        memcpy(dst, p, n);
+        st->tail->len += (uint32_t)n;
+        st->out_bytes += n;
+        if (last && last->b == st->tail && last->p + last->n == dst) {
+            last->n += n;
+            return;
+        }
+        b = st->tail;
+        p = dst;
+    } else {
+        st->out_bytes += n;
+    }
+    if (grow_out(st) != 0) {
+        st->out_bytes -= n;
+        reset_stream(st, NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
+    last = st->nout > st->out_head ? &st->out[st->nout - 1] : NULL;
+    size_t charge = b && !(last && last->b == b) ? b->cap : 0;
+    st->out[st->nout++] = (seg_t){b ? buf_ref(b) : NULL, p, n, charge};
+    st->out_pinned += charge;
+    h->queued += charge;
+}
+
+static void resume_body(h2_stream_t *st)
+{
+    if (st->deferred && usable(st)) {
+        st->deferred = 0;
+        nghttp2_session_resume_data(st->h->sess, st->id);
+    }
+    schedule(st->h);
+}
+
+static void send_data(server_stream_t *s, buf_t *b, const char *p, size_t n)
+{
+    h2_stream_t *st = of(s);
+    if (n == 0 || !usable(st) || !st->resp_sent || st->resp_done || st->no_body || st->rst_sent)
+        return;
+    queue_piece(st, b, p, n);
+    resume_body(st);
+}
+
+static void send_end(server_stream_t *s, const head_t *trailers)
+{
+    h2_stream_t *st = of(s);
+    if (st->resp_done)
+        return;
+    st->resp_done = 1;
+    if (!usable(st) || !st->resp_sent || st->no_body || st->rst_sent)
+        return;
+    if (trailers && trailers->nfields > 0 && (st->resp_trailers = head_take(st->h->cfg->loop))) {
+        for (unsigned i = 0; i < trailers->nfields; i++) {
+            const field_t *f = &trailers->fields[i];
+            if (f->hop || f->id == F_CONNECTION || f->id == F_TRANSFER_ENCODING ||
+                f->id == F_CONTENT_LENGTH || f->id == F_HOST || f->name_len == 0)
+                continue;
+            head_add_field(st->resp_trailers, field_name(trailers, i), f->name_len,
+                           field_value(trailers, i), f->value_len);
+        }
+    }
+    resume_body(st);
+}
+
+static void send_continue(server_stream_t *s)
+{
+    h2_stream_t *st = of(s);
+    if (st->continued || st->resp_sent || !usable(st))
+        return;
+    st->continued = 1;
+    nghttp2_nv nv = {(uint8_t *)":status", (uint8_t *)"100", 7, 3, NGHTTP2_NV_FLAG_NONE};
+    nghttp2_submit_headers(st->h->sess, NGHTTP2_FLAG_NONE, st->id, NULL, &nv, 1, NULL);
+    schedule(st->h);
+}
+
+static void pause_(server_stream_t *s, int paused)
+{
+    h2_stream_t *st = of(s);
+    if (st->paused == (paused ? 1u : 0u))
+        return;
+    st->paused = paused ? 1 : 0;
+    if (!paused)
+        loop_defer(st->h->cfg->loop, &st->later); /* resumed outside the caller's chain */
+}
+
+static int over_high_water(server_stream_t *s)
+{
+    h2_stream_t *st = of(s);
+    h2_server_t *h = st->h;
+    if (!usable(st))
+        return 1; /* its on_error is on the way */
+    if (st->out_pinned <= H2_STREAM_HIGH_WATER && h->queued <= H2_CONN_QUEUE_HIGH)
+        return 0;
+    if (!st->above) {
+        st->above = 1;
+        h->nabove++;
+    }
+    return 1;
+}
+
+static void release(server_stream_t *s, int abort)
+{
+    h2_stream_t *st = of(s);
+    h2_server_t *h = st->h;
+    st->released = 1;
+    st->ev = NULL;
+    st->ctx = NULL;
+    st->paused = 0;
+    if (st->held) {
+        buf_unref(st->held);
+        st->held = NULL;
+    }
+    head_give(h->cfg->loop, st->end_trailers);
+    st->end_trailers = NULL;
+    if (usable(st)) {
+        if (st->unconsumed)
+            nghttp2_session_consume_stream(h->sess, st->id, st->unconsumed);
+        if (abort || !st->resp_sent || !st->resp_done) {
+            /* The client must see the response broken, never complete. */
+            drop_output(st);
+            reset_stream(st, NGHTTP2_INTERNAL_ERROR);
+        }
+        schedule(h);
+    }
+    st->unconsumed = 0;
+    maybe_free(st);
+}
+
+static conn_t *detach(server_stream_t *s, buf_t **pending, const char **p, size_t *n)
+{
+    /* Never called: no request on HTTP/2 carries MSG_UPGRADE, so no tunnel follows. */
+    (void)s;
+    *pending = NULL;
+    *p = NULL;
+    *n = 0;
+    return NULL;
+}
+
+static const server_stream_ops_t stream_ops = {
+    .send_head = send_head,
+    .send_data = send_data,
+    .send_end = send_end,
+    .send_continue = send_continue,
+    .pause = pause_,
+    .over_high_water = over_high_water,
+    .release = release,
+    .detach = detach,
+};
+
+/* ---- starting ---- */
+
+static void drain_conn(h2_server_t *h);
+
+void h2_server_start(h2_server_config_t *cfg, conn_t *c, const struct sockaddr *orig_dst,
+                     buf_t *pending)
+{
+    h2_server_t *h = calloc(1, sizeof *h);
+    if (!h || new_session(h) != 0) {
+        free(h);
+        conn_close(c);
+        return;
+    }
+    if (orig_dst)
+        memcpy(&h->dst, orig_dst,
+               orig_dst->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                               : sizeof(struct sockaddr_in));
+    h->cfg = cfg;
+    h->c = c;
+    h->flush_d.fn = on_flush;
+    conn_peer_name(c, h->peer, sizeof h->peer);
+    conn_set_owner(c, &conn_events, h);
+    h->next = cfg->conns;
+    if (cfg->conns)
+        cfg->conns->prev = h;
+    cfg->conns = h;
+    cfg->nconns++;
+    http_stats_t *st = cfg->stats;
+    stat_inc(&st->downstream_cx_total);
+    stat_inc(&st->downstream_cx_active);
+    stat_inc(&st->downstream_cx_http2_total);
+    stat_inc(&st->downstream_cx_http2_active);
+    set_phase(h, PH_HEADERS); /* the client's preface is bounded by the header timeout */
+    if (cfg->draining)
+        drain_conn(h);
+    if (pending && pending->len && !h->terminating)
+        feed(h, pending, pending->data, pending->len);
+    flush(h);
+    update_reading(h);
+}
+
+/* ---- sniffing: which codec a new connection gets ---- */
+
+static void sniff_unlink(h2_sniff_t *sn)
+{
+    if (!sn->listed)
+        return;
+    sn->listed = 0;
+    h2_server_config_t *cfg = sn->cfg;
+    if (sn->prev)
+        sn->prev->next = sn->next;
+    else
+        cfg->sniffs = sn->next;
+    if (sn->next)
+        sn->next->prev = sn->prev;
+    cfg->nconns--;
+    tq_del(&sn->t.node);
+}
+
+static void sniff_free(deferred_t *d)
+{
+    free((char *)d - offsetof(h2_sniff_t, free_d));
+}
+
+/* The protocol is known: the connection and every byte read go to its codec. */
+static void decide(h2_sniff_t *sn, int h2, buf_t *bytes)
+{
+    h2_server_config_t *cfg = sn->cfg;
+    conn_t *c = sn->c;
+    const struct sockaddr *dst = sn->has_dst ? (const struct sockaddr *)&sn->dst : NULL;
+    sniff_unlink(sn);
+    if (h2) {
+        h2_server_start(cfg, c, dst, bytes);
+    } else {
+        h1_server_start(cfg->h1, c, dst);
+        if (c->owner != sn && !c->closing && bytes && bytes->len)
+            c->ev->on_read(c->owner, bytes);
+    }
+    if (c->owner == sn) /* the codec could not start and closed it: our on_closed follows */
+        return;
+    sn->c = NULL;
+    sn->free_d.fn = sniff_free;
+    loop_defer(cfg->loop, &sn->free_d); /* not inside the read that is still running */
+}
+
+static int alpn_h2(conn_t *c)
+{
+    unsigned len;
+    const unsigned char *p = transport_tls_alpn(c, &len);
+    return p && len == 2 && p[0] == 'h' && p[1] == '2';
+}
+
+static void sniff_read(void *owner, buf_t *b)
+{
+    h2_sniff_t *sn = owner;
+    int h2;
+    if (conn_is_tls(sn->c)) {
+        h2 = alpn_h2(sn->c); /* RFC 9113 §3.2: over TLS, only by ALPN */
+    } else {
+        size_t m = PREFACE_LEN - sn->n < b->len ? PREFACE_LEN - sn->n : b->len;
+        h2 = memcmp(b->data, &PREFACE[sn->n], m) == 0;
+        if (h2 && sn->n + m < PREFACE_LEN) {
+            memcpy(sn->got + sn->n, b->data, m); /* a prefix of the preface so far */
+            sn->n += (unsigned)m;
+            return;
+        }
+    }
+    buf_t *all = buf_ref(b);
+    if (sn->n > 0) { /* the bytes kept, then these */
+        buf_unref(all);
+        all = buf_new(&sn->c->loop->bufs, sn->n + b->len);
+        if (!all) {
+            conn_close(sn->c);
+            return;
+        }
+        memcpy(all->data, sn->got, sn->n);
+        memcpy(all->data + sn->n, b->data, b->len);
+        all->len = sn->n + b->len;
+    }
+    decide(sn, h2, all);
+    buf_unref(all);
+}
+
+static void sniff_eof(void *owner, int err)
+{
+    (void)err;
+    h2_sniff_t *sn = owner;
+    conn_close(sn->c); /* nothing complete arrived: nothing to answer */
+}
+
+static void sniff_closed(void *owner)
+{
+    h2_sniff_t *sn = owner;
+    h2_server_config_t *cfg = sn->cfg;
+    sniff_unlink(sn);
+    free(sn);
+    if (cfg->on_closed)
+        cfg->on_closed(cfg->owner);
+}
+
+static const conn_events_t sniff_events = {
+    .on_read = sniff_read,
+    .on_eof = sniff_eof,
+    .on_closed = sniff_closed,
+};
+
+void h2_server_accept(h2_server_config_t *cfg, conn_t *c, const struct sockaddr *orig_dst)
+{
+    h2_sniff_t *sn = calloc(1, sizeof *sn);
+    if (!sn) {
+        conn_close(c);
+        return;
+    }
+    sn->t.sniff = 1;
+    sn->cfg = cfg;
+    sn->c = c;
+    if (orig_dst) {
+        memcpy(&sn->dst, orig_dst,
+               orig_dst->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                               : sizeof(struct sockaddr_in));
+        sn->has_dst = 1;
+    }
+    sn->listed = 1;
+    sn->next = cfg->sniffs;
+    if (cfg->sniffs)
+        cfg->sniffs->prev = sn;
+    cfg->sniffs = sn;
+    cfg->nconns++;
+    conn_set_owner(c, &sniff_events, sn);
+    tq_add(&cfg->headers_q, &sn->t.node); /* as h1: the first request from accept */
+    conn_read(c, 1);
+}
+
+/* ---- timeouts, draining ---- */
+
+static void on_expired(tq_node_t *n)
+{
+    timed_t *t = (timed_t *)(void *)n;
+    if (t->sniff) {
+        h2_sniff_t *sn = (h2_sniff_t *)(void *)t;
+        stat_inc(&sn->cfg->stats->downstream_cx_header_timeout);
+        conn_close(sn->c);
+        return;
+    }
+    h2_server_t *h = (h2_server_t *)(void *)t;
+    enum phase was = h->phase;
+    h->phase = PH_NONE; /* out of its queue now */
+    switch (was) {
+    case PH_HEADERS:
+        stat_inc(&h->cfg->stats->downstream_cx_header_timeout);
+        log_debug("downstream %s: HTTP/2 preface or header block not received in time", h->peer);
+        if (!h->got_preface)
+            close_now(h);
+        else
+            terminate(h, NGHTTP2_NO_ERROR, "header timeout");
+        break;
+    case PH_IDLE:
+        stat_inc(&h->cfg->stats->downstream_cx_idle_timeout);
+        terminate(h, NGHTTP2_NO_ERROR, "idle timeout");
+        break;
+    case PH_LINGER:
+        close_now(h);
+        break;
+    case PH_NONE:
+        break;
+    }
+}
+
+void h2_server_config_init(h2_server_config_t *cfg, uint64_t header_timeout_ms, uint64_t idle_ms)
+{
+    tq_init(&cfg->headers_q, cfg->loop, header_timeout_ms, on_expired);
+    tq_init(&cfg->idle_q, cfg->loop, idle_ms, on_expired);
+    tq_init(&cfg->linger_q, cfg->loop, H1_LINGER_MS, on_expired);
+}
+
+void h2_server_config_close(h2_server_config_t *cfg)
+{
+    tq_close(&cfg->headers_q);
+    tq_close(&cfg->idle_q);
+    tq_close(&cfg->linger_q);
+}
+
+static void drain_conn(h2_server_t *h)
+{
+    if (!h->sess || h->closing || h->terminating || h->drain_notice)
+        return;
+    if (h->nopen == 0) {
+        stat_inc(&h->cfg->stats->downstream_cx_drain_close);
+        terminate(h, NGHTTP2_NO_ERROR, "draining");
+        return;
+    }
+    /* RFC 9113 §6.8: a notice first, the last stream id one round trip later (on_frame_recv). */
+    h->drain_notice = 1;
+    nghttp2_submit_shutdown_notice(h->sess);
+    nghttp2_submit_ping(h->sess, NGHTTP2_FLAG_NONE, NULL);
+    schedule(h);
+}
+
+void h2_server_drain(h2_server_config_t *cfg)
+{
+    cfg->draining = 1;
+    h2_sniff_t *snext;
+    for (h2_sniff_t *sn = cfg->sniffs; sn; sn = snext) {
+        snext = sn->next;
+        if (!sn->c->closing)
+            conn_close(sn->c);
+    }
+    for (h2_server_t *h = cfg->conns; h; h = h->next)
+        drain_conn(h);
+}
+
+void h2_server_abort_all(h2_server_config_t *cfg)
+{
+    h2_sniff_t *snext;
+    for (h2_sniff_t *sn = cfg->sniffs; sn; sn = snext) {
+        snext = sn->next;
+        if (!sn->c->closing)
+            conn_close(sn->c);
+    }
+    h2_server_t *next;
+    for (h2_server_t *h = cfg->conns; h; h = next) {
+        next = h->next; /* listed until its close callback */
+        fail_all(h, ERR_CLIENT_GONE);
+        close_now(h);
+    }
+}
