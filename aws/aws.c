@@ -8,6 +8,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "base/backoff.h"
 #include "base/err.h"
 #include "base/iso8601.h"
 #include "base/log.h"
@@ -166,9 +167,7 @@ static void retry_later(aws_credentials_t *p, const char *why)
 {
     stat_inc(p->stats.failure);
     p->failures++;
-    uint64_t ms = (uint64_t)RETRY_MIN_MS << (p->failures < 7 ? p->failures - 1 : 6);
-    if (ms > RETRY_MAX_MS)
-        ms = RETRY_MAX_MS;
+    uint64_t ms = backoff_ms(RETRY_MIN_MS, p->failures, RETRY_MAX_MS);
     log_warn("aws: credentials from %s: %s; %s, trying again in %llu ms", p->url, why,
              p->have ? "keeping the current ones" : "none yet", (unsigned long long)ms);
     uv_timer_start(&p->timer, on_timer, ms, 0);

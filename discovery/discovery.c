@@ -5,6 +5,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "base/backoff.h"
 #include "base/log.h"
 #include "discovery/discovery_impl.h"
 
@@ -83,21 +84,13 @@ static uint64_t min_wait(const disc_t *dc)
     return dc->kind == SRC_API ? dc->d->set.cloudmap_poll_ms : DISCOVERY_MIN_REFRESH_MS;
 }
 
-/* A tenth either way, so that clusters configured together do not poll the API in step. */
-static uint64_t jitter(discovery_t *d, uint64_t ms)
-{
-    d->rng ^= d->rng << 13;
-    d->rng ^= d->rng >> 7;
-    d->rng ^= d->rng << 17;
-    uint64_t span = ms / 5;
-    return span ? ms - span / 2 + d->rng % (span + 1) : ms;
-}
-
 void disc_schedule(disc_t *dc, uint64_t ms)
 {
     uint64_t floor = min_wait(dc);
     ms = ms < floor ? floor : ms;
-    uv_timer_start(&dc->timer, on_timer, dc->kind == SRC_API ? jitter(dc->d, ms) : ms, 0);
+    /* Clusters configured together do not poll the API in step. */
+    uv_timer_start(&dc->timer, on_timer, dc->kind == SRC_API ? jitter_tenth(&dc->d->rng, ms) : ms,
+                   0);
 }
 
 void disc_retry(disc_t *dc, uint64_t ms)
@@ -182,11 +175,10 @@ void disc_finish_round(disc_t *dc)
         stat_inc(&st->update_failure);
         /* SERVFAIL, timeout, refusal, garbage: keep serving the last good set. */
         dc->failures++;
-        uint64_t backoff = (uint64_t)DISCOVERY_MIN_REFRESH_MS
-                           << (dc->failures < 5 ? dc->failures - 1 : 4);
         log_warn("discovery: %s: lookup failed (%u in a row); keeping %u endpoint(s)", dc->name,
                  dc->failures, cluster_size(dc->c));
-        disc_schedule(dc, backoff < DISCOVERY_MAX_BACKOFF_MS ? backoff : DISCOVERY_MAX_BACKOFF_MS);
+        disc_schedule(dc,
+                      backoff_ms(DISCOVERY_MIN_REFRESH_MS, dc->failures, DISCOVERY_MAX_BACKOFF_MS));
     } else {
         /* NXDOMAIN, NODATA, no such service, no instances: empty, once the hold has passed. */
         stat_inc(&st->update_empty);
@@ -334,7 +326,13 @@ int discovery_open(discovery_t **out, uv_loop_t *loop, const discovery_settings_
         free(d);
         return err;
     }
-    *d = (discovery_t){loop, d->dns, qsbr, *set, cb, arg, NULL, NULL, uv_hrtime() | 1};
+    *d = (discovery_t){.loop = loop,
+                       .dns = d->dns,
+                       .qsbr = qsbr,
+                       .set = *set,
+                       .cb = cb,
+                       .arg = arg,
+                       .rng = uv_hrtime() | 1};
     *out = d;
     return 0;
 }

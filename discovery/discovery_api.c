@@ -67,13 +67,12 @@ void disc_api_stop(disc_t *dc)
  * credentials; tried again at the next round. */
 static cloudmap_t *client(discovery_t *d, const char **why)
 {
-    static char reason[512];
     if (d->cloudmap)
         return d->cloudmap;
     aws_credentials_stats_t stats = {d->set.creds_ok, d->set.creds_failed};
-    if (cloudmap_open(&d->cloudmap, d->loop, stats, reason, sizeof reason) != 0) {
+    if (cloudmap_open(&d->cloudmap, d->loop, stats, d->why, sizeof d->why) != 0) {
         d->cloudmap = NULL;
-        *why = reason;
+        *why = d->why;
         return NULL;
     }
     log_info("discovery: Cloud Map API at %s", cloudmap_endpoint(d->cloudmap));

@@ -68,6 +68,7 @@ struct discovery {
     disc_t *all;
     cloudmap_t *cloudmap; /* made for the first SRC_API cluster */
     uint64_t rng;         /* for jitter */
+    char why[512];        /* why the API client could not be made, for the rounds' logs */
 };
 
 /* Whether ipPreference lets addresses of `family` in. */

@@ -8,12 +8,14 @@
 #include <time.h>
 
 #include "aws/aws.h"
+#include "base/backoff.h"
 #include "base/err.h"
 #include "base/log.h"
 #include "http/client.h"
 
-#define VALIDATOR_MAX    512
-#define FIRST_BACKOFF_MS 1000
+#define VALIDATOR_MAX         512
+#define FIRST_BACKOFF_MS      1000
+#define LOADER_MAX_BACKOFF_MS 16000 /* start-up: 1, 2, 4, 8, then 16 s */
 
 /* Where the document is: a plain URL, or an S3 object (s3://BUCKET/KEY) fetched from its
  * virtual-hosted URL with a SigV4 signature made with the task's credentials. */
@@ -118,15 +120,6 @@ static void keep_field(const http_response_t *r, const char *name, char *out)
         out[0] = '\0';
 }
 
-static uint64_t jittered(config_url_t *u, uint64_t ms)
-{
-    u->rng ^= u->rng << 13;
-    u->rng ^= u->rng >> 7;
-    u->rng ^= u->rng << 17;
-    uint64_t span = ms / 5; /* ±10% */
-    return span ? ms - span / 2 + u->rng % (span + 1) : ms;
-}
-
 static void poll_url(config_url_t *u);
 
 static void on_timer(uv_timer_t *t)
@@ -138,13 +131,11 @@ static void schedule(config_url_t *u, int failed)
 {
     uint64_t ms = u->poll_ms;
     if (failed) {
-        uint64_t back = (uint64_t)FIRST_BACKOFF_MS << (u->failures < 7 ? u->failures - 1 : 6);
-        if (back > CONFIG_URL_MAX_BACKOFF_MS)
-            back = CONFIG_URL_MAX_BACKOFF_MS;
+        uint64_t back = backoff_ms(FIRST_BACKOFF_MS, u->failures, CONFIG_URL_MAX_BACKOFF_MS);
         if (back > ms)
             ms = back;
     }
-    uv_timer_start(&u->timer, on_timer, jittered(u, ms), 0);
+    uv_timer_start(&u->timer, on_timer, jitter_tenth(&u->rng, ms), 0);
 }
 
 static void digest(const http_response_t *r, unsigned char out[32])
@@ -265,7 +256,7 @@ int config_url_open(config_url_t **out, uv_loop_t *loop, const char *url, uint64
     u->rng = uv_hrtime() | 1;
     uv_timer_init(loop, &u->timer);
     u->timer.data = u;
-    uv_timer_start(&u->timer, on_timer, jittered(u, poll_ms), 0);
+    uv_timer_start(&u->timer, on_timer, jitter_tenth(&u->rng, poll_ms), 0);
     *out = u;
     return 0;
 }
@@ -333,7 +324,7 @@ static void loader_failed(loader_t *l, diag_t *d)
         return;
     }
     l->failures++;
-    uint64_t ms = (uint64_t)FIRST_BACKOFF_MS << (l->failures < 5 ? l->failures - 1 : 4);
+    uint64_t ms = backoff_ms(FIRST_BACKOFF_MS, l->failures, LOADER_MAX_BACKOFF_MS);
     for (size_t i = 0; i < d->n; i++)
         log_warn("%s", d->lines[i]);
     log_warn("config: no valid document from %s yet; trying again in %llu ms", l->url,

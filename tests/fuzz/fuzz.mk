@@ -55,7 +55,7 @@ fuzz_tls_server_LIBS     := -luv -lssl -lcrypto
 # The control plane's reply, URL and time parsers; aws.c and cloudmap.c are included by the
 # target (their parsers are static), the rest is what they call.
 fuzz_control_SRCS        := http/client.c http/h1_parse.c http/head.c aws/sigv4.c base/http.c \
-                            base/err.c base/log.c base/iso8601.c
+                            base/err.c base/log.c base/iso8601.c base/backoff.c
 fuzz_control_LIBS        := -luv -lssl -lcrypto -lcjson
 
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
