@@ -25,6 +25,8 @@ const char *err_str(int err)
         return "TLS handshake or certificate verification failed";
     case ERR_BAD_URL:
         return "not an http:// or https:// URL";
+    case ERR_REFUSED:
+        return "stream refused by the upstream (not processed)";
     default:
         return err < ERR_BASE ? "unknown error" : uv_strerror(err);
     }

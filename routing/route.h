@@ -62,6 +62,9 @@ typedef struct retry_policy {
     unsigned max_retries;
     uint64_t per_try_ms; /* 0 = none */
     unsigned events;     /* RETRY_* bits */
+    /* GRPC_RETRY_* bits: a grpc-status in a Trailers-Only response (in the response head; a
+     * status in trailers comes after the body has gone to the client and is never retried). */
+    unsigned grpc_events;
 } retry_policy_t;
 
 /* The request as routing sees it. `header` returns the first value of a header (or NULL). */
@@ -98,6 +101,12 @@ typedef struct route_result {
      * weight in this snapshot. Held by the snapshot. */
     const char *rollout;
     unsigned rollout_weight;
+    /* The target speaks HTTP/2: the listener of the node it reaches (ingress: this node's
+     * listener) has protocol http2 or grpc. Plaintext is h2c with prior knowledge; over TLS,
+     * ALPN offers h2 alone. */
+    unsigned upstream_h2 : 1;
+    /* The request matched a grpcRoute (ingress: a grpc listener). */
+    unsigned grpc : 1;
 } route_result_t;
 
 typedef struct route_table route_table_t;
