@@ -267,7 +267,8 @@ static int build_route(route_table_t *rt, registry_t *reg, route_t *r, diag_t *d
     r->timeout_ms = route_or_default(c->per_request_ms, ROUTE_DEFAULT_TIMEOUT_MS);
     r->idle_ms = route_or_default(c->idle_ms, ROUTE_DEFAULT_IDLE_MS);
     if (c->has_retry)
-        r->retry = (retry_policy_t){c->max_retries, c->per_retry_ms, c->retry_events};
+        r->retry = (retry_policy_t){c->max_retries, c->per_retry_ms, c->retry_events,
+                                    c->grpc_retry_events};
     else if (!c->tcp)
         r->retry = rt->default_retry; /* tcpRoutes keep their connect retries (route_tcp.c) */
     return ok ? 0 : -1;
@@ -425,7 +426,7 @@ route_table_t *route_table_build(config_t *cfg, const char *node_name, registry_
     }
     rt->node = config_node(cfg, node_name); /* the pruned config's */
     if (cfg->proxy.default_retry_policy)
-        rt->default_retry = (retry_policy_t){DEFAULT_RETRY_MAX, 0, DEFAULT_RETRY_EVENTS};
+        rt->default_retry = (retry_policy_t){DEFAULT_RETRY_MAX, 0, DEFAULT_RETRY_EVENTS, 0};
     route_build_ingress(rt, reg, d);
     if (cfg->egress_filter == EGRESS_ALLOW_ALL) {
         char name[300];

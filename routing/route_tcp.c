@@ -188,7 +188,7 @@ enum route_port route_egress_port(route_table_t *rt, uint16_t port, route_result
         out->tls = tp->tls;
     }
     out->timeout_ms = 0; /* a TCP connection lasts as long as it is not idle */
-    out->retry = (retry_policy_t){ROUTE_TCP_CONNECT_RETRIES, 0, RETRY_CONNECTION_ERROR};
+    out->retry = (retry_policy_t){ROUTE_TCP_CONNECT_RETRIES, 0, RETRY_CONNECTION_ERROR, 0};
     return PORT_TCP;
 }
 
