@@ -14,7 +14,7 @@ enum {
     ERR_CLIENT_GONE,     /* the client closed or reset before the exchange ended */
     ERR_TLS,             /* a TLS handshake or certificate check failed */
     ERR_BAD_URL,         /* a URL that is not http(s)://host[:port][/path] */
-    ERR_REFUSED,         /* HTTP/2: the upstream refused the stream, or GOAWAY left it unprocessed */
+    ERR_REFUSED,         /* HTTP/2: the stream was refused, or left unprocessed by GOAWAY */
 };
 
 const char *err_str(int err);

@@ -94,6 +94,7 @@ static inline void hist_record_us(histogram_t *h, uint64_t us)
 
 #define CLUSTER_STATS(X)                                                                           \
     X(upstream_cx_total, 0)                                                                        \
+    X(upstream_cx_http2_total, 0)                                                                  \
     X(upstream_cx_active, 1)                                                                       \
     X(upstream_cx_connect_fail, 0)                                                                 \
     X(upstream_cx_connect_timeout, 0)                                                              \

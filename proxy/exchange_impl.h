@@ -40,7 +40,8 @@ struct exchange {
     pool_wait_t wait;        /* admission under the route's connection-pool limits */
     uv_timer_t timer;
     uint64_t request_deadline, try_deadline, idle_deadline; /* loop ms; 0: none */
-    deferred_t later; /* release, or a failure found while setting up an attempt */
+    uint64_t grpc_deadline; /* the gRPC client's grpc-timeout from the request head; 0: none */
+    deferred_t later;       /* release, or a failure found while setting up an attempt */
     void (*later_fn)(exchange_t *ex);
     struct exchange *next_free;
     const char *target; /* normalized path plus ?query, sent upstream */
@@ -71,6 +72,8 @@ struct exchange {
     unsigned upstream_paused : 1;
     unsigned req_edited : 1; /* the head was made the upstream's (headers_edit_request) */
     unsigned secure : 1;     /* the client came over TLS */
+    unsigned grpc : 1;       /* a gRPC request: remora's own answers are gRPC's (http/grpc.h) */
+    unsigned refused_retried : 1; /* sent again after an HTTP/2 upstream refused the stream */
     /* uv_hrtime at the request head, its end and (with an access log) the response head;
      * 0: not yet. The histograms and the access log's durations are measured on them. */
     uint64_t start_ns, req_end_ns, resp_head_ns;

@@ -9,6 +9,7 @@
 
 #include "base/err.h"
 #include "base/log.h"
+#include "http/grpc.h"
 #include "proxy/exchange_impl.h"
 #include "proxy/headers.h"
 #include "proxy/relay.h"
@@ -66,6 +67,10 @@ void fwd_local_reply(exchange_t *ex, int status, const char *body)
     local_reply(ex, status, body);
 }
 
+static void send_reply(exchange_t *ex, int status, const char *body);
+static void send_grpc_reply(exchange_t *ex, int status, const char *body);
+
+/* Counted and logged with the HTTP status it stands for, whichever form the client gets. */
 static void local_reply(exchange_t *ex, int status, const char *body)
 {
     drop_upstream(ex);
@@ -79,6 +84,30 @@ static void local_reply(exchange_t *ex, int status, const char *body)
         cluster_count_code(ex->route.cluster, status);
     }
     log_debug("%s: %d %s", ex->peer, status, body);
+    if (ex->grpc)
+        send_grpc_reply(ex, status, body);
+    else
+        send_reply(ex, status, body);
+}
+
+/* A Trailers-Only answer: one HEADERS with the status, no body. */
+static void send_grpc_reply(exchange_t *ex, int status, const char *body)
+{
+    head_t *h = head_take(&ex->w->loop);
+    if (!h || grpc_reply_head(h, grpc_status_for_http(status), body) != 0) {
+        head_give(&ex->w->loop, h);
+        exchange_end(ex, 1);
+        return;
+    }
+    unsigned msg = MSG_END | (ex->req_state == REQ_DONE ? 0 : MSG_CLOSE);
+    ex->ss->ops->send_head(ex->ss, h, 0, msg);
+    head_give(&ex->w->loop, h);
+    ex->ss->ops->send_end(ex->ss, NULL);
+    exchange_end(ex, 0);
+}
+
+static void send_reply(exchange_t *ex, int status, const char *body)
+{
     head_t *h = head_take(&ex->w->loop);
     size_t n = strlen(body);
     ex->reply_bytes = (uint32_t)n;
@@ -300,6 +329,10 @@ static int send_request(exchange_t *ex)
             return err;
         ex->req_edited = 1;
     }
+    uint64_t now = now_ms(ex);
+    if (ex->grpc_deadline &&
+        grpc_set_timeout(ex->req, ex->grpc_deadline > now ? ex->grpc_deadline - now : 1) != 0)
+        return ERR_TOO_LARGE;
     ex->cs->ops->send_head(ex->cs, ex->req, ex->req_len, ex->req_msg & (MSG_UPGRADE | MSG_END));
     for (unsigned i = 0; i < ex->nreplay; i++)
         ex->cs->ops->send_data(ex->cs, ex->replay[i].buf, ex->replay[i].p, ex->replay[i].n);
@@ -319,8 +352,8 @@ static void no_stream(exchange_t *ex)
 
 static void dispatch(exchange_t *ex, int fresh)
 {
-    ex->cs = pool_stream(&ex->w->pools, ex->route.cluster, &ex->endpoint, ex->route.tls, fresh,
-                         &exchange_upstream_events, ex);
+    ex->cs = pool_stream(&ex->w->pools, ex->route.cluster, &ex->endpoint, ex->route.tls,
+                         ex->route.upstream_h2, fresh, &exchange_upstream_events, ex);
     if (!ex->cs) {
         exchange_later(ex, no_stream);
         return;
@@ -379,12 +412,35 @@ static unsigned status_event(int status)
     return e;
 }
 
-/* Try again under the route's retry policy when `event` is one it names (a per-try timeout
- * always is) and the request can be sent again. Returns 1 when a new attempt is under way. */
-static int retry(exchange_t *ex, unsigned event)
+/* The grpcRetryEvents bit of a Trailers-Only response's grpc-status, or 0. */
+static unsigned grpc_event(const head_t *h, unsigned msg)
+{
+    if (!(msg & MSG_END))
+        return 0; /* a status in trailers comes after the body went to the client */
+    switch (grpc_status_of(h)) {
+    case GRPC_CANCELLED:
+        return GRPC_RETRY_CANCELLED;
+    case GRPC_DEADLINE_EXCEEDED:
+        return GRPC_RETRY_DEADLINE_EXCEEDED;
+    case GRPC_INTERNAL:
+        return GRPC_RETRY_INTERNAL;
+    case GRPC_RESOURCE_EXHAUSTED:
+        return GRPC_RETRY_RESOURCE_EXHAUSTED;
+    case GRPC_UNAVAILABLE:
+        return GRPC_RETRY_UNAVAILABLE;
+    default:
+        return 0;
+    }
+}
+
+/* Try again under the route's retry policy when `event` (or the gRPC `gevent`) is one it
+ * names (a per-try timeout always is) and the request can be sent again. Returns 1 when a new
+ * attempt is under way. */
+static int retry(exchange_t *ex, unsigned event, unsigned gevent)
 {
     const retry_policy_t *p = &ex->route.retry;
-    if (!(p->events & event) && !(event == RETRY_PER_TRY_TIMEOUT && p->per_try_ms))
+    if (!(p->events & event) && !(p->grpc_events & gevent) &&
+        !(event == RETRY_PER_TRY_TIMEOUT && p->per_try_ms))
         return 0;
     if (ex->attempts > p->max_retries) {
         ex->rflags |= RF_URX; /* the policy would retry this, but no retry is left */
@@ -415,6 +471,26 @@ static int retry_stale(exchange_t *ex, int err, int reused)
     drop_upstream(ex);
     log_debug("upstream %s: pooled connection was closed, request sent again", ex->endpoint.name);
     dispatch(ex, 1);
+    return 1;
+}
+
+/* Whether every byte of the request body sent so far can be sent again. */
+static int replayable(const exchange_t *ex)
+{
+    const retry_policy_t *p = &ex->route.retry;
+    return (ex->req_msg & MSG_END) || (!ex->replay_lost && (p->max_retries || p->per_try_ms));
+}
+
+/* An HTTP/2 upstream refused the stream, or its GOAWAY left the stream unprocessed: it did no
+ * work (RFC 9113 §8.7), so the request goes again, once, whatever its method. */
+static int retry_refused(exchange_t *ex)
+{
+    if (ex->refused_retried || ex->resp_state != RESP_WAITING || !replayable(ex))
+        return 0;
+    ex->refused_retried = 1;
+    drop_upstream(ex);
+    log_debug("upstream %s: stream refused, request sent again", ex->endpoint.name);
+    dispatch(ex, 0);
     return 1;
 }
 
@@ -519,6 +595,22 @@ static int64_t content_length(const head_t *h)
     return v;
 }
 
+/* When the request times out: the route's timeout once `started` (from the end of the request,
+ * as Envoy counts it), and the gRPC client's deadline, whichever comes first. */
+static uint64_t request_deadline(exchange_t *ex, int started)
+{
+    uint64_t d = started && ex->route.timeout_ms ? now_ms(ex) + ex->route.timeout_ms : 0;
+    return ex->grpc_deadline && (!d || ex->grpc_deadline < d) ? ex->grpc_deadline : d;
+}
+
+/* A gRPC request: remora's answers to it are gRPC's, and its grpc-timeout is a deadline. */
+static void grpc_request(exchange_t *ex, const head_t *h)
+{
+    uint64_t ms;
+    ex->grpc = grpc_is_request(h) ? 1 : 0;
+    ex->grpc_deadline = ex->grpc && grpc_timeout_ms(h, &ms) ? now_ms(ex) + (ms ? ms : 1) : 0;
+}
+
 void fwd_request_head(exchange_t *ex, head_t *h, unsigned msg)
 {
     ex->req = h;
@@ -529,6 +621,7 @@ void fwd_request_head(exchange_t *ex, head_t *h, unsigned msg)
     if (ex->w->alog)
         log_begin(ex);
     headers_mark_hop(h);
+    grpc_request(ex, h);
     if (h->method == HTTP_CONNECT) {
         if (ex->listener->kind == LISTENER_EGRESS) {
             connect_request(ex);
@@ -580,14 +673,14 @@ void fwd_request_head(exchange_t *ex, head_t *h, unsigned msg)
     ex->wait.cluster = ex->route.cluster;
     ex->wait.max_requests = ex->route.max_requests;
     ex->wait.max_pending = ex->route.max_pending;
-    if (ex->req_state == REQ_DONE && ex->route.timeout_ms) /* bodiless: no on_end comes */
-        ex->request_deadline = now_ms(ex) + ex->route.timeout_ms;
+    /* Bodiless: no on_end comes. A gRPC client's deadline runs from now either way. */
+    ex->request_deadline = request_deadline(ex, ex->req_state == REQ_DONE);
     if (pool_admit(&ex->w->pools, &ex->wait)) {
         start_attempt(ex);
     } else if (!ex->ended) { /* waits for a slot (or the refusal) with its body held */
         ex->client_paused = 1;
         ex->ss->ops->pause(ex->ss, 1);
-        ex->request_deadline = ex->route.timeout_ms ? now_ms(ex) + ex->route.timeout_ms : 0;
+        ex->request_deadline = request_deadline(ex, 1);
     }
     exchange_set_timer(ex);
 }
@@ -644,8 +737,8 @@ void fwd_request_end(exchange_t *ex, head_t *trailers)
         return;
     if (ex->cs)
         ex->cs->ops->send_end(ex->cs, trailers);
-    if (!ex->wait.queued && ex->route.timeout_ms)
-        ex->request_deadline = now_ms(ex) + ex->route.timeout_ms;
+    if (!ex->wait.queued)
+        ex->request_deadline = request_deadline(ex, 1);
     exchange_set_timer(ex);
 }
 
@@ -684,8 +777,8 @@ void fwd_response_head(exchange_t *ex, head_t *h, unsigned msg)
         return;
     }
     report(ex, status);
-    unsigned event = status_event(status);
-    if (event && retry(ex, event)) {
+    unsigned event = status_event(status), gevent = ex->grpc ? grpc_event(h, msg) : 0;
+    if ((event || gevent) && retry(ex, event, gevent)) {
         head_give(&ex->w->loop, h);
         return; /* this upstream is released; its response is dropped with it */
     }
@@ -787,10 +880,10 @@ void fwd_upstream_error(exchange_t *ex, int err)
     if (!(ex->resp_state == RESP_WAITING && reused && !ex->stale_retried))
         report(ex, err == ERR_BAD_RESPONSE ? 502 : 0);
     if (ex->resp_state == RESP_WAITING) {
-        if (retry_stale(ex, err, reused))
+        if ((err == ERR_REFUSED && retry_refused(ex)) || retry_stale(ex, err, reused))
             return;
         if (err != ERR_BAD_RESPONSE &&
-            retry(ex, connected ? RETRY_STREAM_ERROR : RETRY_CONNECTION_ERROR))
+            retry(ex, connected ? RETRY_STREAM_ERROR : RETRY_CONNECTION_ERROR, 0))
             return;
     }
     if (ex->resp_state == RESP_BODY)
@@ -847,7 +940,7 @@ static void try_timeout(exchange_t *ex)
 {
     report(ex, 504);
     stat_inc(&cstats(ex)->upstream_rq_per_try_timeout);
-    if (retry(ex, RETRY_PER_TRY_TIMEOUT))
+    if (retry(ex, RETRY_PER_TRY_TIMEOUT, 0))
         return;
     exchange_flag(ex, RF_UT, "upstream_per_try_timeout");
     stat_inc(&exchange_http_stats(ex)->downstream_rq_timeout);

@@ -21,6 +21,7 @@
 
 #include "base/err.h"
 #include "base/log.h"
+#include "proxy/h2_body.h"
 #include "proxy/transport_tls.h"
 
 #define PREFACE     "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -56,14 +57,6 @@ struct h2_sniff {
     char got[PREFACE_LEN];
 };
 
-/* A piece of response body waiting for its DATA frame: a reference into a buffer (or static
- * bytes, b NULL). `charge` is the memory it pins, counted once per buffer run. */
-typedef struct seg {
-    buf_t *b;
-    const char *p;
-    size_t n, charge;
-} seg_t;
-
 typedef struct h2_stream h2_stream_t;
 
 struct h2_stream {
@@ -83,12 +76,8 @@ struct h2_stream {
     uint64_t start_ms;
     buf_t *held;       /* request body that came while paused (copied: at most a window) */
     size_t unconsumed; /* bytes not yet credited to the stream's window */
-    seg_t *out;        /* response body queued for DATA frames: out[out_head..nout) */
-    unsigned nout, out_head, out_cap;
-    size_t out_bytes, out_reserved, out_pinned;
-    buf_t *tail; /* small pieces are copied here */
-    head_t *resp_trailers;
-    deferred_t later; /* delivery resumed, or the object freed */
+    h2_body_t resp;    /* the response body queued for DATA frames; resp.done: send_end came */
+    deferred_t later;  /* delivery resumed, or the object freed */
     unsigned accepted : 1, released : 1, closed : 1, failed : 1;
     unsigned refused : 1;     /* answered or reset by the codec: no exchange */
     unsigned req_ended : 1;   /* END_STREAM received */
@@ -98,7 +87,7 @@ struct h2_stream {
     unsigned in_trailers : 1;
     unsigned too_large : 1, too_many : 1;
     unsigned has_authority : 1, has_length : 1, expect_continue : 1, head_request : 1;
-    unsigned resp_sent : 1, resp_done : 1, no_body : 1, deferred : 1, continued : 1;
+    unsigned resp_sent : 1, no_body : 1, continued : 1;
     unsigned eos_sent : 1, rst_sent : 1, rx_reset : 1, above : 1;
 };
 
@@ -158,29 +147,6 @@ static int usable(const h2_stream_t *st)
 
 /* ---- output: frames into conn.c ---- */
 
-/* Frame bytes nghttp2 made: short ones copied into the write, longer ones staged in one
- * buffer per flush and referenced. */
-static void out_copy(h2_server_t *h, const void *p, size_t n)
-{
-    if (n <= 256) {
-        conn_write_copy(h->c, p, n);
-        return;
-    }
-    if (!h->obuf || h->obuf->cap - h->obuf->len < n) {
-        if (h->obuf)
-            buf_unref(h->obuf);
-        h->obuf = buf_new(&h->cfg->loop->bufs, n);
-        if (!h->obuf) {
-            close_now(h); /* a frame cannot be dropped from the middle of the stream */
-            return;
-        }
-    }
-    char *dst = h->obuf->data + h->obuf->len;
-    memcpy(dst, p, n);
-    h->obuf->len += (uint32_t)n;
-    conn_write(h->c, h->obuf, dst, n);
-}
-
 /* Writes stop at the high-water mark (nghttp2 keeps the frame and asks again after on_drain),
  * except for a connection being torn down: its last frames are few and must go. */
 static int blocked(h2_server_t *h)
@@ -195,27 +161,11 @@ static ssize_t send_cb(nghttp2_session *sess, const uint8_t *data, size_t len, i
     h2_server_t *h = ud;
     if (blocked(h))
         return NGHTTP2_ERR_WOULDBLOCK;
-    out_copy(h, data, len);
+    if (h2_out_copy(h->c, &h->cfg->loop->bufs, &h->obuf, data, len) != 0) {
+        close_now(h); /* a frame cannot be dropped from the middle of the stream */
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
     return (ssize_t)len;
-}
-
-static void seg_drop(h2_stream_t *st, seg_t *sg)
-{
-    if (sg->b)
-        buf_unref(sg->b);
-    st->out_pinned -= sg->charge;
-    st->h->queued -= sg->charge;
-}
-
-static void drop_output(h2_stream_t *st)
-{
-    for (unsigned i = st->out_head; i < st->nout; i++)
-        seg_drop(st, &st->out[i]);
-    st->nout = st->out_head = 0;
-    st->out_bytes = st->out_reserved = 0;
-    if (st->tail)
-        buf_unref(st->tail);
-    st->tail = NULL;
 }
 
 /* DATA with NGHTTP2_DATA_FLAG_NO_COPY: the header, then the queued pieces by reference. */
@@ -227,86 +177,19 @@ static int send_data_cb(nghttp2_session *sess, nghttp2_frame *frame, const uint8
     h2_stream_t *st = src->ptr;
     if (blocked(h))
         return NGHTTP2_ERR_WOULDBLOCK;
-    conn_write_copy(h->c, framehd, 9);
-    size_t pad = frame->data.padlen;
-    if (pad > 0) {
-        uint8_t pl = (uint8_t)(pad - 1);
-        conn_write_copy(h->c, &pl, 1);
-    }
-    size_t left = length;
-    while (left > 0 && st->out_head < st->nout) {
-        seg_t *sg = &st->out[st->out_head];
-        size_t k = sg->n < left ? sg->n : left;
-        conn_write(h->c, sg->b, sg->p, k);
-        sg->p += k;
-        sg->n -= k;
-        left -= k;
-        st->out_bytes -= k;
-        if (sg->n == 0) {
-            seg_drop(st, sg);
-            st->out_head++;
-        }
-    }
-    if (st->out_head == st->nout)
-        st->nout = st->out_head = 0;
-    st->out_reserved -= length - left;
-    static const char zeros[256];
-    for (size_t z = pad > 1 ? pad - 1 : 0; z > 0;) {
-        size_t k = z < sizeof zeros ? z : sizeof zeros;
-        conn_write_copy(h->c, zeros, k);
-        z -= k;
-    }
+    h2_body_frame(&st->resp, h->c, frame, framehd, length);
     h->data_frames_sent++;
     return 0;
 }
 
-/* Response trailers as nghttp2 fields (names lower-cased into `names`, values by pointer). */
-static size_t trailer_nva(const head_t *t, nghttp2_nv *nv, char *names)
-{
-    size_t n = 0, at = 0;
-    for (unsigned i = 0; i < t->nfields; i++) {
-        const field_t *f = &t->fields[i];
-        for (uint32_t k = 0; k < f->name_len; k++) {
-            char ch = field_name(t, i)[k];
-            names[at + k] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
-        }
-        nv[n++] = (nghttp2_nv){(uint8_t *)names + at, (uint8_t *)field_value(t, i), f->name_len,
-                               f->value_len, NGHTTP2_NV_FLAG_NONE};
-        at += f->name_len;
-    }
-    return n;
-}
-
-/* The response body's source: what is queued, by length only (NO_COPY); EOF once the
- * exchange sent its end and every byte is framed; trailers go as a final HEADERS. */
+/* The response body's source: what is queued, by length only (NO_COPY). */
 static ssize_t read_body(nghttp2_session *sess, int32_t id, uint8_t *buf, size_t length,
                          uint32_t *flags, nghttp2_data_source *src, void *ud)
 {
     (void)buf;
-    (void)ud;
+    h2_server_t *h = ud;
     h2_stream_t *st = src->ptr;
-    size_t avail = st->out_bytes - st->out_reserved;
-    size_t n = avail < length ? avail : length;
-    if (n == 0 && !st->resp_done) {
-        st->deferred = 1;
-        return NGHTTP2_ERR_DEFERRED;
-    }
-    *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
-    st->out_reserved += n;
-    if (n == avail && st->resp_done) {
-        *flags |= NGHTTP2_DATA_FLAG_EOF;
-        head_t *t = st->resp_trailers;
-        st->resp_trailers = NULL;
-        if (t && t->nfields > 0) {
-            nghttp2_nv nv[HEAD_STORE_FIELDS];
-            char *names = malloc(t->len + 1);
-            if (names && nghttp2_submit_trailer(sess, id, nv, trailer_nva(t, nv, names)) == 0)
-                *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-            free(names);
-        }
-        head_give(st->h->cfg->loop, t);
-    }
-    return (ssize_t)n;
+    return h2_body_read(&st->resp, h->cfg->loop, sess, id, length, flags);
 }
 
 /* ---- stream objects ---- */
@@ -330,6 +213,7 @@ static h2_stream_t *new_stream(h2_server_t *h, int32_t id)
     st->s.secure = h->c && conn_is_tls(h->c) ? 1 : 0;
     st->start_ms = loop_now(h->cfg->loop);
     st->later.fn = stream_later;
+    st->resp.conn_pinned = &h->queued;
     st->next = h->streams;
     if (h->streams)
         h->streams->prev = st;
@@ -344,14 +228,13 @@ static void free_stream(h2_stream_t *st)
 {
     h2_server_t *h = st->h;
     loop_t *l = h->cfg->loop;
-    drop_output(st);
-    free(st->out);
+    h2_body_drop(&st->resp, l);
+    free(st->resp.segs);
     if (st->held)
         buf_unref(st->held);
     head_give(l, st->head);
     head_give(l, st->trailers);
     head_give(l, st->end_trailers);
-    head_give(l, st->resp_trailers);
     free(st->cookie);
     if (st->above)
         h->nabove--;
@@ -398,8 +281,6 @@ static void fail_stream(h2_stream_t *st, int err)
 
 /* ---- the codec's own answers ---- */
 
-static void queue_piece(h2_stream_t *st, buf_t *b, const char *p, size_t n);
-
 /* An answer no exchange saw the request for (431, 501, 503): a short plain-text body. */
 static void local_reply(h2_stream_t *st, int status, const char *body)
 {
@@ -418,9 +299,9 @@ static void local_reply(h2_stream_t *st, int status, const char *body)
     };
     nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_body};
     st->resp_sent = 1;
-    st->resp_done = 1;
-    if (n)
-        queue_piece(st, NULL, body, n);
+    st->resp.done = 1;
+    if (n && h2_body_queue(&st->resp, &st->h->cfg->loop->bufs, NULL, body, n) != 0)
+        n = 0;
     if (nghttp2_submit_response(st->h->sess, st->id, nv, 3, n ? &dp : NULL) != 0)
         reset_stream(st, NGHTTP2_INTERNAL_ERROR);
     schedule(st->h);
@@ -912,12 +793,12 @@ static int on_stream_close(nghttp2_session *sess, int32_t id, uint32_t code, voi
     h->nopen--;
     h->closed_streams++;
     stat_dec(&h2st(h)->streams_active);
-    drop_output(st);
+    h2_body_drop(&st->resp, h->cfg->loop);
     int by_peer = st->rx_reset || peer_error(code);
     if (code != NGHTTP2_NO_ERROR && by_peer && !st->eos_sent &&
         loop_now(h->cfg->loop) - st->start_ms < PREMATURE_MS)
         count_premature(h);
-    if (st->accepted && !st->released && !st->failed && !(st->req_done && st->resp_done)) {
+    if (st->accepted && !st->released && !st->failed && !(st->req_done && st->resp.done)) {
         if (st->rx_reset)
             stat_inc(&h->cfg->stats->downstream_rq_rx_reset);
         fail_stream(st, !st->rx_reset && peer_error(code) ? ERR_BAD_REQUEST : ERR_CLIENT_GONE);
@@ -1140,7 +1021,7 @@ static void tell_drained(h2_server_t *h)
     h2_stream_t *next;
     for (h2_stream_t *st = h->streams; st && h->nabove; st = next) {
         next = st->next;
-        if (!st->above || st->out_pinned >= H2_STREAM_LOW_WATER)
+        if (!st->above || st->resp.pinned >= H2_STREAM_LOW_WATER)
             continue;
         st->above = 0;
         h->nabove--;
@@ -1359,28 +1240,33 @@ static void stream_later(deferred_t *d)
         deliver_end(st);
 }
 
-static int is_lower(const head_t *h, unsigned i)
+/* Content-Length is kept as the upstream sent it for HEAD and 304 (RFC 9110 §8.6). */
+static int excluded_but_length(const head_t *h, unsigned i)
 {
-    const char *n = field_name(h, i);
-    for (uint32_t k = 0; k < h->fields[i].name_len; k++)
-        if (n[k] >= 'A' && n[k] <= 'Z')
-            return 0;
-    return 1;
+    return h->fields[i].id != F_CONTENT_LENGTH && h2_field_excluded(h, i);
 }
 
+/* 103 Early Hints and the like: an interim HEADERS. */
+static void send_interim(h2_stream_t *st, int status)
+{
+    if (!usable(st) || st->resp_sent)
+        return;
+    char code[4] = {'1', (char)('0' + status / 10 % 10), (char)('0' + status % 10), 0};
+    nghttp2_nv nv = {(uint8_t *)":status", (uint8_t *)code, 7, 3, NGHTTP2_NV_FLAG_NONE};
+    nghttp2_submit_headers(st->h->sess, NGHTTP2_FLAG_NONE, st->id, NULL, &nv, 1, NULL);
+    schedule(st->h);
+}
+
+/* `msg`: MSG_CLOSE is about an HTTP/1.1 connection and a 101 never comes (no Upgrade);
+ * MSG_END with length 0 is a head that is the whole answer (gRPC's Trailers-Only): no
+ * content-length is restated for it. */
 static void send_head(server_stream_t *s, const head_t *resp, int64_t len, unsigned msg)
 {
-    (void)msg; /* MSG_CLOSE is about an HTTP/1.1 connection; a 101 never comes (no Upgrade) */
     h2_stream_t *st = of(s);
     h2_server_t *h = st->h;
     int status = resp->status;
-    if (status >= 100 && status < 200 && status != 101) { /* interim: 103 Early Hints */
-        if (!usable(st) || st->resp_sent)
-            return;
-        char code[4] = {'1', (char)('0' + status / 10 % 10), (char)('0' + status % 10), 0};
-        nghttp2_nv nv = {(uint8_t *)":status", (uint8_t *)code, 7, 3, NGHTTP2_NV_FLAG_NONE};
-        nghttp2_submit_headers(h->sess, NGHTTP2_FLAG_NONE, st->id, NULL, &nv, 1, NULL);
-        schedule(h);
+    if (status >= 100 && status < 200 && status != 101) {
+        send_interim(st, status);
         return;
     }
     if (st->resp_sent)
@@ -1394,39 +1280,20 @@ static void send_head(server_stream_t *s, const head_t *resp, int64_t len, unsig
     }
     int keep_length = st->head_request || status == 304;
     st->no_body = st->head_request || status == 204 || status == 304 || len == 0;
-    nghttp2_nv nv[HEAD_STORE_FIELDS + 2];
-    size_t n = 0, names = 0;
-    for (unsigned i = 0; i < resp->nfields; i++)
-        names += resp->fields[i].name_len;
+    size_t names = h2_names_len(resp);
     char stack[4096], *low = names <= sizeof stack ? stack : malloc(names);
     if (!low) {
         reset_stream(st, NGHTTP2_INTERNAL_ERROR);
         return;
     }
+    nghttp2_nv nv[HEAD_STORE_FIELDS + 2];
     char code[4] = {(char)('0' + status / 100 % 10), (char)('0' + status / 10 % 10),
                     (char)('0' + status % 10), 0};
-    nv[n++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)code, 7, 3, NGHTTP2_NV_FLAG_NONE};
-    size_t at = 0;
-    for (unsigned i = 0; i < resp->nfields && n < HEAD_STORE_FIELDS + 1; i++) {
-        const field_t *f = &resp->fields[i];
-        /* Hop-by-hop and connection-specific fields are not HTTP/2's (RFC 9113 §8.2.2);
-         * framing is restated. */
-        if (f->hop || f->id == F_CONNECTION || f->id == F_KEEP_ALIVE ||
-            f->id == F_PROXY_CONNECTION || f->id == F_TRANSFER_ENCODING || f->id == F_UPGRADE ||
-            f->id == F_HOST || (f->id == F_CONTENT_LENGTH && !keep_length) || f->name_len == 0)
-            continue;
-        const char *name = field_name(resp, i);
-        if (!is_lower(resp, i)) {
-            for (uint32_t k = 0; k < f->name_len; k++)
-                low[at + k] = (char)(name[k] >= 'A' && name[k] <= 'Z' ? name[k] + 32 : name[k]);
-            name = low + at;
-            at += f->name_len;
-        }
-        nv[n++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)field_value(resp, i), f->name_len,
-                               f->value_len, NGHTTP2_NV_FLAG_NONE};
-    }
+    nv[0] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)code, 7, 3, NGHTTP2_NV_FLAG_NONE};
+    size_t n = 1 + h2_nv_fields(resp, nv + 1, HEAD_STORE_FIELDS, low,
+                                keep_length ? excluded_but_length : h2_field_excluded);
     char length[24];
-    if (len >= 0 && !keep_length && status != 204) {
+    if (len >= 0 && !keep_length && status != 204 && !(len == 0 && (msg & MSG_END))) {
         int ln = snprintf(length, sizeof length, "%lld", (long long)len);
         nv[n++] = (nghttp2_nv){(uint8_t *)"content-length", (uint8_t *)length, 14, (size_t)ln,
                                NGHTTP2_NV_FLAG_NONE};
@@ -1440,72 +1307,10 @@ static void send_head(server_stream_t *s, const head_t *resp, int64_t len, unsig
     schedule(h);
 }
 
-static int grow_out(h2_stream_t *st)
-{
-    if (st->out_head > 0 && st->out_head == st->nout)
-        st->nout = st->out_head = 0;
-    if (st->nout < st->out_cap)
-        return 0;
-    if (st->out_head > 0) { /* slide the live pieces down */
-        memmove(st->out, st->out + st->out_head, (st->nout - st->out_head) * sizeof *st->out);
-        st->nout -= st->out_head;
-        st->out_head = 0;
-        return 0;
-    }
-    unsigned cap = st->out_cap ? st->out_cap * 2 : 8;
-    seg_t *p = realloc(st->out, cap * sizeof *p);
-    if (!p)
-        return UV_ENOMEM;
-    st->out = p;
-    st->out_cap = cap;
-    return 0;
-}
-
-/* Queue response body: big pieces by reference, small ones copied together into one buffer
- * (so that 1-byte chunks neither pin a read buffer each nor make a piece each). */
-static void queue_piece(h2_stream_t *st, buf_t *b, const char *p, size_t n)
-{
-    h2_server_t *h = st->h;
-    seg_t *last = st->nout > st->out_head ? &st->out[st->nout - 1] : NULL;
-    if (b && n <= SMALL_COPY) {
-        if (!st->tail || st->tail->cap - st->tail->len < n) {
-            if (st->tail)
-                buf_unref(st->tail);
-            st->tail = buf_new(&h->cfg->loop->bufs, BUF_READ_SIZE);
-            if (!st->tail) {
-                reset_stream(st, NGHTTP2_INTERNAL_ERROR);
-                return;
-            }
-        }
-        char *dst = st->tail->data + st->tail->len;
-        memcpy(dst, p, n);
-        st->tail->len += (uint32_t)n;
-        st->out_bytes += n;
-        if (last && last->b == st->tail && last->p + last->n == dst) {
-            last->n += n;
-            return;
-        }
-        b = st->tail;
-        p = dst;
-    } else {
-        st->out_bytes += n;
-    }
-    if (grow_out(st) != 0) {
-        st->out_bytes -= n;
-        reset_stream(st, NGHTTP2_INTERNAL_ERROR);
-        return;
-    }
-    last = st->nout > st->out_head ? &st->out[st->nout - 1] : NULL;
-    size_t charge = b && !(last && last->b == b) ? b->cap : 0;
-    st->out[st->nout++] = (seg_t){b ? buf_ref(b) : NULL, p, n, charge};
-    st->out_pinned += charge;
-    h->queued += charge;
-}
-
 static void resume_body(h2_stream_t *st)
 {
-    if (st->deferred && usable(st)) {
-        st->deferred = 0;
+    if (st->resp.deferred && usable(st)) {
+        st->resp.deferred = 0;
         nghttp2_session_resume_data(st->h->sess, st->id);
     }
     schedule(st->h);
@@ -1514,30 +1319,25 @@ static void resume_body(h2_stream_t *st)
 static void send_data(server_stream_t *s, buf_t *b, const char *p, size_t n)
 {
     h2_stream_t *st = of(s);
-    if (n == 0 || !usable(st) || !st->resp_sent || st->resp_done || st->no_body || st->rst_sent)
+    if (n == 0 || !usable(st) || !st->resp_sent || st->resp.done || st->no_body || st->rst_sent)
         return;
-    queue_piece(st, b, p, n);
+    if (h2_body_queue(&st->resp, &st->h->cfg->loop->bufs, b, p, n) != 0) {
+        reset_stream(st, NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
     resume_body(st);
 }
 
 static void send_end(server_stream_t *s, const head_t *trailers)
 {
     h2_stream_t *st = of(s);
-    if (st->resp_done)
+    if (st->resp.done)
         return;
-    st->resp_done = 1;
-    if (!usable(st) || !st->resp_sent || st->no_body || st->rst_sent)
+    if (!usable(st) || !st->resp_sent || st->no_body || st->rst_sent) {
+        st->resp.done = 1;
         return;
-    if (trailers && trailers->nfields > 0 && (st->resp_trailers = head_take(st->h->cfg->loop))) {
-        for (unsigned i = 0; i < trailers->nfields; i++) {
-            const field_t *f = &trailers->fields[i];
-            if (f->hop || f->id == F_CONNECTION || f->id == F_TRANSFER_ENCODING ||
-                f->id == F_CONTENT_LENGTH || f->id == F_HOST || f->name_len == 0)
-                continue;
-            head_add_field(st->resp_trailers, field_name(trailers, i), f->name_len,
-                           field_value(trailers, i), f->value_len);
-        }
     }
+    h2_body_end(&st->resp, st->h->cfg->loop, trailers);
     resume_body(st);
 }
 
@@ -1568,7 +1368,7 @@ static int over_high_water(server_stream_t *s)
     h2_server_t *h = st->h;
     if (!usable(st))
         return 1; /* its on_error is on the way */
-    if (st->out_pinned <= H2_STREAM_HIGH_WATER && h->queued <= H2_CONN_QUEUE_HIGH)
+    if (st->resp.pinned <= H2_STREAM_HIGH_WATER && h->queued <= H2_CONN_QUEUE_HIGH)
         return 0;
     if (!st->above) {
         st->above = 1;
@@ -1594,9 +1394,9 @@ static void release(server_stream_t *s, int abort)
     if (usable(st)) {
         if (st->unconsumed)
             nghttp2_session_consume_stream(h->sess, st->id, st->unconsumed);
-        if (abort || !st->resp_sent || !st->resp_done) {
+        if (abort || !st->resp_sent || !st->resp.done) {
             /* The client must see the response broken, never complete. */
-            drop_output(st);
+            h2_body_drop(&st->resp, h->cfg->loop);
             reset_stream(st, NGHTTP2_INTERNAL_ERROR);
         }
         schedule(h);

@@ -4,19 +4,22 @@
 #include <string.h>
 
 #include "proxy/h1_client.h"
+#include "proxy/h2_client.h"
 #include "proxy/transport_tls.h"
 
 struct pool {
     pool_t *next;      /* hash chain */
-    pool_t *idle_next; /* the table's with_idle list */
+    pool_t *idle_next; /* the table's with_idle list (HTTP/1.1), or its with_h2 list */
     pool_table_t *table;
     cluster_t *cluster;
     tls_ctx_t *tls; /* held while the entry lives, so the key cannot be reused */
     struct sockaddr_storage addr;
     socklen_t addrlen;
-    h1_client_t *idle; /* most recently released first */
+    h1_client_t *idle; /* HTTP/1.1: most recently released first */
+    h2_client_t *h2;   /* HTTP/2: every connection that takes streams, newest first */
     unsigned nidle, nconns;
-    unsigned listed : 1; /* on with_idle */
+    unsigned listed : 1; /* on with_idle, or on with_h2 */
+    unsigned is_h2 : 1;  /* part of the key: the endpoint is spoken to in HTTP/2 */
 };
 
 void pool_table_init(pool_table_t *t, loop_t *l)
@@ -24,26 +27,28 @@ void pool_table_init(pool_table_t *t, loop_t *l)
     memset(t, 0, sizeof *t);
     t->loop = l;
     h1_client_timeouts_init(&t->timeouts, l, POOL_CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT);
+    h2_client_timeouts_init(&t->h2_timeouts, l, POOL_CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT);
 }
 
-static unsigned hash(const cluster_t *cl, const tls_ctx_t *tls, const struct sockaddr_storage *a,
-                     socklen_t n)
+static unsigned hash(const cluster_t *cl, const tls_ctx_t *tls, int h2,
+                     const struct sockaddr_storage *a, socklen_t n)
 {
     /* FNV-1a over the address bytes and the cluster and TLS context pointers. */
-    uint64_t h = 1469598103934665603ull ^ (uint64_t)(uintptr_t)cl ^ ((uint64_t)(uintptr_t)tls << 1);
+    uint64_t h = 1469598103934665603ull ^ (uint64_t)(uintptr_t)cl ^
+                 ((uint64_t)(uintptr_t)tls << 1) ^ (uint64_t)h2;
     const unsigned char *p = (const unsigned char *)a;
     for (socklen_t i = 0; i < n; i++)
         h = (h ^ p[i]) * 1099511628211ull;
     return (unsigned)(h % POOL_BUCKETS);
 }
 
-static pool_t *find(pool_table_t *t, cluster_t *cl, const endpoint_t *ep, tls_ctx_t *tls,
+static pool_t *find(pool_table_t *t, cluster_t *cl, const endpoint_t *ep, tls_ctx_t *tls, int h2,
                     int create)
 {
-    pool_t **bucket = &t->buckets[hash(cl, tls, &ep->addr, ep->addrlen)];
+    pool_t **bucket = &t->buckets[hash(cl, tls, h2, &ep->addr, ep->addrlen)];
     for (pool_t *p = *bucket; p; p = p->next)
-        if (p->cluster == cl && p->tls == tls && p->addrlen == ep->addrlen &&
-            memcmp(&p->addr, &ep->addr, p->addrlen) == 0)
+        if (p->cluster == cl && p->tls == tls && p->is_h2 == (unsigned)h2 &&
+            p->addrlen == ep->addrlen && memcmp(&p->addr, &ep->addr, p->addrlen) == 0)
             return p;
     if (!create)
         return NULL;
@@ -53,6 +58,7 @@ static pool_t *find(pool_table_t *t, cluster_t *cl, const endpoint_t *ep, tls_ct
     p->table = t;
     p->cluster = cl;
     p->tls = tls ? tls_ctx_ref(tls) : NULL;
+    p->is_h2 = h2 ? 1 : 0;
     memcpy(&p->addr, &ep->addr, ep->addrlen);
     p->addrlen = ep->addrlen;
     p->next = *bucket;
@@ -65,7 +71,7 @@ static void unlist(pool_t *p)
 {
     if (!p->listed)
         return;
-    pool_t **pp = &p->table->with_idle;
+    pool_t **pp = p->is_h2 ? &p->table->with_h2 : &p->table->with_idle;
     while (*pp != p)
         pp = &(*pp)->idle_next;
     *pp = p->idle_next;
@@ -79,7 +85,7 @@ static void maybe_free(pool_t *p)
         return;
     pool_table_t *t = p->table;
     unlist(p);
-    pool_t **pp = &t->buckets[hash(p->cluster, p->tls, &p->addr, p->addrlen)];
+    pool_t **pp = &t->buckets[hash(p->cluster, p->tls, p->is_h2, &p->addr, p->addrlen)];
     while (*pp != p)
         pp = &(*pp)->next;
     *pp = p->next;
@@ -142,26 +148,79 @@ static void on_gone(void *owner, h1_client_t *h)
 
 static const h1_client_owner_t client_owner = {.on_idle = on_idle, .on_gone = on_gone};
 
-/* A new connection for entry p, over TLS when the entry's key says so. */
-static h1_client_t *dial(pool_table_t *t, pool_t *p)
+/* An HTTP/2 connection takes no more streams: out of the entry. */
+static void on_h2_gone(void *owner, h2_client_t *h)
+{
+    pool_t *p = owner;
+    for (h2_client_t **pp = &p->h2; *pp; pp = h2_client_link(*pp)) {
+        if (*pp == h) {
+            *pp = *h2_client_link(h);
+            break;
+        }
+    }
+    p->nconns--;
+    maybe_free(p);
+}
+
+static const h2_client_owner_t h2_owner = {.on_gone = on_h2_gone};
+
+/* A new connection for entry p, over TLS when the entry's key says so (offering h2 alone by
+ * ALPN for an HTTP/2 entry). */
+static conn_t *dial(pool_table_t *t, pool_t *p)
 {
     conn_t *c = conn_new(t->loop);
     if (!c)
         return NULL;
     const struct sockaddr *sa = (const struct sockaddr *)&p->addr;
-    if (p->tls && transport_tls_client(c, p->tls, &p->cluster->ssl, sa) != 0) {
+    if (p->tls && (transport_tls_client(c, p->tls, &p->cluster->ssl, sa) != 0 ||
+                   (p->is_h2 && transport_tls_offer_alpn(c, "h2") != 0))) {
         conn_close(c);
         return NULL;
     }
-    return h1_client_connect(c, sa, &p->cluster->stats, &t->timeouts, &client_owner, p);
+    return c;
+}
+
+static void list_h2(pool_t *p)
+{
+    if (p->listed)
+        return;
+    p->listed = 1;
+    p->idle_next = p->table->with_h2;
+    p->table->with_h2 = p;
+}
+
+/* A stream on the newest connection with room, else on a new one. */
+static client_stream_t *h2_stream(pool_table_t *t, pool_t *p, int fresh, const stream_events_t *ev,
+                                  void *ctx)
+{
+    for (h2_client_t *h = fresh ? NULL : p->h2; h; h = *h2_client_link(h))
+        if (h2_client_has_room(h)) {
+            stat_inc(&p->cluster->stats.upstream_cx_pool_reuse);
+            return h2_client_stream(h, ev, ctx);
+        }
+    conn_t *c = dial(t, p);
+    h2_client_t *h = c ? h2_client_connect(c, (const struct sockaddr *)&p->addr, &p->cluster->stats,
+                                           &t->h2_timeouts, &h2_owner, p)
+                       : NULL;
+    if (!h) {
+        maybe_free(p);
+        return NULL;
+    }
+    *h2_client_link(h) = p->h2;
+    p->h2 = h;
+    p->nconns++;
+    list_h2(p);
+    return h2_client_stream(h, ev, ctx);
 }
 
 client_stream_t *pool_stream(pool_table_t *t, cluster_t *cl, const endpoint_t *ep, tls_ctx_t *tls,
-                             int fresh, const stream_events_t *ev, void *ctx)
+                             int h2, int fresh, const stream_events_t *ev, void *ctx)
 {
-    pool_t *p = find(t, cl, ep, tls, 1);
+    pool_t *p = find(t, cl, ep, tls, h2, 1);
     if (!p)
         return NULL;
+    if (h2)
+        return h2_stream(t, p, fresh, ev, ctx);
     while (p->idle && !fresh) {
         h1_client_t *h = p->idle;
         unlink_idle(p, h);
@@ -172,7 +231,10 @@ client_stream_t *pool_stream(pool_table_t *t, cluster_t *cl, const endpoint_t *e
         stat_inc(&cl->stats.upstream_cx_pool_reuse);
         return h1_client_stream(h, ev, ctx);
     }
-    h1_client_t *h = dial(t, p);
+    conn_t *c = dial(t, p);
+    h1_client_t *h = c ? h1_client_connect(c, (const struct sockaddr *)&p->addr, &cl->stats,
+                                           &t->timeouts, &client_owner, p)
+                       : NULL;
     if (!h) {
         maybe_free(p);
         return NULL;
@@ -272,9 +334,22 @@ void pool_admit_waiting(pool_table_t *t)
 
 /* ---- idle connections ---- */
 
+/* Each of the entry's HTTP/2 connections takes no new stream and closes once its streams are
+ * done (the last one gone may free p). */
+static void retire_h2(pool_t *p)
+{
+    for (unsigned n = p->nconns; n > 0; n--) /* each leaves the list at once (on_h2_gone) */
+        h2_client_retire(p->h2);
+}
+
 void pool_close_departed(pool_table_t *t)
 {
     pool_t *next;
+    for (pool_t *p = t->with_h2; p; p = next) {
+        next = p->idle_next;
+        if (!still_member(p))
+            retire_h2(p);
+    }
     for (pool_t *p = t->with_idle; p; p = next) {
         next = p->idle_next;
         if (still_member(p))
@@ -286,6 +361,8 @@ void pool_close_departed(pool_table_t *t)
 
 void pool_close_idle(pool_table_t *t)
 {
+    while (t->with_h2) /* the entry is freed with its last connection */
+        retire_h2(t->with_h2);
     while (t->with_idle) {
         pool_t *p = t->with_idle;
         unsigned n = p->nidle;
@@ -301,4 +378,5 @@ void pool_close_idle(pool_table_t *t)
 void pool_table_close(pool_table_t *t)
 {
     h1_client_timeouts_close(&t->timeouts);
+    h2_client_timeouts_close(&t->h2_timeouts);
 }

@@ -4,7 +4,10 @@
  *
  * Streams: an idle connection (most recently used first: warm sockets, while the cold ones age
  * out) or a new one. HTTP/1 carries one stream per connection; idle ones are kept up to
- * POOL_IDLE_MAX per endpoint for POOL_IDLE_TIMEOUT. An entry with no connection left is freed.
+ * POOL_IDLE_MAX per endpoint for POOL_IDLE_TIMEOUT. HTTP/2 carries many: a stream goes on the
+ * newest connection with room (h2_client_has_room: under the peer's MAX_CONCURRENT_STREAMS, no
+ * GOAWAY), else on a new connection; one with no stream open closes after POOL_IDLE_TIMEOUT.
+ * An entry with no connection left is freed.
  * Failures always arrive later, through the stream's on_error, never from inside the call.
  *
  * Admission (App Mesh's listener connectionPool, ingress): at most max_requests requests in
@@ -19,6 +22,7 @@
 #include "discovery/cluster.h"
 #include "proxy/loop.h"
 #include "proxy/h1_client.h"
+#include "proxy/h2_client.h"
 #include "proxy/stream.h"
 #include "tls/tls.h"
 
@@ -32,8 +36,10 @@ typedef struct pool pool_t;
 typedef struct pool_table {
     loop_t *loop;
     h1_client_timeouts_t timeouts;
+    h2_client_timeouts_t h2_timeouts;
     pool_t *buckets[POOL_BUCKETS];
     pool_t *with_idle; /* entries that hold idle connections (checked after discovery) */
+    pool_t *with_h2;   /* HTTP/2 entries that hold connections taking streams */
     struct pool_wait *wait_head, *wait_tail;
     unsigned npools;
     /* A slot was freed while requests wait: wake every worker (they may wait anywhere). */
@@ -57,11 +63,11 @@ typedef struct pool_wait {
 enum { POOL_GO, POOL_FULL };
 
 void pool_table_init(pool_table_t *t, loop_t *l);
-/* A stream to `ep` of `cl` over TLS with `tls` (NULL: plaintext) reporting to (ev, ctx);
- * `fresh` skips idle connections. Connections are pooled by (cluster, endpoint, TLS
- * context). NULL only when memory is exhausted. */
+/* A stream to `ep` of `cl` over TLS with `tls` (NULL: plaintext), in HTTP/2 when `h2`,
+ * reporting to (ev, ctx); `fresh` takes a new connection. Connections are pooled by (cluster,
+ * endpoint, TLS context, protocol). NULL only when memory is exhausted. */
 client_stream_t *pool_stream(pool_table_t *t, cluster_t *cl, const endpoint_t *ep, tls_ctx_t *tls,
-                             int fresh, const stream_events_t *ev, void *ctx);
+                             int h2, int fresh, const stream_events_t *ev, void *ctx);
 
 /* Admission: 1 when a slot was taken at once; 0 when the answer comes through w->cb. */
 int pool_admit(pool_table_t *t, pool_wait_t *w);

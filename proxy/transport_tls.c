@@ -660,6 +660,17 @@ int transport_tls_client(conn_t *c, tls_ctx_t *ctx, ssl_stats_t *stats, const st
     return err;
 }
 
+int transport_tls_offer_alpn(conn_t *c, const char *protocol)
+{
+    unsigned char wire[32];
+    size_t n = strlen(protocol);
+    if (!c->tls || n == 0 || n >= sizeof wire)
+        return UV_EINVAL;
+    wire[0] = (unsigned char)n;
+    memcpy(wire + 1, protocol, n);
+    return SSL_set_alpn_protos(c->tls->ssl, wire, (unsigned)n + 1) == 0 ? 0 : UV_ENOMEM;
+}
+
 const unsigned char *transport_tls_alpn(const conn_t *c, unsigned *len)
 {
     const unsigned char *p = NULL;

@@ -15,6 +15,8 @@ int transport_tls_server(conn_t *c, tls_ctx_t *ctx, ssl_stats_t *stats, int perm
  * connected only when it is done. */
 int transport_tls_client(conn_t *c, tls_ctx_t *ctx, ssl_stats_t *stats,
                          const struct sockaddr *peer);
+/* After transport_tls_client: offer `protocol` alone by ALPN ("h2"). */
+int transport_tls_offer_alpn(conn_t *c, const char *protocol);
 /* The protocol ALPN selected once the handshake is done ("h2", "http/1.1"; not NUL-terminated,
  * *len bytes), or NULL: none, not done, or not TLS. What the codec is chosen by. */
 const unsigned char *transport_tls_alpn(const conn_t *c, unsigned *len);

@@ -94,7 +94,7 @@ static void connect_fails_later_and_the_entry_is_freed(const char *ip, uint16_t 
     cluster_t *c = cluster_new("c", NULL, port);
     endpoint_t ep = endpoint(ip, port);
     probe_t p = {0};
-    client_stream_t *s = pool_stream(&t, c, &ep, NULL, 0, &events, &p);
+    client_stream_t *s = pool_stream(&t, c, &ep, NULL, 0, 0, &events, &p);
     assert_non_null(s);
     assert_int_equal(p.errors, 0); /* never from inside the call */
     assert_int_equal(t.npools, 1);
