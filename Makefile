@@ -31,7 +31,7 @@ BENCH_BINS := $(BUILD)/bench/openloop
 DEB_PKGS  := build-essential pkg-config libuv1-dev libc-ares-dev libcjson-dev libssl-dev \
              libcmocka-dev python3 python3-pytest curl knot knot-dnsutils procps clang-format nodejs \
              clang-14 libclang-rt-14-dev openssl iproute2 iptables redis-server redis-tools util-linux \
-             prometheus chromium libnghttp2-dev python3-h2 nghttp2-client
+             prometheus chromium libnghttp2-dev python3-h2 nghttp2-client python3-grpcio
 BENCH_PKGS := wrk haproxy nginx-light libnginx-mod-stream valgrind strace node-llhttp apache2-utils openssl \
               nghttp2-client
 
