@@ -480,8 +480,9 @@ void cfg_parse_match(jctx_t *j, const cJSON *o, const char *path, cfg_route_t *r
     static const char *const schemes[] = {"http", "https", NULL};
     char p[JPATH_MAX];
     j_only(j, o, path, gateway ? gw_fields : r->kind == ROUTE_HTTP2 ? h2_fields : fields);
-    if (r->kind == ROUTE_HTTP2 && !gateway)
-        j_enum(j, o, path, "scheme", schemes, J_OPTIONAL, -1);
+    r->scheme = r->kind == ROUTE_HTTP2 && !gateway
+                    ? j_enum(j, o, path, "scheme", schemes, J_OPTIONAL, -1)
+                    : -1;
     static const char *const where[] = {"prefix", "path", NULL};
     const cJSON *v = NULL;
     int which = j_union(j, o, path, where, J_OPTIONAL, &v);
@@ -624,9 +625,8 @@ static void parse_policies(jctx_t *j, const cJSON *o, const char *p, cfg_route_t
     }
 }
 
-/* grpcRoute {match {serviceName, methodName, metadata, port}, action, retryPolicy, timeout}:
- * parsed and checked so that a mesh holding gRPC services is validated whole, but served by
- * no sidecar yet (config_prune refuses it where a node reaches it). */
+/* grpcRoute {match {serviceName, methodName, metadata, port}, action, retryPolicy, timeout};
+ * the metadata matchers are kept as `headers` (routing matches both alike). */
 static void parse_grpc_route(jctx_t *j, const cJSON *g, const char *p, cfg_route_t *r)
 {
     static const char *const fields[] = {"match", "action", "retryPolicy", "timeout", NULL};
@@ -677,7 +677,7 @@ static void parse_route(jctx_t *j, const cJSON *o, const char *path, void *out)
     cfg_route_t *r = out;
     char p[JPATH_MAX];
     r->per_request_ms = r->idle_ms = DURATION_UNSET;
-    r->method = -1;
+    r->method = r->scheme = -1;
     r->router = j_string(j, o, path, "virtualRouterName", J_REQUIRED, 1, NAME_MAX_LEN);
     r->name = j_string(j, o, path, "routeName", J_REQUIRED, 1, NAME_MAX_LEN);
     const cJSON *spec = j_object(j, o, path, "spec", J_REQUIRED);

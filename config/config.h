@@ -39,11 +39,12 @@ enum route_kind { ROUTE_HTTP, ROUTE_HTTP2, ROUTE_GRPC, ROUTE_TCP };
 /* App Mesh's default retry policy (shared/reference/appmesh.md, "Default retry policy"): what a
  * route without a retryPolicy, and a virtual node provider, get unless it is turned off. Envoy
  * has no per-try timeout there, so none: the route's per-request timeout bounds every attempt.
- * gRPC's UNAVAILABLE joins the events when gRPC routes are served. */
-#define DEFAULT_RETRY_MAX    2
-#define DEFAULT_RETRY_EVENTS (RETRY_HTTP_503 | RETRY_STREAM_ERROR | RETRY_CONNECTION_ERROR)
+ * A grpcRoute (and a virtual node provider whose listener is grpc) also retries UNAVAILABLE. */
+#define DEFAULT_RETRY_MAX         2
+#define DEFAULT_RETRY_EVENTS      (RETRY_HTTP_503 | RETRY_STREAM_ERROR | RETRY_CONNECTION_ERROR)
+#define DEFAULT_GRPC_RETRY_EVENTS GRPC_RETRY_UNAVAILABLE
 
-/* grpcRetryEvents, as a bit set (kept for when gRPC routes are served). */
+/* grpcRetryEvents, as a bit set. */
 #define GRPC_RETRY_CANCELLED          (1u << 0)
 #define GRPC_RETRY_DEADLINE_EXCEEDED  (1u << 1)
 #define GRPC_RETRY_INTERNAL           (1u << 2)
@@ -187,9 +188,9 @@ typedef struct cfg_query_match {
 typedef struct cfg_route {
     char *router;
     char *name;
-    unsigned index;       /* position in the document's routes, for messages */
-    enum route_kind kind; /* http2Route and grpcRoute are parsed, not served yet */
-    int tcp;              /* a tcpRoute: only port, targets and idle apply */
+    unsigned index; /* position in the document's routes, for messages */
+    enum route_kind kind;
+    int tcp; /* a tcpRoute: only port, targets and idle apply */
     /* `router` and every targets[].node point at the kept router's and nodes' own names
      * (config_prune shares them: 2,500 routes need not hold 7,500 copies), not owned. */
     int shared_names;
@@ -197,6 +198,7 @@ typedef struct cfg_route {
     enum path_match path_kind;
     char *path; /* prefix, exact path or regex; NULL: no prefix nor path, so every path */
     int method; /* enum http_method, -1 for any */
+    int scheme; /* http2Route match.scheme: 0 http, 1 https, -1 any */
     uint16_t port;
     cfg_header_match_t *headers; /* grpcRoute: its metadata matchers */
     unsigned nheaders;
@@ -335,8 +337,8 @@ typedef struct config {
     cfg_proxy_t proxy;
     cfg_counts_t document; /* what the document holds, before any pruning */
     char *pruned_for;      /* the node config_prune() kept what it reaches for; NULL: the whole */
-    /* Resources left out by config_prune() that use HTTP/2 or gRPC (listeners, routes): not
-     * served yet, refused where a node reaches them, counted for `check`'s note. */
+    /* Always 0: HTTP/2 and gRPC are served, nothing is refused for being unreached. Kept only
+     * while proxy/main.c's `check` note still reads it; the two go together. */
     unsigned unreached_unsupported;
     struct config_index *index;
 } config_t;
@@ -363,10 +365,8 @@ const char *config_gateway_node(config_t *c, const char *name, diag_t *d);
 /* Keeps only what `node` reaches, and frees the rest: the node; the virtual services its
  * backends name; their providers (virtual nodes, and virtual routers with all their routes);
  * those routes' target nodes. `raw` is cut to the same resources. Resources keep their `index`
- * (their place in the document), so messages still name the document's paths. What the node
- * reaches over HTTP/2 or gRPC (its own listeners, reached routers' listeners and routes,
- * reached nodes' listeners) is refused with a message per place: remora does not serve them
- * yet. Returns 0, or ERR_CONFIG with the problems in `d` (or UV_ENOMEM). The node must exist. */
+ * (their place in the document), so messages still name the document's paths. Returns 0,
+ * ERR_CONFIG when the node is not in the config (said in `d`), or UV_ENOMEM. */
 int config_prune(config_t *c, const char *node, diag_t *d);
 
 /* Cross-resource checks (config/validate.c), run by config_parse: references, unique names,

@@ -142,7 +142,7 @@ static void parse_gateway_route(jctx_t *j, const cJSON *o, const char *path, cfg
     static const char *const kinds[] = {"httpRoute", "http2Route", "grpcRoute", NULL};
     static const enum route_kind route_kinds[] = {ROUTE_HTTP, ROUTE_HTTP2, ROUTE_GRPC};
     char p[JPATH_MAX];
-    r->match.method = -1;
+    r->match.method = r->match.scheme = -1;
     r->match.per_request_ms = r->match.idle_ms = DURATION_UNSET;
     r->rewrite_host = r->rewrite_prefix = 1;
     r->gateway = j_string(j, o, path, "virtualGatewayName", J_REQUIRED, 1, NAME_MAX_LEN);
@@ -241,23 +241,28 @@ static void check_gateway(const config_t *c, const cfg_gateway_t *g, diag_t *d)
                 snprintf(sub, sizeof sub, "spec.listeners[%u].portMapping.port", i);
                 report(c, d, where, sub, "%u is also listeners[%u]'s", g->listeners[i].port, k);
             }
-    for (unsigned i = 0; i < g->nlisteners; i++) {
-        const cfg_listener_t *l = &g->listeners[i];
-        snprintf(sub, sizeof sub, "spec.listeners[%u].portMapping.protocol", i);
-        if (l->protocol && strcmp(l->protocol, "http") != 0)
-            report(c, d, where, sub,
-                   "%s gateway listeners are not supported yet: remora's gateway serves "
-                   "HTTP/1.1 (HTTP/2 and gRPC come later); use http",
-                   l->protocol);
-    }
 }
 
-static int gateway_listens(const cfg_gateway_t *g, uint16_t port)
+static const char *const route_kinds[] = {"httpRoute", "http2Route", "grpcRoute", "tcpRoute"};
+/* The listener protocol each route kind serves (enum route_kind order). */
+static const char *const kind_protocols[] = {"http", "http2", "grpc", "tcp"};
+
+/* The gateway route kind a listener of `protocol` takes, as a router listener's does. */
+static enum route_kind kind_for(const char *protocol)
+{
+    enum route_kind k = ROUTE_HTTP;
+    while (k < ROUTE_TCP && strcmp(kind_protocols[k], protocol) != 0)
+        k++;
+    return k;
+}
+
+/* The listener a gateway route is on: the one on its match.port, else the only one. */
+static const cfg_listener_t *route_listener(const cfg_gateway_t *g, uint16_t port)
 {
     for (unsigned i = 0; i < g->nlisteners; i++)
-        if (g->listeners[i].port == port)
-            return 1;
-    return 0;
+        if (g->listeners[i].port == port || (!port && g->nlisteners == 1))
+            return &g->listeners[i];
+    return NULL;
 }
 
 /* The virtual service's provider's listener ports: a router's, or a node's. */
@@ -321,9 +326,13 @@ static void check_match(const config_t *c, const cfg_gateway_route_t *r, const c
         report(c, d, where, "match.prefix", "\"%s\" is reserved by App Mesh", m->path);
     if (m->grpc_service && !strncasecmp(m->grpc_service, "aws.app", 7))
         report(c, d, where, "match.serviceName", "\"%s\" is reserved by App Mesh", m->grpc_service);
-    if (g && m->port && !gateway_listens(g, m->port))
+    const cfg_listener_t *l = g ? route_listener(g, m->port) : NULL;
+    if (g && m->port && !l)
         report(c, d, where, "match.port", "the gateway \"%s\" has no listener on %u", g->name,
                m->port);
+    if (l && l->protocol && kind_for(l->protocol) != m->kind)
+        report(c, d, where, "", "the gateway \"%s\"'s listener on port %u is %s: it takes %s",
+               g->name, l->port, l->protocol, route_kinds[kind_for(l->protocol)]);
     if (g && !m->port && g->nlisteners > 1)
         report(c, d, where, "match.port",
                "required: the gateway \"%s\" has %u "
@@ -340,9 +349,9 @@ static void check_match(const config_t *c, const cfg_gateway_route_t *r, const c
 
 static void check_route(const config_t *c, const cfg_gateway_route_t *r, diag_t *d)
 {
-    static const char *const kinds[] = {"httpRoute", "http2Route", "grpcRoute", "tcpRoute"};
     char where[JPATH_MAX], top[JPATH_MAX];
-    snprintf(where, sizeof where, "gatewayRoutes[%u].spec.%s", r->index, kinds[r->match.kind]);
+    snprintf(where, sizeof where, "gatewayRoutes[%u].spec.%s", r->index,
+             route_kinds[r->match.kind]);
     snprintf(top, sizeof top, "gatewayRoutes[%u]", r->index);
     const cfg_gateway_t *g = r->gateway ? config_gateway(c, r->gateway) : NULL;
     if (r->gateway && !g)
@@ -355,12 +364,6 @@ static void check_route(const config_t *c, const cfg_gateway_route_t *r, diag_t 
                    "\"%s\" repeats gatewayRoutes[%u] of the same "
                    "gateway",
                    r->name, k);
-    }
-    if (r->match.kind != ROUTE_HTTP) {
-        report(c, d, where, "",
-               "is not supported yet: remora's gateway serves HTTP/1.1 (HTTP/2 "
-               "and gRPC come later); use httpRoute");
-        return;
     }
     check_match(c, r, g, where, d);
     check_target(c, r, where, d);

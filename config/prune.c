@@ -1,10 +1,9 @@
 /* What one node reaches: a fleet's config document holds the whole mesh (at App Mesh's quotas
  * 200 nodes and 10,000 routes, about 3 MB), and a sidecar needs the few percent its node's
- * backends lead to. config_prune() keeps those, frees the rest, cuts the raw text the same
- * way, and refuses HTTP/2 and gRPC where the node would meet them. */
+ * backends lead to. config_prune() keeps those, frees the rest, and cuts the raw text the same
+ * way. */
 #include <malloc.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -17,25 +16,8 @@
 
 typedef struct keep {
     uint8_t *nodes, *services, *routers, *routes;
-    uint8_t *refused;  /* per node: its HTTP/2 or gRPC listeners were reported (once is enough) */
     uint8_t *rollouts; /* those of a kept router's routes */
 } keep_t;
-
-static const char *const protocols[] = {"http", "tcp", "http2", "grpc"};
-static const char *const route_kinds[] = {"httpRoute", "http2Route", "grpcRoute", "tcpRoute"};
-
-static int unsupported(uint8_t protocol)
-{
-    return protocol == PROTO_HTTP2 || protocol == PROTO_GRPC;
-}
-
-static int listener_protocol(const cfg_listener_t *l)
-{
-    for (int p = 0; p < 4; p++)
-        if (l->protocol && strcmp(l->protocol, protocols[p]) == 0)
-            return p;
-    return PROTO_HTTP;
-}
 
 static void keep_node(const config_t *c, keep_t *k, const char *name)
 {
@@ -44,109 +26,22 @@ static void keep_node(const config_t *c, keep_t *k, const char *name)
         k->nodes[n - c->nodes] = 1;
 }
 
-/* ---- HTTP/2 and gRPC where the node meets them ---- */
-
-static void refuse_listener(const config_t *c, const cfg_node_t *n, unsigned l, const char *why,
-                            diag_t *d)
-{
-    char path[160];
-    snprintf(path, sizeof path, "virtualNodes[%u].spec.listeners[%u].portMapping.protocol",
-             n->index, l);
-    diag_add(d, c->source, path,
-             "%s listeners are not supported yet: remora serves http and tcp (HTTP/2 and gRPC "
-             "come later); %s",
-             n->listeners[l].protocol, why);
-}
-
-/* Every listener of `n` (its own node, or a virtual node provider: each is an egress port). */
-static void refuse_node(const config_t *c, keep_t *k, const cfg_node_t *n, const char *why,
-                        diag_t *d)
-{
-    if (k->refused[n - c->nodes])
-        return;
-    k->refused[n - c->nodes] = 1;
-    for (unsigned l = 0; l < n->nlisteners; l++)
-        if (unsupported((uint8_t)listener_protocol(&n->listeners[l])))
-            refuse_listener(c, n, l, why, d);
-}
-
-/* The listener a route target sends to: the one on its port, else the node's first. */
-static void refuse_target(const config_t *c, keep_t *k, const cfg_target_t *t, diag_t *d)
-{
-    const cfg_node_t *n = config_node(c, t->node);
-    if (!n || k->refused[n - c->nodes])
-        return;
-    for (unsigned l = 0; l < n->nlisteners; l++) {
-        int chosen = t->port ? n->listeners[l].port == t->port : l == 0;
-        if (chosen && unsupported((uint8_t)listener_protocol(&n->listeners[l]))) {
-            k->refused[n - c->nodes] = 1;
-            refuse_listener(c, n, l, "a route of a router this node reaches sends to it", d);
-        }
-    }
-}
-
-static void refuse_router(const config_t *c, const cfg_router_t *r, diag_t *d)
-{
-    char path[160];
-    for (unsigned l = 0; l < r->nports; l++) {
-        if (!r->protocol || !unsupported(r->protocol[l]))
-            continue;
-        snprintf(path, sizeof path, "virtualRouters[%u].spec.listeners[%u].portMapping.protocol",
-                 r->index, l);
-        diag_add(d, c->source, path,
-                 "%s listeners are not supported yet: remora routes HTTP/1.1 and TCP (HTTP/2 and "
-                 "gRPC come later); this node reaches the router through its backends",
-                 protocols[r->protocol[l]]);
-    }
-}
-
-static void refuse_route(const config_t *c, const cfg_route_t *r, diag_t *d)
-{
-    char path[160];
-    snprintf(path, sizeof path, "routes[%u].spec.%s", r->index, route_kinds[r->kind]);
-    diag_add(d, c->source, path,
-             "is not supported yet: remora routes HTTP/1.1 and TCP (HTTP/2 and gRPC come "
-             "later); this node reaches the route's router through its backends");
-}
-
-/* What is left out and would be refused where reached: counted for `check`'s note. */
-static unsigned count_unreached(const config_t *c, const keep_t *k)
-{
-    unsigned n = 0;
-    for (unsigned i = 0; i < c->nnodes; i++)
-        for (unsigned l = 0; !k->nodes[i] && l < c->nodes[i].nlisteners; l++)
-            n += unsupported((uint8_t)listener_protocol(&c->nodes[i].listeners[l]));
-    for (unsigned i = 0; i < c->nrouters; i++)
-        for (unsigned l = 0; !k->routers[i] && c->routers[i].protocol && l < c->routers[i].nports;
-             l++)
-            n += unsupported(c->routers[i].protocol[l]);
-    for (unsigned i = 0; i < c->nroutes; i++)
-        n += !k->routes[i] && (c->routes[i].kind == ROUTE_HTTP2 || c->routes[i].kind == ROUTE_GRPC);
-    return n;
-}
-
 /* ---- the walk ---- */
 
-static void mark(const config_t *c, const cfg_node_t *self, keep_t *k, diag_t *d)
+static void mark(const config_t *c, const cfg_node_t *self, keep_t *k)
 {
     k->nodes[self - c->nodes] = 1;
-    refuse_node(c, k, self, "this is the node the sidecar serves", d);
     for (unsigned b = 0; b < self->nbackends; b++) {
         const cfg_service_t *s = config_service(c, self->backends[b]);
         if (!s)
             continue;
         k->services[s - c->services] = 1;
         if (s->provider == PROVIDER_NODE) {
-            const cfg_node_t *n = config_node(c, s->provider_name);
-            if (n)
-                refuse_node(c, k, n, "it provides a virtual service this node calls", d);
             keep_node(c, k, s->provider_name);
         } else if (s->provider == PROVIDER_ROUTER) {
             const cfg_router_t *r = config_router(c, s->provider_name);
-            if (r && !k->routers[r - c->routers]) {
+            if (r)
                 k->routers[r - c->routers] = 1;
-                refuse_router(c, r, d);
-            }
         }
     }
     for (unsigned i = 0; i < c->nroutes; i++) {
@@ -155,13 +50,8 @@ static void mark(const config_t *c, const cfg_node_t *self, keep_t *k, diag_t *d
         if (!rt || !k->routers[rt - c->routers])
             continue;
         k->routes[i] = 1;
-        if (r->kind == ROUTE_HTTP2 || r->kind == ROUTE_GRPC)
-            refuse_route(c, r, d);
-        for (unsigned t = 0; t < r->ntargets; t++) {
-            if (r->kind == ROUTE_HTTP)
-                refuse_target(c, k, &r->targets[t], d);
+        for (unsigned t = 0; t < r->ntargets; t++)
             keep_node(c, k, r->targets[t].node);
-        }
     }
     for (unsigned i = 0; i < c->nrollouts; i++) {
         const cfg_router_t *rt = config_router(c, c->rollouts[i].router);
@@ -505,22 +395,16 @@ int config_prune(config_t *c, const char *node, diag_t *d)
         diag_add(d, c->source, "node", "virtual node \"%s\" is not in the config", node);
         return ERR_CONFIG;
     }
-    size_t before = d->n, doc_len = c->raw_len;
-    keep_t k = {calloc(c->nnodes + 1, 1),   calloc(c->nservices + 1, 1),
-                calloc(c->nrouters + 1, 1), calloc(c->nroutes + 1, 1),
-                calloc(c->nnodes + 1, 1),   calloc(c->nrollouts + 1, 1)};
+    size_t doc_len = c->raw_len;
+    keep_t k = {calloc(c->nnodes + 1, 1), calloc(c->nservices + 1, 1), calloc(c->nrouters + 1, 1),
+                calloc(c->nroutes + 1, 1), calloc(c->nrollouts + 1, 1)};
     char *name = strdup(node);
     int err = 0;
-    if (!k.nodes || !k.services || !k.routers || !k.routes || !k.refused || !k.rollouts || !name) {
+    if (!k.nodes || !k.services || !k.routers || !k.routes || !k.rollouts || !name) {
         err = UV_ENOMEM;
         goto done;
     }
-    mark(c, self, &k, d);
-    if (d->n > before) {
-        err = ERR_CONFIG;
-        goto done;
-    }
-    c->unreached_unsupported = count_unreached(c, &k);
+    mark(c, self, &k);
     int whole = all_kept(k.nodes, c->nnodes) && all_kept(k.services, c->nservices) &&
                 all_kept(k.routers, c->nrouters) && all_kept(k.routes, c->nroutes) &&
                 all_kept(k.rollouts, c->nrollouts);
@@ -558,7 +442,6 @@ done:
     free(k.services);
     free(k.routers);
     free(k.routes);
-    free(k.refused);
     free(k.rollouts);
     /* The parse tree and what is left out are free now, but glibc keeps freed heap pages
      * mapped: give them back, so that a sidecar's RSS is what it uses, not what it read. */

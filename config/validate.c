@@ -137,7 +137,7 @@ static int route_listener(const cfg_route_t *r, const cfg_router_t *rt)
 /* The spec member of each enum route_kind, and the route kind each enum port_protocol takes. */
 static const char *const route_kinds[] = {"httpRoute", "http2Route", "grpcRoute", "tcpRoute"};
 static const char *const protocols[] = {"http", "tcp", "http2", "grpc"};
-static const char *const takes[] = {"httpRoute", "tcpRoute", "http2Route", "grpcRoute"};
+static const enum route_kind takes[] = {ROUTE_HTTP, ROUTE_TCP, ROUTE_HTTP2, ROUTE_GRPC};
 
 static void check_route_ports(const config_t *c, const cfg_route_t *r, const cfg_router_t *rt,
                               unsigned i, diag_t *d)
@@ -151,9 +151,9 @@ static void check_route_ports(const config_t *c, const cfg_route_t *r, const cfg
     else if (!r->port && rt->nports > 1)
         diag_add(d, c->source, path, "is required: router %s has %u listeners", rt->name,
                  rt->nports);
-    else if (l >= 0 && rt->tcp[l] != (r->tcp != 0))
+    else if (l >= 0 && takes[rt->protocol[l]] != r->kind)
         diag_add(d, c->source, path, "router %s's listener on port %u is %s: it takes %s", rt->name,
-                 rt->ports[l], protocols[rt->protocol[l]], takes[rt->protocol[l]]);
+                 rt->ports[l], protocols[rt->protocol[l]], route_kinds[takes[rt->protocol[l]]]);
     for (unsigned t = 0; t < r->ntargets; t++) {
         const cfg_node_t *n = config_node(c, r->targets[t].node);
         snprintf(path, sizeof path, "routes[%u].spec.%s.action.weightedTargets[%u]", i, kind, t);

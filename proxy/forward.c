@@ -444,6 +444,7 @@ static int retry(exchange_t *ex, unsigned event, unsigned gevent)
         return 0;
     if (ex->attempts > p->max_retries) {
         ex->rflags |= RF_URX; /* the policy would retry this, but no retry is left */
+        stat_inc(&cstats(ex)->upstream_rq_retry_limit_exceeded);
         return 0;
     }
     if (ex->resp_state != RESP_WAITING || ex->replay_lost || (ex->req_msg & MSG_UPGRADE))
@@ -783,7 +784,7 @@ void fwd_response_head(exchange_t *ex, head_t *h, unsigned msg)
         return; /* this upstream is released; its response is dropped with it */
     }
     ex->try_deadline = 0;
-    if (ex->attempts > 1)
+    if (ex->attempts > 1 && !(ex->rflags & RF_URX)) /* a retry got what was not retried */
         stat_inc(&cstats(ex)->upstream_rq_retry_success);
     ex->status = status;
     if (ex->alog) {

@@ -162,6 +162,25 @@ uint64_t route_or_default(uint64_t v, uint64_t dflt)
     return v == DURATION_UNSET ? dflt : v;
 }
 
+const char *const route_kind_names[] = {"httpRoute", "http2Route", "grpcRoute", "tcpRoute"};
+
+int route_listener_h2(const cfg_listener_t *l)
+{
+    return l && (strcmp(l->protocol, "http2") == 0 || route_listener_grpc(l));
+}
+
+int route_listener_grpc(const cfg_listener_t *l)
+{
+    return l && strcmp(l->protocol, "grpc") == 0;
+}
+
+int route_speaks_h2(const config_t *cfg, const cluster_t *c)
+{
+    const cfg_node_t *n = c && c->node ? config_node(cfg, c->node) : NULL;
+    return n && route_listener_h2(route_node_listener(n, c->port));
+}
+
+/* Named as App Mesh's Envoy names it: cds_egress_MESH_NODE_PROTOCOL_PORT. */
 cluster_t *route_egress_cluster(route_table_t *rt, registry_t *reg, const char *node_name,
                                 uint16_t port)
 {
@@ -173,7 +192,7 @@ cluster_t *route_egress_cluster(route_table_t *rt, registry_t *reg, const char *
         port = l->port;
     char name[600];
     snprintf(name, sizeof name, "cds_egress_%s_%s_%s_%u", rt->cfg->mesh_name, n->name,
-             l && strcmp(l->protocol, "tcp") == 0 ? "tcp" : "http", port);
+             l ? l->protocol : "http", port);
     return route_registry_cluster(reg, name, n->name, port, 0);
 }
 
@@ -220,7 +239,8 @@ int route_compile_match(route_t *r, const char *source, const char *where, diag_
             ok = 0;
             break;
         }
-        snprintf(path, sizeof path, "%s.match.headers[%u].match.regex", where, h);
+        snprintf(path, sizeof path, "%s.match.%s[%u].match.regex", where,
+                 c->kind == ROUTE_GRPC ? "metadata" : "headers", h);
         int good = compile(&r->header_re[h], c->headers[h].value, source, path, d) == 0;
         if (good)
             r->header_has_re |= 1u << h;
@@ -246,13 +266,23 @@ static void find_rollout(const config_t *cfg, route_t *r)
     }
 }
 
+/* App Mesh's default policy for a route or node provider that has none of its own: a gRPC one
+ * (grpcRoute, grpc listener) also retries UNAVAILABLE. Nothing when the policy is off. */
+static retry_policy_t default_retry(const route_table_t *rt, int grpc)
+{
+    retry_policy_t p = rt->default_retry;
+    if (grpc && p.max_retries)
+        p.grpc_events = DEFAULT_GRPC_RETRY_EVENTS;
+    return p;
+}
+
 /* r->clusters, stats and schedule point into the table's slabs, with room for the route's
  * targets and its reduced schedule. */
 static int build_route(route_table_t *rt, registry_t *reg, route_t *r, diag_t *d)
 {
     const cfg_route_t *c = r->cfg;
     char where[64];
-    snprintf(where, sizeof where, "routes[%u].spec.httpRoute", r->index);
+    snprintf(where, sizeof where, "routes[%u].spec.%s", r->index, route_kind_names[c->kind]);
     int ok = route_compile_match(r, rt->cfg->source, where, d) == 0;
     find_rollout(rt->cfg, r);
     unsigned weights[MAX_TARGETS], reduced[MAX_TARGETS];
@@ -260,6 +290,7 @@ static int build_route(route_table_t *rt, registry_t *reg, route_t *r, diag_t *d
         r->clusters[t] = route_egress_cluster(rt, reg, c->targets[t].node, c->targets[t].port);
         r->stats[t] = registry_target(reg, c->router, c->name, c->targets[t].node);
         weights[t] = c->targets[t].weight;
+        r->h2_targets |= (unsigned)route_speaks_h2(rt->cfg, r->clusters[t]) << t;
         ok &= r->clusters[t] && r->stats[t];
     }
     reduce_weights(weights, c->ntargets, reduced);
@@ -269,8 +300,8 @@ static int build_route(route_table_t *rt, registry_t *reg, route_t *r, diag_t *d
     if (c->has_retry)
         r->retry = (retry_policy_t){c->max_retries, c->per_retry_ms, c->retry_events,
                                     c->grpc_retry_events};
-    else if (!c->tcp)
-        r->retry = rt->default_retry; /* tcpRoutes keep their connect retries (route_tcp.c) */
+    else if (!c->tcp) /* tcpRoutes keep their connect retries (route_tcp.c) */
+        r->retry = default_retry(rt, c->kind == ROUTE_GRPC);
     return ok ? 0 : -1;
 }
 
@@ -364,6 +395,16 @@ static int build_routers(route_table_t *rt, registry_t *reg, diag_t *d)
     return ok ? 0 : -1;
 }
 
+/* A virtual node provider: its first listener's cluster, and how that listener speaks. */
+static void provider_node(route_table_t *rt, registry_t *reg, backend_t *b)
+{
+    const cfg_node_t *n = config_node(rt->cfg, b->svc->provider_name);
+    const cfg_listener_t *l = n && n->nlisteners ? &n->listeners[0] : NULL;
+    b->cluster = route_egress_cluster(rt, reg, b->svc->provider_name, 0);
+    b->h2 = (unsigned)route_listener_h2(l);
+    b->grpc = (unsigned)route_listener_grpc(l);
+}
+
 static int build_backends(route_table_t *rt, registry_t *reg)
 {
     const cfg_node_t *node = rt->node;
@@ -374,7 +415,7 @@ static int build_backends(route_table_t *rt, registry_t *reg)
         backend_t *b = &rt->backends[rt->nbackends++];
         b->svc = config_service(rt->cfg, node->backends[i]);
         if (b->svc->provider == PROVIDER_NODE)
-            b->cluster = route_egress_cluster(rt, reg, b->svc->provider_name, 0);
+            provider_node(rt, reg, b);
         else if (b->svc->provider == PROVIDER_ROUTER)
             b->router = router_of(rt, config_router(rt->cfg, b->svc->provider_name));
     }
@@ -559,33 +600,67 @@ static int query_matches(const cfg_query_match_t *m, const route_request_t *req)
     return 0;
 }
 
+static int path_matches(const route_t *r, const route_request_t *req)
+{
+    const cfg_route_t *c = r->cfg;
+    size_t n = c->path ? strlen(c->path) : 0;
+    switch (c->path ? c->path_kind : PATH_PREFIX) {
+    case PATH_PREFIX: /* no prefix nor path: every path */
+        return !c->path || (req->path_len >= n && memcmp(req->path, c->path, n) == 0);
+    case PATH_EXACT:
+        return req->path_len == n && memcmp(req->path, c->path, n) == 0;
+    case PATH_REGEX:
+        return r->path_re && regexec(r->path_re, req->path, 0, NULL, 0) == 0;
+    }
+    return 0;
+}
+
+/* http2Route's match.scheme against the request's (a request without one is "http"). */
+static int scheme_matches(const cfg_route_t *c, const route_request_t *req)
+{
+    static const char *const schemes[] = {"http", "https"};
+    return c->scheme < 0 || strcmp(req->scheme ? req->scheme : "http", schemes[c->scheme]) == 0;
+}
+
+/* An httpRoute's or http2Route's method, path, scheme and query parameters. */
+static int http_matches(const route_t *r, const route_request_t *req)
+{
+    const cfg_route_t *c = r->cfg;
+    if ((c->method >= 0 && c->method != req->method) || !path_matches(r, req) ||
+        !scheme_matches(c, req))
+        return 0;
+    for (unsigned q = 0; q < c->nquery; q++)
+        if (!query_matches(&c->query[q], req))
+            return 0;
+    return 1;
+}
+
+/* A grpcRoute's serviceName and methodName against gRPC's :path, "/SERVICE/METHOD" (each
+ * compared exactly, case included): a serviceName alone takes every method of the service; no
+ * serviceName takes every request. */
+static int grpc_matches(const cfg_route_t *c, const route_request_t *req)
+{
+    if (!c->grpc_service)
+        return 1;
+    const char *p = req->path;
+    size_t s = strlen(c->grpc_service);
+    if (req->path_len < s + 2 || p[0] != '/' || memcmp(p + 1, c->grpc_service, s) != 0 ||
+        p[s + 1] != '/')
+        return 0;
+    size_t m = c->grpc_method ? strlen(c->grpc_method) : 0;
+    return !c->grpc_method ||
+           (req->path_len == s + 2 + m && memcmp(p + s + 2, c->grpc_method, m) == 0);
+}
+
 int route_match(const route_t *r, const route_request_t *req, uint16_t port)
 {
     const cfg_route_t *c = r->cfg;
     if (c->tcp || (c->port && c->port != port))
         return 0; /* a tcpRoute never takes an HTTP request, even on a one-listener router */
-    if (c->method >= 0 && c->method != req->method)
+    if (c->kind == ROUTE_GRPC ? !grpc_matches(c, req) : !http_matches(r, req))
         return 0;
-    size_t n = c->path ? strlen(c->path) : 0;
-    switch (c->path ? c->path_kind : PATH_PREFIX) {
-    case PATH_PREFIX:
-        if (c->path && (req->path_len < n || memcmp(req->path, c->path, n) != 0))
-            return 0; /* no prefix nor path: every path */
-        break;
-    case PATH_EXACT:
-        if (req->path_len != n || memcmp(req->path, c->path, n) != 0)
-            return 0;
-        break;
-    case PATH_REGEX:
-        if (!r->path_re || regexec(r->path_re, req->path, 0, NULL, 0) != 0)
-            return 0;
-        break;
-    }
-    for (unsigned h = 0; h < c->nheaders; h++)
+    for (unsigned h = 0; h < c->nheaders; h++) /* grpcRoute: its metadata */
         if (!header_matches(r, h, req))
-            return 0;
-    for (unsigned q = 0; q < c->nquery; q++)
-        if (!query_matches(&c->query[q], req))
             return 0;
     return 1;
 }
@@ -615,6 +690,8 @@ void route_pick(route_t *r, const backend_t *b, route_result_t *out)
     out->retry = r->retry;
     out->rollout = r->rollout;
     out->rollout_weight = r->rollout_weight;
+    out->upstream_h2 = (r->h2_targets >> t) & 1u;
+    out->grpc = r->cfg->kind == ROUTE_GRPC;
     stat_inc(&r->stats[t]->picks);
 }
 
@@ -667,9 +744,13 @@ void route_to_backend(const route_table_t *rt, const backend_t *b, const route_r
     if (b->router) {
         route_router(b, req, out);
     } else if (b->cluster) {
+        /* App Mesh routes to a node provider as its listener's protocol says, with the
+         * default policy too. */
         out->cluster = b->cluster;
         out->tls = b->tls;
-        out->retry = rt->default_retry; /* App Mesh gives node providers the default too */
+        out->upstream_h2 = b->h2;
+        out->grpc = b->grpc;
+        out->retry = default_retry(rt, b->grpc);
     } else {
         route_no_target(out, 503, "the virtual service has no provider");
     }

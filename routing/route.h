@@ -5,7 +5,9 @@
  *
  * Egress: Host -> one of the node's backends -> its provider: a virtual node (its cluster), or
  * a router -> the router's listener by port -> routes by priority (first match wins) -> a
- * weighted target. Ingress: the local app's cluster. */
+ * weighted target. Ingress: the local app's cluster. httpRoute and http2Route match alike (path,
+ * method, headers, query, port; http2Route also scheme); a grpcRoute matches gRPC's :path
+ * "/SERVICE/METHOD" by serviceName and methodName, and its metadata as headers. */
 #ifndef REMORA_ROUTE_H
 #define REMORA_ROUTE_H
 
@@ -79,6 +81,9 @@ typedef struct route_request {
     size_t query_len; /* after '?', without it */
     const char *(*header)(void *ctx, const char *name, size_t *len);
     void *ctx;
+    /* The request's scheme for http2Route's match.scheme: HTTP/2's :scheme ("http" or
+     * "https"); NULL is "http" (an HTTP/1.1 request to the sidecar). */
+    const char *scheme;
 } route_request_t;
 
 typedef struct route_result {
@@ -112,7 +117,7 @@ typedef struct route_result {
 typedef struct route_table route_table_t;
 
 /* Build the table for `node_name`; takes ownership of `cfg` (freed with the table, or at once
- * on failure). Returns NULL with diagnostics (e.g. HTTP/2 or gRPC that the node reaches).
+ * on failure). Returns NULL with diagnostics (e.g. a TLS file that does not load).
  * The config is first cut to what the node reaches (config_prune: route_table_config() holds
  * only those resources), and its proxy.default_retry_policy is settled to 0 or 1: the
  * environment's REMORA_DEFAULT_RETRY_POLICY (0 or 1) wins over the document, and the policy

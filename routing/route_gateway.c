@@ -1,8 +1,10 @@
 /* A virtual gateway's routes (shared/reference/cloudmap-gateways-rollouts.md §3.4, §3.5):
  * matched in order (priority, then the longer prefix, then document order) on the listener's
- * port, the path, method, headers, query and Host; the request rewritten with App Mesh's
- * defaults (the matched prefix becomes "/", Host the target virtual service's name); then
- * routed as a sidecar's egress routes a request to that virtual service. */
+ * port and Host, then as their kind says: httpRoute and http2Route by path, method, headers
+ * and query; grpcRoute by serviceName (the first segment of :path) and metadata. The request
+ * is rewritten with App Mesh's defaults (the matched prefix becomes "/", Host the target
+ * virtual service's name; a grpcRoute rewrites the Host alone), then routed as a sidecar's
+ * egress routes a request to that virtual service. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,7 +46,8 @@ void route_build_gateway(route_table_t *rt, diag_t *d)
         gr->m.index = r->index;
         gr->b = route_backend(rt, r->service, strlen(r->service));
         char where[64];
-        snprintf(where, sizeof where, "gatewayRoutes[%u].spec.httpRoute", r->index);
+        snprintf(where, sizeof where, "gatewayRoutes[%u].spec.%s", r->index,
+                 route_kind_names[r->match.kind]);
         route_compile_match(&gr->m, c->source, where, d);
     }
     qsort(rt->gw_routes, rt->ngw_routes, sizeof *rt->gw_routes, gw_order);
@@ -138,6 +141,7 @@ int route_gateway(route_table_t *rt, uint16_t port, const route_request_t *req, 
             route_no_target(out, 503, "the gateway route's virtual service is not served");
         else
             route_to_backend(rt, gr->b, &to, out);
+        out->grpc |= gr->m.cfg->kind == ROUTE_GRPC; /* a gRPC request, whatever serves it */
         return 1;
     }
     route_no_target(out, 404, NULL);

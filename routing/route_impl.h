@@ -20,6 +20,7 @@ typedef struct route {
     regex_t *header_re;      /* one per header matcher when any is a regex, else NULL */
     unsigned header_has_re;  /* bit per header matcher */
     cluster_t **clusters;    /* per target (cfg->ntargets), in the table's cluster slab */
+    unsigned h2_targets;     /* bit per target: its listener speaks HTTP/2 (route_speaks_h2) */
     target_stats_t **stats;  /* per target, in the table's stats slab */
     const uint8_t *schedule; /* schedule_len picks, in the table's schedule slab */
     unsigned schedule_len;
@@ -39,6 +40,7 @@ typedef struct router {
 typedef struct backend {
     const cfg_service_t *svc;
     cluster_t *cluster;             /* virtual node provider */
+    unsigned h2 : 1, grpc : 1;      /* its listener's protocol: http2 or grpc, grpc */
     router_t *router;               /* virtual router provider */
     const cfg_client_tls_t *policy; /* its client policy (own or the defaults), or NULL */
     tls_ctx_t *tls;                 /* toward the provider node */
@@ -86,8 +88,17 @@ struct route_table {
 };
 
 uint64_t route_or_default(uint64_t v, uint64_t dflt);
-/* Regexes of a match (path, headers) compiled; `where` is its JSON path ("routes[3].spec.
- * httpRoute") for diagnostics. */
+/* The spec member of each enum route_kind ("httpRoute", ...), for diagnostics. */
+extern const char *const route_kind_names[];
+/* Whether a listener's protocol is http2 or grpc: what it serves is spoken to in HTTP/2. */
+int route_listener_h2(const cfg_listener_t *l);
+int route_listener_grpc(const cfg_listener_t *l);
+/* Whether cluster `c` (a node's listener) speaks HTTP/2: the listener is chosen as TLS
+ * chooses it (route_node_listener on the cluster's port: the target's port, else the node's
+ * first listener). */
+int route_speaks_h2(const config_t *cfg, const cluster_t *c);
+/* Regexes of a match (path, headers or gRPC metadata) compiled; `where` is its JSON path
+ * ("routes[3].spec.httpRoute") for diagnostics. */
 int route_compile_match(route_t *r, const char *source, const char *where, diag_t *d);
 /* Whether `r`'s match takes the request arriving on `port`. */
 int route_match(const route_t *r, const route_request_t *req, uint16_t port);

@@ -26,10 +26,15 @@ static void build_listener(route_table_t *rt, registry_t *reg, const cfg_listene
                             : (out->tcp ? 0 : ROUTE_DEFAULT_TIMEOUT_MS);
     out->r.idle_ms =
         l ? route_or_default(l->idle_ms, ROUTE_DEFAULT_IDLE_MS) : ROUTE_DEFAULT_IDLE_MS;
-    if (l) { /* limits belong to this snapshot: a rejected reload never reaches a request */
+    /* Limits belong to this snapshot: a rejected reload never reaches a request. http2 and
+     * grpc pools have maxRequests alone (Envoy's HTTP/2 pool has no pending-request breaker):
+     * max_pending stays 0, unlimited. */
+    if (l) {
         out->r.max_requests = l->max_connections;
         out->r.max_pending = l->max_pending;
     }
+    out->r.upstream_h2 = (unsigned)route_listener_h2(l); /* the app is spoken to as the listener */
+    out->r.grpc = (unsigned)route_listener_grpc(l);
     if (!out->r.cluster) {
         out->r.status = 503;
         out->r.reason = "no local app listener";

@@ -353,7 +353,7 @@ def test_mesh_ip_preference_applies_where_the_node_sets_none(knot, remora):
             v6.stop()
 
 
-# ---- D: HTTP/2 and gRPC refused where the node meets them ----
+# ---- D: HTTP/2 and gRPC served where the node meets them ----
 
 def grpc_mesh():
     """web calls cart.shop.local (http); the mesh also holds a gRPC service, pay.shop.local
@@ -381,43 +381,43 @@ def grpc_mesh():
     return cfg
 
 
-def test_http2_and_grpc_are_refused_where_reached(tmp_path):
+def test_http2_and_grpc_are_accepted_where_reached(tmp_path):
+    """Every node of a mesh with gRPC and HTTP/2 checks: the caller of the gRPC service (its
+    router's grpc listener and grpcRoute), the nodes serving gRPC and HTTP/2 themselves, and a
+    node that reaches none of it, with no note about unreached ones."""
     path = tmp_path / "mesh.json"
     path.write_text(json.dumps(grpc_mesh()))
-    # web reaches none of it: served, with a note.
-    out = check(path, "web")
-    assert out.returncode == 0, out.stdout
-    assert "note: 4 listener(s) or route(s) this node does not reach use HTTP/2 or gRPC" in out.stdout
-    # shipper calls the gRPC service: every place it would meet gRPC, by its path.
+    for node, listener in (("web", "http:1"), ("shipper", "http:8080"), ("h2", "http2:8443"),
+                           ("pay", "grpc:50051")):
+        out = check(path, node)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"listener {listener} -> local app" in out.stdout, out.stdout
+        assert "not supported yet" not in out.stdout + out.stderr
+        assert "note:" not in out.stdout, out.stdout
     out = check(path, "shipper")
-    assert out.returncode == 1
-    src = str(path)
-    assert (f"{src}: virtualRouters[1].spec.listeners[0].portMapping.protocol: grpc listeners are "
-            "not supported yet: remora routes HTTP/1.1 and TCP (HTTP/2 and gRPC come later)"
-            in out.stdout), out.stdout
-    assert (f"{src}: routes[1].spec.grpcRoute: is not supported yet: remora routes HTTP/1.1 and "
-            "TCP (HTTP/2 and gRPC come later)" in out.stdout), out.stdout
-    # pay and h2 serve gRPC / HTTP/2 themselves: their own listener is refused.
-    out = check(path, "h2")
-    assert out.returncode == 1
-    assert (f"{src}: virtualNodes[4].spec.listeners[0].portMapping.protocol: http2 listeners are "
-            "not supported yet: remora serves http and tcp (HTTP/2 and gRPC come later); this is "
-            "the node the sidecar serves") in out.stdout, out.stdout
-    out = check(path, "pay")
-    assert out.returncode == 1 and "virtualNodes[2].spec.listeners[0].portMapping.protocol: grpc" in out.stdout
+    assert "backend pay.shop.local -> virtual router pay" in out.stdout, out.stdout
+    assert "route charge:" in out.stdout, out.stdout
 
 
-def test_a_sidecar_refuses_to_start_on_them(tmp_path):
+def test_a_sidecar_starts_on_them(tmp_path):
+    """shipper's sidecar starts with the gRPC route in its table and listens (sending gRPC
+    through it is the HTTP/2 upstream client's: tests/integration/test_grpc.py)."""
     path = tmp_path / "mesh.json"
     path.write_text(json.dumps(grpc_mesh()))
     ingress, egress, admin = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("APPMESH_", "REMORA_"))}
-    out = subprocess.run([REMORA, "--config", str(path), "--node", "shipper", "--ingress-port",
-                          str(ingress), "--egress-port", str(egress), "--admin", f"127.0.0.1:{admin}",
-                          "--workers", "1"], capture_output=True, text=True, timeout=30, env=env)
-    assert out.returncode == 1
-    assert "routes[1].spec.grpcRoute: is not supported yet" in out.stderr, out.stderr
-    assert not port_open(egress)
+    proc = subprocess.Popen([REMORA, "--config", str(path), "--node", "shipper", "--ingress-port",
+                             str(ingress), "--egress-port", str(egress), "--admin",
+                             f"127.0.0.1:{admin}", "--workers", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        wait_until(lambda: proc.poll() is not None or port_open(egress), what="egress listening")
+        assert proc.poll() is None, proc.stdout.read()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "not supported yet" not in out, out
 
 
 # ---- E: a whole fleet's mesh in one document ----

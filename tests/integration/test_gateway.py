@@ -258,7 +258,7 @@ def test_check_refuses_a_route_to_an_unknown_service_with_its_path(tmp_path):
     ({"httpRoute": {"match": {"prefix": "/"}, "action": {"target": {"virtualService": {"virtualServiceName": CART}}}},
       "priority": 1001}, "gatewayRoutes[0].spec.priority"),
     ({"grpcRoute": {"match": {"serviceName": "shop.Cart"}, "action": {"target": {"virtualService": {"virtualServiceName": CART}}}}},
-     "gatewayRoutes[0].spec.grpcRoute"),
+     "gatewayRoutes[0].spec.grpcRoute: the gateway \"edge\"'s listener on port 9080 is http: it takes httpRoute"),
 ])
 def test_check_refuses_invalid_gateway_routes(tmp_path, spec, where):
     cfg = mesh({"cart-v1": 1, "cart-v2": 2, "catalog": 3}, 9080, {})
@@ -377,3 +377,37 @@ def test_check_wants_match_port_with_two_listeners(tmp_path):
         {"portMapping": {"port": 9081, "protocol": "http"}})
     code, out = check(tmp_path, cfg)
     assert code == 1 and "gatewayRoutes[0].spec.httpRoute.match.port: required" in out, out
+
+
+def test_check_accepts_http2_and_grpc_listeners_with_their_routes(tmp_path):
+    """An http2 listener with an http2Route and a grpc listener with a grpcRoute (serviceName,
+    metadata, the hostname rewrite alone), routed by match.port."""
+    cfg = mesh({"cart-v1": 1, "cart-v2": 2, "catalog": 3}, 9080, {
+        "h2": {"http2Route": {"match": {"prefix": "/cart", "port": 9080},
+                              "action": {"target": {"virtualService": {"virtualServiceName": CART}}}}},
+        "rpc": {"grpcRoute": {"match": {"serviceName": "shop.Catalog", "port": 9081,
+                                        "metadata": [{"name": "x-tier", "invert": True,
+                                                      "match": {"prefix": "free"}}]},
+                              "action": {"target": {"virtualService": {"virtualServiceName": CATALOG}},
+                                         "rewrite": {"hostname": {"defaultTargetHostname": "DISABLED"}}}}}},
+               listener={"portMapping": {"port": 9080, "protocol": "http2"}})
+    cfg["virtualGateways"][0]["spec"]["listeners"].append(
+        {"portMapping": {"port": 9081, "protocol": "grpc"}})
+    code, out = check(tmp_path, cfg)
+    assert code == 0, out
+    assert "not supported yet" not in out, out
+
+
+def test_an_http2_listener_serves_http2_routes(gw):
+    """The gateway's http2 listener takes HTTP/1.1 too (every listener sniffs the HTTP/2
+    preface); its http2Route matches and rewrites as an httpRoute does, and cart's http
+    listeners are spoken to in HTTP/1.1."""
+    gw.start({"h2": {"http2Route": {"match": {"prefix": "/cart"}, "action": {
+        "target": {"virtualService": {"virtualServiceName": CART}}}}}},
+        listener={"portMapping": {"port": gw.port, "protocol": "http2"}})
+    resp, body = gw.send("/cart/checkout")
+    assert resp.status == 200 and body["server"].startswith("cart-"), resp.body
+    assert body["target"] == "/checkout"
+    assert seen_host(body) == CART
+    resp, _ = gw.send("/other")
+    assert resp.status == 404

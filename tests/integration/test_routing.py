@@ -270,6 +270,7 @@ def test_per_try_timeouts_exhausted_give_504(versions, remora):
     assert st[f"{cluster}.upstream_rq_per_try_timeout"] == 3
     assert st[f"{cluster}.upstream_rq_retry"] == 2
     assert st[f"{cluster}.upstream_rq_retry_success"] == 0
+    assert st[f"{cluster}.upstream_rq_retry_limit_exceeded"] == 1
     assert st["http.egress.downstream_rq_timeout"] == 1
     assert ups["cart-v1"].stats()["requests"] == 3
 

@@ -171,8 +171,14 @@ static void test_route_errors(void **state)
             "http: it takes httpRoute");
     rejects(ROUTE("{\"tcpRoute\":{" ACTION ",\"match\":{\"port\":80,\"prefix\":\"/\"}}}"),
             "m.json: routes[0].spec.tcpRoute.match.prefix: unknown field");
-    /* gRPC and HTTP/2 routes are checked as the API shapes them (config_prune refuses them
-     * where a node reaches them: test_unsupported_where_reached). */
+    /* gRPC and HTTP/2 routes are checked as the API shapes them, and each kind suits its
+     * router listener's protocol as a tcpRoute does. */
+    rejects(ROUTE("{\"grpcRoute\":{\"match\":{\"serviceName\":\"s\"}," ACTION "}}"),
+            "m.json: routes[0].spec.grpcRoute.match.port: router cart's listener on port 80 is "
+            "http: it takes httpRoute");
+    rejects(ROUTE("{\"http2Route\":{\"match\":{\"prefix\":\"/\"}," ACTION "}}"),
+            "m.json: routes[0].spec.http2Route.match.port: router cart's listener on port 80 is "
+            "http: it takes httpRoute");
     rejects(ROUTE("{\"grpcRoute\":{" ACTION "}}"),
             "m.json: routes[0].spec.grpcRoute.match: is required");
     rejects(ROUTE("{\"grpcRoute\":{\"match\":{\"methodName\":\"Get\"}," ACTION "}}"),
@@ -700,8 +706,6 @@ static void test_prune_keeps_what_the_node_reaches(void **state)
     assert_int_equal(c->routes[0].index, 1);
     assert_int_equal(config_node(c, "web")->nbackends, 2);
     assert_int_equal(config_node(c, "a1")->nbackends, 0); /* its sidecar's business */
-    /* The gRPC router and route left out are counted for check's note, not refused. */
-    assert_int_equal(c->unreached_unsupported, 3);
     /* The raw text holds the same resources, and is a document of its own: parsed again, it
      * validates and prunes to the same config. */
     assert_null(strstr(c->raw, "\"rz\""));
@@ -720,7 +724,6 @@ static void test_prune_keeps_what_the_node_reaches(void **state)
     assert_int_equal(config_prune(c, "a1", &d), 0);
     assert_int_equal(c->nnodes, 2); /* a1, and z through z.local and rz */
     assert_non_null(config_node(c, "z"));
-    assert_int_equal(c->unreached_unsupported, 0);
     config_free(c);
     /* A node that reaches everything keeps the document as given, byte for byte. */
     const char *small = "{\"virtualNodes\": [ {\"virtualNodeName\": \"solo\", \"spec\": {}} ]}";
@@ -747,42 +750,64 @@ static void test_prune_keeps_what_the_node_reaches(void **state)
     diag_free(&d);
 }
 
-/* HTTP/2 and gRPC are refused where the node meets them, each place by its path, and nowhere
- * else (a mesh holding gRPC services is one a plain-HTTP node's sidecar serves). */
-static void test_unsupported_where_reached(void **state)
+/* HTTP/2 and gRPC are kept where the node meets them, as every protocol is: a router's grpc
+ * listener and grpcRoute, a node's own http2 listener. */
+static void test_http2_and_grpc_where_reached(void **state)
 {
     (void)state;
     diag_t d = {0};
     config_t *c = parse_ok(WIDE_MESH("grpc", Z_GRPC, ""));
-    assert_int_equal(config_prune(c, "a1", &d), ERR_CONFIG); /* a1 calls z.local */
-    const char *want[] = {
-        "m.json: virtualRouters[0].spec.listeners[0].portMapping.protocol: grpc listeners are "
-        "not supported yet: remora routes HTTP/1.1 and TCP (HTTP/2 and gRPC come later); this "
-        "node reaches the router through its backends",
-        "m.json: routes[0].spec.grpcRoute: is not supported yet: remora routes HTTP/1.1 and TCP "
-        "(HTTP/2 and gRPC come later); this node reaches the route's router through its "
-        "backends",
-    };
-    assert_int_equal(d.n, 2);
-    assert_string_equal(d.lines[0], want[0]);
-    assert_string_equal(d.lines[1], want[1]);
-    diag_free(&d);
-    config_free(c);
-    /* The node's own http2 listener: ingress would speak HTTP/1.1 to it. */
-    c = parse_ok(WIDE_MESH("http2", Z_HTTP2, ""));
-    assert_int_equal(config_prune(c, "z", &d), ERR_CONFIG);
-    assert_int_equal(d.n, 1);
-    assert_string_equal(d.lines[0], "m.json: virtualNodes[0].spec.listeners[0].portMapping."
-                                    "protocol: http2 listeners are not supported yet: remora "
-                                    "serves http and tcp (HTTP/2 and gRPC come later); this is "
-                                    "the node the sidecar serves");
-    diag_free(&d);
-    config_free(c);
-    /* tcp listeners are served. */
-    c = parse_ok("{\"virtualNodes\":[{\"virtualNodeName\":\"t\",\"spec\":{\"listeners\":[{"
-                 "\"portMapping\":{\"port\":6379,\"protocol\":\"tcp\"}}]}}]}");
-    assert_int_equal(config_prune(c, "t", &d), 0);
+    assert_int_equal(config_prune(c, "a1", &d), 0); /* a1 calls z.local */
     assert_int_equal(d.n, 0);
+    assert_int_equal(c->nroutes, 1);
+    assert_int_equal(c->routes[0].kind, ROUTE_GRPC);
+    assert_string_equal(c->routes[0].grpc_service, "x");
+    assert_int_equal(config_router(c, "rz")->protocol[0], PROTO_GRPC);
+    assert_string_equal(config_node(c, "z")->listeners[0].protocol, "grpc");
+    config_free(c);
+    c = parse_ok(WIDE_MESH("http2", Z_HTTP2, ""));
+    assert_int_equal(config_prune(c, "z", &d), 0);
+    assert_int_equal(d.n, 0);
+    assert_string_equal(config_node(c, "z")->listeners[0].protocol, "http2");
+    config_free(c);
+}
+
+/* The http2 and grpc members of a listener's timeout and connectionPool unions, and
+ * http2Route's scheme. */
+static void test_http2_and_grpc_shapes(void **state)
+{
+    (void)state;
+    static const char *const protocols[] = {"http2", "grpc"};
+    for (int i = 0; i < 2; i++) {
+        char json[600];
+        snprintf(json, sizeof json,
+                 "{\"virtualNodes\":[{\"virtualNodeName\":\"n\",\"spec\":{\"listeners\":[{"
+                 "\"portMapping\":{\"port\":50051,\"protocol\":\"%s\"},\"timeout\":{\"%s\":"
+                 "{\"perRequest\":{\"unit\":\"s\",\"value\":7},\"idle\":{\"unit\":\"ms\","
+                 "\"value\":900}}},\"connectionPool\":{\"%s\":{\"maxRequests\":33}}}]}}]}",
+                 protocols[i], protocols[i], protocols[i]);
+        config_t *c = parse_ok(json);
+        const cfg_listener_t *l = &c->nodes[0].listeners[0];
+        assert_string_equal(l->protocol, protocols[i]);
+        assert_int_equal(l->per_request_ms, 7000);
+        assert_int_equal(l->idle_ms, 900);
+        assert_int_equal(l->max_connections, 33);
+        assert_int_equal(l->max_pending, 0);
+        config_free(c);
+    }
+    rejects("{\"virtualNodes\":[{\"virtualNodeName\":\"n\",\"spec\":{\"listeners\":[{"
+            "\"portMapping\":{\"port\":50051,\"protocol\":\"grpc\"},\"connectionPool\":"
+            "{\"grpc\":{\"maxRequests\":1,\"maxPendingRequests\":1}}}]}}]}",
+            "m.json: virtualNodes[0].spec.listeners[0].connectionPool.grpc.maxPendingRequests: "
+            "unknown field");
+    config_t *c = parse_ok(WIDE_MESH("http2", Z_ROUTE("http2", "{\"prefix\":\"/\",\"scheme\":"
+                                                               "\"https\"}"), ""));
+    assert_int_equal(c->routes[0].kind, ROUTE_HTTP2);
+    assert_int_equal(c->routes[0].scheme, 1);
+    assert_int_equal(c->routes[1].scheme, -1); /* an httpRoute has none */
+    config_free(c);
+    c = parse_ok(WIDE_MESH("grpc", Z_GRPC, ""));
+    assert_int_equal(c->routes[0].scheme, -1);
     config_free(c);
 }
 
@@ -835,7 +860,8 @@ int main(void)
         cmocka_unit_test(test_prefixless_match),          cmocka_unit_test(test_mesh_ip_preference),
         cmocka_unit_test(test_default_retry_setting),
         cmocka_unit_test(test_prune_keeps_what_the_node_reaches),
-        cmocka_unit_test(test_unsupported_where_reached),
+        cmocka_unit_test(test_http2_and_grpc_where_reached),
+        cmocka_unit_test(test_http2_and_grpc_shapes),
         cmocka_unit_test(test_whole_document_is_validated),
         cmocka_unit_test(test_duplicates_at_scale),
     };

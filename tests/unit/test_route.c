@@ -510,6 +510,371 @@ static void test_reduced_schedules_stay_exact(void **state)
     registry_free(&reg);
 }
 
+/* ---- HTTP/2 and gRPC ---- */
+
+#define GNODE(name)                                                                                \
+    "{\"virtualNodeName\":\"" name "\",\"spec\":{\"listeners\":[{\"portMapping\":{\"port\":50051," \
+    "\"protocol\":\"grpc\"}}]}}"
+#define H2NODE(name)                                                                               \
+    "{\"virtualNodeName\":\"" name "\",\"spec\":{\"listeners\":[{\"portMapping\":{\"port\":8080,"  \
+    "\"protocol\":\"http2\"}}]}}"
+#define GROUTE(name, prio, match, target)                                                          \
+    "{\"virtualRouterName\":\"rg\",\"routeName\":\"" name "\",\"spec\":{" prio "\"grpcRoute\":{"  \
+    "\"match\":" match ",\"action\":{\"weightedTargets\":[{\"virtualNode\":\"" target "\","        \
+    "\"weight\":1}]}}}}"
+#define H2ROUTE(name, prio, match, target)                                                         \
+    "{\"virtualRouterName\":\"rh\",\"routeName\":\"" name "\",\"spec\":{" prio "\"http2Route\":{" \
+    "\"match\":" match ",\"action\":{\"weightedTargets\":[{\"virtualNode\":\"" target "\","        \
+    "\"weight\":1}]}}}}"
+#define META(name, match)                                                                          \
+    "{\"serviceName\":\"m.Svc\",\"metadata\":[{\"name\":\"" name "\"," match "}]}"
+
+/* web calls grpc.local (router rg, a grpc listener), h2.local (router rh, an http2 listener),
+ * gnode.local and hnode.local (node providers with a grpc and an http2 listener). Targets are
+ * named for the route that sends to them; "plain" listens on http, "multi" on http and grpc. */
+static const char *h2_mesh =
+    "{\"virtualNodes\":[{\"virtualNodeName\":\"web\",\"spec\":{\"backends\":["
+    "{\"virtualService\":{\"virtualServiceName\":\"grpc.local\"}},"
+    "{\"virtualService\":{\"virtualServiceName\":\"h2.local\"}},"
+    "{\"virtualService\":{\"virtualServiceName\":\"gnode.local\"}},"
+    "{\"virtualService\":{\"virtualServiceName\":\"hnode.local\"}}]}}," GNODE("method") ","
+    GNODE("service") "," GNODE("mexact") "," GNODE("mprefix") "," GNODE("msuffix") ","
+    GNODE("mregex") "," GNODE("mrange") "," GNODE("minvert") "," GNODE("w1") "," GNODE("w2") ","
+    GNODE("retry") "," GNODE("any") "," H2NODE("h2exact") "," H2NODE("h2hdr") ","
+    H2NODE("h2query") "," H2NODE("h2https") "," NODE("plain") ","
+    "{\"virtualNodeName\":\"multi\",\"spec\":{\"listeners\":[{\"portMapping\":{\"port\":80,"
+    "\"protocol\":\"http\"}},{\"portMapping\":{\"port\":50051,\"protocol\":\"grpc\"}}]}}],"
+    "\"virtualServices\":[{\"virtualServiceName\":\"grpc.local\",\"spec\":{\"provider\":"
+    "{\"virtualRouter\":{\"virtualRouterName\":\"rg\"}}}},"
+    "{\"virtualServiceName\":\"h2.local\",\"spec\":{\"provider\":{\"virtualRouter\":"
+    "{\"virtualRouterName\":\"rh\"}}}},"
+    "{\"virtualServiceName\":\"gnode.local\",\"spec\":{\"provider\":{\"virtualNode\":"
+    "{\"virtualNodeName\":\"any\"}}}},"
+    "{\"virtualServiceName\":\"hnode.local\",\"spec\":{\"provider\":{\"virtualNode\":"
+    "{\"virtualNodeName\":\"h2exact\"}}}}],"
+    "\"virtualRouters\":[{\"virtualRouterName\":\"rg\",\"spec\":{\"listeners\":[{\"portMapping\":"
+    "{\"port\":50051,\"protocol\":\"grpc\"}}]}},{\"virtualRouterName\":\"rh\",\"spec\":{"
+    "\"listeners\":[{\"portMapping\":{\"port\":8080,\"protocol\":\"http2\"}}]}}],"
+    "\"routes\":["
+    GROUTE("service", "\"priority\":2,", "{\"serviceName\":\"pkg.Svc\"}", "service") ","
+    GROUTE("method", "\"priority\":1,", "{\"serviceName\":\"pkg.Svc\",\"methodName\":\"Get\"}",
+           "method") ","
+    GROUTE("mexact", "\"priority\":3,", META("x-e", "\"match\":{\"exact\":\"yes\"}"), "mexact") ","
+    GROUTE("mprefix", "\"priority\":4,", META("x-p", "\"match\":{\"prefix\":\"ab\"}"), "mprefix") ","
+    GROUTE("msuffix", "\"priority\":5,", META("x-s", "\"match\":{\"suffix\":\"yz\"}"), "msuffix") ","
+    GROUTE("mregex", "\"priority\":6,", META("x-r", "\"match\":{\"regex\":\"v[0-9]\"}"), "mregex") ","
+    GROUTE("mrange", "\"priority\":7,",
+           META("x-n", "\"match\":{\"range\":{\"start\":10,\"end\":20}}"), "mrange") ","
+    GROUTE("minvert", "\"priority\":8,",
+           "{\"serviceName\":\"inv.Svc\",\"metadata\":[{\"name\":\"x-i\",\"invert\":true,"
+           "\"match\":{\"exact\":\"no\"}}]}", "minvert") ","
+    "{\"virtualRouterName\":\"rg\",\"routeName\":\"weighted\",\"spec\":{\"priority\":9,"
+    "\"grpcRoute\":{\"match\":{\"serviceName\":\"w.Svc\"},\"action\":{\"weightedTargets\":["
+    "{\"virtualNode\":\"w1\",\"weight\":3},{\"virtualNode\":\"w2\",\"weight\":1}]}}}},"
+    "{\"virtualRouterName\":\"rg\",\"routeName\":\"retry\",\"spec\":{\"priority\":10,"
+    "\"grpcRoute\":{\"match\":{\"serviceName\":\"retry.Svc\"},\"action\":{\"weightedTargets\":["
+    "{\"virtualNode\":\"retry\",\"weight\":1}]},\"retryPolicy\":{\"maxRetries\":3,"
+    "\"perRetryTimeout\":{\"unit\":\"ms\",\"value\":100},\"grpcRetryEvents\":[\"cancelled\","
+    "\"deadline-exceeded\",\"internal\",\"resource-exhausted\",\"unavailable\"]}}}},"
+    "{\"virtualRouterName\":\"rg\",\"routeName\":\"any\",\"spec\":{\"grpcRoute\":{\"match\":{},"
+    "\"action\":{\"weightedTargets\":[{\"virtualNode\":\"any\",\"weight\":1}]},\"timeout\":{"
+    "\"perRequest\":{\"unit\":\"s\",\"value\":2},\"idle\":{\"unit\":\"s\",\"value\":30}}}}},"
+    H2ROUTE("h2exact", "\"priority\":1,", "{\"path\":{\"exact\":\"/exact\"}}", "h2exact") ","
+    H2ROUTE("h2hdr", "\"priority\":2,", "{\"prefix\":\"/h\",\"method\":\"POST\",\"headers\":[{"
+            "\"name\":\"x-v\",\"match\":{\"exact\":\"2\"}}]}", "h2hdr") ","
+    H2ROUTE("h2query", "\"priority\":3,", "{\"prefix\":\"/q\",\"queryParameters\":[{\"name\":"
+            "\"v\",\"match\":{\"exact\":\"2\"}}]}", "h2query") ","
+    H2ROUTE("h2https", "\"priority\":4,", "{\"prefix\":\"/s\",\"scheme\":\"https\"}", "h2https") ","
+    "{\"virtualRouterName\":\"rh\",\"routeName\":\"m80\",\"spec\":{\"priority\":5,\"http2Route\":{"
+    "\"match\":{\"prefix\":\"/m80\"},\"action\":{\"weightedTargets\":[{\"virtualNode\":\"multi\","
+    "\"weight\":1,\"port\":80}]}}}},"
+    "{\"virtualRouterName\":\"rh\",\"routeName\":\"mgrpc\",\"spec\":{\"priority\":6,"
+    "\"http2Route\":{\"match\":{\"prefix\":\"/mg\"},\"action\":{\"weightedTargets\":[{"
+    "\"virtualNode\":\"multi\",\"weight\":1,\"port\":50051}]}}}},"
+    H2ROUTE("plain", "\"priority\":7,", "{\"prefix\":\"/\"}", "plain") "]}";
+
+typedef struct h2_req {
+    const char *host, *target, *scheme;
+    int method;
+    fake_t *h;
+} h2_req_t;
+
+/* The result for a request (a GET to grpc.local unless told). */
+static route_result_t call(route_table_t *rt, h2_req_t q)
+{
+    fake_t none = {{NULL}, {NULL}};
+    const char *host = q.host ? q.host : "grpc.local";
+    const char *t = q.target, *qm = strchr(t, '?');
+    route_request_t rr = {.method = q.method ? q.method : HTTP_GET, .host = host,
+                          .host_len = strlen(host), .path = t,
+                          .path_len = qm ? (size_t)(qm - t) : strlen(t),
+                          .query = qm ? qm + 1 : NULL, .query_len = qm ? strlen(qm + 1) : 0,
+                          .header = fake_header, .ctx = q.h ? q.h : &none, .scheme = q.scheme};
+    char path[128];
+    snprintf(path, sizeof path, "%.*s", (int)rr.path_len, t);
+    rr.path = path;
+    route_result_t r;
+    route_egress(rt, &rr, &r);
+    return r;
+}
+
+/* The cluster a request goes to, without its "cds_egress_mesh_" (the status when answered
+ * locally). */
+static const char *sent_to(route_table_t *rt, h2_req_t q)
+{
+    static char out[128];
+    route_result_t r = call(rt, q);
+    if (!r.cluster)
+        snprintf(out, sizeof out, "%d", r.status);
+    else
+        snprintf(out, sizeof out, "%s", r.cluster->name + strlen("cds_egress_mesh_"));
+    return out;
+}
+
+static route_table_t *h2_table(registry_t *reg)
+{
+    diag_t d = {0};
+    route_table_t *rt = build(h2_mesh, reg, &d);
+    for (size_t i = 0; i < d.n; i++)
+        fprintf(stderr, "%s\n", d.lines[i]);
+    assert_non_null(rt);
+    diag_free(&d);
+    return rt;
+}
+
+static void test_grpc_service_and_method(void **state)
+{
+    (void)state;
+    unsetenv("REMORA_DEFAULT_RETRY_POLICY");
+    registry_t reg = {0};
+    route_table_t *rt = h2_table(&reg);
+    fake_t e = {{"x-e"}, {"yes"}};
+    assert_string_equal(sent_to(rt, (h2_req_t){.target = "/pkg.Svc/Get"}), "method_grpc_50051");
+    assert_string_equal(sent_to(rt, (h2_req_t){.target = "/pkg.Svc/Put"}), "service_grpc_50051");
+    assert_string_equal(sent_to(rt, (h2_req_t){.target = "/pkg.Svc/GetMore"}),
+                        "service_grpc_50051");
+    assert_string_equal(sent_to(rt, (h2_req_t){.target = "/pkg.Svc/"}), "service_grpc_50051");
+    /* Priority first: service (2) before the metadata route (3). */
+    assert_string_equal(sent_to(rt, (h2_req_t){.target = "/pkg.Svc/Put", .h = &e}),
+                        "service_grpc_50051");
+    /* The SERVICE segment exactly: no prefix of it, no other case, not without its '/'. */
+    assert_string_equal(sent_to(rt, (h2_req_t){.target = "/pkg.SvcX/Get"}), "any_grpc_50051");
+    assert_string_equal(sent_to(rt, (h2_req_t){.target = "/pkg.Sv/Get"}), "any_grpc_50051");
+    assert_string_equal(sent_to(rt, (h2_req_t){.target = "/PKG.Svc/Get"}), "any_grpc_50051");
+    assert_string_equal(sent_to(rt, (h2_req_t){.target = "/pkg.Svc"}), "any_grpc_50051");
+    assert_string_equal(sent_to(rt, (h2_req_t){.target = "/x/pkg.Svc/Get"}), "any_grpc_50051");
+    /* No serviceName: every request, whatever its path. */
+    assert_string_equal(sent_to(rt, (h2_req_t){.target = "/"}), "any_grpc_50051");
+    route_result_t r = call(rt, (h2_req_t){.target = "/pkg.Svc/Get"});
+    assert_int_equal(r.upstream_h2, 1);
+    assert_int_equal(r.grpc, 1);
+    assert_string_equal(r.service, "grpc.local");
+    assert_int_equal(r.timeout_ms, ROUTE_DEFAULT_TIMEOUT_MS);
+    assert_int_equal(r.idle_ms, ROUTE_DEFAULT_IDLE_MS);
+    r = call(rt, (h2_req_t){.target = "/any/Thing"});
+    assert_int_equal(r.timeout_ms, 2000); /* the grpcRoute's own timeout */
+    assert_int_equal(r.idle_ms, 30000);
+    route_table_unref(rt);
+    registry_free(&reg);
+}
+
+static void test_grpc_metadata(void **state)
+{
+    (void)state;
+    registry_t reg = {0};
+    route_table_t *rt = h2_table(&reg);
+    const struct {
+        fake_t h;
+        const char *to;
+    } cases[] = {
+        {{{"x-e"}, {"yes"}}, "mexact_grpc_50051"},  {{{"x-e"}, {"yes!"}}, "any_grpc_50051"},
+        {{{"x-p"}, {"abc"}}, "mprefix_grpc_50051"}, {{{"x-p"}, {"xab"}}, "any_grpc_50051"},
+        {{{"x-s"}, {"xyz"}}, "msuffix_grpc_50051"}, {{{"x-s"}, {"yzx"}}, "any_grpc_50051"},
+        {{{"x-r"}, {"v7"}}, "mregex_grpc_50051"},   {{{"x-r"}, {"v77"}}, "any_grpc_50051"},
+        {{{"x-n"}, {"10"}}, "mrange_grpc_50051"},   {{{"x-n"}, {"19"}}, "mrange_grpc_50051"},
+        {{{"x-n"}, {"20"}}, "any_grpc_50051"},      {{{"x-n"}, {"1x"}}, "any_grpc_50051"},
+        {{{"X-E"}, {"yes"}}, "mexact_grpc_50051"}, /* metadata names have no case */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        fake_t h = cases[i].h;
+        assert_string_equal(sent_to(rt, (h2_req_t){.target = "/m.Svc/Do", .h = &h}), cases[i].to);
+    }
+    /* The matchers apply with the serviceName: another service does not match them. */
+    fake_t e = {{"x-e"}, {"yes"}};
+    assert_string_equal(sent_to(rt, (h2_req_t){.target = "/n.Svc/Do", .h = &e}), "any_grpc_50051");
+    /* invert: taken when the metadata is absent or not "no". */
+    fake_t no = {{"x-i"}, {"no"}}, yes = {{"x-i"}, {"yes"}};
+    assert_string_equal(sent_to(rt, (h2_req_t){.target = "/inv.Svc/Do", .h = &no}),
+                        "any_grpc_50051");
+    assert_string_equal(sent_to(rt, (h2_req_t){.target = "/inv.Svc/Do", .h = &yes}),
+                        "minvert_grpc_50051");
+    assert_string_equal(sent_to(rt, (h2_req_t){.target = "/inv.Svc/Do"}), "minvert_grpc_50051");
+    route_table_unref(rt);
+    registry_free(&reg);
+}
+
+static void test_grpc_weights_and_retries(void **state)
+{
+    (void)state;
+    unsetenv("REMORA_DEFAULT_RETRY_POLICY");
+    registry_t reg = {0};
+    route_table_t *rt = h2_table(&reg);
+    unsigned w1 = 0;
+    for (int i = 0; i < 8; i++)
+        w1 += strcmp(sent_to(rt, (h2_req_t){.target = "/w.Svc/Do"}), "w1_grpc_50051") == 0;
+    assert_int_equal(w1, 6); /* 3:1 */
+    /* Its own retryPolicy: every grpcRetryEvent, copied. */
+    route_result_t r = call(rt, (h2_req_t){.target = "/retry.Svc/Do"});
+    assert_int_equal(r.retry.max_retries, 3);
+    assert_int_equal(r.retry.per_try_ms, 100);
+    assert_int_equal(r.retry.events, 0);
+    assert_int_equal(r.retry.grpc_events,
+                     GRPC_RETRY_CANCELLED | GRPC_RETRY_DEADLINE_EXCEEDED | GRPC_RETRY_INTERNAL |
+                         GRPC_RETRY_RESOURCE_EXHAUSTED | GRPC_RETRY_UNAVAILABLE);
+    /* None: App Mesh's default, with UNAVAILABLE. */
+    r = call(rt, (h2_req_t){.target = "/pkg.Svc/Get"});
+    assert_int_equal(r.retry.max_retries, DEFAULT_RETRY_MAX);
+    assert_int_equal(r.retry.per_try_ms, 0);
+    assert_int_equal(r.retry.events, DEFAULT_RETRY_EVENTS);
+    assert_int_equal(r.retry.grpc_events, GRPC_RETRY_UNAVAILABLE);
+    /* A node provider on a grpc listener: the same default; on http2: no gRPC events. */
+    r = call(rt, (h2_req_t){.host = "gnode.local", .target = "/a.B/C"});
+    assert_string_equal(r.cluster->name, "cds_egress_mesh_any_grpc_50051");
+    assert_int_equal(r.upstream_h2, 1);
+    assert_int_equal(r.grpc, 1);
+    assert_int_equal(r.retry.max_retries, DEFAULT_RETRY_MAX);
+    assert_int_equal(r.retry.grpc_events, GRPC_RETRY_UNAVAILABLE);
+    r = call(rt, (h2_req_t){.host = "hnode.local", .target = "/a"});
+    assert_string_equal(r.cluster->name, "cds_egress_mesh_h2exact_http2_8080");
+    assert_int_equal(r.upstream_h2, 1);
+    assert_int_equal(r.grpc, 0);
+    assert_int_equal(r.retry.max_retries, DEFAULT_RETRY_MAX);
+    assert_int_equal(r.retry.grpc_events, 0);
+    route_table_unref(rt);
+    /* The default policy off: nothing, gRPC included; a route's own policy stays. */
+    setenv("REMORA_DEFAULT_RETRY_POLICY", "0", 1);
+    rt = h2_table(&reg);
+    r = call(rt, (h2_req_t){.target = "/pkg.Svc/Get"});
+    assert_int_equal(r.retry.max_retries, 0);
+    assert_int_equal(r.retry.events, 0);
+    assert_int_equal(r.retry.grpc_events, 0);
+    assert_int_equal(call(rt, (h2_req_t){.host = "gnode.local", .target = "/"}).retry.grpc_events,
+                     0);
+    assert_int_equal(call(rt, (h2_req_t){.target = "/retry.Svc/Do"}).retry.max_retries, 3);
+    unsetenv("REMORA_DEFAULT_RETRY_POLICY");
+    route_table_unref(rt);
+    registry_free(&reg);
+}
+
+static void test_http2_routes(void **state)
+{
+    (void)state;
+    registry_t reg = {0};
+    route_table_t *rt = h2_table(&reg);
+    fake_t v2 = {{"x-v"}, {"2"}};
+#define H2(...) sent_to(rt, (h2_req_t){.host = "h2.local", __VA_ARGS__}) /* GET unless told */
+    assert_string_equal(H2(.target = "/exact"), "h2exact_http2_8080");
+    assert_string_equal(H2(.target = "/exact/x"), "plain_http_80");
+    assert_string_equal(H2(.target = "/h", .method = HTTP_POST, .h = &v2), "h2hdr_http2_8080");
+    assert_string_equal(H2(.target = "/h", .h = &v2), "plain_http_80"); /* GET: not its method */
+    assert_string_equal(H2(.target = "/h", .method = HTTP_POST), "plain_http_80");
+    assert_string_equal(H2(.target = "/q?a=1&v=2"), "h2query_http2_8080");
+    assert_string_equal(H2(.target = "/q?v=3"), "plain_http_80");
+    assert_string_equal(H2(.target = "/s", .scheme = "https"), "h2https_http2_8080");
+    assert_string_equal(H2(.target = "/s", .scheme = "http"), "plain_http_80");
+    assert_string_equal(H2(.target = "/s"), "plain_http_80"); /* no scheme: http */
+    assert_string_equal(H2(.target = "/m80"), "multi_http_80");
+    assert_string_equal(H2(.target = "/mg"), "multi_grpc_50051");
+#undef H2
+    route_table_unref(rt);
+    registry_free(&reg);
+}
+
+/* upstream_h2 follows the target's listener, chosen as TLS chooses it: the target's port, else
+ * the node's first listener; grpc follows the route's kind. */
+static void test_upstream_h2_by_target_listener(void **state)
+{
+    (void)state;
+    registry_t reg = {0};
+    route_table_t *rt = h2_table(&reg);
+    const struct {
+        const char *target;
+        unsigned h2, grpc;
+    } cases[] = {
+        {"/exact", 1, 0}, /* http2Route to an http2 listener */
+        {"/plain", 0, 0}, /* http2Route to an http listener: HTTP/1.1 upstream */
+        {"/m80", 0, 0},   /* multi's http listener, by the target port */
+        {"/mg", 1, 0},    /* multi's grpc listener: HTTP/2, but not a grpcRoute */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        route_result_t r = call(rt, (h2_req_t){.host = "h2.local", .target = cases[i].target});
+        assert_non_null(r.cluster);
+        assert_int_equal(r.upstream_h2, cases[i].h2);
+        assert_int_equal(r.grpc, cases[i].grpc);
+        assert_int_equal(r.retry.grpc_events, 0);
+    }
+    route_table_unref(rt);
+    /* An httpRoute to an http listener speaks HTTP/1.1. */
+    rt = table(&reg);
+    route_result_t r = egress(rt, "svc.local", 80, "/");
+    assert_non_null(r.cluster);
+    assert_int_equal(r.upstream_h2, 0);
+    assert_int_equal(r.grpc, 0);
+    route_table_unref(rt);
+    registry_free(&reg);
+}
+
+/* Ingress: each listener's own protocol, timeout and connectionPool. http2 and grpc pools have
+ * maxRequests alone: no pending limit (0). */
+static void test_ingress_by_listener_protocol(void **state)
+{
+    (void)state;
+    const char *json =
+        "{\"virtualNodes\":[{\"virtualNodeName\":\"web\",\"spec\":{\"listeners\":["
+        "{\"portMapping\":{\"port\":8080,\"protocol\":\"http\"},\"timeout\":{\"http\":{"
+        "\"perRequest\":{\"unit\":\"s\",\"value\":3},\"idle\":{\"unit\":\"ms\",\"value\":500}}},"
+        "\"connectionPool\":{\"http\":{\"maxConnections\":4,\"maxPendingRequests\":2}}},"
+        "{\"portMapping\":{\"port\":8081,\"protocol\":\"http2\"},\"timeout\":{\"http2\":{"
+        "\"perRequest\":{\"unit\":\"s\",\"value\":7},\"idle\":{\"unit\":\"ms\",\"value\":900}}},"
+        "\"connectionPool\":{\"http2\":{\"maxRequests\":33}}},"
+        "{\"portMapping\":{\"port\":8082,\"protocol\":\"grpc\"},\"timeout\":{\"grpc\":{"
+        "\"perRequest\":{\"unit\":\"s\",\"value\":11},\"idle\":{\"unit\":\"ms\",\"value\":1200}}},"
+        "\"connectionPool\":{\"grpc\":{\"maxRequests\":44}}},"
+        "{\"portMapping\":{\"port\":8083,\"protocol\":\"grpc\"}}]}}]}";
+    registry_t reg = {0};
+    diag_t d = {0};
+    route_table_t *rt = build(json, &reg, &d);
+    assert_non_null(rt);
+    const struct {
+        uint16_t port;
+        unsigned h2, grpc;
+        uint64_t timeout, idle;
+        uint32_t max_requests, max_pending;
+        const char *cluster;
+    } want[] = {
+        {8080, 0, 0, 3000, 500, 4, 2, "cds_ingress_mesh_web_http_8080"},
+        {8081, 1, 0, 7000, 900, 33, 0, "cds_ingress_mesh_web_http2_8081"},
+        {8082, 1, 1, 11000, 1200, 44, 0, "cds_ingress_mesh_web_grpc_8082"},
+        {8083, 1, 1, ROUTE_DEFAULT_TIMEOUT_MS, ROUTE_DEFAULT_IDLE_MS, 0, 0,
+         "cds_ingress_mesh_web_grpc_8083"},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
+        const route_listener_t *l = route_ingress(rt, want[i].port);
+        assert_int_equal(l->port, want[i].port);
+        assert_int_equal(l->tcp, 0);
+        assert_int_equal(l->r.upstream_h2, want[i].h2);
+        assert_int_equal(l->r.grpc, want[i].grpc);
+        assert_int_equal(l->r.timeout_ms, want[i].timeout);
+        assert_int_equal(l->r.idle_ms, want[i].idle);
+        assert_int_equal(l->r.max_requests, want[i].max_requests);
+        assert_int_equal(l->r.max_pending, want[i].max_pending);
+        assert_string_equal(l->r.cluster->name, want[i].cluster);
+    }
+    route_table_unref(rt);
+    diag_free(&d);
+    registry_free(&reg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -523,6 +888,12 @@ int main(void)
         cmocka_unit_test(test_prefixless_matches),
         cmocka_unit_test(test_table_holds_what_the_node_reaches),
         cmocka_unit_test(test_reduced_schedules_stay_exact),
+        cmocka_unit_test(test_grpc_service_and_method),
+        cmocka_unit_test(test_grpc_metadata),
+        cmocka_unit_test(test_grpc_weights_and_retries),
+        cmocka_unit_test(test_http2_routes),
+        cmocka_unit_test(test_upstream_h2_by_target_listener),
+        cmocka_unit_test(test_ingress_by_listener_protocol),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
