@@ -337,9 +337,6 @@ typedef struct config {
     cfg_proxy_t proxy;
     cfg_counts_t document; /* what the document holds, before any pruning */
     char *pruned_for;      /* the node config_prune() kept what it reaches for; NULL: the whole */
-    /* Always 0: HTTP/2 and gRPC are served, nothing is refused for being unreached. Kept only
-     * while proxy/main.c's `check` note still reads it; the two go together. */
-    unsigned unreached_unsupported;
     struct config_index *index;
 } config_t;
 

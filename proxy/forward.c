@@ -229,7 +229,8 @@ static int prepare(exchange_t *ex, route_request_t *rr, const char **query, size
                             .query = *query,
                             .query_len = *qlen,
                             .header = header_value,
-                            .ctx = ex};
+                            .ctx = ex,
+                            .scheme = ex->secure ? "https" : "http"};
     if (host) {
         rr->host = host;
         if (split_host(host, hlen, &rr->host_len, &rr->port) != 0)
@@ -304,6 +305,19 @@ static void trace_header(exchange_t *ex, char *out, size_t cap, size_t *n)
     *n = ex->trace ? xray_outgoing(ex->trace, out, cap) : 0;
 }
 
+/* What a gRPC upstream is told it has (grpc-timeout): the client's deadline, or the route's
+ * timeout when that ends first (before the request's end it has not started: all of it is
+ * still ahead). */
+static uint64_t grpc_time_left(exchange_t *ex)
+{
+    uint64_t now = now_ms(ex);
+    uint64_t d = ex->request_deadline ? ex->request_deadline : ex->grpc_deadline;
+    uint64_t left = d > now ? d - now : 1;
+    if (ex->req_state != REQ_DONE && ex->route.timeout_ms && ex->route.timeout_ms < left)
+        left = ex->route.timeout_ms;
+    return left;
+}
+
 /* Send the request on ex->cs: the head, and on a retry the body kept so far. */
 static int send_request(exchange_t *ex)
 {
@@ -329,9 +343,7 @@ static int send_request(exchange_t *ex)
             return err;
         ex->req_edited = 1;
     }
-    uint64_t now = now_ms(ex);
-    if (ex->grpc_deadline &&
-        grpc_set_timeout(ex->req, ex->grpc_deadline > now ? ex->grpc_deadline - now : 1) != 0)
+    if (ex->grpc_deadline && grpc_set_timeout(ex->req, grpc_time_left(ex)) != 0)
         return ERR_TOO_LARGE;
     ex->cs->ops->send_head(ex->cs, ex->req, ex->req_len, ex->req_msg & (MSG_UPGRADE | MSG_END));
     for (unsigned i = 0; i < ex->nreplay; i++)

@@ -131,10 +131,10 @@ static void stream_closed(h2c_stream_t *st)
         tq_add(&st->h->tmo->idle_q, &st->h->timeout);
 }
 
-/* The exchange hears on_error once, and nothing after. */
+/* The exchange hears on_error once, and nothing after; none after a complete response. */
 static void fail_stream(h2c_stream_t *st, int err)
 {
-    if (st->released || st->failed)
+    if (st->released || st->failed || st->resp_done)
         return;
     st->failed = 1;
     st->ev->on_error(st->ctx, err);
@@ -253,7 +253,12 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
     }
     head_t *hd = st->head_done ? st->trailers : st->head;
     if (nlen == 7 && memcmp(name, ":status", 7) == 0) {
-        hd->status = (uint16_t)status_of(value, vlen);
+        int code = status_of(value, vlen);
+        if (code < 100 || code > 599) { /* nghttp2 takes any 3 digits; h1_parse does not */
+            st->bad = 1;
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
+        hd->status = (uint16_t)code;
         return 0;
     }
     if (nlen > 0 && name[0] == ':')
@@ -704,6 +709,8 @@ static void stream_later(deferred_t *d)
         st->held = NULL;
         st->ev->on_data(st->ctx, b, b->data, b->len);
         buf_unref(b);
+        if (st->paused || st->released || st->failed)
+            return; /* paused again from on_data: the rest waits for the next resume */
     }
     if (st->unconsumed && live(st->h) && !st->closed) {
         nghttp2_session_consume_stream(st->h->sess, st->id, st->unconsumed);

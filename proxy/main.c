@@ -151,16 +151,23 @@ static void print_retry(const config_t *cfg, const cfg_route_t *rt)
 {
     static const char *const events[] = {"server-error", "gateway-error", "client-error",
                                          "stream-error", "connection-error"};
+    static const char *const grpc_events[] = {"cancelled", "deadline-exceeded", "internal",
+                                              "resource-exhausted", "unavailable"};
     if (rt && rt->has_retry) {
         printf(", %u retries (", rt->max_retries);
-        for (unsigned e = 0, n = 0; e < 5; e++)
+        unsigned n = 0;
+        for (unsigned e = 0; e < 5; e++)
             if (rt->retry_events & (1u << e))
                 printf("%s%s", n++ ? ", " : "", events[e]);
+        for (unsigned e = 0; e < 5; e++)
+            if (rt->grpc_retry_events & (1u << e))
+                printf("%s%s", n++ ? ", " : "", grpc_events[e]);
         if (rt->per_retry_ms != DURATION_UNSET)
             printf("; %llu ms per try", (unsigned long long)rt->per_retry_ms);
         printf(")");
     } else if (cfg->proxy.default_retry_policy) {
-        printf(", %u retries (App Mesh's default: 503, reset, connect failure)", DEFAULT_RETRY_MAX);
+        printf(", %u retries (App Mesh's default: 503, reset, connect failure%s)",
+               DEFAULT_RETRY_MAX, rt && rt->kind == ROUTE_GRPC ? ", unavailable" : "");
     } else {
         printf(", no retries (the default policy is off)");
     }
@@ -181,6 +188,9 @@ static void print_routes(const config_t *cfg, const char *router)
             printf(" (priority %d)", rt->priority);
         if (rt->tcp)
             printf(": tcp");
+        else if (rt->kind == ROUTE_GRPC)
+            printf(": grpc %s/%s", rt->grpc_service ? rt->grpc_service : "any service",
+                   rt->grpc_method ? rt->grpc_method : "any method");
         else if (rt->path)
             printf(": %s %s",
                    rt->path_kind == PATH_PREFIX  ? "prefix"
@@ -195,7 +205,8 @@ static void print_routes(const config_t *cfg, const char *router)
             methods[rt->method])
             printf(", %s", methods[rt->method]);
         if (rt->nheaders)
-            printf(", %u header matcher%s", rt->nheaders, rt->nheaders > 1 ? "s" : "");
+            printf(", %u %s matcher%s", rt->nheaders,
+                   rt->kind == ROUTE_GRPC ? "metadata" : "header", rt->nheaders > 1 ? "s" : "");
         if (rt->nquery)
             printf(", %u query matcher%s", rt->nquery, rt->nquery > 1 ? "s" : "");
         printf(" ->");
@@ -384,11 +395,6 @@ static void print_summary(const config_t *cfg, const cfg_node_t *node, int cloud
                cfg->nnodes - (cfg->serving_gateway != NULL), cfg->nservices, cfg->nrouters,
                cfg->nroutes);
     printf("\n");
-    if (cfg->unreached_unsupported)
-        printf("note: %u listener(s) or route(s) this node does not reach use HTTP/2 or gRPC, "
-               "which remora does not serve yet: the sidecars of the nodes that reach them "
-               "refuse to start\n",
-               cfg->unreached_unsupported);
 }
 
 static int cmd_check(const cli_opts_t *cli)
