@@ -65,7 +65,9 @@ struct h2_client {
     deferred_t flush_d, free_d;
     uint64_t connect_ns;
     unsigned connected : 1, goaway : 1, retiring : 1, gone : 1, closed : 1, in_recv : 1;
-    unsigned used : 1; /* carried a stream before */
+    unsigned used : 1;    /* carried a stream before */
+    unsigned settled : 1; /* the peer's SETTINGS came: its stream limit is known */
+    unsigned abused : 1;  /* a response broke a cap: no new stream, close once the rest end */
 };
 
 static const client_stream_ops_t stream_ops;
@@ -231,42 +233,53 @@ static int status_of(const uint8_t *v, size_t n)
     return code;
 }
 
-/* A response header list past the caps HTTP/1.1 responses have: the stream is reset, and the
- * exchange hears ERR_BAD_RESPONSE (a 502). */
-static int too_big(h2c_stream_t *st, size_t nlen, size_t vlen)
+/* RFC 7541 §4.1 sizes. Past the caps HTTP/1.1 responses have, the response is bad: the rest
+ * of its fields are dropped and, at the end of the block, the stream is reset and the exchange
+ * hears ERR_BAD_RESPONSE (a 502); the connection goes on. Far past them the block decodes to
+ * much more than it weighed: an HPACK bomb or a header flood. */
+static int over_caps(h2c_stream_t *st, size_t nlen, size_t vlen, int *abuse)
 {
     st->hdr_bytes += nlen + vlen + 32;
-    return st->hdr_bytes > H2_HEADER_LIST_MAX || ++st->hdr_fields > HEAD_MAX_FIELDS;
+    st->hdr_fields++;
+    *abuse = st->hdr_bytes > H2_HEADER_LIST_ABUSE || st->hdr_fields > 4 * HEAD_MAX_FIELDS;
+    return st->hdr_bytes > H2_HEADER_LIST_MAX || st->hdr_fields > HEAD_MAX_FIELDS;
+}
+
+/* An upstream that sends such a block is hostile: decoding stops, its stream is reset, and
+ * the connection takes no new stream (it closes once the others end). */
+static int refuse_abuse(h2_client_t *h, h2c_stream_t *st)
+{
+    st->bad = 1;
+    if (!h->abused) {
+        h->abused = 1;
+        stat_inc(&h->stats->upstream_cx_protocol_error);
+    }
+    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
 }
 
 static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name, size_t nlen,
                      const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
 {
     (void)flags;
-    (void)ud;
+    h2_client_t *h = ud;
     h2c_stream_t *st = f->hd.type == NGHTTP2_HEADERS ? stream_of(s, f->hd.stream_id) : NULL;
     if (!st || st->released || st->failed)
         return 0;
-    if (too_big(st, nlen, vlen)) {
+    int abuse;
+    if (over_caps(st, nlen, vlen, &abuse) || st->bad) {
         st->bad = 1;
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        return abuse ? refuse_abuse(h, st) : 0;
     }
     head_t *hd = st->head_done ? st->trailers : st->head;
     if (nlen == 7 && memcmp(name, ":status", 7) == 0) {
         int code = status_of(value, vlen);
-        if (code < 100 || code > 599) { /* nghttp2 takes any 3 digits; h1_parse does not */
-            st->bad = 1;
-            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-        }
+        st->bad = code < 100 || code > 599; /* nghttp2 takes any 3 digits; h1_parse does not */
         hd->status = (uint16_t)code;
         return 0;
     }
     if (nlen > 0 && name[0] == ':')
         return 0; /* nghttp2 refuses any other pseudo-header in a response */
-    if (head_add_field(hd, (const char *)name, nlen, (const char *)value, vlen) != 0) {
-        st->bad = 1;
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    }
+    st->bad = head_add_field(hd, (const char *)name, nlen, (const char *)value, vlen) != 0;
     return 0;
 }
 
@@ -314,6 +327,12 @@ static void response_head(h2c_stream_t *st, int end_stream)
 static void headers_received(h2c_stream_t *st, const nghttp2_frame *f)
 {
     int end = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    if (st->bad) {
+        stat_inc(&st->h->stats->upstream_cx_protocol_error);
+        reset_stream(st, NGHTTP2_INTERNAL_ERROR);
+        fail_stream(st, ERR_BAD_RESPONSE);
+        return;
+    }
     if (!st->head_done) {
         response_head(st, end);
         return;
@@ -330,6 +349,8 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
         h->goaway = 1; /* streams above its last id close REFUSED_STREAM */
         return 0;
     }
+    if (f->hd.type == NGHTTP2_SETTINGS && !(f->hd.flags & NGHTTP2_FLAG_ACK))
+        h->settled = 1;
     h2c_stream_t *st = stream_of(s, f->hd.stream_id);
     if (!st || st->released || st->failed)
         return 0;
@@ -519,12 +540,12 @@ static void feed(h2_client_t *h, buf_t *b)
                                                        ? NGHTTP2_ENHANCE_YOUR_CALM
                                                        : NGHTTP2_PROTOCOL_ERROR);
         nghttp2_session_send(h->sess); /* the GOAWAY, best effort */
-        close_conn(h, ERR_BAD_RESPONSE);
+        close_conn(h, UV_ECONNRESET);  /* which stream was at fault is not known: a reset each */
         return;
     }
     if (nghttp2_session_get_outbound_queue_size(h->sess) > MAX_OUTBOUND_FRAMES) {
         stat_inc(&h->stats->upstream_cx_protocol_error);
-        close_conn(h, ERR_BAD_RESPONSE); /* frames pile up for an upstream that does not read */
+        close_conn(h, UV_ECONNRESET); /* frames pile up for an upstream that does not read */
     }
 }
 
@@ -544,10 +565,11 @@ static void tell_drained(h2_client_t *h)
     }
 }
 
+/* Nothing goes out before the connection is up (and, over TLS, ALPN has chosen h2). */
 static void flush(h2_client_t *h)
 {
     loop_cancel(h->loop, &h->flush_d);
-    if (!live(h) || !h->c || h->c->closing)
+    if (!live(h) || !h->c || h->c->closing || !h->connected)
         return;
     int rv = nghttp2_session_send(h->sess);
     if (h->obuf) {
@@ -561,11 +583,11 @@ static void flush(h2_client_t *h)
     }
     tell_drained(h);
     int done = !nghttp2_session_want_read(h->sess) && !nghttp2_session_want_write(h->sess);
-    if (done || ((h->goaway || h->retiring) && h->nopen == 0)) {
+    if (done || ((h->goaway || h->retiring || h->abused) && h->nopen == 0)) {
         close_conn(h, ERR_UPSTREAM_CLOSED);
         return;
     }
-    if (h->goaway)
+    if (h->goaway || h->abused)
         gone(h); /* no new stream; the open ones finish */
 }
 
@@ -760,7 +782,7 @@ static size_t request_nv(h2c_stream_t *st, const head_t *req, int64_t len, nghtt
     n += h2_nv_fields(req, nv + n, HEAD_STORE_FIELDS, names, h2_field_excluded);
     if (wants_trailers(req))
         nv[n++] = NV("te", "trailers", 8);
-    if (len >= 0) {
+    if (len > 0 || (len == 0 && req->method != HTTP_GET && req->method != HTTP_HEAD)) {
         int ln = snprintf(length, 24, "%lld", (long long)len);
         nv[n++] = NV("content-length", length, (size_t)ln);
     }
@@ -955,14 +977,21 @@ h2_client_t *h2_client_connect(conn_t *c, const struct sockaddr *addr, cluster_s
     return h;
 }
 
-int h2_client_has_room(const h2_client_t *h)
+uint32_t h2_client_peer_limit(const h2_client_t *h)
 {
-    if (!live(h) || h->goaway || h->retiring || h->gone || !h->c || h->c->closing)
+    if (!live(h) || !h->settled)
         return 0;
-    uint32_t peer =
-        nghttp2_session_get_remote_settings(h->sess, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
-    uint32_t cap = peer < H2_CLIENT_MAX_STREAMS ? peer : H2_CLIENT_MAX_STREAMS;
-    return h->nopen < cap;
+    return nghttp2_session_get_remote_settings(h->sess, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+}
+
+int h2_client_has_room(const h2_client_t *h, uint32_t assumed)
+{
+    if (!live(h) || h->goaway || h->retiring || h->abused || h->gone || !h->c || h->c->closing)
+        return 0;
+    uint32_t peer = h->settled ? h2_client_peer_limit(h)
+                    : assumed  ? assumed
+                               : H2_CLIENT_MAX_STREAMS;
+    return h->nopen < (peer < H2_CLIENT_MAX_STREAMS ? peer : H2_CLIENT_MAX_STREAMS);
 }
 
 client_stream_t *h2_client_stream(h2_client_t *h, const stream_events_t *ev, void *ctx)

@@ -5,9 +5,12 @@
  * translation, the limits and what an upstream's misbehaviour costs it.
  *
  * Capacity: a connection takes streams while it is up or connecting, has no GOAWAY, and has
- * fewer open than the peer's SETTINGS_MAX_CONCURRENT_STREAMS (100 until its SETTINGS come,
- * never more than H2_CLIENT_MAX_STREAMS). The pool (pool.c) looks for one with room and dials
- * another when none has.
+ * fewer open than the peer's SETTINGS_MAX_CONCURRENT_STREAMS (until its SETTINGS come, what the
+ * pool learned from an earlier connection to the endpoint, else 100; never more than
+ * H2_CLIENT_MAX_STREAMS). The pool (pool.c) looks for one with room and dials another when
+ * none has. Nothing is written before the connection is up: over TLS the preface goes only
+ * once ALPN has chosen h2. A response past the header caps resets its stream and retires the
+ * connection (no new stream; it closes when the others end).
  *
  * Failures reach a stream's exchange through on_error: ERR_REFUSED for a stream the upstream
  * refused (RST_STREAM REFUSED_STREAM) or left unprocessed by GOAWAY (RFC 9113 §8.7: it may be
@@ -56,8 +59,11 @@ h2_client_t *h2_client_connect(conn_t *c, const struct sockaddr *addr, cluster_s
  * their own). NULL when memory is exhausted; `c` is then the caller's. */
 h2_client_t *h2_client_new(conn_t *c, cluster_stats_t *stats, const h2_client_owner_t *owner,
                            void *owner_ctx);
-/* Whether it can take another stream now. */
-int h2_client_has_room(const h2_client_t *h);
+/* Whether it can take another stream now. Until the peer's SETTINGS come its limit is taken
+ * to be `assumed` (what an earlier connection to the same endpoint learned; 0: unknown, 100). */
+int h2_client_has_room(const h2_client_t *h, uint32_t assumed);
+/* The peer's SETTINGS_MAX_CONCURRENT_STREAMS once known, else 0. */
+uint32_t h2_client_peer_limit(const h2_client_t *h);
 /* A new stream for an exchange (`ev`, `ctx`); NULL when memory is exhausted. */
 client_stream_t *h2_client_stream(h2_client_t *h, const stream_events_t *ev, void *ctx);
 /* No new stream: close once the open ones are done (drain, a departed endpoint). */

@@ -18,6 +18,7 @@ struct pool {
     h1_client_t *idle; /* HTTP/1.1: most recently released first */
     h2_client_t *h2;   /* HTTP/2: every connection that takes streams, newest first */
     unsigned nidle, nconns;
+    uint32_t h2_limit;   /* the peer's stream limit, as its last settled connection said */
     unsigned listed : 1; /* on with_idle, or on with_h2 */
     unsigned is_h2 : 1;  /* part of the key: the endpoint is spoken to in HTTP/2 */
 };
@@ -193,11 +194,15 @@ static void list_h2(pool_t *p)
 static client_stream_t *h2_stream(pool_table_t *t, pool_t *p, int fresh, const stream_events_t *ev,
                                   void *ctx)
 {
-    for (h2_client_t *h = fresh ? NULL : p->h2; h; h = *h2_client_link(h))
-        if (h2_client_has_room(h)) {
+    for (h2_client_t *h = p->h2; h; h = *h2_client_link(h)) {
+        uint32_t limit = h2_client_peer_limit(h);
+        if (limit)
+            p->h2_limit = limit; /* new connections assume it until their SETTINGS come */
+        if (!fresh && h2_client_has_room(h, p->h2_limit)) {
             stat_inc(&p->cluster->stats.upstream_cx_pool_reuse);
             return h2_client_stream(h, ev, ctx);
         }
+    }
     conn_t *c = dial(t, p);
     h2_client_t *h = c ? h2_client_connect(c, (const struct sockaddr *)&p->addr, &p->cluster->stats,
                                            &t->h2_timeouts, &h2_owner, p)
