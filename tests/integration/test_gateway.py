@@ -411,3 +411,42 @@ def test_an_http2_listener_serves_http2_routes(gw):
     assert seen_host(body) == CART
     resp, _ = gw.send("/other")
     assert resp.status == 404
+
+
+def test_a_grpc_listener_routes_grpc_calls_by_service(upstream, remora):
+    """A grpc gateway listener and a grpcRoute by serviceName and metadata: real gRPC calls
+    (grpcio) go to the catalog service, whose node listens in grpc (so remora speaks HTTP/2 to
+    it); a call no route takes is UNIMPLEMENTED, answered by remora in gRPC's own form."""
+    import grpc
+    from grpc_peers import GrpcServer, channel, unary
+
+    catalog = GrpcServer("catalog")
+    try:
+        port = free_port()
+        ports = {"cart-v1": free_port(), "cart-v2": free_port(), "catalog": catalog.port}
+        cfg = mesh(ports, port, {"rpc": {"grpcRoute": {
+            "match": {"serviceName": "shop.Catalog",
+                      "metadata": [{"name": "x-tier", "invert": True, "match": {"exact": "free"}}]},
+            "action": {"target": {"virtualService": {"virtualServiceName": CATALOG}}}}}},
+            listener={"portMapping": {"port": port, "protocol": "grpc"}})
+        cfg["virtualNodes"][2]["spec"]["listeners"][0]["portMapping"]["protocol"] = "grpc"
+        r = remora(cfg)
+        ch = channel(port, "shop.example.com")
+        for i in range(5):
+            resp, md = unary(ch, "/shop.Catalog/List", b"%d" % i, timeout=10)
+            assert resp == b"catalog:List:%d" % i and md["x-server"] == "catalog"
+        assert catalog.calls[0]["metadata"].get(":authority", CATALOG) == CATALOG
+        for path, md in (("/shop.Cart/Get", ()), ("/shop.Catalog/List", (("x-tier", "free"),))):
+            try:
+                unary(ch, path, metadata=md, timeout=10)
+                raise AssertionError(f"{path} {md} was routed")
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.UNIMPLEMENTED, e
+        assert catalog.count() == 5
+        st = r.stats()
+        cl = f"cluster.cds_egress_shop_catalog_grpc_{catalog.port}"
+        assert st[f"{cl}.upstream_rq_total"] == 5
+        assert st[f"{cl}.upstream_cx_http2_total"] == 1
+        ch.close()
+    finally:
+        catalog.stop()
