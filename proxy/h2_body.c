@@ -4,6 +4,8 @@
 #include <string.h>
 #include <uv.h>
 
+#include "base/err.h"
+
 static void seg_drop(h2_body_t *o, h2_seg_t *sg)
 {
     if (sg->b)
@@ -168,6 +170,18 @@ void h2_body_frame(h2_body_t *o, conn_t *c, const nghttp2_frame *f, const uint8_
         conn_write_copy(c, zeros, k);
         z -= k;
     }
+}
+
+int h2_hold(buf_t **held, bufpool_t *bufs, size_t cap, const uint8_t *p, size_t n)
+{
+    if (!*held && !(*held = buf_new(bufs, cap)))
+        return UV_ENOMEM;
+    buf_t *b = *held;
+    if (b->cap - b->len < n)
+        return ERR_TOO_LARGE;
+    memcpy(b->data + b->len, p, n);
+    b->len += (uint32_t)n;
+    return 0;
 }
 
 int h2_out_copy(conn_t *c, bufpool_t *bufs, buf_t **stage, const void *p, size_t n)

@@ -53,6 +53,11 @@ ssize_t h2_body_read(h2_body_t *o, loop_t *l, nghttp2_session *s, int32_t id, si
 void h2_body_frame(h2_body_t *o, conn_t *c, const nghttp2_frame *f, const uint8_t *framehd,
                    size_t length);
 
+/* DATA that came for a stream its exchange has paused: copied into *held (one window, `cap`
+ * bytes at most: flow control sees to that), delivered when it resumes. 0, UV_ENOMEM, or
+ * ERR_TOO_LARGE (the peer sent past the window). */
+int h2_hold(buf_t **held, bufpool_t *bufs, size_t cap, const uint8_t *p, size_t n);
+
 /* Frame bytes nghttp2 made (they live until its next call): short ones copied into the write,
  * longer ones staged in *stage (one buffer per flush; the caller drops it after the flush) and
  * referenced. UV_ENOMEM: the connection cannot go on (a frame cannot be dropped). */

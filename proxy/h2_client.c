@@ -362,17 +362,6 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
     return 0;
 }
 
-static int hold(h2c_stream_t *st, const uint8_t *p, size_t n)
-{
-    if (!st->held && !(st->held = buf_new(&st->h->loop->bufs, H2_STREAM_WINDOW)))
-        return UV_ENOMEM;
-    if (st->held->cap - st->held->len < n)
-        return ERR_TOO_LARGE;
-    memcpy(st->held->data + st->held->len, p, n);
-    st->held->len += (uint32_t)n;
-    return 0;
-}
-
 static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t *data,
                          size_t len, void *ud)
 {
@@ -386,7 +375,7 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
     }
     st->unconsumed += len;
     if (st->paused || (st->held && st->held->len)) {
-        if (hold(st, data, len) != 0) {
+        if (h2_hold(&st->held, &st->h->loop->bufs, H2_STREAM_WINDOW, data, len) != 0) {
             reset_stream(st, NGHTTP2_INTERNAL_ERROR);
             fail_stream(st, UV_ENOMEM);
         }

@@ -600,19 +600,6 @@ static void request_head(h2_server_t *h, h2_stream_t *st, int end_stream)
     st->ev->on_head(st->ctx, hd, msg);
 }
 
-/* Request body bytes that came while the exchange held the stream: copied (one window at
- * most, flow control sees to that), delivered when it resumes. */
-static int hold(h2_stream_t *st, const uint8_t *p, size_t n)
-{
-    if (!st->held && !(st->held = buf_new(&st->h->cfg->loop->bufs, H2_STREAM_WINDOW)))
-        return UV_ENOMEM;
-    if (st->held->cap - st->held->len < n)
-        return ERR_TOO_LARGE;
-    memcpy(st->held->data + st->held->len, p, n);
-    st->held->len += (uint32_t)n;
-    return 0;
-}
-
 static int on_data_chunk(nghttp2_session *sess, uint8_t flags, int32_t id, const uint8_t *data,
                          size_t len, void *ud)
 {
@@ -627,7 +614,7 @@ static int on_data_chunk(nghttp2_session *sess, uint8_t flags, int32_t id, const
     }
     st->unconsumed += len;
     if (st->paused || (st->held && st->held->len)) {
-        if (hold(st, data, len) != 0) {
+        if (h2_hold(&st->held, &st->h->cfg->loop->bufs, H2_STREAM_WINDOW, data, len) != 0) {
             reset_stream(st, NGHTTP2_INTERNAL_ERROR);
             fail_stream(st, UV_ENOMEM);
         }
