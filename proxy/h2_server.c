@@ -1,6 +1,6 @@
-/* The HTTP/2 server codec (h2_server.h; docs/http2.md). Two objects: a sniffer while a
- * connection's protocol is not known, then one h2_server_t per HTTP/2 connection holding an
- * nghttp2 session and its streams (h2_stream_t, each a server_stream_t).
+/* The HTTP/2 server codec (h2_server.h; docs/http2.md): one h2_server_t per HTTP/2 connection
+ * holding an nghttp2 session and its streams (h2_stream_t, each a server_stream_t). Which
+ * connections get it is h2_sniff.c's decision.
  *
  * Calling discipline. nghttp2 runs its callbacks only from inside nghttp2_session_mem_recv
  * (from on_read) and nghttp2_session_send (flush, from on_read or the loop's deferred list),
@@ -22,10 +22,6 @@
 #include "base/err.h"
 #include "base/log.h"
 #include "proxy/h2_body.h"
-#include "proxy/transport_tls.h"
-
-#define PREFACE     "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-#define PREFACE_LEN 24
 
 /* Abuse budgets (docs/http2.md has the reasons and Envoy's names for them). */
 #define PREMATURE_MS            1000  /* a stream reset younger than this is a premature reset */
@@ -38,24 +34,6 @@
 #define MAX_CONTINUATIONS       8     /* CONTINUATION frames per header block (Debian's nghttp2) */
 
 enum phase { PH_NONE, PH_HEADERS, PH_IDLE, PH_LINGER };
-
-/* What waits in the listener's queues: a sniffer or a connection, told apart on expiry. */
-typedef struct timed {
-    tq_node_t node;
-    unsigned sniff : 1;
-} timed_t;
-
-struct h2_sniff {
-    timed_t t; /* first */
-    h2_server_config_t *cfg;
-    conn_t *c;
-    h2_sniff_t *next, *prev;
-    deferred_t free_d;
-    struct sockaddr_storage dst;
-    unsigned has_dst : 1, listed : 1;
-    unsigned n; /* preface bytes matched so far */
-    char got[PREFACE_LEN];
-};
 
 typedef struct h2_stream h2_stream_t;
 
@@ -92,7 +70,7 @@ struct h2_stream {
 };
 
 struct h2_server {
-    timed_t t; /* first */
+    tq_node_t timeout; /* in the queue of its phase */
     h2_server_config_t *cfg;
     conn_t *c;
     nghttp2_session *sess;
@@ -126,7 +104,7 @@ struct h2_server {
 };
 
 static const server_stream_ops_t stream_ops;
-static const conn_events_t conn_events, sniff_events;
+static const conn_events_t conn_events;
 static void flush(h2_server_t *h);
 static void schedule(h2_server_t *h);
 static void finish(h2_server_t *h);
@@ -870,16 +848,16 @@ static void set_phase(h2_server_t *h, enum phase ph)
     h2_server_config_t *cfg = h->cfg;
     switch (ph) {
     case PH_HEADERS:
-        tq_add(&cfg->headers_q, &h->t.node);
+        tq_add(&cfg->headers_q, &h->timeout);
         break;
     case PH_IDLE:
-        tq_add(&cfg->idle_q, &h->t.node);
+        tq_add(&cfg->idle_q, &h->timeout);
         break;
     case PH_LINGER:
-        tq_add(&cfg->linger_q, &h->t.node);
+        tq_add(&cfg->linger_q, &h->timeout);
         break;
     case PH_NONE:
-        tq_del(&h->t.node);
+        tq_del(&h->timeout);
         break;
     }
 }
@@ -906,7 +884,7 @@ static void close_now(h2_server_t *h)
 {
     if (!h->c || h->c->closing)
         return;
-    tq_del(&h->t.node);
+    tq_del(&h->timeout);
     conn_close(h->c);
 }
 
@@ -1157,7 +1135,7 @@ static void on_conn_closed(void *owner)
     h->c = NULL;
     fail_all(h, ERR_CLIENT_GONE);
     loop_cancel(cfg->loop, &h->flush_d);
-    tq_del(&h->t.node);
+    tq_del(&h->timeout);
     h->retired = 1;
     nghttp2_session_del(h->sess);
     h->sess = NULL;
@@ -1456,148 +1434,11 @@ void h2_server_start(h2_server_config_t *cfg, conn_t *c, const struct sockaddr *
 
 /* ---- sniffing: which codec a new connection gets ---- */
 
-static void sniff_unlink(h2_sniff_t *sn)
-{
-    if (!sn->listed)
-        return;
-    sn->listed = 0;
-    h2_server_config_t *cfg = sn->cfg;
-    if (sn->prev)
-        sn->prev->next = sn->next;
-    else
-        cfg->sniffs = sn->next;
-    if (sn->next)
-        sn->next->prev = sn->prev;
-    cfg->nconns--;
-    tq_del(&sn->t.node);
-}
-
-static void sniff_free(deferred_t *d)
-{
-    free((char *)d - offsetof(h2_sniff_t, free_d));
-}
-
-/* The protocol is known: the connection and every byte read go to its codec. */
-static void decide(h2_sniff_t *sn, int h2, buf_t *bytes)
-{
-    h2_server_config_t *cfg = sn->cfg;
-    conn_t *c = sn->c;
-    const struct sockaddr *dst = sn->has_dst ? (const struct sockaddr *)&sn->dst : NULL;
-    sniff_unlink(sn);
-    if (h2) {
-        h2_server_start(cfg, c, dst, bytes);
-    } else {
-        h1_server_start(cfg->h1, c, dst);
-        if (c->owner != sn && !c->closing && bytes && bytes->len)
-            c->ev->on_read(c->owner, bytes);
-    }
-    if (c->owner == sn) /* the codec could not start and closed it: our on_closed follows */
-        return;
-    sn->c = NULL;
-    sn->free_d.fn = sniff_free;
-    loop_defer(cfg->loop, &sn->free_d); /* not inside the read that is still running */
-}
-
-static int alpn_h2(conn_t *c)
-{
-    unsigned len;
-    const unsigned char *p = transport_tls_alpn(c, &len);
-    return p && len == 2 && p[0] == 'h' && p[1] == '2';
-}
-
-static void sniff_read(void *owner, buf_t *b)
-{
-    h2_sniff_t *sn = owner;
-    int h2;
-    if (conn_is_tls(sn->c)) {
-        h2 = alpn_h2(sn->c); /* RFC 9113 §3.2: over TLS, only by ALPN */
-    } else {
-        size_t m = PREFACE_LEN - sn->n < b->len ? PREFACE_LEN - sn->n : b->len;
-        h2 = memcmp(b->data, &PREFACE[sn->n], m) == 0;
-        if (h2 && sn->n + m < PREFACE_LEN) {
-            memcpy(sn->got + sn->n, b->data, m); /* a prefix of the preface so far */
-            sn->n += (unsigned)m;
-            return;
-        }
-    }
-    buf_t *all = buf_ref(b);
-    if (sn->n > 0) { /* the bytes kept, then these */
-        buf_unref(all);
-        all = buf_new(&sn->c->loop->bufs, sn->n + b->len);
-        if (!all) {
-            conn_close(sn->c);
-            return;
-        }
-        memcpy(all->data, sn->got, sn->n);
-        memcpy(all->data + sn->n, b->data, b->len);
-        all->len = sn->n + b->len;
-    }
-    decide(sn, h2, all);
-    buf_unref(all);
-}
-
-static void sniff_eof(void *owner, int err)
-{
-    (void)err;
-    h2_sniff_t *sn = owner;
-    conn_close(sn->c); /* nothing complete arrived: nothing to answer */
-}
-
-static void sniff_closed(void *owner)
-{
-    h2_sniff_t *sn = owner;
-    h2_server_config_t *cfg = sn->cfg;
-    sniff_unlink(sn);
-    free(sn);
-    if (cfg->on_closed)
-        cfg->on_closed(cfg->owner);
-}
-
-static const conn_events_t sniff_events = {
-    .on_read = sniff_read,
-    .on_eof = sniff_eof,
-    .on_closed = sniff_closed,
-};
-
-void h2_server_accept(h2_server_config_t *cfg, conn_t *c, const struct sockaddr *orig_dst)
-{
-    h2_sniff_t *sn = calloc(1, sizeof *sn);
-    if (!sn) {
-        conn_close(c);
-        return;
-    }
-    sn->t.sniff = 1;
-    sn->cfg = cfg;
-    sn->c = c;
-    if (orig_dst) {
-        memcpy(&sn->dst, orig_dst,
-               orig_dst->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                               : sizeof(struct sockaddr_in));
-        sn->has_dst = 1;
-    }
-    sn->listed = 1;
-    sn->next = cfg->sniffs;
-    if (cfg->sniffs)
-        cfg->sniffs->prev = sn;
-    cfg->sniffs = sn;
-    cfg->nconns++;
-    conn_set_owner(c, &sniff_events, sn);
-    tq_add(&cfg->headers_q, &sn->t.node); /* as h1: the first request from accept */
-    conn_read(c, 1);
-}
-
 /* ---- timeouts, draining ---- */
 
 static void on_expired(tq_node_t *n)
 {
-    timed_t *t = (timed_t *)(void *)n;
-    if (t->sniff) {
-        h2_sniff_t *sn = (h2_sniff_t *)(void *)t;
-        stat_inc(&sn->cfg->stats->downstream_cx_header_timeout);
-        conn_close(sn->c);
-        return;
-    }
-    h2_server_t *h = (h2_server_t *)(void *)t;
+    h2_server_t *h = (h2_server_t *)(void *)((char *)n - offsetof(h2_server_t, timeout));
     enum phase was = h->phase;
     h->phase = PH_NONE; /* out of its queue now */
     switch (was) {
@@ -1623,6 +1464,7 @@ static void on_expired(tq_node_t *n)
 
 void h2_server_config_init(h2_server_config_t *cfg, uint64_t header_timeout_ms, uint64_t idle_ms)
 {
+    h2_sniff_init(cfg, header_timeout_ms);
     tq_init(&cfg->headers_q, cfg->loop, header_timeout_ms, on_expired);
     tq_init(&cfg->idle_q, cfg->loop, idle_ms, on_expired);
     tq_init(&cfg->linger_q, cfg->loop, H1_LINGER_MS, on_expired);
@@ -1630,6 +1472,7 @@ void h2_server_config_init(h2_server_config_t *cfg, uint64_t header_timeout_ms, 
 
 void h2_server_config_close(h2_server_config_t *cfg)
 {
+    tq_close(&cfg->sniff_q);
     tq_close(&cfg->headers_q);
     tq_close(&cfg->idle_q);
     tq_close(&cfg->linger_q);
@@ -1654,24 +1497,14 @@ static void drain_conn(h2_server_t *h)
 void h2_server_drain(h2_server_config_t *cfg)
 {
     cfg->draining = 1;
-    h2_sniff_t *snext;
-    for (h2_sniff_t *sn = cfg->sniffs; sn; sn = snext) {
-        snext = sn->next;
-        if (!sn->c->closing)
-            conn_close(sn->c);
-    }
+    h2_sniff_close_all(cfg);
     for (h2_server_t *h = cfg->conns; h; h = h->next)
         drain_conn(h);
 }
 
 void h2_server_abort_all(h2_server_config_t *cfg)
 {
-    h2_sniff_t *snext;
-    for (h2_sniff_t *sn = cfg->sniffs; sn; sn = snext) {
-        snext = sn->next;
-        if (!sn->c->closing)
-            conn_close(sn->c);
-    }
+    h2_sniff_close_all(cfg);
     h2_server_t *next;
     for (h2_server_t *h = cfg->conns; h; h = next) {
         next = h->next; /* listed until its close callback */

@@ -60,6 +60,7 @@ typedef struct h2_server_config {
     h1_server_config_t *h1; /* where connections that speak HTTP/1.1 go */
     /* The timeouts of the phases (h2_server_config_init); tq_set_ms(&idle_q, ...) on reload. */
     tqueue_t headers_q, idle_q, linger_q;
+    tqueue_t sniff_q; /* connections whose protocol is not known yet (the header timeout) */
     int draining;
     h2_server_t *conns;             /* every open HTTP/2 connection */
     h2_sniff_t *sniffs;             /* connections whose protocol is not known yet */
@@ -83,5 +84,10 @@ void h2_server_start(h2_server_config_t *cfg, conn_t *c, const struct sockaddr *
 void h2_server_drain(h2_server_config_t *cfg);
 /* The drain deadline passed: close every connection now. */
 void h2_server_abort_all(h2_server_config_t *cfg);
+
+/* h2_sniff.c, for h2_server.c: the sniffers' queue (with the config's), and closing every
+ * connection still sniffing (drain, abort). */
+void h2_sniff_init(h2_server_config_t *cfg, uint64_t header_timeout_ms);
+void h2_sniff_close_all(h2_server_config_t *cfg);
 
 #endif

@@ -42,7 +42,8 @@ fuzz_h1_server_LIBS      := -luv
 fuzz_h1_client_SRCS      := proxy/h1_client.c $(fuzz_h1_codec_SRCS)
 fuzz_h1_client_LIBS      := -luv
 # The HTTP/2 codec over nghttp2, with h1_server for what its sniffer hands over.
-fuzz_h2_server_SRCS      := proxy/h2_server.c proxy/h1_server.c $(fuzz_h1_codec_SRCS)
+fuzz_h2_server_SRCS      := proxy/h2_server.c proxy/h2_sniff.c proxy/h2_body.c proxy/h1_server.c \
+                            $(fuzz_h1_codec_SRCS)
 fuzz_h2_server_LIBS      := -luv -lnghttp2
 # The TLS transport over a real socketpair, with conn.c above it and an OpenSSL client in the
 # target; tls.c builds the listener's context (config/diag.c for its diagnostics, base/text.c
