@@ -528,7 +528,9 @@ static void feed(h2_client_t *h, buf_t *b)
                                                            rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS
                                                        ? NGHTTP2_ENHANCE_YOUR_CALM
                                                        : NGHTTP2_PROTOCOL_ERROR);
-        nghttp2_session_send(h->sess); /* the GOAWAY, best effort */
+        nghttp2_session_send(h->sess); /* the GOAWAY, best effort: written before the close */
+        if (h->c)
+            conn_flush(h->c);
         close_conn(h, UV_ECONNRESET);  /* which stream was at fault is not known: a reset each */
         return;
     }

@@ -19,6 +19,7 @@ FUZZ_ALL           := dns_parse trace_header config sampling_rules \
                       h1_parse \
                       $(if $(wildcard proxy/h1_server.c),h1_server h1_client) \
                       $(if $(wildcard proxy/h2_server.c),h2_server) \
+                      $(if $(wildcard proxy/h2_client.c),h2_client) \
                       $(if $(wildcard proxy/transport_tls.c),tls_server) control
 FUZZ_TARGETS       ?= $(FUZZ_ALL)
 
@@ -41,10 +42,15 @@ fuzz_h1_server_SRCS      := proxy/h1_server.c $(fuzz_h1_codec_SRCS)
 fuzz_h1_server_LIBS      := -luv
 fuzz_h1_client_SRCS      := proxy/h1_client.c $(fuzz_h1_codec_SRCS)
 fuzz_h1_client_LIBS      := -luv
-# The HTTP/2 codec over nghttp2, with h1_server for what its sniffer hands over.
+# The HTTP/2 codecs over nghttp2 (h2_body.c: the DATA both send), the server with h1_server for
+# what its sniffer hands over.
 fuzz_h2_server_SRCS      := proxy/h2_server.c proxy/h2_sniff.c proxy/h2_body.c proxy/h1_server.c \
                             $(fuzz_h1_codec_SRCS)
 fuzz_h2_server_LIBS      := -luv -lnghttp2
+fuzz_h2_client_SRCS      := proxy/h2_client.c proxy/h2_body.c http/head.c proxy/head_pool.c \
+                            proxy/conn.c proxy/loop.c proxy/tqueue.c proxy/transport_tcp.c \
+                            base/buf.c base/http.c base/err.c base/log.c
+fuzz_h2_client_LIBS      := -luv -lnghttp2
 # The TLS transport over a real socketpair, with conn.c above it and an OpenSSL client in the
 # target; tls.c builds the listener's context (config/diag.c for its diagnostics, base/text.c
 # for /certs).

@@ -34,7 +34,7 @@ max_len() {
     case $1 in
     config | sampling_rules) echo 16384 ;;
     h1_parse) echo 8192 ;;
-    h1_server | h1_client) echo 4096 ;;
+    h1_server | h1_client | h2_client) echo 4096 ;;
     dns_parse) echo 4096 ;;
     *) echo 1024 ;;
     esac
