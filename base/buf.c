@@ -39,14 +39,17 @@ void buf_unref(buf_t *b)
     free(b);
 }
 
-void bufpool_trim(bufpool_t *pool, unsigned keep)
+size_t bufpool_trim(bufpool_t *pool, unsigned keep)
 {
+    size_t freed = 0;
     while (pool->nfree > keep) {
         buf_t *b = pool->free;
         pool->free = b->next_free;
         pool->nfree--;
+        freed += sizeof *b + b->cap;
         free(b);
     }
+    return freed;
 }
 
 void bufpool_drain(bufpool_t *pool)

@@ -39,8 +39,9 @@ static inline buf_t *buf_ref(buf_t *b)
     return b;
 }
 void buf_unref(buf_t *b);
-/* Free kept buffers beyond `keep` (after a burst: 64 KiB each, touched, so they count in RSS). */
-void bufpool_trim(bufpool_t *pool, unsigned keep);
+/* Free kept buffers beyond `keep` (after a burst: 64 KiB each, touched, so they count in RSS);
+ * returns the bytes freed. */
+size_t bufpool_trim(bufpool_t *pool, unsigned keep);
 void bufpool_drain(bufpool_t *pool);
 
 #endif

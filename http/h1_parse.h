@@ -71,22 +71,23 @@ typedef struct h1_ev {
     int status; /* H1_ERROR: the status to answer a request with */
 } h1_ev_t;
 
+/* Every idle client connection carries one: small fields are bytes, in one run at the end. */
 typedef struct h1_parser {
-    enum h1_kind kind;
-    head_t *head;           /* where the head goes; the caller owns it (and may swap it out) */
-    head_t *trailers;       /* where trailers go; NULL drops them */
-    uint8_t request_method; /* responses: the method of the request being answered */
-    enum h1_body body;
-    unsigned flags;          /* H1F_* of the current message */
+    head_t *head;            /* where the head goes; the caller owns it (and may swap it out) */
+    head_t *trailers;        /* where trailers go; NULL drops them */
     uint64_t content_length; /* H1_BODY_LENGTH: as declared */
     const char *reason;      /* H1_ERROR: a short, static description */
-    /* Private: the parser's state. */
-    unsigned state;
-    uint64_t remaining;  /* body bytes left: of the Content-Length, or of the current chunk */
-    uint32_t line_len;   /* bytes of the current chunk line or head so far, for the caps */
-    uint32_t scan;       /* head bytes already searched for the end of the head */
-    unsigned saw_cr : 1; /* the last byte consumed was a CR (its LF is still to come) */
-    unsigned empty_lines;
+    /* Private: the parser's state (with `state` below). */
+    uint64_t remaining;     /* body bytes left: of the Content-Length, or of the current chunk */
+    uint32_t line_len;      /* bytes of the current chunk line or head so far, for the caps */
+    uint32_t scan;          /* head bytes already searched for the end of the head */
+    uint8_t kind;           /* enum h1_kind */
+    uint8_t request_method; /* responses: the method of the request being answered */
+    uint8_t body;           /* enum h1_body: how the current message's body is framed */
+    uint8_t flags;          /* H1F_* of the current message */
+    uint8_t state;
+    uint8_t saw_cr;      /* the last byte consumed was a CR (its LF is still to come) */
+    uint8_t empty_lines; /* before a request line (at most MAX_EMPTY_LINES) */
 } h1_parser_t;
 
 /* `head` (and `trailers`, may be NULL) stay owned by the caller and must outlive the parser. */

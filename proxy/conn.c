@@ -1,11 +1,14 @@
 #include "proxy/conn.h"
 
+#include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
 
 conn_t *conn_new(loop_t *l)
 {
-    conn_t *c = calloc(1, sizeof *c);
+    if (!l->conns.size)
+        slab_init(&l->conns, sizeof(conn_t));
+    conn_t *c = slab_alloc(&l->conns);
     if (!c)
         return NULL;
     c->loop = l;
@@ -137,7 +140,7 @@ void conn_on_read(conn_t *c, ssize_t nread, buf_t *b)
         return;
     }
     b->len = (uint32_t)nread;
-    if (c->rx_bytes)
+    if (!c->accepted && c->rx_bytes)
         stat_add(c->rx_bytes, (uint64_t)nread);
     c->ev->on_read(c->owner, b);
     buf_unref(b);
@@ -145,31 +148,30 @@ void conn_on_read(conn_t *c, ssize_t nread, buf_t *b)
 
 /* ---- writing ---- */
 
+/* A connection is on the loop's dirty list exactly while it has an `out`; the links are in that
+ * write request. */
 static void mark_dirty(conn_t *c)
 {
-    if (c->dirty)
-        return;
     loop_t *l = c->loop;
-    c->dirty = 1;
-    c->dirty_prev = NULL;
-    c->dirty_next = l->dirty;
+    c->out->dirty_prev = NULL;
+    c->out->dirty_next = l->dirty;
     if (l->dirty)
-        l->dirty->dirty_prev = c;
+        l->dirty->out->dirty_prev = c;
     l->dirty = c;
 }
 
 static void unmark_dirty(conn_t *c)
 {
-    if (!c->dirty)
+    wreq_t *r = c->out;
+    if (!r)
         return;
-    if (c->dirty_prev)
-        c->dirty_prev->dirty_next = c->dirty_next;
+    if (r->dirty_prev)
+        r->dirty_prev->out->dirty_next = r->dirty_next;
     else
-        c->loop->dirty = c->dirty_next;
-    if (c->dirty_next)
-        c->dirty_next->dirty_prev = c->dirty_prev;
-    c->dirty = 0;
-    c->dirty_prev = c->dirty_next = NULL;
+        c->loop->dirty = r->dirty_next;
+    if (r->dirty_next)
+        r->dirty_next->out->dirty_prev = r->dirty_prev;
+    r->dirty_prev = r->dirty_next = NULL;
 }
 
 static void tell_later(conn_t *c);
@@ -290,13 +292,12 @@ void conn_flush(conn_t *c)
         release(c->loop, r);
         return;
     }
-    if (!c->connected) { /* not up yet: sent in order once it is */
+    if (!c->connected) { /* not up yet: sent in order once it is (a client connection) */
+        wreq_t **tail = &c->backlog; /* a few at most: what is written while connecting */
+        while (*tail)
+            tail = &(*tail)->next_free;
         r->next_free = NULL;
-        if (c->backlog_tail)
-            c->backlog_tail->next_free = r;
-        else
-            c->backlog = r;
-        c->backlog_tail = r;
+        *tail = r;
         c->pinned_inflight += r->pinned;
         return;
     }
@@ -333,7 +334,7 @@ static void tell_later(conn_t *c)
 
 static void submit(conn_t *c, wreq_t *r)
 {
-    if (c->tx_bytes) {
+    if (!c->accepted && c->tx_bytes) {
         size_t n = 0;
         for (unsigned i = 0; i < r->n; i++)
             n += r->iov[i].len;
@@ -363,18 +364,18 @@ static void send_backlog(conn_t *c)
         c->pinned_inflight -= r->pinned;
         submit(c, r);
     }
-    c->backlog_tail = NULL;
 }
 
 static void drop_backlog(conn_t *c)
 {
+    if (c->accepted)
+        return; /* never connecting: the union holds accepted_by */
     while (c->backlog) {
         wreq_t *r = c->backlog;
         c->backlog = r->next_free;
         c->pinned_inflight -= r->pinned;
         release(c->loop, r);
     }
-    c->backlog_tail = NULL;
 }
 
 size_t conn_pinned(const conn_t *c)
@@ -422,13 +423,13 @@ static void on_closed(uv_handle_t *h)
     if (c->ev && c->ev->on_closed)
         c->ev->on_closed(c->owner);
     loop_cancel(c->loop, &c->told);
-    if (c->accepted_by) {
+    if (c->accepted && c->accepted_by) {
         stat_dec(&c->accepted_by->downstream_cx_active);
         stat_inc(&c->accepted_by->downstream_cx_destroy);
     }
     if (c->tp->free)
         c->tp->free(c);
-    free(c);
+    slab_free(&c->loop->conns, c);
 }
 
 /* Drop what is queued; 0 when the connection was already closing. */
@@ -457,6 +458,7 @@ void conn_close(conn_t *c)
 int conn_accept(conn_t *c, uv_stream_t *server)
 {
     int err = uv_accept(server, (uv_stream_t *)&c->tcp);
+    c->accepted = 1; /* from here on the union holds accepted_by (NULL until the caller sets it) */
     if (err == 0) {
         c->connected = 1;
         uv_tcp_nodelay(&c->tcp, 1);
@@ -481,4 +483,73 @@ void conn_peer_name(conn_t *c, char *out, size_t n)
         uv_ip4_name((struct sockaddr_in *)&ss, out, n);
     else if (ss.ss_family == AF_INET6)
         uv_ip6_name((struct sockaddr_in6 *)&ss, out, n);
+}
+
+void conn_peer_addr(conn_t *c, uint8_t out[16])
+{
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    memset(out, 0, 16);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0)
+        return;
+    if (ss.ss_family == AF_INET) {
+        out[10] = out[11] = 0xff;
+        memcpy(out + 12, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+    } else if (ss.ss_family == AF_INET6) {
+        memcpy(out, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+    }
+}
+
+/* 0..255 in decimal, and how many digits. */
+static const struct {
+    char d[3];
+    uint8_t n;
+} octets[256] = {
+#define O1(v)                                                                                      \
+    {                                                                                              \
+        {'0' + (v)}, 1                                                                             \
+    }
+#define O2(v)                                                                                      \
+    {                                                                                              \
+        {'0' + (v) / 10, '0' + (v) % 10}, 2                                                        \
+    }
+#define O3(v)                                                                                      \
+    {                                                                                              \
+        {'0' + (v) / 100, '0' + (v) / 10 % 10, '0' + (v) % 10}, 3                                  \
+    }
+#define T10(F, b)                                                                                  \
+    F(b), F(b + 1), F(b + 2), F(b + 3), F(b + 4), F(b + 5), F(b + 6), F(b + 7), F(b + 8), F(b + 9)
+    T10(O1, 0),   T10(O2, 10),  T10(O2, 20),  T10(O2, 30),  T10(O2, 40),  T10(O2, 50),
+    T10(O2, 60),  T10(O2, 70),  T10(O2, 80),  T10(O2, 90),  T10(O3, 100), T10(O3, 110),
+    T10(O3, 120), T10(O3, 130), T10(O3, 140), T10(O3, 150), T10(O3, 160), T10(O3, 170),
+    T10(O3, 180), T10(O3, 190), T10(O3, 200), T10(O3, 210), T10(O3, 220), T10(O3, 230),
+    T10(O3, 240), O3(250),      O3(251),      O3(252),      O3(253),      O3(254),
+    O3(255),
+#undef O1
+#undef O2
+#undef O3
+#undef T10
+};
+
+void conn_peer_format(const uint8_t a[16], char *out, size_t n)
+{
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    static const uint8_t zero[16];
+    out[0] = '\0';
+    if (memcmp(a, zero, 16) == 0)
+        return;
+    if (memcmp(a, mapped, 12) == 0) { /* by hand: once per request */
+        if (n < 16)
+            return;
+        char *p = out;
+        for (int i = 12; i < 16; i++) {
+            memcpy(p, octets[a[i]].d, 3);
+            p += octets[a[i]].n;
+            *p++ = '.';
+        }
+        p[-1] = '\0';
+        return;
+    }
+    if (!inet_ntop(AF_INET6, a, out, (socklen_t)n))
+        out[0] = '\0';
 }

@@ -35,6 +35,9 @@ typedef struct wreq {
     uv_write_t req;
     struct wreq *next_free;
     conn_t *c;
+    /* While it is its connection's `out`, the loop's list of connections with output to flush
+     * (kept here, not in every idle connection). */
+    conn_t *dirty_prev, *dirty_next;
     unsigned n;
     unsigned scratch_used;
     size_t pinned;
@@ -60,22 +63,27 @@ typedef struct conn_events {
     void (*on_closed)(void *owner);
 } conn_events_t;
 
+/* Every accepted connection carries this, idle or not (docs/performance.md): what only a client
+ * connection or one still connecting needs shares room with what only an accepted one does. */
 struct conn {
     uv_tcp_t tcp; /* tcp.data points back at the conn */
     loop_t *loop;
     const transport_t *tp;
-    struct tls_conn *tls;          /* the TLS transport's state, NULL on plain TCP */
-    listener_stats_t *accepted_by; /* a listener's connection: counted out when it closes */
-    stat_t *rx_bytes, *tx_bytes;   /* where bytes read and written are counted, or NULL */
+    struct tls_conn *tls; /* the TLS transport's state, NULL on plain TCP */
+    union {
+        listener_stats_t *accepted_by;   /* accepted: counted out when it closes */
+        struct {                         /* client side (never accepted): */
+            stat_t *rx_bytes, *tx_bytes; /* where bytes read and written are counted, or NULL */
+            struct wreq *backlog;        /* gathered while connecting, sent once connected */
+        };
+    };
     const conn_events_t *ev;
     void *owner;
-    wreq_t *out;                    /* the write being gathered, NULL when nothing is queued */
-    wreq_t *backlog, *backlog_tail; /* gathered while connecting, sent once connected */
-    conn_t *dirty_prev, *dirty_next;
+    wreq_t *out;            /* the write being gathered, NULL when nothing is queued */
     size_t pinned_inflight; /* pinned by writes handed to the transport */
     deferred_t told;        /* a write error or a drain owed, told from the next pass */
     int write_error;
-    unsigned dirty : 1;
+    unsigned accepted : 1; /* by conn_accept: accepted_by is the union's member */
     unsigned closing : 1;
     unsigned reading : 1;
     unsigned want_read : 1;
@@ -119,6 +127,12 @@ static inline int conn_is_tls(const conn_t *c)
 }
 /* The peer's address as text ("" when unknown). */
 void conn_peer_name(conn_t *c, char *out, size_t n);
+/* The peer's address in 16 bytes, IPv4 as IPv4-mapped IPv6 (all zeros when unknown), for
+ * objects that keep it per connection; conn_peer_format makes it text (into
+ * CONN_PEER_TEXT bytes, "" when unknown) without a system call. */
+#define CONN_PEER_TEXT 48
+void conn_peer_addr(conn_t *c, uint8_t out[16]);
+void conn_peer_format(const uint8_t a[16], char *out, size_t n);
 
 /* Called by transports. */
 void conn_on_read(conn_t *c, ssize_t nread, buf_t *b);

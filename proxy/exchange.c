@@ -149,9 +149,12 @@ static exchange_t *get(worker_t *w)
         ex->replay_bytes = 0;
         return ex;
     }
-    ex = calloc(1, sizeof *ex);
+    if (!w->exchanges.size)
+        slab_init(&w->exchanges, sizeof *ex);
+    ex = slab_alloc(&w->exchanges);
     if (!ex)
         return NULL;
+    ex->w = w; /* for the slab it goes back to */
     uv_timer_init(&w->loop.uv, &ex->timer);
     ex->timer.data = ex;
     return ex;
@@ -189,7 +192,8 @@ const stream_handler_t exchange_handler = {.accept = accept_stream};
 
 static void free_from_timer(uv_handle_t *h)
 {
-    free(h->data);
+    exchange_t *ex = h->data;
+    slab_free(&ex->w->exchanges, ex);
 }
 
 static void release_now(exchange_t *ex)

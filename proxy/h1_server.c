@@ -14,6 +14,8 @@
 enum phase { PH_HEADERS, PH_IDLE, PH_STREAM, PH_LINGER };
 enum framing { RF_NONE, RF_LENGTH, RF_CHUNKED, RF_CLOSE };
 
+/* Every idle keep-alive connection carries one, so it is kept small (docs/performance.md): the
+ * client's address in 16 bytes, made text only when a request needs it; small fields packed. */
 struct h1_server {
     server_stream_t s; /* first: the exchange's handle is this connection */
     h1_server_config_t *cfg;
@@ -23,14 +25,14 @@ struct h1_server {
     h1_server_t *next, *prev;
     const stream_events_t *ev; /* the open stream's exchange, NULL when none */
     void *ctx;
-    buf_t *pending; /* unparsed input: a pipelined request, or the rest of a body */
-    const char *pending_p;
-    size_t pending_n;
+    buf_t *pending; /* unparsed input from pending_off on: a pipelined request, or a body */
     deferred_t next_request;
-    char peer[48];
-    enum phase phase;
-    enum framing framing;
-    uint8_t req_method, minor;
+    uint8_t peer[16]; /* the client's address (conn_peer_addr) */
+    uint32_t pending_off;
+    uint8_t req_method;
+    unsigned phase : 2;      /* enum phase */
+    unsigned framing : 2;    /* enum framing */
+    unsigned http11 : 1;     /* the request is HTTP/1.1 (not 1.0) */
     unsigned in_stream : 1;  /* an exchange holds the stream */
     unsigned req_done : 1;   /* the request's H1_END was delivered */
     unsigned resp_sent : 1;  /* the response head went out */
@@ -46,6 +48,22 @@ struct h1_server {
     unsigned retired : 1; /* the connection is gone; freed once the stream is released */
 };
 
+_Static_assert(sizeof(struct h1_server) <= 216,
+               "an idle connection's codec: 216 bytes of its slab");
+
+/* The client's address as text, for a log line or the exchange. */
+#define PEER_TEXT(h, buf) (conn_peer_format((h)->peer, (buf), sizeof(buf)), (buf))
+
+static const char *pending_p(const h1_server_t *h)
+{
+    return h->pending ? h->pending->data + h->pending_off : NULL;
+}
+
+static size_t pending_n(const h1_server_t *h)
+{
+    return h->pending ? h->pending->len - h->pending_off : 0;
+}
+
 static const server_stream_ops_t stream_ops;
 static void process(h1_server_t *h);
 static void update_reading(h1_server_t *h);
@@ -57,7 +75,7 @@ static void free_later(deferred_t *d)
     h1_server_t *h = (h1_server_t *)(void *)((char *)d - offsetof(h1_server_t, next_request));
     h1_server_config_t *cfg = h->cfg;
     free((void *)h->s.orig_dst);
-    free(h);
+    slab_free(&cfg->loop->h1_servers, h);
     if (cfg->on_closed)
         cfg->on_closed(cfg->owner);
 }
@@ -139,9 +157,10 @@ static void on_expired(tq_node_t *n)
     h1_server_t *h = (h1_server_t *)(void *)((char *)n - offsetof(h1_server_t, timeout));
     http_stats_t *st = h->cfg->stats;
     switch (h->phase) {
-    case PH_HEADERS:
+    case PH_HEADERS: {
         stat_inc(&st->downstream_cx_header_timeout);
-        log_debug("downstream %s: request headers not received in time", h->peer);
+        char peer[CONN_PEER_TEXT]; /* formatted only when debug lines are written */
+        log_debug("downstream %s: request headers not received in time", PEER_TEXT(h, peer));
         if (h1_parser_busy(&h->parser)) {
             static const char body[] = "request header timeout\n";
             local_reply(h, 408, body, sizeof body - 1);
@@ -150,6 +169,7 @@ static void on_expired(tq_node_t *n)
             close_now(h);
         }
         break;
+    }
     case PH_IDLE:
         stat_inc(&st->downstream_cx_idle_timeout);
         close_now(h);
@@ -206,8 +226,9 @@ static void refuse(h1_server_t *h, int status)
     stat_inc(&st->downstream_cx_protocol_error);
     if (status == 431 || status == 414)
         stat_inc(&st->downstream_rq_header_too_large);
-    log_debug("downstream %s: request refused (%s), answering %d", h->peer, h->parser.reason,
-              status);
+    char peer[CONN_PEER_TEXT];
+    log_debug("downstream %s: request refused (%s), answering %d", PEER_TEXT(h, peer),
+              h->parser.reason, status);
     if (h->in_stream) { /* mid-body: the exchange answers, or cuts the response */
         h->failed = 1;
         h->keep_alive = 0;
@@ -246,7 +267,7 @@ static void on_head(h1_server_t *h)
     head_t *head = h->parser.head;
     h->parser.head = NULL;
     h->req_method = head->method;
-    h->minor = head->minor;
+    h->http11 = head->minor >= 1;
     h->keep_alive = !(h->parser.flags & H1F_CLOSE) && !h->cfg->draining;
     h->in_stream = 1;
     h->resp_sent = h->resp_done = h->failed = h->paused = h->continued = 0;
@@ -254,7 +275,10 @@ static void on_head(h1_server_t *h)
     set_phase(h, PH_STREAM);
     stat_inc(&h->cfg->stats->downstream_rq_total);
     h->s.secure = conn_is_tls(h->c) ? 1 : 0; /* PERMISSIVE decides per connection */
+    char peer[CONN_PEER_TEXT];
+    h->s.peer = PEER_TEXT(h, peer); /* for accept only, which copies it */
     h->ev = h->cfg->handler->accept(h->cfg->owner, &h->s, &h->ctx);
+    h->s.peer = "";
     if (!h->ev) {
         head_give(h->cfg->loop, head);
         static const char body[] = "out of memory\n";
@@ -295,9 +319,8 @@ static int blocked(h1_server_t *h)
 
 static void consume(h1_server_t *h, size_t used)
 {
-    h->pending_p += used;
-    h->pending_n -= used;
-    if (h->pending_n == 0) {
+    h->pending_off += (uint32_t)used;
+    if (h->pending_off == h->pending->len) {
         buf_unref(h->pending);
         h->pending = NULL;
     }
@@ -322,7 +345,7 @@ static void process(h1_server_t *h)
         buf_t *b = h->pending ? buf_ref(h->pending) : NULL;
         int was_in_stream = h->in_stream;
         h1_ev_t ev;
-        size_t used = h1_parse(&h->parser, h->pending_p, h->pending_n, &ev);
+        size_t used = h1_parse(&h->parser, pending_p(h), pending_n(h), &ev);
         if (b)
             consume(h, used);
         switch (ev.type) {
@@ -369,8 +392,7 @@ static void on_read(void *owner, buf_t *b)
         return;
     }
     h->pending = buf_ref(b);
-    h->pending_p = b->data;
-    h->pending_n = b->len;
+    h->pending_off = 0;
     if (!h->in_stream && h->phase == PH_IDLE)
         set_phase(h, PH_HEADERS);
     process(h);
@@ -421,7 +443,8 @@ static void on_drain(void *owner)
 static void on_write_error(void *owner, int err)
 {
     h1_server_t *h = owner;
-    log_debug("downstream %s: write failed: %s", h->peer, uv_strerror(err));
+    char peer[CONN_PEER_TEXT];
+    log_debug("downstream %s: write failed: %s", PEER_TEXT(h, peer), uv_strerror(err));
     if (h->in_stream && !h->failed) {
         stat_inc(&h->cfg->stats->downstream_rq_rx_reset);
         h->failed = 1;
@@ -463,7 +486,7 @@ static void send_head(server_stream_t *s, const head_t *resp, int64_t len, unsig
     } else if (len >= 0) {
         h->framing = RF_LENGTH;
         f.length = len;
-    } else if (h->minor >= 1) {
+    } else if (h->http11) {
         h->framing = RF_CHUNKED;
         f.chunked = 1;
     } else {
@@ -473,7 +496,7 @@ static void send_head(server_stream_t *s, const head_t *resp, int64_t len, unsig
     if (h->cfg->draining || h->peer_eof)
         h->keep_alive = 0;
     if (!(msg & MSG_UPGRADE))
-        f.connection = !h->keep_alive ? "close" : h->minor == 0 ? "keep-alive" : NULL;
+        f.connection = !h->keep_alive ? "close" : !h->http11 ? "keep-alive" : NULL;
     char line[16] = "HTTP/1.1 000 ";
     size_t n = 13;
     line[9] = (char)('0' + st / 100 % 10);
@@ -512,7 +535,7 @@ static void send_end(server_stream_t *s, const head_t *trailers)
 static void send_continue(server_stream_t *s)
 {
     h1_server_t *h = of(s);
-    if (h->minor < 1 || h->continued || h->resp_sent)
+    if (!h->http11 || h->continued || h->resp_sent)
         return;
     h->continued = 1;
     conn_write(h->c, NULL, "HTTP/1.1 100 Continue\r\n\r\n", 25);
@@ -584,8 +607,8 @@ static conn_t *detach(server_stream_t *s, buf_t **pending, const char **p, size_
     h1_server_t *h = of(s);
     conn_t *c = h->c;
     *pending = h->pending; /* the caller takes the reference */
-    *p = h->pending_p;
-    *n = h->pending_n;
+    *p = pending_p(h);
+    *n = pending_n(h);
     h->pending = NULL;
     h->detached = 1;
     h->in_stream = 0;
@@ -626,10 +649,13 @@ void h1_server_config_close(h1_server_config_t *cfg)
 
 void h1_server_start(h1_server_config_t *cfg, conn_t *c, const struct sockaddr *orig_dst)
 {
-    h1_server_t *h = calloc(1, sizeof *h);
+    slab_t *slab = &cfg->loop->h1_servers;
+    if (!slab->size)
+        slab_init(slab, sizeof(h1_server_t));
+    h1_server_t *h = slab_alloc(slab);
     struct sockaddr_storage *dst = orig_dst ? malloc(sizeof *dst) : NULL;
     if (!h || (orig_dst && !dst)) {
-        free(h);
+        slab_free(slab, h);
         free(dst);
         conn_close(c);
         return;
@@ -643,10 +669,10 @@ void h1_server_start(h1_server_config_t *cfg, conn_t *c, const struct sockaddr *
     h->cfg = cfg;
     h->c = c;
     h->s.ops = &stream_ops;
-    h->s.peer = h->peer;
+    h->s.peer = "";
     h->next_request.fn = on_next_request;
     h1_parser_init(&h->parser, H1_REQUEST, NULL, NULL);
-    conn_peer_name(c, h->peer, sizeof h->peer);
+    conn_peer_addr(c, h->peer);
     conn_set_owner(c, &conn_events, h);
     h->next = cfg->conns;
     if (cfg->conns)

@@ -524,14 +524,13 @@ static void feed(h2_client_t *h, buf_t *b)
     if (rv < 0) {
         stat_inc(&h->stats->upstream_cx_protocol_error);
         log_debug("upstream: http2 connection error: %s", nghttp2_strerror((int)rv));
-        nghttp2_session_terminate_session(h->sess, rv == NGHTTP2_ERR_FLOODED ||
-                                                           rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS
-                                                       ? NGHTTP2_ENHANCE_YOUR_CALM
-                                                       : NGHTTP2_PROTOCOL_ERROR);
+        int flood = rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS;
+        nghttp2_session_terminate_session(h->sess, flood ? NGHTTP2_ENHANCE_YOUR_CALM
+                                                         : NGHTTP2_PROTOCOL_ERROR);
         nghttp2_session_send(h->sess); /* the GOAWAY, best effort: written before the close */
         if (h->c)
             conn_flush(h->c);
-        close_conn(h, UV_ECONNRESET);  /* which stream was at fault is not known: a reset each */
+        close_conn(h, UV_ECONNRESET); /* which stream was at fault is not known: a reset each */
         return;
     }
     if (nghttp2_session_get_outbound_queue_size(h->sess) > MAX_OUTBOUND_FRAMES) {

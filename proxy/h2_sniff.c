@@ -1,4 +1,4 @@
-/* Which codec a new connection gets (h2_server.h, h2_server_accept; docs/http2.md): a TLS
+/* The codec a new connection is given (h2_server.h, h2_server_accept; docs/http2.md): a TLS
  * connection by the protocol ALPN selected, a plaintext one by the HTTP/2 client preface sent
  * with prior knowledge, compared as it arrives. Until then the connection is a small sniffer
  * in the listener's sniff queue (the header timeout). */

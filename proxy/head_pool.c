@@ -22,12 +22,12 @@ head_t *head_take(loop_t *l)
         l->free_heads = (head_t *)p->next;
         l->nfree_heads--;
         head_reset(&p->h);
-        return &p->h;
+    } else {
+        p = malloc(sizeof *p);
+        if (!p)
+            return NULL;
+        head_init(&p->h);
     }
-    p = malloc(sizeof *p);
-    if (!p)
-        return NULL;
-    head_init(&p->h);
     return &p->h;
 }
 
@@ -44,6 +44,26 @@ void head_give(loop_t *l, head_t *h)
     p->next = (pooled_t *)l->free_heads;
     l->free_heads = h;
     l->nfree_heads++;
+}
+
+/* What a kept head holds: itself, its bytes and its field table. */
+static size_t held(const pooled_t *p)
+{
+    return sizeof *p + p->h.cap + p->h.fields_cap * sizeof *p->h.fields;
+}
+
+size_t head_pool_trim(loop_t *l, unsigned keep)
+{
+    size_t freed = 0;
+    while (l->nfree_heads > keep) {
+        pooled_t *p = (pooled_t *)l->free_heads;
+        l->free_heads = (head_t *)p->next;
+        l->nfree_heads--;
+        freed += held(p);
+        head_free(&p->h);
+        free(p);
+    }
+    return freed;
 }
 
 void head_pool_free(loop_t *l)

@@ -5,7 +5,12 @@
 
 #include "proxy/conn.h"
 
-#define WREQ_KEEP 256 /* free write requests a loop keeps */
+#define WREQ_KEEP  16 /* free write requests kept in front of their slab */
+#define TRIM_FLOOR 16 /* heads kept by loop_trim */
+#define BUF_FLOOR  8  /* read buffers (64 KiB each) kept the same way */
+
+/* The last deferred's `next`: a queued one never has NULL there. */
+static deferred_t end_of_queue;
 
 int loop_init(loop_t *l, void *owner)
 {
@@ -16,10 +21,9 @@ int loop_init(loop_t *l, void *owner)
 
 void loop_defer(loop_t *l, deferred_t *d)
 {
-    if (d->queued)
-        return;
-    d->queued = 1;
-    d->next = NULL;
+    if (d->next)
+        return; /* already queued */
+    d->next = &end_of_queue;
     if (l->deferred_tail)
         l->deferred_tail->next = d;
     else
@@ -29,21 +33,22 @@ void loop_defer(loop_t *l, deferred_t *d)
 
 void loop_cancel(loop_t *l, deferred_t *d)
 {
-    if (!d->queued)
+    if (!d->next)
         return;
     deferred_t *prev = NULL;
-    for (deferred_t *q = l->deferred; q; prev = q, q = q->next) {
+    for (deferred_t *q = l->deferred; q && q != &end_of_queue; prev = q, q = q->next) {
         if (q != d)
             continue;
+        deferred_t *next = d->next == &end_of_queue ? NULL : d->next;
         if (prev)
-            prev->next = d->next;
+            prev->next = next ? next : &end_of_queue;
         else
-            l->deferred = d->next;
+            l->deferred = next;
         if (l->deferred_tail == d)
             l->deferred_tail = prev;
         break;
     }
-    d->queued = 0;
+    d->next = NULL;
 }
 
 void loop_pass(loop_t *l)
@@ -51,10 +56,10 @@ void loop_pass(loop_t *l)
     do { /* a flush can defer work (a drain owed), which can write more */
         while (l->deferred) {
             deferred_t *d = l->deferred;
-            l->deferred = d->next;
+            l->deferred = d->next == &end_of_queue ? NULL : d->next;
             if (!l->deferred)
                 l->deferred_tail = NULL;
-            d->queued = 0;
+            d->next = NULL;
             d->fn(d);
         }
         conn_flush_dirty(l);
@@ -68,7 +73,9 @@ wreq_t *loop_wreq_get(loop_t *l)
         l->free_wreqs = r->next_free;
         l->nfree_wreqs--;
     } else {
-        r = malloc(sizeof *r);
+        if (!l->wreqs.size)
+            slab_init(&l->wreqs, sizeof(wreq_t));
+        r = slab_alloc_raw(&l->wreqs);
         if (!r)
             return NULL;
     }
@@ -81,7 +88,7 @@ wreq_t *loop_wreq_get(loop_t *l)
 void loop_wreq_put(loop_t *l, wreq_t *r)
 {
     if (l->nfree_wreqs >= WREQ_KEEP) {
-        free(r);
+        slab_free(&l->wreqs, r);
         return;
     }
     r->next_free = l->free_wreqs;
@@ -89,14 +96,30 @@ void loop_wreq_put(loop_t *l, wreq_t *r)
     l->nfree_wreqs++;
 }
 
+static size_t drop_wreqs(loop_t *l)
+{
+    size_t freed = 0;
+    while (l->free_wreqs) {
+        wreq_t *r = l->free_wreqs;
+        l->free_wreqs = r->next_free;
+        slab_free(&l->wreqs, r);
+        freed += sizeof *r;
+    }
+    l->nfree_wreqs = 0;
+    return freed;
+}
+
+size_t loop_trim(loop_t *l)
+{
+    return drop_wreqs(l) + head_pool_trim(l, TRIM_FLOOR) + bufpool_trim(&l->bufs, BUF_FLOOR);
+}
+
 void loop_free(loop_t *l)
 {
     uv_loop_close(&l->uv);
     bufpool_drain(&l->bufs);
-    while (l->free_wreqs) {
-        wreq_t *r = l->free_wreqs;
-        l->free_wreqs = r->next_free;
-        free(r);
-    }
-    l->nfree_wreqs = 0;
+    drop_wreqs(l);
+    slab_destroy(&l->wreqs);
+    slab_destroy(&l->conns);
+    slab_destroy(&l->h1_servers);
 }

@@ -13,25 +13,32 @@
 #include <uv.h>
 
 #include "base/buf.h"
+#include "base/slab.h"
 
 struct conn;
 struct wreq;
 
+/* Queued while `next` is not NULL (the last one's points at a sentinel): 16 bytes, which every
+ * connection carries. Zeroed, it is not queued. */
 typedef struct deferred {
     struct deferred *next;
     void (*fn)(struct deferred *d);
-    unsigned queued : 1;
 } deferred_t;
 
 typedef struct loop {
     uv_loop_t uv;
     bufpool_t bufs;
-    struct wreq *free_wreqs;
-    unsigned nfree_wreqs;
-    struct conn *dirty; /* connections with queued output */
-    deferred_t *deferred, *deferred_tail;
-    struct head *free_heads; /* kept with their storage (head_take / head_give) */
+    struct conn *dirty; /* connections with queued output (linked through their write requests) */
+    deferred_t *deferred, *deferred_tail; /* NULL when nothing is deferred */
+    struct head *free_heads;              /* kept with their storage (head_take / head_give) */
     unsigned nfree_heads;
+    struct wreq *free_wreqs; /* a few kept in front of the slab below, for speed */
+    unsigned nfree_wreqs;
+    /* In pages of their own (base/slab.h), each set up on first use: what every open connection
+     * carries, the conn_t (conn.c) and the HTTP/1 server codec (h1_server.c), so that nothing
+     * long-lived sits between a burst's short-lived allocations in the heap; and write requests
+     * (3 KiB each, hundreds at once in a burst), whose pages go back once the burst is over. */
+    slab_t conns, h1_servers, wreqs;
     void *owner; /* the worker; opaque below it */
 } loop_t;
 
@@ -45,6 +52,13 @@ void loop_cancel(loop_t *l, deferred_t *d);
 void loop_pass(loop_t *l);
 struct wreq *loop_wreq_get(loop_t *l);
 void loop_wreq_put(loop_t *l, struct wreq *r);
+/* Housekeeping, off the request path, when no request is in flight after a burst: cut the free
+ * lists to a small floor (heads, read buffers) or to nothing (write requests, which go back to
+ * their slab), so that what the burst left in them goes back to malloc and the slab's pages can
+ * be unmapped. Returns about the bytes freed. */
+size_t loop_trim(loop_t *l);
+/* The heads' part of it (head_pool.c): free kept heads beyond `keep`; bytes freed. */
+size_t head_pool_trim(loop_t *l, unsigned keep);
 /* At exit, once the uv loop has ended. */
 void loop_free(loop_t *l);
 

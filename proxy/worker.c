@@ -414,15 +414,55 @@ static void on_wake(uv_async_t *h)
     maybe_finish(w);
 }
 
-/* A burst of thousands of connections leaves freed memory inside the heap that glibc keeps;
- * once connections have come and gone, hand it back so that idle RSS reflects what is open. */
+/* Connections open on the worker's HTTP listeners. */
+static unsigned open_conns(const worker_t *w)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < w->nlisteners; i++)
+        n += w->listeners[i].h1.nconns + w->listeners[i].h2.nconns;
+    return n;
+}
+
+#define TRIM_BURST     256          /* requests or connections fewer than at their peak */
+#define TRIM_MIN_BYTES (256 * 1024) /* freed from the free lists */
+#define LISTS_BURST    64           /* requests at once that make the free lists worth cutting */
+#define EXCHANGE_FLOOR 8            /* more kept than this when cut: all are freed */
+#define EXCHANGE_BYTES 2700         /* about what a kept exchange holds */
+
+/* Once a second, off the request path. A burst (thousands of connections, hundreds of requests
+ * at once) leaves its write requests, heads, exchanges and read buffers in the free lists, and
+ * freed memory inside the heap that glibc keeps. Once no request is in flight after one (64 or
+ * more at once), the free lists are cut to a small floor; once load has fallen well below its
+ * peak (or the lists gave back enough), malloc_trim hands pages back, so that idle RSS reflects
+ * what is open. A steady load below that frees nothing and trims nothing, so nothing it uses
+ * is allocated again. */
 static void on_housekeeping(uv_timer_t *t)
 {
     worker_t *w = t->data;
-    if (w->peak_exchanges < w->live_exchanges + 256)
-        return; /* no burst has passed */
+    unsigned peak = w->peak_exchanges; /* the most in flight at once during the last second */
     w->peak_exchanges = w->live_exchanges;
-    bufpool_trim(&w->loop.bufs, 8); /* 4 MiB of read buffers kept for a burst that is over */
+    if (peak > w->lists_peak)
+        w->lists_peak = peak;
+    if (peak > w->trim_peak_exchanges)
+        w->trim_peak_exchanges = peak;
+    unsigned conns = open_conns(w);
+    if (conns > w->trim_peak_conns)
+        w->trim_peak_conns = conns;
+    size_t freed = 0;
+    if (w->live_exchanges == 0 && w->lists_peak >= LISTS_BURST) {
+        w->lists_peak = 0;
+        freed = loop_trim(&w->loop);
+        if (w->nfree_exchanges > EXCHANGE_FLOOR) { /* their slab pages go; rebuilt on demand */
+            freed += w->nfree_exchanges * (size_t)EXCHANGE_BYTES;
+            exchange_close_kept(w);
+        }
+    }
+    int load_fell = w->trim_peak_exchanges >= w->live_exchanges + TRIM_BURST ||
+                    w->trim_peak_conns >= conns + TRIM_BURST;
+    if (!load_fell && freed < TRIM_MIN_BYTES)
+        return;
+    w->trim_peak_exchanges = w->live_exchanges;
+    w->trim_peak_conns = conns;
     malloc_trim(64 * 1024);
 }
 
@@ -500,6 +540,7 @@ static void run(void *arg)
     xray_emitter_close(&w->xray);
     head_pool_free(&w->loop);
     loop_free(&w->loop);
+    slab_destroy(&w->exchanges); /* the last ones went with their timers' close callbacks */
     qsbr_offline(&w->srv->qsbr, w->id);
     server_worker_exited(w->srv);
 }

@@ -61,7 +61,10 @@ typedef struct worker {
     uv_prepare_t prepare;    /* deferred work and writes, before the loop blocks */
     uv_check_t check;        /* the same after each I/O pass */
     uv_timer_t housekeeping; /* gives freed memory back after a burst of connections */
-    unsigned live_exchanges, peak_exchanges; /* requests in flight, and their recent peak */
+    /* Requests in flight; the most at once since the last housekeeping tick (exchange.c keeps
+     * both); the most at once since the free lists were last cut; the most at once, and the most
+     * connections open, since memory was last trimmed. */
+    unsigned live_exchanges, peak_exchanges, lists_peak, trim_peak_exchanges, trim_peak_conns;
     /* A sidecar's ingress ([WORKER_INGRESS]) and egress ([WORKER_EGRESS]); a virtual
      * gateway's listeners, in its spec's order. */
     listener_t listeners[WORKER_MAX_LISTENERS];
@@ -75,6 +78,7 @@ typedef struct worker {
     uint64_t rng;                    /* xorshift state for request ids, seeded from getrandom */
     struct exchange *free_exchanges; /* kept with their timers */
     unsigned nfree_exchanges;
+    slab_t exchanges; /* where exchanges live (base/slab.h): their pages go back after a burst */
     int draining;
 } worker_t;
 

@@ -37,7 +37,7 @@ fuzz_h1_parse_SRCS       := http/h1_parse.c http/head.c base/http.c
 # only for the default transport conn_new sets.
 fuzz_h1_codec_SRCS       := proxy/h1_out.c http/h1_parse.c http/head.c proxy/head_pool.c \
                             proxy/conn.c proxy/loop.c proxy/tqueue.c proxy/transport_tcp.c \
-                            base/buf.c base/http.c base/err.c base/log.c
+                            base/buf.c base/slab.c base/http.c base/err.c base/log.c
 fuzz_h1_server_SRCS      := proxy/h1_server.c $(fuzz_h1_codec_SRCS)
 fuzz_h1_server_LIBS      := -luv
 fuzz_h1_client_SRCS      := proxy/h1_client.c $(fuzz_h1_codec_SRCS)
@@ -49,14 +49,14 @@ fuzz_h2_server_SRCS      := proxy/h2_server.c proxy/h2_sniff.c proxy/h2_body.c p
 fuzz_h2_server_LIBS      := -luv -lnghttp2
 fuzz_h2_client_SRCS      := proxy/h2_client.c proxy/h2_body.c http/head.c proxy/head_pool.c \
                             proxy/conn.c proxy/loop.c proxy/tqueue.c proxy/transport_tcp.c \
-                            base/buf.c base/http.c base/err.c base/log.c
+                            base/buf.c base/slab.c base/http.c base/err.c base/log.c
 fuzz_h2_client_LIBS      := -luv -lnghttp2
 # The TLS transport over a real socketpair, with conn.c above it and an OpenSSL client in the
 # target; tls.c builds the listener's context (config/diag.c for its diagnostics, base/text.c
-# for /certs).
+# for /certs); loop.c trims the loop's heads (head_pool.c).
 fuzz_tls_server_SRCS     := proxy/transport_tls.c proxy/transport_tcp.c proxy/conn.c \
-                            proxy/loop.c tls/tls.c config/diag.c base/buf.c base/log.c \
-                            base/text.c
+                            proxy/loop.c proxy/head_pool.c http/head.c base/http.c tls/tls.c \
+                            config/diag.c base/buf.c base/slab.c base/log.c base/text.c
 fuzz_tls_server_LIBS     := -luv -lssl -lcrypto
 
 # The control plane's reply, URL and time parsers; aws.c and cloudmap.c are included by the
