@@ -26,7 +26,7 @@ LLHTTP_OBJS := $(BUILD)/third_party/llhttp/api.o $(BUILD)/third_party/llhttp/htt
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 TOOL_BINS := $(BUILD)/tests/trace_header_cli $(BUILD)/tests/sigv4_cli
-BENCH_BINS := $(BUILD)/bench/openloop
+BENCH_BINS := $(BUILD)/bench/openloop $(BUILD)/bench/h2_upstream
 
 DEB_PKGS  := build-essential pkg-config libuv1-dev libc-ares-dev libcjson-dev libssl-dev \
              libcmocka-dev python3 python3-pytest curl knot knot-dnsutils procps clang-format nodejs \

@@ -1470,6 +1470,7 @@ def main():
     ap.add_argument("--tcp-only", action="store_true", help="only the TCP relaying measurements")
     ap.add_argument("--obs-only", action="store_true", help="only the observability-cost measurements")
     ap.add_argument("--scale-only", action="store_true", help="only the config scale measurements")
+    ap.add_argument("--h2-only", action="store_true", help="only the HTTP/2 and gRPC measurements")
     ap.add_argument("--hold-tls", nargs=3, metavar=("PORT", "N", "CA"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.hold_tls:
@@ -1505,6 +1506,13 @@ def main():
     if args.scale_only:
         try:
             scale_section(b, rounds)
+        finally:
+            b.upstream.stop()
+        return finish(b, args)
+    if args.h2_only:
+        import bench_h2  # here: it imports this file for its helpers
+        try:
+            bench_h2.h2_section(b, rounds, secs)
         finally:
             b.upstream.stop()
         return finish(b, args)
@@ -1565,6 +1573,8 @@ def main():
         bench_gateway.gateway_section(b, rounds, secs)
         import bench_rollout
         bench_rollout.rollout_section(b, rounds, secs)
+        import bench_h2
+        bench_h2.h2_section(b, rounds, secs)
         n1, n2 = (500, 1000) if args.smoke else (2000, 6000)
         ins = {}
         rp, rargv, renv = b.remora(1)
@@ -1595,7 +1605,8 @@ def finish(b, args):
     text = report(b, b.rounds)
     os.makedirs(os.path.join(BUILD, "bench"), exist_ok=True)
     name = ("results-tls" if args.tls_only else "results-tcp" if args.tcp_only else
-            "results-obs" if args.obs_only else "results-scale" if args.scale_only else "results") + \
+            "results-obs" if args.obs_only else "results-scale" if args.scale_only else
+            "results-h2" if args.h2_only else "results") + \
         ("-smoke" if args.smoke else "")
     out = os.path.join(BUILD, "bench", name + ".md")
     with open(out, "w") as f:
