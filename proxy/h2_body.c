@@ -172,6 +172,19 @@ void h2_body_frame(h2_body_t *o, conn_t *c, const nghttp2_frame *f, const uint8_
     }
 }
 
+nghttp2_option *h2_options_new(void)
+{
+    nghttp2_option *opt;
+    if (nghttp2_option_new(&opt) != 0)
+        return NULL;
+    nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_no_closed_streams(opt, 1);
+    nghttp2_option_set_max_outbound_ack(opt, 1000);
+    nghttp2_option_set_max_settings(opt, 32);
+    nghttp2_option_set_max_continuations(opt, 8);
+    return opt;
+}
+
 int h2_hold(buf_t **held, bufpool_t *bufs, size_t cap, const uint8_t *p, size_t n)
 {
     if (!*held && !(*held = buf_new(bufs, cap)))

@@ -58,6 +58,11 @@ void h2_body_frame(h2_body_t *o, conn_t *c, const nghttp2_frame *f, const uint8_
  * ERR_TOO_LARGE (the peer sent past the window). */
 int h2_hold(buf_t **held, bufpool_t *bufs, size_t cap, const uint8_t *p, size_t n);
 
+/* The nghttp2 options both codecs use: windows credited by hand (they are backpressure), no
+ * closed-stream state kept, and the floods' caps (1000 queued acknowledgements, 32 SETTINGS
+ * entries, 8 CONTINUATION frames per block). NULL when memory is exhausted. */
+nghttp2_option *h2_options_new(void);
+
 /* Frame bytes nghttp2 made (they live until its next call): short ones copied into the write,
  * longer ones staged in *stage (one buffer per flush; the caller drops it after the flush) and
  * referenced. UV_ENOMEM: the connection cannot go on (a frame cannot be dropped). */

@@ -17,8 +17,6 @@
 #include "proxy/h2_server.h"
 #include "proxy/transport_tls.h"
 
-#define MAX_OUTBOUND_ACKS   1000 /* PING and SETTINGS acknowledgements held (nghttp2's) */
-#define MAX_CONTINUATIONS   8
 #define MAX_OUTBOUND_FRAMES 10000
 
 typedef struct h2c_stream h2c_stream_t;
@@ -446,7 +444,7 @@ static void make_session_setup(void)
     nghttp2_option *opt;
     if (nghttp2_session_callbacks_new(&cb) != 0)
         return;
-    if (nghttp2_option_new(&opt) != 0) {
+    if (!(opt = h2_options_new())) {
         nghttp2_session_callbacks_del(cb);
         return;
     }
@@ -458,11 +456,6 @@ static void make_session_setup(void)
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
     nghttp2_session_callbacks_set_on_frame_not_send_callback(cb, on_frame_not_send);
-    nghttp2_option_set_no_auto_window_update(opt, 1); /* windows are backpressure */
-    nghttp2_option_set_no_closed_streams(opt, 1);
-    nghttp2_option_set_max_outbound_ack(opt, MAX_OUTBOUND_ACKS);
-    nghttp2_option_set_max_settings(opt, 32);
-    nghttp2_option_set_max_continuations(opt, MAX_CONTINUATIONS);
     callbacks = cb;
     options = opt;
 }

@@ -30,8 +30,6 @@
 #define PRIORITY_PER_STREAM     100   /* PRIORITY frames per stream opened */
 #define WINDOW_UPDATES_PER_DATA 10    /* WINDOW_UPDATE frames per DATA frame sent */
 #define MAX_OUTBOUND_FRAMES     10000 /* frames nghttp2 may hold for a client that does not read */
-#define MAX_OUTBOUND_ACKS       1000  /* PING and SETTINGS acknowledgements held (nghttp2's) */
-#define MAX_CONTINUATIONS       8     /* CONTINUATION frames per header block (Debian's nghttp2) */
 
 enum phase { PH_NONE, PH_HEADERS, PH_IDLE, PH_LINGER };
 
@@ -803,16 +801,11 @@ static void make_session_setup(void)
     nghttp2_session_callbacks_set_on_frame_not_send_callback(cb, on_frame_not_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
     nghttp2_session_callbacks_set_error_callback2(cb, on_error);
-    nghttp2_option *opt;
-    if (nghttp2_option_new(&opt) != 0) {
+    nghttp2_option *opt = h2_options_new();
+    if (!opt) {
         nghttp2_session_callbacks_del(cb);
         return;
     }
-    nghttp2_option_set_no_auto_window_update(opt, 1); /* windows are backpressure */
-    nghttp2_option_set_no_closed_streams(opt, 1);
-    nghttp2_option_set_max_outbound_ack(opt, MAX_OUTBOUND_ACKS);
-    nghttp2_option_set_max_settings(opt, 32);
-    nghttp2_option_set_max_continuations(opt, MAX_CONTINUATIONS);
     callbacks = cb;
     options = opt;
 }
