@@ -6,17 +6,19 @@
 
 #include "base/err.h"
 
-static int field_is(const head_t *h, unsigned i, const char *name)
+/* Field i is named `name` (`len` bytes, lower case). */
+static int field_is(const head_t *h, unsigned i, const char *name, size_t len)
 {
-    size_t n = strlen(name);
-    return h->fields[i].name_len == n && strncasecmp(field_name(h, i), name, n) == 0;
+    return h->fields[i].name_len == len && strncasecmp(field_name(h, i), name, len) == 0;
 }
 
-/* The value of the first field `name`, or NULL. */
-static const char *value_of(const head_t *h, const char *name, size_t *n)
+#define NAMED(lit) lit, sizeof(lit) - 1
+
+/* The value of the first field `name` that is forwarded, or NULL. */
+static const char *value_of(const head_t *h, const char *name, size_t len, size_t *n)
 {
     for (unsigned i = 0; i < h->nfields; i++) {
-        if (!h->fields[i].hop && field_is(h, i, name)) {
+        if (!h->fields[i].hop && field_is(h, i, name, len)) {
             *n = h->fields[i].value_len;
             return field_value(h, i);
         }
@@ -27,7 +29,7 @@ static const char *value_of(const head_t *h, const char *name, size_t *n)
 int grpc_is_request(const head_t *h)
 {
     size_t n;
-    const char *v = value_of(h, "content-type", &n);
+    const char *v = value_of(h, NAMED("content-type"), &n);
     if (!v || n < 16 || strncasecmp(v, "application/grpc", 16) != 0)
         return 0;
     return n == 16 || v[16] == '+' || v[16] == ';';
@@ -63,7 +65,7 @@ static int unit_ms(char u, uint64_t v, uint64_t *ms)
 int grpc_timeout_ms(const head_t *h, uint64_t *ms)
 {
     size_t n;
-    const char *v = value_of(h, "grpc-timeout", &n);
+    const char *v = value_of(h, NAMED("grpc-timeout"), &n);
     if (!v || n < 2 || n > 9)
         return 0;
     uint64_t x = 0;
@@ -78,7 +80,7 @@ int grpc_timeout_ms(const head_t *h, uint64_t *ms)
 int grpc_set_timeout(head_t *h, uint64_t ms)
 {
     for (unsigned i = 0; i < h->nfields; i++)
-        if (field_is(h, i, "grpc-timeout"))
+        if (field_is(h, i, NAMED("grpc-timeout")))
             h->fields[i].hop = 1;
     char v[24];
     if (ms > 99999999) /* eight digits at most: in seconds then */
@@ -91,7 +93,7 @@ int grpc_set_timeout(head_t *h, uint64_t ms)
 int grpc_status_of(const head_t *h)
 {
     size_t n;
-    const char *v = value_of(h, "grpc-status", &n);
+    const char *v = value_of(h, NAMED("grpc-status"), &n);
     if (!v || n == 0 || n > 3)
         return -1;
     int s = 0;
