@@ -11,7 +11,7 @@ static void seg_drop(h2_body_t *o, h2_seg_t *sg)
     if (sg->b)
         buf_unref(sg->b);
     o->pinned -= sg->charge;
-    *o->conn_pinned -= sg->charge;
+    o->conn->pinned -= sg->charge;
 }
 
 static int grow(h2_body_t *o)
@@ -76,7 +76,7 @@ int h2_body_queue(h2_body_t *o, bufpool_t *bufs, buf_t *b, const char *p, size_t
     size_t charge = b && !(last && last->b == b) ? b->cap : 0;
     o->segs[o->n++] = (h2_seg_t){b ? buf_ref(b) : NULL, p, n, charge};
     o->pinned += charge;
-    *o->conn_pinned += charge;
+    o->conn->pinned += charge;
     return 0;
 }
 
@@ -102,6 +102,37 @@ void h2_body_drop(h2_body_t *o, loop_t *l)
     o->tail = NULL;
     head_give(l, o->trailers);
     o->trailers = NULL;
+}
+
+void h2_body_free(h2_body_t *o, loop_t *l)
+{
+    h2_body_drop(o, l);
+    free(o->segs);
+    o->segs = NULL;
+    o->cap = 0;
+    if (o->over)
+        o->conn->nover--;
+    o->over = 0;
+}
+
+int h2_body_over(h2_body_t *o)
+{
+    if (o->pinned <= H2_STREAM_HIGH_WATER && o->conn->pinned <= H2_CONN_QUEUE_HIGH)
+        return 0;
+    if (!o->over) {
+        o->over = 1;
+        o->conn->nover++;
+    }
+    return 1;
+}
+
+int h2_body_drained(h2_body_t *o)
+{
+    if (!o->over || o->pinned >= H2_STREAM_LOW_WATER || o->conn->pinned >= H2_CONN_QUEUE_LOW)
+        return 0;
+    o->over = 0;
+    o->conn->nover--;
+    return 1;
 }
 
 static void submit_trailers(h2_body_t *o, loop_t *l, nghttp2_session *s, int32_t id,

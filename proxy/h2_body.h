@@ -6,8 +6,8 @@
  *
  * Pieces of SMALL_COPY bytes or less are copied together into one buffer per stream, so that
  * small chunks neither pin a read buffer each nor cost an iovec each. What is queued is
- * counted as the buffer memory it pins (`pinned`, and the connection's `*conn_pinned`), which
- * the codecs compare with their watermarks. */
+ * counted as the buffer memory it pins (`pinned`, and the connection's `conn->pinned`), and
+ * the watermarks below are judged on it. */
 #ifndef REMORA_H2_BODY_H
 #define REMORA_H2_BODY_H
 
@@ -18,6 +18,20 @@
 #include "http/head.h"
 #include "proxy/conn.h"
 #include "proxy/loop.h"
+
+/* Watermarks on queued body, counted as pinned memory: a stream's, and all of a connection's
+ * streams' together. Over either high mark the sender is told to pause; it is told to resume
+ * once both are under their low marks. */
+#define H2_STREAM_HIGH_WATER (128 * 1024)
+#define H2_STREAM_LOW_WATER  (32 * 1024)
+#define H2_CONN_QUEUE_HIGH   (1024 * 1024)
+#define H2_CONN_QUEUE_LOW    (256 * 1024)
+
+/* A connection's side of its streams' bodies. */
+typedef struct h2_queue {
+    size_t pinned;  /* by every stream's queued body */
+    unsigned nover; /* streams told they are over a high mark, not yet told to resume */
+} h2_queue_t;
 
 typedef struct h2_seg {
     buf_t *b; /* NULL: static bytes */
@@ -31,11 +45,12 @@ typedef struct h2_body {
     size_t bytes;    /* queued and not yet framed */
     size_t reserved; /* ... of which the read callback has promised to a frame */
     size_t pinned;
-    size_t *conn_pinned;   /* the connection's sum over its streams */
+    h2_queue_t *conn;      /* the connection's sums over its streams */
     buf_t *tail;           /* where small pieces are copied */
     head_t *trailers;      /* to go after the last DATA */
     unsigned done : 1;     /* the sender gave its end */
     unsigned deferred : 1; /* the read callback deferred: resume the stream when more comes */
+    unsigned over : 1;     /* told it is over a high mark */
 } h2_body_t;
 
 /* Queue n bytes at p inside b. 0, or UV_ENOMEM (nothing is queued then). */
@@ -45,6 +60,17 @@ int h2_body_queue(h2_body_t *o, bufpool_t *bufs, buf_t *b, const char *p, size_t
 void h2_body_end(h2_body_t *o, loop_t *l, const head_t *t);
 /* Drop what is queued, the copy buffer and the trailers. */
 void h2_body_drop(h2_body_t *o, loop_t *l);
+/* The stream is freed: drop everything, the piece array too. */
+void h2_body_free(h2_body_t *o, loop_t *l);
+/* Whether the sender must pause: the stream or its connection is over a high mark. */
+int h2_body_over(h2_body_t *o);
+/* 1, once, when a body that was over is back under both low marks: the sender may resume. */
+int h2_body_drained(h2_body_t *o);
+/* Whether any stream of the connection may be owed a resume. */
+static inline int h2_queue_may_drain(const h2_queue_t *q)
+{
+    return q->nover > 0 && q->pinned < H2_CONN_QUEUE_LOW;
+}
 /* The nghttp2 read callback's work: reserve up to `length` queued bytes (NO_COPY), defer when
  * none is queued and the end has not come, at the end set EOF and submit the trailers. */
 ssize_t h2_body_read(h2_body_t *o, loop_t *l, nghttp2_session *s, int32_t id, size_t length,

@@ -40,7 +40,7 @@ struct h2c_stream {
     deferred_t later;
     unsigned released : 1, closed : 1, failed : 1, open : 1;
     unsigned head_done : 1; /* the final response head went to the exchange */
-    unsigned resp_done : 1, req_sent : 1, paused : 1, end_pending : 1, above : 1;
+    unsigned resp_done : 1, req_sent : 1, paused : 1, end_pending : 1;
     unsigned bad : 1; /* the response broke a rule: ERR_BAD_RESPONSE when it closes */
 };
 
@@ -56,8 +56,7 @@ struct h2_client {
     h2c_stream_t *streams;
     unsigned nstreams; /* objects */
     unsigned nopen;    /* streams taken and not yet closed */
-    size_t queued;     /* request body pinned by every stream */
-    unsigned nabove;
+    h2_queue_t queued; /* request body pinned by every stream */
     buf_t *rbuf, *obuf;
     h2_client_t *next; /* the pool's list */
     deferred_t flush_d, free_d;
@@ -85,15 +84,12 @@ static void stream_later(deferred_t *d);
 static void free_stream(h2c_stream_t *st)
 {
     h2_client_t *h = st->h;
-    h2_body_drop(&st->req, h->loop);
-    free(st->req.segs);
+    h2_body_free(&st->req, h->loop);
     if (st->held)
         buf_unref(st->held);
     head_give(h->loop, st->head);
     head_give(h->loop, st->trailers);
     head_give(h->loop, st->end_trailers);
-    if (st->above)
-        h->nabove--;
     if (st->prev)
         st->prev->next = st->next;
     else
@@ -534,16 +530,12 @@ static void feed(h2_client_t *h, buf_t *b)
 
 static void tell_drained(h2_client_t *h)
 {
-    if (h->nabove == 0 || h->queued >= H2_CONN_QUEUE_LOW)
+    if (!h2_queue_may_drain(&h->queued))
         return;
     h2c_stream_t *next;
-    for (h2c_stream_t *st = h->streams; st && h->nabove; st = next) {
+    for (h2c_stream_t *st = h->streams; st && h->queued.nover; st = next) {
         next = st->next;
-        if (!st->above || st->req.pinned >= H2_STREAM_LOW_WATER)
-            continue;
-        st->above = 0;
-        h->nabove--;
-        if (!st->released && !st->failed)
+        if (h2_body_drained(&st->req) && !st->released && !st->failed)
             st->ev->on_drain(st->ctx);
     }
 }
@@ -845,15 +837,7 @@ static void pause_(client_stream_t *s, int paused)
 
 static int over_high_water(client_stream_t *s)
 {
-    h2c_stream_t *st = of(s);
-    h2_client_t *h = st->h;
-    if (st->req.pinned <= H2_STREAM_HIGH_WATER && h->queued <= H2_CONN_QUEUE_HIGH)
-        return 0;
-    if (!st->above) {
-        st->above = 1;
-        h->nabove++;
-    }
-    return 1;
+    return h2_body_over(&of(s)->req);
 }
 
 /* Unless both directions completed, the stream is reset (CANCEL): the upstream stops work
@@ -990,7 +974,7 @@ client_stream_t *h2_client_stream(h2_client_t *h, const stream_events_t *ev, voi
     st->h = h;
     st->ev = ev;
     st->ctx = ctx;
-    st->req.conn_pinned = &h->queued;
+    st->req.conn = &h->queued;
     st->later.fn = stream_later;
     st->next = h->streams;
     if (h->streams)

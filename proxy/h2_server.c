@@ -64,7 +64,7 @@ struct h2_stream {
     unsigned too_large : 1, too_many : 1;
     unsigned has_authority : 1, has_length : 1, expect_continue : 1, head_request : 1;
     unsigned resp_sent : 1, no_body : 1, continued : 1;
-    unsigned eos_sent : 1, rst_sent : 1, rx_reset : 1, above : 1;
+    unsigned eos_sent : 1, rst_sent : 1, rx_reset : 1;
 };
 
 struct h2_server {
@@ -77,8 +77,7 @@ struct h2_server {
     h2_stream_t *streams;
     unsigned nstreams; /* objects, open or held by an exchange */
     unsigned nopen;    /* request streams nghttp2 has open */
-    unsigned nabove;   /* streams told they are over the high-water mark */
-    size_t queued;     /* response body pinned by every stream */
+    h2_queue_t queued; /* response body pinned by every stream */
     buf_t *rbuf;       /* the read being parsed (DATA is referenced in it) */
     buf_t *obuf;       /* frame bytes staged for conn_write during one flush */
     deferred_t flush_d, free_d;
@@ -189,7 +188,7 @@ static h2_stream_t *new_stream(h2_server_t *h, int32_t id)
     st->s.secure = h->c && conn_is_tls(h->c) ? 1 : 0;
     st->start_ms = loop_now(h->cfg->loop);
     st->later.fn = stream_later;
-    st->resp.conn_pinned = &h->queued;
+    st->resp.conn = &h->queued;
     st->next = h->streams;
     if (h->streams)
         h->streams->prev = st;
@@ -204,16 +203,13 @@ static void free_stream(h2_stream_t *st)
 {
     h2_server_t *h = st->h;
     loop_t *l = h->cfg->loop;
-    h2_body_drop(&st->resp, l);
-    free(st->resp.segs);
+    h2_body_free(&st->resp, l);
     if (st->held)
         buf_unref(st->held);
     head_give(l, st->head);
     head_give(l, st->trailers);
     head_give(l, st->end_trailers);
     free(st->cookie);
-    if (st->above)
-        h->nabove--;
     if (st->prev)
         st->prev->next = st->next;
     else
@@ -974,16 +970,12 @@ static void feed(h2_server_t *h, buf_t *b, const char *p, size_t n)
 
 static void tell_drained(h2_server_t *h)
 {
-    if (h->nabove == 0 || h->queued >= H2_CONN_QUEUE_LOW)
+    if (!h2_queue_may_drain(&h->queued))
         return;
     h2_stream_t *next;
-    for (h2_stream_t *st = h->streams; st && h->nabove; st = next) {
+    for (h2_stream_t *st = h->streams; st && h->queued.nover; st = next) {
         next = st->next;
-        if (!st->above || st->resp.pinned >= H2_STREAM_LOW_WATER)
-            continue;
-        st->above = 0;
-        h->nabove--;
-        if (st->accepted && !st->released && !st->failed)
+        if (h2_body_drained(&st->resp) && st->accepted && !st->released && !st->failed)
             st->ev->on_drain(st->ctx);
     }
 }
@@ -1323,16 +1315,7 @@ static void pause_(server_stream_t *s, int paused)
 static int over_high_water(server_stream_t *s)
 {
     h2_stream_t *st = of(s);
-    h2_server_t *h = st->h;
-    if (!usable(st))
-        return 1; /* its on_error is on the way */
-    if (st->resp.pinned <= H2_STREAM_HIGH_WATER && h->queued <= H2_CONN_QUEUE_HIGH)
-        return 0;
-    if (!st->above) {
-        st->above = 1;
-        h->nabove++;
-    }
-    return 1;
+    return !usable(st) || h2_body_over(&st->resp); /* unusable: its on_error is on the way */
 }
 
 static void release(server_stream_t *s, int abort)

@@ -43,10 +43,6 @@
 #define H2_CONN_WINDOW       (1u << 20)   /* the connection's receive window */
 #define H2_HEADER_LIST_MAX   (64 * 1024)  /* SETTINGS_MAX_HEADER_LIST_SIZE; past it: 431 */
 #define H2_HEADER_LIST_ABUSE (256 * 1024) /* decoded past this: an HPACK bomb, GOAWAY */
-#define H2_STREAM_HIGH_WATER (128 * 1024) /* a stream's queued response body, pinned */
-#define H2_STREAM_LOW_WATER  (32 * 1024)
-#define H2_CONN_QUEUE_HIGH   (1024 * 1024) /* every stream's queued body, together */
-#define H2_CONN_QUEUE_LOW    (256 * 1024)
 
 typedef struct h2_server h2_server_t;
 typedef struct h2_sniff h2_sniff_t;
