@@ -19,6 +19,12 @@
 #include "proxy/conn.h"
 #include "proxy/loop.h"
 
+/* Limits both codecs keep (docs/http2.md). */
+#define H2_STREAM_WINDOW     65535        /* SETTINGS_INITIAL_WINDOW_SIZE: body held per stream */
+#define H2_CONN_WINDOW       (1u << 20)   /* the connection's receive window */
+#define H2_HEADER_LIST_MAX   (64 * 1024)  /* SETTINGS_MAX_HEADER_LIST_SIZE; past it, refused */
+#define H2_HEADER_LIST_ABUSE (256 * 1024) /* decoded past this: an HPACK bomb */
+
 /* Watermarks on queued body, counted as pinned memory: a stream's, and all of a connection's
  * streams' together. Over either high mark the sender is told to pause; it is told to resume
  * once both are under their low marks. */

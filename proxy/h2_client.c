@@ -14,7 +14,6 @@
 #include "base/err.h"
 #include "base/log.h"
 #include "proxy/h2_body.h"
-#include "proxy/h2_server.h"
 #include "proxy/transport_tls.h"
 
 #define MAX_OUTBOUND_FRAMES 10000
