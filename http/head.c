@@ -10,10 +10,10 @@
 
 #define BYTES_INITIAL  1024
 #define FIELDS_INITIAL 16
-/* The storage holds each piece once plus its NUL, never more than the wire form (": " and CRLF
- * are longer than two NULs), or a raw head parsed in place: the received cap and a copy step of
- * what follows (h1_parse.c). Twice the wire cap bounds both, with room for the fields remora
- * adds (HEAD_STORE_BYTES). */
+/* The storage holds each piece once plus its NUL (a field added in line form, head.h, takes its
+ * wire length), never more than the wire form, or a raw head parsed in place: the received cap
+ * and a copy step of what follows (h1_parse.c). Twice the wire cap bounds both, with room for
+ * the fields remora adds (HEAD_STORE_BYTES). */
 #define BYTES_MAX (2 * HEAD_MAX_BYTES)
 
 void head_init(head_t *h)
@@ -222,12 +222,16 @@ __attribute__((always_inline)) static inline void fill(head_t *h, uint32_t name,
 int head_add_field(head_t *h, const char *name, size_t name_len, const char *value,
                    size_t value_len)
 {
-    /* Both pieces or neither: reserve once, so the second copy cannot fail. */
     int err = room(h, name_len, value_len);
-    if (err || (err = reserve(h, name_len + value_len + 2)))
+    if (err || (err = reserve(h, name_len + value_len + 4)))
         return err;
-    uint32_t n = (uint32_t)head_store(h, name, name_len);
-    uint32_t v = (uint32_t)head_store(h, value, value_len);
+    uint32_t n = h->len, v = n + (uint32_t)name_len + 2;
+    char *o = h->bytes;
+    memcpy(o + n, name, name_len);
+    memcpy(o + n + name_len, "\0 ", 2);
+    memcpy(o + v, value, value_len);
+    memcpy(o + v + value_len, "\0\n", 2);
+    h->len = v + (uint32_t)value_len + 2;
     fill(h, n, (uint32_t)name_len, v, (uint32_t)value_len);
     return 0;
 }

@@ -56,7 +56,9 @@ typedef struct field {
 typedef struct head {
     char *bytes;
     uint32_t len, cap;
-    uint32_t wire; /* bytes the head takes on the wire, for HEAD_MAX_BYTES */
+    /* Bytes the head takes on the wire, for HEAD_MAX_BYTES: the start line as received, and
+     * each field's line as it is added (a bound on what writing the fields takes). */
+    uint32_t wire;
     field_t *fields;
     unsigned nfields, fields_cap;
     /* Request: method, and the request-target exactly as received (origin, absolute,
@@ -89,8 +91,8 @@ void head_swap(head_t *a, head_t *b);
 /* Append n bytes plus a NUL to the storage without touching the wire count; returns the offset
  * of the copy, or a negative ERR_TOO_LARGE / UV_ENOMEM. For codecs that build heads. */
 int64_t head_store(head_t *h, const char *p, size_t n);
-/* Add a field (name and value copied; value already trimmed). Returns 0, ERR_TOO_LARGE or
- * UV_ENOMEM. */
+/* Add a field (name and value copied; value already trimmed), stored in line form (below).
+ * Returns 0, ERR_TOO_LARGE or UV_ENOMEM. */
 int head_add_field(head_t *h, const char *name, size_t name_len, const char *value,
                    size_t value_len);
 
@@ -111,6 +113,20 @@ static inline const char *field_name(const head_t *h, unsigned i)
 static inline const char *field_value(const head_t *h, unsigned i)
 {
     return h->bytes + h->fields[i].value;
+}
+
+/* Whether a field is stored in line form: name, NUL, one byte, value, NUL, one byte; that is a
+ * field line "name: value" CRLF but for its separators. A received line "name: value" is kept
+ * so, and head_add_field stores one so: a writer of HTTP/1 copies such fields (a run of them,
+ * when each follows the one before in storage) and puts the separators back. */
+static inline int field_in_line_form(const field_t *f)
+{
+    return f->value == f->name + f->name_len + 2;
+}
+/* Where a field in line form ends in storage: past its line end. */
+static inline uint32_t field_line_end(const field_t *f)
+{
+    return f->value + f->value_len + 2;
 }
 
 /* The id of a field name (case-insensitive); *hop tells whether RFC 9110 §7.6.1 makes the name

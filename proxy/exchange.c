@@ -142,9 +142,7 @@ static exchange_t *get(worker_t *w)
     if (ex) {
         w->free_exchanges = ex->next_free;
         w->nfree_exchanges--;
-        uv_timer_t timer = ex->timer;
-        memset(ex, 0, offsetof(exchange_t, armed_for));
-        ex->timer = timer;
+        memset(ex, 0, offsetof(exchange_t, timer));
         ex->nreplay = 0;
         ex->replay_bytes = 0;
         return ex;

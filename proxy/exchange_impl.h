@@ -38,7 +38,6 @@ struct exchange {
     struct tcp_session *tcp; /* a CONNECT's upstream, while it connects (connect.c) */
     endpoint_t endpoint;     /* this attempt's endpoint */
     pool_wait_t wait;        /* admission under the route's connection-pool limits */
-    uv_timer_t timer;
     uint64_t request_deadline, try_deadline, idle_deadline; /* loop ms; 0: none */
     uint64_t grpc_deadline; /* the gRPC client's grpc-timeout from the request head; 0: none */
     deferred_t later;       /* release, or a failure found while setting up an attempt */
@@ -89,6 +88,7 @@ struct exchange {
     int64_t start_sec;             /* wall clock at the request head */
     uint32_t start_nsec;
     /* Not cleared when a kept exchange is reused: each is set up before use. */
+    uv_timer_t timer;   /* the one for all its deadlines (exchange_set_timer) */
     uint64_t armed_for; /* what the timer is armed for (it may outlive an exchange's use) */
     arena_t arena;      /* the normalized target, the request id, messages */
     unsigned nreplay;

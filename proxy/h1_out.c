@@ -3,8 +3,10 @@
 #include <string.h>
 #include <strings.h>
 
-static int skipped(const field_t *f, const h1_framing_t *fr)
+static inline int skipped(const field_t *f, const h1_framing_t *fr)
 {
+    if (f->id == F_OTHER) /* most fields */
+        return f->hop;
     switch (f->id) {
     case F_TRANSFER_ENCODING: /* restated below from the coding list */
     case F_CONNECTION:
@@ -48,6 +50,36 @@ static size_t put(char *out, size_t at, const char *s, size_t n)
     return at + n;
 }
 
+/* The field at *i unless skipped, or the run of fields in line form (http/head.h) from it,
+ * each the next in storage: one copy, then the separators put back. Advances *i past them. */
+static size_t put_fields(char *out, size_t at, const head_t *h, const h1_framing_t *f, unsigned *i)
+{
+    const field_t *fl = &h->fields[*i], *last = fl;
+    if (skipped(fl, f)) {
+        ++*i;
+        return at;
+    }
+    if (!field_in_line_form(fl)) {
+        ++*i;
+        at = put(out, at, h->bytes + fl->name, fl->name_len);
+        at = put(out, at, ": ", 2);
+        at = put(out, at, h->bytes + fl->value, fl->value_len);
+        return put(out, at, "\r\n", 2);
+    }
+    const field_t *end = h->fields + h->nfields;
+    while (last + 1 < end && last[1].name == field_line_end(last) && field_in_line_form(last + 1) &&
+           !skipped(last + 1, f))
+        last++;
+    size_t from = fl->name, len = field_line_end(last) - from;
+    memcpy(out + at, h->bytes + from, len);
+    for (; fl <= last; fl++) { /* storage offset x was copied to at + x - from */
+        memcpy(out + at + (fl->name + fl->name_len - from), ": ", 2);
+        memcpy(out + at + (fl->value + fl->value_len - from), "\r\n", 2);
+    }
+    *i = (unsigned)(last - h->fields) + 1;
+    return at + len;
+}
+
 static size_t put_u64(char *out, size_t at, uint64_t v)
 {
     char tmp[24];
@@ -65,23 +97,16 @@ int h1_write_head(conn_t *c, const char *start, size_t start_len, const head_t *
 {
     size_t te_len = 0;
     int add_chunked = f->chunked ? te_values(h, &te_len) : 0;
-    size_t size = start_len + 2 + 64 + 40 + (f->chunked ? te_len + 40 : 0);
-    for (unsigned i = 0; i < h->nfields; i++)
-        size += h->fields[i].name_len + h->fields[i].value_len + 4;
+    /* h->wire counts every field's line (and the start line as received): at least what the
+     * fields take here. */
+    size_t size = start_len + h->wire + 2 + 64 + 40 + (f->chunked ? te_len + 40 : 0);
     buf_t *b = buf_new(&c->loop->bufs, size);
     if (!b)
         return UV_ENOMEM;
     char *o = b->data;
     size_t at = put(o, 0, start, start_len);
-    for (unsigned i = 0; i < h->nfields; i++) {
-        const field_t *fl = &h->fields[i];
-        if (skipped(fl, f))
-            continue;
-        at = put(o, at, field_name(h, i), fl->name_len);
-        at = put(o, at, ": ", 2);
-        at = put(o, at, field_value(h, i), fl->value_len);
-        at = put(o, at, "\r\n", 2);
-    }
+    for (unsigned i = 0; i < h->nfields;)
+        at = put_fields(o, at, h, f, &i);
     if (f->length >= 0) {
         at = put(o, at, "Content-Length: ", 16);
         at = put_u64(o, at, (uint64_t)f->length);

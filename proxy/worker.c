@@ -1,6 +1,7 @@
 #include "proxy/worker.h"
 
 #include <arpa/inet.h>
+#include <endian.h>
 #include <errno.h>
 #include <linux/netfilter_ipv4.h>
 #include <linux/netfilter_ipv6/ip6_tables.h>
@@ -28,33 +29,42 @@ static uint64_t worker_random(worker_t *w)
     return x * 0x2545f4914f6cdd1dull;
 }
 
-/* Two hex digits per byte, for request ids. */
-static void hex_bytes(const unsigned char *in, size_t n, char *out)
+/* The 8 lower-case hex digits of x, most significant first, computed on all of them at once:
+ * each nibble spread to a byte of its own, the bytes put in writing order, then '0' added to
+ * each, and 39 more to those above 9 (so 10 becomes 'a'). */
+static void hex8(uint32_t x, char out[8])
 {
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[in[i] >> 4];
-        out[2 * i + 1] = digits[in[i] & 15];
-    }
+    const uint64_t ones = UINT64_C(0x0101010101010101);
+    uint64_t d = x;
+    d = (d | d << 16) & UINT64_C(0x0000ffff0000ffff);
+    d = (d | d << 8) & UINT64_C(0x00ff00ff00ff00ff);
+    d = (d | d << 4) & (ones * 0x0f); /* byte k holds nibble k, least significant first */
+    d = __builtin_bswap64(d);         /* byte k holds nibble 7 - k */
+    d += ones * '0' + ((d + ones * 6) >> 4 & ones) * 39;
+    d = htole64(d); /* byte k first */
+    memcpy(out, &d, 8);
 }
 
 void worker_request_id(worker_t *w, char out[37])
 {
-    /* RFC 9562 version 4: xxxxxxxx-xxxx-4xxx-Nxxx-xxxxxxxxxxxx (N is 8, 9, a or b). */
-    uint64_t r[2] = {worker_random(w), worker_random(w)};
-    unsigned char b[16];
-    memcpy(b, r, sizeof b);
-    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
-    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
-    hex_bytes(b, 4, out);
+    /* RFC 9562 version 4: xxxxxxxx-xxxx-4xxx-Nxxx-xxxxxxxxxxxx, N one of 8, 9, a, b; the other
+     * 122 bits random. */
+    uint64_t a = worker_random(w), b = worker_random(w);
+    char mid[8];
+    hex8((uint32_t)(a >> 32), out);
     out[8] = '-';
-    hex_bytes(b + 4, 2, out + 9);
+    hex8((uint32_t)a, mid);
+    memcpy(out + 9, mid, 4);
     out[13] = '-';
-    hex_bytes(b + 6, 2, out + 14);
+    memcpy(out + 14, mid + 4, 4);
+    out[14] = '4';
     out[18] = '-';
-    hex_bytes(b + 8, 2, out + 19);
+    hex8((uint32_t)(b >> 32), mid);
+    memcpy(out + 19, mid, 4);
+    out[19] = "89ab"[b >> 62];
     out[23] = '-';
-    hex_bytes(b + 10, 6, out + 24);
+    memcpy(out + 24, mid + 4, 4);
+    hex8((uint32_t)b, out + 28);
     out[36] = '\0';
 }
 

@@ -9,6 +9,7 @@ bad moments must leave remora alive, bounded in memory and correct.
 import copy
 import json
 import os
+import re
 import select
 import socket
 import time
@@ -279,6 +280,59 @@ def test_connection_naming_host_keeps_host(raw_mesh):
     reqs, rest = parse_requests(backend.received())
     assert len(reqs) == 1 and rest == b"", reqs
     assert reqs[0].header_all("host") == ["cart.shop.local"], reqs[0].headers
+
+
+def head_lines(data):
+    """The lines of the first head in `data` (split at CRLF only), and what follows it."""
+    end = data.index(b"\r\n\r\n")
+    return data[:end].split(b"\r\n"), data[end + 4:]
+
+
+def test_field_lines_are_forwarded_as_name_colon_space_value_crlf(raw_mesh):
+    """Whatever optional whitespace and line ends a field line came with (RFC 9112 section 5:
+    HTAB or no space after the colon, trailing whitespace, a lone LF, an empty value), each
+    field is sent on as exactly `name: value` CRLF, in order, hop-by-hop fields left out, both
+    ways; remora's own fields follow the client's. (remora copies runs of received field lines
+    at once and puts the separators back, so every kind of line is checked here at its byte
+    positions, next to the others.)"""
+    response = (b"HTTP/1.1 200 OK\r\nServer:\tup\r\nX-A:a\r\nConnection: keep-alive, X-Drop\r\n"
+                b"X-Drop: d\r\nX-B: b \t \nContent-Length: 3\r\nX-Empty:\r\nX-C: c\r\n\r\nok\n")
+
+    def handler(conn):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            data = conn.recv()
+            if not data:
+                return
+            buf += data
+        conn.sendall(response)
+        while conn.recv():
+            pass
+
+    r, app, backend = raw_mesh(backend_handler=handler)
+    c = Conn(r.egress, timeout=5)
+    c.send(b"GET /forms?q=1 HTTP/1.1\r\nHost: cart.shop.local\r\nX-Tab:\tv1\r\nX-None:v2\r\n"
+           b"X-Trail: v3  \t\r\nX-Empty:\r\nX-Empty2: \r\nConnection: X-Hop\r\nX-Hop: gone\r\n"
+           b"X-Lf: v4\nX-Forwarded-For: 10.0.0.9\r\nX-Last: v5\r\n\r\n")
+    c.sock.settimeout(5)
+    raw = b""
+    while b"ok\n" not in raw:
+        data = c.sock.recv(65536)
+        assert data, f"closed before the whole response: {raw!r}"
+        raw += data
+    c.close()
+    lines, body = head_lines(raw)
+    assert body == b"ok\n"
+    assert lines == [b"HTTP/1.1 200 OK", b"Server: up", b"X-A: a", b"X-B: b", b"X-Empty: ",
+                     b"X-C: c", b"Content-Length: 3"], lines
+    settle(r, app, backend)
+    lines, rest = head_lines(backend.received())
+    assert rest == b"", rest
+    assert len(lines) == 12 and re.fullmatch(rb"X-Request-Id: [0-9a-f-]{36}", lines[11]), lines
+    assert lines[:11] == [b"GET /forms?q=1 HTTP/1.1", b"Host: cart.shop.local", b"X-Tab: v1",
+                          b"X-None: v2", b"X-Trail: v3", b"X-Empty: ", b"X-Empty2: ", b"X-Lf: v4",
+                          b"X-Last: v5", b"X-Forwarded-For: 10.0.0.9, 127.0.0.1",
+                          b"X-Forwarded-Proto: http"], lines
 
 
 # ---- 5, 6. Transfer-Encoding and chunk extensions ----

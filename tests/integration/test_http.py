@@ -3,6 +3,7 @@ framing, header rewriting (RFC 9110/9112)."""
 import hashlib
 import http.client
 import json
+import re
 import subprocess
 
 from rawhttp import Conn, request
@@ -170,11 +171,26 @@ def test_request_id_kept_when_present_and_unique_when_not(mesh):
     r, _, _ = mesh()
     _, d1 = echo(r.egress, headers={"X-Request-Id": "abc-123"})
     assert ["X-Request-Id", "abc-123"] in json.loads(d1)["headers"]
-    ids = set()
-    for _ in range(20):
-        _, d = echo(r.egress)
-        ids.add({k.lower(): v for k, v in json.loads(d)["headers"]}["x-request-id"])
-    assert len(ids) == 20
+    c = http.client.HTTPConnection("127.0.0.1", r.egress, timeout=10)
+    ids = []
+    for _ in range(200):
+        c.request("GET", "/echo", headers={"Host": "cart.shop.local"})
+        ids.append({k.lower(): v for k, v in json.loads(c.getresponse().read())["headers"]}["x-request-id"])
+    c.close()
+    assert len(set(ids)) == 200
+    # RFC 9562 version 4, and random where it is not fixed: in 200 draws a given one of 16
+    # equally likely digits goes unseen with probability (15/16)^200, about 3e-6, so every
+    # random position shows nearly all 16 (9 asked for), and the variant all of 8, 9, a, b.
+    for rid in ids:
+        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", rid), rid
+    for pos in range(36):
+        seen = {rid[pos] for rid in ids}
+        if pos in (8, 13, 18, 23):
+            assert seen == {"-"}
+        elif pos == 14:
+            assert seen == {"4"}
+        else:
+            assert len(seen) >= (4 if pos == 19 else 9), (pos, sorted(seen))
 
 
 def test_response_hop_by_hop_headers_removed(mesh):
