@@ -97,16 +97,10 @@ int server_init(server_t *s, const settings_t *set, const cli_opts_t *cli, confi
 
 typedef struct tls_watch {
     struct tls_watch *next;
-    uv_fs_poll_t poll;
-    server_t *srv;
+    file_watch_t *file;
     int seen; /* still in use after the latest build */
     char path[];
 } tls_watch_t;
-
-static void on_tls_watch_closed(uv_handle_t *h)
-{
-    free(h->data);
-}
 
 static void on_tls_debounced(uv_timer_t *t)
 {
@@ -117,14 +111,10 @@ static void on_tls_debounced(uv_timer_t *t)
     stat_inc(server_reload(s) == 0 ? &s->tls_reloads_ok : &s->tls_reloads_failed);
 }
 
-static void on_tls_file_changed(uv_fs_poll_t *h, int status, const uv_stat_t *prev,
-                                const uv_stat_t *curr)
+static void on_tls_file_changed(void *data)
 {
-    (void)status;
-    (void)prev;
-    (void)curr;
-    tls_watch_t *w = h->data;
-    uv_timer_start(&w->srv->tls_debounce, on_tls_debounced, TLS_DEBOUNCE_MS, 0);
+    server_t *s = data;
+    uv_timer_start(&s->tls_debounce, on_tls_debounced, TLS_DEBOUNCE_MS, 0);
 }
 
 static void watch_tls_file(void *arg, const char *path)
@@ -139,11 +129,12 @@ static void watch_tls_file(void *arg, const char *path)
     if (!w)
         return;
     memcpy(w->path, path, strlen(path) + 1);
-    w->srv = s;
     w->seen = 1;
-    uv_fs_poll_init(s->loop, &w->poll);
-    w->poll.data = w;
-    uv_fs_poll_start(&w->poll, on_tls_file_changed, w->path, CONFIG_POLL_MS);
+    w->file = file_watch_add(&s->files, path, on_tls_file_changed, s);
+    if (!w->file) {
+        free(w);
+        return;
+    }
     w->next = s->tls_watches;
     s->tls_watches = w;
 }
@@ -161,7 +152,8 @@ static void sync_tls_watches(server_t *s)
             continue;
         }
         *pp = w->next;
-        uv_close((uv_handle_t *)&w->poll, on_tls_watch_closed);
+        file_watch_remove(w->file);
+        free(w);
     }
 }
 
@@ -170,7 +162,8 @@ static void close_tls_watches(server_t *s)
     while (s->tls_watches) {
         tls_watch_t *w = s->tls_watches;
         s->tls_watches = w->next;
-        uv_close((uv_handle_t *)&w->poll, on_tls_watch_closed);
+        file_watch_remove(w->file);
+        free(w);
     }
     uv_close((uv_handle_t *)&s->tls_debounce, NULL);
 }
@@ -294,17 +287,13 @@ static void on_sigusr1(uv_signal_t *h, int signum)
     access_log_reopen(s->alog);
 }
 
-static void on_config_changed(uv_fs_poll_t *h, int status, const uv_stat_t *prev,
-                              const uv_stat_t *curr)
+static void on_config_changed(void *data)
 {
-    (void)prev;
-    (void)curr;
-    if (status == 0)
-        server_reload(h->data);
+    server_reload(data);
 }
 
-/* The config file is watched by polling its stat (mtime, size, inode) so that an editor's
- * rename-over and a mounted ConfigMap's symlink swap are both seen. */
+/* The config file is watched (proxy/file_watch.h) so that a write in place, an editor's
+ * rename-over and a mounted ConfigMap's symlink swap are all seen once they are whole. */
 static void watch_config(server_t *s)
 {
     if (s->set.config_url[0]) {
@@ -321,10 +310,8 @@ static void watch_config(server_t *s)
         return;
     if (!path || !*path)
         path = DEFAULT_CONFIG_PATH;
-    uv_fs_poll_init(s->loop, &s->config_watch);
-    s->config_watch.data = s;
-    s->watching_config = 1;
-    uv_fs_poll_start(&s->config_watch, on_config_changed, path, CONFIG_POLL_MS);
+    if (!file_watch_add(&s->files, path, on_config_changed, s))
+        log_error("config: out of memory; %s is not watched (SIGHUP reloads it)", path);
 }
 
 static void on_drain_deadline(uv_timer_t *t)
@@ -377,12 +364,11 @@ static void on_worker_exited(uv_async_t *h)
     uv_close((uv_handle_t *)&s->sigint, NULL);
     uv_close((uv_handle_t *)&s->sighup, NULL);
     uv_close((uv_handle_t *)&s->sigusr1, NULL);
-    if (s->watching_config)
-        uv_close((uv_handle_t *)&s->config_watch, NULL);
     uv_close((uv_handle_t *)&s->drain_timer, NULL);
     uv_close((uv_handle_t *)&s->worker_exited, NULL);
     uv_close((uv_handle_t *)&s->reclaim_timer, NULL);
     close_tls_watches(s);
+    file_watcher_close(&s->files);
     statsd_stop(s->statsd);
     s->statsd = NULL;
     discovery_close(s->discovery);
@@ -426,6 +412,7 @@ int server_run(server_t *s)
     uv_signal_init(s->loop, &s->sigusr1);
     s->sigusr1.data = s;
     uv_signal_start(&s->sigusr1, on_sigusr1, SIGUSR1);
+    file_watcher_init(&s->files, s->loop);
     watch_config(s);
     uv_timer_init(s->loop, &s->tls_debounce);
     s->tls_debounce.data = s;

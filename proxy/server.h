@@ -10,6 +10,7 @@
 #include "config/config.h"
 #include "proxy/access_log.h"
 #include "proxy/config_url.h"
+#include "proxy/file_watch.h"
 #include "proxy/recent.h"
 #include "discovery/discovery.h"
 #include "base/qsbr.h"
@@ -19,7 +20,6 @@
 #include "proxy/worker.h"
 #include "routing/route.h"
 
-#define CONFIG_POLL_MS  250 /* how often the config file's stat is checked for a change */
 #define TLS_DEBOUNCE_MS 200 /* a rotation writes several files: reload once they are all in */
 
 enum server_state { SERVER_PRE_INITIALIZING, SERVER_LIVE, SERVER_DRAINING, SERVER_STOPPED };
@@ -43,9 +43,8 @@ typedef struct server {
     uint64_t ready_ms;              /* when /ready first answered 200 */
     uv_loop_t *loop;                /* the main thread's loop */
     uv_signal_t sigterm, sigint, sighup;
-    uv_signal_t sigusr1; /* reopen the access log (logrotate) */
-    uv_fs_poll_t config_watch;
-    int watching_config;
+    uv_signal_t sigusr1;           /* reopen the access log (logrotate) */
+    file_watcher_t files;          /* the config file's watch and the certificate files' */
     struct config_url *config_url; /* REMORA_CONFIG_URL: the poller, instead of the watch */
     struct tls_watch *tls_watches; /* the certificate, key and trust files in use */
     uv_timer_t tls_debounce;
