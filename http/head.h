@@ -92,7 +92,8 @@ void head_swap(head_t *a, head_t *b);
  * of the copy, or a negative ERR_TOO_LARGE / UV_ENOMEM. For codecs that build heads. */
 int64_t head_store(head_t *h, const char *p, size_t n);
 /* Add a field (name and value copied; value already trimmed), stored in line form (below).
- * Returns 0, ERR_TOO_LARGE or UV_ENOMEM. */
+ * Neither may point into h's own storage, which may move. Returns 0, ERR_TOO_LARGE or
+ * UV_ENOMEM. */
 int head_add_field(head_t *h, const char *name, size_t name_len, const char *value,
                    size_t value_len);
 

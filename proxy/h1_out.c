@@ -3,6 +3,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "http/h1_lines.h"
+
 static inline int skipped(const field_t *f, const h1_framing_t *fr)
 {
     if (f->id == F_OTHER) /* most fields */
@@ -50,34 +52,10 @@ static size_t put(char *out, size_t at, const char *s, size_t n)
     return at + n;
 }
 
-/* The field at *i unless skipped, or the run of fields in line form (http/head.h) from it,
- * each the next in storage: one copy, then the separators put back. Advances *i past them. */
-static size_t put_fields(char *out, size_t at, const head_t *h, const h1_framing_t *f, unsigned *i)
+/* What h1_put_lines writes of a head: the fields not skipped. */
+static int kept(const field_t *f, const void *framing)
 {
-    const field_t *fl = &h->fields[*i], *last = fl;
-    if (skipped(fl, f)) {
-        ++*i;
-        return at;
-    }
-    if (!field_in_line_form(fl)) {
-        ++*i;
-        at = put(out, at, h->bytes + fl->name, fl->name_len);
-        at = put(out, at, ": ", 2);
-        at = put(out, at, h->bytes + fl->value, fl->value_len);
-        return put(out, at, "\r\n", 2);
-    }
-    const field_t *end = h->fields + h->nfields;
-    while (last + 1 < end && last[1].name == field_line_end(last) && field_in_line_form(last + 1) &&
-           !skipped(last + 1, f))
-        last++;
-    size_t from = fl->name, len = field_line_end(last) - from;
-    memcpy(out + at, h->bytes + from, len);
-    for (; fl <= last; fl++) { /* storage offset x was copied to at + x - from */
-        memcpy(out + at + (fl->name + fl->name_len - from), ": ", 2);
-        memcpy(out + at + (fl->value + fl->value_len - from), "\r\n", 2);
-    }
-    *i = (unsigned)(last - h->fields) + 1;
-    return at + len;
+    return !skipped(f, framing);
 }
 
 static size_t put_u64(char *out, size_t at, uint64_t v)
@@ -105,8 +83,7 @@ int h1_write_head(conn_t *c, const char *start, size_t start_len, const head_t *
         return UV_ENOMEM;
     char *o = b->data;
     size_t at = put(o, 0, start, start_len);
-    for (unsigned i = 0; i < h->nfields;)
-        at = put_fields(o, at, h, f, &i);
+    at = h1_put_lines(o, at, h, kept, f);
     if (f->length >= 0) {
         at = put(o, at, "Content-Length: ", 16);
         at = put_u64(o, at, (uint64_t)f->length);
