@@ -161,19 +161,20 @@ static void check_fields(const head_t *h)
 
 /* ---- http/h1_lines.h against writing each field piece by piece ---- */
 
+/* A copy in its own allocation of exactly n bytes (n may be 0). */
+static void *dup_exact(const void *p, size_t n)
+{
+    void *c = malloc(n ? n : 1);
+    check(c != NULL);
+    if (n)
+        memcpy(c, p, n);
+    return c;
+}
+
 /* The fields the check leaves out: a third of them or so, by the name's first byte. */
 static int keep_some(const field_t *f, const void *head)
 {
     return (unsigned char)((const head_t *)head)->bytes[f->name] % 3 != 0;
-}
-
-static void *dup_bytes(const void *p, size_t n)
-{
-    void *q = malloc(n ? n : 1);
-    check(q != NULL);
-    if (n)
-        memcpy(q, p, n);
-    return q;
 }
 
 /* A parsed head (the received lines in place, with whatever whitespace and line ends they came
@@ -182,9 +183,9 @@ static void *dup_bytes(const void *p, size_t n)
 static void check_lines(const head_t *parsed)
 {
     head_t h = *parsed;
-    h.bytes = dup_bytes(parsed->bytes, parsed->cap);
-    h.fields = dup_bytes(parsed->fields, parsed->fields_cap * sizeof *parsed->fields);
-    char *first = h.nfields ? dup_bytes(field_value(&h, 0), h.fields[0].value_len) : NULL;
+    h.bytes = dup_exact(parsed->bytes, parsed->cap);
+    h.fields = dup_exact(parsed->fields, parsed->fields_cap * sizeof *parsed->fields);
+    char *first = h.nfields ? dup_exact(field_value(&h, 0), h.fields[0].value_len) : NULL;
     int full = first && head_add_field(&h, "X-Added", 7, first, h.fields[0].value_len);
     free(first);
     if (full)
@@ -399,16 +400,6 @@ static void finish(run_t *r)
     default:
         check(0);
     }
-}
-
-/* A copy in its own allocation of exactly n bytes (n may be 0). */
-static char *dup_exact(const uint8_t *p, size_t n)
-{
-    char *c = malloc(n ? n : 1);
-    check(c != NULL);
-    if (n)
-        memcpy(c, p, n);
-    return c;
 }
 
 /* The stream of a padded input: data with its first 0x01 replaced by PAD_LEN bytes of 'p'

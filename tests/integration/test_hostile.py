@@ -118,6 +118,17 @@ def refused(r, ups, data, status=400, within=None):
     assert counted == 1, f"{stat} rose by {counted}, not 1"
 
 
+def request_head(conn):
+    """For handlers: reads until the end of a request head; False if the peer closed first."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        data = conn.recv()
+        if not data:
+            return False
+        buf += data
+    return True
+
+
 def exchange(port, data, timeout=5.0):
     """Sends `data` on a new connection; returns the first answer (see answer())."""
     c = Conn(port, timeout=timeout)
@@ -299,12 +310,8 @@ def test_field_lines_are_forwarded_as_name_colon_space_value_crlf(raw_mesh):
                 b"X-Drop: d\r\nX-B: b \t \nContent-Length: 3\r\nX-Empty:\r\nX-C: c\r\n\r\nok\n")
 
     def handler(conn):
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            data = conn.recv()
-            if not data:
-                return
-            buf += data
+        if not request_head(conn):
+            return
         conn.sendall(response)
         while conn.recv():
             pass
@@ -610,12 +617,8 @@ def dribble(total, piece, gap=0.0001, fast=1 << 20):
 
     def handler(conn):
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            data = conn.recv()
-            if not data:
-                return
-            buf += data
+        if not request_head(conn):
+            return
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total)
         conn.sendall(b"x" * fast)
         block, left = b"x" * piece, total - fast
@@ -727,12 +730,8 @@ def test_idle_tunnel_is_closed_after_the_idle_timeout(mesh):
 
 def half_close_tunnel(conn):
     """Handler: 101, then read until EOF, then answer `after-eof` and close."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        data = conn.recv()
-        if not data:
-            return
-        buf += data
+    if not request_head(conn):
+        return
     conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
     while conn.recv():
         pass
