@@ -76,22 +76,34 @@ static void look(file_watch_t *w)
         w->statting = 1;
 }
 
-/* Whether event e calls for a look at w. A link is whole once made (ln -sf); a file made in
- * place only once its writer closes it, which IN_CLOSE_WRITE says. */
-static int relevant(const file_watch_t *w, const struct inotify_event *e)
+/* Whether a link was made, by the name event e gives, in dir: a link is whole once made
+ * (ln -sf), where a file made in place is whole only once its writer closes it, which
+ * IN_CLOSE_WRITE says. */
+static int link_made(const struct inotify_event *e, const char *dir)
 {
-    if (e->mask & IN_Q_OVERFLOW)
-        return 1;
-    if (e->wd != w->wd)
-        return 0;
-    if (e->mask & (IN_CLOSE_WRITE | IN_MOVED_TO))
-        return 1;
     if (!(e->mask & IN_CREATE) || (e->mask & IN_ISDIR) || e->len == 0)
         return 0;
     char p[PATH_MAX];
     struct stat st;
-    int n = snprintf(p, sizeof p, "%s/%s", w->dir, e->name);
+    int n = snprintf(p, sizeof p, "%s/%s", dir, e->name);
     return n > 0 && (size_t)n < sizeof p && lstat(p, &st) == 0 && S_ISLNK(st.st_mode);
+}
+
+/* Looks at every file event e may have changed: all of them after an overflow, else those in
+ * its directory, when it finished a write, moved a file in or made a link. */
+static void on_event(file_watcher_t *fw, const struct inotify_event *e)
+{
+    int whole = (e->mask & (IN_Q_OVERFLOW | IN_CLOSE_WRITE | IN_MOVED_TO)) != 0, asked = whole;
+    for (file_watch_t *w = fw->files; w; w = w->next) { /* no callback runs in here */
+        if (!(e->mask & IN_Q_OVERFLOW) && e->wd != w->wd)
+            continue;
+        if (!asked) { /* once: the files of one directory share its events */
+            whole = link_made(e, w->dir);
+            asked = 1;
+        }
+        if (whole)
+            look(w);
+    }
 }
 
 static void on_events(uv_poll_t *h, int status, int events)
@@ -104,9 +116,7 @@ static void on_events(uv_poll_t *h, int status, int events)
     while ((n = read(fw->fd, buf, sizeof buf)) > 0) {
         for (char *p = buf; p < buf + n;) {
             const struct inotify_event *e = (const struct inotify_event *)(void *)p;
-            for (file_watch_t *w = fw->files; w; w = w->next) /* no callback runs in here */
-                if (relevant(w, e))
-                    look(w);
+            on_event(fw, e);
             p += sizeof *e + e->len;
         }
     }
