@@ -11,6 +11,8 @@ import urllib.request
 
 import pytest
 
+from certs import make_pki
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 REMORA = os.environ.get("REMORA_BIN", os.path.join(ROOT, "build", "remora"))
@@ -175,6 +177,29 @@ class Remora:
                 raise AssertionError("remora did not exit after SIGTERM")
         self.log.close()
         return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    """A CA, a second CA and certificates for the test nodes (certs.make_pki); read only."""
+    return make_pki(str(tmp_path_factory.mktemp("pki")))
+
+
+@pytest.fixture
+def h2_peer():
+    """Starts H2Peer upstreams (h2_peer_upstream.py), stopped after the test."""
+    from h2_peer_upstream import H2Peer  # here: only the HTTP/2 tests need the h2 package
+
+    started = []
+
+    def start(name="h2-peer", **kw):
+        p = H2Peer(name, **kw)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
 
 
 @pytest.fixture

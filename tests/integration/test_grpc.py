@@ -24,21 +24,14 @@ import time
 import grpc
 import pytest
 
-from certs import make_pki
 from conftest import free_port, wait_until
 from grpc_peers import GrpcServer, bidi, channel, client_stream, grpc_frame, server_stream, unary
-from h2_peer_upstream import H2Peer
 from h2_wire import H2Client
 
 GRPC_HEADERS = [("content-type", "application/grpc"), ("te", "trailers")]
 
 
 # ---- fixtures ----
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(str(tmp_path_factory.mktemp("pki")))
-
 
 @pytest.fixture
 def grpc_server():
@@ -52,20 +45,6 @@ def grpc_server():
     yield start
     for s in started:
         s.stop()
-
-
-@pytest.fixture
-def h2_peer():
-    started = []
-
-    def start(name="h2-peer", **kw):
-        p = H2Peer(name, **kw)
-        started.append(p)
-        return p
-
-    yield start
-    for p in started:
-        p.stop()
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import time
 
 import pytest
 
-from certs import make_pki
 from conftest import free_port, mesh_config, port_open, wait_until
 from h2_wire import (ACK, CANCEL, COMPRESSION_ERROR, CONTINUATION, DATA, END_HEADERS,
                      END_STREAM, ENABLE_PUSH, ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR,
@@ -78,11 +77,6 @@ def h2_upstream():
     yield start
     for u in started:
         u.stop()
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(str(tmp_path_factory.mktemp("pki")))
 
 
 def tls_mesh(app_port, backend_port, pki, mode="STRICT"):

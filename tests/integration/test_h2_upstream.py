@@ -16,9 +16,7 @@ import time
 
 import pytest
 
-from certs import make_pki
 from conftest import wait_until
-from h2_peer_upstream import H2Peer
 from h2_wire import H2Client
 from rawhttp import Conn, request
 
@@ -32,25 +30,6 @@ LEGACY = "legacy.shop.local"  # provided by node legacy: an http listener on ups
 
 
 # ---- fixtures and set-ups ----
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(str(tmp_path_factory.mktemp("pki")))
-
-
-@pytest.fixture
-def h2_peer():
-    started = []
-
-    def start(name="h2-peer", **kw):
-        p = H2Peer(name, **kw)
-        started.append(p)
-        return p
-
-    yield start
-    for p in started:
-        p.stop()
-
 
 def mesh(cart_port, legacy_port=1, app_port=1, app_protocol="http", app_tls=None,
          cart_tls=None, cart_policy=None):

@@ -11,7 +11,6 @@ import re
 import grpc
 import pytest
 
-from certs import make_pki
 from conftest import Upstream, wait_until
 from h2_health_peer import NOT_SERVING, SERVING, UNKNOWN, GrpcHealth, H2Peer
 
@@ -95,11 +94,6 @@ def peers():
     yield start
     for p in started:
         p.stop()
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(str(tmp_path_factory.mktemp("pki")))
 
 
 # ---- tests ----

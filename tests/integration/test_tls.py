@@ -25,7 +25,7 @@ import types
 
 import pytest
 
-from certs import A_SANS, B_SANS, make_pki
+from certs import A_SANS, B_SANS
 from conftest import REMORA, Knot, wait_until
 from rawhttp import Conn, request
 
@@ -39,11 +39,6 @@ NO_PROXY_ENV = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
 
 
 # ---- certificates, DNS, a recording TLS server ----
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory):
-    return make_pki(str(tmp_path_factory.mktemp("pki")))
-
 
 class AppsKnot(Knot):
     """Knot serving the apps.local zone, so that node b's Cloud Map name is b.apps.local and
