@@ -1355,8 +1355,7 @@ def obs_section(b, rounds, secs, instructions=True):
     ab = per_round("remora, access log", "remora")
     text = [
         "Histograms are always on in remora (they cannot be turned off), so `remora` here already "
-        "carries them; docs/performance.md's 9,758 instructions per proxied small GET was measured "
-        "before they existed. `remora, access log`: the node's `logging.accessLog.file` to a file "
+        "carries them. `remora, access log`: the node's `logging.accessLog.file` to a file "
         "in the run's directory (Envoy's default format, written from a per-worker buffer). "
         "`haproxy, httplog to file`: `log stdout format raw local0`, `option httplog`, `log global`, "
         "its stdout redirected to a file. Log lines are counted after each proxy exits gracefully, "
@@ -1368,8 +1367,8 @@ def obs_section(b, rounds, secs, instructions=True):
         f"{per_round('remora, access log', 'haproxy, httplog to file')}",
     ]
     if ins:
-        text.append(f"- instructions per request: remora {ins['remora']:,.0f} now (histograms on; "
-                    f"9,758 before histograms existed), with the access log "
+        text.append(f"- instructions per request: remora {ins['remora']:,.0f} (histograms on), "
+                    f"with the access log "
                     f"{ins['remora, access log']:,.0f} ({ins['remora, access log'] - ins['remora']:+,.0f}); "
                     f"the callgrind runs' access log holds {cg_lines:,} lines")
     if not hasattr(b, "texts"):
