@@ -144,16 +144,17 @@ static int resolve_node(settings_t *s, const cli_opts_t *cli, const config_t *cf
                      "virtualGateway/NAME), got \"%s\"",
                      arn);
     }
-    if (!node && !gw && !(arn && *arn) && cfg->proxy.gateway)
-        gw = cfg->proxy.gateway;
-    if (gw)
-        return resolve_gateway(s, cfg, gw, d);
-    if (!node && old && *old) {
+    if (!node && !gw && old && *old) {
         node = settings_node_from_arn(old);
         if (!node)
             diag_add(d, "settings", "APPMESH_VIRTUAL_NODE_NAME",
                      "expected mesh/MESH/virtualNode/NODE, got \"%s\"", old);
     }
+    /* The file's proxy.gateway or proxy.node only when no flag or variable named one. */
+    if (!node && !gw && !(arn && *arn) && !(old && *old))
+        gw = cfg->proxy.gateway;
+    if (gw)
+        return resolve_gateway(s, cfg, gw, d);
     if (!node)
         node = cfg->proxy.node;
     if (!node && cfg->nnodes == 1)
@@ -233,8 +234,8 @@ static void resolve_xray(settings_t *s, const config_t *cfg, diag_t *d)
 {
     const cfg_proxy_t *px = &cfg->proxy;
     xray_settings_t *x = &s->xray_set;
-    const char *on = env("ENABLE_ENVOY_XRAY_TRACING");
-    s->xray = (on && strcmp(on, "1") == 0) || px->xray_enabled;
+    const char *on = env("ENABLE_ENVOY_XRAY_TRACING"); /* set, it decides: "1" on, else off */
+    s->xray = on ? strcmp(on, "1") == 0 : px->xray_enabled;
     const char *addr = env("AWS_XRAY_DAEMON_ADDRESS"), *port = env("XRAY_DAEMON_PORT");
     if (port && parse_long(port, 1, 65535) < 0)
         diag_add(d, "settings", "XRAY_DAEMON_PORT", "must be 1..65535, got \"%s\"", port);

@@ -13,9 +13,9 @@
 static void test_node_from_arn(void **state)
 {
     (void)state;
-    assert_string_equal(
-        settings_node_from_arn("arn:aws:appmesh:us-west-2:111122223333:mesh/shop/virtualNode/web-v1"),
-        "web-v1");
+    assert_string_equal(settings_node_from_arn(
+                            "arn:aws:appmesh:us-west-2:111122223333:mesh/shop/virtualNode/web-v1"),
+                        "web-v1");
     assert_string_equal(settings_node_from_arn("mesh/shop/virtualNode/cart"), "cart");
     assert_null(settings_node_from_arn("arn:aws:appmesh:us-west-2:1:mesh/shop/virtualGateway/gw"));
     assert_null(settings_node_from_arn("mesh//virtualNode/x"));
@@ -46,7 +46,8 @@ static config_t *parse(const char *json)
 static void test_precedence(void **state)
 {
     (void)state;
-    config_t *c = parse("{\"virtualNodes\":[{\"virtualNodeName\":\"a\",\"spec\":{}},{\"virtualNodeName\":\"b\",\"spec\":{}}],"
+    config_t *c = parse("{\"virtualNodes\":[{\"virtualNodeName\":\"a\",\"spec\":{}},{"
+                        "\"virtualNodeName\":\"b\",\"spec\":{}}],"
                         "\"proxy\":{\"node\":\"a\",\"ingressPort\":7000,\"workers\":3,"
                         "\"logLevel\":\"debug\",\"admin\":\"127.0.0.1:9000\"}}");
     cli_opts_t cli = {.ingress_port = -1, .egress_port = -1, .workers = -1};
@@ -97,12 +98,50 @@ static void test_precedence(void **state)
     config_free(c);
 }
 
+/* SPEC §2: the environment beats the file's proxy object for which node or gateway this is and
+ * whether X-Ray is on, both ways. */
+static void test_environment_beats_the_files_gateway_and_xray(void **state)
+{
+    (void)state;
+    config_t *c =
+        parse("{\"virtualNodes\":[{\"virtualNodeName\":\"b\",\"spec\":{}}],"
+              "\"virtualGateways\":[{\"virtualGatewayName\":\"edge\",\"spec\":{\"listeners\":"
+              "[{\"portMapping\":{\"port\":8443,\"protocol\":\"http\"}}]}}],"
+              "\"proxy\":{\"gateway\":\"edge\",\"xray\":{\"enabled\":true}}}");
+    cli_opts_t cli = {.ingress_port = -1, .egress_port = -1, .workers = -1};
+    settings_t s;
+    diag_t d = {0};
+    unsetenv("APPMESH_RESOURCE_ARN");
+    unsetenv("APPMESH_VIRTUAL_NODE_NAME");
+    unsetenv("ENABLE_ENVOY_XRAY_TRACING");
+    assert_int_equal(settings_resolve(&s, &cli, c, &d), 0);
+    assert_true(s.gateway);
+    assert_string_equal(s.node, "edge");
+    assert_true(s.xray);
+    setenv("APPMESH_VIRTUAL_NODE_NAME", "mesh/m/virtualNode/b", 1);
+    setenv("ENABLE_ENVOY_XRAY_TRACING", "0", 1);
+    assert_int_equal(settings_resolve(&s, &cli, c, &d), 0);
+    assert_false(s.gateway);
+    assert_string_equal(s.node, "b");
+    assert_false(s.xray);
+    unsetenv("APPMESH_VIRTUAL_NODE_NAME");
+    setenv("APPMESH_RESOURCE_ARN", "arn:aws:appmesh:us-east-1:1:mesh/m/virtualNode/b", 1);
+    assert_int_equal(settings_resolve(&s, &cli, c, &d), 0);
+    assert_false(s.gateway);
+    assert_string_equal(s.node, "b");
+    unsetenv("APPMESH_RESOURCE_ARN");
+    assert_int_equal(d.n, 0);
+    unsetenv("ENABLE_ENVOY_XRAY_TRACING");
+    config_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_node_from_arn),
         cmocka_unit_test(test_cpu_limit),
         cmocka_unit_test(test_precedence),
+        cmocka_unit_test(test_environment_beats_the_files_gateway_and_xray),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
