@@ -1,9 +1,9 @@
 /* Reference-counted byte buffers with a per-worker free list.
  *
- * Every byte that crosses remora lives in a buf_t: a socket read lands in one, llhttp callbacks
- * point into it, and the write that forwards those bytes holds a reference until libuv is done
- * with them, so bodies are relayed without a copy. A pool belongs to one worker loop and is never
- * touched from another thread. */
+ * Every byte that crosses remora lives in a buf_t: a socket read lands in one, the parsed head
+ * and body pieces point into it, and the write that forwards those bytes holds a reference until
+ * libuv is done with them, so bodies are relayed without a copy. A pool belongs to one worker loop
+ * and is never touched from another thread. */
 #ifndef REMORA_BUF_H
 #define REMORA_BUF_H
 
