@@ -269,20 +269,19 @@ static int h_listeners(request_t *rq, text_t *body)
     server_t *s = rq->s;
     char format[16];
     param(rq->query, "format", format, sizeof format);
-    unsigned ports[2] = {s->set.ingress_port, s->set.egress_port};
-    const char *names[2] = {"ingress", "egress"};
+    const listener_slot_t *l = s->listeners;
     if (strcmp(format, "json") != 0) {
-        for (int i = 0; i < 2; i++)
-            text_printf(body, "lds_%s_0.0.0.0_%u::0.0.0.0:%u\n", names[i], ports[i], ports[i]);
+        for (unsigned i = 0; i < s->nlisteners; i++)
+            text_printf(body, "lds_%s_0.0.0.0_%u::0.0.0.0:%u\n", l[i].kind, l[i].port, l[i].port);
         return 200;
     }
     rq->ctype = "application/json";
     text_printf(body, "{\"listener_statuses\":[");
-    for (int i = 0; i < 2; i++)
+    for (unsigned i = 0; i < s->nlisteners; i++)
         text_printf(body,
                     "%s{\"name\":\"lds_%s_0.0.0.0_%u\",\"local_address\":{\"socket_address\":"
                     "{\"address\":\"0.0.0.0\",\"port_value\":%u}}}",
-                    i ? "," : "", names[i], ports[i], ports[i]);
+                    i ? "," : "", l[i].kind, l[i].port, l[i].port);
     text_printf(body, "]}\n");
     return 200;
 }

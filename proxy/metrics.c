@@ -197,14 +197,25 @@ static void walk_http(walk_t *w, const char *prefix, const char *listener, http_
              listener, prefix, i + 1);
 }
 
-static void walk_listener(walk_t *w, const char *addr, listener_stats_t *st)
+/* A listener's connections, and its TLS handshakes unless it is egress (never TLS). */
+static void walk_listener(walk_t *w, listener_slot_t *l)
 {
+    char addr[40];
+    snprintf(addr, sizeof addr, "0.0.0.0_%u", l->port);
+    listener_stats_t *st = &l->cx;
     emit(w, METRIC_COUNTER, stat_get(&st->downstream_cx_total), &st->downstream_cx_total,
          "listener.%s.downstream_cx_total", addr);
     emit(w, METRIC_GAUGE, stat_get(&st->downstream_cx_active), NULL,
          "listener.%s.downstream_cx_active", addr);
     emit(w, METRIC_COUNTER, stat_get(&st->downstream_cx_destroy), &st->downstream_cx_destroy,
          "listener.%s.downstream_cx_destroy", addr);
+    if (strcmp(l->kind, "egress") == 0)
+        return;
+#define SSL(stat, gauge)                                                                           \
+    emit(w, METRIC_COUNTER, stat_get(&l->ssl.stat), &l->ssl.stat, "listener.%s.ssl.%s", addr,      \
+         #stat);
+    SSL_STATS(SSL)
+#undef SSL
 }
 
 static void walk_targets(walk_t *w, registry_t *reg)
@@ -325,21 +336,23 @@ static void walk_server(server_t *s, walk_t *w)
     emit(w, METRIC_GAUGE, s->nworkers, NULL, "server.concurrency");
     emit(w, METRIC_GAUGE, mi.uordblks + mi.hblkhd, NULL, "server.memory_allocated");
     emit(w, METRIC_GAUGE, mi.arena + mi.hblkhd, NULL, "server.memory_heap_size");
-    emit(w, METRIC_GAUGE,
-         stat_get(&s->ingress_listener.downstream_cx_active) +
-             stat_get(&s->egress_listener.downstream_cx_active),
-         NULL, "server.total_connections");
+    uint64_t cx = 0;
+    for (unsigned i = 0; i < s->nlisteners; i++)
+        cx += stat_get(&s->listeners[i].cx.downstream_cx_active);
+    emit(w, METRIC_GAUGE, cx, NULL, "server.total_connections");
 }
 
 void metrics_each(server_t *s, metric_fn fn, void *ctx)
 {
     walk_t w = {.fn = fn, .ctx = ctx};
     char in[40], eg[40];
-    snprintf(in, sizeof in, "0.0.0.0_%u", s->set.ingress_port);
-    snprintf(eg, sizeof eg, "0.0.0.0_%u", s->set.egress_port);
+    snprintf(in, sizeof in, "0.0.0.0_%u", s->listeners[WORKER_INGRESS].port);
+    snprintf(eg, sizeof eg, "0.0.0.0_%u", s->listeners[WORKER_EGRESS].port);
     for (cluster_t *c = s->reg.clusters; c; c = c->next)
         walk_cluster(s, &w, c);
-    walk_http(&w, "egress", eg, &s->egress_stats);
+    if (!s->set.gateway) /* a gateway has no egress */
+        walk_http(&w, "egress", eg, &s->egress_stats);
+    /* A gateway's listeners share these, counted under its first listener for the scope. */
     walk_http(&w, "ingress", in, &s->ingress_stats);
     /* Envoy's root http2.* names: both listeners' counts. */
 #define H2(stat, gauge)                                                                            \
@@ -348,13 +361,8 @@ void metrics_each(server_t *s, metric_fn fn, void *ctx)
          "http2.%s", #stat);
     H2_STATS(H2)
 #undef H2
-    walk_listener(&w, eg, &s->egress_listener);
-    walk_listener(&w, in, &s->ingress_listener);
-#define SSL(stat, gauge)                                                                           \
-    emit(&w, METRIC_COUNTER, stat_get(&s->ingress_ssl.stat), &s->ingress_ssl.stat,                 \
-         "listener.%s.ssl.%s", in, #stat);
-    SSL_STATS(SSL)
-#undef SSL
+    for (unsigned i = s->nlisteners; i-- > 0;)
+        walk_listener(&w, &s->listeners[i]);
     walk_targets(&w, &s->reg);
     walk_own(s, &w);
     walk_server(s, &w);

@@ -50,6 +50,21 @@ static int build_access_log(server_t *s, const route_table_t *rt, access_log_t *
     return *out ? 0 : ERR_CONFIG;
 }
 
+/* A sidecar's ingress and egress, or a gateway's listeners: what the workers open. */
+static void name_listeners(server_t *s)
+{
+    const settings_t *set = &s->set;
+    if (set->gateway) {
+        for (unsigned i = 0; i < set->ngateway_ports; i++)
+            s->listeners[i] = (listener_slot_t){.kind = "ingress", .port = set->gateway_ports[i]};
+        s->nlisteners = set->ngateway_ports;
+        return;
+    }
+    s->listeners[WORKER_INGRESS] = (listener_slot_t){.kind = "ingress", .port = set->ingress_port};
+    s->listeners[WORKER_EGRESS] = (listener_slot_t){.kind = "egress", .port = set->egress_port};
+    s->nlisteners = 2;
+}
+
 int server_init(server_t *s, const settings_t *set, const cli_opts_t *cli, config_t *cfg,
                 uv_loop_t *loop)
 {
@@ -78,6 +93,7 @@ int server_init(server_t *s, const settings_t *set, const cli_opts_t *cli, confi
         diag_free(&d);
         return ERR_CONFIG;
     }
+    name_listeners(s);
     s->workers = calloc(set->workers, sizeof *s->workers);
     if (!s->workers || qsbr_init(&s->qsbr, set->workers) != 0)
         return UV_ENOMEM;

@@ -54,8 +54,10 @@ typedef struct server {
     uv_tcp_t admin;
     struct admin_conn *admin_conns;
     http_stats_t ingress_stats, egress_stats;
-    ssl_stats_t ingress_ssl; /* the ingress listener's TLS (listener.ADDR.ssl.*) */
-    listener_stats_t ingress_listener, egress_listener; /* every connection, HTTP or TCP */
+    /* The listeners as /listeners and the stats name them: a sidecar's ingress and egress (at
+     * WORKER_INGRESS, WORKER_EGRESS), or each of a gateway's, in its order. */
+    listener_slot_t listeners[WORKER_MAX_LISTENERS];
+    unsigned nlisteners;
     stat_t tls_reloads_ok, tls_reloads_failed;     /* reloads a certificate file change caused */
     stat_t aws_creds_ok, aws_creds_failed;         /* container credentials fetches */
     stat_t config_url_fetches[CONFIG_URL_RESULTS]; /* by enum config_url_result */

@@ -115,8 +115,8 @@ static void serve_ingress(worker_t *w, listener_t *l, conn_t *c, const struct so
     /* A gateway's listener is its own port; ingress is one port for every node listener. */
     uint16_t port = l->kind == LISTENER_GATEWAY ? l->port : dst ? port_of(dst) : 0;
     const route_listener_t *rl = route_ingress(w->routes, port);
-    if (rl->tls && transport_tls_server(c, rl->tls, &w->srv->ingress_ssl,
-                                        rl->tls_mode == TLS_PERMISSIVE) != 0) {
+    if (rl->tls &&
+        transport_tls_server(c, rl->tls, &l->slot->ssl, rl->tls_mode == TLS_PERMISSIVE) != 0) {
         conn_close(c);
         return;
     }
@@ -157,8 +157,7 @@ static void on_connection(uv_stream_t *server, int status)
         conn_close(c);
         return;
     }
-    listener_stats_t *ls =
-        l->kind != LISTENER_EGRESS ? &w->srv->ingress_listener : &w->srv->egress_listener;
+    listener_stats_t *ls = &l->slot->cx;
     stat_inc(&ls->downstream_cx_total);
     stat_inc(&ls->downstream_cx_active);
     c->accepted_by = ls;
@@ -237,12 +236,15 @@ static int listen_socket(uv_loop_t *loop, uv_tcp_t *h, void *owner, int family, 
 
 /* IPv4 always; IPv6 too where the host has it (interception of IPv6 needs it: ip6tables
  * REDIRECT goes to [::]:port). */
-static int listener_open(worker_t *w, listener_t *l, enum listener_kind kind, uint16_t port)
+static int listener_open(worker_t *w, unsigned i, enum listener_kind kind)
 {
     server_t *s = w->srv;
+    listener_t *l = &w->listeners[i];
+    uint16_t port = s->listeners[i].port;
     l->w = w;
     l->kind = kind;
     l->port = port;
+    l->slot = &s->listeners[i];
     l->h1 = (h1_server_config_t){
         .loop = &w->loop,
         .handler = &exchange_handler,
@@ -512,16 +514,15 @@ int worker_init(worker_t *w, server_t *srv, unsigned id)
     uv_timer_init(&w->loop.uv, &w->housekeeping);
     w->housekeeping.data = w;
     uv_timer_start(&w->housekeeping, on_housekeeping, 1000, 1000);
-    const settings_t *set = &srv->set;
-    if (set->gateway) { /* a virtual gateway: its listeners, no egress */
-        for (unsigned i = 0; err == 0 && i < set->ngateway_ports; i++, w->nlisteners++)
-            err = listener_open(w, &w->listeners[i], LISTENER_GATEWAY, set->gateway_ports[i]);
+    if (srv->set.gateway) { /* a virtual gateway: its listeners, no egress */
+        for (unsigned i = 0; err == 0 && i < srv->nlisteners; i++, w->nlisteners++)
+            err = listener_open(w, i, LISTENER_GATEWAY);
         return err;
     }
-    err = listener_open(w, &w->listeners[WORKER_INGRESS], LISTENER_INGRESS, set->ingress_port);
+    err = listener_open(w, WORKER_INGRESS, LISTENER_INGRESS);
     w->nlisteners = 1;
     if (err == 0) {
-        err = listener_open(w, &w->listeners[WORKER_EGRESS], LISTENER_EGRESS, set->egress_port);
+        err = listener_open(w, WORKER_EGRESS, LISTENER_EGRESS);
         w->nlisteners = 2;
     }
     return err;

@@ -18,12 +18,21 @@
 struct server;
 struct exchange;
 
-/* A gateway's listener takes the ingress slot (its stats are ingress's). */
+/* A gateway's listener is served as ingress is (its HTTP stats are ingress's). */
 enum listener_kind { LISTENER_INGRESS, LISTENER_EGRESS, LISTENER_GATEWAY };
 
 #define WORKER_MAX_LISTENERS 8
 #define WORKER_INGRESS       0
 #define WORKER_EGRESS        1
+
+/* A listener as /listeners and the stats name it (lds_KIND_0.0.0.0_PORT, listener.0.0.0.0_PORT):
+ * every worker's socket on that port counts here. */
+typedef struct listener_slot {
+    const char *kind; /* "ingress" (a gateway's listeners too) or "egress" */
+    uint16_t port;
+    listener_stats_t cx; /* every connection, HTTP or TCP */
+    ssl_stats_t ssl;     /* its TLS handshakes (listener.ADDR.ssl.*) */
+} listener_slot_t;
 
 typedef struct listener {
     uv_tcp_t tcp;  /* 0.0.0.0:port */
@@ -31,6 +40,7 @@ typedef struct listener {
     struct worker *w;
     enum listener_kind kind;
     uint16_t port;
+    listener_slot_t *slot; /* the server's, at this listener's index */
     int open, open6;
     h1_server_config_t h1; /* its HTTP/1.1 connections */
     h2_server_config_t h2; /* its HTTP/2 ones, and those whose protocol is not known yet */

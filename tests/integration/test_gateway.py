@@ -367,12 +367,30 @@ def test_a_gateway_with_two_listeners_routes_by_port(gw, remora):
         "second": http_route({"prefix": "/", "port": second}, service=CATALOG)})
     cfg["virtualGateways"][0]["spec"]["listeners"].append(
         {"portMapping": {"port": second, "protocol": "http"}})
-    remora(cfg)
+    r = remora(cfg)
     assert gw.send("/a")[1]["server"].startswith("cart-")
+    assert gw.send("/b")[1]["server"].startswith("cart-")  # a second connection
     c = Conn(second)
     c.send(request("GET", "/a", host="shop.example.com"))
-    r = c.read_response()
-    assert r.status == 200 and json.loads(r.body)["server"] == "catalog"
+    resp = c.read_response()
+    assert resp.status == 200 and json.loads(resp.body)["server"] == "catalog"
+    # Each listener is its own in the admin API and the stats, and there is no egress.
+    _, text = r.admin("/listeners")
+    assert text.splitlines() == [f"lds_ingress_0.0.0.0_{gw.port}::0.0.0.0:{gw.port}",
+                                 f"lds_ingress_0.0.0.0_{second}::0.0.0.0:{second}"]
+    _, text = r.admin("/listeners?format=json")
+    assert [(l["name"], l["local_address"]["socket_address"]["port_value"])
+            for l in json.loads(text)["listener_statuses"]] == [
+        (f"lds_ingress_0.0.0.0_{gw.port}", gw.port), (f"lds_ingress_0.0.0.0_{second}", second)]
+    wait_until(lambda: r.stats().get(f"listener.0.0.0.0_{gw.port}.downstream_cx_destroy") == 2,
+               what="the first listener's two connections closed")
+    st = r.stats()
+    assert st[f"listener.0.0.0.0_{gw.port}.downstream_cx_total"] == 2
+    assert st[f"listener.0.0.0.0_{second}.downstream_cx_total"] == 1
+    assert st[f"listener.0.0.0.0_{second}.downstream_cx_active"] == 1
+    assert st["server.total_connections"] == 1
+    assert [n for n in st if n.startswith("http.egress.") or "0.0.0.0_0." in n] == []
+    assert st["http.ingress.downstream_rq_2xx"] == 3
 
 
 def test_check_wants_match_port_with_two_listeners(tmp_path):
