@@ -751,8 +751,9 @@ int metrics_prometheus(server_t *s, const metrics_query_t *q, char **out)
         qsort(p.v, p.n, sizeof *p.v, by_family);
         char fixed[600] = "";
         if (s->set.stats_tags)
-            snprintf(fixed, sizeof fixed, "appmesh_mesh=\"%s\",appmesh_virtual_node=\"%s\"",
-                     route_table_config(s->routes)->mesh_name, s->set.node);
+            snprintf(fixed, sizeof fixed, "appmesh_mesh=\"%s\",appmesh_virtual_%s=\"%s\"",
+                     route_table_config(s->routes)->mesh_name, s->set.gateway ? "gateway" : "node",
+                     s->set.node);
         prom_render(&o, p.v, p.n, fixed);
     }
     for (size_t i = 0; i < p.n; i++) {

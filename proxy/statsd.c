@@ -227,8 +227,9 @@ statsd_t *statsd_start(server_t *s, uv_loop_t *loop)
         return NULL;
     }
     if (s->set.stats_tags)
-        snprintf(d->fixed, sizeof d->fixed, "appmesh.mesh:%s,appmesh.virtual_node:%s",
-                 route_table_config(s->routes)->mesh_name, s->set.node);
+        snprintf(d->fixed, sizeof d->fixed, "appmesh.mesh:%s,appmesh.virtual_%s:%s",
+                 route_table_config(s->routes)->mesh_name, s->set.gateway ? "gateway" : "node",
+                 s->set.node);
     uv_timer_init(loop, &d->timer);
     d->timer.data = d;
     uint64_t ms = flush_ms();

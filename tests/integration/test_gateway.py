@@ -393,6 +393,19 @@ def test_a_gateway_with_two_listeners_routes_by_port(gw, remora):
     assert st["http.ingress.downstream_rq_2xx"] == 3
 
 
+def test_stats_tags_name_the_gateway(gw):
+    """ENABLE_ENVOY_STATS_TAGS=1 on a gateway: appmesh_virtual_gateway, as the App Mesh image
+    (1.15 and later) labels a gateway's series, not appmesh_virtual_node."""
+    gw.cfg = mesh(gw.ports, gw.port, {"cart": http_route({"prefix": "/"})})
+    r = gw.remora(gw.cfg, env={"ENABLE_ENVOY_STATS_TAGS": "1"})
+    assert gw.send("/a")[0].status == 200
+    _, text = r.admin("/stats/prometheus")
+    series = [l for l in text.splitlines() if l and not l.startswith("#")]
+    assert series and all(l.split(" ")[0].endswith("}") for l in series)
+    tagged = 'appmesh_mesh="shop",appmesh_virtual_gateway="edge"'
+    assert [l for l in series if tagged not in l or "appmesh_virtual_node" in l] == []
+
+
 def test_check_wants_match_port_with_two_listeners(tmp_path):
     cfg = mesh({"cart-v1": 1, "cart-v2": 2, "catalog": 3}, 9080, {"r": http_route({"prefix": "/"})})
     cfg["virtualGateways"][0]["spec"]["listeners"].append(
