@@ -150,6 +150,7 @@ static inline void hist_record_us(histogram_t *h, uint64_t us)
 /* A listener's connections, whatever they carry (HTTP or TCP). */
 typedef struct listener_stats {
     stat_t downstream_cx_total, downstream_cx_active, downstream_cx_destroy;
+    stat_t rx_bytes, tx_bytes; /* every byte its connections read and wrote (conn.c) */
 } listener_stats_t;
 typedef struct ssl_stats {
     SSL_STATS(STAT_FIELD)

@@ -140,8 +140,9 @@ void conn_on_read(conn_t *c, ssize_t nread, buf_t *b)
         return;
     }
     b->len = (uint32_t)nread;
-    if (!c->accepted && c->rx_bytes)
-        stat_add(c->rx_bytes, (uint64_t)nread);
+    stat_t *rx = c->accepted ? (c->accepted_by ? &c->accepted_by->rx_bytes : NULL) : c->rx_bytes;
+    if (rx)
+        stat_add(rx, (uint64_t)nread);
     c->ev->on_read(c->owner, b);
     buf_unref(b);
 }
@@ -334,11 +335,12 @@ static void tell_later(conn_t *c)
 
 static void submit(conn_t *c, wreq_t *r)
 {
-    if (!c->accepted && c->tx_bytes) {
+    stat_t *tx = c->accepted ? (c->accepted_by ? &c->accepted_by->tx_bytes : NULL) : c->tx_bytes;
+    if (tx) {
         size_t n = 0;
         for (unsigned i = 0; i < r->n; i++)
             n += r->iov[i].len;
-        stat_add(c->tx_bytes, n);
+        stat_add(tx, n);
     }
     int rc = c->tp->write(c, r);
     if (rc < 0) {

@@ -218,6 +218,21 @@ static void walk_listener(walk_t *w, listener_slot_t *l)
 #undef SSL
 }
 
+/* Envoy's http.PREFIX.downstream_cx_{rx,tx}_bytes_total: the bytes of every listener of that
+ * kind (a TCP route's connections included: remora has no tcp.* scope). */
+static void walk_bytes(walk_t *w, server_t *s, const char *kind)
+{
+    uint64_t rx = 0, tx = 0;
+    for (unsigned i = 0; i < s->nlisteners; i++) {
+        if (strcmp(s->listeners[i].kind, kind) == 0) {
+            rx += stat_get(&s->listeners[i].cx.rx_bytes);
+            tx += stat_get(&s->listeners[i].cx.tx_bytes);
+        }
+    }
+    emit(w, METRIC_COUNTER, rx, NULL, "http.%s.downstream_cx_rx_bytes_total", kind);
+    emit(w, METRIC_COUNTER, tx, NULL, "http.%s.downstream_cx_tx_bytes_total", kind);
+}
+
 static void walk_targets(walk_t *w, registry_t *reg)
 {
     static const char *const classes = "12345";
@@ -350,10 +365,13 @@ void metrics_each(server_t *s, metric_fn fn, void *ctx)
     snprintf(eg, sizeof eg, "0.0.0.0_%u", s->listeners[WORKER_EGRESS].port);
     for (cluster_t *c = s->reg.clusters; c; c = c->next)
         walk_cluster(s, &w, c);
-    if (!s->set.gateway) /* a gateway has no egress */
+    if (!s->set.gateway) { /* a gateway has no egress */
         walk_http(&w, "egress", eg, &s->egress_stats);
+        walk_bytes(&w, s, "egress");
+    }
     /* A gateway's listeners share these, counted under its first listener for the scope. */
     walk_http(&w, "ingress", in, &s->ingress_stats);
+    walk_bytes(&w, s, "ingress");
     /* Envoy's root http2.* names: both listeners' counts. */
 #define H2(stat, gauge)                                                                            \
     emit(&w, gauge ? METRIC_GAUGE : METRIC_COUNTER,                                                \
@@ -778,4 +796,8 @@ static void reset_one(void *ctx, const metric_t *m)
 void metrics_reset_counters(server_t *s)
 {
     metrics_each(s, reset_one, NULL);
+    for (unsigned i = 0; i < s->nlisteners; i++) { /* emitted as sums (walk_bytes) */
+        atomic_store_explicit(&s->listeners[i].cx.rx_bytes, 0, memory_order_relaxed);
+        atomic_store_explicit(&s->listeners[i].cx.tx_bytes, 0, memory_order_relaxed);
+    }
 }

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -827,6 +828,30 @@ def test_admin_logging(proxy, expect):
     expect.eq(p.r.admin("/logging?verbose=1", "POST")[0], 400, "unknown parameter")
     expect.eq(p.r.admin("/logging?level=info")[0], 405, "GET /logging")
     expect.eq(level(), "debug", "level unchanged by the refused requests")
+    expect.check()
+
+
+def test_downstream_bytes_are_what_clients_sent_and_got(proxy, expect):
+    """envoy_http_downstream_cx_{rx,tx}_bytes_total, per prefix: exactly the bytes clients sent
+    and got on their connections (each closed by remora after its response: all was written)."""
+    p = proxy()
+    for prefix, port, host in (("ingress", p.r.ingress, "web"),
+                               ("egress", p.r.egress, "cart.shop.local")):
+        sent = got = 0
+        for path in ("/status/200", "/status/500", "/nope" * 300):
+            data = request("GET", path, host=host, headers=[("Connection", "close")])
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                c.sendall(data)
+                while chunk := c.recv(65536):
+                    got += len(chunk)
+            sent += len(data)
+        s = p.scrape()
+        labels = {"envoy_http_conn_manager_prefix": prefix}
+        expect.eq(s.value("envoy_http_downstream_cx_rx_bytes_total", **labels), float(sent),
+                  f"{prefix} rx bytes")
+        expect.eq(s.value("envoy_http_downstream_cx_tx_bytes_total", **labels), float(got),
+                  f"{prefix} tx bytes")
+        expect.eq(s.types.get("envoy_http_downstream_cx_rx_bytes_total"), "counter", "TYPE")
     expect.check()
 
 
