@@ -46,7 +46,6 @@ void disc_add_endpoint(disc_t *dc, int family, const void *addr, uint16_t port, 
     endpoint_set(&ep, (struct sockaddr *)&ss);
     ep.priority = prio;
     ep.weight = weight;
-    dc->records++;
     if (ttl < dc->ttl)
         dc->ttl = ttl;
     dc->got_records = 1;
@@ -163,7 +162,7 @@ void disc_finish_round(disc_t *dc)
     cluster_stats_t *st = &dc->c->stats;
     if (dc->got_records) {
         /* Route 53 answers at most 8 of many; the API answers all (up to 1,000). */
-        remember(dc, now, dc->kind != SRC_API && dc->records == ROUTE53_MULTIVALUE_CAP);
+        remember(dc, now, dc->kind != SRC_API && dc->largest_answer == ROUTE53_MULTIVALUE_CAP);
         stat_inc(&st->update_success);
         if (!publish_seen(dc))
             stat_inc(&st->update_no_rebuild);
@@ -204,7 +203,7 @@ static void start_round(disc_t *dc)
 {
     if (dc->outstanding || dc->call)
         return;
-    dc->nacc = dc->records = 0;
+    dc->nacc = dc->largest_answer = 0;
     dc->ttl = UINT32_MAX;
     dc->got_records = dc->saw_failure = dc->saw_nxdomain = 0;
     stat_inc(&dc->c->stats.update_attempt);

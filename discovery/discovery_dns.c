@@ -40,14 +40,28 @@ static void query(disc_t *dc, const char *name, int type, dns_cb cb, uint16_t po
     dns_query(dc->d->dns, name, type, cb, q);
 }
 
-/* A and/or AAAA for `name`, per ipPreference. */
+#define HAVE_V4 1u
+#define HAVE_V6 2u
+
+static unsigned family_bit(int family)
+{
+    return family == AF_INET ? HAVE_V4 : HAVE_V6;
+}
+
+/* A and/or AAAA for `name`, per ipPreference, but for the families in `have`. */
+static void query_missing(disc_t *dc, const char *name, unsigned have, uint16_t port, uint16_t prio,
+                          uint16_t weight)
+{
+    if (disc_family_wanted(dc, AF_INET) && !(have & HAVE_V4))
+        query(dc, name, T_A, on_address, port, prio, weight);
+    if (disc_family_wanted(dc, AF_INET6) && !(have & HAVE_V6))
+        query(dc, name, T_AAAA, on_address, port, prio, weight);
+}
+
 static void query_addresses(disc_t *dc, const char *name, uint16_t port, uint16_t prio,
                             uint16_t weight)
 {
-    if (disc_family_wanted(dc, AF_INET))
-        query(dc, name, T_A, on_address, port, prio, weight);
-    if (disc_family_wanted(dc, AF_INET6))
-        query(dc, name, T_AAAA, on_address, port, prio, weight);
+    query_missing(dc, name, 0, port, prio, weight);
 }
 
 static void query_done(disc_t *dc, query_ctx_t *q)
@@ -69,12 +83,22 @@ static disc_t *answered(query_ctx_t *q, enum dns_result r)
     return q->dc;
 }
 
+/* Route 53 caps each answer (one record set: SRV, A or AAAA) at 8, not the endpoints a round
+ * makes of them: 8 SRV targets with an A and an AAAA each are 16 endpoints of a capped answer. */
+static void note_size(disc_t *dc, enum dns_result r, const dns_answer_t *a, int srv)
+{
+    unsigned n = r != DNS_OK ? 0 : srv ? a->nsrv : a->naddrs;
+    if (n > dc->largest_answer)
+        dc->largest_answer = n;
+}
+
 static void on_address(void *arg, enum dns_result r, const dns_answer_t *a)
 {
     query_ctx_t *q = arg;
     disc_t *dc = answered(q, r);
     if (!dc)
         return;
+    note_size(dc, r, a, 0);
     for (unsigned i = 0; r == DNS_OK && i < a->naddrs; i++)
         if (disc_family_wanted(dc, a->addrs[i].family))
             disc_add_endpoint(dc, a->addrs[i].family, &a->addrs[i].addr, q->port, q->priority,
@@ -88,15 +112,21 @@ static void on_srv(void *arg, enum dns_result r, const dns_answer_t *a)
     disc_t *dc = answered(q, r);
     if (!dc)
         return;
+    note_size(dc, r, a, 1);
     if ((r == DNS_OK && a->nsrv == 0) || r == DNS_NODATA) {
         /* No SRV records at the name: its A/AAAA with the listener port. */
         query_addresses(dc, dc->name, dc->c->port, 0, 1);
     }
+    /* A server drops Additional records that do not fit, without saying so (RFC 2181 §9): a
+     * target without a family some other target has there is asked for it. */
+    unsigned answer_has = 0;
+    for (unsigned k = 0; r == DNS_OK && k < a->naddrs; k++)
+        answer_has |= family_bit(a->addrs[k].family);
     for (unsigned i = 0; r == DNS_OK && i < a->nsrv; i++) {
         const dns_srv_t *s = &a->srv[i];
         if (!s->target[0] || strcmp(s->target, ".") == 0)
             continue; /* RFC 2782: "." means the service is not available */
-        int found = 0;
+        unsigned found = 0;
         for (unsigned k = 0; k < a->naddrs; k++) {
             if (strcasecmp(a->addrs[k].name, s->target) != 0 ||
                 !disc_family_wanted(dc, a->addrs[k].family))
@@ -104,12 +134,12 @@ static void on_srv(void *arg, enum dns_result r, const dns_answer_t *a)
             uint32_t ttl = a->addrs[k].ttl < s->ttl ? a->addrs[k].ttl : s->ttl;
             disc_add_endpoint(dc, a->addrs[k].family, &a->addrs[k].addr, s->port, s->priority,
                               s->weight, ttl);
-            found = 1;
+            found |= family_bit(a->addrs[k].family);
         }
-        if (!found)
-            query_addresses(dc, s->target, s->port, s->priority, s->weight);
-        else if (s->ttl < dc->ttl)
+        if (found && s->ttl < dc->ttl)
             dc->ttl = s->ttl;
+        query_missing(dc, s->target, found ? found | ~answer_has : 0, s->port, s->priority,
+                      s->weight);
     }
     query_done(dc, q);
 }

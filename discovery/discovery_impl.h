@@ -39,7 +39,8 @@ typedef struct disc {
     /* the round in progress */
     unsigned outstanding;
     endpoint_t *acc;
-    unsigned nacc, capacc, records;
+    unsigned nacc, capacc;
+    unsigned largest_answer; /* records in the round's largest DNS answer (SRV, A or AAAA) */
     uint32_t ttl;
     int got_records, saw_failure, saw_nxdomain;
     /* memory across rounds */
