@@ -823,6 +823,21 @@ static void parse_mesh(jctx_t *j, const cJSON *root, config_t *c)
                                        ip_preferences, J_OPTIONAL, IP_DEFAULT);
 }
 
+const cJSON *cfg_list_item(jctx_t *j, const cJSON *item, const char *key, char *path)
+{
+    if (!cJSON_IsObject(item)) {
+        jerr(j, path, NULL, "must be an object");
+        return NULL;
+    }
+    size_t n = strlen(key) - 1; /* "virtualNodes" holds what describe-* calls "virtualNode" */
+    const cJSON *only = item->child;
+    if (!only || only->next || !cJSON_IsObject(only) || strlen(only->string) != n ||
+        strncmp(only->string, key, n) != 0)
+        return item;
+    jpath(path, path, only->string);
+    return only;
+}
+
 /* Parses root[key] as an array of `size`-byte elements with `each`, and stores each one's
  * position at byte `index_at` of it; returns the count. The array is walked as the list it is
  * (cJSON_GetArrayItem would walk it from the start for every element). */
@@ -839,10 +854,9 @@ static unsigned parse_list(jctx_t *j, const cJSON *root, const char *key, size_t
         char path[JPATH_MAX];
         jpath_index(path, "", key, (int)i);
         memcpy(items + i * size + index_at, &i, sizeof i);
-        if (!cJSON_IsObject(item))
-            jerr(j, path, NULL, "must be an object");
-        else
-            each(j, item, path, items + i * size);
+        const cJSON *o = cfg_list_item(j, item, key, path);
+        if (o)
+            each(j, o, path, items + i * size);
     }
     return n;
 }

@@ -174,10 +174,9 @@ static void *parse_array(jctx_t *j, const cJSON *root, const char *key, size_t s
         jpath_index(path, "", key, (int)i);
         if (!items)
             break;
-        if (!cJSON_IsObject(item))
-            jerr(j, path, NULL, "must be an object");
-        else
-            each(j, item, path, items + i * size, i);
+        const cJSON *o = cfg_list_item(j, item, key, path);
+        if (o)
+            each(j, o, path, items + i * size, i);
         i++;
     }
     if (!items)

@@ -22,6 +22,10 @@ void cfg_parse_header_list(jctx_t *j, const cJSON *o, const char *path, const ch
 void cfg_parse_logging(jctx_t *j, const cJSON *o, const char *path, cfg_access_log_t *al);
 void cfg_free_listener(cfg_listener_t *l);
 void cfg_free_access_log(cfg_access_log_t *al);
+/* An element of the resource list `key` ("virtualNodes", ...) as the object to parse: itself,
+ * or, for `aws appmesh describe-*` output pasted whole ({"virtualNode": {...}}), its one member,
+ * whose name then ends `path` (JPATH_MAX bytes). NULL, reported, when it is not an object. */
+const cJSON *cfg_list_item(jctx_t *j, const cJSON *item, const char *key, char *path);
 /* Parse the document's virtualGateways and gatewayRoutes (config_gateway.c). */
 void config_parse_gateways(jctx_t *j, const cJSON *root, config_t *c);
 void config_validate_gateways(const config_t *c, diag_t *d);

@@ -7,7 +7,8 @@ import subprocess
 import threading
 import time
 
-from conftest import REMORA, free_port, free_ports, mesh_config, port_open, wait_until
+from cloudmap_peers import MOTO_PYTHON
+from conftest import HERE, REMORA, free_port, free_ports, mesh_config, port_open, wait_until
 from rawhttp import Conn, request
 
 
@@ -253,6 +254,45 @@ def test_check_and_version(tmp_path, upstream):
     assert "node web" in out.stdout and "backend cart.shop.local" in out.stdout
     out = subprocess.run([REMORA, "version"], capture_output=True, text=True, timeout=10)
     assert out.returncode == 0 and out.stdout.startswith("remora ")
+
+
+def test_describe_output_pastes_whole(upstream, remora):
+    """Each list element as `aws appmesh describe-*` prints it, wrapper, metadata and status
+    included (moto's App Mesh makes them): remora reads the mesh and routes by it."""
+    app, v1 = upstream("app"), upstream("cart-v1")
+    node = lambda port, backends=(): {
+        "listeners": [{"portMapping": {"port": port, "protocol": "http"}}],
+        "serviceDiscovery": {"dns": {"hostname": "127.0.0.1"}},
+        "backends": [{"virtualService": {"virtualServiceName": b}} for b in backends]}
+    want = {"mesh": "shop",
+            "virtualNodes": {"web": node(app.port, ["cart.shop.local"]), "cart-v1": node(v1.port)},
+            "virtualRouters": {"cart": {"listeners": [{"portMapping": {"port": 80, "protocol": "http"}}]}},
+            "routes": [["cart", "all", {"httpRoute": {"match": {"prefix": "/"}, "action": {
+                "weightedTargets": [{"virtualNode": "cart-v1", "weight": 1}]}}}]],
+            "virtualServices": {"cart.shop.local": {"provider": {
+                "virtualRouter": {"virtualRouterName": "cart"}}}}}
+    out = subprocess.run([MOTO_PYTHON, os.path.join(HERE, "appmesh_describe.py")],
+                         input=json.dumps(want), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert set(doc["virtualNodes"][0]) == {"virtualNode"}
+    assert doc["virtualNodes"][0]["virtualNode"]["status"] == {"status": "ACTIVE"}
+    doc["proxy"] = {"node": "web"}
+    r = remora(doc)
+    c = Conn(r.egress)
+    c.send(request("GET", "/x", host="cart.shop.local"))
+    resp = c.read_response()
+    assert resp.status == 200 and json.loads(resp.body)["server"] == "cart-v1"
+    # A problem inside a pasted element is named by the path it has in the file.
+    doc["routes"][0]["route"]["spec"]["httpRoute"]["action"]["weightedTargets"][0]["weight"] = 140
+    bad = os.path.join(os.path.dirname(r.config_path), "bad.json")
+    with open(bad, "w") as f:
+        json.dump(doc, f)
+    out = subprocess.run([REMORA, "check", "--config", bad], capture_output=True, text=True,
+                         timeout=10)
+    assert out.returncode == 1
+    assert (f"{bad}: routes[0].route.spec.httpRoute.action.weightedTargets[0].weight: "
+            "must be 0..100, got 140") in out.stdout + out.stderr
 
 
 def test_bind_conflict_is_reported(mesh, tmp_path):
