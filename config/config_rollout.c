@@ -145,9 +145,9 @@ static void check_rollout(jctx_t *j, const config_t *c, const cfg_rollout_t *r, 
         jerr(j, path, "routeName", "router \"%s\" has no route \"%s\"", r->router, r->route);
         return;
     }
-    if (route->kind != ROUTE_HTTP) {
+    if (route->kind == ROUTE_TCP) {
         jerr(j, path, "routeName",
-             "route \"%s\" must be an httpRoute (rollouts shift HTTP "
+             "route \"%s\" must be an httpRoute, http2Route or grpcRoute (rollouts judge "
              "requests)",
              r->route);
         return;

@@ -424,12 +424,10 @@ static unsigned status_event(int status)
     return e;
 }
 
-/* The grpcRetryEvents bit of a Trailers-Only response's grpc-status, or 0. */
-static unsigned grpc_event(const head_t *h, unsigned msg)
+/* The grpcRetryEvents bit of a grpc-status, or 0. */
+static unsigned grpc_status_event(int status)
 {
-    if (!(msg & MSG_END))
-        return 0; /* a status in trailers comes after the body went to the client */
-    switch (grpc_status_of(h)) {
+    switch (status) {
     case GRPC_CANCELLED:
         return GRPC_RETRY_CANCELLED;
     case GRPC_DEADLINE_EXCEEDED:
@@ -443,6 +441,23 @@ static unsigned grpc_event(const head_t *h, unsigned msg)
     default:
         return 0;
     }
+}
+
+/* The grpcRetryEvents bit of a Trailers-Only response's grpc-status, or 0. */
+static unsigned grpc_event(const head_t *h, unsigned msg)
+{
+    if (!(msg & MSG_END))
+        return 0; /* a status in trailers comes after the body went to the client */
+    return grpc_status_event(grpc_status_of(h));
+}
+
+/* A gRPC status the route's retry events name is an error to a rollout (SPEC §8), in a
+ * Trailers-Only head or in trailers; a 5xx is one already. */
+static void count_grpc_status(exchange_t *ex, const head_t *h)
+{
+    if (ex->grpc && h && ex->route.target && ex->status < 500 &&
+        (ex->route.retry.grpc_events & grpc_status_event(grpc_status_of(h))))
+        stat_inc(&ex->route.target->grpc_errors);
 }
 
 /* Try again under the route's retry policy when `event` (or the gRPC `gevent`) is one it
@@ -806,6 +821,8 @@ void fwd_response_head(exchange_t *ex, head_t *h, unsigned msg)
     stat_inc(stat_class(&cstats(ex)->upstream_rq_1xx, status));
     cluster_count_code(ex->route.cluster, status);
     count_response(ex, status);
+    if (msg & MSG_END)
+        count_grpc_status(ex, h);
     headers_mark_hop(h); /* the codec forwards what is left: no copy */
     int64_t len = msg & MSG_END ? 0 : msg & MSG_CHUNKED ? BODY_STREAM : content_length(h);
     ex->resp_state = msg & MSG_END ? RESP_DONE : RESP_BODY;
@@ -848,6 +865,7 @@ void fwd_response_end(exchange_t *ex, head_t *trailers)
         return;
     }
     ex->resp_state = RESP_DONE;
+    count_grpc_status(ex, trailers);
     ex->ss->ops->send_end(ex->ss, trailers);
     head_give(&ex->w->loop, trailers);
     if (ex->req_end_ns) /* Envoy's upstream_rq_time: from the end of the request */

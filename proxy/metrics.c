@@ -244,6 +244,8 @@ static void walk_targets(walk_t *w, registry_t *reg)
                  "remora.route.%s.%s.%s.picks", e->router, e->route, e->target);
         emit_own(w, &e->stats.retries, "remora_route_target_retries_total", labels,
                  "remora.route.%s.%s.%s.retries", e->router, e->route, e->target);
+        emit_own(w, &e->stats.grpc_errors, "remora_route_target_grpc_errors_total", labels,
+                 "remora.route.%s.%s.%s.grpc_errors", e->router, e->route, e->target);
         for (int c = 0; c < 5; c++) {
             char with_class[860];
             snprintf(with_class, sizeof with_class, "response_code_class=\"%c\",%s", classes[c],

@@ -170,7 +170,8 @@ static rollout_sample_t take(server_t *s, const cfg_rollout_t *r, side_t *sd)
     rollout_sample_t out = {0, 0, -1};
     locate(s, r, sd);
     if (sd->ts) {
-        uint64_t rq = responses(sd->ts), er = stat_get(&sd->ts->rq_5xx);
+        uint64_t rq = responses(sd->ts);
+        uint64_t er = stat_get(&sd->ts->rq_5xx) + stat_get(&sd->ts->grpc_errors);
         out.requests = rq >= sd->requests ? rq - sd->requests : rq; /* a /reset_counters */
         out.errors = er >= sd->errors ? er - sd->errors : er;
         sd->requests = rq;

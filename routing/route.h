@@ -31,6 +31,7 @@
     X(rq_3xx, 0)                                                                                   \
     X(rq_4xx, 0)                                                                                   \
     X(rq_5xx, 0)                                                                                   \
+    X(grpc_errors, 0) /* gRPC statuses the route's grpcRetryEvents name: a rollout's errors */     \
     X(retries, 0)
 
 #define STAT_FIELD(name, gauge) stat_t name;

@@ -13,9 +13,11 @@ import threading
 import time
 import urllib.request
 
+import grpc
 import pytest
 
 from conftest import HERE, REMORA, free_port, port_open, wait_until
+from grpc_peers import GrpcServer, channel, unary
 
 
 class Version:
@@ -277,6 +279,63 @@ def test_canary_with_5_percent_errors_rolls_back_within_two_intervals(version, r
     reload(r, mesh(v1, v2, rollout([(5, 30000), (100, 0)])))
     s = state(r)
     assert (s["state"], s["canaryWeight"], s["decisions"]) == ("progressing", 5, 0)
+
+
+def grpc_mesh(v1, v2, rollout_spec):
+    """mesh() with gRPC versions: grpc listeners, a grpcRoute whose grpcRetryEvents say which
+    statuses are failures (so the rollout's errors), and the rollout on it."""
+    cfg = mesh(v1, v2, rollout_spec)
+    for n in cfg["virtualNodes"][1:]:
+        n["spec"]["listeners"][0]["portMapping"]["protocol"] = "grpc"
+    cfg["virtualRouters"][0]["spec"]["listeners"][0]["portMapping"]["protocol"] = "grpc"
+    http = cfg["routes"][0]["spec"].pop("httpRoute")
+    cfg["routes"][0]["spec"]["grpcRoute"] = {"match": {}, "action": http["action"], "retryPolicy": {
+        "grpcRetryEvents": ["unavailable"], "maxRetries": 1,
+        "perRetryTimeout": {"unit": "s", "value": 5}}}
+    return cfg
+
+
+def test_grpc_canary_failing_with_a_status_rolls_back(remora):
+    """A grpcRoute's canary that answers UNAVAILABLE (HTTP 200, Trailers-Only) to every call:
+    its statuses are errors because the route's grpcRetryEvents name them; rolled back after
+    two failed intervals, and the baseline's calls all succeed throughout."""
+    v1, v2 = GrpcServer("cart-v1"), GrpcServer("cart-v2")
+    stop, results = threading.Event(), []
+    try:
+        r = remora(grpc_mesh(v1, v2, rollout([(50, 30000), (100, 0)], minRequests=10)))
+        ch = channel(r.egress, "cart.shop.local")
+
+        def calls():
+            while not stop.is_set():
+                try:
+                    _, md = unary(ch, "/shop.Cart/Get", metadata=[("x-fail", "cart-v2")], timeout=5)
+                    results.append(md.get("x-server"))
+                except grpc.RpcError as e:
+                    results.append(e.code())
+        t = threading.Thread(target=calls)
+        t.start()
+        s = wait_until(lambda: (lambda s: s["state"] == "rolled_back" and s)(state(r)), timeout=15,
+                       what="rollback")
+        stop.set()
+        t.join()
+        ch.close()
+        assert [d["result"] for d in s["recentDecisions"]] == ["fail", "fail"]
+        assert s["canaryWeight"] == 0 and weights(r) == {"cart-v1": 100, "cart-v2": 0}
+        assert set(results) <= {"cart-v1", grpc.StatusCode.UNAVAILABLE}, set(results)
+        failed = results.count(grpc.StatusCode.UNAVAILABLE)
+        assert failed >= 20 and results.count("cart-v1") >= 20
+        _, text = r.admin("/stats/prometheus")
+        m = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+             for line in text.splitlines() if line.startswith("remora_route_target")}
+        labels = 'router="cart",route="canary",target="%s"'
+        assert m["remora_route_target_grpc_errors_total{%s}" % labels % "cart-v2"] == failed
+        assert m["remora_route_target_grpc_errors_total{%s}" % labels % "cart-v1"] == 0
+        assert m['remora_route_target_responses_total{response_code_class="5",%s}'
+                 % labels % "cart-v2"] == 0  # HTTP 200s: only the status says they failed
+    finally:
+        stop.set()
+        v1.stop()
+        v2.stop()
 
 
 def test_too_little_traffic_holds(version, remora, load):
