@@ -43,6 +43,16 @@ static config_t *parse(const char *json)
     return c;
 }
 
+/* The variables these tests set, all unset: only what a test sets next is in force. */
+static void unset_env(void)
+{
+    static const char *const names[] = {"APPMESH_RESOURCE_ARN", "APPMESH_VIRTUAL_NODE_NAME",
+                                        "ENVOY_CONCURRENCY",    "ENVOY_ADMIN_ACCESS_PORT",
+                                        "ENVOY_LOG_LEVEL",      "ENABLE_ENVOY_XRAY_TRACING"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        unsetenv(names[i]);
+}
+
 static void test_precedence(void **state)
 {
     (void)state;
@@ -53,11 +63,7 @@ static void test_precedence(void **state)
     cli_opts_t cli = {.ingress_port = -1, .egress_port = -1, .workers = -1};
     settings_t s;
     diag_t d = {0};
-    unsetenv("APPMESH_RESOURCE_ARN");
-    unsetenv("APPMESH_VIRTUAL_NODE_NAME");
-    unsetenv("ENVOY_CONCURRENCY");
-    unsetenv("ENVOY_ADMIN_ACCESS_PORT");
-    unsetenv("ENVOY_LOG_LEVEL");
+    unset_env();
     assert_int_equal(settings_resolve(&s, &cli, c, &d), 0);
     assert_string_equal(s.node, "a");
     assert_int_equal(s.ingress_port, 7000);
@@ -92,9 +98,7 @@ static void test_precedence(void **state)
     assert_int_not_equal(settings_resolve(&s, &cli, c, &d), 0);
     assert_int_equal(d.n, 2);
     diag_free(&d);
-    unsetenv("ENVOY_CONCURRENCY");
-    unsetenv("APPMESH_VIRTUAL_NODE_NAME");
-    unsetenv("ENVOY_ADMIN_ACCESS_PORT");
+    unset_env();
     config_free(c);
 }
 
@@ -111,9 +115,7 @@ static void test_environment_beats_the_files_gateway_and_xray(void **state)
     cli_opts_t cli = {.ingress_port = -1, .egress_port = -1, .workers = -1};
     settings_t s;
     diag_t d = {0};
-    unsetenv("APPMESH_RESOURCE_ARN");
-    unsetenv("APPMESH_VIRTUAL_NODE_NAME");
-    unsetenv("ENABLE_ENVOY_XRAY_TRACING");
+    unset_env();
     assert_int_equal(settings_resolve(&s, &cli, c, &d), 0);
     assert_true(s.gateway);
     assert_string_equal(s.node, "edge");
@@ -129,9 +131,8 @@ static void test_environment_beats_the_files_gateway_and_xray(void **state)
     assert_int_equal(settings_resolve(&s, &cli, c, &d), 0);
     assert_false(s.gateway);
     assert_string_equal(s.node, "b");
-    unsetenv("APPMESH_RESOURCE_ARN");
     assert_int_equal(d.n, 0);
-    unsetenv("ENABLE_ENVOY_XRAY_TRACING");
+    unset_env();
     config_free(c);
 }
 
