@@ -284,7 +284,7 @@ static int put_member(out_t *o, const member_t *m, int *first)
 /* A virtual node's text without spec.backends: the node is one this sidecar sends to, and its
  * backends are its own sidecar's business (and name services this document no longer holds).
  * Everything else as given. */
-static int put_node_without_backends(out_t *o, const char *p, const char *end)
+static int put_node_fields(out_t *o, const char *p, const char *end)
 {
     member_t m, sm;
     int first = 1, err = p >= end || *p != '{' || put(o, "{", 1);
@@ -304,6 +304,22 @@ static int put_node_without_backends(out_t *o, const char *p, const char *end)
         err |= sr < 0 || put(o, "}", 1);
     }
     return err || r < 0 || put(o, "}", 1) ? -1 : 0;
+}
+
+/* The same for a list element, which may also be describe-virtual-node's output pasted whole:
+ * {"virtualNode": {...}}, the node inside (cfg_list_item reads it so). */
+static int put_node_without_backends(out_t *o, const char *p, const char *end)
+{
+    static const char wrapper[] = "{\"virtualNode\":";
+    const char *q = p + 1;
+    member_t m, more;
+    if (p < end && *p == '{' && next_member(&q, end, &m) == 1 && is_key(&m, "\"virtualNode\"") &&
+        *m.value == '{' && next_member(&q, end, &more) == 0)
+        return put(o, wrapper, sizeof wrapper - 1) || put_node_fields(o, m.value, m.value_end) ||
+                       put(o, "}", 1)
+                   ? -1
+                   : 0;
+    return put_node_fields(o, p, end);
 }
 
 /* The array at p with only the elements whose keep[i] is set, into o; element `self` (or none:

@@ -183,9 +183,9 @@ static void test_route_errors(void **state)
             "m.json: routes[0].spec.grpcRoute.match: is required");
     rejects(ROUTE("{\"grpcRoute\":{\"match\":{\"methodName\":\"Get\"}," ACTION "}}"),
             "m.json: routes[0].spec.grpcRoute.match.methodName: needs serviceName");
-    rejects(ROUTE("{\"grpcRoute\":{\"match\":{\"serviceName\":\"s\",\"prefix\":\"/\"}," ACTION
-                  "}}"),
-            "m.json: routes[0].spec.grpcRoute.match.prefix: unknown field");
+    rejects(
+        ROUTE("{\"grpcRoute\":{\"match\":{\"serviceName\":\"s\",\"prefix\":\"/\"}," ACTION "}}"),
+        "m.json: routes[0].spec.grpcRoute.match.prefix: unknown field");
     rejects(ROUTE("{\"grpcRoute\":{\"match\":{\"serviceName\":\"s\"}," ACTION ",\"retryPolicy\":"
                   "{\"maxRetries\":1,\"perRetryTimeout\":{\"unit\":\"ms\",\"value\":1},"
                   "\"grpcRetryEvents\":[\"unavailabel\"]}}}"),
@@ -642,9 +642,9 @@ static void test_default_retry_setting(void **state)
  * and node z (behind z.local) are the rest of the mesh, which web does not reach. a1 has
  * backends of its own. */
 #define Z_ROUTE(kind, match) "\"" kind "Route\":{\"match\":" match
-#define Z_GRPC                Z_ROUTE("grpc", "{\"serviceName\":\"x\"}")
-#define Z_HTTP2               Z_ROUTE("http2", "{\"prefix\":\"/\"}")
-#define Z_HTTP                Z_ROUTE("http", "{\"prefix\":\"/\"}")
+#define Z_GRPC               Z_ROUTE("grpc", "{\"serviceName\":\"x\"}")
+#define Z_HTTP2              Z_ROUTE("http2", "{\"prefix\":\"/\"}")
+#define Z_HTTP               Z_ROUTE("http", "{\"prefix\":\"/\"}")
 #define WIDE_MESH(z_listener, z_route, extra_route)                                                \
     "{\"mesh\":{\"meshName\":\"m\"},\"virtualNodes\":["                                            \
     "{\"virtualNodeName\":\"z\",\"spec\":{\"listeners\":[{\"portMapping\":{\"port\":90,"           \
@@ -672,8 +672,8 @@ static void test_default_retry_setting(void **state)
     "{\"virtualRouterName\":\"ra\",\"spec\":{\"listeners\":[{\"portMapping\":{\"port\":80,"        \
     "\"protocol\":\"http\"}}]}}],"                                                                 \
     "\"routes\":["                                                                                 \
-    "{\"virtualRouterName\":\"rz\",\"routeName\":\"z0\",\"spec\":{" z_route ",\"action\":"          \
-    "{\"weightedTargets\":"                                                                    \
+    "{\"virtualRouterName\":\"rz\",\"routeName\":\"z0\",\"spec\":{" z_route ",\"action\":"         \
+    "{\"weightedTargets\":"                                                                        \
     "[{\"virtualNode\":\"z\",\"weight\":1}]}}}},"                                                  \
     "{\"virtualRouterName\":\"ra\",\"routeName\":\"a\",\"spec\":{\"httpRoute\":{\"match\":"        \
     "{\"prefix\":\"/\"},\"action\":{\"weightedTargets\":[{\"virtualNode\":\"a1\",\"weight\":9},"   \
@@ -733,9 +733,10 @@ static void test_prune_keeps_what_the_node_reaches(void **state)
     config_free(c);
     /* A cut document drops the whitespace between tokens (a pretty-printed document's
      * indentation would be most of it), never inside a string. */
-    const char *pretty = "{\n  \"virtualNodes\" : [\n    {\"virtualNodeName\": \"solo\", \"spec\": {}},\n"
-                         "    {\"virtualNodeName\": \"other\", \"metadata\": {\"note\": \"two  spaces, "
-                         "a \\\" and a \\\\\"}, \"spec\": {}}\n  ],\n  \"proxy\": { \"node\" : \"x\" }\n}\n";
+    const char *pretty =
+        "{\n  \"virtualNodes\" : [\n    {\"virtualNodeName\": \"solo\", \"spec\": {}},\n"
+        "    {\"virtualNodeName\": \"other\", \"metadata\": {\"note\": \"two  spaces, "
+        "a \\\" and a \\\\\"}, \"spec\": {}}\n  ],\n  \"proxy\": { \"node\" : \"x\" }\n}\n";
     c = parse_ok(pretty);
     assert_int_equal(config_prune(c, "solo", &d), 0);
     assert_string_equal(c->raw, "{\"virtualNodes\":[{\"virtualNodeName\":\"solo\",\"spec\":{}}],"
@@ -752,6 +753,42 @@ static void test_prune_keeps_what_the_node_reaches(void **state)
 
 /* HTTP/2 and gRPC are kept where the node meets them, as every protocol is: a router's grpc
  * listener and grpcRoute, a node's own http2 listener. */
+/* describe-* output pasted whole ({"virtualNode": {...}}): read as the node inside, and a
+ * pruned document's text drops a reached node's backends inside the wrapper too, so that it
+ * parses again on its own (a rollout's rebuild and a URL reload parse it). */
+static void test_wrapped_describe_output_prunes(void **state)
+{
+    (void)state;
+    const char *json =
+        "{\"virtualNodes\":[{\"virtualNode\":{\"virtualNodeName\":\"web\",\"spec\":{\"backends\":"
+        "[{\"virtualService\":{\"virtualServiceName\":\"a.local\"}}]},\"status\":{\"status\":"
+        "\"ACTIVE\"}}},{\"virtualNode\":{\"virtualNodeName\":\"a\",\"spec\":{\"listeners\":[{"
+        "\"portMapping\":{\"port\":80,\"protocol\":\"http\"}}],\"serviceDiscovery\":{\"dns\":"
+        "{\"hostname\":\"a.local\"}},\"backends\":[{\"virtualService\":{\"virtualServiceName\":"
+        "\"z.local\"}}]}}},{\"virtualNodeName\":\"z\",\"spec\":{}}],"
+        "\"virtualServices\":[{\"virtualService\":{\"virtualServiceName\":\"a.local\",\"spec\":"
+        "{\"provider\":{\"virtualNode\":{\"virtualNodeName\":\"a\"}}}}},{\"virtualServiceName\":"
+        "\"z.local\",\"spec\":{\"provider\":{\"virtualNode\":{\"virtualNodeName\":\"z\"}}}}]}";
+    config_t *c = parse_ok(json);
+    assert_int_equal(c->nnodes, 3);
+    assert_int_equal(config_node(c, "a")->nbackends, 1);
+    diag_t d = {0};
+    assert_int_equal(config_prune(c, "web", &d), 0);
+    assert_int_equal(c->nnodes, 2);
+    assert_null(strstr(c->raw, "z.local"));
+    assert_non_null(strstr(c->raw, "{\"virtualNode\":{\"virtualNodeName\":\"a\""));
+    config_t *again = parse_ok(c->raw);
+    assert_int_equal(again->nnodes, 2);
+    assert_int_equal(config_node(again, "a")->nbackends, 0);
+    config_free(again);
+    config_free(c);
+    /* A wrapper with a second member is not describe output: an element with unknown fields. */
+    const char *odd = "{\"virtualNodes\":[{\"virtualNode\":{},\"spec\":{}}]}";
+    assert_null(config_parse(odd, strlen(odd), "m.json", &d));
+    assert_true(d.n >= 1);
+    diag_free(&d);
+}
+
 static void test_http2_and_grpc_where_reached(void **state)
 {
     (void)state;
@@ -800,8 +837,10 @@ static void test_http2_and_grpc_shapes(void **state)
             "{\"grpc\":{\"maxRequests\":1,\"maxPendingRequests\":1}}}]}}]}",
             "m.json: virtualNodes[0].spec.listeners[0].connectionPool.grpc.maxPendingRequests: "
             "unknown field");
-    config_t *c = parse_ok(WIDE_MESH("http2", Z_ROUTE("http2", "{\"prefix\":\"/\",\"scheme\":"
-                                                               "\"https\"}"), ""));
+    config_t *c = parse_ok(WIDE_MESH("http2",
+                                     Z_ROUTE("http2", "{\"prefix\":\"/\",\"scheme\":"
+                                                      "\"https\"}"),
+                                     ""));
     assert_int_equal(c->routes[0].kind, ROUTE_HTTP2);
     assert_int_equal(c->routes[0].scheme, 1);
     assert_int_equal(c->routes[1].scheme, -1); /* an httpRoute has none */
@@ -816,10 +855,11 @@ static void test_http2_and_grpc_shapes(void **state)
 static void test_whole_document_is_validated(void **state)
 {
     (void)state;
-    rejects(WIDE_MESH("http", Z_HTTP, ",{\"virtualRouterName\":\"rz\",\"routeName\":\"bad\",\"spec\":{"
-                              "\"httpRoute\":{\"match\":{\"prefix\":\"/\",\"headers\":[{\"name\":"
-                              "\"x\",\"match\":{\"regex\":\"[a\"}}]},\"action\":{"
-                              "\"weightedTargets\":[{\"virtualNode\":\"z\",\"weight\":1}]}}}}"),
+    rejects(WIDE_MESH("http", Z_HTTP,
+                      ",{\"virtualRouterName\":\"rz\",\"routeName\":\"bad\",\"spec\":{"
+                      "\"httpRoute\":{\"match\":{\"prefix\":\"/\",\"headers\":[{\"name\":"
+                      "\"x\",\"match\":{\"regex\":\"[a\"}}]},\"action\":{"
+                      "\"weightedTargets\":[{\"virtualNode\":\"z\",\"weight\":1}]}}}}"),
             "m.json: routes[2].spec.httpRoute.match.headers[0].match.regex: invalid regular "
             "expression \"[a\": Unmatched [, [^, [:, [., or [=");
 }
@@ -832,12 +872,13 @@ static void test_duplicates_at_scale(void **state)
     size_t cap = (size_t)N * 200 + 512, len = 0;
     char *json = malloc(cap);
     assert_non_null(json);
-    len += (size_t)snprintf(json + len, cap - len,
-                            "{\"virtualNodes\":[{\"virtualNodeName\":\"v\",\"spec\":{\"listeners\":"
-                            "[{\"portMapping\":{\"port\":80,\"protocol\":\"http\"}}]}}],"
-                            "\"virtualRouters\":[{\"virtualRouterName\":\"r\",\"spec\":{"
-                            "\"listeners\":[{\"portMapping\":{\"port\":80,\"protocol\":\"http\"}}]}}],"
-                            "\"routes\":[");
+    len +=
+        (size_t)snprintf(json + len, cap - len,
+                         "{\"virtualNodes\":[{\"virtualNodeName\":\"v\",\"spec\":{\"listeners\":"
+                         "[{\"portMapping\":{\"port\":80,\"protocol\":\"http\"}}]}}],"
+                         "\"virtualRouters\":[{\"virtualRouterName\":\"r\",\"spec\":{"
+                         "\"listeners\":[{\"portMapping\":{\"port\":80,\"protocol\":\"http\"}}]}}],"
+                         "\"routes\":[");
     for (int i = 0; i < N; i++)
         len += (size_t)snprintf(json + len, cap - len,
                                 "%s{\"virtualRouterName\":\"r\",\"routeName\":\"x%d\",\"spec\":{"
@@ -852,14 +893,21 @@ static void test_duplicates_at_scale(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parses_app_mesh_shapes),    cmocka_unit_test(test_route_errors),
-        cmocka_unit_test(test_reference_and_node_errors), cmocka_unit_test(test_tls_shapes),
-        cmocka_unit_test(test_listener_tls_errors),       cmocka_unit_test(test_client_tls_errors),
-        cmocka_unit_test(test_reports_every_problem),     cmocka_unit_test(test_not_json),
-        cmocka_unit_test(test_fuzzer_findings),           cmocka_unit_test(test_tcp_routes),
-        cmocka_unit_test(test_prefixless_match),          cmocka_unit_test(test_mesh_ip_preference),
+        cmocka_unit_test(test_parses_app_mesh_shapes),
+        cmocka_unit_test(test_route_errors),
+        cmocka_unit_test(test_reference_and_node_errors),
+        cmocka_unit_test(test_tls_shapes),
+        cmocka_unit_test(test_listener_tls_errors),
+        cmocka_unit_test(test_client_tls_errors),
+        cmocka_unit_test(test_reports_every_problem),
+        cmocka_unit_test(test_not_json),
+        cmocka_unit_test(test_fuzzer_findings),
+        cmocka_unit_test(test_tcp_routes),
+        cmocka_unit_test(test_prefixless_match),
+        cmocka_unit_test(test_mesh_ip_preference),
         cmocka_unit_test(test_default_retry_setting),
         cmocka_unit_test(test_prune_keeps_what_the_node_reaches),
+        cmocka_unit_test(test_wrapped_describe_output_prunes),
         cmocka_unit_test(test_http2_and_grpc_where_reached),
         cmocka_unit_test(test_http2_and_grpc_shapes),
         cmocka_unit_test(test_whole_document_is_validated),
