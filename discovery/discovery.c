@@ -161,8 +161,11 @@ void disc_finish_round(disc_t *dc)
     uint64_t now = uv_now(dc->d->loop);
     cluster_stats_t *st = &dc->c->stats;
     if (dc->got_records) {
-        /* Route 53 answers at most 8 of many; the API answers all (up to 1,000). */
-        remember(dc, now, dc->kind != SRC_API && dc->largest_answer == ROUTE53_MULTIVALUE_CAP);
+        /* Route 53 answers at most 8 of many; the API answers all (up to 1,000). A round in
+         * which a query failed (a target's address lookup) did not see everything either. */
+        remember(dc, now,
+                 (dc->kind != SRC_API && dc->largest_answer == ROUTE53_MULTIVALUE_CAP) ||
+                     dc->saw_failure);
         stat_inc(&st->update_success);
         if (!publish_seen(dc))
             stat_inc(&st->update_no_rebuild);

@@ -258,7 +258,8 @@ class Knot:
 
     ZONE = "ns.local"
 
-    def __init__(self, tmp_path, records, ttl=1):
+    def __init__(self, tmp_path, records, ttl=1, zones=None):
+        """`zones`: more zones the same server is authoritative for, {name: records}."""
         self.dir = os.path.join(tmp_path, "knot")
         for sub in ("run", "db", "zones"):
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
@@ -284,13 +285,13 @@ template:
     journal-content: all
     semantic-checks: off
 zone:
-  - domain: {self.ZONE}
-""")
-        with open(os.path.join(self.dir, "zones", self.ZONE + ".zone"), "w") as f:
-            f.write(f"$ORIGIN {self.ZONE}.\n$TTL {ttl}\n"
-                    f"@ IN SOA ns1 hostmaster 1 60 60 3600 {ttl}\n@ IN NS ns1\nns1 IN A 127.0.0.1\n")
-            for r in records:
-                f.write(r + "\n")
+""" + "".join(f"  - domain: {z}\n" for z in [self.ZONE, *(zones or {})]))
+        for zone, rs in {self.ZONE: records, **(zones or {})}.items():
+            with open(os.path.join(self.dir, "zones", zone + ".zone"), "w") as f:
+                f.write(f"$ORIGIN {zone}.\n$TTL {ttl}\n"
+                        f"@ IN SOA ns1 hostmaster 1 60 60 3600 {ttl}\n@ IN NS ns1\nns1 IN A 127.0.0.1\n")
+                for r in rs:
+                    f.write(r + "\n")
         self.log = open(os.path.join(self.dir, "knotd.log"), "w")
         self.proc = None
         try:
@@ -326,14 +327,14 @@ zone:
             self.knotc("zone-set", self.ZONE, owner, ttl, rtype, *data)
         self.knotc("zone-commit", self.ZONE)
 
-    def servfail(self):
+    def servfail(self, zone=ZONE):
         """The zone stops loading: every name in it answers SERVFAIL."""
         self.knotc("conf-begin")
-        self.knotc("conf-unset", f"zone[{self.ZONE}]")
+        self.knotc("conf-unset", f"zone[{zone}]")
         self.knotc("conf-commit")
         self.knotc("conf-begin")
-        self.knotc("conf-set", f"zone[{self.ZONE}]")
-        self.knotc("conf-set", f"zone[{self.ZONE}].file", os.path.join(self.dir, "missing.zone"))
+        self.knotc("conf-set", f"zone[{zone}]")
+        self.knotc("conf-set", f"zone[{zone}].file", os.path.join(self.dir, "missing.zone"))
         self.knotc("conf-commit")
 
     def pause(self):
@@ -357,8 +358,8 @@ zone:
 def knot(tmp_path):
     started = []
 
-    def start(records, ttl=1):
-        k = Knot(str(tmp_path), records, ttl)
+    def start(records, ttl=1, zones=None):
+        k = Knot(str(tmp_path), records, ttl, zones)
         started.append(k)
         return k
 

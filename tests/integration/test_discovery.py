@@ -326,3 +326,19 @@ def test_an_answer_of_exactly_8_may_be_a_route53_subset(dual_stack, knot, upstre
     wait_until(lambda: cluster_stat(r, "membership_total") == 8 * per, timeout=8, what="held, then dropped")
     k.change(remove=[srv("i-7", 21007)])  # 7: a complete answer, i-7 goes at once
     wait_until(lambda: cluster_stat(r, "membership_total") == 7 * per, timeout=2.5, what="dropped at once")
+
+
+def test_a_failed_address_lookup_keeps_its_endpoint_for_the_hold(knot, upstream, remora):
+    """An SRV target in another zone is looked up after the SRV answer; when that lookup fails
+    (SERVFAIL) while the SRV answer is fine, the endpoint it had found stays for the hold, as a
+    failed round keeps the last good set, then goes."""
+    i0, t = upstream("i-0"), upstream("t")
+    k = knot([srv("i-0", i0.port), addr("i-0"), f"backend 1 SRV 1 1 {t.port} t.other.local."],
+             zones={"other.local": ["t 1 A 127.0.0.1"]})
+    r = remora(mesh(k, hold_ms=4000))
+    wait_until(lambda: cluster_stat(r, "membership_total") == 2, timeout=5, what="both targets")
+    k.servfail("other.local")
+    servfail = "remora.dns.cds_egress_shop_cart_http_9.servfail"
+    wait_until(lambda: r.stats().get(servfail, 0) >= 2, timeout=6, what="two failed lookups of t")
+    assert cluster_stat(r, "membership_total") == 2, "t held"
+    wait_until(lambda: cluster_stat(r, "membership_total") == 1, timeout=6, what="t dropped after the hold")
