@@ -19,15 +19,19 @@ struct file_watch {
     file_watcher_t *fw;
     int wd; /* its directory's inotify watch, or -1 (then only the poll sees it) */
     uv_fs_t req;
-    unsigned statting : 1; /* req is in flight */
-    unsigned again : 1;    /* look once more when it is back */
-    unsigned removed : 1;  /* freed when it is back */
-    unsigned known : 1;    /* a first stat has come back */
-    unsigned present : 1;  /* and the latest found the file */
-    uv_stat_t last;
+    unsigned statting : 1;  /* req is in flight */
+    unsigned again : 1;     /* look once more when it is back */
+    unsigned removed : 1;   /* freed when it is back */
+    unsigned known : 1;     /* a first stat has come back */
+    unsigned present : 1;   /* and the latest found the file */
+    unsigned why : 2;       /* what asked for the stat in flight: LOOK_* bits */
+    unsigned again_why : 2; /* and for the one asked for while it was */
+    unsigned suspect : 1;   /* a poll saw a write in place (suspect_st), not yet confirmed */
+    uv_stat_t last, suspect_st;
     void (*changed)(void *data);
     void *data;
-    const char *dir; /* in path_dir */
+    const char *dir;  /* in path_dir */
+    const char *base; /* the name in dir, in path */
     char path[];
 };
 
@@ -38,12 +42,36 @@ static int same_stat(const uv_stat_t *a, const uv_stat_t *b)
            a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
 }
 
-static void look(file_watch_t *w);
+/* Why a look is made: an event (0), the file's writer closing it, the poll. */
+#define LOOK_CLOSED 1u
+#define LOOK_POLL   2u
+
+static void look(file_watch_t *w, unsigned why);
+
+/* Whether a changed stat may be a write in place still under way: the same file, and nothing
+ * said its writer closed it. A poll that finds it so twice running (a poll apart) takes it as
+ * finished: a network file system has no close to tell. A new file (renamed over, a link
+ * swapped) is whole as it lands. */
+static int unfinished(file_watch_t *w, const uv_stat_t *st, unsigned why)
+{
+    if ((why & LOOK_CLOSED) || !w->present || st->st_dev != w->last.st_dev ||
+        st->st_ino != w->last.st_ino) {
+        w->suspect = 0;
+        return 0;
+    }
+    if (!(why & LOOK_POLL))
+        return 1; /* another file's event in the directory: this one's close is to come */
+    int confirmed = w->suspect && same_stat(st, &w->suspect_st);
+    w->suspect = !confirmed;
+    w->suspect_st = *st;
+    return !confirmed;
+}
 
 static void on_stat(uv_fs_t *req)
 {
     file_watch_t *w = req->data;
     int present = req->result == 0;
+    unsigned why = w->why;
     uv_stat_t st = req->statbuf;
     uv_fs_req_cleanup(req);
     w->statting = 0;
@@ -53,24 +81,30 @@ static void on_stat(uv_fs_t *req)
     }
     /* A file that went missing is no change to act on; its return is. */
     int changed = w->known && present && (!w->present || !same_stat(&st, &w->last));
+    int held = changed && unfinished(w, &st, why); /* then last stays, to compare again */
     w->known = 1;
-    w->present = present;
-    if (present)
-        w->last = st;
+    if (!held) {
+        w->present = present;
+        if (present)
+            w->last = st;
+    }
     if (w->again) {
         w->again = 0;
-        look(w);
+        look(w, w->again_why);
     }
-    if (changed)
+    if (changed && !held)
         w->changed(w->data); /* last: it may remove w */
 }
 
-static void look(file_watch_t *w)
+static void look(file_watch_t *w, unsigned why)
 {
     if (w->statting) {
         w->again = 1;
+        w->again_why |= why;
         return;
     }
+    w->why = why;
+    w->again_why = 0;
     w->req.data = w;
     if (uv_fs_stat(w->fw->loop, &w->req, w->path, on_stat) == 0)
         w->statting = 1;
@@ -89,6 +123,12 @@ static int link_made(const struct inotify_event *e, const char *dir)
     return n > 0 && (size_t)n < sizeof p && lstat(p, &st) == 0 && S_ISLNK(st.st_mode);
 }
 
+/* Whether e is the file's writer closing it: the file itself, not another of its directory. */
+static int own_close(const struct inotify_event *e, const file_watch_t *w)
+{
+    return (e->mask & IN_CLOSE_WRITE) && e->len && strcmp(e->name, w->base) == 0;
+}
+
 /* Looks at every file event e may have changed: all of them after an overflow, else those in
  * its directory, when it finished a write, moved a file in or made a link. */
 static void on_event(file_watcher_t *fw, const struct inotify_event *e)
@@ -102,7 +142,7 @@ static void on_event(file_watcher_t *fw, const struct inotify_event *e)
             asked = 1;
         }
         if (whole)
-            look(w);
+            look(w, own_close(e, w) ? LOOK_CLOSED : 0);
     }
 }
 
@@ -126,7 +166,7 @@ static void on_poll(uv_timer_t *t)
 {
     file_watcher_t *fw = t->data;
     for (file_watch_t *w = fw->files; w; w = w->next)
-        look(w);
+        look(w, LOOK_POLL);
 }
 
 void file_watcher_init(file_watcher_t *fw, uv_loop_t *loop)
@@ -173,6 +213,8 @@ file_watch_t *file_watch_add(file_watcher_t *fw, const char *path, void (*change
     char *dir = w->path + n;
     path_dir(path, dir);
     w->dir = dir;
+    const char *slash = strrchr(w->path, '/');
+    w->base = slash ? slash + 1 : w->path;
     w->fw = fw;
     w->changed = changed;
     w->data = data;
@@ -184,7 +226,7 @@ file_watch_t *file_watch_add(file_watcher_t *fw, const char *path, void (*change
     fw->files = w;
     if (!uv_is_active((uv_handle_t *)&fw->poll))
         uv_timer_start(&fw->poll, on_poll, fw->poll_ms, fw->poll_ms);
-    look(w); /* the stat changes are measured from */
+    look(w, 0); /* the stat changes are measured from */
     return w;
 }
 

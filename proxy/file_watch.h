@@ -4,9 +4,10 @@
  * inotify on each file's directory says when to look: a writer closing the file, a file
  * renamed over it, or a symbolic link made in the directory (a mounted ConfigMap swaps a link
  * to its data). Looking is an asynchronous stat of the path, links followed, compared with the
- * last one, so a change is reported once it is whole, and only a real change is. A slow poll of
- * the same stat catches what inotify cannot see (a network file system written from another
- * host); where inotify is unavailable the poll is fast instead. Nothing wakes the loop while
+ * last one, so a change is reported once it is whole, and only a real change is: a write in
+ * place only at its writer's close. A slow poll of the same stat catches what inotify cannot see
+ * (a network file system written from another host: a write in place counts once two polls find
+ * it the same); where inotify is unavailable the poll is fast instead. Nothing wakes the loop while
  * the files stand still but that poll. */
 #ifndef REMORA_FILE_WATCH_H
 #define REMORA_FILE_WATCH_H

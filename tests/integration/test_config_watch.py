@@ -66,6 +66,32 @@ def test_a_write_in_place_is_loaded_when_the_writer_closes_the_file(upstream, re
     assert marker(r) == 1
 
 
+def test_other_files_changing_beside_a_half_written_one_do_not_load_it(upstream, remora):
+    """A file written and closed beside the config, and one renamed in beside it, make the watch
+    look at the config too: while its own writer has not closed it, what it finds is not
+    loaded (it was: a failed reload). The close loads the whole file, once."""
+    r, base = started(upstream, remora)
+    ok, failed = counts(r)
+    d = os.path.dirname(r.config_path)
+    text = json.dumps(marked(base, 1)).encode()
+    with open(r.config_path, "wb") as f:
+        f.write(text[:len(text) // 2])
+        f.flush()
+        os.fsync(f.fileno())
+        with open(os.path.join(d, "beside.txt"), "w") as other:
+            other.write("x")
+        with open(os.path.join(d, "beside.tmp"), "w") as other:
+            other.write("y")
+        os.rename(os.path.join(d, "beside.tmp"), os.path.join(d, "beside2.txt"))
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:  # watching for a reload that must not come
+            assert counts(r) == (ok, failed), "a half-written config was loaded"
+            time.sleep(0.05)
+        f.write(text[len(text) // 2:])
+    wait_until(lambda: counts(r) == (ok + 1, failed), timeout=3, what="the closed file loaded")
+    assert marker(r) == 1
+
+
 def test_a_rename_over_the_file_is_loaded_once(upstream, remora):
     r, base = started(upstream, remora)
     ok, failed = counts(r)
