@@ -11,8 +11,9 @@
 
 #include "base/log.h"
 
-/* What a directory's watch asks for: a write finished, a file moved in, an entry made. */
-#define DIR_EVENTS (IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE)
+/* What a directory's watch asks for: a write finished, a file moved in, an entry made, the
+ * directory itself moved away (its removal ends the watch: IN_IGNORED). */
+#define DIR_EVENTS (IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_MOVE_SELF)
 
 struct file_watch {
     file_watch_t *next;
@@ -129,10 +130,36 @@ static int own_close(const struct inotify_event *e, const file_watch_t *w)
     return (e->mask & IN_CLOSE_WRITE) && e->len && strcmp(e->name, w->base) == 0;
 }
 
+/* The directory watch wd watches nothing of these paths any more (removed, or moved away: then
+ * it is dropped): its files are polled, and each poll tries to watch their directory again. */
+static void lose_watch(file_watcher_t *fw, int wd, int moved)
+{
+    if (moved)
+        inotify_rm_watch(fw->fd, wd);
+    for (file_watch_t *w = fw->files; w; w = w->next) {
+        if (w->wd != wd)
+            continue;
+        w->wd = -1;
+        log_warn("files: %s was removed or moved; %s is polled until it is back", w->dir, w->path);
+    }
+}
+
+static void rewatch(file_watch_t *w)
+{
+    file_watcher_t *fw = w->fw;
+    if (w->wd >= 0 || fw->fd < 0 || (w->wd = inotify_add_watch(fw->fd, w->dir, DIR_EVENTS)) < 0)
+        return;
+    log_info("files: watching %s again", w->dir);
+}
+
 /* Looks at every file event e may have changed: all of them after an overflow, else those in
  * its directory, when it finished a write, moved a file in or made a link. */
 static void on_event(file_watcher_t *fw, const struct inotify_event *e)
 {
+    if (e->mask & (IN_IGNORED | IN_MOVE_SELF)) {
+        lose_watch(fw, e->wd, (e->mask & IN_MOVE_SELF) != 0);
+        return;
+    }
     int whole = (e->mask & (IN_Q_OVERFLOW | IN_CLOSE_WRITE | IN_MOVED_TO)) != 0, asked = whole;
     for (file_watch_t *w = fw->files; w; w = w->next) { /* no callback runs in here */
         if (!(e->mask & IN_Q_OVERFLOW) && e->wd != w->wd)
@@ -165,8 +192,10 @@ static void on_events(uv_poll_t *h, int status, int events)
 static void on_poll(uv_timer_t *t)
 {
     file_watcher_t *fw = t->data;
-    for (file_watch_t *w = fw->files; w; w = w->next)
+    for (file_watch_t *w = fw->files; w; w = w->next) {
+        rewatch(w);
         look(w, LOOK_POLL);
+    }
 }
 
 void file_watcher_init(file_watcher_t *fw, uv_loop_t *loop)

@@ -92,6 +92,30 @@ def test_other_files_changing_beside_a_half_written_one_do_not_load_it(upstream,
     assert marker(r) == 1
 
 
+def test_a_directory_replaced_is_watched_again(upstream, remora, tmp_path):
+    """The config's directory moved away and a new one made in its place (a volume mounted
+    again, a deploy swapping directories): the backstop poll finds the new file, watches the
+    new directory, and from then a write in place is loaded at its close again, not two polls
+    (10 s) later."""
+    app, backend = upstream("app"), upstream("cart-v1")
+    base = mesh_config(app.port, backend.port)
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    path = conf / "mesh.json"
+    path.write_text(json.dumps(marked(base, 0)))
+    r = remora(marked(base, 0), args=("--config", str(path)))
+    assert marker(r) == 0
+    os.rename(conf, tmp_path / "conf.old")
+    conf.mkdir()
+    path.write_text(json.dumps(marked(base, 1)))
+    wait_until(lambda: marker(r) == 1, timeout=12, what="the new directory's file loaded")
+    wait_until(lambda: f"files: watching {conf} again" in r.read_log(), timeout=12,
+               what="the new directory watched")
+    path.write_text(json.dumps(marked(base, 2)))
+    wait_until(lambda: marker(r) == 2, timeout=3, what="a write in place loaded at its close")
+    assert f"files: {conf} was removed or moved" in r.read_log()
+
+
 def test_a_rename_over_the_file_is_loaded_once(upstream, remora):
     r, base = started(upstream, remora)
     ok, failed = counts(r)
