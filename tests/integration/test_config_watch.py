@@ -45,18 +45,16 @@ def started(upstream, remora):
     return r, base
 
 
-def test_a_write_in_place_is_loaded_when_the_writer_closes_the_file(upstream, remora):
-    """The old watch polled the stat every 250 ms and loaded whatever it found, a file still
-    being written included (a failed reload, counted and logged). Now a write in place is
-    looked at when its writer closes the file: here the first half stays on disk, flushed, for
-    a second (four of the old polls) and nothing is loaded; the close loads the whole file."""
-    r, base = started(upstream, remora)
+def write_in_halves(r, base, meanwhile=lambda: None):
+    """Writes a new config in place in two halves: the first flushed and left for a second,
+    with `meanwhile` done then, in which nothing may be loaded; the close must load it whole."""
     ok, failed = counts(r)
     text = json.dumps(marked(base, 1)).encode()
     with open(r.config_path, "wb") as f:
         f.write(text[:len(text) // 2])
         f.flush()
         os.fsync(f.fileno())
+        meanwhile()
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:  # watching for a reload that must not come
             assert counts(r) == (ok, failed), "a half-written config was loaded"
@@ -64,6 +62,15 @@ def test_a_write_in_place_is_loaded_when_the_writer_closes_the_file(upstream, re
         f.write(text[len(text) // 2:])
     wait_until(lambda: counts(r) == (ok + 1, failed), timeout=3, what="the closed file loaded")
     assert marker(r) == 1
+
+
+def test_a_write_in_place_is_loaded_when_the_writer_closes_the_file(upstream, remora):
+    """The old watch polled the stat every 250 ms and loaded whatever it found, a file still
+    being written included (a failed reload, counted and logged). Now a write in place is
+    looked at when its writer closes the file: here the first half stays on disk, flushed, for
+    a second (four of the old polls) and nothing is loaded; the close loads the whole file."""
+    r, base = started(upstream, remora)
+    write_in_halves(r, base)
 
 
 def test_other_files_changing_beside_a_half_written_one_do_not_load_it(upstream, remora):
@@ -71,25 +78,15 @@ def test_other_files_changing_beside_a_half_written_one_do_not_load_it(upstream,
     look at the config too: while its own writer has not closed it, what it finds is not
     loaded (it was: a failed reload). The close loads the whole file, once."""
     r, base = started(upstream, remora)
-    ok, failed = counts(r)
     d = os.path.dirname(r.config_path)
-    text = json.dumps(marked(base, 1)).encode()
-    with open(r.config_path, "wb") as f:
-        f.write(text[:len(text) // 2])
-        f.flush()
-        os.fsync(f.fileno())
+
+    def beside():
         with open(os.path.join(d, "beside.txt"), "w") as other:
             other.write("x")
         with open(os.path.join(d, "beside.tmp"), "w") as other:
             other.write("y")
         os.rename(os.path.join(d, "beside.tmp"), os.path.join(d, "beside2.txt"))
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline:  # watching for a reload that must not come
-            assert counts(r) == (ok, failed), "a half-written config was loaded"
-            time.sleep(0.05)
-        f.write(text[len(text) // 2:])
-    wait_until(lambda: counts(r) == (ok + 1, failed), timeout=3, what="the closed file loaded")
-    assert marker(r) == 1
+    write_in_halves(r, base, beside)
 
 
 def test_a_directory_replaced_is_watched_again(upstream, remora, tmp_path):
