@@ -272,7 +272,8 @@ static int h_listeners(request_t *rq, text_t *body)
     const listener_slot_t *l = s->listeners;
     if (strcmp(format, "json") != 0) {
         for (unsigned i = 0; i < s->nlisteners; i++)
-            text_printf(body, "lds_%s_0.0.0.0_%u::0.0.0.0:%u\n", l[i].kind, l[i].port, l[i].port);
+            text_printf(body, "lds_%s_0.0.0.0_%u::0.0.0.0:%u\n", listener_kind_name(l[i].kind),
+                        l[i].port, l[i].port);
         return 200;
     }
     rq->ctype = "application/json";
@@ -281,7 +282,7 @@ static int h_listeners(request_t *rq, text_t *body)
         text_printf(body,
                     "%s{\"name\":\"lds_%s_0.0.0.0_%u\",\"local_address\":{\"socket_address\":"
                     "{\"address\":\"0.0.0.0\",\"port_value\":%u}}}",
-                    i ? "," : "", l[i].kind, l[i].port, l[i].port);
+                    i ? "," : "", listener_kind_name(l[i].kind), l[i].port, l[i].port);
     text_printf(body, "]}\n");
     return 200;
 }

@@ -209,7 +209,7 @@ static void walk_listener(walk_t *w, listener_slot_t *l)
          "listener.%s.downstream_cx_active", addr);
     emit(w, METRIC_COUNTER, stat_get(&st->downstream_cx_destroy), &st->downstream_cx_destroy,
          "listener.%s.downstream_cx_destroy", addr);
-    if (strcmp(l->kind, "egress") == 0)
+    if (l->kind == LISTENER_EGRESS)
         return;
 #define SSL(stat, gauge)                                                                           \
     emit(w, METRIC_COUNTER, stat_get(&l->ssl.stat), &l->ssl.stat, "listener.%s.ssl.%s", addr,      \
@@ -220,11 +220,12 @@ static void walk_listener(walk_t *w, listener_slot_t *l)
 
 /* Envoy's http.PREFIX.downstream_cx_{rx,tx}_bytes_total: the bytes of every listener of that
  * kind (a TCP route's connections included: remora has no tcp.* scope). */
-static void walk_bytes(walk_t *w, server_t *s, const char *kind)
+static void walk_bytes(walk_t *w, server_t *s, int egress)
 {
+    const char *kind = egress ? "egress" : "ingress";
     uint64_t rx = 0, tx = 0;
     for (unsigned i = 0; i < s->nlisteners; i++) {
-        if (strcmp(s->listeners[i].kind, kind) == 0) {
+        if ((s->listeners[i].kind == LISTENER_EGRESS) == egress) {
             rx += stat_get(&s->listeners[i].cx.rx_bytes);
             tx += stat_get(&s->listeners[i].cx.tx_bytes);
         }
@@ -369,11 +370,11 @@ void metrics_each(server_t *s, metric_fn fn, void *ctx)
         walk_cluster(s, &w, c);
     if (!s->set.gateway) { /* a gateway has no egress */
         walk_http(&w, "egress", eg, &s->egress_stats);
-        walk_bytes(&w, s, "egress");
+        walk_bytes(&w, s, 1);
     }
     /* A gateway's listeners share these, counted under its first listener for the scope. */
     walk_http(&w, "ingress", in, &s->ingress_stats);
-    walk_bytes(&w, s, "ingress");
+    walk_bytes(&w, s, 0);
     /* Envoy's root http2.* names: both listeners' counts. */
 #define H2(stat, gauge)                                                                            \
     emit(&w, gauge ? METRIC_GAUGE : METRIC_COUNTER,                                                \

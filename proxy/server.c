@@ -56,12 +56,15 @@ static void name_listeners(server_t *s)
     const settings_t *set = &s->set;
     if (set->gateway) {
         for (unsigned i = 0; i < set->ngateway_ports; i++)
-            s->listeners[i] = (listener_slot_t){.kind = "ingress", .port = set->gateway_ports[i]};
+            s->listeners[i] =
+                (listener_slot_t){.kind = LISTENER_GATEWAY, .port = set->gateway_ports[i]};
         s->nlisteners = set->ngateway_ports;
         return;
     }
-    s->listeners[WORKER_INGRESS] = (listener_slot_t){.kind = "ingress", .port = set->ingress_port};
-    s->listeners[WORKER_EGRESS] = (listener_slot_t){.kind = "egress", .port = set->egress_port};
+    s->listeners[WORKER_INGRESS] =
+        (listener_slot_t){.kind = LISTENER_INGRESS, .port = set->ingress_port};
+    s->listeners[WORKER_EGRESS] =
+        (listener_slot_t){.kind = LISTENER_EGRESS, .port = set->egress_port};
     s->nlisteners = 2;
 }
 

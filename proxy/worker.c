@@ -236,13 +236,14 @@ static int listen_socket(uv_loop_t *loop, uv_tcp_t *h, void *owner, int family, 
 
 /* IPv4 always; IPv6 too where the host has it (interception of IPv6 needs it: ip6tables
  * REDIRECT goes to [::]:port). */
-static int listener_open(worker_t *w, unsigned i, enum listener_kind kind)
+static int listener_open(worker_t *w, unsigned i)
 {
     server_t *s = w->srv;
     listener_t *l = &w->listeners[i];
+    enum listener_kind kind = s->listeners[i].kind;
     uint16_t port = s->listeners[i].port;
     l->w = w;
-    l->kind = kind;
+    l->kind = kind; /* copied from the slot: what every connection asks */
     l->port = port;
     l->slot = &s->listeners[i];
     l->h1 = (h1_server_config_t){
@@ -514,17 +515,9 @@ int worker_init(worker_t *w, server_t *srv, unsigned id)
     uv_timer_init(&w->loop.uv, &w->housekeeping);
     w->housekeeping.data = w;
     uv_timer_start(&w->housekeeping, on_housekeeping, 1000, 1000);
-    if (srv->set.gateway) { /* a virtual gateway: its listeners, no egress */
-        for (unsigned i = 0; err == 0 && i < srv->nlisteners; i++, w->nlisteners++)
-            err = listener_open(w, i, LISTENER_GATEWAY);
-        return err;
-    }
-    err = listener_open(w, WORKER_INGRESS, LISTENER_INGRESS);
-    w->nlisteners = 1;
-    if (err == 0) {
-        err = listener_open(w, WORKER_EGRESS, LISTENER_EGRESS);
-        w->nlisteners = 2;
-    }
+    /* A sidecar's ingress and egress, or a virtual gateway's listeners (server.c names them). */
+    for (unsigned i = 0; err == 0 && i < srv->nlisteners; i++, w->nlisteners++)
+        err = listener_open(w, i);
     return err;
 }
 

@@ -26,13 +26,19 @@ enum listener_kind { LISTENER_INGRESS, LISTENER_EGRESS, LISTENER_GATEWAY };
 #define WORKER_EGRESS        1
 
 /* A listener as /listeners and the stats name it (lds_KIND_0.0.0.0_PORT, listener.0.0.0.0_PORT):
- * every worker's socket on that port counts here. */
+ * what each worker opens on that port, and where every worker's socket there counts. */
 typedef struct listener_slot {
-    const char *kind; /* "ingress" (a gateway's listeners too) or "egress" */
+    enum listener_kind kind;
     uint16_t port;
     listener_stats_t cx; /* every connection, HTTP or TCP */
     ssl_stats_t ssl;     /* its TLS handshakes (listener.ADDR.ssl.*) */
 } listener_slot_t;
+
+/* The KIND of lds_KIND_...: a gateway's listeners are "ingress", as Envoy names them. */
+static inline const char *listener_kind_name(enum listener_kind kind)
+{
+    return kind == LISTENER_EGRESS ? "egress" : "ingress";
+}
 
 typedef struct listener {
     uv_tcp_t tcp;  /* 0.0.0.0:port */
