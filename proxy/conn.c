@@ -127,6 +127,17 @@ void conn_read(conn_t *c, int on)
     }
 }
 
+/* Where c's bytes read (or written) are counted: an accepted connection's listener, a client
+ * side's own counters; NULL for nowhere. */
+static stat_t *byte_count(const conn_t *c, int written)
+{
+    if (!c->accepted)
+        return written ? c->tx_bytes : c->rx_bytes;
+    if (!c->accepted_by)
+        return NULL;
+    return written ? &c->accepted_by->tx_bytes : &c->accepted_by->rx_bytes;
+}
+
 void conn_on_read(conn_t *c, ssize_t nread, buf_t *b)
 {
     if (nread <= 0 || c->closing) {
@@ -140,7 +151,7 @@ void conn_on_read(conn_t *c, ssize_t nread, buf_t *b)
         return;
     }
     b->len = (uint32_t)nread;
-    stat_t *rx = c->accepted ? (c->accepted_by ? &c->accepted_by->rx_bytes : NULL) : c->rx_bytes;
+    stat_t *rx = byte_count(c, 0);
     if (rx)
         stat_add(rx, (uint64_t)nread);
     c->ev->on_read(c->owner, b);
@@ -335,7 +346,7 @@ static void tell_later(conn_t *c)
 
 static void submit(conn_t *c, wreq_t *r)
 {
-    stat_t *tx = c->accepted ? (c->accepted_by ? &c->accepted_by->tx_bytes : NULL) : c->tx_bytes;
+    stat_t *tx = byte_count(c, 1);
     if (tx) {
         size_t n = 0;
         for (unsigned i = 0; i < r->n; i++)
