@@ -130,12 +130,19 @@ static int resolve_gateway(settings_t *s, const config_t *cfg, const char *gw, d
     return 0;
 }
 
+/* A variable's value; NULL when it is unset or empty. */
+static const char *env(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : NULL;
+}
+
 static int resolve_node(settings_t *s, const cli_opts_t *cli, const config_t *cfg, diag_t *d)
 {
     const char *node = cli->node, *gw = NULL;
-    const char *arn = getenv("APPMESH_RESOURCE_ARN");
-    const char *old = getenv("APPMESH_VIRTUAL_NODE_NAME");
-    if (!node && arn && *arn) {
+    const char *arn = env("APPMESH_RESOURCE_ARN");
+    const char *old = env("APPMESH_VIRTUAL_NODE_NAME");
+    if (!node && arn) {
         node = settings_node_from_arn(arn);
         gw = node ? NULL : settings_gateway_from_arn(arn);
         if (!node && !gw)
@@ -144,14 +151,14 @@ static int resolve_node(settings_t *s, const cli_opts_t *cli, const config_t *cf
                      "virtualGateway/NAME), got \"%s\"",
                      arn);
     }
-    if (!node && !gw && old && *old) {
+    if (!node && !gw && old) {
         node = settings_node_from_arn(old);
         if (!node)
             diag_add(d, "settings", "APPMESH_VIRTUAL_NODE_NAME",
                      "expected mesh/MESH/virtualNode/NODE, got \"%s\"", old);
     }
     /* The file's proxy.gateway or proxy.node only when no flag or variable named one. */
-    if (!node && !gw && !(arn && *arn) && !(old && *old))
+    if (!node && !gw && !arn && !old)
         gw = cfg->proxy.gateway;
     if (gw)
         return resolve_gateway(s, cfg, gw, d);
@@ -219,12 +226,6 @@ static void resolve_workers(settings_t *s, const cli_opts_t *cli, const config_t
     if (n < 0)
         n = cfg->proxy.workers;
     s->workers = n > 0 ? (unsigned)n : settings_cpu_limit(NULL, affinity_cpus());
-}
-
-static const char *env(const char *name)
-{
-    const char *v = getenv(name);
-    return v && *v ? v : NULL;
 }
 
 /* X-Ray as the App Mesh Envoy image reads it: ENABLE_ENVOY_XRAY_TRACING, XRAY_DAEMON_PORT,
