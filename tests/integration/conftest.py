@@ -186,6 +186,23 @@ def pki(tmp_path_factory):
 
 
 @pytest.fixture
+def grpc_server():
+    """Starts grpcio servers (grpc_peers.py), stopped after the test."""
+    from grpc_peers import GrpcServer  # here: only the gRPC tests need grpcio
+
+    started = []
+
+    def start(name, **kw):
+        s = GrpcServer(name, **kw)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
 def h2_peer():
     """Starts H2Peer upstreams (h2_peer_upstream.py), stopped after the test."""
     from h2_peer_upstream import H2Peer  # here: only the HTTP/2 tests need the h2 package

@@ -25,27 +25,13 @@ import grpc
 import pytest
 
 from conftest import free_port, wait_until
-from grpc_peers import GrpcServer, bidi, channel, client_stream, grpc_frame, server_stream, unary
+from grpc_peers import bidi, channel, client_stream, grpc_frame, server_stream, unary
 from h2_wire import H2Client
 
 GRPC_HEADERS = [("content-type", "application/grpc"), ("te", "trailers")]
 
 
 # ---- fixtures ----
-
-@pytest.fixture
-def grpc_server():
-    started = []
-
-    def start(name, **kw):
-        s = GrpcServer(name, **kw)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
-
 
 @pytest.fixture
 def channels():

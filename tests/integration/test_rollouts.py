@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from conftest import HERE, REMORA, free_port, port_open, wait_until
-from grpc_peers import GrpcServer, channel, unary
+from grpc_peers import channel, unary
 
 
 class Version:
@@ -295,11 +295,11 @@ def grpc_mesh(v1, v2, rollout_spec):
     return cfg
 
 
-def test_grpc_canary_failing_with_a_status_rolls_back(remora):
+def test_grpc_canary_failing_with_a_status_rolls_back(grpc_server, remora):
     """A grpcRoute's canary that answers UNAVAILABLE (HTTP 200, Trailers-Only) to every call:
     its statuses are errors because the route's grpcRetryEvents name them; rolled back after
     two failed intervals, and the baseline's calls all succeed throughout."""
-    v1, v2 = GrpcServer("cart-v1"), GrpcServer("cart-v2")
+    v1, v2 = grpc_server("cart-v1"), grpc_server("cart-v2")
     stop, results = threading.Event(), []
     try:
         r = remora(grpc_mesh(v1, v2, rollout([(50, 30000), (100, 0)], minRequests=10)))
@@ -334,8 +334,6 @@ def test_grpc_canary_failing_with_a_status_rolls_back(remora):
                  % labels % "cart-v2"] == 0  # HTTP 200s: only the status says they failed
     finally:
         stop.set()
-        v1.stop()
-        v2.stop()
 
 
 def test_too_little_traffic_holds(version, remora, load):
