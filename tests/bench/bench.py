@@ -108,6 +108,22 @@ def wait_port(port, timeout=10, proc=None):
     raise SystemExit(f"bench: nothing listening on {port}")
 
 
+def wait_ready(admin, timeout=30, proc=None):
+    """Until remora's /ready on the admin port answers 200."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"bench: exited with status {proc.returncode} before /ready")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.001)
+    raise SystemExit(f"bench: /ready on {admin} not 200 within {timeout} s")
+
+
 def rss_kib(pid):
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -138,16 +154,20 @@ class NotUp(SystemExit):
 
 
 class Proc:
-    def __init__(self, argv, port, env=None, ready=None, quiet=False, stdout=None):
+    def __init__(self, argv, port, env=None, ready=None, quiet=False, stdout=None, admin=None):
         """stdout: a file for the process's standard output alone (HAProxy's `log stdout`);
-        without it stdout and stderr both go to the log that a failure to come up shows."""
-        self.argv, self.port = argv, port
+        without it stdout and stderr both go to the log that a failure to come up shows.
+        admin: remora's admin port, whose /ready answering 200 is what up means (remora listens
+        on its ingress before its admin does, and is ready only after its first discovery)."""
+        self.argv, self.port, self.admin = argv, port, admin
         self.log = tempfile.NamedTemporaryFile(prefix="remora-bench-log-", delete=False)
         self.p = subprocess.Popen(argv, stdout=self.log if stdout is None else stdout,
                                   stderr=subprocess.STDOUT if stdout is None else self.log, env=env,
                                   start_new_session=True)
         try:
             (ready or (lambda prt: wait_port(prt, proc=self.p)))(port)
+            if admin is not None:
+                wait_ready(admin, proc=self.p)
         except SystemExit as e:
             with open(self.log.name) as f:
                 log = f.read()[-2000:]
@@ -307,9 +327,7 @@ http {{
         argv = [REMORA, "--config", path, "--node", "app", "--ingress-port", str(port),
                 "--egress-port", str(egress), "--admin", f"127.0.0.1:{admin}",
                 "--workers", str(workers), "--log-level", "error"]
-        p = Proc(argv, port, env=env, quiet=quiet)
-        p.admin = admin
-        return p, argv, env
+        return Proc(argv, port, env=env, quiet=quiet, admin=admin), argv, env
 
     def remora_tls(self, workers=1):
         """remora terminating TLS on its ingress, or, if it will not, why not (a str)."""
@@ -922,15 +940,7 @@ stream {{
         times = []
         for _ in range(3 if self.smoke else 9):
             t0 = time.monotonic()
-            p, _, _ = self.remora(routes=routes)
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{p.admin}/ready", timeout=1) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                time.sleep(0.001)
+            p, _, _ = self.remora(routes=routes)  # back once /ready answers 200
             times.append((time.monotonic() - t0) * 1000)
             p.stop()
         self.results[f"time to /ready, {routes} routes"] = {"remora": {"ms": Spread(times, 1)}}
@@ -1399,19 +1409,7 @@ def scale_ready(path, admin_timeout=30):
     p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          env={"PATH": os.environ["PATH"]}, start_new_session=True)
     try:
-        end = t0 + admin_timeout
-        while True:
-            if p.poll() is not None:
-                raise SystemExit(f"bench: remora exited with {p.returncode} loading {path}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > end:
-                raise SystemExit(f"bench: remora not ready within {admin_timeout} s on {path}")
-            time.sleep(0.001)
+        wait_ready(admin, admin_timeout, p)
         ms = (time.monotonic() - t0) * 1000
         time.sleep(0.2)  # what it holds once settled, not mid-build
         return ms, rss_kib(p.pid)

@@ -79,9 +79,7 @@ def remora_with_clusters(b, bench, moto_port):
     argv = [bench.REMORA, "--config", path, "--node", "app", "--ingress-port", str(port),
             "--egress-port", str(egress), "--admin", f"127.0.0.1:{admin}", "--workers", "1",
             "--log-level", "error"]
-    p = bench.Proc(argv, port, env=env)
-    p.admin = admin
-    return p
+    return bench.Proc(argv, port, env=env, admin=admin)
 
 
 def api_calls(p):

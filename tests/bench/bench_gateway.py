@@ -32,7 +32,7 @@ def gateway_remora(b, bench):
         json.dump(cfg, f)
     argv = [bench.REMORA, "--config", path, "--admin", f"127.0.0.1:{admin}", "--workers", "1",
             "--log-level", "error"]
-    return bench.Proc(argv, port, env={"PATH": os.environ["PATH"]})
+    return bench.Proc(argv, port, env={"PATH": os.environ["PATH"]}, admin=admin)
 
 
 def gateway_haproxy(b, bench):

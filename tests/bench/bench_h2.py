@@ -57,9 +57,7 @@ def remora_h2(b, bench, app_port, protocol):
     argv = [bench.REMORA, "--config", path, "--node", "app", "--ingress-port", str(port),
             "--egress-port", str(egress), "--admin", f"127.0.0.1:{admin}", "--workers", "1",
             "--log-level", "error"]
-    p = bench.Proc(argv, port, env={"PATH": os.environ["PATH"]}, quiet=True)
-    p.admin = admin
-    return p
+    return bench.Proc(argv, port, env={"PATH": os.environ["PATH"]}, quiet=True, admin=admin)
 
 
 def haproxy_h2(b, bench, up_port):

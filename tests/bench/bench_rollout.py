@@ -42,9 +42,7 @@ def egress_remora(b, bench, with_rollout):
     argv = [bench.REMORA, "--config", path, "--node", "app", "--egress-port", str(port),
             "--ingress-port", str(ingress), "--admin", f"127.0.0.1:{admin}", "--workers", "1",
             "--log-level", "error"]
-    p = bench.Proc(argv, port, env={"PATH": os.environ["PATH"]})
-    p.admin = admin
-    return p
+    return bench.Proc(argv, port, env={"PATH": os.environ["PATH"]}, admin=admin)
 
 
 def decisions(p):
