@@ -68,6 +68,13 @@ static void name_listeners(server_t *s)
     s->nlisteners = 2;
 }
 
+static void on_signal(uv_signal_t *h, int signum)
+{
+    server_t *s = h->data;
+    log_info("received %s", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    server_drain(s);
+}
+
 int server_init(server_t *s, const settings_t *set, const cli_opts_t *cli, config_t *cfg,
                 uv_loop_t *loop)
 {
@@ -97,6 +104,13 @@ int server_init(server_t *s, const settings_t *set, const cli_opts_t *cli, confi
         return ERR_CONFIG;
     }
     name_listeners(s);
+    /* Caught before a listener opens: a SIGTERM the moment the ports answer is a drain, not
+     * the default action (the callback runs once server_run runs the loop). */
+    uv_signal_init(s->loop, &s->sigterm);
+    uv_signal_init(s->loop, &s->sigint);
+    s->sigterm.data = s->sigint.data = s;
+    uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&s->sigint, on_signal, SIGINT);
     s->workers = calloc(set->workers, sizeof *s->workers);
     if (!s->workers || qsbr_init(&s->qsbr, set->workers) != 0)
         return UV_ENOMEM;
@@ -396,20 +410,8 @@ static void on_worker_exited(uv_async_t *h)
     s->config_url = NULL;
 }
 
-static void on_signal(uv_signal_t *h, int signum)
-{
-    server_t *s = h->data;
-    log_info("received %s", signum == SIGTERM ? "SIGTERM" : "SIGINT");
-    server_drain(s);
-}
-
 int server_run(server_t *s)
 {
-    uv_signal_init(s->loop, &s->sigterm);
-    uv_signal_init(s->loop, &s->sigint);
-    s->sigterm.data = s->sigint.data = s;
-    uv_signal_start(&s->sigterm, on_signal, SIGTERM);
-    uv_signal_start(&s->sigint, on_signal, SIGINT);
     uv_timer_init(s->loop, &s->reclaim_timer);
     s->reclaim_timer.data = s;
     discovery_settings_t ds = {s->set.dns_servers[0] ? s->set.dns_servers : NULL,

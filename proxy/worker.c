@@ -361,6 +361,9 @@ static void maybe_finish(worker_t *w)
         h1_server_config_close(&w->listeners[i].h1);
         h2_server_config_close(&w->listeners[i].h2);
     }
+    uv_mutex_lock(&w->wake_lock);
+    w->wake_closed = 1;
+    uv_mutex_unlock(&w->wake_lock);
     uv_close((uv_handle_t *)&w->wake, NULL);
     uv_close((uv_handle_t *)&w->prepare, NULL);
     uv_close((uv_handle_t *)&w->check, NULL);
@@ -504,6 +507,8 @@ int worker_init(worker_t *w, server_t *srv, unsigned id)
     w->pools.wake_ctx = srv;
     if (srv->xray && (err = xray_emitter_open(srv->xray, &w->xray)) < 0)
         return err;
+    if ((err = uv_mutex_init(&w->wake_lock)) < 0)
+        return err;
     uv_async_init(&w->loop.uv, &w->wake, on_wake);
     w->wake.data = w;
     uv_prepare_init(&w->loop.uv, &w->prepare);
@@ -556,10 +561,14 @@ int worker_start(worker_t *w)
 
 void worker_notify(worker_t *w)
 {
-    uv_async_send(&w->wake);
+    uv_mutex_lock(&w->wake_lock);
+    if (!w->wake_closed)
+        uv_async_send(&w->wake);
+    uv_mutex_unlock(&w->wake_lock);
 }
 
 void worker_join(worker_t *w)
 {
     uv_thread_join(&w->thread);
+    uv_mutex_destroy(&w->wake_lock);
 }

@@ -73,7 +73,11 @@ typedef struct worker {
     access_log_worker_t alog_w; /* this worker's slots in every access log */
     unsigned id;
     uv_thread_t thread;
-    uv_async_t wake;         /* main thread -> worker: look at srv->state */
+    uv_async_t wake; /* main thread -> worker: look at srv->state */
+    /* Held to send on `wake` and to close it: a worker that has finished closes it (and then
+     * its loop) while the main thread or another worker may still be waking it. */
+    uv_mutex_t wake_lock;
+    int wake_closed;         /* under wake_lock */
     uv_prepare_t prepare;    /* deferred work and writes, before the loop blocks */
     uv_check_t check;        /* the same after each I/O pass */
     uv_timer_t housekeeping; /* gives freed memory back after a burst of connections */

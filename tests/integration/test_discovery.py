@@ -2,6 +2,7 @@
 at run time: registration and deregistration at TTL pace, every DNS failure mode, truncated
 answers, SRV priority and weight, health checks and outlier detection with real upstreams."""
 import json
+import signal
 import threading
 import time
 
@@ -98,6 +99,31 @@ def test_register_and_deregister_at_ttl_pace(knot, upstream, remora):
     for t in threads:
         t.join(10)
     assert statuses == [200, 200], "in-flight requests to the removed instance finished"
+
+
+def test_discovery_during_a_drain_wakes_no_finished_worker(knot, upstream, remora):
+    """Two workers; one carries a slow request through a SIGTERM, the other has nothing to
+    finish and is done at once. A DNS change published meanwhile wakes the workers: the one
+    still serving adopts it, the finished one is left alone (the build before this test
+    aborted here, writing to the finished worker's closed loop), and the slow request gets
+    its answer."""
+    i1, i2 = upstream("i-1"), upstream("i-2")
+    k = knot([srv("i-1", i1.port), addr("i-1")])
+    r = remora(mesh(k), workers=2)
+    assert served_by(r, 2) == {"i-1": 2}
+    slow = Conn(r.egress)
+    before = i1.stats()["requests"]
+    slow.send(request("GET", "/sleep/2500"))
+    wait_until(lambda: i1.stats()["requests"] > before, what="the slow request at i-1")
+    r.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: "draining" in r.read_log(), what="the drain begun")
+    k.change(add=[addr("i-2"), srv("i-2", i2.port)])
+    wait_until(lambda: r.proc.poll() is not None or cluster_stat(r, "membership_total") == 2,
+               timeout=5, what="i-2 published during the drain")
+    resp = slow.read_response()
+    assert resp.status == 200 and resp.body == b"slept\n"
+    slow.close()
+    assert r.proc.wait(30) == 0, r.read_log()[-3000:]
 
 
 @pytest.mark.parametrize("fault", ["servfail", "timeout", "stopped"])

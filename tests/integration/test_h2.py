@@ -353,9 +353,11 @@ def test_slow_upstream_stalls_only_its_own_stream(h2_upstream, upstream, remora)
     c = H2Client(r.ingress)
     payload = os.urandom(16 << 20)
     idle = r.rss_kib()
-    sid = c.start("/slow-upload/3000", "POST", end=False)
+    sid = c.start("/slow-upload/5000", "POST", end=False)
     left = payload
-    deadline = time.monotonic() + 2.5  # the upstream reads nothing for 3 s
+    # The upstream reads nothing for 5 s; filling the kernel's loopback buffers on the way can
+    # take seconds on a loaded machine.
+    deadline = time.monotonic() + 4.5
     stalled, zero_since = False, None
     while time.monotonic() < deadline and not stalled:
         left = c.send_some(sid, left)

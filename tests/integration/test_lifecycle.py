@@ -98,6 +98,32 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(mesh):
     assert exited["at"] - done < 2.0, (exited["at"] - done)
 
 
+def test_a_sigterm_the_moment_the_ports_answer_is_a_clean_drain(tmp_path, upstream):
+    """An orchestrator may stop a task the instant it comes up. remora's ports answer before
+    its admin and its discovery do (and with 8 workers, well before the last one is set up):
+    a SIGTERM then is still a drain that exits 0, never the signal's default action (the build
+    before this test died of SIGTERM in about half of these starts)."""
+    app, backend = upstream("app"), upstream("cart-v1")
+    path = tmp_path / "mesh.json"
+    path.write_text(json.dumps(mesh_config(app.port, backend.port)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("APPMESH_", "ENVOY_", "REMORA_"))}
+    for _ in range(20):
+        ingress, egress, admin = free_ports(3)
+        proc = subprocess.Popen([REMORA, "--config", str(path), "--ingress-port", str(ingress),
+                                 "--egress-port", str(egress), "--admin", f"127.0.0.1:{admin}",
+                                 "--workers", "8"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        deadline = time.monotonic() + 10
+        try:
+            while proc.poll() is None and not port_open(ingress):  # no pause: the instant it answers
+                assert time.monotonic() < deadline, "ingress never answered"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert "received SIGTERM" in out and "stopped" in out, out
+
+
 def test_quitquitquit_drains_and_exits(mesh):
     r, _, backend = mesh()
     busy = Conn(r.egress)
