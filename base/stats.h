@@ -73,7 +73,14 @@ static inline void hist_record_us(histogram_t *h, uint64_t us)
     X(downstream_rq_header_too_large, 0)                                                           \
     X(downstream_cx_http2_total, 0)                                                                \
     X(downstream_cx_http2_active, 1)                                                               \
-    X(downstream_rq_too_many_premature_resets, 0)
+    X(downstream_rq_too_many_premature_resets, 0)                                                  \
+    X(downstream_rq_tx_reset, 0)                                                                   \
+    X(downstream_cx_destroy, 0)                                                                    \
+    X(downstream_cx_destroy_remote, 0)                                                             \
+    X(downstream_cx_destroy_local, 0)                                                              \
+    X(downstream_cx_destroy_active_rq, 0)                                                          \
+    X(downstream_cx_destroy_remote_active_rq, 0)                                                   \
+    X(downstream_cx_destroy_local_active_rq, 0)
 
 /* The HTTP/2 codec's own, Envoy's `http2.` names (h2_server.c, docs/http2.md): kept per
  * listener beside its HTTP stats. */
@@ -126,8 +133,17 @@ static inline void hist_record_us(histogram_t *h, uint64_t us)
     X(upstream_cx_destroy, 0)                                                                      \
     X(upstream_cx_destroy_local, 0)                                                                \
     X(upstream_cx_destroy_with_active_rq, 0)                                                       \
+    X(upstream_cx_destroy_local_with_active_rq, 0)                                                 \
+    X(upstream_cx_destroy_remote_with_active_rq, 0)                                                \
+    X(upstream_rq_pending_failure_eject, 0)                                                        \
+    X(upstream_flow_control_paused_reading_total, 0)                                               \
+    X(upstream_flow_control_resumed_reading_total, 0)                                              \
+    X(upstream_flow_control_backed_up_total, 0)                                                    \
+    X(upstream_flow_control_drained_total, 0)                                                      \
     X(lb_healthy_panic, 0)                                                                         \
     X(outlier_detection_ejections_enforced_total, 0)                                               \
+    X(outlier_detection_ejections_detected_consecutive_5xx, 0)                                     \
+    X(outlier_detection_ejections_overflow, 0)                                                     \
     X(health_check_attempt, 0)                                                                     \
     X(health_check_failure, 0)                                                                     \
     X(update_attempt, 0)                                                                           \
@@ -169,6 +185,31 @@ typedef struct cluster_stats {
     histogram_t cx_connect_ms; /* connect (and TLS handshake) times */
 } cluster_stats_t;
 #undef STAT_FIELD
+
+/* A client connection is gone: `remote` when the client closed it (EOF or reset), else remora
+ * did; `active_rq` when a request on it had not had its whole response. */
+static inline void http_count_cx_destroy(http_stats_t *st, int remote, int active_rq)
+{
+    stat_inc(&st->downstream_cx_destroy);
+    stat_inc(remote ? &st->downstream_cx_destroy_remote : &st->downstream_cx_destroy_local);
+    if (!active_rq)
+        return;
+    stat_inc(&st->downstream_cx_destroy_active_rq);
+    stat_inc(remote ? &st->downstream_cx_destroy_remote_active_rq
+                    : &st->downstream_cx_destroy_local_active_rq);
+}
+
+/* The same for an upstream connection: `remote` when the upstream closed it. */
+static inline void cluster_count_cx_destroy(cluster_stats_t *st, int remote, int active_rq)
+{
+    stat_inc(&st->upstream_cx_destroy);
+    stat_inc(remote ? &st->upstream_cx_destroy_remote : &st->upstream_cx_destroy_local);
+    if (!active_rq)
+        return;
+    stat_inc(&st->upstream_cx_destroy_with_active_rq);
+    stat_inc(remote ? &st->upstream_cx_destroy_remote_with_active_rq
+                    : &st->upstream_cx_destroy_local_with_active_rq);
+}
 
 /* The 1xx..5xx counter of a status code within a stats block, by class. */
 static inline stat_t *stat_class(stat_t *first_1xx, int status)

@@ -169,8 +169,13 @@ static void maybe_eject(cluster_t *c, endpoint_state_t *st, uint64_t now)
     unsigned allowed = s->n * c->outlier.max_ejection_percent / 100;
     if (allowed < 1)
         allowed = 1;
-    if (ejected >= allowed || atomic_load(&st->ejected_until_ms) > now)
+    if (atomic_load(&st->ejected_until_ms) > now)
         return;
+    stat_inc(&c->stats.outlier_detection_ejections_detected_consecutive_5xx);
+    if (ejected >= allowed) {
+        stat_inc(&c->stats.outlier_detection_ejections_overflow);
+        return;
+    }
     unsigned times = atomic_fetch_add(&st->times_ejected, 1) + 1;
     atomic_store(&st->ejected_until_ms, now + c->outlier.base_ejection_ms * times);
     atomic_store(&st->consecutive_errors, 0);

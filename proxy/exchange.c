@@ -224,11 +224,7 @@ void exchange_end(exchange_t *ex, int abort)
     ex->ended = 1; /* the timer may still fire: it finds nothing to do, and stays armed for
                       the next use of this exchange, which saves a re-arm per request */
     pool_done(&ex->w->pools, &ex->wait);
-    if (ex->cs) {
-        client_stream_t *cs = ex->cs;
-        ex->cs = NULL;
-        cs->ops->release(cs, 0);
-    }
+    fwd_drop_upstream(ex); /* a client that went away mid-answer leaves one */
     endpoint_release(&ex->endpoint);
     http_stats_t *hs = exchange_http_stats(ex);
     stat_dec(&hs->downstream_rq_active);

@@ -126,6 +126,8 @@ void fwd_timer(exchange_t *ex, uint64_t now);
 void fwd_admitted(exchange_t *ex, int result);
 /* The end of the exchange as traces and stats see it. */
 void fwd_finish(exchange_t *ex);
+/* Release the upstream stream, if any, and count it out of upstream_rq_active. */
+void fwd_drop_upstream(exchange_t *ex);
 /* Answer the client with `status` and a plain-text body, and end the exchange. */
 void fwd_local_reply(exchange_t *ex, int status, const char *body);
 

@@ -46,7 +46,7 @@ static void report(exchange_t *ex, int status)
         cluster_done(ex->route.cluster, &ex->endpoint, status, now_ms(ex));
 }
 
-static void drop_upstream(exchange_t *ex)
+void fwd_drop_upstream(exchange_t *ex)
 {
     client_stream_t *cs = ex->cs;
     if (!cs)
@@ -73,7 +73,7 @@ static void send_grpc_reply(exchange_t *ex, int status, const char *body);
 /* Counted and logged with the HTTP status it stands for, whichever form the client gets. */
 static void local_reply(exchange_t *ex, int status, const char *body)
 {
-    drop_upstream(ex);
+    fwd_drop_upstream(ex);
     pool_done(&ex->w->pools, &ex->wait);
     ex->status = status;
     ex->local_reply = 1;
@@ -379,7 +379,7 @@ static void dispatch(exchange_t *ex, int fresh)
     if (send_request(ex) != 0) {
         log_warn("upstream %s: cannot build the request head", ex->endpoint.name);
         exchange_flag(ex, 0, "request_head_too_large_to_send");
-        drop_upstream(ex);
+        fwd_drop_upstream(ex);
         local_reply(ex, 502, "request head too large to send upstream\n");
     }
 }
@@ -481,7 +481,7 @@ static int retry(exchange_t *ex, unsigned event, unsigned gevent)
         stat_inc(&ex->route.target->retries);
     log_debug("upstream %s: retrying (attempt %u of %u)", ex->endpoint.name, ex->attempts + 1,
               p->max_retries + 1);
-    drop_upstream(ex);
+    fwd_drop_upstream(ex);
     start_attempt(ex);
     return 1;
 }
@@ -496,7 +496,7 @@ static int retry_stale(exchange_t *ex, int err, int reused)
         !http_method_idempotent(ex->req->method))
         return 0;
     ex->stale_retried = 1;
-    drop_upstream(ex);
+    fwd_drop_upstream(ex);
     log_debug("upstream %s: pooled connection was closed, request sent again", ex->endpoint.name);
     dispatch(ex, 1);
     return 1;
@@ -516,7 +516,7 @@ static int retry_refused(exchange_t *ex)
     if (ex->refused_retried || ex->resp_state != RESP_WAITING || !replayable(ex))
         return 0;
     ex->refused_retried = 1;
-    drop_upstream(ex);
+    fwd_drop_upstream(ex);
     log_debug("upstream %s: stream refused, request sent again", ex->endpoint.name);
     dispatch(ex, 0);
     return 1;
@@ -742,6 +742,7 @@ void fwd_request_data(exchange_t *ex, buf_t *b, const char *p, size_t n)
         return;
     ex->cs->ops->send_data(ex->cs, b, p, n);
     if (!ex->client_paused && ex->cs->ops->over_high_water(ex->cs)) {
+        stat_inc(&cstats(ex)->upstream_flow_control_backed_up_total);
         ex->client_paused = 1;
         ex->ss->ops->pause(ex->ss, 1);
     }
@@ -750,6 +751,7 @@ void fwd_request_data(exchange_t *ex, buf_t *b, const char *p, size_t n)
 void fwd_upstream_drained(exchange_t *ex)
 {
     if (ex->client_paused && !ex->wait.queued) {
+        stat_inc(&cstats(ex)->upstream_flow_control_drained_total);
         ex->client_paused = 0;
         ex->ss->ops->pause(ex->ss, 0);
     }
@@ -845,6 +847,7 @@ void fwd_response_data(exchange_t *ex, buf_t *b, const char *p, size_t n)
     ex->resp_bytes += n;
     ex->ss->ops->send_data(ex->ss, b, p, n);
     if (!ex->upstream_paused && ex->ss->ops->over_high_water(ex->ss)) {
+        stat_inc(&cstats(ex)->upstream_flow_control_paused_reading_total);
         ex->upstream_paused = 1;
         ex->cs->ops->pause(ex->cs, 1);
     }
@@ -853,6 +856,7 @@ void fwd_response_data(exchange_t *ex, buf_t *b, const char *p, size_t n)
 void fwd_client_drained(exchange_t *ex)
 {
     if (ex->upstream_paused && ex->cs) {
+        stat_inc(&cstats(ex)->upstream_flow_control_resumed_reading_total);
         ex->upstream_paused = 0;
         ex->cs->ops->pause(ex->cs, 0);
     }
@@ -919,7 +923,7 @@ void fwd_upstream_error(exchange_t *ex, int err)
     }
     if (ex->resp_state == RESP_BODY)
         stat_inc(&cstats(ex)->upstream_rq_rx_reset);
-    drop_upstream(ex);
+    fwd_drop_upstream(ex);
     if (ex->resp_state != RESP_WAITING) {
         /* Mid-response: the client must see a broken message, never a complete one. */
         log_warn("upstream %s: %s mid-response; closing the client connection", ex->endpoint.name,
@@ -952,7 +956,7 @@ static void give_up(exchange_t *ex)
         local_reply(ex, 504, "upstream request timeout\n");
         return;
     }
-    drop_upstream(ex);
+    fwd_drop_upstream(ex);
     exchange_end(ex, 1);
 }
 

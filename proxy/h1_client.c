@@ -35,6 +35,7 @@ struct h1_client {
     unsigned gone : 1;       /* closing: the pool was told */
     unsigned detached : 1;
     unsigned remote_closed : 1; /* the upstream closed first (destroy_remote, not _local) */
+    unsigned lost_active : 1;   /* released before its response ended: the connection goes too */
 };
 
 static const client_stream_ops_t stream_ops;
@@ -69,9 +70,8 @@ static void on_conn_closed(void *owner)
 {
     h1_client_t *h = owner;
     h->c = NULL;
-    stat_inc(&h->stats->upstream_cx_destroy);
-    if (h->busy && !h->resp_done)
-        stat_inc(&h->stats->upstream_cx_destroy_with_active_rq);
+    cluster_count_cx_destroy(h->stats, h->remote_closed,
+                             h->lost_active || (h->busy && !h->resp_done));
     if (h->busy && !h->failed) { /* closed under the stream (say, no memory to write) */
         h->failed = 1;
         h->ev->on_error(h->ctx, UV_ECONNABORTED);
@@ -82,8 +82,6 @@ static void on_conn_closed(void *owner)
 
 void h1_client_close(h1_client_t *h)
 {
-    if (!h->gone && h->c && !h->c->closing && !h->remote_closed)
-        stat_inc(&h->stats->upstream_cx_destroy_local);
     gone(h);
     tq_del(&h->timeout);
     if (h->c)
@@ -210,7 +208,6 @@ static void on_read(void *owner, buf_t *b)
 static void on_eof(void *owner, int err)
 {
     h1_client_t *h = owner;
-    stat_inc(&h->stats->upstream_cx_destroy_remote);
     h->remote_closed = 1;
     h->keep_alive = 0;
     if (!h->busy || h->resp_done) {
@@ -247,6 +244,7 @@ static void on_expired(tq_node_t *n)
     }
     stat_inc(&h->stats->upstream_cx_connect_timeout);
     stat_inc(&h->stats->upstream_cx_connect_fail);
+    stat_inc(&h->stats->upstream_rq_pending_failure_eject); /* its request waited on it */
     log_warn("upstream: connect timed out");
     fail(h, UV_ETIMEDOUT);
 }
@@ -257,6 +255,7 @@ static void on_connect(void *owner, int status)
     tq_del(&h->timeout);
     if (status < 0) {
         stat_inc(&h->stats->upstream_cx_connect_fail);
+        stat_inc(&h->stats->upstream_rq_pending_failure_eject);
         h->keep_alive = 0;
         fail(h, status);
         return;
@@ -344,6 +343,7 @@ static void release(client_stream_t *s, int clean)
     h->ctx = NULL;
     if (!h->resp_done || !h->req_done)
         stat_inc(&h->stats->upstream_rq_tx_reset);
+    h->lost_active = !h->resp_done;
     if (clean && h->keep_alive && h->resp_done && h->req_done && h1_client_usable(h)) {
         conn_read(h->c, 1); /* to see the upstream close it */
         h->owner->on_idle(h->owner_ctx, h);

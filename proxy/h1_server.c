@@ -45,7 +45,9 @@ struct h1_server {
     unsigned continued : 1;  /* 100 Continue sent */
     unsigned in_process : 1;
     unsigned detached : 1;
-    unsigned retired : 1; /* the connection is gone; freed once the stream is released */
+    unsigned retired : 1;     /* the connection is gone; freed once the stream is released */
+    unsigned peer_gone : 1;   /* the client closed or reset first (a remote destroy) */
+    unsigned lost_active : 1; /* the stream was released before its response ended */
 };
 
 _Static_assert(sizeof(struct h1_server) <= 216,
@@ -117,6 +119,8 @@ static void on_conn_closed(void *owner)
 {
     h1_server_t *h = owner;
     h->c = NULL;
+    http_count_cx_destroy(h->cfg->stats, h->peer_gone,
+                          (h->in_stream && !h->resp_done) || h->lost_active);
     if (h->in_stream && !h->failed) { /* cannot happen: the stream is failed first */
         h->failed = 1;
         h->ev->on_error(h->ctx, ERR_CLIENT_GONE);
@@ -401,6 +405,7 @@ static void on_read(void *owner, buf_t *b)
 static void on_eof(void *owner, int err)
 {
     h1_server_t *h = owner;
+    h->peer_gone |= !h->closing;
     if (h->closing && h->c && conn_pinned(h->c) > 0) {
         h->peer_eof = 1; /* our last bytes are still going out: close once they are */
         conn_notify_empty(h->c);
@@ -445,6 +450,7 @@ static void on_write_error(void *owner, int err)
     h1_server_t *h = owner;
     char peer[CONN_PEER_TEXT];
     log_debug("downstream %s: write failed: %s", PEER_TEXT(h, peer), uv_strerror(err));
+    h->peer_gone = 1;
     if (h->in_stream && !h->failed) {
         stat_inc(&h->cfg->stats->downstream_rq_rx_reset);
         h->failed = 1;
@@ -575,6 +581,7 @@ static void release(server_stream_t *s, int abort)
 {
     h1_server_t *h = of(s);
     h->in_stream = 0;
+    h->lost_active = !h->resp_done;
     h->ev = NULL;
     h->ctx = NULL;
     h->paused = 0;
@@ -584,7 +591,14 @@ static void release(server_stream_t *s, int abort)
     }
     if (!h->c || h->c->closing)
         return;
+    if (h->failed &&
+        h->peer_gone) { /* the client reset or left mid-request: nothing to linger for */
+        close_now(h);
+        return;
+    }
     if (abort || (h->resp_sent && !h->resp_done)) {
+        if (!h->failed) /* remora's doing, not the client's */
+            stat_inc(&h->cfg->stats->downstream_rq_tx_reset);
         cut(h);
         return;
     }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "base/text.h"
+#include "base/version.h"
 #include "discovery/cloudmap.h"
 #include "discovery/dns.h"
 #include "proxy/rollouts.h"
@@ -161,6 +162,10 @@ static void walk_cluster(server_t *s, walk_t *w, cluster_t *c)
     emit(w, METRIC_GAUGE, max_pending && pending >= max_pending, NULL,
          "cluster.%s.circuit_breakers.default.rq_pending_open", n);
     emit(w, METRIC_GAUGE, 0, NULL, "cluster.%s.circuit_breakers.default.rq_retry_open", n);
+    /* Never anything but 0: remora caps no number of pools and has no maintenance mode (an
+     * Envoy runtime key). Dashboards and the CloudWatch agent's selectors ask for both. */
+    emit(w, METRIC_GAUGE, 0, NULL, "cluster.%s.circuit_breakers.default.cx_pool_open", n);
+    emit(w, METRIC_COUNTER, 0, NULL, "cluster.%s.upstream_rq_maintenance_mode", n);
 #define SSL(stat, gauge)                                                                           \
     emit(w, METRIC_COUNTER, stat_get(&c->ssl.stat), &c->ssl.stat, "cluster.%s.ssl.%s", n, #stat);
     SSL_STATS(SSL)
@@ -339,6 +344,15 @@ static void walk_own(server_t *s, walk_t *w)
     emit_own(w, &x->split, "remora_xray_split_documents_total", "", "remora.xray.split");
 }
 
+/* Envoy's server.version is a number (from its source revision): remora's is its version,
+ * major × 10,000 + minor × 100 + patch. */
+static uint64_t version_number(void)
+{
+    unsigned major = 0, minor = 0, patch = 0;
+    sscanf(REMORA_VERSION, "%u.%u.%u", &major, &minor, &patch);
+    return (uint64_t)major * 10000 + minor * 100 + patch;
+}
+
 static void walk_server(server_t *s, walk_t *w)
 {
     enum server_state st = server_state(s);
@@ -352,6 +366,7 @@ static void walk_server(server_t *s, walk_t *w)
     emit(w, METRIC_GAUGE, state, NULL, "server.state");
     emit(w, METRIC_GAUGE, up, NULL, "server.uptime");
     emit(w, METRIC_GAUGE, s->nworkers, NULL, "server.concurrency");
+    emit(w, METRIC_GAUGE, version_number(), NULL, "server.version");
     emit(w, METRIC_GAUGE, mi.uordblks + mi.hblkhd, NULL, "server.memory_allocated");
     emit(w, METRIC_GAUGE, mi.arena + mi.hblkhd, NULL, "server.memory_heap_size");
     uint64_t cx = 0;

@@ -289,8 +289,33 @@ def test_outlier_detection_ejects_a_dead_instance(knot, upstream, remora):
     assert cluster_stat(r, "outlier_detection_ejections_enforced_total") == 1
     # Envoy's name by reason: remora ejects on consecutive 5xx and connect failures only.
     assert cluster_stat(r, "outlier_detection.ejections_enforced_consecutive_5xx") == 1
+    assert cluster_stat(r, "outlier_detection_ejections_detected_consecutive_5xx") == 1
+    assert cluster_stat(r, "outlier_detection_ejections_overflow") == 0
+    # Both failed requests waited on a connection that was refused.
+    assert cluster_stat(r, "upstream_rq_pending_failure_eject") == 2
+    assert cluster_stat(r, "upstream_cx_connect_fail") == 2
     _, clusters = r.admin("/clusters")
     assert f"127.0.0.1:{ups[1].port}::health_flags::/failed_outlier_check" in clusters
+    assert cluster_stat(r, "membership_healthy") == 2
+
+
+def test_an_ejection_past_max_ejection_percent_is_detected_not_enforced(knot, upstream, remora):
+    """Two of three instances die and maxEjectionPercent (50) allows one ejection: the first to
+    fail twice in a row is ejected; the other keeps its traffic, and each failure of its streak
+    from the second on is an ejection detected and not enforced (ejections_overflow)."""
+    ups, k = three_instances(knot, upstream)
+    outlier = {"maxServerErrors": 2, "interval": {"unit": "s", "value": 1},
+               "baseEjectionDuration": {"unit": "s", "value": 30}, "maxEjectionPercent": 50}
+    cfg = mesh(k, outlier=outlier)
+    cfg["proxy"]["defaultRetryPolicy"] = False  # so that the client sees the failures
+    r = remora(cfg)
+    ups[1].stop()
+    ups[2].stop()
+    failures = sum(s != 200 for _, s in steady_load(r, 1))
+    assert failures >= 4, failures  # two each before the detector acts on both
+    assert cluster_stat(r, "outlier_detection_ejections_enforced_total") == 1
+    assert cluster_stat(r, "outlier_detection_ejections_detected_consecutive_5xx") == failures - 2
+    assert cluster_stat(r, "outlier_detection_ejections_overflow") == failures - 3
     assert cluster_stat(r, "membership_healthy") == 2
 
 

@@ -12,8 +12,10 @@ import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.parse
 
@@ -475,6 +477,143 @@ def test_upstream_connection_counters(proxy, conns, expect):
     expect.check()
 
 
+# The CloudWatch agent's quick-start config for App Mesh on ECS (awsvpc) keeps these families
+# and drops the rest (aws/amazon-cloudwatch-agent, k8s-deployment-manifest-templates/
+# deployment-mode/service/cwagent-prometheus/cloudformation-quickstart/
+# cwagent-ecs-prometheus-metric-for-awsvpc.yaml, metric_selectors); its App Mesh dashboard and
+# Container Insights read them. Each must have a series, with the labels the dashboard groups by.
+CLOUDWATCH_ECS = {
+    "envoy_http_downstream_rq_total": "envoy_http_conn_manager_prefix",
+    "envoy_http_downstream_rq_xx": "envoy_http_conn_manager_prefix",
+    "envoy_http_downstream_cx_destroy_remote_active_rq": "envoy_http_conn_manager_prefix",
+    "envoy_cluster_upstream_cx_rx_bytes_total": "envoy_cluster_name",
+    "envoy_cluster_upstream_cx_tx_bytes_total": "envoy_cluster_name",
+    "envoy_cluster_membership_healthy": "envoy_cluster_name",
+    "envoy_cluster_membership_total": "envoy_cluster_name",
+    "envoy_cluster_upstream_cx_connect_timeout": "envoy_cluster_name",
+    "envoy_cluster_upstream_cx_destroy_local_with_active_rq": "envoy_cluster_name",
+    "envoy_cluster_upstream_rq_pending_failure_eject": "envoy_cluster_name",
+    "envoy_cluster_upstream_rq_pending_overflow": "envoy_cluster_name",
+    "envoy_cluster_upstream_rq_timeout": "envoy_cluster_name",
+    "envoy_cluster_upstream_rq_per_try_timeout": "envoy_cluster_name",
+    "envoy_cluster_upstream_rq_rx_reset": "envoy_cluster_name",
+    "envoy_cluster_upstream_rq_maintenance_mode": "envoy_cluster_name",
+    "envoy_cluster_upstream_flow_control_paused_reading_total": "envoy_cluster_name",
+    "envoy_cluster_upstream_flow_control_resumed_reading_total": "envoy_cluster_name",
+    "envoy_cluster_upstream_flow_control_backed_up_total": "envoy_cluster_name",
+    "envoy_cluster_upstream_flow_control_drained_total": "envoy_cluster_name",
+    "envoy_cluster_upstream_rq_retry": "envoy_cluster_name",
+    "envoy_cluster_upstream_rq_retry_success": "envoy_cluster_name",
+    "envoy_cluster_upstream_rq_retry_overflow": "envoy_cluster_name",
+    "envoy_server_memory_allocated": None,
+    "envoy_server_memory_heap_size": None,
+    "envoy_server_version": None,
+    "envoy_server_uptime": None,
+    "envoy_server_live": None,
+}
+
+
+def test_the_cloudwatch_agents_app_mesh_families_all_have_series(proxy, conns, expect):
+    p = proxy(env=TAGS)
+    c = conns(p.r.egress)
+    assert get(c, "/status/200", host="cart.shop.local").status == 200
+    s = p.scrape()
+    for family, label in CLOUDWATCH_ECS.items():
+        series = [labels for name, labels, _ in s.samples if name == family]
+        expect(series, f"{family}: no series")
+        if label and series:
+            expect(all(label in dict(labels) for labels in series), f"{family}: no {label} label")
+    expect.check()
+
+
+def test_connection_destroys_by_side_and_active_request(proxy, conns, expect):
+    """Envoy's downstream_cx_destroy family, per HTTP prefix, and the cluster's by side: a
+    client that closes an idle connection; one that leaves with its request in flight; and an
+    app that dies mid-response, whose answer remora cuts off (a reset remora sends)."""
+    p = proxy()
+    ing = {"envoy_http_conn_manager_prefix": "ingress"}
+    cluster = {"envoy_cluster_name": p.ing}
+
+    def value(name, labels):
+        return p.scrape().value(name, **labels)
+
+    idle = Conn(p.r.ingress)
+    assert get(idle, "/status/200").status == 200
+    idle.close()
+    wait_until(lambda: value("envoy_http_downstream_cx_destroy", ing) == 1, timeout=5,
+               what="the idle connection destroyed")
+    busy = Conn(p.r.ingress)
+    busy.send(request("GET", "/sleep/3000"))  # slow on purpose: in flight when the client goes
+    wait_until(lambda: value("envoy_cluster_upstream_rq_active", cluster) == 1, timeout=5,
+               what="the slow request upstream")
+    # A reset, not a FIN: a client's half-close after a whole request still gets its answer.
+    busy.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    busy.close()
+    wait_until(lambda: value("envoy_http_downstream_cx_destroy", ing) == 2, timeout=5,
+               what="the busy connection destroyed")
+    # The upstream request the client left is no longer active (it was counted there for good).
+    wait_until(lambda: value("envoy_cluster_upstream_rq_active", cluster) == 0, timeout=5,
+               what="upstream_rq_active back to 0 after the client left")
+    cut = Conn(p.r.ingress)
+    cut.send(request("GET", "/die-mid-response"))
+    resp = cut.read_response()
+    assert resp.status == 200 and not resp.complete
+    assert cut.closed_by_peer()  # remora's FIN: the answer ends short
+    cut.close()  # after remora's close: remora's doing, not the client's
+    wait_until(lambda: value("envoy_http_downstream_cx_destroy", ing) == 3, timeout=5,
+               what="the cut connection destroyed")
+    s = p.scrape()
+    for name, want in (("envoy_http_downstream_cx_destroy_remote", 2),
+                       ("envoy_http_downstream_cx_destroy_local", 1),
+                       ("envoy_http_downstream_cx_destroy_active_rq", 2),
+                       ("envoy_http_downstream_cx_destroy_remote_active_rq", 1),
+                       ("envoy_http_downstream_cx_destroy_local_active_rq", 1),
+                       ("envoy_http_downstream_rq_rx_reset", 1),
+                       ("envoy_http_downstream_rq_tx_reset", 1)):
+        expect.eq(s.value(name, **ing), float(want), name)
+    # Upstream: the connection the client's departure released is closed by remora with its
+    # request in flight; the app's death mid-response is a remote close with one in flight.
+    for name, want in (("envoy_cluster_upstream_cx_destroy_local_with_active_rq", 1),
+                       ("envoy_cluster_upstream_cx_destroy_remote_with_active_rq", 1),
+                       ("envoy_cluster_upstream_cx_destroy_with_active_rq", 2),
+                       ("envoy_cluster_upstream_rq_active", 0)):
+        expect.eq(s.value(name, **cluster), float(want), name)
+    expect.check()
+
+
+def test_flow_control_pauses_and_resumes_both_ways(proxy, conns, expect):
+    """A 32 MiB answer to a client that reads nothing: remora stops reading the app
+    (paused_reading) and starts again once the client reads (resumed_reading), as often as it
+    stopped. An upload to an app that reads slowly backs the upstream up, and it drains."""
+    p = proxy()
+    cluster = {"envoy_cluster_name": p.ing}
+    c = conns(p.r.ingress)
+    c.send(request("GET", "/bytes/33554432"))
+    wait_until(lambda: p.scrape().value("envoy_cluster_upstream_flow_control_paused_reading_total",
+                                        **cluster) >= 1, timeout=10, what="reading the app paused")
+    resp = c.read_response()
+    assert resp.status == 200 and len(resp.body) == 33554432
+    s = p.scrape()
+    paused = s.value("envoy_cluster_upstream_flow_control_paused_reading_total", **cluster)
+    expect.eq(s.value("envoy_cluster_upstream_flow_control_resumed_reading_total", **cluster),
+              paused, "resumed as often as paused")
+    up = conns(p.r.ingress)
+    body = b"x" * (32 << 20)
+    sender = threading.Thread(target=up.send, args=(request("POST", "/slow-upload/1000", body=body),))
+    sender.start()
+    wait_until(lambda: p.scrape().value("envoy_cluster_upstream_flow_control_backed_up_total",
+                                        **cluster) >= 1, timeout=10, what="the upload backed up")
+    sender.join(30)
+    resp = up.read_response()
+    assert resp.status == 200 and json.loads(resp.body) == {"length": len(body)}
+    s = p.scrape()
+    backed = s.value("envoy_cluster_upstream_flow_control_backed_up_total", **cluster)
+    expect(backed >= 1, f"backed_up_total {backed}")
+    expect.eq(s.value("envoy_cluster_upstream_flow_control_drained_total", **cluster), backed,
+              "drained as often as backed up")
+    expect.check()
+
+
 def test_circuit_breaker_gauges_open_and_close(proxy, conns, expect):
     p = proxy(pool={"maxConnections": 1, "maxPendingRequests": 1})
     labels = {"envoy_cluster_name": p.ing}
@@ -514,6 +653,7 @@ def test_server_gauges(proxy, conns, expect):
     expect("envoy_server_live{} 1\n" in s.text, "envoy_server_live{} 1 (no tags still prints {})")
     expect.eq(s.value("envoy_server_state"), 0.0, "server_state LIVE")
     expect.eq(s.value("envoy_server_concurrency"), 2.0, "server_concurrency = --workers")
+    expect.eq(s.value("envoy_server_version"), 100.0, "server_version: 0.1.0 as 0*10000+1*100+0")
     allocated = s.value("envoy_server_memory_allocated")
     heap = s.value("envoy_server_memory_heap_size")
     expect((0 < allocated or not GLIBC_MALLOC) and allocated <= heap,

@@ -14,6 +14,7 @@ Paths:
   /malformed            an invalid status line
   /ws                   101 Switching Protocols, then echo every byte (a tunnel)
   /upload               read the body (any framing), answer its length and sha256
+  /slow-upload/MS       read nothing for MS milliseconds, then the body; answer its length
   /early-413            answer 413 at once without reading the body, then close
   /stale-on-reuse       on a connection's first request 200; on a later one, close unanswered
                         (a keep-alive timeout racing the request)
@@ -182,6 +183,12 @@ async def handle_one(reader, writer, args, first):
                 return False
             writer.write(data)
             await writer.drain()
+    elif parts[0] == "slow-upload":  # reads nothing for MS ms, then the whole body
+        await asyncio.sleep(int(parts[1]) / 1000)
+        length = 0
+        async for chunk in body_chunks(reader, headers):
+            length += len(chunk)
+        writer.write(response(200, json.dumps({"length": length}).encode()))
     elif path == "/early-413":
         writer.write(response(413, b"too big\n", [("Connection", "close")]))
         await writer.drain()
