@@ -61,9 +61,12 @@ struct h2_client {
     deferred_t flush_d, free_d;
     uint64_t connect_ns;
     unsigned connected : 1, goaway : 1, retiring : 1, gone : 1, closed : 1, in_recv : 1;
-    unsigned used : 1;    /* carried a stream before */
-    unsigned settled : 1; /* the peer's SETTINGS came: its stream limit is known */
-    unsigned abused : 1;  /* a response broke a cap: no new stream, close once the rest end */
+    unsigned used : 1;        /* carried a stream before */
+    unsigned settled : 1;     /* the peer's SETTINGS came: its stream limit is known */
+    unsigned abused : 1;      /* a response broke a cap: no new stream, close once the rest end */
+    unsigned lost : 1;        /* the connection's end is decided: lost_remote, lost_active */
+    unsigned lost_remote : 1; /* ... the upstream closed or reset it first, or sent GOAWAY */
+    unsigned lost_active : 1; /* ... with a stream taken and not finished */
 };
 
 static const client_stream_ops_t stream_ops;
@@ -486,9 +489,22 @@ static void gone(h2_client_t *h)
     h->owner->on_gone(h->owner_ctx, h);
 }
 
-/* Every stream an exchange holds fails; the connection closes. */
+/* The connection's end is decided, once, before its streams fail: counted when it is closed
+ * (cluster_count_cx_destroy). */
+static void lost(h2_client_t *h, int remote)
+{
+    if (h->lost)
+        return;
+    h->lost = 1;
+    h->lost_remote = remote ? 1 : 0;
+    h->lost_active = h->nopen > 0;
+}
+
+/* Every stream an exchange holds fails; the connection closes. After the upstream's GOAWAY
+ * the upstream ended it; otherwise remora does, unless on_eof or a write error said first. */
 static void close_conn(h2_client_t *h, int err)
 {
+    lost(h, h->goaway);
     gone(h);
     h2c_stream_t *next;
     for (h2c_stream_t *st = h->streams; st; st = next) {
@@ -588,7 +604,7 @@ static void on_read(void *owner, buf_t *b)
 static void on_eof(void *owner, int err)
 {
     h2_client_t *h = owner;
-    stat_inc(&h->stats->upstream_cx_destroy_remote);
+    lost(h, 1);
     close_conn(h, err == UV_EOF ? ERR_UPSTREAM_CLOSED : err);
 }
 
@@ -599,6 +615,7 @@ static void on_drain(void *owner)
 
 static void on_write_error(void *owner, int err)
 {
+    lost(owner, 1); /* the upstream reset it (EPIPE, ECONNRESET) */
     close_conn(owner, err);
 }
 
@@ -641,7 +658,8 @@ static void on_conn_closed(void *owner)
 {
     h2_client_t *h = owner;
     h->c = NULL;
-    stat_inc(&h->stats->upstream_cx_destroy);
+    lost(h, 0);
+    cluster_count_cx_destroy(h->stats, h->lost_remote, h->lost_active);
     stat_dec(&h->stats->upstream_cx_active);
     close_conn(h, UV_ECONNABORTED);
     h->closed = 1;
@@ -717,10 +735,14 @@ static void stream_later(deferred_t *d)
         deliver_end(st);
 }
 
-/* RFC 9113 §8.3.1: :authority from Host, which HTTP/2 does not carry. */
+/* RFC 9113 §8.3.1: :authority from Host, which HTTP/2 does not carry. The Host forwarded, as
+ * h1_out writes it: one the header policy marked hop-by-hop (a gateway's rewrite, an
+ * absolute-form target) is replaced by the one it appended. */
 static void authority(const head_t *req, const char **p, size_t *n)
 {
     int i = head_find_id(req, F_HOST, 0);
+    while (i >= 0 && req->fields[i].hop)
+        i = head_find_id(req, F_HOST, (unsigned)i + 1);
     *p = i >= 0 ? field_value(req, (unsigned)i) : "";
     *n = i >= 0 ? req->fields[i].value_len : 0;
 }
@@ -999,7 +1021,6 @@ void h2_client_retire(h2_client_t *h)
 
 void h2_client_close(h2_client_t *h)
 {
-    stat_inc(&h->stats->upstream_cx_destroy_local);
     close_conn(h, ERR_UPSTREAM_CLOSED);
 }
 

@@ -65,6 +65,7 @@ struct h2_stream {
     unsigned has_authority : 1, has_length : 1, expect_continue : 1, head_request : 1;
     unsigned resp_sent : 1, no_body : 1, continued : 1;
     unsigned eos_sent : 1, rst_sent : 1, rx_reset : 1;
+    unsigned tx_counted : 1; /* counted in downstream_rq_tx_reset */
 };
 
 struct h2_server {
@@ -88,8 +89,16 @@ struct h2_server {
     unsigned empty_frames;
     uint32_t fail_code; /* the GOAWAY a failing callback asked for */
     const char *fail_why;
+    uint32_t wire_left; /* octets left of the frame payload (at first, the preface) being read */
+    uint8_t wire_hd[9]; /* a frame header as it arrives */
+    uint8_t wire_hn;
+    unsigned wire_in_hdr : 1; /* the frame being read is HEADERS or CONTINUATION */
+    unsigned wire_block : 1;  /* ... and the block goes on past it (no END_HEADERS) */
     unsigned got_preface : 1; /* the client's SETTINGS arrived */
     unsigned hdr_pending : 1; /* a header block has begun and not ended */
+    unsigned lost : 1;        /* the connection's end is decided: lost_remote, lost_active */
+    unsigned lost_remote : 1; /* ... the client closed or reset it first */
+    unsigned lost_active : 1; /* ... with a stream open */
     unsigned terminating : 1; /* an error GOAWAY is queued: written past the watermarks */
     unsigned closing : 1;     /* FIN sent (or owed), lingering */
     unsigned peer_eof : 1;
@@ -233,6 +242,16 @@ static void maybe_free(h2_stream_t *st)
         loop_defer(st->h->cfg->loop, &st->later); /* never inside the chain that closed it */
 }
 
+/* Remora reset a request before its response was complete (Envoy's downstream_rq_tx_reset):
+ * an RST_STREAM sent, or the connection ended from this side under it. Once per stream. */
+static void count_tx_reset(h2_stream_t *st)
+{
+    if (st->tx_counted || st->eos_sent || st->rx_reset)
+        return;
+    st->tx_counted = 1;
+    stat_inc(&st->h->cfg->stats->downstream_rq_tx_reset);
+}
+
 static void reset_stream(h2_stream_t *st, uint32_t code)
 {
     if (!usable(st) || st->rst_sent)
@@ -253,10 +272,12 @@ static void fail_stream(h2_stream_t *st, int err)
 
 /* ---- the codec's own answers ---- */
 
-/* An answer no exchange saw the request for (431, 501, 503): a short plain-text body. */
+/* An answer no exchange saw the request for (431, 501, 503): a short plain-text body, counted
+ * by its class as the exchange counts its answers (the request is in downstream_rq_total). */
 static void local_reply(h2_stream_t *st, int status, const char *body)
 {
     st->refused = 1;
+    stat_inc(stat_class(&st->h->cfg->stats->downstream_rq_1xx, status));
     if (!usable(st))
         return;
     char code[4] = {(char)('0' + status / 100), (char)('0' + status / 10 % 10),
@@ -300,7 +321,6 @@ static int on_begin_frame(nghttp2_session *sess, const nghttp2_frame_hd *hd, voi
     switch (hd->type) {
     case NGHTTP2_HEADERS:
     case NGHTTP2_CONTINUATION:
-        h->hdr_pending = 1; /* until the block's HEADERS is received, or another frame begins */
         /* CVE-2019-9518: frames that carry nothing and end nothing cost work for free. */
         if (hd->length == 0 && !(hd->flags & NGHTTP2_FLAG_END_STREAM)) {
             if (++h->empty_frames > MAX_EMPTY_FRAMES) {
@@ -312,7 +332,6 @@ static int on_begin_frame(nghttp2_session *sess, const nghttp2_frame_hd *hd, voi
         }
         return 0;
     case NGHTTP2_PRIORITY:
-        h->hdr_pending = 0;
         /* nghttp2 skips PRIORITY frames whole without RFC 7540 priorities; RFC 9113 §6.3
          * still makes one on stream 0 a connection error. */
         if (hd->stream_id == 0)
@@ -323,7 +342,6 @@ static int on_begin_frame(nghttp2_session *sess, const nghttp2_frame_hd *hd, voi
         }
         return 0;
     case NGHTTP2_WINDOW_UPDATE:
-        h->hdr_pending = 0;
         if (++h->window_updates >
             5 + 2 * (h->streams_total + WINDOW_UPDATES_PER_DATA * h->data_frames_sent)) {
             stat_inc(&h2st(h)->inbound_window_update_frames_flood);
@@ -331,7 +349,6 @@ static int on_begin_frame(nghttp2_session *sess, const nghttp2_frame_hd *hd, voi
         }
         return 0;
     default:
-        h->hdr_pending = 0;
         return 0;
     }
 }
@@ -536,6 +553,7 @@ static void request_head(h2_server_t *h, h2_stream_t *st, int end_stream)
     if (st->refused)
         return;
     head_t *hd = st->head;
+    stat_inc(&h->cfg->stats->downstream_rq_total); /* a 431 or a 501 too, as HTTP/1.1 counts */
     if (!st->too_large && !st->too_many && st->cookie_len &&
         head_add_field(hd, "cookie", 6, st->cookie, st->cookie_len) != 0)
         st->too_large = 1;
@@ -561,7 +579,6 @@ static void request_head(h2_server_t *h, h2_stream_t *st, int end_stream)
         msg |= st->has_length ? 0 : MSG_CHUNKED;
         msg |= st->expect_continue ? MSG_CONTINUE : 0;
     }
-    stat_inc(&h->cfg->stats->downstream_rq_total);
     st->ev = h->cfg->handler->accept(h->cfg->owner, &st->s, &st->ctx);
     if (!st->ev) {
         local_reply(st, 503, "out of memory\n");
@@ -609,17 +626,20 @@ static int peer_error(uint32_t code)
 
 /* Rapid reset (CVE-2023-44487, and the server-provoked kind, CVE-2025-8671), as Envoy judges
  * it: once half of the streams closed (or 250 within the first 500) were reset within a
- * second of opening, by the client or for its errors, the connection goes. */
-static void count_premature(h2_server_t *h)
+ * second of opening, by the client or for its errors, the connection goes. Returns whether
+ * the budget is spent: a callback inside mem_recv then fails it, so that not one more frame
+ * of the read (a new stream) is taken; inside send, check_budgets acts once send returns. */
+static int count_premature(h2_server_t *h)
 {
     h->premature++;
     uint64_t closed = h->closed_streams;
     int over = closed < PREMATURE_STREAMS ? h->premature * 2 >= PREMATURE_STREAMS
                                           : h->premature * 2 >= closed;
     if (over && !h->premature_hit) {
-        h->premature_hit = 1; /* acted on once mem_recv or send returns */
+        h->premature_hit = 1;
         stat_inc(&h->cfg->stats->downstream_rq_too_many_premature_resets);
     }
+    return h->premature_hit;
 }
 
 static int on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void *ud)
@@ -640,7 +660,6 @@ static int on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void *ud
             request_ended(st, NULL);
         break;
     case NGHTTP2_HEADERS:
-        h->hdr_pending = 0;
         if (!st)
             break;
         if (f->headers.cat == NGHTTP2_HCAT_REQUEST) {
@@ -702,6 +721,8 @@ static int on_frame_send(nghttp2_session *sess, const nghttp2_frame *f, void *ud
     switch (f->hd.type) {
     case NGHTTP2_RST_STREAM:
         stat_inc(&h2st(h)->tx_reset);
+        if (st)
+            count_tx_reset(st);
         if (!st && peer_error(f->rst_stream.error_code)) { /* a stream nghttp2 never opened */
             h->closed_streams++;
             count_premature(h);
@@ -754,15 +775,17 @@ static int on_stream_close(nghttp2_session *sess, int32_t id, uint32_t code, voi
     stat_dec(&h2st(h)->streams_active);
     h2_body_drop(&st->resp, h->cfg->loop);
     int by_peer = st->rx_reset || peer_error(code);
-    if (code != NGHTTP2_NO_ERROR && by_peer && !st->eos_sent &&
-        loop_now(h->cfg->loop) - st->start_ms < PREMATURE_MS)
-        count_premature(h);
+    int spent = code != NGHTTP2_NO_ERROR && by_peer && !st->eos_sent &&
+                loop_now(h->cfg->loop) - st->start_ms < PREMATURE_MS && count_premature(h);
     if (st->accepted && !st->released && !st->failed && !(st->req_done && st->resp.done)) {
         if (st->rx_reset)
             stat_inc(&h->cfg->stats->downstream_rq_rx_reset);
         fail_stream(st, !st->rx_reset && peer_error(code) ? ERR_BAD_REQUEST : ERR_CLIENT_GONE);
     }
     maybe_free(st);
+    /* The rest of the read is not looked at: its GOAWAY names this stream at most. */
+    if (spent && h->in_recv)
+        return fail_cb(h, NGHTTP2_ENHANCE_YOUR_CALM, "too many premature stream resets");
     return 0;
 }
 
@@ -869,10 +892,27 @@ static void update_reading(h2_server_t *h)
     conn_read(h->c, want);
 }
 
+/* The connection's end is decided, once: by the client (`remote`: it closed or reset it) or by
+ * remora, whose decision resets every stream still open. Counted when the conn is closed. */
+static void lost(h2_server_t *h, int remote)
+{
+    if (h->lost)
+        return;
+    h->lost = 1;
+    h->lost_remote = remote ? 1 : 0;
+    h->lost_active = h->nopen > 0;
+    if (remote)
+        return;
+    for (h2_stream_t *st = h->streams; st; st = st->next)
+        if (!st->closed)
+            count_tx_reset(st);
+}
+
 static void close_now(h2_server_t *h)
 {
     if (!h->c || h->c->closing)
         return;
+    lost(h, 0);
     tq_del(&h->timeout);
     conn_close(h->c);
 }
@@ -893,6 +933,7 @@ static void finish(h2_server_t *h)
 {
     if (h->closing || !h->c || h->c->closing)
         return;
+    lost(h, 0);
     h->closing = 1;
     fail_all(h, ERR_CLIENT_GONE); /* after a connection error nghttp2 found: none is answered */
     set_phase(h, PH_LINGER);
@@ -910,6 +951,7 @@ static void terminate(h2_server_t *h, uint32_t code, const char *why)
         return;
     if (code != NGHTTP2_NO_ERROR)
         log_debug("downstream %s: GOAWAY %s: %s", h->peer, nghttp2_http2_strerror(code), why);
+    lost(h, 0);
     h->terminating = 1;
     nghttp2_session_terminate_session(h->sess, code);
     fail_all(h, ERR_CLIENT_GONE);
@@ -953,6 +995,35 @@ static void check_budgets(h2_server_t *h)
     }
 }
 
+/* Whether the input stops inside a header block, for the header timeout. nghttp2 tells the
+ * end of the blocks it processes (on_frame_recv), but not of those it ignores (trailers racing
+ * a reset, HEADERS on a closed stream id: RFC 9113 §5.1; the rest of a malformed block), nor
+ * the beginning of every frame; so the frame boundaries are followed here, from the lengths in
+ * the 9-octet frame headers (RFC 9113 §4.1). */
+static void track_frames(h2_server_t *h, const uint8_t *p, size_t n)
+{
+    while (n) {
+        if (h->wire_left) {
+            size_t k = n < h->wire_left ? n : h->wire_left;
+            h->wire_left -= (uint32_t)k;
+            p += k;
+            n -= k;
+            continue;
+        }
+        h->wire_hd[h->wire_hn++] = *p++;
+        n--;
+        if (h->wire_hn < sizeof h->wire_hd)
+            continue;
+        h->wire_hn = 0;
+        const uint8_t *hd = h->wire_hd;
+        uint8_t type = hd[3];
+        h->wire_left = (uint32_t)hd[0] << 16 | (uint32_t)hd[1] << 8 | hd[2];
+        h->wire_in_hdr = type == NGHTTP2_HEADERS || type == NGHTTP2_CONTINUATION;
+        h->wire_block = h->wire_in_hdr && !(hd[4] & NGHTTP2_FLAG_END_HEADERS);
+    }
+    h->hdr_pending = h->wire_block || (h->wire_in_hdr && h->wire_left);
+}
+
 static void feed(h2_server_t *h, buf_t *b, const char *p, size_t n)
 {
     h->rbuf = b;
@@ -960,6 +1031,7 @@ static void feed(h2_server_t *h, buf_t *b, const char *p, size_t n)
     ssize_t rv = nghttp2_session_mem_recv(h->sess, (const uint8_t *)p, n);
     h->in_recv = 0;
     h->rbuf = NULL;
+    track_frames(h, (const uint8_t *)p, n);
     if (rv < 0) {
         const char *why;
         uint32_t code = fatal_code(h, (int)rv, &why);
@@ -1049,6 +1121,7 @@ static void on_eof(void *owner, int err)
 {
     h2_server_t *h = owner;
     h->peer_eof = 1;
+    lost(h, 1); /* unless remora had decided first */
     if (h->closing) {
         if (h->c && conn_pinned(h->c) > 0)
             conn_notify_empty(h->c); /* the last frames are still going out */
@@ -1067,6 +1140,7 @@ static void on_eof(void *owner, int err)
         next = st->next;
         if (st->closed || st->req_ended)
             continue;
+        st->tx_counted = 1; /* the client's doing: counted as its reset */
         reset_stream(st, NGHTTP2_CANCEL);
         if (st->accepted && !st->released && !st->failed)
             stat_inc(&h->cfg->stats->downstream_rq_rx_reset);
@@ -1093,6 +1167,7 @@ static void on_write_error(void *owner, int err)
 {
     h2_server_t *h = owner;
     log_debug("downstream %s: write failed: %s", h->peer, uv_strerror(err));
+    lost(h, 1); /* the client reset it (EPIPE, ECONNRESET) */
     fail_all(h, ERR_CLIENT_GONE);
     close_now(h);
 }
@@ -1118,6 +1193,8 @@ static void on_conn_closed(void *owner)
     h2_server_t *h = owner;
     h2_server_config_t *cfg = h->cfg;
     h->c = NULL;
+    lost(h, 0); /* closed under the codec (no memory to write): remora's doing */
+    http_count_cx_destroy(cfg->stats, h->lost_remote, h->lost_active);
     fail_all(h, ERR_CLIENT_GONE);
     loop_cancel(cfg->loop, &h->flush_d);
     tq_del(&h->timeout);
@@ -1387,6 +1464,7 @@ void h2_server_start(h2_server_config_t *cfg, conn_t *c, const struct sockaddr *
     h->cfg = cfg;
     h->c = c;
     h->flush_d.fn = on_flush;
+    h->wire_left = NGHTTP2_CLIENT_MAGIC_LEN; /* the preface's first octets, then frames */
     conn_peer_name(c, h->peer, sizeof h->peer);
     conn_set_owner(c, &conn_events, h);
     h->next = cfg->conns;

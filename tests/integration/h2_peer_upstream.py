@@ -19,6 +19,8 @@ Paths (any method; the body is always read, hashed and counted):
   /reset-mid/N        headers with Content-Length N, N/2 bytes, then RST_STREAM(INTERNAL_ERROR)
   /refuse-once/KEY    the first stream for KEY is refused (RST_STREAM(REFUSED_STREAM) at its
                       headers); later ones /echo
+  /drop-once/KEY      the first stream for KEY: the connection is closed at its headers (FIN,
+                      nothing answered); later ones /echo
   /slow-upload/MS     credits no flow-control window for MS ms, then reads at full speed;
                       answers {"length", "sha256"}
   /hold/MS            answers nothing for MS ms (records how the stream ended), then a gRPC OK;
@@ -266,6 +268,13 @@ class Peer(asyncio.Protocol):
                 st.record["reset"] = "refused"
                 self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
                 self.close_stream(st)
+                return
+        if st.parts[0] == "drop-once":
+            key = "/".join(st.parts[1:])
+            if key not in SEEN:
+                SEEN.add(key)
+                st.record["reset"] = "dropped"
+                self.transport.close()
                 return
         st.task = asyncio.get_running_loop().create_task(self.serve(st))
 

@@ -914,3 +914,104 @@ def test_too_many_streams(mesh):
         assert g is not None and g.code == PROTOCOL_ERROR
     served(r)
     guard()
+
+
+# ---- header blocks nghttp2 ignores, budgets inside one read, accounting ----
+
+@pytest.mark.parametrize("kind", ["trailers-after-reset", "lower-stream-id"])
+def test_an_ignored_header_block_does_not_start_the_header_timer(mesh, kind):
+    """Trailers racing remora's reset of their stream, and HEADERS on a lower stream id, are
+    ignored (RFC 9113 section 5.1); neither leaves the connection waiting for the end of a
+    header block, so the header timeout never ends it under a healthy stream."""
+    r, app, _ = mesh(extra_proxy={"requestHeaderTimeout": {"unit": "ms", "value": 500}})
+    c = conn(r)
+    if kind == "trailers-after-reset":
+        c.request(1, "/sleep/2500")
+        # A CONNECT is answered 501 at its head; the request not being ended, RST(NO_ERROR).
+        c.send(c.headers(3, [(":method", "CONNECT"), (":authority", "example.com:443")],
+                         end_stream=False))
+        f = c.until(lambda f: f.type in (RST_STREAM, GOAWAY) and f.stream in (0, 3))
+        assert (f.type, f.stream, f.code) == (RST_STREAM, 3, NO_ERROR)
+        c.send(c.headers(3, [("x-trailer", "late")]))  # END_STREAM: the trailers
+        long = 1
+    else:
+        c.request(3)
+        assert c.response(3).status == 200
+        c.request(5, "/sleep/2500")
+        c.send(c.headers(1, request_fields()))  # a lower, never-opened id
+        long = 5
+    resp = c.response(long, timeout=10)
+    assert (resp.end, resp.status) == ("end", 200)
+    assert not [f for f in c.frames if f.type == GOAWAY]
+    assert stat(r, "http.ingress.downstream_cx_header_timeout") == 0
+    c.request(7)
+    assert c.response(7).status == 200
+
+
+def test_rapid_reset_in_one_write_stops_at_the_budget(mesh):
+    """3000 streams opened and reset in one write: the budget (250 premature resets within the
+    first 500 streams) ends the connection at the 250th, not after the whole read, with one
+    GOAWAY naming that stream (RFC 9113 section 6.8: the last stream id never increases)."""
+    r, app, _ = mesh()
+    c = conn(r)
+    fields = request_fields("/sleep/5000")
+    c.send(b"".join(c.headers(sid, fields) + rst(sid, CANCEL) for sid in range(1, 6001, 2)))
+    assert c.closed(10)
+    goaways = [(f.code, f.last) for f in c.frames if f.type == GOAWAY]
+    assert goaways == [(ENHANCE_YOUR_CALM, 499)]
+    st = r.stats()
+    assert st["http.ingress.downstream_rq_total"] == 250
+    assert st["http.ingress.downstream_rq_too_many_premature_resets"] == 1
+    assert st["http.ingress.http2.goaway_sent"] == 1
+    served(r)
+
+
+def test_codec_answers_count_as_requests_by_class(mesh):
+    """431 and CONNECT's 501, answered by the codec itself, count as HTTP/1.1's do."""
+    r, app, _ = mesh()
+    c = conn(r)
+    c.send(c.headers(1, [(":method", "CONNECT"), (":authority", "example.com:443")]))
+    assert c.response(1).status == 501
+    c.send(c.headers(3, request_fields() + [(f"x-f{i}", "1") for i in range(101)]))
+    assert c.response(3).status == 431
+    c.request(5)
+    assert c.response(5).status == 200
+    wait_until(lambda: stat(r, "http.ingress.downstream_rq_2xx") == 1, what="the 200 counted")
+    st = r.stats()
+    assert st["http.ingress.downstream_rq_total"] == 3
+    assert st["http.ingress.downstream_rq_4xx"] == 1
+    assert st["http.ingress.downstream_rq_5xx"] == 1
+    assert st["http.ingress.downstream_rq_header_too_large"] == 1
+
+
+def test_connection_destroy_counters(mesh):
+    """Envoy's downstream_cx_destroy family and downstream_rq_tx_reset: a client that resets
+    its connection under a stream, one that closes after its answer, and one remora closes
+    (the header timeout) with a header block half sent."""
+    r, app, _ = mesh(extra_proxy={"requestHeaderTimeout": {"unit": "ms", "value": 500}})
+    p = "http.ingress."
+    c = conn(r)
+    c.request(1, "/sleep/5000")
+    wait_until(lambda: stat(r, p + "downstream_rq_active") == 1, what="the stream in flight")
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    c.close()  # RST
+    wait_until(lambda: stat(r, p + "downstream_cx_destroy") == 1, what="the reset connection")
+    c = conn(r)
+    c.request(1)
+    assert c.response(1).status == 200
+    c.close()
+    wait_until(lambda: stat(r, p + "downstream_cx_destroy") == 2, what="the closed connection")
+    c = conn(r)
+    c.send(c.headers(1, request_fields(), end_headers=False))  # and no CONTINUATION
+    g = c.goaway(5)
+    assert g is not None and g.code == NO_ERROR
+    assert c.closed()
+    c.close()
+    wait_until(lambda: stat(r, p + "downstream_cx_destroy") == 3, what="the timed-out one")
+    st = r.stats()
+    want = {"downstream_cx_destroy": 3, "downstream_cx_destroy_remote": 2,
+            "downstream_cx_destroy_local": 1, "downstream_cx_destroy_active_rq": 2,
+            "downstream_cx_destroy_remote_active_rq": 1,
+            "downstream_cx_destroy_local_active_rq": 1, "downstream_rq_tx_reset": 1,
+            "downstream_cx_header_timeout": 1}
+    assert {k: st.get(p + k, 0) for k in want} == want

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import wait_until
+from conftest import free_port, port_open, wait_until
 from h2_wire import H2Client
 from rawhttp import Conn, request
 
@@ -492,3 +492,58 @@ def test_a_hostile_upstream_costs_only_its_connection(h2_peer, remora, abuse):
     assert st.get(f"{cl}.upstream_cx_protocol_error", 0) >= 1, "not counted as Envoy counts it"
     body, code, _, err = egress(r, "/echo")
     assert code == 200, err
+
+
+# ---- :authority and connection accounting ----
+
+def test_authority_is_the_host_forwarded_not_the_clients(h2_peer, remora):
+    """The header policy replaces Host for an absolute-form target and for a gateway's hostname
+    rewrite; :authority must be the Host that is forwarded, as an HTTP/1.1 upstream gets it."""
+    peer = h2_peer()
+    r = remora(mesh(peer.port))
+    c = Conn(r.egress)
+    c.send(f"GET http://{CART}/echo HTTP/1.1\r\nHost: legacy.shop.local\r\n\r\n".encode())
+    resp = c.read_response()
+    c.close()
+    assert resp.status == 200
+    assert json.loads(resp.body)["authority"] == CART
+    # A virtual gateway rewrites Host to the target service's name (its default).
+    gw_port = free_port()
+    cfg = {"mesh": {"meshName": "shop"},
+           "virtualNodes": [{"virtualNodeName": "cart", "spec": {
+               "listeners": [{"portMapping": {"port": peer.port, "protocol": "http2"}}],
+               "serviceDiscovery": {"dns": {"hostname": "127.0.0.1"}}}}],
+           "virtualServices": [{"virtualServiceName": CART, "spec": {
+               "provider": {"virtualNode": {"virtualNodeName": "cart"}}}}],
+           "virtualGateways": [{"virtualGatewayName": "edge", "spec": {
+               "listeners": [{"portMapping": {"port": gw_port, "protocol": "http"}}]}}],
+           "gatewayRoutes": [{"virtualGatewayName": "edge", "gatewayRouteName": "c", "spec": {
+               "httpRoute": {"match": {"prefix": "/"}, "action": {
+                   "target": {"virtualService": {"virtualServiceName": CART}}}}}}],
+           "proxy": {"gateway": "edge"}}
+    remora(cfg)
+    wait_until(lambda: port_open(gw_port), what="the gateway listener")
+    c = Conn(gw_port)
+    c.send(request("GET", "/echo", host="shop.example.com"))
+    resp = c.read_response()
+    c.close()
+    assert resp.status == 200
+    assert json.loads(resp.body)["authority"] == CART
+
+
+def test_an_upstream_that_drops_its_connection_mid_stream_is_a_remote_destroy(h2_peer, remora):
+    peer = h2_peer()
+    r = remora(mesh(peer.port))
+    cl = cluster(r, peer.port)
+    # The upstream closes the connection under the stream; the retry, on a new one, is answered.
+    body, code, _, err = egress(r, "/drop-once/a")
+    assert code == 200, err
+    assert json.loads(body)["conn"] == 2
+    st = r.stats()
+    assert st[f"{cl}.upstream_cx_total"] == 2
+    assert st[f"{cl}.upstream_cx_destroy"] == 1
+    assert st[f"{cl}.upstream_cx_destroy_remote"] == 1
+    assert st[f"{cl}.upstream_cx_destroy_local"] == 0
+    assert st[f"{cl}.upstream_cx_destroy_with_active_rq"] == 1
+    assert st[f"{cl}.upstream_cx_destroy_remote_with_active_rq"] == 1
+    assert st[f"{cl}.upstream_cx_destroy_local_with_active_rq"] == 0
