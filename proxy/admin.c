@@ -13,19 +13,36 @@
 #include "http/h1_parse.h"
 #include "proxy/metrics.h"
 #include "proxy/rollouts.h"
+#include "proxy/stats_filter.h"
 #include "proxy/ui_page.h"
 #include "base/version.h"
 
-#define ADMIN_MAX_REQUEST 8192
+/* Caps. The admin API listens on loopback, but every container of the task shares it: a client
+ * there must not be able to take the main loop (SPEC §6: /ready, signals and discovery run on
+ * it) or the process's descriptors. */
+#define ADMIN_MAX_REQUEST 8192 /* head and body bytes read; more: 400 */
+/* Request-target bytes; more: 414. Room for a whole filter, percent-encoded. */
+#define ADMIN_MAX_TARGET 4096
+#define ADMIN_MAX_CONNS  64 /* open at once; more are answered 503 and closed */
+/* From accept until the whole request has arrived, when proxy.requestHeaderTimeout is 0. */
+#define ADMIN_HEAD_TIMEOUT_MS 10000
+/* For the answer to leave once written (a client that does not read it). */
+#define ADMIN_WRITE_TIMEOUT_MS 30000
+
+/* A connection reads one request, then writes one answer and closes (Connection: close). */
+enum conn_state { CONN_READING, CONN_WRITING };
 
 typedef struct admin_conn {
     uv_tcp_t tcp;
+    uv_timer_t timer; /* the current state's deadline */
     server_t *srv;
     h1_parser_t parser;
     head_t head;
-    char url[512];
+    char url[ADMIN_MAX_TARGET + 1];
+    size_t target_len; /* as received: over ADMIN_MAX_TARGET, url is "" and the answer 414 */
     size_t seen;
-    int done;
+    enum conn_state state;
+    int open_handles; /* tcp and timer: the connection is freed when both have closed */
     struct admin_conn *next, *prev;
 } admin_conn_t;
 
@@ -57,8 +74,30 @@ static int hex(int c)
                                   : -1;
 }
 
-/* The value of `key` in a query string, percent-decoded into out; 1 when present (a bare
- * `key` has the value ""), 0 when absent. */
+/* Percent-decodes value[0..n) into out (cap > 0 bytes, always terminated); 1, or UV_E2BIG
+ * when it does not fit (out then holds the prefix that did). */
+static int decode(const char *value, size_t n, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (o + 1 == cap) {
+            out[o] = '\0';
+            return UV_E2BIG;
+        }
+        if (value[i] == '%' && i + 2 < n && hex(value[i + 1]) >= 0 && hex(value[i + 2]) >= 0) {
+            out[o++] = (char)(hex(value[i + 1]) * 16 + hex(value[i + 2]));
+            i += 2;
+        } else {
+            out[o++] = value[i] == '+' ? ' ' : value[i];
+        }
+    }
+    out[o] = '\0';
+    return 1;
+}
+
+/* The value of `key` in a query string, percent-decoded into out (cap > 0 bytes); 1 when
+ * present (a bare `key` has the value ""), 0 when absent, UV_E2BIG when the value does not fit.
+ * Never a silent cut: a prefix can mean something else (a regex cut after `|`). */
 static int param(const char *query, const char *key, char *out, size_t cap)
 {
     size_t klen = strlen(key);
@@ -66,23 +105,12 @@ static int param(const char *query, const char *key, char *out, size_t cap)
         const char *end = strchr(p, '&');
         size_t n = end ? (size_t)(end - p) : strlen(p);
         if (n >= klen && !strncmp(p, key, klen) && (n == klen || p[klen] == '=')) {
-            size_t o = 0;
-            for (size_t i = klen + 1; i < n && o + 1 < cap; i++) {
-                if (p[i] == '%' && i + 2 < n && hex(p[i + 1]) >= 0 && hex(p[i + 2]) >= 0) {
-                    out[o++] = (char)(hex(p[i + 1]) * 16 + hex(p[i + 2]));
-                    i += 2;
-                } else {
-                    out[o++] = p[i] == '+' ? ' ' : p[i];
-                }
-            }
-            if (cap)
-                out[o < cap ? o : cap - 1] = '\0';
-            return 1;
+            size_t skip = n == klen ? klen : klen + 1;
+            return decode(p + skip, n - skip, out, cap);
         }
         p = end ? end + 1 : NULL;
     }
-    if (cap)
-        out[0] = '\0';
+    out[0] = '\0';
     return 0;
 }
 
@@ -123,14 +151,36 @@ static int h_server_info(request_t *rq, text_t *body)
     return 200;
 }
 
+/* Fills q from /stats' parameters (filter=REGEX, usedonly; the filter lives in `filter`, of
+ * STATS_FILTER_MAX + 1 bytes); 0, or the status to answer with its one-line reason in body.
+ * The checks happen here, before the filter reaches metrics.c's regcomp. */
+static int stats_query(request_t *rq, char *filter, metrics_query_t *q, text_t *body)
+{
+    char flag[4];
+    int found = param(rq->query, "filter", filter, STATS_FILTER_MAX + 1);
+    if (found == UV_E2BIG) {
+        text_printf(body, "filter longer than %d bytes\n", STATS_FILTER_MAX);
+        return 400;
+    }
+    const char *refusal = found ? stats_filter_refusal(filter) : NULL;
+    if (refusal) {
+        text_printf(body, "%s\n", refusal);
+        return 400;
+    }
+    q->filter = found ? filter : NULL;
+    q->used_only = param(rq->query, "usedonly", flag, sizeof flag) != 0;
+    return 0;
+}
+
 /* /stats, with Envoy's parameters: filter=REGEX, usedonly, format=json|prometheus. */
 static int h_stats(request_t *rq, text_t *body)
 {
-    char filter[256], format[32], tmp[4];
+    char filter[STATS_FILTER_MAX + 1], format[32];
+    metrics_query_t q = {0};
+    int bad = stats_query(rq, filter, &q, body);
+    if (bad)
+        return bad;
     param(rq->query, "format", format, sizeof format);
-    metrics_query_t q = {.filter =
-                             param(rq->query, "filter", filter, sizeof filter) ? filter : NULL,
-                         .used_only = param(rq->query, "usedonly", tmp, sizeof tmp)};
     char *out = NULL;
     int rc;
     if (!strcmp(format, "json")) {
@@ -153,10 +203,11 @@ static int h_stats(request_t *rq, text_t *body)
 
 static int h_prometheus(request_t *rq, text_t *body)
 {
-    char filter[256], tmp[4];
-    metrics_query_t q = {.filter =
-                             param(rq->query, "filter", filter, sizeof filter) ? filter : NULL,
-                         .used_only = param(rq->query, "usedonly", tmp, sizeof tmp)};
+    char filter[STATS_FILTER_MAX + 1];
+    metrics_query_t q = {0};
+    int bad = stats_query(rq, filter, &q, body);
+    if (bad)
+        return bad;
     char *out = NULL;
     int rc = metrics_prometheus(rq->s, &q, &out);
     if (out)
@@ -448,9 +499,13 @@ static int h_help(request_t *rq, text_t *body)
 
 /* ---- connection plumbing ---- */
 
+/* One of the connection's two handles has closed; after the second it leaves the list and is
+ * freed (STYLE 8: only here). */
 static void on_closed(uv_handle_t *h)
 {
     admin_conn_t *c = h->data;
+    if (--c->open_handles > 0)
+        return;
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -463,8 +518,27 @@ static void on_closed(uv_handle_t *h)
 
 static void close_conn(admin_conn_t *c)
 {
-    if (!uv_is_closing((uv_handle_t *)&c->tcp))
-        uv_close((uv_handle_t *)&c->tcp, on_closed);
+    if (uv_is_closing((uv_handle_t *)&c->tcp))
+        return;
+    uv_close((uv_handle_t *)&c->timer, on_closed);
+    uv_close((uv_handle_t *)&c->tcp, on_closed);
+}
+
+/* The data plane's proxy.requestHeaderTimeout bounds the admin request too; 0 there turns the
+ * data plane's off, never the admin API's. */
+static uint64_t read_timeout_ms(const server_t *s)
+{
+    return s->set.header_timeout_ms ? s->set.header_timeout_ms : ADMIN_HEAD_TIMEOUT_MS;
+}
+
+static void on_timeout(uv_timer_t *t);
+
+/* Enters st and starts its deadline. */
+static void set_state(admin_conn_t *c, enum conn_state st)
+{
+    c->state = st;
+    uint64_t ms = st == CONN_READING ? read_timeout_ms(c->srv) : ADMIN_WRITE_TIMEOUT_MS;
+    uv_timer_start(&c->timer, on_timeout, ms, 0);
 }
 
 typedef struct admin_write {
@@ -472,6 +546,7 @@ typedef struct admin_write {
     text_t out;
 } admin_write_t;
 
+/* Also called with UV_ECANCELED when the connection closes before the answer left. */
 static void on_written(uv_write_t *req, int status)
 {
     admin_write_t *w = (admin_write_t *)req;
@@ -481,22 +556,40 @@ static void on_written(uv_write_t *req, int status)
     free(w);
 }
 
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 414:
+        return "URI Too Long";
+    default:
+        return "Service Unavailable";
+    }
+}
+
+/* Writes the one answer; the connection stops reading and closes once it is out. */
 static void respond(admin_conn_t *c, int status, const char *ctype, text_t *body, int head)
 {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    set_state(c, CONN_WRITING);
     admin_write_t *w = calloc(1, sizeof *w);
     if (!w) {
         close_conn(c);
         return;
     }
-    const char *reason = status == 200   ? "OK"
-                         : status == 404 ? "Not Found"
-                         : status == 405 ? "Method Not Allowed"
-                         : status == 400 ? "Bad Request"
-                                         : "Service Unavailable";
     text_printf(&w->out,
                 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                 "Connection: close\r\n\r\n",
-                status, reason, ctype, body->len);
+                status, reason_phrase(status), ctype, body->len);
     if (!head && body->len)
         text_printf(&w->out, "%.*s", (int)body->len, body->p);
     uv_buf_t b = uv_buf_init(w->out.p, (unsigned)w->out.len);
@@ -507,31 +600,71 @@ static void respond(admin_conn_t *c, int status, const char *ctype, text_t *body
     }
 }
 
-static void dispatch(admin_conn_t *c)
+static void respond_text(admin_conn_t *c, int status, const char *message)
 {
     text_t body = {0};
-    int method = c->head.method;
+    text_printf(&body, "%s", message);
+    respond(c, status, "text/plain", &body, 0);
+    free(body.p);
+}
+
+/* The time of c's state is up. Reading: a request under way gets 408, as the data plane's do
+ * (docs/engine.md); a connection that sent nothing is closed quietly. Writing: the client is
+ * not taking its answer. */
+static void on_timeout(uv_timer_t *t)
+{
+    admin_conn_t *c = t->data;
+    switch (c->state) {
+    case CONN_READING:
+        log_debug("admin: request not received within %" PRIu64 " ms; closing",
+                  read_timeout_ms(c->srv));
+        if (c->seen)
+            respond_text(c, 408, "request timeout\n");
+        else
+            close_conn(c);
+        break;
+    case CONN_WRITING:
+        log_debug("admin: answer not taken within %d ms; closing", ADMIN_WRITE_TIMEOUT_MS);
+        close_conn(c);
+        break;
+    }
+}
+
+/* Runs the handler of c->url's route; returns the status, with the answer in body. */
+static int run_route(admin_conn_t *c, text_t *body, const char **ctype)
+{
     size_t plen = strcspn(c->url, "?");
     const char *query = c->url[plen] ? c->url + plen + 1 : "";
     c->url[plen] = '\0';
-    int status = 404;
-    const char *ctype = "text/plain";
     for (size_t i = 0; i < sizeof routes / sizeof *routes; i++) {
         if (strcmp(c->url, routes[i].path) != 0)
             continue;
-        if (routes[i].post && method != HTTP_POST) {
-            status = 405;
-            text_printf(&body, "%s requires a POST\n", routes[i].path);
-        } else {
-            request_t rq = {.s = c->srv, .query = query, .ctype = routes[i].content_type};
-            status = routes[i].handler(&rq, &body);
-            ctype = rq.ctype;
+        if (routes[i].post && c->head.method != HTTP_POST) {
+            text_printf(body, "%s requires a POST\n", routes[i].path);
+            return 405;
         }
-        break;
+        request_t rq = {.s = c->srv, .query = query, .ctype = routes[i].content_type};
+        int status = routes[i].handler(&rq, body);
+        *ctype = rq.ctype;
+        return status;
     }
-    if (status == 404)
-        text_printf(&body, "unknown admin path %s\n", c->url);
-    respond(c, status, ctype, &body, method == HTTP_HEAD);
+    text_printf(body, "unknown admin path %s\n", c->url);
+    return 404;
+}
+
+static void dispatch(admin_conn_t *c)
+{
+    text_t body = {0};
+    const char *ctype = "text/plain";
+    int status;
+    if (c->target_len > ADMIN_MAX_TARGET) { /* RFC 9110 §15.5.15 */
+        status = 414;
+        text_printf(&body, "request target of %zu bytes: the admin API takes at most %d\n",
+                    c->target_len, ADMIN_MAX_TARGET);
+    } else {
+        status = run_route(c, &body, &ctype);
+    }
+    respond(c, status, ctype, &body, c->head.method == HTTP_HEAD);
     free(body.p);
 }
 
@@ -543,43 +676,85 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
     b->len = b->base ? 2048 : 0;
 }
 
+/* Copies the request-target out of the head, for dispatch to cut at '?'; of one longer than
+ * ADMIN_MAX_TARGET only the length is kept, for the 414. */
+static void keep_target(admin_conn_t *c)
+{
+    c->target_len = c->head.target_len;
+    size_t len = c->target_len <= ADMIN_MAX_TARGET ? c->target_len : 0;
+    memcpy(c->url, head_str(&c->head, c->head.target), len);
+    c->url[len] = '\0';
+}
+
+/* Parses p[0..n); returns the last event: H1_END once the request is complete (the body of a
+ * POST, if any, is read and dropped), H1_ERROR, or H1_NEED_MORE. */
+static h1_ev_t feed(admin_conn_t *c, const char *p, size_t n)
+{
+    h1_ev_t ev = {.type = H1_NEED_MORE};
+    for (;;) {
+        size_t used = h1_parse(&c->parser, p, n, &ev);
+        p += used;
+        n -= used;
+        if (ev.type == H1_HEAD)
+            keep_target(c);
+        if (ev.type == H1_END || ev.type == H1_ERROR || ev.type == H1_NEED_MORE)
+            return ev;
+    }
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 {
     admin_conn_t *c = s->data;
-    if (nread < 0 || c->done) {
+    if (nread < 0 || c->state != CONN_READING) {
         free(b->base);
         if (nread < 0)
             close_conn(c);
         return;
     }
     c->seen += (size_t)nread;
-    const char *p = b->base;
-    size_t n = (size_t)nread;
-    h1_ev_t ev = {.type = H1_NEED_MORE};
-    while (!c->done) { /* the body of a POST, if any, is read and ignored */
-        size_t used = h1_parse(&c->parser, p, n, &ev);
-        p += used;
-        n -= used;
-        if (ev.type == H1_HEAD) {
-            size_t len = c->head.target_len < sizeof c->url ? c->head.target_len : 0;
-            memcpy(c->url, head_str(&c->head, c->head.target), len);
-            c->url[len] = '\0';
-        }
-        c->done = ev.type == H1_END;
-        if (ev.type == H1_ERROR || ev.type == H1_NEED_MORE)
-            break;
-    }
+    h1_ev_t ev = feed(c, b->base, (size_t)nread);
     free(b->base);
-    if (c->done) {
-        uv_read_stop(s);
+    if (ev.type == H1_END)
         dispatch(c);
-    } else if (ev.type == H1_ERROR || c->seen > ADMIN_MAX_REQUEST) {
-        text_t body = {0};
-        text_printf(&body, "bad request\n");
-        c->done = 1;
-        respond(c, 400, "text/plain", &body, 0);
-        free(body.p);
+    else if (ev.type == H1_ERROR || c->seen > ADMIN_MAX_REQUEST)
+        respond_text(c, 400, "bad request\n");
+}
+
+/* Connections holding a descriptor: a closing one gave its back in uv_close. At most
+ * ADMIN_MAX_CONNS, so counting them at each accept is cheaper than keeping a count right. */
+static unsigned open_conns(const server_t *s)
+{
+    unsigned n = 0;
+    for (const admin_conn_t *c = s->admin_conns; c; c = c->next)
+        n += !uv_is_closing((const uv_handle_t *)&c->tcp);
+    return n;
+}
+
+static const char busy_answer[] = "HTTP/1.1 503 Service Unavailable\r\n"
+                                  "Content-Type: text/plain\r\nContent-Length: 32\r\n"
+                                  "Connection: close\r\n\r\n"
+                                  "too many admin connections open\n";
+
+static void on_turned_away(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* Over ADMIN_MAX_CONNS. The connection is accepted all the same: libuv stops accepting while
+ * one waits untaken, and the backlog would hold it. The 503 is best effort (a fresh socket's
+ * send buffer takes it whole); the close frees the descriptor at once. */
+static void turn_away(server_t *s, uv_stream_t *server)
+{
+    log_debug("admin: %d connections open; answering a new one 503", ADMIN_MAX_CONNS);
+    uv_tcp_t *t = malloc(sizeof *t);
+    if (!t)
+        return;
+    uv_tcp_init(s->loop, t);
+    if (uv_accept(server, (uv_stream_t *)t) == 0) {
+        uv_buf_t b = uv_buf_init((char *)busy_answer, sizeof busy_answer - 1);
+        (void)uv_try_write((uv_stream_t *)t, &b, 1);
     }
+    uv_close((uv_handle_t *)t, on_turned_away);
 }
 
 static void on_connection(uv_stream_t *server, int status)
@@ -587,22 +762,29 @@ static void on_connection(uv_stream_t *server, int status)
     server_t *s = server->data;
     if (status < 0)
         return;
+    if (open_conns(s) >= ADMIN_MAX_CONNS) {
+        turn_away(s, server);
+        return;
+    }
     admin_conn_t *c = calloc(1, sizeof *c);
     if (!c)
         return;
     c->srv = s;
     uv_tcp_init(s->loop, &c->tcp);
-    c->tcp.data = c;
+    uv_timer_init(s->loop, &c->timer);
+    c->tcp.data = c->timer.data = c;
+    c->open_handles = 2;
     c->next = s->admin_conns;
     if (s->admin_conns)
         s->admin_conns->prev = c;
     s->admin_conns = c;
+    head_init(&c->head);
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
         close_conn(c);
         return;
     }
-    head_init(&c->head);
     h1_parser_init(&c->parser, H1_REQUEST, &c->head, NULL);
+    set_state(c, CONN_READING);
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
 
