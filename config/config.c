@@ -881,14 +881,10 @@ config_t *config_parse(const char *json, size_t len, const char *source, diag_t 
     c->raw_len = c->raw ? strlen(c->raw) : 0;
     jctx_t j = {.d = d, .source = source};
     size_t before = d->n;
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    cJSON *root = j_parse(&j, json, len); /* one document, no duplicate keys */
     if (!cJSON_IsObject(root)) {
-        const char *at = root ? NULL : cJSON_GetErrorPtr();
-        long off = at && at >= json && at <= json + len ? (long)(at - json) : -1;
         if (root)
             diag_add(d, source, "$", "must be a JSON object");
-        else
-            diag_add(d, source, "$", "not valid JSON (near byte %ld)", off);
         cJSON_Delete(root);
         config_free(c);
         return NULL;

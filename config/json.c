@@ -66,6 +66,142 @@ void jerr(jctx_t *j, const char *base, const char *key, const char *fmt, ...)
     diag_add(j->d, j->source, path, "%s", msg);
 }
 
+/* Where a value sits, as a chain of frames back to the root on the scan's stack: a path is
+ * written out only when a duplicate is reported, not kept in a buffer for each of cJSON's up to
+ * CJSON_NESTING_LIMIT levels. */
+typedef struct where {
+    const struct where *up;
+    const char *key; /* the member's name, or NULL for element `index` of an array */
+    int index;
+} where_t;
+
+typedef struct dupscan {
+    jctx_t *j;
+    const char **names; /* scratch for one object's member names, grown to the widest object */
+    size_t cap;
+    int nomem;
+} dupscan_t;
+
+static void where_path(char *out, const where_t *w)
+{
+    if (!w->up) {
+        out[0] = '\0';
+        return;
+    }
+    where_path(out, w->up);
+    if (w->key)
+        jpath(out, out, w->key);
+    else
+        jpath_index(out, out, "", w->index);
+}
+
+static int by_name(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static void report_dup(dupscan_t *s, const where_t *w, const char *name, size_t times)
+{
+    char path[JPATH_MAX];
+    where_path(path, w);
+    jerr(s->j, path, name, "duplicate key \"%s\" (%zu times); keep only one", name, times);
+}
+
+/* Reports each name that `obj` holds more than once, once. Sorting the names keeps an object of
+ * 100,000 members at n log n, where comparing each with each would be quadratic; the objects of
+ * a mesh spec have a handful of members, and those are compared directly (qsort's set-up for
+ * each of the 80,000 small objects of a 10,000-route document cost more than comparing). */
+static void object_dups(dupscan_t *s, const cJSON *obj, const where_t *w)
+{
+    enum { SMALL = 8 };
+    size_t n = 0;
+    for (const cJSON *m = obj->child; m; m = m->next)
+        n++;
+    if (n < 2 || s->nomem)
+        return;
+    if (n <= SMALL) {
+        for (const cJSON *m = obj->child; m; m = m->next) {
+            size_t times = 1;
+            int seen = 0;
+            for (const cJSON *e = obj->child; e != m && !seen; e = e->next)
+                seen = strcmp(e->string, m->string) == 0;
+            for (const cJSON *l = m->next; l && !seen; l = l->next)
+                times += strcmp(l->string, m->string) == 0;
+            if (!seen && times > 1)
+                report_dup(s, w, m->string, times);
+        }
+        return;
+    }
+    if (n > s->cap) {
+        const char **more = realloc(s->names, n * sizeof *more);
+        if (!more) {
+            s->nomem = 1;
+            jerr(s->j, "", NULL, "out of memory checking for duplicate keys");
+            return;
+        }
+        s->names = more;
+        s->cap = n;
+    }
+    n = 0;
+    for (const cJSON *m = obj->child; m; m = m->next)
+        s->names[n++] = m->string;
+    qsort(s->names, n, sizeof *s->names, by_name);
+    for (size_t i = 0, k; i < n; i = k) {
+        for (k = i + 1; k < n && strcmp(s->names[k], s->names[i]) == 0; k++)
+            ;
+        if (k - i > 1)
+            report_dup(s, w, s->names[i], k - i);
+    }
+}
+
+/* Recursion depth is bounded by cJSON's nesting limit; a frame is a where_t and a few words. */
+static void scan_dups(dupscan_t *s, const cJSON *v, const where_t *w)
+{
+    if (cJSON_IsObject(v))
+        object_dups(s, v, w);
+    int i = 0;
+    for (const cJSON *c = v->child; c; c = c->next, i++)
+        if (c->child) { /* only a non-empty object or array holds anything to check */
+            where_t at = {w, cJSON_IsObject(v) ? c->string : NULL, i};
+            scan_dups(s, c, &at);
+        }
+}
+
+cJSON *j_parse(jctx_t *j, const char *json, size_t len)
+{
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
+    size_t off = end && end >= json && end <= json + len ? (size_t)(end - json) : len;
+    if (!root) {
+        if (end && end >= json && end <= json + len)
+            jerr(j, "", NULL, "not valid JSON (near byte %zu)", off);
+        else
+            jerr(j, "", NULL, "not valid JSON");
+        return NULL;
+    }
+    /* RFC 8259 section 2: insignificant whitespace is space, tab, LF and CR, and nothing else. */
+    while (off < len &&
+           (json[off] == ' ' || json[off] == '\t' || json[off] == '\n' || json[off] == '\r'))
+        off++;
+    if (off < len) {
+        size_t line = 1;
+        for (size_t i = 0; i < off; i++)
+            line += json[i] == '\n';
+        jerr(j, "", NULL,
+             "unexpected content after the JSON document at byte %zu (line %zu); a config is "
+             "one document",
+             off, line);
+        cJSON_Delete(root);
+        return NULL;
+    }
+    dupscan_t s = {.j = j};
+    where_t top = {0};
+    if (root->child)
+        scan_dups(&s, root, &top);
+    free(s.names);
+    return root;
+}
+
 static const cJSON *member(jctx_t *j, const cJSON *obj, const char *base, const char *key,
                            int required)
 {

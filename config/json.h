@@ -28,6 +28,17 @@ enum { J_OPTIONAL = 0, J_REQUIRED = 1 };
  * exceeds CONFIG_FILE_MAX (EFBIG). */
 char *j_read_file(const char *path, size_t *len);
 
+/* Parses json[0..len) as one JSON document, the way every config input is read (the config
+ * file, REMORA_CONFIG_JSON, a config URL's body, the sampling rule manifest). Stricter than
+ * cJSON alone: anything but whitespace after the value is an error (cJSON stops at the value's
+ * end), and so is an object naming a member twice (cJSON keeps both and every lookup finds the
+ * first, while jq, Python and Go take the last: an operator's appended override would be
+ * dropped without a word). Returns the tree, which the caller deletes, or NULL; either way
+ * every problem found is a diagnostic, and a tree with duplicates comes back so that the rest
+ * of the document is still checked: callers refuse it when diagnostics were added. Linear in
+ * the document but for sorting each object's member names (n log n). */
+cJSON *j_parse(jctx_t *j, const char *json, size_t len);
+
 /* out = base.key (or base[i]); `out` may be `base`. */
 void jpath(char *out, const char *base, const char *key);
 void jpath_index(char *out, const char *base, const char *key, int i);

@@ -38,10 +38,11 @@ int sampling_rules_load(const char *path, sampling_rules_cfg_t *out, diag_t *d)
     }
     size_t before = d->n;
     jctx_t j = {.d = d, .source = path};
-    cJSON *root = cJSON_ParseWithLength(text, len);
+    cJSON *root = j_parse(&j, text, len);
     free(text);
     if (!cJSON_IsObject(root)) {
-        diag_add(d, path, "$", "not a JSON object");
+        if (root)
+            diag_add(d, path, "$", "not a JSON object");
         cJSON_Delete(root);
         return -1;
     }

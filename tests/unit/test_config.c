@@ -6,12 +6,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include "base/http.h"
 
 #include "base/err.h"
 #include "config/config.h"
+#include "config/sampling_rules.h"
 
 /* A valid mesh: web -> cart.shop.local (router cart, routes to cart-v1 / cart-v2). */
 #define NODES                                                                                      \
@@ -890,6 +892,136 @@ static void test_duplicates_at_scale(void **state)
     free(json);
 }
 
+/* A node the tests below wrap in documents: valid on its own. */
+#define ONE_NODE                                                                                   \
+    "\"virtualNodes\":[{\"virtualNodeName\":\"web\",\"spec\":{\"listeners\":[{\"portMapping\":"    \
+    "{\"port\":80,\"protocol\":\"http\"}}]}}]"
+
+/* cJSON keeps every copy of a repeated key and lookups find the first, while jq, Python and Go
+ * take the last: an override appended by an operator was dropped without a word. Refused, named
+ * by path; the same key in different objects, and equal array elements, are no duplicates. */
+static void test_duplicate_keys_are_refused(void **state)
+{
+    (void)state;
+    rejects("{" ONE_NODE ",\"proxy\":{\"node\":\"web\",\"node\":\"cart-v1\"}}",
+            "m.json: proxy.node: duplicate key \"node\" (2 times); keep only one");
+    rejects("{" ONE_NODE "," ONE_NODE "," ONE_NODE "}",
+            "m.json: virtualNodes: duplicate key \"virtualNodes\" (3 times); keep only one");
+    rejects("{\"virtualNodes\":[{\"virtualNodeName\":\"web\",\"spec\":{\"listeners\":[{"
+            "\"portMapping\":{\"port\":80,\"protocol\":\"http\"}},{\"portMapping\":{\"port\":81,"
+            "\"port\":82,\"protocol\":\"http\"}}]}}]}",
+            "m.json: virtualNodes[0].spec.listeners[1].portMapping.port: duplicate key \"port\" "
+            "(2 times); keep only one");
+    /* In describe-* output, and in a part of a resource the proxy ignores. */
+    rejects("{\"virtualNodes\":[{\"virtualNode\":{\"virtualNodeName\":\"web\",\"spec\":{},"
+            "\"spec\":{}}}]}",
+            "m.json: virtualNodes[0].virtualNode.spec: duplicate key \"spec\" (2 times); keep "
+            "only one");
+    rejects("{\"virtualNodes\":[{\"virtualNodeName\":\"web\",\"metadata\":{\"a\":1,\"b\":2,"
+            "\"a\":3},\"spec\":{}}]}",
+            "m.json: virtualNodes[0].metadata.a: duplicate key \"a\" (2 times); keep only one");
+    /* Every duplicate is reported, and nothing else is checked on top of them. */
+    const char *two = "{\"mesh\":{\"meshName\":\"a\",\"meshName\":\"b\"},\"proxy\":{\"node\":"
+                      "\"x\",\"node\":\"y\"}}";
+    diag_t d = {0};
+    assert_null(config_parse(two, strlen(two), "m.json", &d));
+    assert_int_equal(d.n, 2);
+    assert_string_equal(
+        d.lines[0], "m.json: mesh.meshName: duplicate key \"meshName\" (2 times); keep only one");
+    assert_string_equal(d.lines[1],
+                        "m.json: proxy.node: duplicate key \"node\" (2 times); keep only one");
+    diag_free(&d);
+    config_free(parse_ok("{\"virtualNodes\":[{\"virtualNode\":{\"virtualNodeName\":\"web\","
+                         "\"spec\":{\"listeners\":[{\"portMapping\":{\"port\":80,\"protocol\":"
+                         "\"http\"}},{\"portMapping\":{\"port\":81,\"protocol\":\"http\"}}]}}},"
+                         "{\"virtualNodeName\":\"b\",\"spec\":{}}],\"mesh\":{\"meshName\":\"m\","
+                         "\"spec\":{}},\"proxy\":{\"node\":\"web\"}}"));
+}
+
+/* One document: whitespace may follow it, nothing else (cJSON stops at the value's end). */
+static void test_content_after_the_document_is_refused(void **state)
+{
+    (void)state;
+    rejects("{" ONE_NODE "} garbage",
+            "m.json: $: unexpected content after the JSON document at byte 114 (line 1); a "
+            "config is one document");
+    rejects("{" ONE_NODE "}\n{" ONE_NODE "}\n",
+            "m.json: $: unexpected content after the JSON document at byte 114 (line 2); a "
+            "config is one document");
+    rejects("{" ONE_NODE "}\n\n,",
+            "m.json: $: unexpected content after the JSON document at byte 115 (line 3); a "
+            "config is one document");
+    /* A NUL inside the length is content too: the whole buffer is the document. */
+    diag_t d = {0};
+    const char nul[] = "{" ONE_NODE "}\0{}";
+    assert_null(config_parse(nul, sizeof nul - 1, "m.json", &d));
+    assert_int_equal(d.n, 1);
+    assert_string_equal(d.lines[0], "m.json: $: unexpected content after the JSON document at "
+                                    "byte 113 (line 1); a config is one document");
+    diag_free(&d);
+    config_free(parse_ok("\xEF\xBB\xBF \r\n\t{" ONE_NODE "} \r\n\t\n"));
+}
+
+/* Finding duplicates sorts each object's names: an object of 100,000 members costs n log n,
+ * and 100,000 copies of one key are one message. */
+static void test_duplicate_keys_at_scale(void **state)
+{
+    (void)state;
+    enum { N = 100000 };
+    size_t cap = (size_t)N * 16 + 512, len = 0;
+    char *json = malloc(cap);
+    assert_non_null(json);
+    for (int same = 0; same < 2; same++) {
+        len = (size_t)snprintf(json, cap,
+                               "{" ONE_NODE ",\"mesh\":{\"meshName\":\"m\","
+                               "\"metadata\":{");
+        for (int i = 0; i < N; i++)
+            len += (size_t)snprintf(json + len, cap - len, "%s\"k%d\":%d", i ? "," : "",
+                                    same ? 0 : i, i);
+        snprintf(json + len, cap - len, "}}}");
+        if (same)
+            rejects(json, "m.json: mesh.metadata.k0: duplicate key \"k0\" (100000 times); keep "
+                          "only one");
+        else
+            config_free(parse_ok(json));
+    }
+    free(json);
+}
+
+/* The X-Ray sampling rule manifest is read the same way. */
+static void test_sampling_manifest_is_one_document(void **state)
+{
+    (void)state;
+    static const char *const bad[][2] = {
+        {"{\"version\":2,\"default\":{\"fixed_target\":1,\"rate\":0.1,\"rate\":1}}",
+         "default.rate: duplicate key \"rate\" (2 times); keep only one"},
+        {"{\"version\":2,\"default\":{\"fixed_target\":1,\"rate\":0.1}}\n]",
+         "$: unexpected content after the JSON document at byte 54 (line 2); a config is one "
+         "document"},
+    };
+    char path[] = "/tmp/test_config_rules_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    assert_non_null(f);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(ftruncate(fd, 0), 0);
+        rewind(f);
+        fputs(bad[i][0], f);
+        fflush(f);
+        sampling_rules_cfg_t r;
+        diag_t d = {0};
+        assert_int_equal(sampling_rules_load(path, &r, &d), -1);
+        assert_int_equal(d.n, 1);
+        char want[300];
+        snprintf(want, sizeof want, "%s: %s", path, bad[i][1]);
+        assert_string_equal(d.lines[0], want);
+        diag_free(&d);
+    }
+    fclose(f);
+    unlink(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -912,6 +1044,10 @@ int main(void)
         cmocka_unit_test(test_http2_and_grpc_shapes),
         cmocka_unit_test(test_whole_document_is_validated),
         cmocka_unit_test(test_duplicates_at_scale),
+        cmocka_unit_test(test_duplicate_keys_are_refused),
+        cmocka_unit_test(test_content_after_the_document_is_refused),
+        cmocka_unit_test(test_duplicate_keys_at_scale),
+        cmocka_unit_test(test_sampling_manifest_is_one_document),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
