@@ -184,6 +184,28 @@ static int copy_field(const cJSON *o, const char *name, char *out, size_t n, int
     return 0;
 }
 
+/* Every byte of `s` a visible ASCII character and none of `extra`; "" only when `empty_ok`. */
+static int visible(const char *s, const char *extra, int empty_ok)
+{
+    if (!*s)
+        return empty_ok;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c <= ' ' || c >= 0x7f || strchr(extra, c))
+            return 0;
+    }
+    return 1;
+}
+
+int aws_creds_check(const aws_creds_t *c)
+{
+    /* What sigv4's check_inputs refuses at every signing, refused once here instead. */
+    return visible(c->access_key, "/,", 0) && visible(c->secret_key, "", 0) &&
+                   visible(c->token, "", 1)
+               ? 0
+               : UV_EINVAL;
+}
+
 /* A 200 reply: {"AccessKeyId", "SecretAccessKey", "Token", "Expiration"}. Returns the ms until
  * the next fetch, or -1 with `why` set. */
 static long long take_reply(aws_credentials_t *p, const char *body, size_t len, const char **why)
@@ -199,7 +221,10 @@ static long long take_reply(aws_credentials_t *p, const char *body, size_t len, 
         !copy_field(o, "Expiration", expiration, sizeof expiration, 0)) {
         long long exp = expiration[0] ? aws_parse_time(expiration) : 0;
         long long left_ms = (exp - (long long)time(NULL)) * 1000;
-        if (exp < 0)
+        if (aws_creds_check(&c) != 0)
+            *why = "AccessKeyId, SecretAccessKey or Token is empty or holds a control byte, a "
+                   "space or non-ASCII";
+        else if (exp < 0)
             *why = "Expiration is not an ISO-8601 UTC time";
         else if (exp && left_ms <= 0)
             *why = "the credentials have already expired";

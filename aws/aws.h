@@ -55,6 +55,10 @@ void aws_credentials_close(aws_credentials_t *p);
 /* No credentials yet, and no fetch has failed: the first one is under way. */
 int aws_credentials_pending(const aws_credentials_t *p);
 
+/* 0 when `c` can sign: AccessKeyId visible ASCII without '/' or ',', SecretAccessKey visible
+ * ASCII, Token "" or visible ASCII; else UV_EINVAL (a CR or LF would break every signed call's
+ * header lines). Container credentials that fail it count as a failed fetch. */
+int aws_creds_check(const aws_creds_t *c);
 /* An ISO-8601 UTC time ("2026-02-25T06:03:31Z", fractions and "+00:00" accepted) as seconds
  * since the epoch; -1 when it is not one. */
 long long aws_parse_time(const char *s);

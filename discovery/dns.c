@@ -2,6 +2,7 @@
 
 #include <ares.h>
 #include <ares_nameser.h>
+#include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -105,8 +106,62 @@ static void on_sock_state(void *data, ares_socket_t fd, int readable, int writab
     uv_poll_start(&w->poll, (readable ? UV_READABLE : 0) | (writable ? UV_WRITABLE : 0), on_poll);
 }
 
+/* One "ip", "ip:port", "ipv6" or "[ipv6]:port" in [s, end): 0 or -1. c-ares takes a port of
+ * 99999 as 99999 % 65536, so the port is checked here: digits only, 1..65535. */
+static int server_ok(const char *s, const char *end)
+{
+    char ip[INET6_ADDRSTRLEN + 1], port[8];
+    unsigned char bin[sizeof(struct in6_addr)];
+    const char *ip_end = end, *p = NULL; /* p: the port's ':' */
+    const char *colon = memchr(s, ':', (size_t)(end - s));
+    int v6 = 0;
+    if (s < end && *s == '[') {
+        ip_end = memchr(s, ']', (size_t)(end - s));
+        if (!ip_end || (ip_end + 1 < end && ip_end[1] != ':'))
+            return -1;
+        s++;
+        p = ip_end + 1 < end ? ip_end + 1 : NULL;
+        v6 = 1;
+    } else if (colon && memchr(colon + 1, ':', (size_t)(end - colon - 1))) {
+        v6 = 1; /* a bare IPv6 address, no port */
+    } else if (colon) {
+        ip_end = p = colon;
+    }
+    size_t iplen = (size_t)(ip_end - s);
+    if (iplen == 0 || iplen >= sizeof ip)
+        return -1;
+    memcpy(ip, s, iplen);
+    ip[iplen] = '\0';
+    if (inet_pton(v6 ? AF_INET6 : AF_INET, ip, bin) != 1)
+        return -1;
+    if (!p)
+        return 0;
+    size_t plen = (size_t)(end - p - 1);
+    if (plen == 0 || plen > 5)
+        return -1;
+    memcpy(port, p + 1, plen);
+    port[plen] = '\0';
+    long n = strspn(port, "0123456789") == plen ? strtol(port, NULL, 10) : 0;
+    return n >= 1 && n <= 65535 ? 0 : -1;
+}
+
+int dns_servers_check(const char *servers)
+{
+    const char *s = servers;
+    for (;;) {
+        size_t len = strcspn(s, ",");
+        if (server_ok(s, s + len) != 0)
+            return UV_EINVAL;
+        if (!s[len])
+            return 0;
+        s += len + 1;
+    }
+}
+
 int dns_open(dns_t **out, uv_loop_t *loop, const char *servers)
 {
+    if (servers && *servers && dns_servers_check(servers) != 0)
+        return UV_EINVAL;
     dns_t *d = calloc(1, sizeof *d);
     if (!d)
         return UV_ENOMEM;

@@ -32,7 +32,10 @@ typedef struct dns dns_t;
 /* The answer is parsed (DNS_OK), or empty; the callback must not free the channel. */
 typedef void (*dns_cb)(void *arg, enum dns_result result, const dns_answer_t *answer);
 
-/* `servers`: "ip:port[,ip:port]" or NULL for /etc/resolv.conf. Returns 0 or an error. */
+/* 0 when `servers` is "ip[:port][,ip[:port]]" (IPv6 as "[v6]:port" or a bare "v6") with ports
+ * of 1..65535, else UV_EINVAL. Addresses only: names are not resolved. */
+int dns_servers_check(const char *servers);
+/* `servers`: as dns_servers_check takes, or NULL for /etc/resolv.conf. Returns 0 or an error. */
 int dns_open(dns_t **out, uv_loop_t *loop, const char *servers);
 /* Query `name` for `type` (T_SRV, T_A, T_AAAA). The callback always runs, later. */
 void dns_query(dns_t *d, const char *name, int type, dns_cb cb, void *arg);

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "discovery/discovery.h"
+#include "discovery/dns.h"
 #include "base/err.h"
 #include "proxy/config_url.h"
 #include "routing/route.h"
@@ -228,6 +229,23 @@ static void resolve_workers(settings_t *s, const cli_opts_t *cli, const config_t
     s->workers = n > 0 ? (unsigned)n : settings_cpu_limit(NULL, affinity_cpus());
 }
 
+int settings_parse_rate(const char *v, double *out)
+{
+    /* strtod alone would take "nan" (which no range check catches), "0x0.1" and " 1e-1". */
+    size_t whole = strspn(v, "0123456789"), frac = 0;
+    if (v[whole] == '.')
+        frac = strspn(v + whole + 1, "0123456789");
+    size_t len = whole + (v[whole] == '.' ? 1 + frac : 0);
+    if ((whole == 0 && frac == 0) || v[len] != '\0')
+        return -1;
+    errno = 0;
+    double r = strtod(v, NULL);
+    if (errno || !(r >= 0 && r <= 1))
+        return -1;
+    *out = r;
+    return 0;
+}
+
 /* X-Ray as the App Mesh Envoy image reads it: ENABLE_ENVOY_XRAY_TRACING, XRAY_DAEMON_PORT,
  * AWS_XRAY_DAEMON_ADDRESS (wins over the port), XRAY_SAMPLING_RATE, XRAY_SAMPLING_RULE_MANIFEST,
  * XRAY_SEGMENT_NAME; then the config's proxy.xray. */
@@ -247,11 +265,17 @@ static void resolve_xray(settings_t *s, const config_t *cfg, diag_t *d)
     else
         snprintf(x->daemon, sizeof x->daemon, "%s",
                  px->xray_daemon ? px->xray_daemon : "127.0.0.1:2000");
+    /* Checked here, not when tracing starts: a bad address refuses start-up like a bad port. */
+    const char *spec = addr ? addr : port ? NULL : px->xray_daemon;
+    const char *bad = spec ? xray_daemon_check(spec) : NULL;
+    if (bad)
+        diag_add(d, "settings", addr ? "AWS_XRAY_DAEMON_ADDRESS" : "proxy.xray.daemonAddress",
+                 "%s, got \"%s\"", bad, spec);
     const char *rate = env("XRAY_SAMPLING_RATE");
-    char *end = NULL;
-    x->rate = rate ? strtod(rate, &end) : px->xray_rate >= 0 ? px->xray_rate : 0.05;
-    if (rate && (*end || x->rate < 0 || x->rate > 1))
-        diag_add(d, "settings", "XRAY_SAMPLING_RATE", "must be 0..1, got \"%s\"", rate);
+    x->rate = px->xray_rate >= 0 ? px->xray_rate : 0.05;
+    if (rate && settings_parse_rate(rate, &x->rate) != 0)
+        diag_add(d, "settings", "XRAY_SAMPLING_RATE", "must be a decimal number 0..1, got \"%s\"",
+                 rate);
     const char *manifest = env("XRAY_SAMPLING_RULE_MANIFEST");
     snprintf(x->manifest, sizeof x->manifest, "%s",
              manifest            ? manifest
@@ -265,6 +289,27 @@ static void resolve_xray(settings_t *s, const config_t *cfg, diag_t *d)
                  name ? name : px->xray_segment_name);
     else
         snprintf(x->segment_name, sizeof x->segment_name, "%.120s/%.120s", cfg->mesh_name, s->node);
+}
+
+/* REMORA_DNS_SERVERS, else proxy.dns.servers, else "" (/etc/resolv.conf). Checked here, so that
+ * a bad list refuses start-up before anything is built on the config. */
+static void resolve_dns(settings_t *s, const config_t *cfg, diag_t *d)
+{
+    const char *v = env("REMORA_DNS_SERVERS");
+    const char *name = v ? "REMORA_DNS_SERVERS" : "proxy.dns.servers";
+    if (!v)
+        v = cfg->proxy.dns_servers;
+    if (!v)
+        return;
+    if (strlen(v) >= sizeof s->dns_servers)
+        diag_add(d, "settings", name, "longer than %zu bytes", sizeof s->dns_servers - 1);
+    else if (dns_servers_check(v) != 0)
+        diag_add(d, "settings", name,
+                 "expected IP[:PORT][,IP[:PORT]] (IPv6 as [IP]:PORT) with ports 1..65535, got "
+                 "\"%s\"",
+                 v);
+    else
+        snprintf(s->dns_servers, sizeof s->dns_servers, "%s", v);
 }
 
 /* An interval from `var` (milliseconds), else the config's, else `dflt`; at least MIN_POLL_MS. */
@@ -347,13 +392,10 @@ int settings_resolve(settings_t *s, const cli_opts_t *cli, const config_t *cfg, 
     resolve_xray(s, cfg, d);
     const char *tags = env("ENABLE_ENVOY_STATS_TAGS");
     s->stats_tags = tags && strcmp(tags, "1") == 0;
-    const char *dns = getenv("REMORA_DNS_SERVERS");
-    snprintf(s->dns_servers, sizeof s->dns_servers, "%s",
-             dns && *dns              ? dns
-             : cfg->proxy.dns_servers ? cfg->proxy.dns_servers
-                                      : "");
+    resolve_dns(s, cfg, d);
     s->dns_hold_ms = cfg->proxy.dns_hold_ms != DURATION_UNSET ? cfg->proxy.dns_hold_ms
                                                               : DISCOVERY_DEFAULT_HOLD_MS;
     resolve_polling(s, cli->config, cfg, d);
+    statsd_settings_resolve(&s->statsd, d);
     return d->n > before ? ERR_CONFIG : 0;
 }

@@ -8,6 +8,7 @@
 #include "config/config.h"
 #include "config/diag.h"
 #include "base/log.h"
+#include "proxy/statsd.h"
 #include "tracing/xray.h"
 
 #define DEFAULT_CONFIG_PATH         "/etc/remora/mesh.json"
@@ -51,6 +52,7 @@ typedef struct settings {
     int stats_tags; /* ENABLE_ENVOY_STATS_TAGS=1: appmesh_mesh and appmesh_virtual_node on every
                        series */
     xray_settings_t xray_set;
+    statsd_settings_t statsd; /* ENABLE_ENVOY_DOG_STATSD and the sink's address */
     /* Cloud Map API discovery (docs/cloudmap.md) */
     int cloudmap_use;    /* enum cloudmap_use */
     int cloudmap_health; /* enum cloudmap_health */
@@ -66,6 +68,9 @@ typedef struct settings {
 config_t *settings_load_config(const cli_opts_t *cli, diag_t *d);
 /* Resolve every setting; problems go to `d` (source "settings"). Returns 0 or ERR_CONFIG. */
 int settings_resolve(settings_t *s, const cli_opts_t *cli, const config_t *cfg, diag_t *d);
+/* A sampling rate as XRAY_SAMPLING_RATE takes it: a plain decimal ("0.05", "1", ".5") in [0, 1];
+ * no sign, exponent, hex ("0x0.1"), "nan" or "inf". Returns 0 with `*out` set, or -1. */
+int settings_parse_rate(const char *v, double *out);
 /* The node name inside an App Mesh ARN (…:mesh/M/virtualNode/N) or the older
  * "mesh/M/virtualNode/N" form; NULL when `v` is neither. Points into `v`. */
 const char *settings_node_from_arn(const char *v);

@@ -10,6 +10,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "base/err.h"
 #include "base/log.h"
 #include "proxy/metrics.h"
 #include "proxy/server.h"
@@ -171,58 +172,81 @@ static void on_timer(uv_timer_t *t)
     flush(t->data);
 }
 
-/* STATSD_SOCKET_PATH wins; else STATSD_ADDRESS (IPv4 or IPv6) and STATSD_PORT. */
-static int destination(statsd_t *d)
+/* A variable's value; NULL when it is unset or empty. */
+static const char *env(const char *name)
 {
-    const char *path = getenv("STATSD_SOCKET_PATH"), *addr = getenv("STATSD_ADDRESS"),
-               *port = getenv("STATSD_PORT");
-    if (path && *path) {
-        struct sockaddr_un *un = (struct sockaddr_un *)&d->to;
-        if (strlen(path) >= sizeof un->sun_path)
-            return -1;
-        un->sun_family = AF_UNIX;
-        memcpy(un->sun_path, path, strlen(path) + 1);
-        d->tolen = sizeof *un;
-        return AF_UNIX;
-    }
-    char *end = NULL;
-    long p = port && *port ? strtol(port, &end, 10) : STATSD_DEFAULT_PORT;
-    if ((end && *end) || p < 1 || p > 65535)
-        return -1;
-    const char *a = addr && *addr ? addr : STATSD_DEFAULT_ADDR;
-    if (uv_ip4_addr(a, (int)p, (struct sockaddr_in *)&d->to) == 0) {
-        d->tolen = sizeof(struct sockaddr_in);
-        return AF_INET;
-    }
-    if (uv_ip6_addr(a, (int)p, (struct sockaddr_in6 *)&d->to) == 0) {
-        d->tolen = sizeof(struct sockaddr_in6);
-        return AF_INET6;
-    }
-    return -1;
+    const char *v = getenv(name);
+    return v && *v ? v : NULL;
 }
 
-static uint64_t flush_ms(void)
+/* A whole decimal string in [lo, hi], else -1. */
+static long whole(const char *s, long lo, long hi)
 {
-    const char *v = getenv("REMORA_STATSD_FLUSH_MS");
-    char *end = NULL;
-    long ms = v && *v ? strtol(v, &end, 10) : STATSD_FLUSH_MS;
-    return (end && *end) || ms < 100 || ms > 3600000 ? STATSD_FLUSH_MS : (uint64_t)ms;
+    size_t n = strspn(s, "0123456789");
+    long v = n && n <= 10 && !s[n] ? strtol(s, NULL, 10) : -1;
+    return v >= lo && v <= hi ? v : -1;
+}
+
+int statsd_settings_resolve(statsd_settings_t *st, diag_t *d)
+{
+    memset(st, 0, sizeof *st);
+    const char *on = env("ENABLE_ENVOY_DOG_STATSD");
+    if (!on || strcmp(on, "1") != 0)
+        return 0;
+    size_t before = d->n;
+    st->on = 1;
+    const char *path = env("STATSD_SOCKET_PATH"), *addr = env("STATSD_ADDRESS"),
+               *port = env("STATSD_PORT"), *flush = env("REMORA_STATSD_FLUSH_MS");
+    long ms = flush ? whole(flush, 100, 3600000) : STATSD_FLUSH_MS;
+    if (ms < 0)
+        diag_add(d, "settings", "REMORA_STATSD_FLUSH_MS",
+                 "must be 100..3600000 (milliseconds), got \"%s\"", flush);
+    st->flush_ms = ms < 0 ? STATSD_FLUSH_MS : (uint64_t)ms;
+    if (path) {
+        struct sockaddr_un *un = (struct sockaddr_un *)&st->to;
+        if (strlen(path) >= sizeof un->sun_path) {
+            diag_add(d, "settings", "STATSD_SOCKET_PATH", "longer than %zu bytes, got \"%s\"",
+                     sizeof un->sun_path - 1, path);
+        } else {
+            un->sun_family = AF_UNIX;
+            memcpy(un->sun_path, path, strlen(path) + 1);
+            st->tolen = sizeof *un;
+            st->family = AF_UNIX;
+        }
+        return d->n > before ? ERR_CONFIG : 0;
+    }
+    long p = port ? whole(port, 1, 65535) : STATSD_DEFAULT_PORT;
+    if (p < 0)
+        diag_add(d, "settings", "STATSD_PORT", "must be 1..65535, got \"%s\"", port);
+    const char *a = addr ? addr : STATSD_DEFAULT_ADDR;
+    int pp = p < 0 ? STATSD_DEFAULT_PORT : (int)p;
+    if (uv_ip4_addr(a, pp, (struct sockaddr_in *)&st->to) == 0) {
+        st->tolen = sizeof(struct sockaddr_in);
+        st->family = AF_INET;
+    } else if (uv_ip6_addr(a, pp, (struct sockaddr_in6 *)&st->to) == 0) {
+        st->tolen = sizeof(struct sockaddr_in6);
+        st->family = AF_INET6;
+    } else {
+        diag_add(d, "settings", "STATSD_ADDRESS", "must be an IPv4 or IPv6 address, got \"%s\"", a);
+    }
+    return d->n > before ? ERR_CONFIG : 0;
 }
 
 statsd_t *statsd_start(server_t *s, uv_loop_t *loop)
 {
-    const char *on = getenv("ENABLE_ENVOY_DOG_STATSD");
-    if (!on || strcmp(on, "1") != 0)
+    const statsd_settings_t *st = &s->set.statsd;
+    if (!st->on)
         return NULL;
     statsd_t *d = calloc(1, sizeof *d);
     if (!d)
         return NULL;
     d->srv = s;
-    int family = destination(d);
-    d->fd = family < 0 ? -1 : socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    d->to = st->to;
+    d->tolen = st->tolen;
+    d->fd = socket(st->family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (d->fd < 0) {
-        log_error("statsd: cannot use STATSD_SOCKET_PATH / STATSD_ADDRESS / STATSD_PORT: %s",
-                  family < 0 ? "not an address" : strerror(errno));
+        log_error("statsd: no socket for the DogStatsD sink, running without it: %s",
+                  strerror(errno));
         free(d);
         return NULL;
     }
@@ -232,7 +256,7 @@ statsd_t *statsd_start(server_t *s, uv_loop_t *loop)
                  s->set.node);
     uv_timer_init(loop, &d->timer);
     d->timer.data = d;
-    uint64_t ms = flush_ms();
+    uint64_t ms = st->flush_ms;
     uv_timer_start(&d->timer, on_timer, ms, ms);
     log_info("statsd: DogStatsD every %" PRIu64 " ms", ms);
     return d;

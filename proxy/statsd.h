@@ -12,7 +12,11 @@
 #ifndef REMORA_STATSD_H
 #define REMORA_STATSD_H
 
+#include <stdint.h>
+#include <sys/socket.h>
 #include <uv.h>
+
+#include "config/diag.h"
 
 #define STATSD_DATAGRAM     1432 /* fits one Ethernet frame */
 #define STATSD_FLUSH_MS     5000 /* Envoy's stats_flush_interval */
@@ -22,7 +26,21 @@
 struct server;
 typedef struct statsd statsd_t;
 
-/* From the environment; NULL when the sink is off. A bad setting is logged and leaves it off. */
+/* Where the sink sends, resolved with the other settings so that a bad one refuses start-up. */
+typedef struct statsd_settings {
+    int on;     /* ENABLE_ENVOY_DOG_STATSD=1 */
+    int family; /* AF_UNIX (STATSD_SOCKET_PATH), AF_INET or AF_INET6 */
+    struct sockaddr_storage to;
+    socklen_t tolen;
+    uint64_t flush_ms; /* REMORA_STATSD_FLUSH_MS, else STATSD_FLUSH_MS */
+} statsd_settings_t;
+
+/* From the environment. The other variables are read only when ENABLE_ENVOY_DOG_STATSD=1:
+ * STATSD_SOCKET_PATH wins, else STATSD_ADDRESS (an IPv4 or IPv6 address) and STATSD_PORT
+ * (1..65535). Problems go to `d` (source "settings", the variable as the path); returns 0 or
+ * ERR_CONFIG. */
+int statsd_settings_resolve(statsd_settings_t *st, diag_t *d);
+/* The sink for `s->set.statsd`; NULL when it is off (or no socket could be had: logged). */
 statsd_t *statsd_start(struct server *s, uv_loop_t *loop);
 /* Flush now (tests, shutdown) and stop. */
 void statsd_stop(statsd_t *d);

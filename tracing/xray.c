@@ -37,11 +37,13 @@ struct xray {
 
 /* ---- settings ---- */
 
-/* "host:port", or "tcp:h:p udp:h:p" in either order: the UDP address, resolved now. */
-static int resolve_daemon(xray_t *x, const char *spec, diag_t *d)
+/* Splits `spec` ("host:port", "[v6]:port", or "tcp:h:p udp:h:p" in either order) into `buf`:
+ * `*host` and `*port` point into it. Returns NULL, or what is wrong with `spec`. */
+static const char *split_daemon(const char *spec, char *buf, size_t cap, char **host, char **port)
 {
-    char buf[256];
-    snprintf(buf, sizeof buf, "%s", spec);
+    if (strlen(spec) >= cap)
+        return "is too long";
+    snprintf(buf, cap, "%s", spec);
     char *addr = buf, *udp = strstr(buf, "udp:");
     if (udp) {
         addr = udp + 4;
@@ -49,23 +51,44 @@ static int resolve_daemon(xray_t *x, const char *spec, diag_t *d)
         if (space)
             *space = '\0';
     } else if (strstr(buf, "tcp:")) {
-        diag_add(d, "settings", "AWS_XRAY_DAEMON_ADDRESS", "needs a udp:HOST:PORT part, got \"%s\"",
-                 spec);
-        return -1;
+        return "needs a udp:HOST:PORT part";
     }
     char *colon = strrchr(addr, ':');
-    if (!colon || colon == addr) {
-        diag_add(d, "settings", "AWS_XRAY_DAEMON_ADDRESS", "expected HOST:PORT, got \"%s\"", spec);
-        return -1;
-    }
+    if (!colon || colon == addr)
+        return "expected HOST:PORT";
     *colon = '\0';
-    char *host = addr;
-    if (host[0] == '[' && colon[-1] == ']') {
-        host++;
+    char *h = addr, *p = colon + 1;
+    if (h[0] == '[' && colon[-1] == ']') {
+        h++;
         colon[-1] = '\0';
     }
+    /* getaddrinfo takes "99999" and sends to port 99999 % 65536: only 1..65535, digits only. */
+    size_t n = strspn(p, "0123456789");
+    long v = n && n <= 5 && !p[n] ? strtol(p, NULL, 10) : 0;
+    if (!*h || v < 1 || v > 65535)
+        return "expected HOST:PORT with a port of 1..65535";
+    *host = h;
+    *port = p;
+    return NULL;
+}
+
+const char *xray_daemon_check(const char *spec)
+{
+    char buf[sizeof((xray_settings_t *)0)->daemon], *host, *port;
+    return split_daemon(spec, buf, sizeof buf, &host, &port);
+}
+
+/* The UDP address of the daemon, resolved now. */
+static int resolve_daemon(xray_t *x, const char *spec, diag_t *d)
+{
+    char buf[sizeof x->set.daemon], *host, *port;
+    const char *bad = split_daemon(spec, buf, sizeof buf, &host, &port);
+    if (bad) {
+        diag_add(d, "settings", "AWS_XRAY_DAEMON_ADDRESS", "%s, got \"%s\"", bad, spec);
+        return -1;
+    }
     struct addrinfo hints = {.ai_socktype = SOCK_DGRAM}, *res = NULL;
-    int rc = getaddrinfo(host, colon + 1, &hints, &res);
+    int rc = getaddrinfo(host, port, &hints, &res);
     if (rc != 0) {
         diag_add(d, "settings", "AWS_XRAY_DAEMON_ADDRESS", "cannot resolve \"%s\": %s", spec,
                  gai_strerror(rc));

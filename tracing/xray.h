@@ -84,6 +84,9 @@ typedef struct xray_request {
     int64_t content_length;  /* -1 unknown */
 } xray_request_t;
 
+/* NULL when `spec` (xray_settings_t.daemon's form) names a host and a port of 1..65535, else
+ * what is wrong with it ("expected HOST:PORT ..."); the host is not resolved. Static text. */
+const char *xray_daemon_check(const char *spec);
 /* NULL with diagnostics when the manifest or daemon address is bad. */
 xray_t *xray_new(const xray_settings_t *s, diag_t *d);
 void xray_free(xray_t *x);

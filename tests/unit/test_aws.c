@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -141,13 +142,47 @@ static void test_url_parse(void **state)
         assert_int_equal(http_url_parse(bad[i], &u), ERR_BAD_URL);
 }
 
+/* Container credentials that cannot sign (a CR or LF would split the signed call's header lines)
+ * are refused when fetched, as garbage JSON is. */
+static void test_creds_check(void **state)
+{
+    (void)state;
+    aws_creds_t c = {0};
+    snprintf(c.access_key, sizeof c.access_key, "ASIAEXAMPLE");
+    snprintf(c.secret_key, sizeof c.secret_key, "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY");
+    assert_int_equal(aws_creds_check(&c), 0); /* no token: long-term credentials */
+    snprintf(c.token, sizeof c.token, "IQoJb3JpZ2luX2VjEJr//////////wEaCXVz+ZWFzdC0x==");
+    assert_int_equal(aws_creds_check(&c), 0);
+    static const char *const bad[] = {"a\r\nX-Evil: 1", "a\n",   "a\r",     "a\tb", "a b",
+                                      "a\x7f",          "a\x01", "\xc3\xa9"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        aws_creds_t t = c;
+        snprintf(t.access_key, sizeof t.access_key, "%s", bad[i]);
+        assert_int_equal(aws_creds_check(&t), UV_EINVAL);
+        t = c;
+        snprintf(t.secret_key, sizeof t.secret_key, "%s", bad[i]);
+        assert_int_equal(aws_creds_check(&t), UV_EINVAL);
+        t = c;
+        snprintf(t.token, sizeof t.token, "%s", bad[i]);
+        assert_int_equal(aws_creds_check(&t), UV_EINVAL);
+    }
+    aws_creds_t t = c;
+    t.access_key[0] = '\0';
+    assert_int_equal(aws_creds_check(&t), UV_EINVAL);
+    t = c;
+    t.secret_key[0] = '\0';
+    assert_int_equal(aws_creds_check(&t), UV_EINVAL);
+    t = c;
+    snprintf(t.access_key, sizeof t.access_key, "AKID/x"); /* inside Credential=ID/scope */
+    assert_int_equal(aws_creds_check(&t), UV_EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_region_precedence),
-        cmocka_unit_test(test_endpoint),
-        cmocka_unit_test(test_parse_time),
-        cmocka_unit_test(test_url_parse),
+        cmocka_unit_test(test_region_precedence), cmocka_unit_test(test_endpoint),
+        cmocka_unit_test(test_parse_time),        cmocka_unit_test(test_url_parse),
+        cmocka_unit_test(test_creds_check),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
