@@ -95,33 +95,33 @@ def free_port():
     return free_ports(1)[0]
 
 
-def wait_port(port, timeout=10, proc=None):
+def wait_for(probe, timeout, proc, what):
+    """Until probe() is true (an OSError counts as false); SystemExit if proc exits first or
+    the deadline passes."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"bench: exited with status {proc.returncode} before listening on {port}")
+            raise SystemExit(f"bench: exited with status {proc.returncode} before {what}")
         try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
+            if probe():
+                return
         except OSError:
-            time.sleep(0.01)
-    raise SystemExit(f"bench: nothing listening on {port}")
+            pass
+        time.sleep(0.005)
+    raise SystemExit(f"bench: not {what} within {timeout} s")
+
+
+def wait_port(port, timeout=10, proc=None):
+    wait_for(lambda: socket.create_connection(("127.0.0.1", port), 0.2).close() or True,
+             timeout, proc, f"listening on {port}")
 
 
 def wait_ready(admin, timeout=30, proc=None):
     """Until remora's /ready on the admin port answers 200."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"bench: exited with status {proc.returncode} before /ready")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.001)
-    raise SystemExit(f"bench: /ready on {admin} not 200 within {timeout} s")
+    def ready():
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1) as r:
+            return r.status == 200
+    wait_for(ready, timeout, proc, f"/ready on {admin} answering 200")
 
 
 def rss_kib(pid):

@@ -20,7 +20,7 @@ FUZZ_ALL           := dns_parse trace_header config sampling_rules \
                       $(if $(wildcard proxy/h1_server.c),h1_server h1_client) \
                       $(if $(wildcard proxy/h2_server.c),h2_server) \
                       $(if $(wildcard proxy/h2_client.c),h2_client) \
-                      $(if $(wildcard proxy/transport_tls.c),tls_server) control
+                      $(if $(wildcard proxy/transport_tls.c),tls_server) control stats_filter
 FUZZ_TARGETS       ?= $(FUZZ_ALL)
 
 # What each target links, beside its own tests/fuzz/fuzz_<name>.c. A source that moves makes
@@ -64,6 +64,9 @@ fuzz_tls_server_LIBS     := -luv -lssl -lcrypto
 fuzz_control_SRCS        := http/client.c http/h1_parse.c http/head.c aws/sigv4.c base/http.c \
                             base/err.c base/log.c base/iso8601.c base/backoff.c
 fuzz_control_LIBS        := -luv -lssl -lcrypto -lcjson
+
+# The admin API's stats filter check, and glibc's regex on what it lets through.
+fuzz_stats_filter_SRCS   := proxy/stats_filter.c
 
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
 

@@ -271,13 +271,19 @@ def test_killing_an_instance_with_retries_loses_no_request(knot, upstream, remor
     assert cluster_stat(r, "upstream_rq_retry") >= 1
 
 
-def test_outlier_detection_ejects_a_dead_instance(knot, upstream, remora):
+def three_behind_outlier_detection(knot, upstream, remora):
+    """Three instances; two failures in a row eject one for 30 s, at most half of them at once;
+    no retries, so that the client sees every failure."""
     ups, k = three_instances(knot, upstream)
     outlier = {"maxServerErrors": 2, "interval": {"unit": "s", "value": 1},
                "baseEjectionDuration": {"unit": "s", "value": 30}, "maxEjectionPercent": 50}
     cfg = mesh(k, outlier=outlier)
-    cfg["proxy"]["defaultRetryPolicy"] = False  # so that the client sees the failures
-    r = remora(cfg)
+    cfg["proxy"]["defaultRetryPolicy"] = False
+    return ups, remora(cfg)
+
+
+def test_outlier_detection_ejects_a_dead_instance(knot, upstream, remora):
+    ups, r = three_behind_outlier_detection(knot, upstream, remora)
     ups[1].stop()
     seen = steady_load(r, 2)
     failures = [t for t, s in seen if s != 200]
@@ -303,12 +309,7 @@ def test_an_ejection_past_max_ejection_percent_is_detected_not_enforced(knot, up
     """Two of three instances die and maxEjectionPercent (50) allows one ejection: the first to
     fail twice in a row is ejected; the other keeps its traffic, and each failure of its streak
     from the second on is an ejection detected and not enforced (ejections_overflow)."""
-    ups, k = three_instances(knot, upstream)
-    outlier = {"maxServerErrors": 2, "interval": {"unit": "s", "value": 1},
-               "baseEjectionDuration": {"unit": "s", "value": 30}, "maxEjectionPercent": 50}
-    cfg = mesh(k, outlier=outlier)
-    cfg["proxy"]["defaultRetryPolicy"] = False  # so that the client sees the failures
-    r = remora(cfg)
+    ups, r = three_behind_outlier_detection(knot, upstream, remora)
     ups[1].stop()
     ups[2].stop()
     failures = sum(s != 200 for _, s in steady_load(r, 1))
