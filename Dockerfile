@@ -8,7 +8,7 @@ FROM debian:bookworm-slim AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         build-essential pkg-config libuv1-dev libc-ares-dev libcjson-dev libssl-dev \
-        libnghttp2-dev \
+        libnghttp2-dev libpcre2-dev \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -26,13 +26,13 @@ RUN make -j"$(nproc)" all \
  && install -D -s -m 0755 build/remora /out/usr/local/bin/remora
 
 # Run stage: the libraries the binary links (`ldd build/remora`: libuv1, libc-ares2, libcjson1,
-# libssl3 for libssl and libcrypto, libnghttp2-14), tini as PID 1 so that processes the health check leaves
-# behind are reaped, ca-certificates (/etc/ssl/certs/ca-certificates.crt, for trust files that
+# libssl3 for libssl and libcrypto, libnghttp2-14, libpcre2-8-0), tini as PID 1 so that
+# processes the health check leaves behind are reaped, ca-certificates (/etc/ssl/certs/ca-certificates.crt, for trust files that
 # name public CAs, and for curl), and curl, which the stock ECS health check runs in here.
 FROM debian:bookworm-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        libuv1 libc-ares2 libcjson1 libssl3 libnghttp2-14 ca-certificates curl tini \
+        libuv1 libc-ares2 libcjson1 libssl3 libnghttp2-14 libpcre2-8-0 ca-certificates curl tini \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/usr/local/bin/remora /usr/local/bin/remora

@@ -19,7 +19,7 @@ ifneq ($(SANITIZER),)
 OPT       := -O1 -g -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all
 endif
 CFLAGS    := -std=c11 $(OPT) -pthread
-LDLIBS    := -luv -lcares -lcjson -lssl -lcrypto -lnghttp2 -lpthread -lm
+LDLIBS    := -luv -lcares -lcjson -lssl -lcrypto -lnghttp2 -lpcre2-8 -lpthread -lm
 
 SRCS      := $(wildcard base/*.c http/*.c aws/*.c proxy/*.c config/*.c routing/*.c discovery/*.c tracing/*.c tls/*.c)
 LIB_SRCS  := $(filter-out proxy/main.c,$(SRCS))
@@ -32,7 +32,7 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 TOOL_BINS := $(BUILD)/tests/trace_header_cli $(BUILD)/tests/sigv4_cli
 BENCH_BINS := $(BUILD)/bench/openloop $(BUILD)/bench/h2_upstream
 
-DEB_PKGS  := build-essential pkg-config libuv1-dev libc-ares-dev libcjson-dev libssl-dev \
+DEB_PKGS  := build-essential pkg-config libuv1-dev libc-ares-dev libcjson-dev libpcre2-dev libssl-dev \
              libcmocka-dev python3 python3-pytest curl knot knot-dnsutils procps clang-format nodejs \
              clang-14 libclang-rt-14-dev openssl iproute2 iptables redis-server redis-tools util-linux \
              prometheus chromium libnghttp2-dev python3-h2 nghttp2-client python3-grpcio \

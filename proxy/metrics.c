@@ -2,7 +2,6 @@
 
 #include <inttypes.h>
 #include <malloc.h>
-#include <regex.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +13,7 @@
 #include "discovery/dns.h"
 #include "proxy/rollouts.h"
 #include "proxy/server.h"
+#include "proxy/stats_filter.h"
 
 /* ---- the list ---- */
 
@@ -515,7 +515,7 @@ void metrics_extract(const char *name, char *family, size_t fcap, char *labels, 
 /* ---- filters ---- */
 
 typedef struct filter {
-    regex_t re;
+    stats_filter_t re;
     int has_re;
     int used_only;
 } filter_t;
@@ -526,9 +526,10 @@ static int filter_init(filter_t *f, const metrics_query_t *q, char **out)
     f->used_only = q->used_only;
     if (!q->filter || !*q->filter)
         return 0;
-    if (regcomp(&f->re, q->filter, REG_EXTENDED | REG_NOSUB) != 0) {
+    char why[200];
+    if (stats_filter_compile(&f->re, q->filter, why, sizeof why) != 0) {
         text_t o = {0};
-        text_printf(&o, "invalid regex: %s\n", q->filter);
+        text_printf(&o, "filter: %s\n", why);
         *out = o.p;
         return 400;
     }
@@ -536,18 +537,28 @@ static int filter_init(filter_t *f, const metrics_query_t *q, char **out)
     return 0;
 }
 
-static void filter_free(filter_t *f)
+/* Done with the filter: 0, or (a name ran past its match limits) 400 with the reason in *out
+ * and what was written in o dropped: a list cut by cost would pass for a whole one. */
+static int filter_end(filter_t *f, text_t *o, char **out)
 {
+    int over = f->has_re && f->re.over;
     if (f->has_re)
-        regfree(&f->re);
+        stats_filter_free(&f->re);
+    if (!over)
+        return 0;
+    free(o->p);
+    *o = (text_t){0};
+    text_printf(o, "filter: too costly to match (PCRE2's match limit); simplify it\n");
+    *out = o->p;
+    return 400;
 }
 
-static int wanted(const filter_t *f, const metric_t *m)
+static int wanted(filter_t *f, const metric_t *m)
 {
     if (f->used_only &&
         (m->kind == METRIC_HISTOGRAM ? stat_get((stat_t *)&m->hist->count) == 0 : m->value == 0))
         return 0;
-    return !f->has_re || regexec(&f->re, m->name, 0, NULL, 0) == 0;
+    return !f->has_re || stats_filter_match(&f->re, m->name);
 }
 
 /* ---- histograms ---- */
@@ -649,7 +660,8 @@ int metrics_text(server_t *s, const metrics_query_t *q, char **out)
     if (rc)
         return rc;
     metrics_each(s, text_one, &t);
-    filter_free(&t.f);
+    if ((rc = filter_end(&t.f, &t.o, out)))
+        return rc;
     return finish(&t.o, out);
 }
 
@@ -668,7 +680,8 @@ int metrics_json(server_t *s, const metrics_query_t *q, char **out)
     t.first = 1;
     metrics_each(s, json_hist, &t);
     text_printf(&t.o, "]}}]}\n");
-    filter_free(&t.f);
+    if ((rc = filter_end(&t.f, &t.o, out)))
+        return rc;
     return finish(&t.o, out);
 }
 
@@ -781,9 +794,9 @@ int metrics_prometheus(server_t *s, const metrics_query_t *q, char **out)
     if (rc)
         return rc;
     metrics_each(s, prom_collect, &p);
-    filter_free(&p.f);
     text_t o = {0};
-    if (!p.failed) {
+    int refused = filter_end(&p.f, &o, out);
+    if (!refused && !p.failed) {
         qsort(p.v, p.n, sizeof *p.v, by_family);
         char fixed[600] = "";
         if (s->set.stats_tags)
@@ -797,6 +810,8 @@ int metrics_prometheus(server_t *s, const metrics_query_t *q, char **out)
         free(p.v[i].labels);
     }
     free(p.v);
+    if (refused)
+        return refused;
     if (p.failed)
         o.failed = 1;
     return finish(&o, out);

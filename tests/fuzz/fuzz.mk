@@ -65,8 +65,9 @@ fuzz_control_SRCS        := http/client.c http/h1_parse.c http/head.c aws/sigv4.
                             base/err.c base/log.c base/iso8601.c base/backoff.c
 fuzz_control_LIBS        := -luv -lssl -lcrypto -lcjson
 
-# The admin API's stats filter check, and glibc's regex on what it lets through.
+# The admin API's stats filters: PCRE2 under its match limits, on any pattern.
 fuzz_stats_filter_SRCS   := proxy/stats_filter.c
+fuzz_stats_filter_LIBS   := -lpcre2-8
 
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
 

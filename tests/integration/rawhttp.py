@@ -21,7 +21,7 @@ class Response:
 class Conn:
     def __init__(self, port, timeout=10.0):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.buf = b""
+        self.buf = bytearray()  # appended to in place: a 32 MiB body is not copied per read
 
     def send(self, data):
         self.sock.sendall(data)
@@ -33,15 +33,17 @@ class Conn:
         self.buf += data
 
     def _line(self):
-        while b"\r\n" not in self.buf:
+        while (end := self.buf.find(b"\r\n")) < 0:
             self._fill()
-        line, self.buf = self.buf.split(b"\r\n", 1)
+        line = bytes(self.buf[:end])
+        del self.buf[:end + 2]
         return line
 
     def _exact(self, n):
         while len(self.buf) < n:
             self._fill()
-        out, self.buf = self.buf[:n], self.buf[n:]
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
         return out
 
     def read_response(self, head_request=False):
@@ -80,9 +82,9 @@ class Conn:
                         self._fill()
                     except EOFError:
                         break
-                r.body, self.buf = self.buf, b""
+                r.body, self.buf = bytes(self.buf), bytearray()
         except EOFError:
-            r.body, r.complete = self.buf, False
+            r.body, r.complete = bytes(self.buf), False
         return r
 
     def closed_by_peer(self, timeout=5.0):

@@ -718,7 +718,7 @@ def test_idle_tunnel_is_closed_after_the_idle_timeout(mesh):
         while len(c.buf) < 4:
             c.buf += c.sock.recv(64)
         assert c.buf == b"ping"
-        c.buf = b""
+        c.buf = bytearray()
         start = time.monotonic()
         closed = c.closed_by_peer(timeout=5)
         elapsed = time.monotonic() - start

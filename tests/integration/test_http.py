@@ -237,7 +237,7 @@ def test_websocket_upgrade_tunnel(mesh):
     payload = bytes(range(256)) * 400
     c.send(payload)
     got = c.buf
-    c.buf = b""
+    c.buf = bytearray()
     while len(got) < len(payload):
         data = c.sock.recv(65536)
         assert data, f"tunnel closed after {len(got)} of {len(payload)} bytes"

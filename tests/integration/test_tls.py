@@ -237,7 +237,7 @@ class TLSConn(Conn):
         except BaseException:
             raw.close()
             raise
-        self.buf = b""
+        self.buf = bytearray()
 
     def peer_serial(self):
         return int(self.sock.getpeercert()["serialNumber"], 16)
