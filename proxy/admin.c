@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "discovery/dns.h"
 #include "base/log.h"
@@ -735,9 +736,22 @@ static void on_turned_away(uv_handle_t *h)
     free(h);
 }
 
+/* What the client has sent so far, read and dropped: a socket closed with unread bytes sends a
+ * reset, which can destroy the answer before the client reads it. */
+static void discard_received(uv_tcp_t *t)
+{
+    uv_os_fd_t fd;
+    char sink[4096];
+    if (uv_fileno((uv_handle_t *)t, &fd) != 0)
+        return;
+    for (int i = 0; i < 4 && recv(fd, sink, sizeof sink, MSG_DONTWAIT) == (ssize_t)sizeof sink;
+         i++) {
+    }
+}
+
 /* Over ADMIN_MAX_CONNS. The connection is accepted all the same: libuv stops accepting while
  * one waits untaken, and the backlog would hold it. The 503 is best effort (a fresh socket's
- * send buffer takes it whole); the close frees the descriptor at once. */
+ * send buffer takes it whole), ended by a FIN; the close frees the descriptor at once. */
 static void turn_away(server_t *s, uv_stream_t *server)
 {
     log_debug("admin: %d connections open; answering a new one 503", ADMIN_MAX_CONNS);
@@ -746,8 +760,11 @@ static void turn_away(server_t *s, uv_stream_t *server)
         return;
     uv_tcp_init(s->loop, t);
     if (uv_accept(server, (uv_stream_t *)t) == 0) {
+        discard_received(t);
         uv_buf_t b = uv_buf_init((char *)busy_answer, sizeof busy_answer - 1);
-        (void)uv_try_write((uv_stream_t *)t, &b, 1);
+        uv_os_fd_t fd;
+        if (uv_try_write((uv_stream_t *)t, &b, 1) > 0 && uv_fileno((uv_handle_t *)t, &fd) == 0)
+            shutdown(fd, SHUT_WR);
     }
     uv_close((uv_handle_t *)t, on_turned_away);
 }

@@ -231,12 +231,22 @@ static void resolve_workers(settings_t *s, const cli_opts_t *cli, const config_t
 
 int settings_parse_rate(const char *v, double *out)
 {
-    /* strtod alone would take "nan" (which no range check catches), "0x0.1" and " 1e-1". */
+    /* strtod alone would take "nan" (which no range check catches), "0x0.1" and " 0.1": only
+     * digits, a point and an exponent ("5e-2", which strtod always took) pass. */
     size_t whole = strspn(v, "0123456789"), frac = 0;
     if (v[whole] == '.')
         frac = strspn(v + whole + 1, "0123456789");
     size_t len = whole + (v[whole] == '.' ? 1 + frac : 0);
-    if ((whole == 0 && frac == 0) || v[len] != '\0')
+    if (whole == 0 && frac == 0)
+        return -1;
+    if (v[len] == 'e' || v[len] == 'E') {
+        size_t sign = v[len + 1] == '-' || v[len + 1] == '+';
+        size_t digits = strspn(v + len + 1 + sign, "0123456789");
+        if (digits == 0)
+            return -1;
+        len += 1 + sign + digits;
+    }
+    if (v[len] != '\0')
         return -1;
     errno = 0;
     double r = strtod(v, NULL);
@@ -265,9 +275,11 @@ static void resolve_xray(settings_t *s, const config_t *cfg, diag_t *d)
     else
         snprintf(x->daemon, sizeof x->daemon, "%s",
                  px->xray_daemon ? px->xray_daemon : "127.0.0.1:2000");
-    /* Checked here, not when tracing starts: a bad address refuses start-up like a bad port. */
+    /* Checked here, not when tracing starts: a bad address refuses start-up like a bad port.
+     * Only when tracing is on: with it off the value is not remora's to judge (a task-wide
+     * setting for the app's X-Ray SDK, say). */
     const char *spec = addr ? addr : port ? NULL : px->xray_daemon;
-    const char *bad = spec ? xray_daemon_check(spec) : NULL;
+    const char *bad = s->xray && spec ? xray_daemon_check(spec) : NULL;
     if (bad)
         diag_add(d, "settings", addr ? "AWS_XRAY_DAEMON_ADDRESS" : "proxy.xray.daemonAddress",
                  "%s, got \"%s\"", bad, spec);

@@ -51,7 +51,7 @@ BAD = [
     # 99999 would go to UDP port 34463 (getaddrinfo wraps it)
     ({"ENABLE_ENVOY_XRAY_TRACING": "1", "AWS_XRAY_DAEMON_ADDRESS": "127.0.0.1:99999"},
      "AWS_XRAY_DAEMON_ADDRESS: expected HOST:PORT with a port of 1..65535, got \"127.0.0.1:99999\""),
-    ({"AWS_XRAY_DAEMON_ADDRESS": "tcp:127.0.0.1:2000 udp:127.0.0.1:0"},
+    ({"ENABLE_ENVOY_XRAY_TRACING": "1", "AWS_XRAY_DAEMON_ADDRESS": "tcp:127.0.0.1:2000 udp:127.0.0.1:0"},
      "AWS_XRAY_DAEMON_ADDRESS: expected HOST:PORT with a port of 1..65535"),
     # c-ares wraps it the same way
     ({"REMORA_DNS_SERVERS": "1.2.3.4:99999"},
@@ -62,7 +62,6 @@ BAD = [
     ({"XRAY_SAMPLING_RATE": "nan"}, "XRAY_SAMPLING_RATE: must be a decimal number 0..1, got \"nan\""),
     ({"XRAY_SAMPLING_RATE": "0x0.1"},
      "XRAY_SAMPLING_RATE: must be a decimal number 0..1, got \"0x0.1\""),
-    ({"XRAY_SAMPLING_RATE": "5e-2"}, "XRAY_SAMPLING_RATE: must be a decimal number 0..1"),
     # logged, and remora ran without the sink
     ({"ENABLE_ENVOY_DOG_STATSD": "1", "STATSD_PORT": "x"},
      "STATSD_PORT: must be 1..65535, got \"x\""),
@@ -84,15 +83,23 @@ def test_bad_variable_refuses_to_start(tmp_path, env, message):
     assert len(lines) == 1, out
 
 
-def test_good_values_still_start(tmp_path):
-    """The same variables with good values: remora runs (then stops cleanly on SIGTERM)."""
+GOOD = [
+    {"ENABLE_ENVOY_XRAY_TRACING": "1", "AWS_XRAY_DAEMON_ADDRESS": "127.0.0.1:2000",
+     "XRAY_SAMPLING_RATE": ".5", "REMORA_DNS_SERVERS": "127.0.0.1:53,[::1]:53",
+     "ENABLE_ENVOY_DOG_STATSD": "1", "STATSD_ADDRESS": "::1", "STATSD_PORT": "8125"},
+    # strtod's exponent form was always taken; with tracing off the daemon address is not
+    # remora's (a task-wide value for the app's X-Ray SDK, here one remora could not use)
+    {"XRAY_SAMPLING_RATE": "5e-2", "AWS_XRAY_DAEMON_ADDRESS": "xray-daemon"},
+]
+
+
+@pytest.mark.parametrize("given", GOOD, ids=["all-set", "tracing-off"])
+def test_good_values_still_start(tmp_path, given):
+    """Good values: remora runs (then stops cleanly on SIGTERM)."""
     cfg = tmp_path / "mesh.json"
     cfg.write_text(json.dumps(mesh_config(*free_ports(2))))
     ingress, egress, admin = free_ports(3)
-    env = clean_env({"ENABLE_ENVOY_XRAY_TRACING": "1", "AWS_XRAY_DAEMON_ADDRESS": "127.0.0.1:2000",
-                     "XRAY_SAMPLING_RATE": ".5", "REMORA_DNS_SERVERS": "127.0.0.1:53,[::1]:53",
-                     "ENABLE_ENVOY_DOG_STATSD": "1", "STATSD_ADDRESS": "::1",
-                     "STATSD_PORT": "8125"})
+    env = clean_env(given)
     log = open(tmp_path / "remora.log", "w")
     proc = subprocess.Popen(
         [REMORA, "--config", str(cfg), "--ingress-port", str(ingress), "--egress-port",

@@ -142,20 +142,22 @@ static void test_environment_beats_the_files_gateway_and_xray(void **state)
     config_free(c);
 }
 
-/* XRAY_SAMPLING_RATE: plain decimals in [0, 1] only; strtod's NaN, hex and exponents are not. */
+/* XRAY_SAMPLING_RATE: decimals in [0, 1], with an exponent if need be (strtod always took
+ * one); strtod's NaN, infinities, hex and spaces are not. */
 static void test_sampling_rate(void **state)
 {
     (void)state;
-    static const char *const good[] = {"0", "1", "0.05", ".5", "1.", "1.000", "0.999999"};
-    static const double want[] = {0, 1, 0.05, 0.5, 1, 1, 0.999999};
+    static const char *const good[] = {"0",     "1",        "0.05", ".5",   "1.",
+                                       "1.000", "0.999999", "5e-2", "1E-1", "1e+0"};
+    static const double want[] = {0, 1, 0.05, 0.5, 1, 1, 0.999999, 0.05, 0.1, 1};
     for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
         double r = -1;
         assert_int_equal(settings_parse_rate(good[i], &r), 0);
         assert_true(r == want[i]);
     }
-    static const char *const bad[] = {"nan",  "NaN",  "inf",  "-0",  "+0.5", "0x0.1",
-                                      "0X1",  "1e-1", "5e-2", "1.5", "2",    " 0.5",
-                                      "0.5 ", ".",    "",     "5%",  "0..1", "1.0000001"};
+    static const char *const bad[] = {"nan",  "NaN", "inf", "-0",  "+0.5", "0x0.1",    "0X1",
+                                      "1e",   "1e+", "e5",  "2e0", "1.5",  "2",        " 0.5",
+                                      "0.5 ", ".",   "",    "5%",  "0..1", "1.0000001"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         double r = 0.25;
         assert_int_equal(settings_parse_rate(bad[i], &r), -1);
@@ -242,15 +244,18 @@ static void test_bad_variables_are_named(void **state)
         diag_t d = {0};
         unset_env();
         setenv("ENABLE_ENVOY_DOG_STATSD", "1", 1);
+        setenv("ENABLE_ENVOY_XRAY_TRACING", "1", 1);
         setenv(cases[i].name, cases[i].value, 1);
         assert_int_equal(settings_resolve(&s, &cli, c, &d), ERR_CONFIG);
         assert_int_equal(d.n, 1);
         assert_string_equal(d.lines[0], cases[i].line);
         diag_free(&d);
     }
-    /* The StatsD variables are read only when the sink is on, as Envoy's image reads them. */
+    /* The StatsD variables are read only when the sink is on, as Envoy's image reads them;
+     * the X-Ray daemon's address only when tracing is. */
     unset_env();
     setenv("STATSD_PORT", "x", 1);
+    setenv("AWS_XRAY_DAEMON_ADDRESS", "127.0.0.1:99999", 1);
     diag_t d = {0};
     assert_int_equal(settings_resolve(&s, &cli, c, &d), 0);
     assert_false(s.statsd.on);
