@@ -241,15 +241,26 @@ uint16_t endpoint_port(const endpoint_t *ep)
     return 0;
 }
 
+static int ipv4_is_local(uint32_t a)
+{
+    return (a >> 24) == 127 || a == 0;
+}
+
+/* Loopback or unspecified, however written: [::ffff:127.0.0.1] and [::127.0.0.1] reach an
+ * IPv4 listener on 0.0.0.0 as 127.0.0.1 does. */
 int endpoint_is_local(const endpoint_t *ep)
 {
-    if (ep->addr.ss_family == AF_INET) {
-        uint32_t a = ntohl(((const struct sockaddr_in *)(const void *)&ep->addr)->sin_addr.s_addr);
-        return (a >> 24) == 127 || a == 0;
-    }
+    if (ep->addr.ss_family == AF_INET)
+        return ipv4_is_local(
+            ntohl(((const struct sockaddr_in *)(const void *)&ep->addr)->sin_addr.s_addr));
     if (ep->addr.ss_family == AF_INET6) {
         const struct in6_addr *a =
             &((const struct sockaddr_in6 *)(const void *)&ep->addr)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a) || IN6_IS_ADDR_V4COMPAT(a)) {
+            uint32_t v4;
+            memcpy(&v4, &a->s6_addr[12], sizeof v4);
+            return ipv4_is_local(ntohl(v4));
+        }
         return IN6_IS_ADDR_LOOPBACK(a) || IN6_IS_ADDR_UNSPECIFIED(a);
     }
     return 0;

@@ -269,9 +269,14 @@ def test_connect_under_allow_all_goes_to_host_port(remora, tcp_server):
         s.sendall(b"abc\n")
         assert recv_line(s) == b"abc\n"
         s.close()
-    status, s = connect_via(r, f"127.0.0.1:{r.egress}")
-    assert status == "HTTP/1.1 508 Loop Detected", status
-    s.close()
+    # remora itself, however its address is written: an IPv4-mapped or -compatible IPv6 form
+    # reaches the 0.0.0.0 listener too (each hop would carry the next CONNECT on: a loop that
+    # took every descriptor)
+    for me in ("127.0.0.1", "127.0.0.2", "[::1]", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]",
+               "[::127.0.0.1]", "[::ffff:0.0.0.0]", "0.0.0.0"):
+        status, s = connect_via(r, f"{me}:{r.egress}")
+        assert status == "HTTP/1.1 508 Loop Detected", (me, status)
+        s.close()
     status, s = connect_via(r, f"127.0.0.1:{free_port()}")
     assert status == "HTTP/1.1 503 Service Unavailable", status
     s.close()
