@@ -57,7 +57,8 @@ typedef struct conn_events {
     /* A write failed (peer gone); at most once, from a later loop pass than the write. The
      * connection is not closed yet. */
     void (*on_write_error)(void *owner, int err);
-    /* Client side: the connect finished (0) or failed. */
+    /* Client side: the connect finished (0) or failed. Server side over TLS: the handshake
+     * finished (0; a failed one is on_eof). */
     void (*on_connect)(void *owner, int status);
     /* The handle is closed; the connection is freed right after this returns. */
     void (*on_closed)(void *owner);

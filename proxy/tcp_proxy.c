@@ -278,3 +278,72 @@ void tcp_proxy_start(worker_t *w, conn_t *client, const route_result_t *route, r
     if (!tcp_proxy_connect(w, route, rt, dst, NULL, 0, &relay_events, r))
         relay_failed(r, UV_ENOMEM);
 }
+
+/* ---- a TLS client, relayed once its handshake is done ---- */
+
+typedef struct gated {
+    tq_node_t timeout; /* first: the handshake queue hands the node back */
+    worker_t *w;
+    conn_t *client;
+    route_result_t route;
+    route_table_t *rt; /* held: what the route points at stays valid */
+} gated_t;
+
+static void gate_free(gated_t *g)
+{
+    worker_t *w = g->w;
+    tq_del(&g->timeout);
+    route_table_unref(g->rt);
+    free(g);
+    w->nconnecting--;
+    worker_maybe_finish(w);
+}
+
+static void gate_refuse(gated_t *g)
+{
+    conn_set_owner(g->client, &quiet_events, NULL);
+    conn_close(g->client);
+    gate_free(g);
+}
+
+static void on_gate_open(void *owner, int status)
+{
+    gated_t *g = owner;
+    if (status != 0) {
+        gate_refuse(g);
+        return;
+    }
+    conn_read(g->client, 0); /* early plaintext waits in the transport for the relay */
+    tcp_proxy_start(g->w, g->client, &g->route, g->rt, NULL);
+    gate_free(g);
+}
+
+static void on_gate_eof(void *owner, int err)
+{
+    (void)err; /* the handshake failed, or the client left before it was done */
+    gate_refuse(owner);
+}
+
+static const conn_events_t gate_events = {.on_connect = on_gate_open, .on_eof = on_gate_eof};
+
+void tcp_proxy_handshake_expired(tq_node_t *n)
+{
+    gated_t *g = (gated_t *)n;
+    log_debug("tcp: TLS handshake not done in time; closing the client");
+    gate_refuse(g);
+}
+
+void tcp_proxy_start_after_handshake(worker_t *w, conn_t *client, const route_result_t *route,
+                                     route_table_t *rt)
+{
+    gated_t *g = calloc(1, sizeof *g);
+    if (!g) {
+        conn_close(client);
+        return;
+    }
+    *g = (gated_t){.w = w, .client = client, .route = *route, .rt = route_table_ref(rt)};
+    w->nconnecting++; /* a drain waits for it, as for a connect */
+    tq_add(&w->tls_handshake_q, &g->timeout);
+    conn_set_owner(client, &gate_events, g);
+    conn_read(client, 1); /* the handshake's records come in through the read side */
+}

@@ -46,7 +46,16 @@ void tcp_proxy_cancel(tcp_session_t *s);
 void tcp_proxy_start(struct worker *w, conn_t *client, const route_result_t *route,
                      route_table_t *rt, const struct sockaddr *dst);
 
+/* The same for a client whose TLS handshake (a STRICT listener's) is still to come: nothing
+ * is taken or connected to until it is done, so a client without a certificate holds no slot
+ * of maxConnections and opens nothing to the app. A handshake that fails, or is not done by
+ * the worker's handshake timeout, closes the client. */
+void tcp_proxy_start_after_handshake(struct worker *w, conn_t *client, const route_result_t *route,
+                                     route_table_t *rt);
+
 /* The worker's connect timeout fired for a session (the worker owns the queue). */
 void tcp_proxy_expired(tq_node_t *n);
+/* Its handshake timeout fired for a client of tcp_proxy_start_after_handshake. */
+void tcp_proxy_handshake_expired(tq_node_t *n);
 
 #endif

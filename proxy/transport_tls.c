@@ -459,6 +459,8 @@ static void handshake_done(tls_conn_t *t)
     flush_pending(t, 0);
     if (t->shut_owed && !c->closing)
         shutdown_(c);
+    if (!c->closing && c->ev && c->ev->on_connect) /* an owner that waits for it (tcp_proxy.c) */
+        c->ev->on_connect(c->owner, 0);
 }
 
 /* 1 while the handshake goes on or has failed, 0 once it is done. */

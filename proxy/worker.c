@@ -120,7 +120,9 @@ static void serve_ingress(worker_t *w, listener_t *l, conn_t *c, const struct so
         conn_close(c);
         return;
     }
-    if (rl->tcp)
+    if (rl->tcp && rl->tls && rl->tls_mode != TLS_PERMISSIVE)
+        tcp_proxy_start_after_handshake(w, c, &rl->r, w->routes);
+    else if (rl->tcp)
         tcp_proxy_start(w, c, &rl->r, w->routes, NULL);
     else
         h2_server_accept(&l->h2, c, (const struct sockaddr *)dst); /* HTTP/2 or HTTP/1.1 */
@@ -356,6 +358,7 @@ static void maybe_finish(worker_t *w)
     exchange_close_kept(w);
     pool_table_close(&w->pools);
     tq_close(&w->tcp_connect_q);
+    tq_close(&w->tls_handshake_q);
     access_log_worker_close(&w->alog_w); /* what is left is written as the loop ends */
     for (unsigned i = 0; i < w->nlisteners; i++) {
         h1_server_config_close(&w->listeners[i].h1);
@@ -503,6 +506,9 @@ int worker_init(worker_t *w, server_t *srv, unsigned id)
     access_log_worker_init(&w->alog_w, &w->loop.uv, id);
     pool_table_init(&w->pools, &w->loop);
     tq_init(&w->tcp_connect_q, &w->loop, TCP_CONNECT_TIMEOUT, tcp_proxy_expired);
+    /* As long as a request's head may take (0 there means no limit; a handshake gets one). */
+    uint64_t handshake_ms = srv->set.header_timeout_ms ? srv->set.header_timeout_ms : 10000;
+    tq_init(&w->tls_handshake_q, &w->loop, handshake_ms, tcp_proxy_handshake_expired);
     w->pools.wake_all = wake_all;
     w->pools.wake_ctx = srv;
     if (srv->xray && (err = xray_emitter_open(srv->xray, &w->xray)) < 0)

@@ -93,7 +93,8 @@ typedef struct worker {
     pool_table_t pools;
     tunnel_t *tunnels; /* open Upgrade tunnels and TCP relays, for draining */
     unsigned ntunnels;
-    tqueue_t tcp_connect_q; /* TCP routes connecting (tcp_proxy.c) */
+    tqueue_t tcp_connect_q;   /* TCP routes connecting (tcp_proxy.c) */
+    tqueue_t tls_handshake_q; /* TLS clients of TCP listeners before their handshake */
     unsigned nconnecting;
     uint64_t rng;                    /* xorshift state for request ids, seeded from getrandom */
     struct exchange *free_exchanges; /* kept with their timers */

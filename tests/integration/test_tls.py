@@ -829,3 +829,82 @@ def test_hostile_tls_bytes_are_closed_and_remora_stays_up(pki, remora, upstream,
     assert (res.rc, res.status) == (0, 200), res.err
     assert app.stats()["requests"] == 1
     assert ssl_stats(r, listener_prefix(r))["handshake"] == 1
+
+
+# ---- a STRICT TLS listener of protocol tcp ----
+
+class GreetingApp:
+    """A server-first TCP app (as SMTP or MySQL): greets each connection, then echoes lines.
+    Counts the connections it accepted."""
+
+    def __init__(self):
+        self.accepted = 0
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.lsock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def _serve(c):
+        with c:
+            try:
+                c.sendall(b"220 greeting\r\n")
+                while data := c.recv(4096):
+                    c.sendall(data)
+            except OSError:
+                pass
+
+    def stop(self):
+        self.lsock.close()
+
+
+def test_a_strict_tcp_listener_reaches_the_app_only_after_a_handshake(pki, remora):
+    """Two clients send a byte of a ClientHello and go silent, with maxConnections 2. Before
+    its handshake a client holds no slot and opens nothing to the app (the build before this
+    test connected to the app at accept: the two held both slots for the 300 s idle timeout,
+    and an authenticated client was refused); the handshake timeout (the request header
+    timeout, 500 ms here) closes them. A client with its certificate gets the app's greeting
+    with nothing sent first, then its echo."""
+    app = GreetingApp()
+    listener = {"portMapping": {"port": app.port, "protocol": "tcp"},
+                "connectionPool": {"tcp": {"maxConnections": 2}},
+                "tls": {"mode": "STRICT",
+                        "certificate": {"file": {"certificateChain": pki.b.cert,
+                                                 "privateKey": pki.b.key}},
+                        "validation": {"trust": {"file": {"certificateChain": pki.ca.cert}},
+                                       "subjectAlternativeNames": {"match": {"exact": [SPIFFE_A]}}}}}
+    cfg = {"mesh": {"meshName": "tls"},
+           "virtualNodes": [{"virtualNodeName": "b", "spec": {
+               "listeners": [listener], "serviceDiscovery": {"dns": {"hostname": "127.0.0.1"}}}}],
+           "proxy": {"node": "b", "requestHeaderTimeout": {"unit": "ms", "value": 500}}}
+    r = remora(cfg)
+    try:
+        stalled = [socket.create_connection(("127.0.0.1", r.ingress), timeout=5) for _ in range(2)]
+        for s in stalled:
+            s.sendall(b"\x16")
+        ctx = client_ctx(pki.ca.cert, pki.a)
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", r.ingress), timeout=5),
+                             server_hostname=B_NAME) as t:
+            assert t.recv(100) == b"220 greeting\r\n"  # server first: the client sent nothing
+            t.sendall(b"abc\r\n")
+            assert t.recv(100) == b"abc\r\n"
+        assert app.accepted == 1, "only the authenticated client reached the app"
+        for s in stalled:  # closed by the handshake timeout, with nothing relayed
+            s.settimeout(3)
+            assert s.recv(100) == b""
+            s.close()
+        assert app.accepted == 1
+        cluster = f"cluster.cds_ingress_tls_b_tcp_{app.port}."
+        st = r.stats()
+        assert st[cluster + "upstream_cx_overflow"] == 0
+        assert st[cluster + "upstream_cx_total"] == 1
+    finally:
+        app.stop()
