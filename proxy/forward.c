@@ -276,12 +276,7 @@ static int passthrough_endpoint(exchange_t *ex, const route_request_t *rr)
             return -1;
         endpoint_set(&ex->endpoint, (struct sockaddr *)&ss);
     }
-    server_t *s = ex->w->srv;
-    uint16_t port = endpoint_port(&ex->endpoint);
-    if ((port == s->set.egress_port || port == s->set.ingress_port) &&
-        endpoint_is_local(&ex->endpoint))
-        return -2; /* ourselves: a loop */
-    return 0;
+    return worker_is_own_listener(ex->w, &ex->endpoint) ? -2 : 0; /* ourselves: a loop */
 }
 
 static void no_route_reply(exchange_t *ex, const route_request_t *rr)

@@ -104,6 +104,7 @@ int server_init(server_t *s, const settings_t *set, const cli_opts_t *cli, confi
         return ERR_CONFIG;
     }
     name_listeners(s);
+    host_addrs_learn(&s->host_addrs);
     /* Caught before a listener opens: a SIGTERM the moment the ports answer is a drain, not
      * the default action (the callback runs once server_run runs the loop). */
     uv_signal_init(s->loop, &s->sigterm);

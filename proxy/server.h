@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include "config/config.h"
+#include "proxy/host_addrs.h"
 #include "proxy/access_log.h"
 #include "proxy/config_url.h"
 #include "proxy/file_watch.h"
@@ -29,9 +30,10 @@ typedef struct server {
     cli_opts_t cli; /* to find the config again on reload */
     registry_t reg; /* clusters and counters that outlive reloads */
     discovery_t *discovery;
-    xray_t *xray;          /* NULL when tracing is off */
-    struct statsd *statsd; /* NULL when the DogStatsD sink is off */
-    qsbr_t qsbr;           /* reclaims endpoint sets once no worker can see them */
+    host_addrs_t host_addrs; /* the host's own, for loops (worker_is_own_listener) */
+    xray_t *xray;            /* NULL when tracing is off */
+    struct statsd *statsd;   /* NULL when the DogStatsD sink is off */
+    qsbr_t qsbr;             /* reclaims endpoint sets once no worker can see them */
     uv_timer_t reclaim_timer;
     route_table_t *routes;         /* the snapshot in force (the main thread's reference) */
     access_log_t *alog;            /* its access log (the main thread's reference), or NULL */

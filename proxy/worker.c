@@ -175,7 +175,7 @@ int worker_is_own_listener(worker_t *w, const endpoint_t *ep)
 {
     uint16_t port = endpoint_port(ep);
     const settings_t *set = &w->srv->set;
-    if (!endpoint_is_local(ep))
+    if (!endpoint_is_local(ep) && !host_addrs_has(&w->srv->host_addrs, &ep->addr))
         return 0;
     for (unsigned i = 0; i < w->nlisteners; i++)
         if (port == w->listeners[i].port)

@@ -632,6 +632,20 @@ def test_connect_tunnels_to_a_tcp_backend_and_refuses_others(world, task_remora)
     assert out.stdout == "403", out.stdout + out.stderr
 
 
+def test_the_tasks_own_address_is_remora_itself(world, task_remora):
+    """remora listens on 0.0.0.0: the task's own address (not only loopback) on one of its
+    ports is remora, so a request or CONNECT there is a loop, refused once (the build before
+    this test relayed one such GET into itself 188 times, and a CONNECT without end)."""
+    r = task_remora(mesh(egress_filter="ALLOW_ALL", tcp=False))
+    out = world.app(["curl", "-sS", "--max-time", "5", "-x", f"http://127.0.0.1:{EGRESS}",
+                     "-o", "/dev/null", "-w", "%{http_code}", f"http://{TASK4}:{EGRESS}/x"])
+    assert out.stdout == "508", out.stdout + out.stderr
+    assert r.stats()["http.egress.downstream_rq_total"] == 1
+    out = world.app(["curl", "-sS", "--max-time", "5", "-p", "-x", f"http://127.0.0.1:{EGRESS}",
+                     "-o", "/dev/null", "-w", "%{http_connect}", f"http://{TASK4}:{ADMIN}/"])
+    assert out.stdout == "508", out.stdout + out.stderr
+
+
 # ---- the redirect subcommand makes the plugin's rules ----
 
 def redirect_supported():
