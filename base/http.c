@@ -50,6 +50,8 @@ const char *http_reason(int status)
         return "Forbidden";
     case 404:
         return "Not Found";
+    case 405:
+        return "Method Not Allowed";
     case 408:
         return "Request Timeout";
     case 413:
@@ -58,6 +60,8 @@ const char *http_reason(int status)
         return "URI Too Long";
     case 431:
         return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
     case 501:
         return "Not Implemented";
     case 502:

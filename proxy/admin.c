@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 
 #include "discovery/dns.h"
+#include "base/http.h"
 #include "base/log.h"
 #include "base/text.h"
 #include "http/h1_parse.h"
@@ -552,26 +553,6 @@ static void on_written(uv_write_t *req, int status)
     free(w);
 }
 
-static const char *reason_phrase(int status)
-{
-    switch (status) {
-    case 200:
-        return "OK";
-    case 400:
-        return "Bad Request";
-    case 404:
-        return "Not Found";
-    case 405:
-        return "Method Not Allowed";
-    case 408:
-        return "Request Timeout";
-    case 414:
-        return "URI Too Long";
-    default:
-        return "Service Unavailable";
-    }
-}
-
 /* Writes the one answer; the connection stops reading and closes once it is out. */
 static void respond(admin_conn_t *c, int status, const char *ctype, text_t *body, int head)
 {
@@ -585,7 +566,7 @@ static void respond(admin_conn_t *c, int status, const char *ctype, text_t *body
     text_printf(&w->out,
                 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                 "Connection: close\r\n\r\n",
-                status, reason_phrase(status), ctype, body->len);
+                status, http_reason(status), ctype, body->len);
     if (!head && body->len)
         text_printf(&w->out, "%.*s", (int)body->len, body->p);
     uv_buf_t b = uv_buf_init(w->out.p, (unsigned)w->out.len);
