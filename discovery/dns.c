@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/number.h"
+
 typedef struct sock_watch {
     uv_poll_t poll;
     ares_socket_t fd;
@@ -110,7 +112,7 @@ static void on_sock_state(void *data, ares_socket_t fd, int readable, int writab
  * 99999 as 99999 % 65536, so the port is checked here: digits only, 1..65535. */
 static int server_ok(const char *s, const char *end)
 {
-    char ip[INET6_ADDRSTRLEN + 1], port[8];
+    char ip[INET6_ADDRSTRLEN + 1];
     unsigned char bin[sizeof(struct in6_addr)];
     const char *ip_end = end, *p = NULL; /* p: the port's ':' */
     const char *colon = memchr(s, ':', (size_t)(end - s));
@@ -136,13 +138,7 @@ static int server_ok(const char *s, const char *end)
         return -1;
     if (!p)
         return 0;
-    size_t plen = (size_t)(end - p - 1);
-    if (plen == 0 || plen > 5)
-        return -1;
-    memcpy(port, p + 1, plen);
-    port[plen] = '\0';
-    long n = strspn(port, "0123456789") == plen ? strtol(port, NULL, 10) : 0;
-    return n >= 1 && n <= 65535 ? 0 : -1;
+    return port_parse(p + 1, (size_t)(end - p - 1)) < 0 ? -1 : 0;
 }
 
 int dns_servers_check(const char *servers)

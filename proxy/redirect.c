@@ -19,6 +19,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "base/number.h"
 #include "base/err.h"
 
 extern char **environ;
@@ -89,24 +90,9 @@ static int next_item(const char **s, char sep, const char **item, size_t *len)
     return 1;
 }
 
-/* A decimal number of digits only, at most max; -1 otherwise. */
-static long long parse_num(const char *s, size_t len, long long max)
-{
-    if (len == 0 || len > 10)
-        return -1;
-    long long v = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return -1;
-        v = v * 10 + (s[i] - '0');
-    }
-    return v <= max ? v : -1;
-}
-
 static int parse_port(const char *s, size_t len)
 {
-    long long v = parse_num(s, len, 65535);
-    return v >= 1 ? (int)v : -1;
+    return (int)decimal_parse(s, len, 1, 65535);
 }
 
 /* IgnoredUID / IgnoredGID into out (11 bytes). Returns 1 when set, 0 when absent or empty,
@@ -117,7 +103,7 @@ static int parse_id(const char *name, const char *raw, char *out, diag_t *errors
     const char *v = trim(raw, &len);
     if (!v || !len)
         return 0;
-    long long id = parse_num(v, len, ID_MAX);
+    long long id = decimal_parse(v, len, 0, ID_MAX);
     if (id < 0) {
         diag_add(errors, SRC, name, "must be a numeric id 0..2147483647, got \"%.*s\"", (int)len,
                  v);
@@ -255,7 +241,7 @@ static int ip_family(const char *s, size_t len)
     memcpy(addr, s, alen);
     addr[alen] = '\0';
     int fam = inet_pton(AF_INET, addr, bin) == 1 ? 4 : inet_pton(AF_INET6, addr, bin) == 1 ? 6 : 0;
-    if (fam && slash && parse_num(slash + 1, len - alen - 1, fam == 4 ? 32 : 128) < 0)
+    if (fam && slash && decimal_parse(slash + 1, len - alen - 1, 0, fam == 4 ? 32 : 128) < 0)
         return 0;
     return fam;
 }

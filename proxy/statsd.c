@@ -12,6 +12,7 @@
 
 #include "base/err.h"
 #include "base/log.h"
+#include "base/number.h"
 #include "proxy/metrics.h"
 #include "proxy/server.h"
 
@@ -179,14 +180,6 @@ static const char *env(const char *name)
     return v && *v ? v : NULL;
 }
 
-/* A whole decimal string in [lo, hi], else -1. */
-static long whole(const char *s, long lo, long hi)
-{
-    size_t n = strspn(s, "0123456789");
-    long v = n && n <= 10 && !s[n] ? strtol(s, NULL, 10) : -1;
-    return v >= lo && v <= hi ? v : -1;
-}
-
 int statsd_settings_resolve(statsd_settings_t *st, diag_t *d)
 {
     memset(st, 0, sizeof *st);
@@ -197,7 +190,7 @@ int statsd_settings_resolve(statsd_settings_t *st, diag_t *d)
     st->on = 1;
     const char *path = env("STATSD_SOCKET_PATH"), *addr = env("STATSD_ADDRESS"),
                *port = env("STATSD_PORT"), *flush = env("REMORA_STATSD_FLUSH_MS");
-    long ms = flush ? whole(flush, 100, 3600000) : STATSD_FLUSH_MS;
+    long ms = flush ? decimal_parse(flush, strlen(flush), 100, 3600000) : STATSD_FLUSH_MS;
     if (ms < 0)
         diag_add(d, "settings", "REMORA_STATSD_FLUSH_MS",
                  "must be 100..3600000 (milliseconds), got \"%s\"", flush);
@@ -215,7 +208,7 @@ int statsd_settings_resolve(statsd_settings_t *st, diag_t *d)
         }
         return d->n > before ? ERR_CONFIG : 0;
     }
-    long p = port ? whole(port, 1, 65535) : STATSD_DEFAULT_PORT;
+    long p = port ? decimal_parse(port, strlen(port), 1, 65535) : STATSD_DEFAULT_PORT;
     if (p < 0)
         diag_add(d, "settings", "STATSD_PORT", "must be 1..65535, got \"%s\"", port);
     const char *a = addr ? addr : STATSD_DEFAULT_ADDR;

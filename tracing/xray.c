@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/number.h"
+
 #define XRAY_HEADER "{\"format\":\"json\",\"version\":1}\n"
 
 typedef struct reservoir {
@@ -63,9 +65,7 @@ static const char *split_daemon(const char *spec, char *buf, size_t cap, char **
         colon[-1] = '\0';
     }
     /* getaddrinfo takes "99999" and sends to port 99999 % 65536: only 1..65535, digits only. */
-    size_t n = strspn(p, "0123456789");
-    long v = n && n <= 5 && !p[n] ? strtol(p, NULL, 10) : 0;
-    if (!*h || v < 1 || v > 65535)
+    if (!*h || port_parse(p, strlen(p)) < 0)
         return "expected HOST:PORT with a port of 1..65535";
     *host = h;
     *port = p;
