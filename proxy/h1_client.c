@@ -234,6 +234,13 @@ static void on_drain(void *owner)
         h->ev->on_drain(h->ctx);
 }
 
+/* The connect failed or timed out: the request that waited on it fails with it. */
+static void count_connect_failure(h1_client_t *h)
+{
+    stat_inc(&h->stats->upstream_cx_connect_fail);
+    stat_inc(&h->stats->upstream_rq_pending_failure_eject);
+}
+
 static void on_expired(tq_node_t *n)
 {
     h1_client_t *h = (h1_client_t *)(void *)((char *)n - offsetof(h1_client_t, timeout));
@@ -243,8 +250,7 @@ static void on_expired(tq_node_t *n)
         return;
     }
     stat_inc(&h->stats->upstream_cx_connect_timeout);
-    stat_inc(&h->stats->upstream_cx_connect_fail);
-    stat_inc(&h->stats->upstream_rq_pending_failure_eject); /* its request waited on it */
+    count_connect_failure(h);
     log_warn("upstream: connect timed out");
     fail(h, UV_ETIMEDOUT);
 }
@@ -254,8 +260,7 @@ static void on_connect(void *owner, int status)
     h1_client_t *h = owner;
     tq_del(&h->timeout);
     if (status < 0) {
-        stat_inc(&h->stats->upstream_cx_connect_fail);
-        stat_inc(&h->stats->upstream_rq_pending_failure_eject);
+        count_connect_failure(h);
         h->keep_alive = 0;
         fail(h, status);
         return;

@@ -627,6 +627,14 @@ static int speaks_h2(const conn_t *c)
     return !conn_is_tls(c) || (p && n == 2 && memcmp(p, "h2", 2) == 0);
 }
 
+/* The connect failed or timed out: every stream that waited on it fails with it. */
+static void connect_failed(h2_client_t *h, int err)
+{
+    stat_inc(&h->stats->upstream_cx_connect_fail);
+    stat_add(&h->stats->upstream_rq_pending_failure_eject, h->nopen);
+    close_conn(h, err);
+}
+
 static void on_connect(void *owner, int status)
 {
     h2_client_t *h = owner;
@@ -636,8 +644,7 @@ static void on_connect(void *owner, int status)
         status = ERR_TLS;
     }
     if (status < 0) {
-        stat_inc(&h->stats->upstream_cx_connect_fail);
-        close_conn(h, status);
+        connect_failed(h, status);
         return;
     }
     h->connected = 1;
@@ -691,9 +698,8 @@ static void on_expired(tq_node_t *n)
         return;
     }
     stat_inc(&h->stats->upstream_cx_connect_timeout);
-    stat_inc(&h->stats->upstream_cx_connect_fail);
     log_warn("upstream: connect timed out");
-    close_conn(h, UV_ETIMEDOUT);
+    connect_failed(h, UV_ETIMEDOUT);
 }
 
 /* ---- the stream, as the exchange drives it ---- */

@@ -170,7 +170,11 @@ def test_a_tls_upstream_that_does_not_select_h2_is_a_connect_failure(pki, h2_pee
     assert code == 503, err
     ps = peer.stats()
     assert ps["streams"] == 0 and ps["bytes_received"] == 0, (ps["alpn"], ps["streams"])
-    assert r.stats()[f"{cluster(r, peer.port)}.upstream_cx_connect_fail"] >= 1
+    st = r.stats()
+    assert st[f"{cluster(r, peer.port)}.upstream_cx_connect_fail"] >= 1
+    # each failed connect had the one request waiting on it (Envoy's pending_failure_eject)
+    assert st[f"{cluster(r, peer.port)}.upstream_rq_pending_failure_eject"] == \
+        st[f"{cluster(r, peer.port)}.upstream_cx_connect_fail"]
 
 
 # ---- multiplexing ----
