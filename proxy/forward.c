@@ -46,16 +46,25 @@ static void report(exchange_t *ex, int status)
         cluster_done(ex->route.cluster, &ex->endpoint, status, now_ms(ex));
 }
 
-void fwd_drop_upstream(exchange_t *ex)
+/* Lets the upstream stream go; `clean`: its connection may carry another, and reads again
+ * (a pause for a slow client that the response outlasted ends here: a resume). */
+static void release_upstream(exchange_t *ex, int clean)
 {
     client_stream_t *cs = ex->cs;
     if (!cs)
         return;
     ex->cs = NULL;
     ex->try_deadline = 0;
+    if (ex->upstream_paused && clean)
+        stat_inc(&cstats(ex)->upstream_flow_control_resumed_reading_total);
     ex->upstream_paused = 0;
     stat_dec(&cstats(ex)->upstream_rq_active);
-    cs->ops->release(cs, 0);
+    cs->ops->release(cs, clean);
+}
+
+void fwd_drop_upstream(exchange_t *ex)
+{
+    release_upstream(ex, 0);
 }
 
 /* ---- local replies ---- */
@@ -374,7 +383,6 @@ static void dispatch(exchange_t *ex, int fresh)
     if (send_request(ex) != 0) {
         log_warn("upstream %s: cannot build the request head", ex->endpoint.name);
         exchange_flag(ex, 0, "request_head_too_large_to_send");
-        fwd_drop_upstream(ex);
         local_reply(ex, 502, "request head too large to send upstream\n");
     }
 }
@@ -869,12 +877,7 @@ void fwd_response_end(exchange_t *ex, head_t *trailers)
     head_give(&ex->w->loop, trailers);
     if (ex->req_end_ns) /* Envoy's upstream_rq_time: from the end of the request */
         hist_record_us(&cstats(ex)->rq_time, (uv_hrtime() - ex->req_end_ns) / 1000);
-    client_stream_t *cs = ex->cs;
-    ex->cs = NULL;
-    if (cs) {
-        stat_dec(&cstats(ex)->upstream_rq_active);
-        cs->ops->release(cs, ex->req_state == REQ_DONE);
-    }
+    release_upstream(ex, ex->req_state == REQ_DONE);
     exchange_end(ex, 0);
 }
 
