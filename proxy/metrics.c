@@ -515,15 +515,13 @@ void metrics_extract(const char *name, char *family, size_t fcap, char *labels, 
 /* ---- filters ---- */
 
 typedef struct filter {
-    stats_filter_t re;
-    int has_re;
+    stats_filter_t re; /* zeroed: none, every name passes */
     int used_only;
 } filter_t;
 
 static int filter_init(filter_t *f, const metrics_query_t *q, char **out)
 {
-    f->has_re = 0;
-    f->used_only = q->used_only;
+    *f = (filter_t){.used_only = q->used_only};
     if (!q->filter || !*q->filter)
         return 0;
     char why[200];
@@ -533,7 +531,6 @@ static int filter_init(filter_t *f, const metrics_query_t *q, char **out)
         *out = o.p;
         return 400;
     }
-    f->has_re = 1;
     return 0;
 }
 
@@ -541,9 +538,8 @@ static int filter_init(filter_t *f, const metrics_query_t *q, char **out)
  * and what was written in o dropped: a list cut by cost would pass for a whole one. */
 static int filter_end(filter_t *f, text_t *o, char **out)
 {
-    int over = f->has_re && f->re.over;
-    if (f->has_re)
-        stats_filter_free(&f->re);
+    int over = f->re.over;
+    stats_filter_free(&f->re);
     if (!over)
         return 0;
     free(o->p);
@@ -558,7 +554,7 @@ static int wanted(filter_t *f, const metric_t *m)
     if (f->used_only &&
         (m->kind == METRIC_HISTOGRAM ? stat_get((stat_t *)&m->hist->count) == 0 : m->value == 0))
         return 0;
-    return !f->has_re || stats_filter_match(&f->re, m->name);
+    return stats_filter_match(&f->re, m->name);
 }
 
 /* ---- histograms ---- */

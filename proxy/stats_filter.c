@@ -38,6 +38,8 @@ int stats_filter_compile(stats_filter_t *f, const char *re, char *err, size_t er
 
 int stats_filter_match(stats_filter_t *f, const char *name)
 {
+    if (!f->re)
+        return 1;
     int rc = pcre2_match(f->re, (PCRE2_SPTR)name, strlen(name), 0, 0, f->md, f->mc);
     if (rc >= 0)
         return 1;

@@ -18,10 +18,12 @@ typedef struct stats_filter {
     int over; /* a name ran into the limits: the answer is a refusal, not a partial list */
 } stats_filter_t;
 
-/* 0, or -1 with a one-line reason (no newline) in err. */
+/* 0, or -1 with a one-line reason (no newline) in err. A zeroed filter is none. */
 int stats_filter_compile(stats_filter_t *f, const char *re, char *err, size_t errlen);
-/* 1 when the filter matches somewhere in name, else 0 (also past the limits: f->over). */
+/* 1 when the filter matches somewhere in name (none matches every name), else 0 (also past
+ * the limits: f->over). */
 int stats_filter_match(stats_filter_t *f, const char *name);
+/* Frees what compile made; a zeroed filter too. */
 void stats_filter_free(stats_filter_t *f);
 
 #endif
