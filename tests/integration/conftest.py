@@ -1,5 +1,6 @@
 """Fixtures that start real processes: the remora binary, upstream servers, and helpers to
 talk to them. Every process a test starts is stopped when the test ends."""
+import contextlib
 import json
 import os
 import signal
@@ -179,6 +180,24 @@ class Remora:
         return self.proc.returncode
 
 
+@contextlib.contextmanager
+def stopped_after(make):
+    """A fixture's `start`: each call makes one (make(*args, **kw)); every one made is stopped
+    when the test is over, whatever its outcome."""
+    made = []
+
+    def start(*args, **kw):
+        thing = make(*args, **kw)
+        made.append(thing)
+        return thing
+
+    try:
+        yield start
+    finally:
+        for thing in made:
+            thing.stop()
+
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory):
     """A CA, a second CA and certificates for the test nodes (certs.make_pki); read only."""
@@ -190,16 +209,8 @@ def grpc_server():
     """Starts grpcio servers (grpc_peers.py), stopped after the test."""
     from grpc_peers import GrpcServer  # here: only the gRPC tests need grpcio
 
-    started = []
-
-    def start(name, **kw):
-        s = GrpcServer(name, **kw)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
+    with stopped_after(GrpcServer) as start:
+        yield start
 
 
 @pytest.fixture
@@ -207,30 +218,14 @@ def h2_peer():
     """Starts H2Peer upstreams (h2_peer_upstream.py), stopped after the test."""
     from h2_peer_upstream import H2Peer  # here: only the HTTP/2 tests need the h2 package
 
-    started = []
-
-    def start(name="h2-peer", **kw):
-        p = H2Peer(name, **kw)
-        started.append(p)
-        return p
-
-    yield start
-    for p in started:
-        p.stop()
+    with stopped_after(lambda name="h2-peer", **kw: H2Peer(name, **kw)) as start:
+        yield start
 
 
 @pytest.fixture
 def upstream():
-    started = []
-
-    def start(name="upstream"):
-        u = Upstream(name)
-        started.append(u)
-        return u
-
-    yield start
-    for u in started:
-        u.stop()
+    with stopped_after(lambda name="upstream": Upstream(name)) as start:
+        yield start
 
 
 @pytest.fixture
@@ -373,13 +368,8 @@ zone:
 
 @pytest.fixture
 def knot(tmp_path):
-    started = []
+    def make(records, ttl=1, zones=None):
+        return Knot(str(tmp_path), records, ttl, zones)
 
-    def start(records, ttl=1, zones=None):
-        k = Knot(str(tmp_path), records, ttl, zones)
-        started.append(k)
-        return k
-
-    yield start
-    for k in started:
-        k.stop()
+    with stopped_after(make) as start:
+        yield start
